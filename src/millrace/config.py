@@ -1,0 +1,237 @@
+"""millrace settings: one typed, frozen tree.
+
+Sources, lowest priority first: defaults, a TOML file (``millrace.toml`` in the working directory, or the
+path given with ``--config``), then ``MILLRACE_*`` environment variables (nested keys joined with ``__``,
+e.g. ``MILLRACE_KAFKA__BOOTSTRAP_SERVERS``). The CLI builds the tree once with :func:`load_settings` and
+passes plain values down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from millrace.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "millrace.toml"
+
+
+class KafkaSettings(BaseModel, frozen=True):
+    """How clients reach Kafka. The same fields serve the local stack and any external cluster."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id: str = "millrace"
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    linger_ms: int = Field(default=20, ge=0, le=10_000)
+    batch_size: int = Field(default=1_000_000, ge=1, le=16_000_000)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError("SASL protocols need kafka.sasl_username and kafka.sasl_password")
+        return self
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties shared by producers, consumers and admin clients."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            conf["ssl.key.location"] = str(self.ssl_keyfile)
+        return conf
+
+
+class RuntimeSettings(BaseModel, frozen=True):
+    """The local stack that ``millrace stack up`` manages."""
+
+    kafka_version: str = "4.3.1"
+    host: str = "127.0.0.1"
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
+    controller_port: int = Field(default=9097, ge=1, le=65535)
+    kafka_heap: str = "768m"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    start_timeout_s: float = Field(default=60.0, gt=0)
+    stop_timeout_s: float = Field(default=20.0, gt=0)
+
+
+class TopicSettings(BaseModel, frozen=True):
+    readings: str = "millrace.iot.readings"
+    dead_letter: str = "millrace.iot.dead-letter"
+    alerts: str = "millrace.iot.alerts"
+    predictions: str = "millrace.iot.predictions"
+    windowed_metrics: str = "millrace.iot.windowed-metrics"
+    quality: str = "millrace.iot.quality"
+    device_commands: str = "millrace.iot.device-commands"
+    replication_factor: int = Field(default=1, ge=1, le=5)
+    min_insync_replicas: int = Field(default=1, ge=1, le=5)
+
+
+class MqttSettings(BaseModel, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_cafile: Path | None = None
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    readings_topic: str = "sensors/+/+/+"
+    command_topic: str = "commands/{location}/{device_id}"
+    qos: int = Field(default=1, ge=0, le=2)
+
+
+class SparkSettings(BaseModel, frozen=True):
+    master: str = "local[2]"
+    shuffle_partitions: int = Field(default=2, ge=1)
+    trigger_seconds: float = Field(default=1.0, gt=0)
+    max_offsets_per_trigger: int = Field(default=200_000, ge=1)
+    driver_memory: str = "2g"
+
+
+class StoreSettings(BaseModel, frozen=True):
+    backend: Literal["sqlite", "mongodb"] = "sqlite"
+    sqlite_path: Path | None = None  # default: <state_dir>/millrace.db
+    mongodb_uri: str = "mongodb://127.0.0.1:27017"
+    mongodb_database: str = "millrace"
+    retention_days: float = Field(default=7.0, gt=0)
+
+
+class SensorRange(BaseModel, frozen=True):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SensorRange:
+        if self.low >= self.high:
+            raise ValueError("low must be below high")
+        return self
+
+
+DEFAULT_RANGES: dict[str, SensorRange] = {
+    "temperature": SensorRange(low=-50.0, high=150.0),
+    "humidity": SensorRange(low=0.0, high=100.0),
+    "pressure": SensorRange(low=800.0, high=1200.0),
+    "vibration": SensorRange(low=0.0, high=50.0),
+    "voltage": SensorRange(low=0.0, high=480.0),
+    "current": SensorRange(low=0.0, high=200.0),
+}
+
+
+class ProcessingSettings(BaseModel, frozen=True):
+    ranges: dict[str, SensorRange] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
+    max_future_s: float = Field(default=300.0, ge=0)
+    max_age_s: float = Field(default=7 * 86400.0, gt=0)
+    allowed_lateness_s: float = Field(default=60.0, ge=0)
+    window_s: int = Field(default=60, ge=1)
+    max_interpolated_gap: int = Field(default=5, ge=0)
+    inactive_after_s: float = Field(default=60.0, gt=0)
+    zscore_threshold: float = Field(default=6.0, gt=0)
+
+
+class ApiSettings(BaseModel, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """The whole millrace configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MILLRACE_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+    _toml_file: ClassVar[Path | None] = None
+
+    state_dir: Path = Path(".millrace")
+    cache_dir: Path = Path.home() / ".cache" / "millrace"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    topics: TopicSettings = TopicSettings()
+    mqtt: MqttSettings = MqttSettings()
+    spark: SparkSettings = SparkSettings()
+    store: StoreSettings = StoreSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+    api: ApiSettings = ApiSettings()
+
+    @field_validator("state_dir", "cache_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.store.sqlite_path or self.state_dir / "millrace.db"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls, cls._toml_file))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                self._data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"invalid config file {path}: {exc}") from exc
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings tree once; an invalid value raises ConfigError naming the key."""
+    if config_path is not None and not config_path.is_file():
+        raise ConfigError(f"config file not found: {config_path}")
+    if config_path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        config_path = Path(DEFAULT_CONFIG_FILE)
+    Settings._toml_file = config_path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    finally:
+        Settings._toml_file = None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "settings"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting"
+    return f"invalid setting {key}: {message} (got {first.get('input')!r})"
