@@ -1,0 +1,1 @@
+"""Managed local servers: Kafka, MQTT, a MongoDB-wire server, ... each a ManagedProcess in the state dir."""

@@ -1,0 +1,63 @@
+"""Resolve server jars from Maven Central through the poms under ``infra/maven`` into a reusable cache."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from millrace.errors import MillraceError
+from millrace.runtime.tools import require
+
+log = logging.getLogger(__name__)
+
+MAVEN_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+
+def pom_path(name: str) -> Path:
+    """The pom for distribution ``name`` (``kafka``, ``spark``, ...), shipped inside the package."""
+    path = Path(str(resources.files("millrace") / "resources" / "maven" / name / "pom.xml"))
+    if not path.is_file():
+        raise MillraceError(f"missing {path}: the millrace installation is incomplete")
+    return path
+
+
+def resolve_jars(name: str, version: str, cache_dir: Path, *, properties: dict[str, str] | None = None) -> Path:
+    """Return ``<cache_dir>/<name>-<version>/lib`` with every runtime jar, downloading them once.
+
+    A ``.complete`` marker is written only after Maven succeeds, so an interrupted download is redone.
+    """
+    target = cache_dir / f"{name}-{version}"
+    lib = target / "lib"
+    marker = target / ".complete"
+    if marker.is_file() and any(lib.glob("*.jar")):
+        return lib
+    mvn = require("mvn", f"to download {name} {version} from Maven Central")
+    require("java", f"to run {name}")
+    if lib.exists():
+        shutil.rmtree(lib)
+    lib.mkdir(parents=True, exist_ok=True)
+    argv = [
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(pom_path(name)),
+        f"{MAVEN_PLUGIN}:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={lib}",
+        f"-Ddist.version={version}",
+    ]
+    argv += [f"-D{key}={value}" for key, value in (properties or {}).items()]
+    log.info("downloading %s %s from Maven Central into %s", name, version, lib)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()
+        raise MillraceError(
+            f"downloading {name} {version} with Maven failed (exit {result.returncode}); check the network "
+            f"access to Maven Central and ~/.m2/settings.xml. Maven said:\n" + "\n".join(output[-15:])
+        )
+    marker.write_text(version, encoding="utf-8")
+    return lib

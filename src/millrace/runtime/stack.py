@@ -1,0 +1,141 @@
+"""The local stack behind ``millrace stack up | down | status | logs``: Kafka plus optional servers.
+
+Optional servers (``--with mqtt``, ``--with mongodb``, ...) register a factory in ``EXTRA_SERVERS``; each
+returns a :class:`ServerSpec` run by the same :class:`ProcessManager` as the Kafka nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from millrace.config import Settings
+from millrace.errors import MillraceError
+from millrace.runtime import kafka
+from millrace.runtime.process import ProcessManager, ProcessRecord, ServerSpec, tcp_probe
+
+log = logging.getLogger(__name__)
+
+ExtraFactory = Callable[[Settings], ServerSpec]
+EXTRA_SERVERS: dict[str, ExtraFactory] = {}
+
+
+def register_extra(name: str) -> Callable[[ExtraFactory], ExtraFactory]:
+    def decorate(factory: ExtraFactory) -> ExtraFactory:
+        EXTRA_SERVERS[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_extras() -> None:
+    # Importing a runtime module registers its server; each import is optional until its issue lands.
+    import importlib
+
+    for module in ("millrace.runtime.mqtt", "millrace.runtime.mongodb"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    name: str
+    kind: str
+    pid: int | None
+    ports: dict[str, int]
+    uptime_s: float | None
+    running: bool
+    healthy: bool
+    log_path: str
+
+
+class Stack:
+    """Starts and stops the managed local servers described by one Settings tree."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manager = ProcessManager(settings.state_dir)
+
+    def kafka_cluster(self) -> kafka.KafkaCluster:
+        rt = self.settings.runtime
+        return kafka.single_node(
+            self.settings.state_dir,
+            self.settings.cache_dir,
+            version=rt.kafka_version,
+            host=rt.host,
+            client_port=rt.kafka_port,
+            controller_port=rt.controller_port,
+            heap=rt.kafka_heap,
+        )
+
+    def up(self, with_: Sequence[str] = (), *, apply_topics: bool = True) -> list[ProcessRecord]:
+        """Start Kafka (and the named extras), apply the topic list; a no-op for what already runs."""
+        _load_extras()
+        unknown = [name for name in with_ if name not in EXTRA_SERVERS]
+        if unknown:
+            known = ", ".join(sorted(EXTRA_SERVERS)) or "none"
+            raise MillraceError(f"unknown server {', '.join(unknown)} for --with (known: {known})")
+        started = self.start_kafka()
+        if apply_topics:
+            from millrace.kafka.admin import apply_topics as apply
+            from millrace.kafka.topics import declared_topics
+
+            apply(self.settings.kafka.client_config(), declared_topics(self.settings.topics))
+        for name in with_:
+            started.append(self.manager.start(EXTRA_SERVERS[name](self.settings)))
+        return started
+
+    def start_kafka(self) -> list[ProcessRecord]:
+        cluster = self.kafka_cluster()
+        records = []
+        for node in cluster.nodes:
+            if self.manager.running(node.name) is None:
+                kafka.prepare(cluster, node)
+            spec = kafka.node_spec(
+                cluster,
+                node,
+                start_timeout_s=self.settings.runtime.start_timeout_s,
+                stop_timeout_s=self.settings.runtime.stop_timeout_s,
+            )
+            records.append(self.manager.start(spec))
+        return records
+
+    def down(self) -> list[str]:
+        """Stop every managed server, extras first, Kafka last. Returns the names that were running."""
+        records = sorted(self.manager.records(), key=lambda r: r.kind == "kafka")
+        stopped = []
+        for rec in records:
+            if self.manager.stop(rec.name, timeout_s=self.settings.runtime.stop_timeout_s):
+                stopped.append(rec.name)
+        return stopped
+
+    def status(self) -> list[ServerStatus]:
+        out = []
+        for rec in self.manager.records():
+            running = rec.alive
+            out.append(
+                ServerStatus(
+                    name=rec.name,
+                    kind=rec.kind,
+                    pid=rec.pid if running else None,
+                    ports=rec.ports,
+                    uptime_s=rec.uptime_s if running else None,
+                    running=running,
+                    healthy=running and _healthy(rec),
+                    log_path=rec.log_path,
+                )
+            )
+        return out
+
+
+def _healthy(rec: ProcessRecord) -> bool:
+    try:
+        if rec.kind == "kafka":
+            return kafka.metadata_probe(f"{rec.host}:{rec.ports['client']}")
+        return all(tcp_probe(rec.host, port) for port in rec.ports.values())
+    except Exception:  # any client error means "not healthy", never a crash of `status`
+        return False
