@@ -1,4 +1,4 @@
-"""Shared test helpers. Integration fixtures live in tests/integration/conftest.py."""
+"""Shared test helpers (import as `from tests.helpers import unique, wait_for`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,80 @@
+"""``millrace stack up | down | status | logs``: the managed local servers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from millrace.cli.common import console, human_duration, print_json, settings_of
+from millrace.runtime.process import tail
+from millrace.runtime.stack import Stack
+
+app = typer.Typer(help="Start, stop and inspect the local servers (Kafka, and optional MQTT, MongoDB-wire).",
+                  no_args_is_help=True)
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    with_: Annotated[list[str] | None, typer.Option("--with", help="Also start: mqtt, mongodb.")] = None,
+) -> None:
+    """Start Kafka (KRaft, one node) and apply the topic list. Safe to run again: running servers are kept."""
+    settings = settings_of(ctx)
+    started = time.monotonic()
+    with console.status("starting the stack (the first run downloads Kafka from Maven Central)..."):
+        records = Stack(settings).up(with_ or [])
+    for rec in records:
+        ports = ", ".join(f"{role} {port}" for role, port in rec.ports.items())
+        console.print(f"[green]✓[/] {rec.name} pid {rec.pid} ({ports})")
+    console.print(f"stack ready in {time.monotonic() - started:.1f} s; bootstrap {settings.kafka.bootstrap_servers}")
+
+
+@app.command()
+def down(ctx: typer.Context) -> None:
+    """Stop every managed server (SIGTERM, then SIGKILL after the stop deadline). Data is kept."""
+    stopped = Stack(settings_of(ctx)).down()
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+    """Every managed server with its ports, pid, uptime and health."""
+    rows = Stack(settings_of(ctx)).status()
+    if json_:
+        print_json([row.__dict__ for row in rows])
+        return
+    if not rows:
+        console.print("no managed servers (run `millrace stack up`)")
+        return
+    table = Table(title="millrace stack")
+    for column in ("server", "kind", "ports", "pid", "uptime", "health", "log"):
+        table.add_column(column)
+    for row in rows:
+        health = "[green]healthy[/]" if row.healthy else ("[yellow]unhealthy[/]" if row.running else "[red]down[/]")
+        table.add_row(
+            row.name,
+            row.kind,
+            ", ".join(f"{role}:{port}" for role, port in row.ports.items()),
+            str(row.pid or "-"),
+            human_duration(row.uptime_s),
+            health,
+            row.log_path,
+        )
+    console.print(table)
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    server: Annotated[str, typer.Argument(help="Server name, e.g. kafka-1 or mqtt.")] = "kafka-1",
+    lines: Annotated[int, typer.Option("-n", help="How many lines.")] = 50,
+) -> None:
+    """Print the last lines of a managed server's log."""
+    path = Stack(settings_of(ctx)).manager.log_path(server)
+    if not Path(path).is_file():
+        raise typer.BadParameter(f"no log for {server} at {path}")
+    typer.echo(tail(path, lines))
