@@ -1,0 +1,1 @@
+"""Where processed IoT data lands: one interface (base.Store), SQLite by default, MongoDB for scale."""
