@@ -20,7 +20,7 @@ from millrace.errors import ConfigError
 DEFAULT_CONFIG_FILE = "millrace.toml"
 
 
-class KafkaSettings(BaseModel, frozen=True):
+class KafkaSettings(BaseModel, frozen=True, extra="forbid"):
     """How clients reach Kafka. The same fields serve the local stack and any external cluster."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -64,7 +64,7 @@ class KafkaSettings(BaseModel, frozen=True):
         return conf
 
 
-class RuntimeSettings(BaseModel, frozen=True):
+class RuntimeSettings(BaseModel, frozen=True, extra="forbid"):
     """The local stack that ``millrace stack up`` manages."""
 
     kafka_version: str = "4.3.1"
@@ -77,7 +77,7 @@ class RuntimeSettings(BaseModel, frozen=True):
     stop_timeout_s: float = Field(default=20.0, gt=0)
 
 
-class TopicSettings(BaseModel, frozen=True):
+class TopicSettings(BaseModel, frozen=True, extra="forbid"):
     readings: str = "millrace.iot.readings"
     dead_letter: str = "millrace.iot.dead-letter"
     alerts: str = "millrace.iot.alerts"
@@ -89,7 +89,7 @@ class TopicSettings(BaseModel, frozen=True):
     min_insync_replicas: int = Field(default=1, ge=1, le=5)
 
 
-class MqttSettings(BaseModel, frozen=True):
+class MqttSettings(BaseModel, frozen=True, extra="forbid"):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
@@ -102,7 +102,7 @@ class MqttSettings(BaseModel, frozen=True):
     qos: int = Field(default=1, ge=0, le=2)
 
 
-class SparkSettings(BaseModel, frozen=True):
+class SparkSettings(BaseModel, frozen=True, extra="forbid"):
     master: str = "local[2]"
     shuffle_partitions: int = Field(default=2, ge=1)
     trigger_seconds: float = Field(default=1.0, gt=0)
@@ -110,7 +110,7 @@ class SparkSettings(BaseModel, frozen=True):
     driver_memory: str = "2g"
 
 
-class StoreSettings(BaseModel, frozen=True):
+class StoreSettings(BaseModel, frozen=True, extra="forbid"):
     backend: Literal["sqlite", "mongodb"] = "sqlite"
     sqlite_path: Path | None = None  # default: <state_dir>/millrace.db
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
@@ -118,7 +118,7 @@ class StoreSettings(BaseModel, frozen=True):
     retention_days: float = Field(default=7.0, gt=0)
 
 
-class SensorRange(BaseModel, frozen=True):
+class SensorRange(BaseModel, frozen=True, extra="forbid"):
     low: float
     high: float
 
@@ -139,7 +139,7 @@ DEFAULT_RANGES: dict[str, SensorRange] = {
 }
 
 
-class ProcessingSettings(BaseModel, frozen=True):
+class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
     ranges: dict[str, SensorRange] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
     max_future_s: float = Field(default=300.0, ge=0)
     max_age_s: float = Field(default=7 * 86400.0, gt=0)
@@ -150,7 +150,7 @@ class ProcessingSettings(BaseModel, frozen=True):
     zscore_threshold: float = Field(default=6.0, gt=0)
 
 
-class ApiSettings(BaseModel, frozen=True):
+class ApiSettings(BaseModel, frozen=True, extra="forbid"):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

@@ -34,6 +34,7 @@ GROUPS = {
     "ml": "millrace.cli.ml",
 }
 COMMANDS = {  # name -> (module, function, group or None for the root)
+    "setup": ("millrace.cli.setup", "setup", None),
     "demo": ("millrace.cli.demo", "demo", None),
     "serve": ("millrace.cli.serve", "serve", None),
     "mqtt-bridge": ("millrace.cli.iot_mqtt", "mqtt_bridge", "iot"),

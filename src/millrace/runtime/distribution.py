@@ -1,4 +1,4 @@
-"""Resolve server jars from Maven Central through the poms under ``infra/maven`` into a reusable cache."""
+"""Resolve server jars from Maven Central through the poms under ``millrace/resources/maven`` into a reusable cache."""
 
 from __future__ import annotations
 
@@ -16,9 +16,18 @@ log = logging.getLogger(__name__)
 MAVEN_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 
+def _pom(name: str) -> Path:
+    return Path(str(resources.files("millrace") / "resources" / "maven" / name / "pom.xml"))
+
+
+def has_pom(name: str) -> bool:
+    """True when this installation ships a pom for distribution ``name``."""
+    return _pom(name).is_file()
+
+
 def pom_path(name: str) -> Path:
     """The pom for distribution ``name`` (``kafka``, ``spark``, ...), shipped inside the package."""
-    path = Path(str(resources.files("millrace") / "resources" / "maven" / name / "pom.xml"))
+    path = _pom(name)
     if not path.is_file():
         raise MillraceError(f"missing {path}: the millrace installation is incomplete")
     return path

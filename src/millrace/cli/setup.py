@@ -1,0 +1,45 @@
+"""``millrace setup``: check the system tools and fetch every server distribution once, before first use."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from millrace.cli.common import console, settings_of
+from millrace.runtime.distribution import has_pom, resolve_jars
+from millrace.runtime.tools import require
+
+SPARK_VERSION = "4.2.0"
+
+
+def setup(
+    ctx: typer.Context,
+    spark: Annotated[bool, typer.Option(help="Also fetch the Spark Kafka connector jars.")] = True,
+) -> None:
+    """Check Java and Maven, then download Kafka (and the Spark Kafka connector) into the cache dir.
+
+    Safe to run again: what is cached is reused. The README's commands call this for you.
+    """
+    settings = settings_of(ctx)
+    require("java", "to run Kafka and Spark")
+    require("mvn", "to download Kafka from Maven Central")
+    wanted = [("kafka", settings.runtime.kafka_version)]
+    if spark and has_pom("spark"):
+        wanted.append(("spark", SPARK_VERSION))
+    table = Table("distribution", "version", "jars", "location", "took")
+    for name, version in wanted:
+        started = time.monotonic()
+        with console.status(f"resolving {name} {version} from Maven Central (cached after the first run)..."):
+            lib = resolve_jars(name, version, settings.cache_dir)
+        jars = len(list(lib.glob("*.jar")))
+        table.add_row(name, version, str(jars), str(lib), f"{time.monotonic() - started:.1f} s")
+    console.print(table)
+    for tool, why in (("mosquitto", "MQTT bridge (stack up --with mqtt)"), ("chromium", "dashboard browser tests"),
+                      ("go", "MongoDB-wire test server (stack up --with mongodb)")):
+        found = shutil.which(tool) or (shutil.which(f"/usr/sbin/{tool}") if tool == "mosquitto" else None)
+        mark = "[green]found[/]" if found else "[yellow]missing[/]"
+        console.print(f"{mark} {tool}: {why}")
