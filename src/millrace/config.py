@@ -73,6 +73,11 @@ class RuntimeSettings(BaseModel, frozen=True, extra="forbid"):
     controller_port: int = Field(default=9097, ge=1, le=65535)
     kafka_heap: str = "768m"
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    # Optional TLS listener of the managed Mosquitto (server certificate and key); clients verify it with
+    # mqtt.tls_cafile and connect to mqtt.port = this port.
+    mqtt_tls_port: int | None = Field(default=None, ge=1, le=65535)
+    mqtt_tls_certfile: Path | None = None
+    mqtt_tls_keyfile: Path | None = None
     start_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=20.0, gt=0)
 
