@@ -1,0 +1,258 @@
+"""Value conversions shared by the store backends.
+
+Both backends keep event times at millisecond precision (BSON dates have no more, and the wire format writes
+milliseconds): every timestamp is floored to whole milliseconds since the Unix epoch on the way in and comes
+back as a timezone-aware UTC ``datetime``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS, WINDOW_COLUMNS
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+READING_TIME_COLUMNS = ("timestamp", "ingested_at")
+READING_BOOL_COLUMNS = ("interpolated", "is_anomaly")
+READING_INT_COLUMNS = ("kafka_partition", "kafka_offset")
+READING_FLOAT_COLUMNS = ("value", "score")
+WINDOW_TIME_COLUMNS = ("window_start", "window_end")
+WINDOW_INT_COLUMNS = ("count", "anomaly_count")
+WINDOW_FLOAT_COLUMNS = ("mean", "min", "max", "stddev")
+ALERT_TIME_FIELDS = ("opened_at", "updated_at", "closed_at")
+
+# Operator lifecycle rank: a change to a lower rank is a backwards move. "closed" is the job saying the
+# episode ended; an operator may still acknowledge or resolve a closed alert.
+STATUS_RANK: dict[str, int] = {"open": 0, "closed": 0, "acknowledged": 1, "resolved": 2}
+JOB_STATUSES = ("open", "closed")
+OPERATOR_STATUSES = ("acknowledged", "resolved")
+
+RETENTION_FIELDS: dict[str, str] = {
+    # collection -> the time field compared with the retention cutoff
+    "sensor_metrics": "timestamp",
+    "anomaly_alerts": "updated_at",
+    "alert_events": "at",  # events go with their alert; this field only orders them
+    "windowed_metrics": "window_end",
+    "data_quality": "recorded_at",
+    "sensor_status": "last_event_time",
+}
+
+
+def check_collection(name: str) -> None:
+    if name not in COLLECTIONS:
+        raise KeyError(f"unknown collection {name!r} (known: {', '.join(COLLECTIONS)})")
+
+
+def ms_of(value: Any) -> int | None:
+    """Milliseconds since the epoch (floored) for a datetime, pandas Timestamp, ISO string or None."""
+    if value is None or value is pd.NaT:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, str):
+        value = pd.Timestamp(value.replace("Z", "+00:00"))
+    if isinstance(value, np.datetime64):
+        value = pd.Timestamp(value)
+    if isinstance(value, pd.Timestamp):
+        if value.tzinfo is None:
+            value = value.tz_localize(UTC)
+        return int(value.as_unit("ns").value // 1_000_000)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        delta = value - EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    raise TypeError(f"not a timestamp: {value!r}")
+
+
+def dt_of(ms: int | None) -> datetime | None:
+    """The aware UTC datetime for epoch milliseconds (exact, no float rounding)."""
+    if ms is None:
+        return None
+    return EPOCH + timedelta(milliseconds=int(ms))
+
+
+def ms_column(series: pd.Series) -> list[int | None]:
+    """Epoch milliseconds for a column of datetimes (any resolution, naive = UTC) or ISO strings."""
+    ts = pd.to_datetime(series, utc=True, format="ISO8601") if series.dtype == object else series
+    if not isinstance(ts.dtype, pd.DatetimeTZDtype):
+        ts = pd.to_datetime(ts, utc=True)
+    ns = ts.dt.as_unit("ns")
+    mask = ns.isna().to_numpy()
+    values = ns.to_numpy(dtype="datetime64[ns]").astype("int64") // 1_000_000
+    out: list[int | None] = values.tolist()
+    if mask.any():
+        for i in np.flatnonzero(mask):
+            out[i] = None
+    return out
+
+
+def _nullable(series: pd.Series, kind: str) -> list[Any]:
+    """Python values for one column, with every flavour of missing (NaN, NaT, None, pd.NA) as None."""
+    mask = series.isna().to_numpy()
+    values: list[Any]
+    if kind == "float":
+        arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        mask = np.isnan(arr)
+        values = arr.tolist()
+    elif kind == "int":
+        if pd.api.types.is_integer_dtype(series.dtype) and not mask.any():
+            return [int(v) for v in series.tolist()]
+        arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        mask = np.isnan(arr)
+        values = [int(v) for v in np.where(mask, 0, arr)]
+    elif kind == "bool":
+        values = [bool(v) for v in series.to_numpy(dtype=object)]
+    else:
+        values = series.astype(object).tolist()
+    if mask.any():
+        for i in np.flatnonzero(mask):
+            values[i] = None
+    return values
+
+
+def frame_columns(
+    rows: pd.DataFrame,
+    columns: tuple[str, ...],
+    *,
+    key: tuple[str, ...],
+    times: tuple[str, ...],
+    ints: tuple[str, ...] = (),
+    floats: tuple[str, ...] = (),
+    bools: tuple[str, ...] = (),
+) -> dict[str, list[Any]]:
+    """Plain Python columns for ``columns`` (missing optional columns become None), one row per ``key``.
+
+    Times become epoch milliseconds. Rows repeating a key keep the last occurrence, as a sequence of
+    upserts would; key columns must not be null.
+    """
+    unknown = [c for c in key if c not in rows.columns]
+    if unknown:
+        raise ValueError(f"rows lack the key column(s) {', '.join(unknown)}")
+    n = len(rows)
+    out: dict[str, list[Any]] = {}
+    for col in columns:
+        if col not in rows.columns:
+            out[col] = [None] * n
+        elif col in times:
+            out[col] = ms_column(rows[col])
+        elif col in ints:
+            out[col] = _nullable(rows[col], "int")
+        elif col in floats:
+            out[col] = _nullable(rows[col], "float")
+        elif col in bools:
+            out[col] = _nullable(rows[col], "bool")
+        else:
+            out[col] = _nullable(rows[col], "object")
+    for col in key:
+        if any(v is None for v in out[col]):
+            raise ValueError(f"key column {col} has null values")
+    keys = list(zip(*(out[c] for c in key), strict=True))
+    if len(set(keys)) != n:
+        last = {k: i for i, k in enumerate(keys)}
+        keep = sorted(last.values())
+        out = {c: [vals[i] for i in keep] for c, vals in out.items()}
+    return out
+
+
+def reading_columns(rows: pd.DataFrame) -> dict[str, list[Any]]:
+    return frame_columns(
+        rows, READING_COLUMNS, key=("sensor_id", "timestamp"), times=READING_TIME_COLUMNS,
+        ints=READING_INT_COLUMNS, floats=READING_FLOAT_COLUMNS, bools=READING_BOOL_COLUMNS,
+    )  # fmt: skip
+
+
+def window_columns(rows: pd.DataFrame) -> dict[str, list[Any]]:
+    return frame_columns(
+        rows, WINDOW_COLUMNS, key=("scope", "key", "window_start"), times=WINDOW_TIME_COLUMNS,
+        ints=WINDOW_INT_COLUMNS, floats=WINDOW_FLOAT_COLUMNS,
+    )  # fmt: skip
+
+
+def alert_values(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """One alert as plain values: times in epoch ms, lists as lists, status checked."""
+    if not alert.get("alert_id"):
+        raise ValueError("an alert needs an alert_id")
+    out: dict[str, Any] = {}
+    for name in ALERT_FIELDS:
+        value = alert.get(name)
+        if name in ALERT_TIME_FIELDS:
+            value = ms_of(value)
+        elif name in ("sensor_ids", "top_features"):
+            value = [str(v) for v in (value or ())]
+        elif name == "score":
+            value = (
+                None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+            )
+        elif name == "readings":
+            value = 1 if value is None else int(value)
+        out[name] = value
+    status = out["status"] or "open"
+    if status not in JOB_STATUSES:
+        raise ValueError(
+            f"alert {out['alert_id']}: the job may only set status open or closed, not {status!r}"
+        )
+    out["status"] = status
+    if out["opened_at"] is None:
+        raise ValueError(f"alert {out['alert_id']} has no opened_at")
+    if out["updated_at"] is None:
+        out["updated_at"] = out["opened_at"]
+    if status == "closed" and out["closed_at"] is None:
+        out["closed_at"] = out["updated_at"]
+    return out
+
+
+EVENT_RANK = {"opened": 0, "acknowledged": 1, "resolved": 2, "closed": 3}
+
+
+def order_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Lifecycle events in the order they happened (ties broken by the lifecycle order)."""
+    return sorted(events, key=lambda e: (e["at"], EVENT_RANK.get(e["event"], 9)))
+
+
+def check_lifecycle(alert_id: str, current: str, target: str) -> bool:
+    """Whether an operator move ``current`` -> ``target`` changes anything; ValueError when it goes back."""
+    if target not in OPERATOR_STATUSES:
+        raise ValueError(f"alert status can be set to acknowledged or resolved, not {target!r}")
+    if STATUS_RANK[target] < STATUS_RANK[current]:
+        raise ValueError(f"alert {alert_id} is {current}; it cannot go back to {target}")
+    return current != target
+
+
+def status_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    if not row.get("sensor_id"):
+        raise ValueError("a sensor status row needs a sensor_id")
+    interval = row.get("expected_interval_s")
+    return {
+        "sensor_id": str(row["sensor_id"]),
+        "device_id": row.get("device_id"),
+        "sensor_type": row.get("sensor_type"),
+        "location": row.get("location"),
+        "last_event_time": ms_of(row.get("last_event_time")),
+        "state": row.get("state") or "active",
+        "expected_interval_s": None if interval is None else float(interval),
+        "updated_at": ms_of(row.get("updated_at")) or ms_of(datetime.now(UTC)),
+    }
+
+
+def cutoffs(
+    now: datetime, retention_days: float, per_collection: Mapping[str, float] | None
+) -> dict[str, int]:
+    """The retention cutoff (epoch ms) per collection; alert_events follow their alerts."""
+    overrides = dict(per_collection or {})
+    for name in overrides:
+        check_collection(name)
+    now_ms = ms_of(now)
+    assert now_ms is not None
+    return {
+        name: now_ms - int(overrides.get(name, retention_days) * 86_400_000)
+        for name in COLLECTIONS
+        if name != "alert_events"
+    }
