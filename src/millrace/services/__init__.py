@@ -1,0 +1,1 @@
+"""The millrace service: REST API, WebSocket channels, Kafka cluster view and the live dashboard."""

@@ -1,0 +1,217 @@
+"""REST routes over the store: sensors, readings, windows, alerts (with lifecycle), quality, model.
+
+Views are thin: they validate input, call Store methods (the Store protocol is safe to call from the
+server's worker threads) and shape a page. Store rows are returned as they are, with timestamps in
+ISO 8601 UTC.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
+
+from millrace.config import Settings
+from millrace.services.problems import JsonResponse, Problem
+from millrace.services.schemas import (
+    PROBLEM_RESPONSES,
+    AlertAction,
+    AlertDetail,
+    AlertOut,
+    ImportanceOut,
+    ModelOut,
+    Page,
+    QualityOut,
+    ReadingOut,
+    SensorOut,
+    WindowOut,
+)
+from millrace.stores.base import Store
+
+router = APIRouter(prefix="/api", responses=PROBLEM_RESPONSES)  # type: ignore[arg-type]
+
+T = TypeVar("T")
+MAX_LIMIT = 1000
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1..{MAX_LIMIT}.")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip.")]
+Text = Annotated[str | None, Query(min_length=1, max_length=200)]
+Time = Annotated[datetime | None, Query(description="ISO 8601; naive values are taken as UTC.")]
+SensorId = Annotated[str, Path(min_length=1, max_length=200)]
+AlertId = Annotated[str, Path(min_length=1, max_length=200)]
+Severity = Literal["info", "warning", "critical"]
+Status = Literal["open", "acknowledged", "resolved", "closed"]
+
+
+def _call(request: Request, fn: Callable[[Store], T]) -> T:
+    return fn(request.app.state.store)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _range(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
+    start, end = _utc(start), _utc(end)
+    if start and end and start > end:
+        raise Problem(422, "start must not be after end", kind="validation")
+    return start, end
+
+
+def _page(items: list[Any], limit: int, offset: int, total: int | None = None) -> Response:
+    more = len(items) == limit if total is None else offset + len(items) < total
+    return JsonResponse({"items": items, "limit": limit, "offset": offset,
+                         "next_offset": offset + len(items) if more and items else None, "total": total})
+
+
+@router.get("/health", tags=["service"], summary="Liveness, store backend and live-feed state")
+def health(request: Request) -> Response:
+    state = request.app.state
+    feed = state.feed.stats() if state.feed is not None else None
+    return JsonResponse({"status": "ok", "store": type(state.store).__name__, "feed": feed,
+                         "websocket": state.hub.stats()})
+
+
+@router.get("/sensors", tags=["sensors"], response_model=Page[SensorOut],
+            summary="Sensors with their latest reading by event time")
+def sensors(request: Request, location: Text = None, sensor_type: Text = None, device_id: Text = None,
+            limit: Limit = 100, offset: Offset = 0) -> Response:
+    latest = _call(request, lambda s: s.latest_readings())
+    status = {row["sensor_id"]: row for row in _call(request, lambda s: s.sensor_status())}
+    rows = []
+    for row in latest:
+        st = status.get(row["sensor_id"], {})
+        merged = {**row, "state": st.get("state"), "last_event_time": st.get("last_event_time")}
+        merged.pop("features", None)
+        if location and merged.get("location") != location:
+            continue
+        if sensor_type and merged.get("sensor_type") != sensor_type:
+            continue
+        if device_id and merged.get("device_id") != device_id:
+            continue
+        rows.append(merged)
+    rows.sort(key=lambda r: str(r["sensor_id"]))
+    return _page(rows[offset:offset + limit], limit, offset, total=len(rows))
+
+
+@router.get("/sensors/{sensor_id}/readings", tags=["sensors"], response_model=Page[ReadingOut],
+            responses={404: PROBLEM_RESPONSES[422] | {"description": "Unknown sensor"}},
+            summary="A sensor's readings over an event-time range, oldest first")
+def readings(request: Request, sensor_id: SensorId, start: Time = None, end: Time = None,
+             limit: Limit = 100, offset: Offset = 0) -> Response:
+    start, end = _range(start, end)
+    rows = _call(request, lambda s: s.readings(sensor_id, start=start, end=end, limit=limit, offset=offset))
+    known = rows or any(r["sensor_id"] == sensor_id for r in _call(request, lambda s: s.latest_readings()))
+    if not known:
+        raise Problem(404, f"no readings for sensor {sensor_id!r}", kind="not-found")
+    return _page(rows, limit, offset)
+
+
+@router.get("/windows", tags=["metrics"], response_model=Page[WindowOut],
+            summary="Tumbling-window aggregates per sensor or per type x location")
+def windows(request: Request, scope: Literal["sensor", "type_location"] | None = None, key: Text = None,
+            start: Time = None, end: Time = None, limit: Limit = 100, offset: Offset = 0) -> Response:
+    start, end = _range(start, end)
+    rows = _call(request, lambda s: s.windows(scope=scope, key=key, start=start, end=end, limit=limit,
+                                              offset=offset))
+    return _page(rows, limit, offset)
+
+
+@router.get("/alerts", tags=["alerts"], response_model=Page[AlertOut], summary="Alerts, newest first")
+def alerts(request: Request, severity: Severity | None = None, kind: Text = None, sensor_id: Text = None,
+           location: Text = None, status: Status | None = None, start: Time = None, end: Time = None,
+           limit: Limit = 100, offset: Offset = 0) -> Response:
+    start, end = _range(start, end)
+    rows = _call(request, lambda s: s.alerts(severity=severity, kind=kind, sensor_id=sensor_id,
+                                             location=location, status=status, start=start, end=end,
+                                             limit=limit, offset=offset))
+    return _page(rows, limit, offset)
+
+
+def _alert_or_404(request: Request, alert_id: str) -> dict[str, Any]:
+    row = _call(request, lambda s: s.alert(alert_id))
+    if row is None:
+        raise Problem(404, f"no alert {alert_id!r}", kind="not-found")
+    return row
+
+
+@router.get("/alerts/{alert_id}", tags=["alerts"], response_model=AlertDetail,
+            responses={404: PROBLEM_RESPONSES[422] | {"description": "Unknown alert"}},
+            summary="One alert with its lifecycle events")
+def alert(request: Request, alert_id: AlertId) -> Response:
+    row = _alert_or_404(request, alert_id)
+    return JsonResponse({**row, "events": _call(request, lambda s: s.alert_events(alert_id))})
+
+
+def _transition(request: Request, alert_id: str, status: Literal["acknowledged", "resolved"],
+                action: AlertAction) -> Response:
+    _alert_or_404(request, alert_id)
+    try:
+        _call(request, lambda s: s.set_alert_status(alert_id, status, by=action.by.strip(), note=action.note))
+    except KeyError:
+        raise Problem(404, f"no alert {alert_id!r}", kind="not-found") from None
+    except ValueError as exc:
+        raise Problem(409, str(exc) or f"alert {alert_id} cannot become {status}", kind="lifecycle") from None
+    row = _alert_or_404(request, alert_id)
+    return JsonResponse({**row, "events": _call(request, lambda s: s.alert_events(alert_id))})
+
+
+_LIFECYCLE = {404: PROBLEM_RESPONSES[422] | {"description": "Unknown alert"},
+              409: PROBLEM_RESPONSES[422] | {"description": "Lifecycle cannot move backwards"}}
+
+
+@router.post("/alerts/{alert_id}/acknowledge", tags=["alerts"], response_model=AlertDetail,
+             responses=_LIFECYCLE, summary="open → acknowledged, recorded with who/when")  # type: ignore[arg-type]
+def acknowledge(request: Request, alert_id: AlertId, action: AlertAction) -> Response:
+    return _transition(request, alert_id, "acknowledged", action)
+
+
+@router.post("/alerts/{alert_id}/resolve", tags=["alerts"], response_model=AlertDetail,
+             responses=_LIFECYCLE, summary="open/acknowledged → resolved, recorded with who/when")  # type: ignore[arg-type]
+def resolve(request: Request, alert_id: AlertId, action: AlertAction) -> Response:
+    return _transition(request, alert_id, "resolved", action)
+
+
+@router.get("/quality", tags=["metrics"], response_model=QualityOut, summary="Data-quality counter totals")
+def quality(request: Request) -> Response:
+    return JsonResponse({"totals": _call(request, lambda s: s.quality_totals())})
+
+
+def _promoted(settings: Settings) -> dict[str, Any]:
+    try:
+        registry = importlib.import_module("millrace.ml.registry")
+    except ModuleNotFoundError:
+        raise Problem(404, "no model registry in this installation", kind="no-model") from None
+    info = registry.promoted_info(settings)
+    if not info:
+        raise Problem(404, "no model has been promoted yet (see `millrace ml train`)", kind="no-model")
+    return dict(info)
+
+
+_NO_MODEL = {404: PROBLEM_RESPONSES[422] | {"description": "No promoted model"}}
+
+
+@router.get("/model", tags=["model"], response_model=ModelOut, responses=_NO_MODEL,  # type: ignore[arg-type]
+            summary="The promoted anomaly model: version, detector, metrics, thresholds")
+def model(request: Request) -> Response:
+    info = _promoted(request.app.state.settings)
+    info.pop("importance", None)
+    return JsonResponse(info)
+
+
+@router.get("/model/importance", tags=["model"], response_model=ImportanceOut, responses=_NO_MODEL,  # type: ignore[arg-type]
+            summary="Sensor and feature importance of the promoted model, highest first")
+def importance(request: Request) -> Response:
+    info = _promoted(request.app.state.settings)
+    imp = info.get("importance") or {}
+
+    def ranked(values: dict[str, float] | None) -> dict[str, float]:
+        return dict(sorted((values or {}).items(), key=lambda kv: -float(kv[1])))
+
+    return JsonResponse({"version": info.get("version"), "sensors": ranked(imp.get("sensors")),
+                         "features": ranked(imp.get("features"))})

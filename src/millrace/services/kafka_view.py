@@ -1,0 +1,247 @@
+"""What a Kafka UI shows, as plain functions: brokers, topics, consumer groups with lag, latest messages.
+
+Built on confluent-kafka's AdminClient and millrace.kafka.admin. Topic sizes come from the local stack's
+log directories when the broker is millrace's own (this confluent-kafka has no describe_log_dirs);
+otherwise ``size_bytes`` is null and ``messages`` (high - low watermark) is the size measure.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+
+from millrace.errors import KafkaUnavailable
+from millrace.kafka.admin import topic_configs
+from millrace.records import to_iso
+
+log = logging.getLogger(__name__)
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+MAX_PARTITIONS = 100
+
+
+class TopicError(ValueError):
+    """A topic request that cannot be honoured; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _metadata(admin: AdminClient, timeout_s: float) -> Any:
+    try:
+        return admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot reach Kafka: {exc.args[0]}") from exc
+
+
+def brokers(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, Any]:
+    cluster = admin.describe_cluster(request_timeout=timeout_s).result()
+    controller = cluster.controller.id if cluster.controller else None
+    nodes = [{"id": n.id, "host": n.host, "port": n.port, "rack": n.rack, "controller": n.id == controller}
+             for n in sorted(cluster.nodes, key=lambda n: n.id)]
+    return {"cluster_id": cluster.cluster_id, "controller_id": controller, "brokers": nodes}
+
+
+def _offsets(
+    admin: AdminClient, partitions: list[TopicPartition], timeout_s: float
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) → (low, high) watermarks in two batched ListOffsets requests."""
+    if not partitions:
+        return {}
+    result: dict[tuple[str, int], list[int]] = {(tp.topic, tp.partition): [0, 0] for tp in partitions}
+    for index, spec in ((0, OffsetSpec.earliest()), (1, OffsetSpec.latest())):
+        futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout_s)
+        for tp, future in futures.items():
+            result[(tp.topic, tp.partition)][index] = future.result().offset
+    return {k: (v[0], v[1]) for k, v in result.items()}
+
+
+def _log_dir_sizes(data_dirs: list[Path]) -> dict[tuple[str, int], int]:
+    sizes: dict[tuple[str, int], int] = {}
+    for data_dir in data_dirs:
+        if not data_dir.is_dir():
+            continue
+        for part_dir in data_dir.iterdir():
+            topic, sep, partition = part_dir.name.rpartition("-")
+            if not sep or not partition.isdigit() or not part_dir.is_dir():
+                continue
+            total = sum(f.stat().st_size for f in part_dir.iterdir() if f.suffix == ".log")
+            key = (topic, int(partition))
+            sizes[key] = sizes.get(key, 0) + total
+    return sizes
+
+
+def topics(admin: AdminClient, *, internal: bool = False, data_dirs: list[Path] | None = None,
+           timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Every topic with partitions, leaders, replicas, ISR, watermarks, message count and size."""
+    meta = _metadata(admin, timeout_s)
+    names = sorted(t for t in meta.topics if internal or not t.startswith("__"))
+    tps = [TopicPartition(t, p) for t in names for p in meta.topics[t].partitions]
+    offsets = _offsets(admin, tps, timeout_s)
+    sizes = _log_dir_sizes(data_dirs or [])
+    out = []
+    for name in names:
+        parts = []
+        for pid, part in sorted(meta.topics[name].partitions.items()):
+            low, high = offsets.get((name, pid), (0, 0))
+            parts.append({"partition": pid, "leader": part.leader, "replicas": list(part.replicas),
+                          "isr": list(part.isrs), "low": low, "high": high, "messages": high - low,
+                          "size_bytes": sizes.get((name, pid))})
+        known = [p["size_bytes"] for p in parts if p["size_bytes"] is not None]
+        out.append({
+            "name": name,
+            "internal": name.startswith("__"),
+            "partitions": parts,
+            "partition_count": len(parts),
+            "replication_factor": len(parts[0]["replicas"]) if parts else 0,
+            "under_replicated": sum(1 for p in parts if len(p["isr"]) < len(p["replicas"])),
+            "messages": sum(p["messages"] for p in parts),
+            "size_bytes": sum(known) if known else None,
+        })
+    return out
+
+
+def topic(admin: AdminClient, name: str, *, data_dirs: list[Path] | None = None,
+          timeout_s: float = 10.0) -> dict[str, Any] | None:
+    meta = _metadata(admin, timeout_s)
+    if name not in meta.topics:
+        return None
+    info = next(t for t in topics(admin, internal=True, data_dirs=data_dirs, timeout_s=timeout_s)
+                if t["name"] == name)
+    info["configs"] = topic_configs(admin, name)
+    return info
+
+
+def create_topic(admin: AdminClient, name: str, partitions: int, replication_factor: int,
+                 configs: dict[str, str] | None = None, *, timeout_s: float = 30.0) -> None:
+    """Create a topic after validating name, partitions (1..100) and RF (≤ number of brokers)."""
+    if not TOPIC_NAME.match(name) or name in (".", ".."):
+        raise TopicError(422, "topic names are 1-249 characters of A-Z a-z 0-9 . _ - and not '.' or '..'")
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise TopicError(422, f"partitions must be between 1 and {MAX_PARTITIONS}")
+    meta = _metadata(admin, timeout_s)
+    if replication_factor < 1 or replication_factor > len(meta.brokers):
+        raise TopicError(422, f"replication_factor must be between 1 and the number of brokers "
+                              f"({len(meta.brokers)})")
+    if name in meta.topics:
+        raise TopicError(409, f"topic {name} already exists")
+    future = admin.create_topics([NewTopic(name, partitions, replication_factor, config=dict(configs or {}))],
+                                 operation_timeout=timeout_s)[name]
+    try:
+        future.result()
+    except KafkaException as exc:
+        err = exc.args[0]
+        if err.name() == "TOPIC_ALREADY_EXISTS":
+            raise TopicError(409, f"topic {name} already exists") from None
+        if err.name() in ("INVALID_CONFIG", "INVALID_TOPIC_EXCEPTION", "INVALID_PARTITIONS",
+                          "INVALID_REPLICATION_FACTOR", "POLICY_VIOLATION", "INVALID_REQUEST"):
+            raise TopicError(422, err.str()) from None
+        raise
+
+
+def groups(admin: AdminClient, *, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Consumer groups with state, members and committed offset + lag per partition."""
+    listed = admin.list_consumer_groups(request_timeout=timeout_s).result()
+    ids = sorted(g.group_id for g in listed.valid)
+    return [group(admin, gid, timeout_s=timeout_s) or {"group_id": gid} for gid in ids]
+
+
+def group(admin: AdminClient, group_id: str, *, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    listed = admin.list_consumer_groups(request_timeout=timeout_s).result()
+    if group_id not in {g.group_id for g in listed.valid}:
+        return None
+    desc = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)[group_id].result()
+    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)],
+                                                  request_timeout=timeout_s)[group_id].result()
+    parts = [tp for tp in committed.topic_partitions if tp.offset >= 0]
+    highs = _offsets(admin, [TopicPartition(tp.topic, tp.partition) for tp in parts], timeout_s)
+    offsets = []
+    for tp in sorted(parts, key=lambda t: (t.topic, t.partition)):
+        high = highs.get((tp.topic, tp.partition), (0, 0))[1]
+        offsets.append({"topic": tp.topic, "partition": tp.partition, "committed": tp.offset, "high": high,
+                        "lag": max(0, high - tp.offset)})
+    members = [{"member_id": m.member_id, "client_id": m.client_id, "host": m.host,
+                "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in
+                                     (m.assignment.topic_partitions if m.assignment else []))}
+               for m in desc.members]
+    state = getattr(desc.state, "name", str(desc.state))
+    return {"group_id": group_id, "state": state, "members": members, "offsets": offsets,
+            "lag": sum(o["lag"] for o in offsets)}
+
+
+def pretty_value(value: bytes | None) -> tuple[Any, str]:
+    """(value, format): parsed JSON, UTF-8 text, or base64 for binary."""
+    if value is None:
+        return None, "null"
+    try:
+        return orjson.loads(value), "json"
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return value.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode(), "base64"
+
+
+def latest_messages(client_config: dict[str, Any], admin: AdminClient, name: str, *, limit: int = 20,
+                    partition: int | None = None, timeout_s: float = 10.0) -> list[dict[str, Any]] | None:
+    """The newest ``limit`` messages of a topic (of one partition if given), newest first."""
+    meta = _metadata(admin, timeout_s)
+    if name not in meta.topics:
+        return None
+    pids = sorted(meta.topics[name].partitions)
+    if partition is not None:
+        if partition not in pids:
+            raise TopicError(404, f"topic {name} has no partition {partition}")
+        pids = [partition]
+    offsets = _offsets(admin, [TopicPartition(name, p) for p in pids], timeout_s)
+    wanted = {p: offsets[(name, p)] for p in pids if offsets[(name, p)][1] > offsets[(name, p)][0]}
+    if not wanted:
+        return []
+    consumer = Consumer({**client_config, "group.id": f"millrace-browse-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    rows: list[dict[str, Any]] = []
+    try:
+        consumer.assign([TopicPartition(name, p, max(low, high - limit))
+                         for p, (low, high) in wanted.items()])
+        remaining = set(wanted)
+        deadline = datetime.now(UTC).timestamp() + timeout_s
+        while remaining and datetime.now(UTC).timestamp() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                if msg.error() is not None:
+                    continue  # partition EOF and transient errors; the deadline bounds the loop
+                p = msg.partition()
+                if msg.offset() >= wanted[p][1] - 1:
+                    remaining.discard(p)
+                rows.append(_row(msg))
+    finally:
+        consumer.close()
+    rows.sort(key=lambda r: (r["timestamp_ms"] or 0, r["partition"], r["offset"]), reverse=True)
+    return rows[:limit]
+
+
+def _row(msg: Any) -> dict[str, Any]:
+    ts_type, ts_ms = msg.timestamp()
+    value, fmt = pretty_value(msg.value())
+    key = msg.key()
+    return {
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "timestamp_ms": ts_ms if ts_type else None,
+        "timestamp": to_iso(datetime.fromtimestamp(ts_ms / 1000, UTC)) if ts_type else None,
+        "key": key.decode("utf-8", "replace") if key is not None else None,
+        "value": value,
+        "format": fmt,
+        "headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])},
+        "size": len(msg.value() or b""),
+    }
