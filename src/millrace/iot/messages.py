@@ -1,0 +1,56 @@
+"""What the simulator (and replay) hand to a sink: messages with labels for live statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Message(NamedTuple):
+    """One message for a sink: Kafka key and value plus labels for live statistics."""
+
+    key: str
+    value: bytes
+    sensor_type: str
+    kind: str  # ground truth ("normal" or an anomaly kind) or "fault:<name>"
+    location: str
+    device_id: str
+
+
+@dataclass
+class MessageBatch:
+    """Messages in production order, column-wise (a sink can send a batch without building tuples)."""
+
+    keys: list[str] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    sensor_types: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
+    device_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[Message]:
+        return map(
+            Message, self.keys, self.values, self.sensor_types, self.kinds, self.locations, self.device_ids
+        )
+
+    def append(self, msg: Message) -> None:
+        self.keys.append(msg.key)
+        self.values.append(msg.value)
+        self.sensor_types.append(msg.sensor_type)
+        self.kinds.append(msg.kind)
+        self.locations.append(msg.location)
+        self.device_ids.append(msg.device_id)
+
+    def head(self, n: int) -> MessageBatch:
+        return MessageBatch(
+            self.keys[:n],
+            self.values[:n],
+            self.sensor_types[:n],
+            self.kinds[:n],
+            self.locations[:n],
+            self.device_ids[:n],
+        )
