@@ -1,0 +1,193 @@
+"""The streaming query graph of ``millrace iot process``: Kafka -> parse/validate -> per-device stateful step
+(dedup, lateness, gaps, features, scoring, episodes) -> foreachBatch writer (store + Kafka topics)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from millrace.config import Settings
+from millrace.processing.session import checkpoint_dir
+from millrace.processing.writers import BatchStats, BatchWriter
+
+log = logging.getLogger(__name__)
+
+QUERY_NAME = "iot-process"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    checkpoint: Path
+    starting_offsets: str = "earliest"  # used only when the checkpoint is new
+    trigger_s: float = 1.0
+    max_offsets_per_trigger: int = 200_000
+    topic: str | None = None  # default settings.topics.readings
+
+
+def default_options(settings: Settings, **overrides: Any) -> JobOptions:
+    base: dict[str, Any] = {
+        "checkpoint": checkpoint_dir(settings, QUERY_NAME),
+        "trigger_s": settings.spark.trigger_seconds,
+        "max_offsets_per_trigger": settings.spark.max_offsets_per_trigger,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return JobOptions(**base)
+
+
+def kafka_source_options(settings: Settings) -> dict[str, str]:
+    """Spark Kafka source options (``kafka.*``) equivalent to the librdkafka settings of millrace clients."""
+    k = settings.kafka
+    opts = {"kafka.bootstrap.servers": k.bootstrap_servers, "kafka.security.protocol": k.security_protocol}
+    if k.sasl_mechanism:
+        opts["kafka.sasl.mechanism"] = k.sasl_mechanism
+        module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if k.sasl_mechanism == "PLAIN"
+                  else "org.apache.kafka.common.security.scram.ScramLoginModule")  # fmt: skip
+        password = k.sasl_password.get_secret_value() if k.sasl_password else ""
+        opts["kafka.sasl.jaas.config"] = (
+            f'{module} required username="{k.sasl_username}" password="{password}";'
+        )
+    if k.ssl_cafile:
+        opts["kafka.ssl.truststore.type"] = "PEM"
+        opts["kafka.ssl.truststore.location"] = str(k.ssl_cafile)
+    return opts
+
+
+def start_query(
+    spark: Any, settings: Settings, options: JobOptions, writer: Callable[[Any, int], None]
+) -> Any:
+    """Build and start the streaming query; returns the StreamingQuery."""
+    from pyspark.sql.streaming.state import GroupStateTimeout
+
+    from millrace.processing.schema import STEP_OUTPUT, STEP_STATE
+    from millrace.processing.stateful import make_step
+    from millrace.processing.transforms import parse, to_step_input, validate
+
+    topic = options.topic or settings.topics.readings
+    reader = (
+        spark.readStream.format("kafka")
+        .options(**kafka_source_options(settings))
+        .option("subscribe", topic)
+        .option("startingOffsets", options.starting_offsets)
+        .option("maxOffsetsPerTrigger", str(options.max_offsets_per_trigger))
+        # Records deleted by retention before the job read them are reported by Spark, not fatal.
+        .option("failOnDataLoss", "false")
+    )
+    steps = to_step_input(validate(parse(reader.load()), settings.processing))
+    out = steps.groupBy("gkey").applyInPandasWithState(
+        make_step(settings, source_topic=topic),
+        outputStructType=STEP_OUTPUT,
+        stateStructType=STEP_STATE,
+        outputMode="append",
+        timeoutConf=GroupStateTimeout.ProcessingTimeTimeout,
+    )
+    options.checkpoint.mkdir(parents=True, exist_ok=True)
+    return (
+        out.writeStream.queryName(QUERY_NAME)
+        .foreachBatch(writer)
+        .option("checkpointLocation", str(options.checkpoint / "query"))
+        .trigger(processingTime=f"{options.trigger_s} seconds")
+        .start()
+    )
+
+
+def make_writer(
+    settings: Settings, options: JobOptions, on_batch: Callable[[BatchStats], None] | None = None
+) -> BatchWriter:
+    return BatchWriter(settings, ledger_path=options.checkpoint / "windows.db", on_batch=on_batch)
+
+
+def stop_gracefully(query: Any, timeout_s: float = 60.0) -> None:
+    """Stop between micro-batches when possible (a stop inside one is safe too: the batch is replayed)."""
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    query.stop()
+
+
+@dataclass
+class RunResult:
+    batches: int
+    input_rows: int
+    restarts: int
+    elapsed_s: float
+
+
+def run(
+    settings: Settings,
+    options: JobOptions,
+    *,
+    master: str | None = None,
+    duration_s: float | None = None,
+    until_idle_s: float | None = None,
+    on_batch: Callable[[BatchStats], None] | None = None,
+    max_restarts: int = 5,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RunResult:
+    """Run the job until ``duration_s`` passes, no input arrived for ``until_idle_s`` (after at least one
+    batch), ``should_stop()`` turns true, or forever. A query that fails (a broker restart outlasting the
+    client retries, say) is restarted from its checkpoint up to ``max_restarts`` times in a row."""
+    from millrace.errors import MillraceError
+    from millrace.processing.session import build_session
+
+    spark = build_session(settings, master=master, app_name="millrace-iot-process")
+    batches = 0
+
+    def counted(stats: BatchStats) -> None:
+        nonlocal batches
+        batches += 1
+        if on_batch is not None:
+            on_batch(stats)
+
+    writer = make_writer(settings, options, counted)
+    started = time.monotonic()
+    restarts = failures = 0
+    try:
+        while True:
+            query = start_query(spark, settings, options, writer)
+            reason = _watch(query, writer, started, duration_s, until_idle_s, should_stop)
+            if reason != "failed":
+                stop_gracefully(query)
+                break
+            error = query.exception()
+            failures += 1
+            if failures > max_restarts:
+                raise MillraceError(
+                    f"the streaming query failed {failures} times in a row; last error: {error}"
+                )
+            restarts += 1
+            log.warning(
+                "streaming query failed (%s); restarting from the checkpoint", str(error).splitlines()[0]
+            )
+            time.sleep(min(2.0 * failures, 10.0))  # back off before reconnecting to the broker
+            if writer.last is not None and writer.last.input_rows:
+                failures = 0
+    finally:
+        writer.close()
+    return RunResult(batches, writer.total_input, restarts, time.monotonic() - started)
+
+
+def _watch(
+    query: Any, writer: BatchWriter, started: float, duration_s: float | None, until_idle_s: float | None,
+    should_stop: Callable[[], bool],
+) -> str:  # fmt: skip
+    while True:
+        try:
+            if query.awaitTermination(0.5):
+                return "finished"
+        except Exception:  # StreamingQueryException: the query died; its checkpoint is intact
+            return "failed"
+        if not query.isActive:
+            return "failed" if query.exception() is not None else "finished"
+        if query.exception() is not None:
+            return "failed"
+        now = time.monotonic()
+        if should_stop():
+            return "stopped"
+        if duration_s is not None and now - started >= duration_s:
+            return "duration"
+        if until_idle_s is not None and writer.total_input > 0 and now - writer.last_input_at >= until_idle_s:
+            return "idle"

@@ -1,0 +1,234 @@
+"""Pure transforms of the streaming job: Spark column logic (parse, validate) and pandas logic (dedup, late
+events, window partials). No I/O and no SparkSession here; job.py wires them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from millrace.config import ProcessingSettings
+
+# Dead-letter reasons produced by validation, in the order they are checked (the first failing one is kept).
+REASONS: tuple[str, ...] = (
+    "malformed",            # not JSON, or not a JSON object
+    "missing_field",        # sensor_id, sensor_type, value or timestamp absent
+    "bad_value",            # value not a number, NaN or infinite
+    "bad_timestamp",        # timestamp not ISO 8601
+    "unknown_sensor_type",  # no range configured for it
+    "out_of_range",         # outside the physical range of its type
+    "future_timestamp",     # more than max_future_s ahead of the batch time
+    "too_old",              # more than max_age_s behind the batch time
+)  # fmt: skip
+LATE_REASON = "late"  # older than the device's watermark (max event time - allowed lateness)
+INVALID_GROUP = "~invalid"  # grouping key of rows that failed validation
+
+
+# ---------------------------------------------------------------------------------------------- Spark side
+def parse(kafka_rows):  # noqa: ANN001, ANN201 - pyspark DataFrame in, DataFrame out
+    """Kafka source rows -> one row per message with the JSON fields, ``raw`` text and source position.
+
+    Columns: kafka_partition, kafka_offset, raw, json_ok, sensor_id, device_id, sensor_type, value (double or
+    null), value_text, unit, location, ts_text, timestamp (or null), status, ground_truth.
+    """
+    from pyspark.sql import functions as F
+
+    from millrace.processing.schema import READING_JSON
+
+    raw = F.col("value").cast("string")
+    parsed = kafka_rows.select(
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        raw.alias("raw"),
+        F.from_json(raw, READING_JSON, {"mode": "PERMISSIVE"}).alias("j"),
+    )
+    ts_text = F.col("j.timestamp")
+    value_text = F.col("j.value")
+    return parsed.select(
+        "kafka_partition",
+        "kafka_offset",
+        "raw",
+        # from_json yields a struct of nulls for input that is not a JSON object.
+        (F.col("j").isNotNull() & F.trim(F.col("raw")).startswith("{")).alias("json_ok"),
+        F.col("j.sensor_id").alias("sensor_id"),
+        F.coalesce(F.col("j.device_id"), F.col("j.sensor_id")).alias("device_id"),
+        F.col("j.sensor_type").alias("sensor_type"),
+        value_text.alias("value_text"),
+        F.expr("try_cast(j.value AS DOUBLE)").alias("value"),
+        F.coalesce(F.col("j.unit"), F.col("j.metadata.unit"), F.lit("")).alias("unit"),
+        F.coalesce(F.col("j.location"), F.lit("")).alias("location"),
+        ts_text.alias("ts_text"),
+        F.expr("try_to_timestamp(j.timestamp)").alias("timestamp"),
+        F.coalesce(F.col("j.status"), F.lit("ok")).alias("status"),
+        F.col("j.ground_truth").alias("ground_truth"),
+    )
+
+
+def validate(parsed, cfg: ProcessingSettings, now=None):  # noqa: ANN001, ANN201
+    """Add ``reason``: null for a usable reading, else the first failing check of :data:`REASONS`.
+
+    ``now`` is the reference time for timestamp sanity (default ``current_timestamp()``, which a streaming
+    query fixes per micro-batch, so a replayed batch is judged the same way).
+    """
+    from pyspark.sql import functions as F
+
+    now = F.current_timestamp() if now is None else now
+    in_range = F.lit(False)
+    known = F.lit(False)
+    for sensor_type, rng in sorted(cfg.ranges.items()):
+        is_type = F.col("sensor_type") == F.lit(sensor_type)
+        known = known | is_type
+        in_range = in_range | (is_type & F.col("value").between(rng.low, rng.high))
+    missing = (
+        F.col("sensor_id").isNull()
+        | (F.col("sensor_id") == "")
+        | F.col("sensor_type").isNull()
+        | F.col("value_text").isNull()
+        | F.col("ts_text").isNull()
+    )
+    bad_value = F.col("value").isNull() | F.isnan("value") | (F.abs(F.col("value")) == float("inf"))
+    ts_seconds = F.col("timestamp").cast("double")
+    now_seconds = now.cast("double")
+    reason = (
+        F.when(~F.col("json_ok"), F.lit("malformed"))
+        .when(missing, F.lit("missing_field"))
+        .when(bad_value, F.lit("bad_value"))
+        .when(F.col("timestamp").isNull(), F.lit("bad_timestamp"))
+        .when(~known, F.lit("unknown_sensor_type"))
+        .when(~in_range, F.lit("out_of_range"))
+        .when(ts_seconds > now_seconds + F.lit(cfg.max_future_s), F.lit("future_timestamp"))
+        .when(ts_seconds < now_seconds - F.lit(cfg.max_age_s), F.lit("too_old"))
+    )
+    return parsed.withColumn("reason", reason)
+
+
+def to_step_input(validated):  # noqa: ANN001, ANN201
+    """The columns the stateful step needs, grouped by device; the raw text is kept only for dead letters."""
+    from pyspark.sql import functions as F
+
+    ok = F.col("reason").isNull()
+    return validated.select(
+        F.when(ok, F.col("device_id")).otherwise(F.lit(INVALID_GROUP)).alias("gkey"),
+        "reason",
+        F.when(ok, F.lit(None).cast("string")).otherwise(F.col("raw")).alias("raw"),
+        F.col("kafka_partition").cast("int").alias("kafka_partition"),
+        "kafka_offset",
+        "sensor_id",
+        "device_id",
+        "sensor_type",
+        "location",
+        "unit",
+        "status",
+        "value",
+        "timestamp",
+        "ground_truth",
+    )
+
+
+# --------------------------------------------------------------------------------------------- pandas side
+def timestamps_ms(series: pd.Series) -> np.ndarray:
+    """datetime64 (any unit, UTC) -> int64 epoch milliseconds."""
+    values = pd.to_datetime(series, utc=True)
+    return values.astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+
+
+def drop_duplicates_and_late(
+    rows: pd.DataFrame, seen: Mapping[str, np.ndarray], watermark_ms: int | None
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Split one device's valid readings into (fresh, late, duplicate count).
+
+    A duplicate has the (sensor_id, timestamp) of a reading seen before — earlier in this batch (the first in
+    Kafka order wins) or in ``seen`` (per sensor, epoch ms still inside the lateness horizon). A late reading
+    is older than ``watermark_ms``; it is returned for the dead-letter topic, not silently dropped.
+    ``rows`` needs sensor_id, ts_ms, kafka_partition, kafka_offset.
+    """
+    if rows.empty:
+        return rows, rows, 0
+    ordered = rows.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
+    late_mask = np.zeros(len(ordered), dtype=bool)
+    if watermark_ms is not None:
+        late_mask = ordered["ts_ms"].to_numpy() < watermark_ms
+    late = ordered[late_mask]
+    candidates = ordered[~late_mask]
+    dup_in_batch = candidates.duplicated(["sensor_id", "ts_ms"], keep="first").to_numpy()
+    dup_seen = np.zeros(len(candidates), dtype=bool)
+    if seen:
+        sensor_ids = candidates["sensor_id"].to_numpy()
+        ts = candidates["ts_ms"].to_numpy()
+        for sensor_id, previous in seen.items():
+            if len(previous) == 0:
+                continue
+            mask = sensor_ids == sensor_id
+            if mask.any():
+                dup_seen[mask] = np.isin(ts[mask], previous)
+    dup = dup_in_batch | dup_seen
+    return candidates[~dup], late, int(dup.sum())
+
+
+def window_partials(readings: pd.DataFrame, window_s: int) -> pd.DataFrame:
+    """Mergeable tumbling-window partial aggregates of one micro-batch, per sensor and per type x location.
+
+    Columns: scope, key, sensor_type, location, window_start (epoch ms), count, sum, sumsq, min, max,
+    anomaly_count. Interpolated points are not measurements and are left out.
+    """
+    columns = ["scope", "key", "sensor_type", "location", "window_start", "count", "sum", "sumsq", "min", "max",
+               "anomaly_count"]  # fmt: skip
+    measured = readings[~readings["interpolated"].astype(bool)] if len(readings) else readings
+    if measured.empty:
+        return pd.DataFrame(columns=columns)
+    width = window_s * 1000
+    base = pd.DataFrame(
+        {
+            "sensor_id": measured["sensor_id"].to_numpy(),
+            "sensor_type": measured["sensor_type"].to_numpy(),
+            "location": measured["location"].fillna("").to_numpy(),
+            "window_start": (timestamps_ms(measured["timestamp"]) // width) * width,
+            "value": measured["value"].astype("float64").to_numpy(),
+            "anomaly": measured["is_anomaly"].fillna(False).astype(bool).astype("int64").to_numpy(),
+        }
+    )
+    base["sq"] = base["value"] * base["value"]
+    parts = []
+    for scope, keys in (
+        ("sensor", ["sensor_id", "sensor_type", "location"]),
+        ("type_location", ["sensor_type", "location"]),
+    ):
+        agg = (
+            base.groupby(keys + ["window_start"], sort=True)
+            .agg(
+                count=("value", "size"),
+                sum=("value", "sum"),
+                sumsq=("sq", "sum"),
+                min=("value", "min"),
+                max=("value", "max"),
+                anomaly_count=("anomaly", "sum"),
+            )  # fmt: skip
+            .reset_index()
+        )
+        if scope == "sensor":
+            agg["key"] = agg["sensor_id"]
+        else:
+            agg["key"] = agg["sensor_type"] + "|" + agg["location"]
+        agg["scope"] = scope
+        parts.append(agg[columns])
+    return pd.concat(parts, ignore_index=True)
+
+
+def finish_windows(merged: pd.DataFrame, window_s: int) -> pd.DataFrame:
+    """Merged partials (summed count/sum/sumsq, min of min, max of max) -> store.base.WINDOW_COLUMNS rows."""
+    out = merged.copy()
+    count = out["count"].astype("float64")
+    mean = out["sum"] / count
+    # Sample standard deviation from the sums; clipped at 0 against rounding (a constant signal).
+    var = (out["sumsq"] - count * mean * mean) / (count - 1).where(count > 1)
+    out["mean"] = mean
+    out["stddev"] = np.sqrt(var.clip(lower=0)).fillna(0.0)
+    start = pd.to_datetime(out["window_start"].astype("int64"), unit="ms", utc=True)
+    out["window_start"] = start
+    out["window_end"] = start + pd.Timedelta(seconds=window_s)
+    out["count"] = out["count"].astype("int64")
+    out["anomaly_count"] = out["anomaly_count"].astype("int64")
+    from millrace.stores.base import WINDOW_COLUMNS
+
+    return out[list(WINDOW_COLUMNS)].reset_index(drop=True)
