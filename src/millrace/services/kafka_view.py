@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,16 +55,21 @@ def brokers(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, Any]:
 
 def _offsets(
     admin: AdminClient, partitions: list[TopicPartition], timeout_s: float
-) -> dict[tuple[str, int], tuple[int, int]]:
-    """(topic, partition) → (low, high) watermarks in two batched ListOffsets requests."""
+) -> dict[tuple[str, int], tuple[int, int] | None]:
+    """(topic, partition) → (low, high) watermarks in two batched ListOffsets requests; None for a partition
+    whose leader cannot answer right now (e.g. while it moves)."""
     if not partitions:
         return {}
-    result: dict[tuple[str, int], list[int]] = {(tp.topic, tp.partition): [0, 0] for tp in partitions}
+    result: dict[tuple[str, int], list[int | None]] = {(tp.topic, tp.partition): [0, 0] for tp in partitions}
     for index, spec in ((0, OffsetSpec.earliest()), (1, OffsetSpec.latest())):
         futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout_s)
         for tp, future in futures.items():
-            result[(tp.topic, tp.partition)][index] = future.result().offset
-    return {k: (v[0], v[1]) for k, v in result.items()}
+            try:
+                result[(tp.topic, tp.partition)][index] = future.result().offset
+            except KafkaException as exc:
+                log.debug("offsets of %s[%d]: %s", tp.topic, tp.partition, exc)
+                result[(tp.topic, tp.partition)][index] = None
+    return {k: (v[0], v[1]) if v[0] is not None and v[1] is not None else None for k, v in result.items()}
 
 
 def _log_dir_sizes(data_dirs: list[Path]) -> dict[tuple[str, int], int]:
@@ -82,10 +88,11 @@ def _log_dir_sizes(data_dirs: list[Path]) -> dict[tuple[str, int], int]:
 
 
 def topics(admin: AdminClient, *, internal: bool = False, data_dirs: list[Path] | None = None,
-           timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    """Every topic with partitions, leaders, replicas, ISR, watermarks, message count and size."""
+           only: str | None = None, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Every topic (or ``only`` that one) with partitions, leaders, replicas, ISR, watermarks, message count
+    and size. Offsets a leader cannot serve right now are null."""
     meta = _metadata(admin, timeout_s)
-    names = sorted(t for t in meta.topics if internal or not t.startswith("__"))
+    names = sorted(t for t in meta.topics if (internal or not t.startswith("__")) and only in (None, t))
     tps = [TopicPartition(t, p) for t in names for p in meta.topics[t].partitions]
     offsets = _offsets(admin, tps, timeout_s)
     sizes = _log_dir_sizes(data_dirs or [])
@@ -93,9 +100,10 @@ def topics(admin: AdminClient, *, internal: bool = False, data_dirs: list[Path] 
     for name in names:
         parts = []
         for pid, part in sorted(meta.topics[name].partitions.items()):
-            low, high = offsets.get((name, pid), (0, 0))
+            low, high = offsets.get((name, pid)) or (None, None)
             parts.append({"partition": pid, "leader": part.leader, "replicas": list(part.replicas),
-                          "isr": list(part.isrs), "low": low, "high": high, "messages": high - low,
+                          "isr": list(part.isrs), "low": low, "high": high,
+                          "messages": high - low if low is not None and high is not None else None,
                           "size_bytes": sizes.get((name, pid))})
         known = [p["size_bytes"] for p in parts if p["size_bytes"] is not None]
         out.append({
@@ -105,7 +113,7 @@ def topics(admin: AdminClient, *, internal: bool = False, data_dirs: list[Path] 
             "partition_count": len(parts),
             "replication_factor": len(parts[0]["replicas"]) if parts else 0,
             "under_replicated": sum(1 for p in parts if len(p["isr"]) < len(p["replicas"])),
-            "messages": sum(p["messages"] for p in parts),
+            "messages": sum(p["messages"] or 0 for p in parts),
             "size_bytes": sum(known) if known else None,
         })
     return out
@@ -116,8 +124,10 @@ def topic(admin: AdminClient, name: str, *, data_dirs: list[Path] | None = None,
     meta = _metadata(admin, timeout_s)
     if name not in meta.topics:
         return None
-    info = next(t for t in topics(admin, internal=True, data_dirs=data_dirs, timeout_s=timeout_s)
-                if t["name"] == name)
+    found = topics(admin, internal=True, data_dirs=data_dirs, only=name, timeout_s=timeout_s)
+    if not found:
+        return None
+    info = found[0]
     info["configs"] = topic_configs(admin, name)
     return info
 
@@ -147,6 +157,13 @@ def create_topic(admin: AdminClient, name: str, partitions: int, replication_fac
                           "INVALID_REPLICATION_FACTOR", "POLICY_VIOLATION", "INVALID_REQUEST"):
             raise TopicError(422, err.str()) from None
         raise
+    # The controller has the topic; wait (bounded) until the metadata shows it with leaders everywhere.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = _metadata(admin, timeout_s).topics.get(name)
+        if found is not None and found.partitions and all(p.leader >= 0 for p in found.partitions.values()):
+            return
+        time.sleep(0.1)
 
 
 def groups(admin: AdminClient, *, timeout_s: float = 10.0) -> list[dict[str, Any]]:
@@ -167,16 +184,17 @@ def group(admin: AdminClient, group_id: str, *, timeout_s: float = 10.0) -> dict
     highs = _offsets(admin, [TopicPartition(tp.topic, tp.partition) for tp in parts], timeout_s)
     offsets = []
     for tp in sorted(parts, key=lambda t: (t.topic, t.partition)):
-        high = highs.get((tp.topic, tp.partition), (0, 0))[1]
+        marks = highs.get((tp.topic, tp.partition))
+        high = marks[1] if marks else None
         offsets.append({"topic": tp.topic, "partition": tp.partition, "committed": tp.offset, "high": high,
-                        "lag": max(0, high - tp.offset)})
+                        "lag": max(0, high - tp.offset) if high is not None else None})
     members = [{"member_id": m.member_id, "client_id": m.client_id, "host": m.host,
                 "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in
                                      (m.assignment.topic_partitions if m.assignment else []))}
                for m in desc.members]
     state = getattr(desc.state, "name", str(desc.state))
     return {"group_id": group_id, "state": state, "members": members, "offsets": offsets,
-            "lag": sum(o["lag"] for o in offsets)}
+            "lag": sum(o["lag"] or 0 for o in offsets)}
 
 
 def pretty_value(value: bytes | None) -> tuple[Any, str]:
@@ -205,7 +223,11 @@ def latest_messages(client_config: dict[str, Any], admin: AdminClient, name: str
             raise TopicError(404, f"topic {name} has no partition {partition}")
         pids = [partition]
     offsets = _offsets(admin, [TopicPartition(name, p) for p in pids], timeout_s)
-    wanted = {p: offsets[(name, p)] for p in pids if offsets[(name, p)][1] > offsets[(name, p)][0]}
+    wanted: dict[int, tuple[int, int]] = {}
+    for p in pids:
+        marks = offsets.get((name, p))
+        if marks is not None and marks[1] > marks[0]:
+            wanted[p] = marks
     if not wanted:
         return []
     consumer = Consumer({**client_config, "group.id": f"millrace-browse-{uuid.uuid4().hex[:8]}",
@@ -215,8 +237,8 @@ def latest_messages(client_config: dict[str, Any], admin: AdminClient, name: str
         consumer.assign([TopicPartition(name, p, max(low, high - limit))
                          for p, (low, high) in wanted.items()])
         remaining = set(wanted)
-        deadline = datetime.now(UTC).timestamp() + timeout_s
-        while remaining and datetime.now(UTC).timestamp() < deadline:
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
             for msg in consumer.consume(500, 0.5):
                 if msg.error() is not None:
                     continue  # partition EOF and transient errors; the deadline bounds the loop
