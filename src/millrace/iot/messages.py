@@ -45,6 +45,16 @@ class MessageBatch:
         self.locations.append(msg.location)
         self.device_ids.append(msg.device_id)
 
+    def slice(self, start: int, stop: int) -> MessageBatch:
+        return MessageBatch(
+            self.keys[start:stop],
+            self.values[start:stop],
+            self.sensor_types[start:stop],
+            self.kinds[start:stop],
+            self.locations[start:stop],
+            self.device_ids[start:stop],
+        )
+
     def head(self, n: int) -> MessageBatch:
         return MessageBatch(
             self.keys[:n],

@@ -43,10 +43,19 @@ class _Chunk:
     value: np.ndarray  # float64, rounded to 3 decimals
     label: np.ndarray  # int8, index into LABELS
     battery: np.ndarray  # float64
+    time_index: np.ndarray  # int, index of the reading's time in grid_ms
+    grid_ms: np.ndarray  # int64, event times of the chunk's (step, device) grid, flattened
 
     def head(self, n: int) -> _Chunk:
         return _Chunk(
-            self.sensor[:n], self.step[:n], self.time_ms[:n], self.value[:n], self.label[:n], self.battery[:n]
+            self.sensor[:n],
+            self.step[:n],
+            self.time_ms[:n],
+            self.value[:n],
+            self.label[:n],
+            self.battery[:n],
+            self.time_index[:n],
+            self.grid_ms,
         )
 
 
@@ -100,10 +109,14 @@ class Simulator:
             sensor = idx % n_sensors
             local_step = idx // n_sensors
             device = fleet.sensor_device[sensor]
+            time_index = local_step * cfg.devices + device
+            grid_ms = t_ms.ravel()
             chunk = _Chunk(
                 sensor=sensor,
                 step=local_step + step0,
-                time_ms=t_ms[local_step, device],
+                time_ms=grid_ms[time_index],
+                time_index=time_index,
+                grid_ms=grid_ms,
                 value=values.ravel()[idx],
                 label=labels.ravel()[idx],
                 battery=battery[local_step, device],
@@ -121,7 +134,8 @@ class Simulator:
             raise ValueError("simulate_frame needs duration_s or count")
         parts = [self._frame(chunk) for chunk in self._chunks()]
         if not parts:
-            return self._frame(_Chunk(*(np.array([], dtype=d) for d in ("i8", "i8", "i8", "f8", "i1", "f8"))))
+            empty = (np.array([], dtype=d) for d in ("i8", "i8", "i8", "f8", "i1", "f8", "i8", "i8"))
+            return self._frame(_Chunk(*empty))
         return pd.concat(parts, ignore_index=True)
 
     def _frame(self, chunk: _Chunk) -> pd.DataFrame:
@@ -139,7 +153,7 @@ class Simulator:
                 "sensor_model": st.models_np[chunk.sensor],
                 "battery_level": chunk.battery,
                 "seq": chunk.step.astype(np.int64),
-                "ground_truth": np.asarray(LABELS, dtype=object)[chunk.label],
+                "ground_truth": st.labels_np[chunk.label],
             }
         )
 
@@ -165,13 +179,15 @@ class Simulator:
     def _encode(self, chunk: _Chunk) -> MessageBatch:
         st = self._static
         sensor = pa.array(chunk.sensor)
-        ts = np.datetime_as_string(chunk.time_ms.astype("datetime64[ms]"), unit="ms")
+        # All sensors of a device share a time: format the (step, device) grid once, then take.
+        grid = np.datetime_as_string(chunk.grid_ms.astype("datetime64[ms]"), unit="ms")
+        ts = pc.take(pa.array(grid, type=pa.string()), pa.array(chunk.time_index))
         low = chunk.battery < _LOW_BATTERY
         parts = [
             pc.take(st.prefix, sensor),
             pc.cast(pa.array(chunk.value), pa.string()),
             pc.take(st.middle, sensor),
-            pa.array(ts, type=pa.string()),
+            ts,
             pc.if_else(pa.array(low), st.status_low, st.status_ok),
             pc.take(st.metadata, sensor),
             pc.cast(pa.array(chunk.battery), pa.string()),
@@ -182,14 +198,15 @@ class Simulator:
             _END,
         ]
         joined = pc.binary_join_element_wise(*parts, "").cast(pa.binary())
-        keys = pc.take(st.sensor_ids, sensor).to_pylist()
+        # Per-sensor strings come from object arrays (fancy indexing + tolist is far cheaper than Arrow's
+        # to_pylist, which builds a new str per element).
         return MessageBatch(
-            keys=keys,
+            keys=st.sensor_ids_np[chunk.sensor].tolist(),
             values=joined.to_pylist(),
-            sensor_types=pc.take(st.types, sensor).to_pylist(),
-            kinds=pc.take(st.labels, pa.array(chunk.label)).to_pylist(),
-            locations=pc.take(st.locations, sensor).to_pylist(),
-            device_ids=pc.take(st.device_ids, sensor).to_pylist(),
+            sensor_types=st.types_np[chunk.sensor].tolist(),
+            kinds=st.labels_np[chunk.label].tolist(),
+            locations=st.locations_np[chunk.sensor].tolist(),
+            device_ids=st.device_ids_np[chunk.sensor].tolist(),
         )
 
 
@@ -233,10 +250,7 @@ class _StaticParts:
         self.status_ok = pa.scalar('Z","status":"ok')
         self.status_low = pa.scalar('Z","status":"low_battery')
         self.labels = pa.array(list(LABELS))
-        self.sensor_ids = pa.array(fleet.sensor_ids)
-        self.types = pa.array(fleet.sensor_types)
-        self.locations = pa.array(fleet.sensor_locations)
-        self.device_ids = pa.array(fleet.sensor_devices)
+        self.labels_np = np.asarray(LABELS, dtype=object)
         self.sensor_ids_np = np.asarray(fleet.sensor_ids, dtype=object)
         self.device_ids_np = np.asarray(fleet.sensor_devices, dtype=object)
         self.types_np = np.asarray(fleet.sensor_types, dtype=object)

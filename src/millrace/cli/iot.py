@@ -1,0 +1,241 @@
+"""``millrace iot simulate | replay`` (the MQTT bridge and the Spark job attach their own commands)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from millrace.cli.common import console, err_console, print_json, settings_of
+from millrace.errors import MillraceError, missing_extra
+from millrace.iot.fleet import DEFAULT_DURATIONS_S, FAULTS, FleetConfig
+from millrace.iot.live_stats import LiveStats
+from millrace.iot.sinks import KafkaSink, Sink, pump
+from millrace.kafka.consumer import stop_on_signals
+from millrace.records import parse_iso
+
+app = typer.Typer(
+    help="IoT ingestion: simulate a device fleet, replay data sets, bridge MQTT.", no_args_is_help=True
+)
+
+
+class Via(StrEnum):
+    kafka = "kafka"
+    mqtt = "mqtt"
+
+
+def _fault_rates(items: list[str]) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if name == "all":
+            names = list(FAULTS)
+        elif name in FAULTS:
+            names = [name]
+        else:
+            raise typer.BadParameter(
+                f"unknown fault {name!r}; known: {', '.join(FAULTS)}, all", param_hint="--fault-rate"
+            )
+        try:
+            rate = float(value)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{item!r}: expected NAME=P, e.g. malformed=0.01", param_hint="--fault-rate"
+            ) from None
+        if not 0 <= rate <= 1:
+            raise typer.BadParameter(f"{item!r}: P must be between 0 and 1", param_hint="--fault-rate")
+        rates.update(dict.fromkeys(names, rate))
+    return rates
+
+
+def _finish(live: LiveStats, sink: Sink, *, json_: bool, quiet: bool) -> None:
+    with err_console.status("waiting for the last deliveries...") if not quiet and not json_ else _null():
+        undelivered = sink.flush(60.0)
+    live.finish(undelivered)
+    sink.close()
+    if json_:
+        print_json(live.to_json())
+    elif not quiet:
+        console.print(live.summary())
+    if undelivered or live.stats.failed:
+        raise MillraceError(
+            f"{live.stats.failed} messages failed and {undelivered} were still undelivered "
+            f"(last error: {live.stats.last_error})"
+        )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@app.command()
+def simulate(
+    ctx: typer.Context,
+    devices: Annotated[int, typer.Option(min=1, help="Devices (machines); each has all sensor types.")] = 10,
+    locations: Annotated[int, typer.Option(min=1, help="Locations the devices are spread over.")] = 3,
+    rate: Annotated[float, typer.Option(min=0, help="Messages per second; 0 = as fast as possible.")] = 0.0,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Event-time span to simulate, seconds (default 60 s of data).")
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Number of readings instead of a duration.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed and options, same data.")] = 42,
+    anomaly_rate: Annotated[
+        float, typer.Option(min=0, max=0.5, help="Fraction of sensor-time in anomalies.")
+    ] = 0.02,
+    fault_rate: Annotated[
+        list[str] | None,
+        typer.Option("--fault-rate", help=f"NAME=P, repeatable; NAME one of {', '.join(FAULTS)} or all."),
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Event-time seconds between a sensor's readings (default: 1, or "
+            "sensors/rate with --rate so event time keeps pace with the wall clock).",
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Event time of the first reading, ISO 8601 (default: now - duration, or now with --rate)."
+        ),
+    ] = None,
+    forever: Annotated[bool, typer.Option(help="Run until interrupted (needs --rate).")] = False,
+    via: Annotated[Via, typer.Option(help="Send through Kafka directly or publish over MQTT.")] = Via.kafka,
+    topic: Annotated[str | None, typer.Option(help="Kafka topic (default: topics.readings).")] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary at the end, nothing else.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display and no summary.")] = False,
+) -> None:
+    """Simulate a fleet of devices with labelled anomalies (and optional data faults) and produce it."""
+    settings = settings_of(ctx)
+    if forever and rate <= 0:
+        raise typer.BadParameter("--forever needs --rate", param_hint="--forever")
+    if duration is None and count is None and not forever:
+        duration = 60.0
+    sensors = devices * 6
+    interval_s = interval or (sensors / rate if rate > 0 else 1.0)
+    if start is not None:
+        start_at: datetime | None = parse_iso(start)
+    elif rate > 0:
+        start_at = datetime.now(UTC)
+    else:
+        start_at = None
+    # Spikes last at least one reading; keep its range valid for coarse intervals.
+    cfg = FleetConfig(
+        devices=devices, locations=locations, interval_s=interval_s, start=start_at, seed=seed,
+        anomaly_rate=anomaly_rate, durations_s=dict(DEFAULT_DURATIONS_S), **_fault_rates(fault_rate or []),
+    )  # fmt: skip
+    from millrace.iot.simulator import Simulator
+
+    simulator = Simulator(cfg, duration_s=None if forever else duration, count=None if forever else count)
+    sink = _sink(settings, via, topic)
+    target = (topic or settings.topics.readings) if via is Via.kafka else settings.mqtt.readings_topic
+    title = f"simulate → {via.value} {target}"
+    live = LiveStats(sink.stats, title=title, console=err_console)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    with live.live(enabled=not (quiet or json_)):
+        pump(simulator.batches(), sink, live, rate=rate, stop=stop)
+    _finish(live, sink, json_=json_, quiet=quiet)
+
+
+def _sink(settings, via: Via, topic: str | None) -> Sink:  # type: ignore[no-untyped-def]
+    if via is Via.mqtt:
+        try:
+            from millrace.iot.mqtt_sink import MqttSink
+        except ModuleNotFoundError as exc:
+            raise missing_extra(exc.name or "paho-mqtt", "mqtt") from None
+        return MqttSink(settings)
+    return KafkaSink(settings, topic=topic)
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="CSV (any separator, .gz ok) or Parquet.")
+    ],
+    speed: Annotated[
+        float,
+        typer.Option(min=0, help="1 = recorded timing, 10 = ten times faster, 0 = as fast as possible."),
+    ] = 1.0,
+    layout: Annotated[
+        str, typer.Option(help="auto, long (one reading per row) or wide (one column per sensor).")
+    ] = "auto",
+    sep: Annotated[str | None, typer.Option(help="CSV separator (default: detected).")] = None,
+    time_column: Annotated[str | None, typer.Option(help="Time column (default: detected by name).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column carried as ground truth.")] = None,
+    sensor_column: Annotated[str | None, typer.Option(help="Long layout: sensor id column.")] = None,
+    value_column: Annotated[str | None, typer.Option(help="Long layout: value column.")] = None,
+    type_column: Annotated[str | None, typer.Option(help="Long layout: sensor type column.")] = None,
+    ignore_column: Annotated[
+        list[str] | None, typer.Option(help="Wide layout: a column that is not a sensor (repeatable).")
+    ] = None,
+    location: Annotated[
+        str, typer.Option(help="Location of the readings (when the file has none).")
+    ] = "loc-01",
+    device: Annotated[
+        str | None, typer.Option(help="Device id (when the file has none; default: file name).")
+    ] = None,
+    topic: Annotated[str | None, typer.Option(help="Kafka topic (default: topics.readings).")] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary at the end, nothing else.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display and no summary.")] = False,
+) -> None:
+    """Replay a recorded data set to Kafka with its inter-arrival times scaled by --speed; bad rows go to the
+    dead-letter topic with their row number."""
+    from millrace.iot.replay import replay as run_replay
+    from millrace.iot.tabular import read_table
+
+    settings = settings_of(ctx)
+    if layout not in ("auto", "long", "wide"):
+        raise typer.BadParameter("expected auto, long or wide", param_hint="--layout")
+    table = read_table(
+        file, sep=sep, time_column=time_column, label_column=label_column, layout=layout,  # type: ignore[arg-type]
+        sensor_column=sensor_column, value_column=value_column, type_column=type_column,
+        ignore_columns=ignore_column or [], device=device, location=location,
+    )  # fmt: skip
+    if not quiet and not json_:
+        err_console.print(
+            f"{file}: {table.layout} layout, {len(table.frame):,} readings from {table.rows:,} rows, "
+            f"{len(table.bad_rows)} bad rows; columns {table.columns}"
+        )
+    sink = KafkaSink(settings, topic=topic)
+    live = LiveStats(sink.stats, title=f"replay {file.name} → {sink.topic}", console=err_console)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    with live.live(enabled=not (quiet or json_)):
+        result = run_replay(table, sink, source=str(file), speed=speed, live=live, stop=stop)
+    if json_:
+        _finish_replay_json(live, sink, result)
+        return
+    _finish(live, sink, json_=False, quiet=quiet)
+    if not quiet:
+        console.print(
+            f"{result.readings:,} readings and {result.dead_letters} dead letters sent; "
+            f"worst lag behind schedule {result.max_behind_s:.3f} s"
+        )
+
+
+def _finish_replay_json(live: LiveStats, sink: KafkaSink, result: object) -> None:
+    undelivered = sink.flush(60.0)
+    live.finish(undelivered)
+    data = live.to_json()
+    data["replay"] = dict(result.__dict__)
+    print_json(data)
+    if undelivered or live.stats.failed:
+        raise MillraceError(f"{live.stats.failed} failed, {undelivered} undelivered")
