@@ -1,0 +1,167 @@
+"""MQTT -> Kafka through a real Mosquitto and a real broker: exact contents, dead letters, commands."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import orjson
+import pytest
+
+from millrace.config import Settings
+from millrace.iot.mqtt_client import Connection
+from millrace.iot.mqtt_sink import MqttSink
+from millrace.kafka.producer import make_producer
+from millrace.records import SENSOR_TYPES
+from tests.helpers import unique, wait_for
+from tests.integration.fixtures_mqtt import (  # noqa: F401  (fixtures)
+    BridgeThread,
+    consume_until,
+    decoded,
+    message,
+    mosquitto,
+    mqtt_settings,
+    reading,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def publish_raw(settings: Settings, items: list[tuple[str, bytes]]) -> None:
+    """Publish (topic, payload) pairs with QoS 1 and wait until the broker acknowledged each."""
+    conn = Connection(settings.mqtt, unique("pub"))
+    conn.open()
+    try:
+        infos = [conn.client.publish(topic, payload, qos=1) for topic, payload in items]
+        for info in infos:
+            info.wait_for_publish(10)
+            assert info.is_published()
+    finally:
+        conn.close()
+
+
+def test_readings_reach_kafka_exactly_with_their_contents(mqtt_settings: Settings) -> None:
+    prefix = mqtt_settings.mqtt.readings_topic.split("/")[0]
+    readings = [reading(i, device=1 + (i // 6) % 4, sensor_type=SENSOR_TYPES[i % 6]) for i in range(600)]
+    with BridgeThread(mqtt_settings, client_id=unique("bridge"), commands=False, count=602) as runner:
+        sink = MqttSink(mqtt_settings)
+        try:
+            for r in readings:
+                sink.send(message(r))
+            assert sink.flush(30) == 0
+        finally:
+            sink.close()
+        assert sink.stats.delivered == 600
+        # Short payloads: the rest of the reading comes from the topic.
+        publish_raw(mqtt_settings, [
+            (f"{prefix}/loc-02/dev-0042/pressure", b"1013.25"),
+            (f"{prefix}/loc-02/dev-0042/humidity", b'{"value": 41.5, "timestamp": "2026-01-02T03:04:05.678Z"}'),
+        ])
+        counters = runner.join()
+    assert (counters.received, counters.readings, counters.dead_letters, counters.acked) == (602, 602, 0, 602)
+    assert counters.by_type["temperature"] == 100
+
+    got = consume_until(mqtt_settings, mqtt_settings.topics.readings, lambda ms: len(ms) >= 602, what="602 readings")
+    assert len(got) == 602
+    by_key = {m.key().decode(): None for m in got}
+    assert len(by_key) == 4 * 6 + 2
+    values = decoded(got)
+    full = [v for v in values if v["device_id"] != "dev-0042"]
+    assert sorted(full, key=lambda v: v["seq"]) == [r.to_dict() for r in readings]
+    for m, v in zip(got, values, strict=True):
+        assert m.key().decode() == v["sensor_id"]
+    per_sensor: dict[str, list[int]] = defaultdict(list)
+    for v in full:
+        per_sensor[v["sensor_id"]].append(v["seq"])
+    assert all(seqs == sorted(seqs) for seqs in per_sensor.values()), "per-sensor order kept"
+    short = {v["sensor_type"]: v for v in values if v["device_id"] == "dev-0042"}
+    assert short["pressure"]["value"] == 1013.25
+    assert short["pressure"]["sensor_id"] == "dev-0042-pressure"
+    assert short["pressure"]["location"] == "loc-02"
+    assert short["pressure"]["unit"] == "hPa"
+    assert short["humidity"]["value"] == 41.5
+    assert short["humidity"]["timestamp"] == "2026-01-02T03:04:05.678Z"
+
+
+MALFORMED = [
+    ("loc-01/dev-0001/temperature", b"{not json", "invalid JSON"),
+    ("loc-01/dev-0001/temperature", b"hot", "neither a number nor a JSON object"),
+    ("loc-01/dev-0001/temperature", b"", "empty payload"),
+    ("loc-01/dev-0001/temperature", b"\xff\xfe\x00", "not UTF-8"),
+    ("loc-01/dev-0001/temperature", b'{"value": "21.5"}', "field 'value' is a string"),
+    ("loc-01/dev-0001/temperature", b'{"temperature": 21.5}', "missing field 'value'"),
+    ("loc-01/dev-0001/temperature", b"[1, 2]", "payload is an array"),
+    ("loc-01/dev-0001/temperature", b'{"value": 1, "timestamp": "yesterday"}', "not ISO 8601"),
+    ("loc-01/dev-0001/temperature", b'{"value": true}', "field 'value' is a boolean"),
+    ("dev-0001/temperature", b"21.5", "fewer than 3 levels"),
+]
+
+
+def test_malformed_payloads_reach_the_dead_letter_topic_with_reason_and_position(mqtt_settings: Settings) -> None:
+    prefix = mqtt_settings.mqtt.readings_topic.split("/")[0]
+    # The two-level topic still matches a 3-level pattern only when the prefix is one of the levels.
+    items = [(f"{prefix}/{topic}", payload) for topic, payload, _ in MALFORMED[:-1]]
+    items.append((f"{prefix}//dev-0001/temperature", b"21.5"))  # empty location level
+    items.append((f"{prefix}/loc-01/dev-0001/temperature", b"22.5"))  # one good reading among them
+    with BridgeThread(mqtt_settings, client_id=unique("bridge"), commands=False, count=len(items)) as runner:
+        publish_raw(mqtt_settings, items)
+        counters = runner.join()
+    assert (counters.readings, counters.dead_letters, counters.acked) == (1, len(items) - 1, len(items))
+
+    letters = consume_until(mqtt_settings, mqtt_settings.topics.dead_letter, lambda ms: len(ms) >= len(items) - 1)
+    assert len(letters) == len(items) - 1
+    values = decoded(letters)
+    expected = [reason for _, _, reason in MALFORMED[:-1]] + ["empty location level"]
+    for value, msg, (topic, payload), reason in zip(values, letters, items, expected, strict=False):
+        assert reason in value["reason"], (reason, value["reason"])
+        assert value["stage"] == "mqtt-bridge"
+        assert value["source"] == topic
+        assert re.fullmatch(re.escape(f"mqtt:{topic}#") + r"\d+", value["position"])
+        assert msg.key().decode() == value["position"]
+        assert value["raw"] == payload.decode("utf-8", "replace")
+    readings = consume_until(mqtt_settings, mqtt_settings.topics.readings, lambda ms: len(ms) >= 1)
+    assert [v["value"] for v in decoded(readings)] == [22.5]
+
+
+def test_a_command_on_kafka_reaches_the_devices_mqtt_command_topic(mqtt_settings: Settings) -> None:
+    received: list[tuple[str, dict[str, object]]] = []
+    listener = Connection(mqtt_settings.mqtt, unique("device"))
+    listener.client.on_message = lambda c, u, m: received.append((m.topic, orjson.loads(m.payload)))
+    command_topic = mqtt_settings.mqtt.command_topic.format(location="loc-03", device_id="dev-0007")
+    listener.on_connect_hooks.append(lambda present: listener.client.subscribe(command_topic, qos=1))
+    listener.open()
+    group = unique("cmd-group")
+    try:
+        with BridgeThread(mqtt_settings, client_id=unique("bridge"), command_group=group):
+            producer = make_producer(mqtt_settings.kafka.client_config())
+            command = {"device_id": "dev-0007", "location": "loc-03", "command": "set_interval",
+                       "args": {"interval_s": 5}}
+            producer.produce(mqtt_settings.topics.device_commands, orjson.dumps(command), "dev-0007")
+            producer.produce(mqtt_settings.topics.device_commands, b'{"command": "reboot"}', "bad")
+            assert producer.flush(30) == 0
+            wait_for(lambda: received, timeout_s=30, what="the command on MQTT")
+            from millrace.kafka.consumer import make_consumer
+
+            def committed() -> bool:
+                from confluent_kafka import TopicPartition
+
+                consumer = make_consumer(mqtt_settings.kafka.client_config(), group)
+                try:
+                    parts = consumer.committed([TopicPartition(mqtt_settings.topics.device_commands, 0)], timeout=5)
+                finally:
+                    consumer.close()
+                return parts[0].offset == 2
+
+            wait_for(committed, timeout_s=30, what="the command offsets committed")
+    finally:
+        listener.close()
+    assert len(received) == 1
+    topic, payload = received[0]
+    assert topic == command_topic
+    assert {k: payload[k] for k in ("device_id", "location", "command", "args")} == command
+    assert payload["command_id"] == f"{mqtt_settings.topics.device_commands}@0:0"
+    letters = decoded(consume_until(mqtt_settings, mqtt_settings.topics.dead_letter, lambda ms: len(ms) >= 1))
+    assert len(letters) == 1
+    assert letters[0]["stage"] == "mqtt-commands"
+    assert letters[0]["position"] == "0:1"
+    assert "missing or empty field 'device_id'" in letters[0]["reason"]
