@@ -41,7 +41,11 @@ def mqtt_settings(stack: Stack, mosquitto: ProcessRecord) -> Settings:
     )
     admin = admin_client(base.kafka.client_config())
     futures = admin.create_topics(
-        [NewTopic(topics.readings, 3, 1), NewTopic(topics.dead_letter, 1, 1), NewTopic(topics.device_commands, 1, 1)]
+        [
+            NewTopic(topics.readings, 3, 1),
+            NewTopic(topics.dead_letter, 1, 1),
+            NewTopic(topics.device_commands, 1, 1),
+        ]
     )
     for future in futures.values():
         future.result(timeout=30)
@@ -56,7 +60,9 @@ def mqtt_settings(stack: Stack, mosquitto: ProcessRecord) -> Settings:
     return base.model_copy(update={"topics": topics, "mqtt": mqtt})
 
 
-def reading(i: int, *, device: int = 1, sensor_type: str = "temperature", location: str = "loc-01") -> SensorReading:
+def reading(
+    i: int, *, device: int = 1, sensor_type: str = "temperature", location: str = "loc-01"
+) -> SensorReading:
     device_id = f"dev-{device:04d}"
     return SensorReading(
         sensor_id=f"{device_id}-{sensor_type}",
@@ -74,8 +80,14 @@ def reading(i: int, *, device: int = 1, sensor_type: str = "temperature", locati
 
 
 def message(r: SensorReading) -> Message:
-    return Message(r.sensor_id, orjson.dumps(r.to_dict()), r.sensor_type, r.ground_truth or "normal", r.location,
-                   r.device_id)
+    return Message(
+        r.sensor_id,
+        orjson.dumps(r.to_dict()),
+        r.sensor_type,
+        r.ground_truth or "normal",
+        r.location,
+        r.device_id,
+    )
 
 
 class BridgeThread:
@@ -97,7 +109,11 @@ class BridgeThread:
 
     def __enter__(self) -> BridgeThread:
         self._thread.start()
-        wait_for(lambda: self.bridge.subscribed.is_set() or self.error, timeout_s=30, what="the bridge to subscribe")
+        wait_for(
+            lambda: self.bridge.subscribed.is_set() or self.error,
+            timeout_s=30,
+            what="the bridge to subscribe",
+        )
         if self.error:
             raise self.error
         return self
@@ -116,7 +132,12 @@ class BridgeThread:
 
 
 def consume_until(
-    settings: Settings, topic: str, done: Callable[[list[Any]], bool], *, timeout_s: float = 60.0, what: str = ""
+    settings: Settings,
+    topic: str,
+    done: Callable[[list[Any]], bool],
+    *,
+    timeout_s: float = 60.0,
+    what: str = "",
 ) -> list[Any]:
     """Consume ``topic`` from the start until ``done(messages)``; one more short poll catches extras."""
     consumer = make_consumer(settings.kafka.client_config(), unique("g"))

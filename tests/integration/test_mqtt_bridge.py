@@ -1,4 +1,5 @@
 """MQTT -> Kafka through a real Mosquitto and a real broker: exact contents, dead letters, commands."""
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_mqtt are parameters here)
 
 from __future__ import annotations
 
@@ -53,15 +54,23 @@ def test_readings_reach_kafka_exactly_with_their_contents(mqtt_settings: Setting
             sink.close()
         assert sink.stats.delivered == 600
         # Short payloads: the rest of the reading comes from the topic.
-        publish_raw(mqtt_settings, [
-            (f"{prefix}/loc-02/dev-0042/pressure", b"1013.25"),
-            (f"{prefix}/loc-02/dev-0042/humidity", b'{"value": 41.5, "timestamp": "2026-01-02T03:04:05.678Z"}'),
-        ])
+        publish_raw(
+            mqtt_settings,
+            [
+                (f"{prefix}/loc-02/dev-0042/pressure", b"1013.25"),
+                (
+                    f"{prefix}/loc-02/dev-0042/humidity",
+                    b'{"value": 41.5, "timestamp": "2026-01-02T03:04:05.678Z"}',
+                ),
+            ],
+        )
         counters = runner.join()
     assert (counters.received, counters.readings, counters.dead_letters, counters.acked) == (602, 602, 0, 602)
     assert counters.by_type["temperature"] == 100
 
-    got = consume_until(mqtt_settings, mqtt_settings.topics.readings, lambda ms: len(ms) >= 602, what="602 readings")
+    got = consume_until(
+        mqtt_settings, mqtt_settings.topics.readings, lambda ms: len(ms) >= 602, what="602 readings"
+    )
     assert len(got) == 602
     by_key = {m.key().decode(): None for m in got}
     assert len(by_key) == 4 * 6 + 2
@@ -97,7 +106,9 @@ MALFORMED = [
 ]
 
 
-def test_malformed_payloads_reach_the_dead_letter_topic_with_reason_and_position(mqtt_settings: Settings) -> None:
+def test_malformed_payloads_reach_the_dead_letter_topic_with_reason_and_position(
+    mqtt_settings: Settings,
+) -> None:
     prefix = mqtt_settings.mqtt.readings_topic.split("/")[0]
     # The two-level topic still matches a 3-level pattern only when the prefix is one of the levels.
     items = [(f"{prefix}/{topic}", payload) for topic, payload, _ in MALFORMED[:-1]]
@@ -108,7 +119,9 @@ def test_malformed_payloads_reach_the_dead_letter_topic_with_reason_and_position
         counters = runner.join()
     assert (counters.readings, counters.dead_letters, counters.acked) == (1, len(items) - 1, len(items))
 
-    letters = consume_until(mqtt_settings, mqtt_settings.topics.dead_letter, lambda ms: len(ms) >= len(items) - 1)
+    letters = consume_until(
+        mqtt_settings, mqtt_settings.topics.dead_letter, lambda ms: len(ms) >= len(items) - 1
+    )
     assert len(letters) == len(items) - 1
     values = decoded(letters)
     expected = [reason for _, _, reason in MALFORMED[:-1]] + ["empty location level"]
@@ -134,8 +147,12 @@ def test_a_command_on_kafka_reaches_the_devices_mqtt_command_topic(mqtt_settings
     try:
         with BridgeThread(mqtt_settings, client_id=unique("bridge"), command_group=group):
             producer = make_producer(mqtt_settings.kafka.client_config())
-            command = {"device_id": "dev-0007", "location": "loc-03", "command": "set_interval",
-                       "args": {"interval_s": 5}}
+            command = {
+                "device_id": "dev-0007",
+                "location": "loc-03",
+                "command": "set_interval",
+                "args": {"interval_s": 5},
+            }
             producer.produce(mqtt_settings.topics.device_commands, orjson.dumps(command), "dev-0007")
             producer.produce(mqtt_settings.topics.device_commands, b'{"command": "reboot"}', "bad")
             assert producer.flush(30) == 0
@@ -147,7 +164,9 @@ def test_a_command_on_kafka_reaches_the_devices_mqtt_command_topic(mqtt_settings
 
                 consumer = make_consumer(mqtt_settings.kafka.client_config(), group)
                 try:
-                    parts = consumer.committed([TopicPartition(mqtt_settings.topics.device_commands, 0)], timeout=5)
+                    parts = consumer.committed(
+                        [TopicPartition(mqtt_settings.topics.device_commands, 0)], timeout=5
+                    )
                 finally:
                     consumer.close()
                 return parts[0].offset == 2

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import KafkaError, Message
@@ -75,6 +75,12 @@ class _Pending:
     key: bytes
     value: bytes
     label: str
+    sensor_type: str  # for live statistics
+    kind: str  # ground truth of the reading ("unlabelled" without one) or "dead-letter"
+
+
+class Recorder(Protocol):  # millrace.iot.live_stats.LiveStats
+    def record(self, msg: Any) -> None: ...
 
 
 class MqttBridge:
@@ -95,6 +101,7 @@ class MqttBridge:
         stats: DeliveryStats | None = None,
         producer: ReliableProducer | None = None,
         on_received: Callable[[int], None] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = client_id
@@ -119,6 +126,8 @@ class MqttBridge:
         self._in_flight = 0
         self._retry: list[_Pending] = []
         self._on_received = on_received
+        self._recorder = recorder
+        self.relay: Any = None  # the CommandRelay while run() runs with commands on
         self._commands = commands
         self._command_group = command_group
 
@@ -131,7 +140,9 @@ class MqttBridge:
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         if any(reason.is_failure for reason in reasons):
-            log.error("MQTT broker refused the subscription to %s: %s", self.settings.mqtt.readings_topic, reasons)
+            log.error(
+                "MQTT broker refused the subscription to %s: %s", self.settings.mqtt.readings_topic, reasons
+            )
             return
         self.subscribed.set()
 
@@ -159,6 +170,8 @@ class MqttBridge:
                 position.encode(),
                 orjson.dumps(letter.to_dict()),
                 "dead-letter",
+                "-",
+                "dead-letter",
             )
             with self._lock:
                 self.counters.by_reason[_reason_kind(str(exc))] += 1
@@ -171,6 +184,8 @@ class MqttBridge:
                 reading.sensor_id.encode(),
                 orjson.dumps(reading.to_dict()),
                 f"type:{reading.sensor_type}",
+                reading.sensor_type,
+                reading.ground_truth or "unlabelled",
             )
         self._produce(pending)
         if self._on_received is not None:
@@ -210,6 +225,8 @@ class MqttBridge:
                 self.counters.not_acked_stale += 1
         if current:
             conn.client.ack(pending.mid, pending.qos)
+        if self._recorder is not None:
+            self._recorder.record(pending)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -239,6 +256,7 @@ class MqttBridge:
                 producer=self.producer,
             )
             relay.open()
+            self.relay = relay
             relay_thread = threading.Thread(target=relay.run, args=(stop,), name="mqtt-commands", daemon=True)
         self.connection.open()
         if relay_thread is not None:

@@ -106,8 +106,9 @@ class MqttSink:
             else:
                 self._pending[info.mid] = entry
 
-    def send_many(self, messages: Any) -> None:
-        for msg in messages:
+    def send_batch(self, batch: Any) -> None:
+        """Send every message of an iterable (e.g. a MessageBatch) in order."""
+        for msg in batch:
             self.send(msg)
 
     def poll(self) -> None:
