@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -18,6 +19,7 @@ err_console = Console(stderr=True)
 @dataclass
 class AppState:
     settings: Settings
+    config_path: Path | None = None  # the --config file, so child commands get the same settings
 
 
 def settings_of(ctx: typer.Context) -> Settings:
@@ -25,6 +27,12 @@ def settings_of(ctx: typer.Context) -> Settings:
     state = ctx.find_root().obj
     assert isinstance(state, AppState), "the root callback builds the settings"
     return state.settings
+
+
+def app_state(ctx: typer.Context) -> AppState:
+    state = ctx.find_root().obj
+    assert isinstance(state, AppState), "the root callback builds the settings"
+    return state
 
 
 def print_json(data: Any) -> None:

@@ -1,49 +1,234 @@
-"""``millrace demo``: the main job. Starts the local stack and proves the path end to end."""
+"""``millrace demo``: the main job — the whole IoT pipeline on this machine with its live dashboard.
+
+Kafka, the Spark job, the API/dashboard and a simulated fleet with anomalies run as managed processes (logs
+in ``<state_dir>/logs``); this command shows live figures until Ctrl-C or ``--duration``, then stops what it
+started.
+"""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import threading
 import time
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-import orjson
 import typer
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
 from rich.table import Table
 
-from millrace.cli.common import console, settings_of
-from millrace.kafka.consumer import make_consumer
-from millrace.kafka.producer import make_producer
+from millrace.cli.common import app_state, console, err_console
+from millrace.config import Settings
+from millrace.errors import MillraceError
+from millrace.kafka.admin import describe_topic
+from millrace.records import to_iso
+from millrace.runtime.pipeline import (
+    FleetOptions,
+    api_spec,
+    api_url,
+    millrace_argv,
+    process_spec,
+    simulator_spec,
+)
+from millrace.runtime.process import ProcessRecord, tail
 from millrace.runtime.stack import Stack
+
+PIPELINE = ("iot-simulate", "iot-process", "api")  # stopped in this order: source first, service last
 
 
 def demo(
     ctx: typer.Context,
-    count: Annotated[int, typer.Option(help="Messages in the round trip.")] = 10_000,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="Deadline for the round trip, seconds.")] = 120.0,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="Stop after this many seconds (default: Ctrl-C).")
+    ] = None,
+    devices: Annotated[int, typer.Option(min=1, max=2000, help="Simulated devices (6 sensors each).")] = 25,
+    locations: Annotated[int, typer.Option(min=1, help="Locations the devices are spread over.")] = 4,
+    anomaly_rate: Annotated[
+        float, typer.Option(min=0, max=0.5, help="Fraction of sensor-time in anomalies.")
+    ] = 0.05,
+    backfill: Annotated[
+        float, typer.Option(min=0, help="Seconds of history produced first (warms the detector).")
+    ] = 120.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
+    keep: Annotated[
+        bool, typer.Option(help="Leave everything running at the end (stop with `stack down`).")
+    ] = False,
 ) -> None:
-    """Start the stack, produce readings to Kafka and consume them back, printing the counts."""
-    settings = settings_of(ctx)
-    with console.status("starting the stack..."):
-        Stack(settings).up()
-    conf = settings.kafka.client_config()
-    topic = settings.topics.readings
-    producer = make_producer(conf)
-    run = f"demo-{int(time.time())}"
-    for i in range(count):
-        producer.produce(topic, orjson.dumps({"run": run, "seq": i}), f"sensor-{i % 60}")
-    if producer.flush(timeout_s):
-        raise typer.Exit(1)
-    consumer = make_consumer(conf, f"millrace-{run}")
-    consumer.subscribe([topic])
-    seen = 0
-    deadline = time.monotonic() + timeout_s
-    while seen < count and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, 0.5):
-            if msg.error() is None and orjson.loads(msg.value()).get("run") == run:
-                seen += 1
-    consumer.close()
-    table = Table("produced", "delivered", "failed", "consumed")
-    stats = producer.stats
-    table.add_row(str(count), str(stats.delivered), str(stats.failed), str(seen))
-    console.print(table)
-    if seen != count:
-        raise typer.Exit(1)
+    """Run the IoT pipeline end to end: Kafka, simulator with anomalies, Spark job, store, dashboard.
+
+    Open the printed URL for the live dashboard. Ctrl-C stops everything cleanly; data stays in the state dir.
+    """
+    state = app_state(ctx)
+    settings = state.settings
+    fleet = FleetOptions(devices=devices, locations=locations, anomaly_rate=anomaly_rate, seed=seed)
+    stack = Stack(settings)
+    manager = stack.manager
+    kafka_was_running = manager.running("kafka-1") is not None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started: list[str] = []
+    monitor: _Monitor | None = None
+    figures: dict[str, Any] | None = None
+    try:
+        with console.status("starting Kafka (the first run downloads it from Maven Central)..."):
+            stack.up()
+        monitor = _Monitor(settings)
+        if backfill > 0:
+            with console.status(f"producing {backfill:.0f} s of fleet history ({fleet.sensors} sensors)..."):
+                _backfill(settings, state.config_path, fleet, backfill)
+        for spec in (
+            process_spec(settings, state.config_path, "--max-offsets", "20000"),
+            api_spec(settings, state.config_path),
+            simulator_spec(settings, state.config_path, fleet),
+        ):
+            with console.status(f"starting {spec.name}..."):
+                manager.start(spec)
+            started.append(spec.name)
+        url = api_url(settings)
+        console.print(f"[bold green]dashboard:[/] {url}/   API docs: {url}/docs   (Ctrl-C to stop)")
+        deadline = time.monotonic() + duration if duration else None
+        with Live(monitor.render(manager), console=console, refresh_per_second=1, transient=False) as live:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                stop.wait(1.0)
+                live.update(monitor.render(manager))
+                dead = [name for name in started if manager.running(name) is None]
+                if dead:
+                    raise MillraceError(
+                        f"{dead[0]} exited; last lines of its log:\n{tail(manager.log_path(dead[0]), 20)}"
+                    )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        figures = monitor.figures() if monitor is not None else None
+        if not keep:
+            _stop(stack, started, stop_kafka=not kafka_was_running)
+    if figures is not None:
+        console.print(_summary(figures))
+        if figures["stored"] == 0:
+            raise MillraceError(f"the pipeline stored no readings; see {manager.log_path('iot-process')}")
+
+
+def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds: float) -> None:
+    start = datetime.now(UTC) - timedelta(seconds=seconds)
+    argv = millrace_argv(
+        settings,
+        config_path,
+        "iot",
+        "simulate",
+        *fleet.args(),
+        "--duration",
+        str(seconds),
+        "--start",
+        to_iso(start),
+        "--json",
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        raise MillraceError(f"the history simulator failed: {result.stderr.strip()[-500:]}")
+
+
+def _stop(stack: Stack, started: list[str], *, stop_kafka: bool) -> None:
+    with err_console.status("stopping the pipeline (the Spark job finishes its micro-batch)..."):
+        for name in PIPELINE:
+            if name in started:
+                stack.manager.stop(name, timeout_s=90.0)
+        if stop_kafka:
+            stack.down()
+
+
+class _Monitor:
+    """Live figures read from Kafka offsets and the store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.conf = {**settings.kafka.client_config(), "log_level": 0}  # the monitor never spams the screen
+        self.base_readings = self._offsets(settings.topics.readings)
+        self.base_dead = self._offsets(settings.topics.dead_letter)
+        self.store: Any = None
+        self.started = time.monotonic()
+        self.last: tuple[float, int] = (self.started, 0)
+        self.rate = 0.0
+
+    def _offsets(self, topic: str) -> int:
+        try:
+            return sum(p.high for p in describe_topic(self.conf, topic, timeout_s=5).partitions)
+        except Exception:  # the broker may be restarting: show the last known figure
+            return 0
+
+    def _store(self) -> Any:
+        if self.store is None:
+            from millrace.stores.factory import open_store
+
+            self.store = open_store(self.settings)
+        return self.store
+
+    def figures(self) -> dict[str, Any]:
+        store = self._store()
+        stored = store.count("sensor_metrics")
+        now = time.monotonic()
+        then, before = self.last
+        if now - then >= 1.0:
+            self.rate = (stored - before) / (now - then)
+            self.last = (now, stored)
+        return {
+            "produced": self._offsets(self.settings.topics.readings) - self.base_readings,
+            "dead_letters": self._offsets(self.settings.topics.dead_letter) - self.base_dead,
+            "stored": stored,
+            "stored_per_s": self.rate,
+            "alerts": store.count("anomaly_alerts"),
+            "windows": store.count("windowed_metrics"),
+            "quality": store.quality_totals(),
+            "recent": store.alerts(limit=6),
+        }
+
+    def render(self, manager: Any) -> Group:
+        figures = self.figures()
+        procs = Table("process", "pid", "state", "uptime", box=None)
+        for rec in sorted(manager.records(), key=lambda r: r.name):
+            procs.add_row(rec.name, str(rec.pid), _state(rec), f"{rec.uptime_s:.0f} s")
+        flow = Table("produced", "stored", "stored/s", "dead letters", "windows", "alerts", box=None)
+        flow.add_row(
+            f"{figures['produced']:,}",
+            f"{figures['stored']:,}",
+            f"{figures['stored_per_s']:,.0f}",
+            f"{figures['dead_letters']:,}",
+            f"{figures['windows']:,}",
+            f"{figures['alerts']:,}",
+        )
+        alerts = Table("updated", "device", "kind", "severity", "score", "reason", box=None)
+        for alert in figures["recent"]:
+            colour = {"critical": "red", "warning": "yellow"}.get(str(alert.get("severity")), "white")
+            updated = alert.get("updated_at")
+            alerts.add_row(
+                updated.strftime("%H:%M:%S") if hasattr(updated, "strftime") else str(updated),
+                str(alert.get("device_id")),
+                str(alert.get("kind")),
+                f"[{colour}]{alert.get('severity')}[/]",
+                f"{float(alert.get('score') or 0):.1f}",
+                str(alert.get("reason", ""))[:70],
+            )
+        elapsed = time.monotonic() - self.started
+        return Group(
+            Panel(procs, title=f"millrace demo — {elapsed:.0f} s — dashboard {api_url(self.settings)}/"),
+            Panel(flow, title="pipeline"),
+            Panel(alerts, title="latest alerts"),
+        )
+
+
+def _state(rec: ProcessRecord) -> str:
+    return "[green]running[/]" if rec.alive else "[red]exited[/]"
+
+
+def _summary(figures: dict[str, Any]) -> Table:
+    table = Table(title="demo summary")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key in ("produced", "stored", "dead_letters", "windows", "alerts"):
+        table.add_row(key.replace("_", " "), f"{figures[key]:,}")
+    for key, value in sorted(figures["quality"].items()):
+        table.add_row(f"quality: {key}", f"{value:,}")
+    return table

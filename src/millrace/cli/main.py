@@ -100,7 +100,7 @@ def root(
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    ctx.obj = AppState(settings=settings)
+    ctx.obj = AppState(settings=settings, config_path=config)
 
 
 _register()

@@ -51,6 +51,9 @@ class ServerSpec:
     cwd: Path | None = None
     start_timeout_s: float = 60.0
     stop_timeout_s: float = 20.0
+    # SIGTERM the whole process group (a JVM wrapper and its children), or only the leader, for a process
+    # that stops its own children gracefully (e.g. a Python driver finishing a Spark micro-batch).
+    term_group: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class ProcessRecord:
     argv: list[str]
     started_at: float
     log_path: str
+    term_group: bool = True
 
     @property
     def alive(self) -> bool:
@@ -201,6 +205,7 @@ class ProcessManager:
             argv=list(spec.argv),
             started_at=psutil.Process(proc.pid).create_time(),
             log_path=str(log_path),
+            term_group=spec.term_group,
         )
         (self.run_dir / f"{spec.name}.json").write_text(json.dumps(rec.__dict__, indent=2), encoding="utf-8")
         if not self._wait_ready(spec, rec, deadline=time.monotonic() + spec.start_timeout_s, popen=proc):
@@ -239,7 +244,7 @@ class ProcessManager:
         stopped = False
         if rec.alive:
             stopped = True
-            self._signal(rec.pid, signal.SIGTERM)
+            self._signal(rec.pid, signal.SIGTERM, group=rec.term_group)
             if not _wait_gone(rec.pid, timeout_s):
                 log.warning("%s did not stop within %.0f s; killing it", name, timeout_s)
                 self._signal(rec.pid, signal.SIGKILL)
@@ -255,8 +260,11 @@ class ProcessManager:
             _wait_gone(rec.pid, 10.0)
 
     @staticmethod
-    def _signal(pid: int, sig: signal.Signals) -> None:
+    def _signal(pid: int, sig: signal.Signals, *, group: bool = True) -> None:
         try:
+            if not group:
+                os.kill(pid, sig)
+                return
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
             try:
