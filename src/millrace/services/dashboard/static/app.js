@@ -1,0 +1,287 @@
+// millrace dashboard: REST for history, the /ws channels for live updates. No external resources.
+"use strict";
+
+const MAX_POINTS = 300;          // per sensor in the live time series
+const MAX_ALERTS = 50;
+const HIGHLIGHT_MS = 30000;      // how long a new alert stays highlighted
+const TYPES = ["temperature", "humidity", "pressure", "vibration", "voltage", "current"];
+const DARK = { paper_bgcolor: "#171d24", plot_bgcolor: "#171d24", font: { color: "#e6e9ed", size: 11 },
+  margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { gridcolor: "#27303a" }, yaxis: { gridcolor: "#27303a" } };
+const CONFIG = { displayModeBar: false, responsive: true };
+
+const state = {
+  sensors: new Map(),   // sensor_id -> latest reading
+  series: new Map(),    // sensor_id -> {x: [], y: [], a: []}
+  alerts: new Map(),    // alert_id -> alert
+  fresh: new Map(),     // alert_id -> time it arrived live
+  live: 0,
+  lastBatch: null,
+  dirty: { series: true, tables: true, alerts: true },
+};
+
+const $ = (sel) => document.querySelector(sel);
+const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;",
+  '"': "&quot;", "'": "&#39;" })[c]);
+const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : Number(v).toFixed(d);
+const time = (iso) => iso ? iso.replace("T", " ").replace(/\.\d+Z$/, "Z") : "–";
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { headers: { "content-type": "application/json" }, ...options });
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (!response.ok) { const e = new Error(body?.detail || response.statusText); e.status = response.status; throw e; }
+  return body;
+}
+
+// ---------- sensors, current metrics, data table ----------
+async function loadSensors() {
+  const page = await api("/api/sensors?limit=1000");
+  for (const row of page.items) state.sensors.set(row.sensor_id, { ...state.sensors.get(row.sensor_id), ...row });
+  state.dirty.tables = true;
+  const types = new Set([...state.sensors.values()].map((s) => s.sensor_type));
+  const select = $("#series-type");
+  const known = new Set([...select.options].map((o) => o.value));
+  for (const t of TYPES.filter((t) => types.has(t) && !known.has(t))) select.add(new Option(t, t));
+  if (!select.value && select.options.length) { select.value = select.options[0].value; await loadSeries(); }
+}
+
+function renderCurrent() {
+  const cells = new Map();  // location -> type -> [values]
+  const anomalous = new Set();
+  const units = {};
+  for (const s of state.sensors.values()) {
+    if (s.value === null || s.value === undefined) continue;
+    const byType = cells.get(s.location) || new Map();
+    cells.set(s.location, byType);
+    (byType.get(s.sensor_type) || byType.set(s.sensor_type, []).get(s.sensor_type)).push(s.value);
+    if (s.is_anomaly) anomalous.add(`${s.location}|${s.sensor_type}`);
+    units[s.sensor_type] = s.unit || units[s.sensor_type] || "";
+  }
+  if (!cells.size) return;
+  const types = TYPES.filter((t) => [...cells.values()].some((m) => m.has(t)));
+  let html = "<table><thead><tr><th>location</th>" + types.map((t) => `<th>${esc(t)}</th>`).join("") +
+    "</tr></thead><tbody>";
+  for (const loc of [...cells.keys()].sort()) {
+    html += `<tr><td>${esc(loc)}</td>` + types.map((t) => {
+      const vals = cells.get(loc).get(t);
+      if (!vals) return "<td>–</td>";
+      const mean = vals.reduce((a, b) => a + b, 0) / vals.length;
+      const cls = anomalous.has(`${loc}|${t}`) ? "num anomaly" : "num";
+      return `<td class="${cls}" data-cell="${esc(loc)}|${esc(t)}">${fmt(mean)} ${esc(units[t])}</td>`;
+    }).join("") + "</tr>";
+  }
+  $("#current-metrics").innerHTML = html + "</tbody></table>";
+}
+
+function renderTable() {
+  const rows = [...state.sensors.values()].sort((a, b) => a.sensor_id.localeCompare(b.sensor_id));
+  $("#data-table tbody").innerHTML = rows.map((s) => `<tr class="${s.is_anomaly ? "anomaly" : ""}" ` +
+    `data-sensor-id="${esc(s.sensor_id)}"><td>${esc(s.sensor_id)}</td><td>${esc(s.sensor_type)}</td>` +
+    `<td>${esc(s.location)}</td><td class="num">${fmt(s.value)} ${esc(s.unit)}</td><td>${time(s.timestamp)}</td>` +
+    `<td class="num">${fmt(s.score)}</td><td>${s.is_anomaly ? esc(s.anomaly_kind || "yes") : ""}</td>` +
+    `<td>${esc(s.state)}</td></tr>`).join("");
+}
+
+// ---------- time series and distributions ----------
+function push(sensorId, ts, value, anomaly) {
+  if (value === null || value === undefined || !ts) return;
+  const s = state.series.get(sensorId) || { x: [], y: [], a: [] };
+  state.series.set(sensorId, s);
+  if (s.x.length && ts <= s.x[s.x.length - 1]) {       // late or repeated: keep the series ordered
+    const i = s.x.findIndex((x) => x >= ts);
+    if (s.x[i] === ts) { s.y[i] = value; s.a[i] = anomaly; return; }
+    s.x.splice(i, 0, ts); s.y.splice(i, 0, value); s.a.splice(i, 0, anomaly);
+  } else { s.x.push(ts); s.y.push(value); s.a.push(anomaly); }
+  if (s.x.length > MAX_POINTS) { s.x.shift(); s.y.shift(); s.a.shift(); }
+  state.dirty.series = true;
+}
+
+async function loadSeries() {
+  const type = $("#series-type").value;
+  const sensors = [...state.sensors.values()].filter((s) => s.sensor_type === type && s.timestamp);
+  await Promise.all(sensors.map(async (s) => {
+    const start = new Date(Date.parse(s.timestamp) - 5 * 60 * 1000).toISOString();
+    const page = await api(`/api/sensors/${encodeURIComponent(s.sensor_id)}/readings?limit=${MAX_POINTS}` +
+      `&start=${encodeURIComponent(start)}`);
+    for (const r of page.items) push(r.sensor_id, r.timestamp, r.value, !!r.is_anomaly);
+  }));
+  state.dirty.series = true;
+}
+
+function renderSeries() {
+  const type = $("#series-type").value;
+  const traces = [];
+  const ax = [], ay = [], at = [];
+  for (const [id, s] of [...state.series.entries()].sort()) {
+    if (state.sensors.get(id)?.sensor_type !== type) continue;
+    traces.push({ x: s.x, y: s.y, name: id, mode: "lines", type: "scattergl", line: { width: 1.5 } });
+    s.a.forEach((a, i) => { if (a) { ax.push(s.x[i]); ay.push(s.y[i]); at.push(id); } });
+  }
+  traces.push({ x: ax, y: ay, text: at, name: "anomaly", mode: "markers", type: "scatter",
+    marker: { color: "#ff4d4f", size: 10, symbol: "circle-open", line: { width: 2 } } });
+  Plotly.react("ts-chart", traces, { ...DARK, showlegend: true, legend: { orientation: "h", y: -0.2 } }, CONFIG);
+  for (const t of ["temperature", "humidity"]) {
+    const values = [];
+    for (const [id, s] of state.series) if (state.sensors.get(id)?.sensor_type === t) values.push(...s.y);
+    for (const s of state.sensors.values()) if (s.sensor_type === t && !state.series.has(s.sensor_id) &&
+      s.value !== null && s.value !== undefined) values.push(s.value);
+    Plotly.react(`hist-${t}`, [{ x: values, type: "histogram", nbinsx: 30, marker: { color: "#3fa7ff" } }],
+      { ...DARK, bargap: 0.05 }, CONFIG);
+  }
+}
+
+// ---------- alerts ----------
+async function loadAlerts() {
+  const page = await api(`/api/alerts?limit=${MAX_ALERTS}`);
+  for (const a of page.items) state.alerts.set(a.alert_id, a);
+  state.dirty.alerts = true;
+}
+
+function renderAlerts() {
+  const now = Date.now();
+  const rows = [...state.alerts.values()]
+    .sort((a, b) => (b.updated_at || "").localeCompare(a.updated_at || "")).slice(0, MAX_ALERTS);
+  const open = rows.filter((a) => a.status === "open").length;
+  $("#alert-counts").textContent = `${rows.length} shown, ${open} open`;
+  $("#alerts tbody").innerHTML = rows.map((a) => {
+    const fresh = state.fresh.has(a.alert_id) && now - state.fresh.get(a.alert_id) < HIGHLIGHT_MS;
+    const canAck = a.status === "open" || a.status === "closed";
+    return `<tr data-alert-id="${esc(a.alert_id)}" class="${fresh ? "alert-new" : ""}">` +
+      `<td>${time(a.opened_at)}</td><td><span class="sev sev-${esc(a.severity)}">${esc(a.severity)}</span></td>` +
+      `<td>${esc(a.kind)}</td><td>${esc((a.sensor_ids || []).join(", "))}</td><td>${esc(a.location)}</td>` +
+      `<td class="num">${fmt(a.score)}</td><td>${esc(a.reason)}</td>` +
+      `<td class="status status-${esc(a.status)}">${esc(a.status)}</td>` +
+      `<td>${canAck ? `<button class="ack" data-alert-id="${esc(a.alert_id)}">Acknowledge</button>` : ""}</td></tr>`;
+  }).join("");
+}
+
+async function acknowledge(alertId, button) {
+  button.disabled = true;
+  try {
+    const updated = await api(`/api/alerts/${encodeURIComponent(alertId)}/acknowledge`, {
+      method: "POST", body: JSON.stringify({ by: $("#operator").value.trim() || "operator", note: "dashboard" }),
+    });
+    state.alerts.set(alertId, updated);
+    state.fresh.delete(alertId);
+  } catch (e) {
+    button.disabled = false;
+    button.title = e.message;
+    if (e.status === 404) state.alerts.delete(alertId);  // not stored yet or expired
+  }
+  state.dirty.alerts = true;
+  render();
+}
+
+// ---------- quality, importance, Kafka ----------
+async function loadQuality() {
+  const { totals } = await api("/api/quality");
+  const names = Object.keys(totals).sort();
+  let html = names.length ? '<div class="quality-grid">' + names.map((n) =>
+    `<div class="counter" data-counter="${esc(n)}"><b>${totals[n].toLocaleString()}</b>${esc(n)}</div>`).join("") +
+    "</div>" : '<p class="muted">no counters yet</p>';
+  if (state.lastBatch) html += `<p class="muted">last batch: ${esc(JSON.stringify(state.lastBatch))}</p>`;
+  $("#quality").innerHTML = html;
+}
+
+async function loadImportance() {
+  try {
+    const imp = await api("/api/model/importance");
+    const entries = Object.entries(imp.sensors || {}).slice(0, 20).reverse();
+    $("#model-version").textContent = imp.version ? `model ${imp.version}` : "";
+    Plotly.react("importance", [{ type: "bar", orientation: "h", x: entries.map((e) => e[1]),
+      y: entries.map((e) => e[0]), marker: { color: "#3fcf8e" } }], { ...DARK, margin: { ...DARK.margin, l: 160 } },
+      CONFIG);
+  } catch (e) {
+    $("#importance").innerHTML = `<p class="muted">${e.status === 404 ? "no model promoted yet" : esc(e.message)}</p>`;
+  }
+}
+
+async function loadTopics() {
+  try {
+    const { topics } = await api("/api/kafka/topics");
+    $("#kafka-topics tbody").innerHTML = topics.map((t) => `<tr><td>${esc(t.name)}</td>` +
+      `<td class="num">${t.partition_count}</td><td class="num">${t.replication_factor}</td>` +
+      `<td class="num">${(t.messages ?? 0).toLocaleString()}</td>` +
+      `<td class="num">${t.size_bytes == null ? "–" : (t.size_bytes / 1048576).toFixed(1) + " MiB"}</td></tr>`)
+      .join("");
+  } catch (e) {
+    $("#kafka-topics tbody").innerHTML = `<tr><td colspan="5" class="muted">${esc(e.message)}</td></tr>`;
+  }
+}
+
+// ---------- live channels ----------
+function onMessage(msg) {
+  if (!msg.channel) return;
+  state.live += 1;
+  const d = msg.data;
+  if (msg.channel === "sensors") {
+    const prev = state.sensors.get(d.sensor_id) || { sensor_id: d.sensor_id };
+    if (!prev.timestamp || d.timestamp >= prev.timestamp) state.sensors.set(d.sensor_id, { ...prev, ...d });
+    const value = d.value ?? (d.is_anomaly ? prev.value : undefined);
+    push(d.sensor_id, d.timestamp, value, !!d.is_anomaly);
+    state.dirty.tables = true;
+  } else if (msg.channel === "alerts") {
+    const known = state.alerts.get(d.alert_id);
+    // operator lifecycle wins over the job's later updates, as in the store
+    const status = known && ["acknowledged", "resolved"].includes(known.status) ? known.status : d.status;
+    if (!known) state.fresh.set(d.alert_id, Date.now());
+    state.alerts.set(d.alert_id, { ...known, ...d, status });
+    state.dirty.alerts = true;
+  } else if (msg.channel === "quality") {
+    state.lastBatch = d;
+    scheduleQuality();
+  }
+}
+
+let qualityTimer = null;
+function scheduleQuality() {
+  if (qualityTimer) return;
+  qualityTimer = setTimeout(() => { qualityTimer = null; loadQuality().catch(() => {}); }, 1000);
+}
+
+function connect(delay = 1000) {
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ subscribe: ["sensors", "alerts", "quality", "windows"] }));
+    delay = 1000;
+  };
+  ws.onmessage = (event) => {
+    const msg = JSON.parse(event.data);
+    if (msg.type === "subscribed") { const s = $("#ws-status"); s.textContent = "live"; s.className = "pill live"; }
+    else onMessage(msg);
+  };
+  ws.onclose = () => {
+    const s = $("#ws-status"); s.textContent = "offline"; s.className = "pill offline";
+    setTimeout(() => connect(Math.min(delay * 2, 15000)), delay);
+  };
+}
+
+// ---------- render loop ----------
+function render() {
+  if (state.dirty.series) { state.dirty.series = false; renderSeries(); }
+  if (state.dirty.tables) { state.dirty.tables = false; renderCurrent(); renderTable(); }
+  if (state.dirty.alerts) { state.dirty.alerts = false; renderAlerts(); }
+  $("#live-counts").textContent = `${state.live.toLocaleString()} live messages`;
+}
+
+function every(ms, fn) { fn().catch(() => {}); setInterval(() => fn().catch(() => {}), ms); }
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#series-type").addEventListener("change", () => { loadSeries().catch(() => {}); state.dirty.series = true; });
+  $("#alerts").addEventListener("click", (event) => {
+    const button = event.target.closest("button.ack");
+    if (button) acknowledge(button.dataset.alertId, button);
+  });
+  every(10000, loadSensors);
+  every(15000, loadAlerts);
+  every(10000, loadQuality);
+  every(60000, loadImportance);
+  every(15000, loadTopics);
+  connect();
+  setInterval(() => {
+    if ([...state.fresh.values()].some((t) => Date.now() - t >= HIGHLIGHT_MS)) {
+      for (const [id, t] of state.fresh) if (Date.now() - t >= HIGHLIGHT_MS) state.fresh.delete(id);
+      state.dirty.alerts = true;
+    }
+    render();
+  }, 500);
+});
