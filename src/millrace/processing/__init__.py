@@ -1,0 +1,1 @@
+"""Pure transforms on readings: features, scoring, validation, windows (no I/O, no SparkSession)."""

@@ -1,0 +1,109 @@
+"""Features: streaming (device_step over micro-batches) equals offline (frame_features), no look-ahead."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from millrace.config import ProcessingSettings
+from millrace.processing.features import (
+    BLOCK,
+    FEATURE_COLUMNS,
+    ROLL,
+    device_step,
+    empty_state,
+    frame_features,
+)
+
+TYPES = ("temperature", "humidity", "pressure", "vibration", "voltage", "current")
+BASE = {"temperature": 25.0, "humidity": 50.0, "pressure": 1013.0, "vibration": 1.0, "voltage": 230.0,
+        "current": 10.0}  # fmt: skip
+
+
+def fleet_frame(devices: int = 2, steps: int = 400, seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2026-01-01T00:00:00Z")
+    rows = []
+    for d in range(devices):
+        device = f"dev-{d + 1:04d}"
+        load = 0.5 + 0.3 * np.sin(np.arange(steps) / 50.0)
+        for typ in TYPES:
+            noise = rng.normal(0, 0.3, steps)
+            coupled = load * 5 if typ in ("current", "vibration") else 0.0
+            values = np.round(BASE[typ] + coupled + noise, 3)
+            times = start + pd.to_timedelta(np.arange(steps) + d * 0.25, unit="s")
+            rows.append(pd.DataFrame({
+                "sensor_id": f"{device}-{typ}", "device_id": device, "sensor_type": typ,
+                "location": "loc-01", "timestamp": times, "value": values, "interpolated": False,
+            }))  # fmt: skip
+    return pd.concat(rows, ignore_index=True)
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a["sensor_id"]) == list(b["sensor_id"])
+    assert list(a["timestamp"]) == list(b["timestamp"])
+    left, right = a[list(FEATURE_COLUMNS)].to_numpy(), b[list(FEATURE_COLUMNS)].to_numpy()
+    equal = (left == right) | (np.isnan(left) & np.isnan(right))
+    assert equal.all(), [c for c, ok in zip(FEATURE_COLUMNS, equal.all(axis=0), strict=True) if not ok]
+
+
+@pytest.mark.parametrize("chunk", ["1min", "7s", "1s"])
+def test_frame_features_equal_whatever_the_chunking(chunk: str) -> None:
+    frame = fleet_frame(steps=300)
+    cfg = ProcessingSettings()
+    _same(frame_features(frame, cfg, chunk=None), frame_features(frame, cfg, chunk=chunk))
+
+
+def test_device_step_over_microbatches_equals_offline_and_state_is_json() -> None:
+    frame = fleet_frame(devices=1, steps=2 * BLOCK * 3 + 17)
+    cfg = ProcessingSettings()
+    offline = frame_features(frame, cfg, chunk=None)
+    state = empty_state()
+    parts = []
+    shuffled = frame.sample(frac=1.0, random_state=3)  # any order inside a batch
+    keys = shuffled["timestamp"].dt.floor("13s")
+    for _, batch in shuffled.groupby(keys, sort=True):
+        out, state = device_step(batch, state, cfg)
+        state = json.loads(json.dumps(state))  # what a stateful stream operator stores
+        parts.append(out)
+    _same(offline, pd.concat(parts, ignore_index=True))
+    assert len(json.dumps(state)) < 60_000  # bounded
+
+
+def test_no_look_ahead_a_future_spike_does_not_change_past_features() -> None:
+    frame = fleet_frame(devices=1, steps=400)
+    cfg = ProcessingSettings()
+    before = frame_features(frame, cfg, chunk=None)
+    spiked = frame.copy()
+    hit = (spiked["sensor_type"] == "temperature") & (spiked["timestamp"] == spiked["timestamp"].iloc[350])
+    spiked.loc[hit, "value"] += 10.0
+    after = frame_features(spiked, cfg, chunk=None)
+    cut = after["timestamp"] < spiked.loc[hit, "timestamp"].iloc[0]
+    _same(before[cut].reset_index(drop=True), after[cut].reset_index(drop=True))
+    row = after[(after["sensor_type"] == "temperature") & ~cut].iloc[0]
+    assert row["robust_z"] > 20 and row["ref_z"] > 20 and row["diff_z"] > 20
+    other = after[(after["sensor_type"] == "humidity") & ~cut].iloc[0]
+    assert other["dev_max_abs_z"] > 20  # the device context sees the spike on the other sensor
+
+
+def test_warm_up_and_stuck_run() -> None:
+    frame = fleet_frame(devices=1, steps=200)
+    sensor = frame["sensor_type"] == "pressure"
+    idx = frame.index[sensor][100:130]
+    frame.loc[idx, "value"] = frame.loc[frame.index[sensor][99], "value"]
+    out = frame_features(frame, ProcessingSettings(), chunk=None)
+    p = out[out["sensor_type"] == "pressure"].reset_index(drop=True)
+    assert p["robust_z"].iloc[:ROLL].isna().all() and p["robust_z"].iloc[ROLL:].notna().all()
+    assert p["stuck_run"].iloc[129] == 31
+    assert p["noise_ratio"].iloc[129] == 0.0
+    assert list(out.columns[-len(FEATURE_COLUMNS) :]) == list(FEATURE_COLUMNS)
+
+
+def test_empty_batch() -> None:
+    frame = fleet_frame(devices=1, steps=1).iloc[:0]
+    out, state = device_step(frame, empty_state(), ProcessingSettings())
+    assert out.empty and set(FEATURE_COLUMNS) <= set(out.columns)
+    assert state == empty_state()
