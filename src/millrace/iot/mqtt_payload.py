@@ -130,7 +130,9 @@ def reading_from_mqtt(topic: str, payload: bytes, *, received_at: datetime | Non
     value = _number(data["value"], "value")
     sensor_type = _text(data, "sensor_type", sensor_type)
     device_id = _text(data, "device_id", device_id)
-    meta = data.get("metadata") or {}
+    meta = data.get("metadata")
+    if meta is None:
+        meta = {}
     if not isinstance(meta, dict):
         raise PayloadError(f"field 'metadata' is {_type_name(meta)}, expected an object")
     battery = meta.get("battery_level")
