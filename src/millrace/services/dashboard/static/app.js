@@ -5,8 +5,10 @@ const MAX_POINTS = 300;          // per sensor in the live time series
 const MAX_ALERTS = 50;
 const HIGHLIGHT_MS = 30000;      // how long a new alert stays highlighted
 const TYPES = ["temperature", "humidity", "pressure", "vibration", "voltage", "current"];
-const DARK = { paper_bgcolor: "#171d24", plot_bgcolor: "#171d24", font: { color: "#e6e9ed", size: 11 },
-  margin: { l: 50, r: 10, t: 10, b: 40 }, xaxis: { gridcolor: "#27303a" }, yaxis: { gridcolor: "#27303a" } };
+// A fresh layout per call: Plotly writes into layout objects (axis types), so they must not be shared.
+const dark = (extra = {}) => ({ paper_bgcolor: "#171d24", plot_bgcolor: "#171d24",
+  font: { color: "#e6e9ed", size: 11 }, margin: { l: 50, r: 10, t: 10, b: 40 },
+  xaxis: { gridcolor: "#27303a" }, yaxis: { gridcolor: "#27303a" }, ...extra });
 const CONFIG = { displayModeBar: false, responsive: true };
 
 const state = {
@@ -16,6 +18,7 @@ const state = {
   fresh: new Map(),     // alert_id -> time it arrived live
   live: 0,
   lastBatch: null,
+  seriesType: null,
   dirty: { series: true, tables: true, alerts: true },
 };
 
@@ -41,7 +44,11 @@ async function loadSensors() {
   const select = $("#series-type");
   const known = new Set([...select.options].map((o) => o.value));
   for (const t of TYPES.filter((t) => types.has(t) && !known.has(t))) select.add(new Option(t, t));
-  if (!select.value && select.options.length) { select.value = select.options[0].value; await loadSeries(); }
+  if (!state.seriesType && select.options.length) {  // first sensors seen: load the history of one type
+    select.value = types.has("temperature") ? "temperature" : select.options[0].value;
+    state.seriesType = select.value;
+    await loadSeries();
+  }
 }
 
 function renderCurrent() {
@@ -113,19 +120,19 @@ function renderSeries() {
   const ax = [], ay = [], at = [];
   for (const [id, s] of [...state.series.entries()].sort()) {
     if (state.sensors.get(id)?.sensor_type !== type) continue;
-    traces.push({ x: s.x, y: s.y, name: id, mode: "lines", type: "scattergl", line: { width: 1.5 } });
+    traces.push({ x: s.x, y: s.y, name: id, mode: "lines", type: "scatter", line: { width: 1.5 } });
     s.a.forEach((a, i) => { if (a) { ax.push(s.x[i]); ay.push(s.y[i]); at.push(id); } });
   }
   traces.push({ x: ax, y: ay, text: at, name: "anomaly", mode: "markers", type: "scatter",
     marker: { color: "#ff4d4f", size: 10, symbol: "circle-open", line: { width: 2 } } });
-  Plotly.react("ts-chart", traces, { ...DARK, showlegend: true, legend: { orientation: "h", y: -0.2 } }, CONFIG);
+  Plotly.react("ts-chart", traces, dark({ showlegend: true, legend: { orientation: "h", y: -0.2 } }), CONFIG);
   for (const t of ["temperature", "humidity"]) {
     const values = [];
     for (const [id, s] of state.series) if (state.sensors.get(id)?.sensor_type === t) values.push(...s.y);
     for (const s of state.sensors.values()) if (s.sensor_type === t && !state.series.has(s.sensor_id) &&
       s.value !== null && s.value !== undefined) values.push(s.value);
     Plotly.react(`hist-${t}`, [{ x: values, type: "histogram", nbinsx: 30, marker: { color: "#3fa7ff" } }],
-      { ...DARK, bargap: 0.05 }, CONFIG);
+      dark({ bargap: 0.05, xaxis: { gridcolor: "#27303a", type: "linear" } }), CONFIG);
   }
 }
 
@@ -188,7 +195,7 @@ async function loadImportance() {
     const entries = Object.entries(imp.sensors || {}).slice(0, 20).reverse();
     $("#model-version").textContent = imp.version ? `model ${imp.version}` : "";
     Plotly.react("importance", [{ type: "bar", orientation: "h", x: entries.map((e) => e[1]),
-      y: entries.map((e) => e[0]), marker: { color: "#3fcf8e" } }], { ...DARK, margin: { ...DARK.margin, l: 160 } },
+      y: entries.map((e) => e[0]), marker: { color: "#3fcf8e" } }], dark({ margin: { l: 160, r: 10, t: 10, b: 40 } }),
       CONFIG);
   } catch (e) {
     $("#importance").innerHTML = `<p class="muted">${e.status === 404 ? "no model promoted yet" : esc(e.message)}</p>`;
@@ -266,7 +273,11 @@ function render() {
 function every(ms, fn) { fn().catch(() => {}); setInterval(() => fn().catch(() => {}), ms); }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("#series-type").addEventListener("change", () => { loadSeries().catch(() => {}); state.dirty.series = true; });
+  $("#series-type").addEventListener("change", () => {
+    state.seriesType = $("#series-type").value;
+    loadSeries().catch(() => {});
+    state.dirty.series = true;
+  });
   $("#alerts").addEventListener("click", (event) => {
     const button = event.target.closest("button.ack");
     if (button) acknowledge(button.dataset.alertId, button);
