@@ -1,0 +1,1 @@
+"""Anomaly model: detectors, training, explanation, evaluation and the on-disk model registry."""

@@ -1,0 +1,106 @@
+"""Detectors the trainer compares. Each is a picklable :class:`Detector` that turns the model matrix (see
+:func:`millrace.processing.scoring.model_matrix`) into an anomaly score (higher = more anomalous) and, when it
+was trained with kinds, a kind per reading.
+
+- ``robust_z``: no fitting; the largest per-reading deviation feature (the statistical baseline);
+- ``isolation_forest``: scikit-learn IsolationForest on normal (or unlabelled) readings;
+- ``mahalanobis``: per sensor type, the robust Mahalanobis distance of the reading's feature vector - which
+  includes the device context, so the whole device is seen at once - from normal behaviour;
+- ``gradient_boosting``: supervised HistGradientBoostingClassifier over normal + anomaly kinds (only when the
+  training data carry labels); score = 1 - P(normal), kind = most probable anomaly kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEVIATION_FEATURES = ("robust_z", "diff_z", "short_ref_z", "trend_z", "pair_resid_mean")
+
+
+@dataclass
+class Detector:
+    name: str
+    features: tuple[str, ...]
+    estimator: Any = None
+    classes: tuple[str, ...] | None = None  # supervised: label of each probability column
+    threshold: float = 1.0  # raw score at or above which a reading is anomalous
+    center: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per feature, on normal readings
+    spread: np.ndarray = field(default_factory=lambda: np.ones(0))
+    weights: np.ndarray = field(default_factory=lambda: np.ones(0))  # importance, for top features
+
+    def raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(score, kind index into ``classes`` or None) for the model matrix X (NaN = unknown)."""
+        if self.name == "robust_z":
+            cols = [self.features.index(f) for f in DEVIATION_FEATURES]
+            return np.nan_to_num(np.abs(X[:, cols]), nan=0.0).max(axis=1), None
+        if self.name == "gradient_boosting":
+            proba = self.estimator.predict_proba(X)
+            assert self.classes is not None
+            normal = self.classes.index("normal")
+            anomalous = proba.copy()
+            anomalous[:, normal] = -1.0
+            return 1.0 - proba[:, normal], anomalous.argmax(axis=1)
+        Xf = np.nan_to_num(X, nan=0.0)
+        if self.name == "isolation_forest":
+            return -self.estimator.score_samples(Xf), None
+        if self.name == "mahalanobis":
+            types = Xf[:, -1].astype(int)
+            out = np.zeros(len(Xf))
+            for code, (mu, prec) in self.estimator.items():
+                sel = types == code
+                if sel.any():
+                    d = Xf[sel, :-1] - mu
+                    out[sel] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, prec, d), 0.0))
+            return out, None
+        raise ValueError(f"unknown detector {self.name}")
+
+
+def fit_isolation_forest(X: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
+    from sklearn.ensemble import IsolationForest
+
+    model = IsolationForest(n_estimators=100, max_samples=512, random_state=seed, n_jobs=1)
+    model.fit(np.nan_to_num(X, nan=0.0))
+    return Detector("isolation_forest", features, model)
+
+
+def fit_mahalanobis(X: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
+    from sklearn.covariance import MinCovDet
+
+    Xf = np.nan_to_num(X, nan=0.0)
+    types = Xf[:, -1].astype(int)
+    params: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    rng = np.random.default_rng(seed)
+    for code in np.unique(types):
+        rows = Xf[types == code, :-1]
+        if len(rows) > 5000:
+            rows = rows[rng.choice(len(rows), 5000, replace=False)]
+        mcd = MinCovDet(random_state=seed, support_fraction=0.9).fit(rows)
+        cov = mcd.covariance_ + np.eye(rows.shape[1]) * 1e-6
+        params[int(code)] = (mcd.location_, np.linalg.pinv(cov))
+    return Detector("mahalanobis", features, params)
+
+
+def fit_gradient_boosting(X: np.ndarray, labels: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    classes = tuple(sorted(set(labels.tolist())))
+    y = np.searchsorted(np.array(classes), labels)
+    # Balance: every anomaly kind weighs as much in total as a tenth of the normal readings.
+    counts = np.bincount(y, minlength=len(classes)).astype(float)
+    normal = classes.index("normal")
+    target = counts[normal] / 10.0
+    class_weight = np.where(np.arange(len(classes)) == normal, 1.0, target / np.maximum(counts, 1.0))
+    class_weight = np.clip(class_weight, 1.0, 50.0)
+    model = HistGradientBoostingClassifier(
+        max_iter=200, learning_rate=0.1, max_leaf_nodes=31, early_stopping=True, validation_fraction=0.1,
+        random_state=seed, categorical_features=[len(features) - 1],
+    )  # fmt: skip
+    model.fit(X, y, sample_weight=class_weight[y])
+    return Detector("gradient_boosting", features, model, classes=classes)
+
+
+def robust_z_detector(features: tuple[str, ...]) -> Detector:
+    return Detector("robust_z", features)

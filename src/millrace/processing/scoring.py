@@ -1,0 +1,205 @@
+"""Anomaly scoring of featured readings: rules, statistics, kind heuristics and the promoted model.
+
+The same :class:`Scorer` serves the stream job, ``ml evaluate`` and the notebook, so what evaluation reports
+is what the live job does. Vectorised: per-row Python work happens only for flagged readings (reason, top
+features).
+
+Without a model a reading is anomalous when it is out of its physical range (settings.processing.ranges), or
+when a deviation feature passes its threshold (robust z > processing.zscore_threshold, ...). With a promoted
+model, out-of-range still applies and the model decides the rest; its kind comes from the model when it was
+trained on kinds, otherwise from the heuristics, otherwise "model".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from millrace.config import ProcessingSettings, Settings
+from millrace.records import SENSOR_TYPES
+
+log = logging.getLogger(__name__)
+
+# Model inputs: scale-free features only (raw values and rolling means are in sensor units), and the type.
+MODEL_FEATURES: tuple[str, ...] = (
+    "z", "robust_z", "diff_z", "ref_z", "short_ref_z", "trend_z", "noise_ratio", "stuck_run", "dt_s",
+    "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "type_code",
+)  # fmt: skip
+TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
+SCORE_COLUMNS = ("score", "is_anomaly", "anomaly_kind", "reason", "top_features")
+RELOAD_S = 5.0
+
+# Heuristic rules: (kind, feature, threshold as a multiple of zscore_threshold or absolute)
+STUCK_RUN = 20  # identical consecutive readings of a noisy sensor
+NOISE_RATIO = 3.5
+SHIFT_FRACTION = 0.75  # |short_ref_z| > SHIFT_FRACTION * zscore_threshold
+TREND_FRACTION = 0.75
+PAIR_FRACTION = 0.75
+
+
+def model_matrix(features: pd.DataFrame) -> np.ndarray:
+    """The detector input: MODEL_FEATURES as float columns (NaN = not yet known)."""
+    cols = [features[name].to_numpy(dtype=float) for name in MODEL_FEATURES[:-1]]
+    types = features["sensor_type"].map(TYPE_CODES).fillna(len(SENSOR_TYPES)).to_numpy(dtype=float)
+    return np.column_stack([*cols, types]) if len(features) else np.zeros((0, len(MODEL_FEATURES)))
+
+
+def _col(features: pd.DataFrame, name: str) -> np.ndarray:
+    return np.nan_to_num(features[name].to_numpy(dtype=float), nan=0.0)
+
+
+class Scorer:
+    """Scores featured readings. ``registry`` (a models directory) makes it follow the promoted model,
+    re-checking at most every ``reload_s`` seconds; ``detector`` fixes one model (evaluation)."""
+
+    def __init__(
+        self, processing: ProcessingSettings, *, registry: Path | None = None, detector: Any = None,
+        reload_s: float = RELOAD_S,
+    ) -> None:  # fmt: skip
+        self.processing = processing
+        self.registry = registry
+        self.detector = detector
+        self.version: str | None = None
+        self.reload_s = reload_s
+        self._checked = float("-inf")
+        low = {t: r.low for t, r in processing.ranges.items()}
+        high = {t: r.high for t, r in processing.ranges.items()}
+        self._low, self._high = low, high
+
+    # ------------------------------------------------------------------ model hot reload
+    def refresh(self, *, force: bool = False) -> None:
+        """Switch to a newly promoted model if there is one (cheap: reads a small pointer file)."""
+        if self.registry is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < self.reload_s:
+            return
+        self._checked = now
+        from millrace.ml.registry import load_bundle, promoted_version
+
+        version = promoted_version(self.registry)
+        if version == self.version:
+            return
+        if version is None:
+            self.detector, self.version = None, None
+            return
+        try:
+            self.detector = load_bundle(self.registry, version)
+        except Exception as exc:  # keep scoring with what we have; say why
+            log.warning("cannot load promoted model %s: %s", version, exc)
+            return
+        log.info("scoring with model %s (%s)", version, self.detector.name)
+        self.version = version
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """``features`` as returned by device_step / frame_features; returns it with SCORE_COLUMNS added."""
+        self.refresh()
+        out = features.copy()
+        n = len(out)
+        if n == 0:
+            for name, dtype in zip(SCORE_COLUMNS, (float, bool, object, object, object), strict=True):
+                out[name] = pd.Series(dtype=dtype)
+            return out
+        thr = self.processing.zscore_threshold
+        types = out["sensor_type"].to_numpy(dtype=object)
+        values = out["value"].to_numpy(dtype=float)
+        low = pd.Series(types).map(self._low).to_numpy(dtype=float)
+        high = pd.Series(types).map(self._high).to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            out_of_range = (values < low) | (values > high) | ~np.isfinite(values)
+
+        # Heuristic components, each scaled so that 1.0 is its threshold.
+        stuck_run = _col(out, "stuck_run")
+        noisy = _col(out, "roll_std") > 0  # a sensor that was alive before it froze
+        comps = np.column_stack([
+            np.abs(_col(out, "robust_z")) / thr,
+            np.abs(_col(out, "short_ref_z")) / (SHIFT_FRACTION * thr),
+            np.abs(_col(out, "trend_z")) / (TREND_FRACTION * thr),
+            np.where(noisy | (stuck_run > STUCK_RUN), stuck_run / STUCK_RUN, 0.0),
+            _col(out, "noise_ratio") / NOISE_RATIO,
+            np.abs(_col(out, "pair_resid_mean")) / (PAIR_FRACTION * thr),
+        ])  # fmt: skip
+        heur_kinds = np.array(["spike", "level_shift", "drift", "stuck", "noise_burst", "correlation_break"])
+        best = comps.argmax(axis=1)
+        heur_score = comps[np.arange(n), best]
+        heur_kind = heur_kinds[best]
+
+        if self.detector is None:
+            # Without a model the slow-baseline components (shift, trend) only name the kind: load-following
+            # sensors (current, vibration) leave their slow baseline all day. Flags come from the local robust
+            # z, stuck runs, noise bursts and partner residuals.
+            flagging = comps[:, [0, 3, 4, 5]]
+            score = flagging.max(axis=1)
+            flag = score >= 1.0
+            kind = np.where(flag, heur_kind, None).astype(object)
+            jump = flag & (comps[:, 0] >= 1.0)
+            kind = np.where(jump, np.where(comps[:, 1] >= 1.0, "level_shift", "spike"), kind)
+        else:
+            X = model_matrix(out)
+            raw, kind_idx = self.detector.raw(X)
+            score = raw / self.detector.threshold
+            flag = score >= 1.0
+            if kind_idx is not None and self.detector.classes is not None:
+                kind = np.asarray(self.detector.classes, dtype=object)[kind_idx]
+            else:
+                kind = np.where(heur_score >= 1.0, heur_kind, "model").astype(object)
+        score = np.where(out_of_range, np.maximum(score, 10.0), score)
+        flag = flag | out_of_range
+        kind = np.where(out_of_range, "out_of_range", kind)
+        kind = np.where(flag, kind, None)
+        out["score"] = score.astype(float)
+        out["is_anomaly"] = flag
+        out["anomaly_kind"] = kind
+        reasons = np.full(n, "", dtype=object)
+        tops: np.ndarray = np.empty(n, dtype=object)
+        tops[:] = [[] for _ in range(n)]
+        idx = np.flatnonzero(flag)
+        if len(idx):
+            reasons[idx], tops[idx] = self._explain(out.iloc[idx], kind[idx], low[idx], high[idx])
+        out["reason"] = reasons
+        out["top_features"] = tops
+        return out
+
+    def _explain(
+        self, rows: pd.DataFrame, kinds: np.ndarray, low: np.ndarray, high: np.ndarray
+    ) -> tuple[list[str], list[list[str]]]:
+        names = [f for f in MODEL_FEATURES if f != "type_code"]
+        X = np.nan_to_num(rows[names].to_numpy(dtype=float), nan=0.0)
+        det = self.detector
+        if det is not None and len(det.center) == len(MODEL_FEATURES):
+            dev = np.abs(X - det.center[:-1]) / np.maximum(det.spread[:-1], 1e-9) * det.weights[:-1]
+        else:
+            dev = np.abs(X)
+            dev[:, names.index("noise_ratio")] = np.abs(X[:, names.index("noise_ratio")] - 1.0)
+            dev[:, names.index("stuck_run")] = X[:, names.index("stuck_run")] / STUCK_RUN
+            dev[:, names.index("dt_s")] = 0.0
+        top = np.argsort(-dev, axis=1)[:, :3]
+        reasons, tops = [], []
+        sensors, types = rows["sensor_id"].tolist(), rows["sensor_type"].tolist()
+        values = rows["value"].tolist()
+        for i, k in enumerate(kinds):
+            feats = [names[j] for j in top[i]]
+            if k == "out_of_range":
+                feats = ["value", *feats[:2]]
+                text = f"{types[i]} {values[i]:g} outside [{low[i]:g}, {high[i]:g}] on {sensors[i]}"
+            else:
+                shown = ", ".join(f"{names[j]} {X[i, j]:.1f}" for j in top[i][:2])
+                text = f"{k} on {sensors[i]} ({types[i]} {values[i]:g}): {shown}"
+            reasons.append(text)
+            tops.append(feats)
+        return reasons, tops
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    """Rules + robust z + the promoted model if any; follows newly promoted models without a restart."""
+    from millrace.ml.registry import registry_root
+
+    scorer = Scorer(settings.processing, registry=registry_root(settings))
+    scorer.refresh(force=True)
+    return scorer
