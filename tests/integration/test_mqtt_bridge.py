@@ -68,9 +68,7 @@ def test_readings_reach_kafka_exactly_with_their_contents(mqtt_settings: Setting
     assert (counters.received, counters.readings, counters.dead_letters, counters.acked) == (602, 602, 0, 602)
     assert counters.by_type["temperature"] == 100
 
-    got = consume_until(
-        mqtt_settings, mqtt_settings.topics.readings, lambda ms: len(ms) >= 602, what="602 readings"
-    )
+    got = consume_until(mqtt_settings, mqtt_settings.topics.readings, lambda ms: len(ms) >= 602, what="602 readings")
     assert len(got) == 602
     by_key = {m.key().decode(): None for m in got}
     assert len(by_key) == 4 * 6 + 2
@@ -119,9 +117,7 @@ def test_malformed_payloads_reach_the_dead_letter_topic_with_reason_and_position
         counters = runner.join()
     assert (counters.readings, counters.dead_letters, counters.acked) == (1, len(items) - 1, len(items))
 
-    letters = consume_until(
-        mqtt_settings, mqtt_settings.topics.dead_letter, lambda ms: len(ms) >= len(items) - 1
-    )
+    letters = consume_until(mqtt_settings, mqtt_settings.topics.dead_letter, lambda ms: len(ms) >= len(items) - 1)
     assert len(letters) == len(items) - 1
     values = decoded(letters)
     expected = [reason for _, _, reason in MALFORMED[:-1]] + ["empty location level"]
@@ -164,9 +160,7 @@ def test_a_command_on_kafka_reaches_the_devices_mqtt_command_topic(mqtt_settings
 
                 consumer = make_consumer(mqtt_settings.kafka.client_config(), group)
                 try:
-                    parts = consumer.committed(
-                        [TopicPartition(mqtt_settings.topics.device_commands, 0)], timeout=5
-                    )
+                    parts = consumer.committed([TopicPartition(mqtt_settings.topics.device_commands, 0)], timeout=5)
                 finally:
                     consumer.close()
                 return parts[0].offset == 2
@@ -184,3 +178,38 @@ def test_a_command_on_kafka_reaches_the_devices_mqtt_command_topic(mqtt_settings
     assert letters[0]["stage"] == "mqtt-commands"
     assert letters[0]["position"] == "0:1"
     assert "missing or empty field 'device_id'" in letters[0]["reason"]
+
+
+def test_simulator_over_mqtt_every_malformed_variant_is_a_dead_letter(mqtt_settings: Settings) -> None:
+    from collections import Counter
+
+    from millrace.iot.faults import MALFORMED_VARIANTS, classify_malformed
+    from millrace.iot.fleet import FleetConfig
+    from millrace.iot.simulator import Simulator
+
+    cfg = FleetConfig(devices=4, locations=2, seed=7, malformed=0.1, impossible=0.02, duplicate=0.02)
+    messages = list(Simulator(cfg, count=600).messages())
+    bad = [m for m in messages if m.kind == "fault:malformed"]
+    good = [m for m in messages if m.kind != "fault:malformed"]
+    assert {classify_malformed(m.value) for m in bad} == set(MALFORMED_VARIANTS)
+
+    with BridgeThread(mqtt_settings, client_id=unique("bridge"), commands=False, count=len(messages)) as runner:
+        sink = MqttSink(mqtt_settings)
+        try:
+            sink.send_batch(messages)
+            assert sink.flush(30) == 0
+        finally:
+            sink.close()
+        counters = runner.join()
+    assert (counters.readings, counters.dead_letters) == (len(good), len(bad))
+    assert counters.by_type == Counter(m.sensor_type for m in good)
+
+    letters = consume_until(mqtt_settings, mqtt_settings.topics.dead_letter, lambda ms: len(ms) >= len(bad))
+    values = decoded(letters)
+    assert [v["raw"] for v in values] == [m.value.decode("utf-8", "replace") for m in bad]
+    assert all(v["reason"] and v["position"].startswith("mqtt:") and v["stage"] == "mqtt-bridge" for v in values)
+    readings = consume_until(mqtt_settings, mqtt_settings.topics.readings, lambda ms: len(ms) >= len(good))
+    assert len(readings) == len(good)
+    assert Counter(v["ground_truth"] for v in decoded(readings)) == Counter(
+        orjson.loads(m.value)["ground_truth"] for m in good
+    )

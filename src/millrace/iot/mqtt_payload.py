@@ -1,8 +1,9 @@
 """Map an MQTT topic + payload to a :class:`SensorReading` (and back to a topic), with a reason on failure.
 
 Topics end in ``<location>/<device_id>/<sensor_type>`` (default pattern ``sensors/+/+/+``). The payload is
-either the full JSON reading (the wire format of ``millrace.iot.readings``), a JSON object with at least
-``value`` (the rest comes from the topic), or a bare number. Fields in the payload win over the topic.
+either the full JSON reading (the wire format of ``millrace.iot.readings``; with ``sensor_id`` present it
+must also carry ``value``, ``timestamp`` and ``sensor_type``), a JSON object with at least ``value`` (the
+rest comes from the topic, the time is the arrival time), or a bare number. Fields in the payload win over the topic.
 Anything else raises :class:`PayloadError` whose message is the dead-letter reason.
 """
 
@@ -25,9 +26,7 @@ def topic_levels(topic: str) -> tuple[str, str, str]:
     """(location, device_id, sensor_type) from the last three levels of ``topic``."""
     levels = topic.split("/")
     if len(levels) < 3:
-        raise PayloadError(
-            f"topic {topic!r} has fewer than 3 levels (expected .../<location>/<device>/<type>)"
-        )
+        raise PayloadError(f"topic {topic!r} has fewer than 3 levels (expected .../<location>/<device>/<type>)")
     location, device_id, sensor_type = levels[-3:]
     for name, value in (("location", location), ("device", device_id), ("sensor type", sensor_type)):
         if not value:
@@ -47,9 +46,7 @@ def topic_for(pattern: str, location: str, device_id: str, sensor_type: str) -> 
         levels = levels[:-1] + ["+", "+", "+"]
     wildcards = [i for i, level in enumerate(levels) if level == "+"]
     if len(wildcards) < 3:
-        raise ValueError(
-            f"topic pattern {pattern!r} needs three + levels (location, device, type) or a final #"
-        )
+        raise ValueError(f"topic pattern {pattern!r} needs three + levels (location, device, type) or a final #")
     for index, value in zip(wildcards[-3:], values, strict=True):
         levels[index] = value
     if "+" in levels:
@@ -127,6 +124,10 @@ def reading_from_mqtt(topic: str, payload: bytes, *, received_at: datetime | Non
         raise PayloadError(f"payload is {_type_name(data)}, expected a JSON object or a number")
     if "value" not in data:
         raise PayloadError("missing field 'value'")
+    if "sensor_id" in data:  # a full reading (the Kafka wire format) must be complete, not patched from the topic
+        for name in ("timestamp", "sensor_type"):
+            if name not in data:
+                raise PayloadError(f"missing field {name!r} in a full reading")
     value = _number(data["value"], "value")
     sensor_type = _text(data, "sensor_type", sensor_type)
     device_id = _text(data, "device_id", device_id)
