@@ -26,6 +26,7 @@ class JobOptions:
     trigger_s: float = 1.0
     max_offsets_per_trigger: int = 200_000
     topic: str | None = None  # default settings.topics.readings
+    scorer_factory: Callable[[Settings], Any] | None = None  # default scoring.load_scorer (tests swap it)
 
 
 def default_options(settings: Settings, **overrides: Any) -> JobOptions:
@@ -47,18 +48,14 @@ def kafka_source_options(settings: Settings) -> dict[str, str]:
         module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if k.sasl_mechanism == "PLAIN"
                   else "org.apache.kafka.common.security.scram.ScramLoginModule")  # fmt: skip
         password = k.sasl_password.get_secret_value() if k.sasl_password else ""
-        opts["kafka.sasl.jaas.config"] = (
-            f'{module} required username="{k.sasl_username}" password="{password}";'
-        )
+        opts["kafka.sasl.jaas.config"] = f'{module} required username="{k.sasl_username}" password="{password}";'
     if k.ssl_cafile:
         opts["kafka.ssl.truststore.type"] = "PEM"
         opts["kafka.ssl.truststore.location"] = str(k.ssl_cafile)
     return opts
 
 
-def start_query(
-    spark: Any, settings: Settings, options: JobOptions, writer: Callable[[Any, int], None]
-) -> Any:
+def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Callable[[Any, int], None]) -> Any:
     """Build and start the streaming query; returns the StreamingQuery."""
     from pyspark.sql.streaming.state import GroupStateTimeout
 
@@ -78,7 +75,7 @@ def start_query(
     )
     steps = to_step_input(validate(parse(reader.load()), settings.processing))
     out = steps.groupBy("gkey").applyInPandasWithState(
-        make_step(settings, source_topic=topic),
+        make_step(settings, source_topic=topic, scorer_factory=options.scorer_factory),
         outputStructType=STEP_OUTPUT,
         stateStructType=STEP_STATE,
         outputMode="append",
@@ -155,13 +152,9 @@ def run(
             error = query.exception()
             failures += 1
             if failures > max_restarts:
-                raise MillraceError(
-                    f"the streaming query failed {failures} times in a row; last error: {error}"
-                )
+                raise MillraceError(f"the streaming query failed {failures} times in a row; last error: {error}")
             restarts += 1
-            log.warning(
-                "streaming query failed (%s); restarting from the checkpoint", str(error).splitlines()[0]
-            )
+            log.warning("streaming query failed (%s); restarting from the checkpoint", str(error).splitlines()[0])
             time.sleep(min(2.0 * failures, 10.0))  # back off before reconnecting to the broker
             if writer.last is not None and writer.last.input_rows:
                 failures = 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 
 from millrace.config import Settings
@@ -12,6 +14,11 @@ from millrace.errors import missing_extra
 log = logging.getLogger(__name__)
 
 SPARK_VERSION = "4.2.0"
+PANDAS_WARNING = "PySpark does not yet fully support pandas"  # pandas 3 works for what millrace uses (tested)
+
+
+def quiet_pandas_warning() -> None:
+    warnings.filterwarnings("ignore", message=PANDAS_WARNING, category=FutureWarning)
 
 
 def connector_jars(settings: Settings) -> list[Path]:
@@ -38,6 +45,12 @@ def build_session(settings: Settings, *, master: str | None = None, app_name: st
         raise missing_extra("pyspark", "spark") from exc
     # Bind the driver and block manager to loopback: no network interface guessing, no firewall prompts.
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    quiet_pandas_warning()
+    # Python workers inherit the environment: the same filter for them.
+    os.environ.setdefault("PYTHONWARNINGS", f"ignore:{PANDAS_WARNING}:FutureWarning")
+    # Python workers must run this interpreter (with millrace, pandas and pyarrow), not whatever is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark_cfg = settings.spark
     jars = ",".join(str(p) for p in connector_jars(settings))
     local_dir = (settings.state_dir / "spark-tmp").resolve()
@@ -50,6 +63,7 @@ def build_session(settings: Settings, *, master: str | None = None, app_name: st
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.local.dir", str(local_dir))
         .config("spark.sql.shuffle.partitions", str(spark_cfg.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")

@@ -34,12 +34,14 @@ STAGE = "validation"
 _scorers: dict[str, Any] = {}  # one Scorer per Python worker process (workers are reused across batches)
 
 
-def _scorer(settings: Settings) -> Any:
+def _scorer(settings: Settings, factory: Callable[[Settings], Any] | None = None) -> Any:
     key = settings.model_dump_json()
     if key not in _scorers:
-        from millrace.processing.scoring import load_scorer
+        if factory is None:
+            from millrace.processing.scoring import load_scorer
 
-        _scorers[key] = load_scorer(settings)
+            factory = load_scorer
+        _scorers[key] = factory(settings)
     return _scorers[key]
 
 
@@ -50,7 +52,9 @@ def _iso_ms(ms: int) -> str:
 def _empty_state() -> dict[str, Any]:
     from millrace.processing.features import empty_state
 
-    return {"wm": None, "tracks": {}, "seen": {}, "feat": empty_state(), "ep": None}
+    # wm: newest event time of the device; newest: per sensor; seen: per sensor, event times inside the
+    # lateness horizon (dedup); tracks: gaps.Track per sensor; feat: features state; ep: open episode.
+    return {"wm": None, "newest": {}, "tracks": {}, "seen": {}, "feat": empty_state(), "ep": None}
 
 
 def _frame(rows: dict[str, Any], n: int) -> pd.DataFrame:
@@ -79,26 +83,31 @@ def dead_letters(rows: pd.DataFrame, reasons: pd.Series, *, source: str, at_ms: 
             "stage": STAGE,
             "source": source,
             "position": f"{int(p)}:{int(o)}",
-            "raw": raw if isinstance(raw, str) else "",
+            "raw": _text(raw),
             "at": at,
         }  # fmt: skip
-        for reason, raw, p, o in zip(
-            reasons, rows["raw"], rows["kafka_partition"], rows["kafka_offset"], strict=True
-        )
+        for reason, raw, p, o in zip(reasons, rows["raw"], rows["kafka_partition"], rows["kafka_offset"], strict=True)
     ]
     return _payload_rows("dead", payloads)
+
+
+def _text(raw: object) -> str:
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw).decode("utf-8", errors="replace")
+    return "" if raw is None else str(raw)
 
 
 class DeviceStep:
     """The function handed to applyInPandasWithState (picklable: holds only the settings)."""
 
-    def __init__(self, settings: Settings, *, source_topic: str) -> None:
+    def __init__(
+        self, settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None
+    ) -> None:
         self.settings = settings
         self.source = source_topic
+        self.scorer_factory = scorer_factory  # default scoring.load_scorer
 
-    def __call__(
-        self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any
-    ) -> Iterator[pd.DataFrame]:
+    def __call__(self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
         gkey = str(key[0])
         now_ms = int(state.getCurrentProcessingTimeMs())
         if state.hasTimedOut:
@@ -146,14 +155,11 @@ class DeviceStep:
         cfg = self.settings.processing
         lateness_ms = int(cfg.allowed_lateness_s * 1000)
         frame = frame.assign(ts_ms=timestamps_ms(frame["timestamp"]))
-        watermark = None if doc["wm"] is None else doc["wm"] - lateness_ms
         seen = {sid: np.asarray(ts, dtype="int64") for sid, ts in doc["seen"].items()}
-        fresh, late, duplicates = drop_duplicates_and_late(frame, seen, watermark)
+        fresh, late, duplicates = drop_duplicates_and_late(frame, seen, doc["newest"], lateness_ms)
         parts: list[pd.DataFrame] = []
         if len(late):
-            parts.append(
-                dead_letters(late, pd.Series([LATE_REASON] * len(late)), source=self.source, at_ms=now_ms)
-            )
+            parts.append(dead_letters(late, pd.Series([LATE_REASON] * len(late)), source=self.source, at_ms=now_ms))
 
         # Readings older than their sensor's newest one (inside the lateness) are stored, but not fed to the
         # features: those need event-time order per sensor.
@@ -164,9 +170,10 @@ class DeviceStep:
             inactive_after_s=cfg.inactive_after_s,
         )  # fmt: skip
 
-        newest = int(fresh["ts_ms"].max()) if len(fresh) else None
-        if newest is not None:
-            doc["wm"] = newest if doc["wm"] is None else max(doc["wm"], newest)
+        if len(fresh):
+            for sid, ts in fresh.groupby("sensor_id")["ts_ms"].max().items():
+                doc["newest"][sid] = max(int(ts), doc["newest"].get(sid, int(ts)))
+            doc["wm"] = max(doc["newest"].values())
         self._remember(doc, fresh, lateness_ms)
 
         measured = fresh[~behind].assign(interpolated=False)
@@ -204,11 +211,11 @@ class DeviceStep:
         return pd.concat([p for p in parts if len(p)], ignore_index=True)
 
     def _remember(self, doc: dict[str, Any], fresh: pd.DataFrame, lateness_ms: int) -> None:
-        """Keep per sensor the event times inside the lateness horizon, for dedup across batches."""
-        horizon = (doc["wm"] or 0) - lateness_ms
+        """Keep per sensor the event times inside its lateness horizon, for dedup across batches."""
         seen: dict[str, list[int]] = {}
         new_ts = fresh.groupby("sensor_id")["ts_ms"].agg(list).to_dict() if len(fresh) else {}
         for sid in set(doc["seen"]) | set(new_ts):
+            horizon = doc["newest"].get(sid, 0) - lateness_ms
             ts = np.concatenate([np.asarray(doc["seen"].get(sid, []), dtype="int64"),
                                  np.asarray(new_ts.get(sid, []), dtype="int64")])  # fmt: skip
             kept = np.unique(ts[ts >= horizon])
@@ -227,11 +234,9 @@ class DeviceStep:
             timestamp=pd.to_datetime(batch["ts_ms"], unit="ms", utc=True).astype("datetime64[ns, UTC]"),
         )
         feats, doc["feat"] = device_step(batch, doc["feat"], self.settings.processing)
-        scored = _scorer(self.settings).score(feats)
+        scored = _scorer(self.settings, self.scorer_factory).score(feats)
         interpolated = scored["interpolated"].astype(bool)
-        scored["is_anomaly"] = (
-            scored["is_anomaly"].astype(bool) & ~interpolated
-        )  # never alert on invented data
+        scored["is_anomaly"] = scored["is_anomaly"].astype(bool) & ~interpolated  # never alert on invented data
         scored["anomaly_kind"] = scored["anomaly_kind"].where(scored["is_anomaly"], None)
         scored["features"] = _json_lines(scored[list(FEATURE_COLUMNS)].round(6))
         return scored
@@ -284,5 +289,7 @@ def _json_lines(frame: pd.DataFrame) -> list[str]:
     return text.rstrip("\n").split("\n")
 
 
-def make_step(settings: Settings, *, source_topic: str) -> Callable[..., Iterator[pd.DataFrame]]:
-    return DeviceStep(settings, source_topic=source_topic)
+def make_step(
+    settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None
+) -> Callable[..., Iterator[pd.DataFrame]]:
+    return DeviceStep(settings, source_topic=source_topic, scorer_factory=scorer_factory)

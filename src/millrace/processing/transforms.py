@@ -21,7 +21,7 @@ REASONS: tuple[str, ...] = (
     "future_timestamp",     # more than max_future_s ahead of the batch time
     "too_old",              # more than max_age_s behind the batch time
 )  # fmt: skip
-LATE_REASON = "late"  # older than the device's watermark (max event time - allowed lateness)
+LATE_REASON = "late"  # older than its sensor's watermark (newest event time so far - allowed lateness)
 INVALID_GROUP = "~invalid"  # grouping key of rows that failed validation
 
 
@@ -29,7 +29,7 @@ INVALID_GROUP = "~invalid"  # grouping key of rows that failed validation
 def parse(kafka_rows):  # noqa: ANN001, ANN201 - pyspark DataFrame in, DataFrame out
     """Kafka source rows -> one row per message with the JSON fields, ``raw`` text and source position.
 
-    Columns: kafka_partition, kafka_offset, raw, json_ok, sensor_id, device_id, sensor_type, value (double or
+    Columns: kafka_partition, kafka_offset, raw (text), raw_bytes, json_ok, sensor_id, device_id, sensor_type, value (double or
     null), value_text, unit, location, ts_text, timestamp (or null), status, ground_truth.
     """
     from pyspark.sql import functions as F
@@ -41,6 +41,7 @@ def parse(kafka_rows):  # noqa: ANN001, ANN201 - pyspark DataFrame in, DataFrame
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
         raw.alias("raw"),
+        F.col("value").alias("raw_bytes"),
         F.from_json(raw, READING_JSON, {"mode": "PERMISSIVE"}).alias("j"),
     )
     ts_text = F.col("j.timestamp")
@@ -49,6 +50,7 @@ def parse(kafka_rows):  # noqa: ANN001, ANN201 - pyspark DataFrame in, DataFrame
         "kafka_partition",
         "kafka_offset",
         "raw",
+        "raw_bytes",
         # from_json yields a struct of nulls for input that is not a JSON object.
         (F.col("j").isNotNull() & F.trim(F.col("raw")).startswith("{")).alias("json_ok"),
         F.col("j.sensor_id").alias("sensor_id"),
@@ -104,14 +106,15 @@ def validate(parsed, cfg: ProcessingSettings, now=None):  # noqa: ANN001, ANN201
 
 
 def to_step_input(validated):  # noqa: ANN001, ANN201
-    """The columns the stateful step needs, grouped by device; the raw text is kept only for dead letters."""
+    """The columns the stateful step needs, grouped by device. ``raw`` is the original message bytes (binary:
+    it need not be valid UTF-8) — every row keeps it, since a valid reading can still turn out late."""
     from pyspark.sql import functions as F
 
     ok = F.col("reason").isNull()
     return validated.select(
         F.when(ok, F.col("device_id")).otherwise(F.lit(INVALID_GROUP)).alias("gkey"),
         "reason",
-        F.when(ok, F.lit(None).cast("string")).otherwise(F.col("raw")).alias("raw"),
+        F.col("raw_bytes").alias("raw"),
         F.col("kafka_partition").cast("int").alias("kafka_partition"),
         "kafka_offset",
         "sensor_id",
@@ -134,34 +137,40 @@ def timestamps_ms(series: pd.Series) -> np.ndarray:
 
 
 def drop_duplicates_and_late(
-    rows: pd.DataFrame, seen: Mapping[str, np.ndarray], watermark_ms: int | None
+    rows: pd.DataFrame, seen: Mapping[str, np.ndarray], newest: Mapping[str, int], lateness_ms: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Split one device's valid readings into (fresh, late, duplicate count).
 
-    A duplicate has the (sensor_id, timestamp) of a reading seen before — earlier in this batch (the first in
-    Kafka order wins) or in ``seen`` (per sensor, epoch ms still inside the lateness horizon). A late reading
-    is older than ``watermark_ms``; it is returned for the dead-letter topic, not silently dropped.
+    Late: older than its sensor's watermark — the newest event time of that sensor seen *before* it in Kafka
+    order (``newest`` from earlier batches, then earlier rows of this batch) minus ``lateness_ms``. A sensor's
+    readings share a partition (key = sensor_id), so this does not depend on how records fall into
+    micro-batches. Late readings are returned for the dead-letter topic, not dropped.
+    Duplicate: the (sensor_id, timestamp) of a reading seen before — earlier in this batch (the first in Kafka
+    order wins) or in ``seen`` (per sensor, epoch ms inside the lateness horizon).
     ``rows`` needs sensor_id, ts_ms, kafka_partition, kafka_offset.
     """
     if rows.empty:
         return rows, rows, 0
     ordered = rows.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
-    late_mask = np.zeros(len(ordered), dtype=bool)
-    if watermark_ms is not None:
-        late_mask = ordered["ts_ms"].to_numpy() < watermark_ms
+    ts = ordered["ts_ms"].to_numpy(dtype="int64")
+    by_sensor = ordered.groupby("sensor_id", sort=False)["ts_ms"]
+    before = by_sensor.cummax().groupby(ordered["sensor_id"], sort=False).shift(1)
+    previous = ordered["sensor_id"].map(newest).astype("float64") if newest else pd.Series(np.nan, index=ordered.index)
+    prior = np.fmax(before.to_numpy(dtype="float64"), previous.to_numpy(dtype="float64"))
+    late_mask = ts < (prior - lateness_ms)  # NaN (first reading of a sensor) compares False
     late = ordered[late_mask]
     candidates = ordered[~late_mask]
     dup_in_batch = candidates.duplicated(["sensor_id", "ts_ms"], keep="first").to_numpy()
     dup_seen = np.zeros(len(candidates), dtype=bool)
     if seen:
         sensor_ids = candidates["sensor_id"].to_numpy()
-        ts = candidates["ts_ms"].to_numpy()
-        for sensor_id, previous in seen.items():
-            if len(previous) == 0:
+        cts = candidates["ts_ms"].to_numpy()
+        for sensor_id, previous_ts in seen.items():
+            if len(previous_ts) == 0:
                 continue
             mask = sensor_ids == sensor_id
             if mask.any():
-                dup_seen[mask] = np.isin(ts[mask], previous)
+                dup_seen[mask] = np.isin(cts[mask], previous_ts)
     dup = dup_in_batch | dup_seen
     return candidates[~dup], late, int(dup.sum())
 

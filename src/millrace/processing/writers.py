@@ -160,9 +160,7 @@ class BatchWriter:
         produce(topics.quality, orjson.dumps({"batch_id": batch_id, "counters": quality}), str(batch_id))
         remaining = self.producer.flush(60.0)
         if remaining:
-            raise KafkaUnavailable(
-                f"{remaining} output messages of batch {batch_id} not delivered within 60 s"
-            )
+            raise KafkaUnavailable(f"{remaining} output messages of batch {batch_id} not delivered within 60 s")
 
     def close(self) -> None:
         self.producer.flush(30.0)
