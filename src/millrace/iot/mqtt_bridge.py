@@ -27,6 +27,7 @@ import orjson
 from confluent_kafka import KafkaError, Message
 
 from millrace.config import Settings
+from millrace.errors import MillraceError
 from millrace.iot.mqtt_client import Connection
 from millrace.iot.mqtt_payload import PayloadError, reading_from_mqtt
 from millrace.kafka.producer import ReliableProducer, make_producer
@@ -140,9 +141,7 @@ class MqttBridge:
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         if any(reason.is_failure for reason in reasons):
-            log.error(
-                "MQTT broker refused the subscription to %s: %s", self.settings.mqtt.readings_topic, reasons
-            )
+            log.error("MQTT broker refused the subscription to %s: %s", self.settings.mqtt.readings_topic, reasons)
             return
         self.subscribed.set()
 
@@ -246,24 +245,26 @@ class MqttBridge:
         self._limit = count
         relay = None
         relay_thread = None
-        if self._commands:
-            from millrace.iot.commands import CommandRelay
-
-            relay = CommandRelay(
-                self.settings,
-                client_id=f"{self.client_id}-commands",
-                group_id=self._command_group,
-                producer=self.producer,
-            )
-            relay.open()
-            self.relay = relay
-            relay_thread = threading.Thread(target=relay.run, args=(stop,), name="mqtt-commands", daemon=True)
-        self.connection.open()
-        if relay_thread is not None:
-            relay_thread.start()
-        deadline = None if duration_s is None else time.monotonic() + duration_s
-        next_tick = 0.0
+        relay_failed: list[BaseException] = []
         try:
+            if self._commands:
+                from millrace.iot.commands import CommandRelay
+
+                relay = self.relay = CommandRelay(
+                    self.settings,
+                    client_id=f"{self.client_id}-commands",
+                    group_id=self._command_group,
+                    producer=self.producer,
+                )
+                relay.open()
+                relay_thread = threading.Thread(
+                    target=self._run_relay, args=(relay, stop, relay_failed), name="mqtt-commands", daemon=True
+                )
+            self.connection.open()
+            if relay_thread is not None:
+                relay_thread.start()
+            deadline = None if duration_s is None else time.monotonic() + duration_s
+            next_tick = 0.0
             while not stop.is_set():
                 self.producer.poll(0.05)
                 self._retry_failed()
@@ -277,11 +278,22 @@ class MqttBridge:
         finally:
             stop.set()
             self.shutdown()
-            if relay_thread is not None:
+            if relay_thread is not None and relay_thread.is_alive():
                 relay_thread.join(timeout=30)
             if relay is not None:
                 relay.close()
+        if relay_failed:
+            raise MillraceError(f"the device command relay failed: {relay_failed[0]}") from relay_failed[0]
         return self.counters
+
+    @staticmethod
+    def _run_relay(relay: Any, stop: threading.Event, failed: list[BaseException]) -> None:
+        try:
+            relay.run(stop)
+        except Exception as exc:  # surfaced by run(); readings stop too rather than run half a bridge
+            log.error("device command relay failed: %s", exc)
+            failed.append(exc)
+            stop.set()
 
     def _done(self, count: int) -> bool:
         with self._lock:
