@@ -7,6 +7,7 @@ delivery callbacks); the breakdowns by sensor type and by kind (ground truth or 
 
 from __future__ import annotations
 
+import resource
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +27,15 @@ class _Labelled(Protocol):
 
     @property
     def kind(self) -> str: ...
+
+
+def process_usage() -> dict[str, float]:
+    """CPU seconds (user + system) and peak RSS of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "max_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+    }
 
 
 class LiveStats:
@@ -96,6 +106,7 @@ class LiveStats:
             "by_sensor_type": dict(sorted(self.by_type.items())),
             "by_kind": dict(sorted(self.by_kind.items())),
             "last_error": stats.last_error,
+            "process": process_usage(),
         }
 
     def _overview(self, live: bool) -> Table:
