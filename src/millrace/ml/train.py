@@ -1,0 +1,207 @@
+"""Training: featurize readings with the stream job's feature code, fit several detectors, keep the best by a
+validation metric, record it in the registry with thresholds, metrics, importance and a training summary.
+
+Validation is a time split (the last ``validation_fraction`` of the period), so the detector is judged on a
+period it has not seen. With labels the threshold maximises F1 at a false-alarm rate <= 1 % and the best
+detector has the highest validation F1; without labels the threshold is the 99.9th percentile of the scores of
+the training period and the multivariate ``mahalanobis`` detector is kept (no metric can rank them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from millrace.config import ProcessingSettings, Settings
+from millrace.errors import DataError, missing_extra
+from millrace.ml import detectors as D
+from millrace.ml.explain import permutation_importance
+from millrace.ml.metrics import best_threshold, binary_metrics, per_kind
+from millrace.ml.registry import promote, registry_root, save_model
+from millrace.processing.features import frame_features
+from millrace.processing.scoring import MODEL_FEATURES, model_matrix
+from millrace.records import GROUND_TRUTH_FIELD, NORMAL
+
+log = logging.getLogger(__name__)
+
+DETECTORS: tuple[str, ...] = ("robust_z", "isolation_forest", "mahalanobis", "gradient_boosting")
+UNLABELLED_CHOICE = "mahalanobis"
+MAX_FALSE_ALARM = 0.01
+UNLABELLED_QUANTILE = 0.999
+
+
+def featurize(readings: pd.DataFrame, processing: ProcessingSettings) -> pd.DataFrame:
+    """Features for a long frame of readings (columns as read_table/simulate_frame give them)."""
+    if readings.empty:
+        raise DataError("no readings to learn from")
+    frame = readings.copy()
+    if "interpolated" not in frame:
+        frame["interpolated"] = False
+    if "location" not in frame:
+        frame["location"] = ""
+    frame["device_id"] = frame["device_id"].fillna(frame["sensor_id"])
+    return frame_features(frame, processing, chunk=None)
+
+
+def labels_of(features: pd.DataFrame) -> np.ndarray | None:
+    """Per-reading labels ("normal" or a kind / "anomaly"), or None when the data carry none."""
+    if GROUND_TRUTH_FIELD not in features or features[GROUND_TRUTH_FIELD].isna().all():
+        return None
+    return features[GROUND_TRUTH_FIELD].fillna(NORMAL).astype(str).to_numpy(dtype=object)
+
+
+def _fit(name: str, X: np.ndarray, labels: np.ndarray | None, seed: int) -> D.Detector:
+    features = MODEL_FEATURES
+    if name == "robust_z":
+        return D.robust_z_detector(features)
+    if name == "isolation_forest":
+        return D.fit_isolation_forest(X, features, seed)
+    if name == "mahalanobis":
+        return D.fit_mahalanobis(X, features, seed)
+    if name == "gradient_boosting":
+        assert labels is not None
+        return D.fit_gradient_boosting(X, labels, features, seed)
+    raise DataError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
+
+
+def fit_unsupervised(X: np.ndarray, name: str = UNLABELLED_CHOICE, *, seed: int = 0) -> D.Detector:
+    """A detector fitted on (presumed) normal readings, thresholded at the 99.9th percentile of their scores.
+    Used by ``ml evaluate --train-rows/--train-file``."""
+    det = _fit(name, X, None, seed)
+    raw, _ = det.raw(X)
+    det.threshold = max(float(np.quantile(raw, UNLABELLED_QUANTILE)), 1e-9)
+    _describe_normal(det, X)
+    return det
+
+
+def _describe_normal(det: D.Detector, X: np.ndarray) -> None:
+    Xf = np.nan_to_num(X, nan=0.0)
+    det.center = np.median(Xf, axis=0)
+    q75, q25 = np.percentile(Xf, [75, 25], axis=0)
+    det.spread = np.maximum((q75 - q25) / 1.349, 1e-6)
+    det.weights = np.ones(X.shape[1])
+
+
+def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(rows, limit, replace=False)) if len(rows) > limit else rows
+
+
+def train(
+    settings: Settings, readings: pd.DataFrame, *, source: str, detectors: Sequence[str] | None = None,
+    seed: int = 0, validation_fraction: float = 0.3, max_fit_rows: int = 200_000, make_promoted: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit, compare, register (and optionally promote) a detector; returns the registered model.json."""
+    try:
+        import sklearn  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise missing_extra("scikit-learn", "ml") from exc
+    say = progress or (lambda _msg: None)
+    started = time.monotonic()
+    rng = np.random.default_rng(seed)
+    feats = featurize(readings, settings.processing)
+    say(f"features for {len(feats):,} readings in {time.monotonic() - started:.1f} s")
+    labels = labels_of(feats)
+    names = list(detectors or DETECTORS)
+    if labels is None:
+        names = [n for n in names if n != "gradient_boosting"]
+    X = model_matrix(feats)
+    ts = feats["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    warm = np.isfinite(X[:, MODEL_FEATURES.index("robust_z")])
+    if warm.sum() < 100:
+        raise DataError(f"too few readings after warm-up to train on ({int(warm.sum())}); give more data")
+    cutoff = np.quantile(ts[warm], 1.0 - validation_fraction)
+    fit_rows = np.flatnonzero(warm & (ts < cutoff))
+    val_rows = np.flatnonzero(warm & (ts >= cutoff))
+    truth = None if labels is None else labels != NORMAL
+    normal_fit = fit_rows if truth is None else fit_rows[~truth[fit_rows]]
+    unsup_rows = _sample(normal_fit, max_fit_rows, rng)
+
+    results: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, D.Detector] = {}
+    for name in names:
+        t0 = time.monotonic()
+        if name == "gradient_boosting":
+            assert labels is not None and truth is not None
+            anomalous = fit_rows[truth[fit_rows]]
+            rows = np.sort(np.concatenate([_sample(normal_fit, max_fit_rows, rng), anomalous]))
+            det = _fit(name, X[rows], labels[rows], seed)
+        else:
+            det = _fit(name, X[unsup_rows], None, seed)
+        raw_val, kind_idx = det.raw(X[val_rows])
+        if truth is not None:
+            det.threshold = max(best_threshold(raw_val, truth[val_rows], max_false_alarm=MAX_FALSE_ALARM), 1e-9)
+            flag = raw_val >= det.threshold
+            kinds = np.asarray(det.classes, dtype=object)[kind_idx] if kind_idx is not None else None
+            metrics = binary_metrics(truth[val_rows], flag)
+            metrics["per_kind"] = per_kind(labels[val_rows], flag, kinds)  # type: ignore[index]
+        else:
+            raw_fit, _ = det.raw(X[unsup_rows])
+            det.threshold = max(float(np.quantile(raw_fit, UNLABELLED_QUANTILE)), 1e-9)
+            metrics = {"alarm_rate": float(np.mean(raw_val >= det.threshold)), "readings": len(val_rows)}
+        metrics["fit_seconds"] = round(time.monotonic() - t0, 2)
+        results[name], fitted[name] = metrics, det
+        say(f"{name}: " + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}"))
+
+    best = max(names, key=lambda n: results[n]["f1"]) if truth is not None else (
+        UNLABELLED_CHOICE if UNLABELLED_CHOICE in names else names[0])  # fmt: skip
+    det = fitted[best]
+    _describe_normal(det, X[unsup_rows])
+    # Importance on a validation sample rich in anomalies.
+    val_truth = None if truth is None else truth[val_rows]
+    pick = val_rows if val_truth is None else np.concatenate(
+        [_sample(val_rows[val_truth], 5000, rng), _sample(val_rows[~val_truth], 15000, rng)])  # fmt: skip
+    pick = _sample(pick, 20000, rng)
+    importance = permutation_importance(det, X[pick], None if truth is None else truth[pick], seed=seed)
+    weights = np.array([importance["features"].get(f, 0.0) for f in MODEL_FEATURES])
+    det.weights = 0.05 + weights / (weights.max() if weights.max() > 0 else 1.0)
+    say(f"kept {best}; importance computed")
+
+    info = {
+        "detector": best,
+        "metrics": {"validation": results[best], "compared": results},
+        "thresholds": {"score": 1.0, "raw": det.threshold, "max_false_alarm": MAX_FALSE_ALARM},
+        "features": list(MODEL_FEATURES),
+        "importance": importance,
+        "training": summarize(
+            feats,
+            labels,
+            source=source,
+            seconds=time.monotonic() - started,
+            fit_rows=len(fit_rows),
+            validation_rows=len(val_rows),
+        ),  # fmt: skip
+    }
+    root = registry_root(settings)
+    version = save_model(root, det, info)
+    if make_promoted:
+        promote(root, version)
+    from millrace.ml.registry import load_info
+
+    return load_info(root, version)
+
+
+def summarize(
+    feats: pd.DataFrame, labels: np.ndarray | None, *, source: str, seconds: float, fit_rows: int,
+    validation_rows: int,
+) -> dict[str, Any]:  # fmt: skip
+    counts = {} if labels is None else pd.Series(labels).value_counts().to_dict()
+    return {
+        "source": source,
+        "readings": len(feats),
+        "sensors": int(feats["sensor_id"].nunique()),
+        "devices": int(feats["device_id"].nunique()),
+        "sensor_types": sorted(feats["sensor_type"].dropna().unique().tolist()),
+        "start": str(feats["timestamp"].min()),
+        "end": str(feats["timestamp"].max()),
+        "labelled": labels is not None,
+        "labels": {str(k): int(v) for k, v in counts.items()},
+        "fit_rows": fit_rows,
+        "validation_rows": validation_rows,
+        "seconds": round(seconds, 1),
+    }
