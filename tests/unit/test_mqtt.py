@@ -95,6 +95,7 @@ def test_topic_for_fills_the_wildcards() -> None:
     assert topic_for("sensors/+/+/+", "loc-01", "dev-0001", "current") == "sensors/loc-01/dev-0001/current"
     assert topic_for("plant/7/#", "loc-01", "dev-0001", "current") == "plant/7/loc-01/dev-0001/current"
     assert topic_for("a/+/b/+/+", "l", "d", "t") == "a/l/b/d/t"
+    assert topic_for("$share/bridges/sensors/+/+/+", "l", "d", "t") == "sensors/l/d/t"
     with pytest.raises(ValueError, match="three"):
         topic_for("sensors/+", "l", "d", "t")
 

@@ -42,6 +42,8 @@ def topic_for(pattern: str, location: str, device_id: str, sensor_type: str) -> 
     """
     values = [location, device_id, sensor_type]
     levels = pattern.split("/")
+    if levels[0] == "$share" and len(levels) > 2:  # MQTT 5 shared subscription: $share/<group>/<filter>
+        levels = levels[2:]
     if levels[-1] == "#":
         levels = levels[:-1] + ["+", "+", "+"]
     wildcards = [i for i, level in enumerate(levels) if level == "+"]
