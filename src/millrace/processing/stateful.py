@@ -163,8 +163,9 @@ class DeviceStep:
 
         # Readings older than their sensor's newest one (inside the lateness) are stored, but not fed to the
         # features: those need event-time order per sensor.
-        last = fresh["sensor_id"].map(lambda s: (doc["tracks"].get(s) or {}).get("last_ts"))
-        behind = (last.notna() & (fresh["ts_ms"] <= last.fillna(0))).to_numpy(dtype=bool)
+        last_ts = {sid: t["last_ts"] for sid, t in doc["tracks"].items() if t["last_ts"] is not None}
+        last = _lookup(fresh["sensor_id"], last_ts)
+        behind = fresh["ts_ms"].to_numpy(dtype="float64") <= last  # NaN (new sensor) compares False
         gap = gaps.fill_gaps(
             fresh[~behind], doc["tracks"], max_interpolated_gap=cfg.max_interpolated_gap,
             inactive_after_s=cfg.inactive_after_s,
@@ -279,6 +280,13 @@ class DeviceStep:
                 "updated_at": updated,
             })  # fmt: skip
         return _payload_rows("status", payloads, device_id)
+
+
+def _lookup(keys: pd.Series, table: dict[str, int]) -> np.ndarray:
+    """float64 array of ``table[key]`` per row (NaN where absent), whatever the string dtype of ``keys``."""
+    if not table or keys.empty:
+        return np.full(len(keys), np.nan)
+    return pd.Series(keys.to_numpy(dtype=object)).map(table).to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _json_lines(frame: pd.DataFrame) -> list[str]:

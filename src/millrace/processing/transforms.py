@@ -155,8 +155,12 @@ def drop_duplicates_and_late(
     ts = ordered["ts_ms"].to_numpy(dtype="int64")
     by_sensor = ordered.groupby("sensor_id", sort=False)["ts_ms"]
     before = by_sensor.cummax().groupby(ordered["sensor_id"], sort=False).shift(1)
-    previous = ordered["sensor_id"].map(newest).astype("float64") if newest else pd.Series(np.nan, index=ordered.index)
-    prior = np.fmax(before.to_numpy(dtype="float64"), previous.to_numpy(dtype="float64"))
+    previous = np.full(len(ordered), np.nan)
+    if newest:
+        previous = (
+            pd.Series(ordered["sensor_id"].to_numpy(dtype=object)).map(newest).to_numpy("float64", na_value=np.nan)
+        )
+    prior = np.fmax(before.to_numpy(dtype="float64", na_value=np.nan), previous)
     late_mask = ts < (prior - lateness_ms)  # NaN (first reading of a sensor) compares False
     late = ordered[late_mask]
     candidates = ordered[~late_mask]

@@ -1,0 +1,145 @@
+"""The per-device stateful step without Spark: a fake GroupState drives stateful.DeviceStep over batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+
+from millrace.config import load_settings
+from millrace.iot.simulator import FleetConfig, simulate_frame
+from millrace.processing.stateful import DeviceStep
+from millrace.processing.transforms import INVALID_GROUP
+
+
+class FakeState:
+    """The parts of pyspark's GroupState that DeviceStep uses."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.doc: str | None = None
+        self.now_ms = now_ms
+        self.hasTimedOut = False
+        self.timeout_ms: int | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.doc is not None
+
+    @property
+    def get(self) -> tuple[str]:
+        assert self.doc is not None
+        return (self.doc,)
+
+    def update(self, value: tuple[str]) -> None:
+        self.doc = value[0]
+
+    def setTimeoutDuration(self, ms: int) -> None:  # noqa: N802 - pyspark's name
+        self.timeout_ms = ms
+
+    def getCurrentProcessingTimeMs(self) -> int:  # noqa: N802
+        return self.now_ms
+
+
+def step_input(frame: pd.DataFrame, first_offset: int = 0) -> pd.DataFrame:
+    n = len(frame)
+    return pd.DataFrame({
+        "gkey": frame["device_id"].to_numpy(), "reason": [None] * n,
+        "raw": [orjson.dumps({"sensor_id": s}) for s in frame["sensor_id"]],
+        "kafka_partition": [0] * n, "kafka_offset": list(range(first_offset, first_offset + n)),
+        "sensor_id": frame["sensor_id"].to_numpy(), "device_id": frame["device_id"].to_numpy(),
+        "sensor_type": frame["sensor_type"].to_numpy(), "location": frame["location"].to_numpy(),
+        "unit": frame["unit"].to_numpy(), "status": ["ok"] * n, "value": frame["value"].to_numpy(),
+        "timestamp": frame["timestamp"].dt.tz_localize(None).to_numpy(), "ground_truth": frame["ground_truth"],
+    })  # fmt: skip
+
+
+@pytest.fixture
+def settings(tmp_path: Any) -> Any:
+    return load_settings(state_dir=tmp_path)
+
+
+@pytest.fixture
+def device_frame() -> pd.DataFrame:
+    cfg = FleetConfig(devices=1, seed=7, anomaly_rate=0.0, start=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime())
+    return simulate_frame(cfg, duration_s=120)
+
+
+def run(step: DeviceStep, state: FakeState, key: str, frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat(list(step((key,), iter([frame]), state)), ignore_index=True)
+
+
+def payloads(out: pd.DataFrame, kind: str) -> list[dict[str, Any]]:
+    return [orjson.loads(p) for p in out.loc[out["out"] == kind, "payload"]]
+
+
+def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any, device_frame: pd.DataFrame) -> None:
+    step = DeviceStep(settings, source_topic="t")
+    state = FakeState(now_ms=1_800_000_000_000)
+    rows = step_input(device_frame)
+    first = rows.iloc[:300]
+    # The second batch starts with 10 copies of the first batch's last readings (duplicates across batches),
+    # and repeats 10 of its own readings at its end (duplicates within a batch).
+    resent = rows.iloc[290:300].assign(kafka_offset=range(1000, 1010))
+    again = rows.iloc[700:710].assign(kafka_offset=range(2000, 2010))
+    second = pd.concat([resent, rows.iloc[300:].assign(kafka_offset=range(1010, 1430)), again])
+    out1 = run(step, state, "dev-0001", first)
+    out2 = run(step, state, "dev-0001", second)
+    readings = pd.concat([out1[out1["out"] == "reading"], out2[out2["out"] == "reading"]])
+    assert len(readings) == len(device_frame) == 720
+    assert not readings["interpolated"].any()
+    assert readings[["sensor_id", "timestamp"]].duplicated().sum() == 0
+    quality = payloads(out2, "quality")[0]
+    assert quality["duplicates"] == 20 and quality["valid"] == 420 and quality["late"] == 0
+    assert state.timeout_ms == int(settings.processing.inactive_after_s * 1000)
+
+
+def test_gap_interpolated_and_long_gap_reported(settings: Any, device_frame: pd.DataFrame) -> None:
+    step = DeviceStep(settings, source_topic="t")
+    state = FakeState(now_ms=1_800_000_000_000)
+    temp = device_frame[device_frame["sensor_type"] == "temperature"].reset_index(drop=True)
+    kept = temp.drop(index=[50, 51, 52]).drop(index=range(70, 80))  # 3 missing (filled), 10 missing (gap)
+    out = run(step, state, "dev-0001", step_input(kept))
+    readings = out[out["out"] == "reading"]
+    filled = readings[readings["interpolated"]]
+    assert sorted(filled["timestamp"]) == sorted(temp.loc[[50, 51, 52], "timestamp"])
+    quality = payloads(out, "quality")[0]
+    assert quality["gaps_interpolated"] == 1 and quality["gaps_inactive"] == 1 and quality["interpolated"] == 3
+
+
+def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_frame: pd.DataFrame) -> None:
+    step = DeviceStep(settings, source_topic="readings")
+    state = FakeState(now_ms=1_800_000_000_000)
+    temp = device_frame[device_frame["sensor_type"] == "temperature"].reset_index(drop=True)
+    rows = step_input(temp)
+    late = rows.iloc[[5]].assign(kafka_offset=999)  # 115 s behind the newest reading: beyond 60 s lateness
+    out = run(step, state, "dev-0001", pd.concat([rows.drop(index=5), late]))
+    dead = payloads(out, "dead")
+    assert [(d["reason"], d["position"], d["source"]) for d in dead] == [("late", "0:999", "readings")]
+
+
+def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> None:
+    step = DeviceStep(settings, source_topic="readings")
+    frame = pd.DataFrame({
+        "gkey": [INVALID_GROUP] * 2, "reason": ["malformed", "out_of_range"], "raw": [b"\xff{oops", b'{"v":1}'],
+        "kafka_partition": [2, 1], "kafka_offset": [7, 8],
+    })  # fmt: skip
+    out = run(step, FakeState(now_ms=0), INVALID_GROUP, frame)
+    dead = payloads(out, "dead")
+    assert [(d["reason"], d["position"], d["raw"]) for d in dead] == [
+        ("malformed", "2:7", "\ufffd{oops"),
+        ("out_of_range", "1:8", '{"v":1}'),
+    ]
+    assert payloads(out, "quality") == [{"invalid_malformed": 1, "invalid_out_of_range": 1, "invalid": 2}]
+
+
+def test_wall_clock_timeout_reports_sensors_inactive(settings: Any, device_frame: pd.DataFrame) -> None:
+    step = DeviceStep(settings, source_topic="t")
+    state = FakeState(now_ms=1_800_000_000_000)
+    run(step, state, "dev-0001", step_input(device_frame))
+    state.hasTimedOut = True
+    out = run(step, state, "dev-0001", pd.DataFrame())
+    statuses = payloads(out, "status")
+    assert len(statuses) == 6 and {s["state"] for s in statuses} == {"inactive"}
+    assert payloads(out, "quality") == [{"inactive_sensors": 6}]
