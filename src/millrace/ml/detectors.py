@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+MIN_CLASS = 20  # readings a kind needs to be learnt as a class of its own
 DEVIATION_FEATURES = ("robust_z", "diff_z", "short_ref_z", "trend_z", "pair_resid_mean")
 
 
@@ -67,25 +68,32 @@ def fit_isolation_forest(X: np.ndarray, features: tuple[str, ...], seed: int) ->
 
 
 def fit_mahalanobis(X: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
-    from sklearn.covariance import MinCovDet
-
+    """Per sensor type: median and covariance of the feature vectors winsorised at their 0.5/99.5 percentiles
+    (robust to the few anomalies an unlabelled training set holds, and fast)."""
     Xf = np.nan_to_num(X, nan=0.0)
     types = Xf[:, -1].astype(int)
     params: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     rng = np.random.default_rng(seed)
     for code in np.unique(types):
         rows = Xf[types == code, :-1]
-        if len(rows) > 5000:
-            rows = rows[rng.choice(len(rows), 5000, replace=False)]
-        mcd = MinCovDet(random_state=seed, support_fraction=0.9).fit(rows)
-        cov = mcd.covariance_ + np.eye(rows.shape[1]) * 1e-6
-        params[int(code)] = (mcd.location_, np.linalg.pinv(cov))
+        if len(rows) > 50_000:
+            rows = rows[rng.choice(len(rows), 50_000, replace=False)]
+        lo, hi = np.percentile(rows, [0.5, 99.5], axis=0)
+        clipped = np.clip(rows, lo, hi)
+        cov = np.cov(clipped, rowvar=False) + np.eye(rows.shape[1]) * 1e-6
+        params[int(code)] = (np.median(rows, axis=0), np.linalg.pinv(cov))
     return Detector("mahalanobis", features, params)
 
 
 def fit_gradient_boosting(X: np.ndarray, labels: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    labels = np.asarray(labels, dtype=object).copy()
+    kinds, counts = np.unique(labels, return_counts=True)
+    rare = {k for k, c in zip(kinds, counts, strict=True) if c < MIN_CLASS and k != "normal"}
+    labels[np.isin(labels, list(rare))] = "anomaly"  # too few to learn as a kind of its own
+    if 0 < (labels == "anomaly").sum() < MIN_CLASS:
+        X, labels = X[labels != "anomaly"], labels[labels != "anomaly"]
     classes = tuple(sorted(set(labels.tolist())))
     y = np.searchsorted(np.array(classes), labels)
     # Balance: every anomaly kind weighs as much in total as a tenth of the normal readings.
@@ -95,7 +103,7 @@ def fit_gradient_boosting(X: np.ndarray, labels: np.ndarray, features: tuple[str
     class_weight = np.where(np.arange(len(classes)) == normal, 1.0, target / np.maximum(counts, 1.0))
     class_weight = np.clip(class_weight, 1.0, 50.0)
     model = HistGradientBoostingClassifier(
-        max_iter=200, learning_rate=0.1, max_leaf_nodes=31, early_stopping=True, validation_fraction=0.1,
+        max_iter=100, learning_rate=0.1, max_leaf_nodes=31, early_stopping=True, validation_fraction=0.1,
         random_state=seed, categorical_features=[len(features) - 1],
     )  # fmt: skip
     model.fit(X, y, sample_weight=class_weight[y])

@@ -1,0 +1,247 @@
+"""``millrace ml``: train, explain, list, show, promote and evaluate anomaly models."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from millrace.cli.common import console, err_console, print_json, settings_of
+from millrace.errors import DataError
+
+app = typer.Typer(name="ml", help="Anomaly model: train, explain, registry, evaluate.", no_args_is_help=True)
+
+
+class Source(enum.StrEnum):
+    simulate = "simulate"
+    file = "file"
+    store = "store"
+
+
+TimeColumn = Annotated[str | None, typer.Option(help="Time column (default: detected by name).")]
+LabelColumn = Annotated[str | None, typer.Option(help="Label column: 0/1, normal/anomaly or kind names.")]
+Sep = Annotated[str | None, typer.Option(help="CSV separator (default: detected).")]
+LayoutOpt = Annotated[str, typer.Option(help="auto, long (one reading per row) or wide (one column per sensor).")]
+SensorCol = Annotated[str | None, typer.Option(help="Long layout: sensor id column.")]
+ValueCol = Annotated[str | None, typer.Option(help="Long layout: value column.")]
+TypeCol = Annotated[str | None, typer.Option(help="Long layout: sensor type column.")]
+Ignore = Annotated[list[str] | None, typer.Option(help="Wide layout: a column that is not a sensor (repeatable).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document, nothing else.")]
+
+
+def _read_opts(sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore):  # type: ignore[no-untyped-def]
+    from millrace.ml.evaluate import ReadOptions
+
+    return ReadOptions(sep, time_column, label_column, layout, sensor_column, value_column, type_column,
+                       tuple(ignore or ()))  # fmt: skip
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    source: Annotated[Source, typer.Option(help="Where the readings come from.")] = Source.simulate,
+    file: Annotated[
+        list[Path] | None, typer.Option("--file", "-f", help="--source file: CSV/Parquet (repeatable).")
+    ] = None,
+    devices: Annotated[int, typer.Option(min=1, help="--source simulate: devices (6 sensors each).")] = 10,
+    hours: Annotated[float, typer.Option(min=0.1, help="--source simulate: hours of data.")] = 6.0,
+    seed: Annotated[int, typer.Option(help="--source simulate: fleet seed; also the detectors' seed.")] = 1,
+    detector: Annotated[list[str] | None, typer.Option(help="Detectors to compare (repeatable; default all).")] = None,
+    promote: Annotated[bool, typer.Option(help="Promote the new model (the stream job switches to it).")] = False,
+    time_column: TimeColumn = None, label_column: LabelColumn = None, sep: Sep = None, layout: LayoutOpt = "auto",
+    sensor_column: SensorCol = None, value_column: ValueCol = None, type_column: TypeCol = None,
+    ignore_column: Ignore = None,
+    json_: Json = False,
+) -> None:  # fmt: skip
+    """Train detectors on readings, keep the best by validation metric, register it (and --promote it)."""
+    import pandas as pd
+
+    from millrace.ml.evaluate import read_readings
+    from millrace.ml.train import train as run
+
+    settings = settings_of(ctx)
+    if source is Source.simulate:
+        from millrace.iot.simulator import FleetConfig, simulate_frame
+
+        start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=seed % 365)
+        cfg = FleetConfig(devices=devices, seed=seed, start=start)
+        readings = simulate_frame(cfg, duration_s=hours * 3600)
+        described = f"simulate devices={devices} hours={hours:g} seed={seed}"
+    elif source is Source.file:
+        if not file:
+            raise DataError("--source file needs --file PATH")
+        opts = _read_opts(
+            sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore_column
+        )
+        readings = pd.concat([read_readings(p, opts, need_labels=label_column is not None) for p in file],
+                             ignore_index=True)  # fmt: skip
+        described = "file " + ", ".join(map(str, file))
+    else:
+        from millrace.ml.sources import store_readings
+
+        readings = store_readings(settings)
+        described = f"store {settings.store.backend}"
+    say = (lambda _m: None) if json_ else (lambda m: err_console.print(f"[dim]{m}[/]"))
+    info = run(settings, readings, source=described, detectors=detector, seed=seed, make_promoted=promote,
+               progress=say)  # fmt: skip
+    if json_:
+        print_json(info)
+        return
+    _print_summary(info, promoted=promote)
+
+
+def _metric(info: dict[str, Any]) -> str:
+    val = info.get("metrics", {}).get("validation", {})
+    if "f1" in val:
+        return f"F1 {val['f1']:.3f}  FAR {val['false_alarm_rate']:.2%}"
+    return f"alarms {val.get('alarm_rate', 0):.2%}"
+
+
+def _print_summary(info: dict[str, Any], *, promoted: bool) -> None:
+    table = Table(title=f"model {info['version']}: kept {info['detector']}" + (" (promoted)" if promoted else ""))
+    for col in ("detector", "F1", "precision", "recall", "false alarms", "fit s"):
+        table.add_column(col, justify="right" if col != "detector" else "left")
+    for name, m in info["metrics"]["compared"].items():
+        if "f1" in m:
+            table.add_row(name, f"{m['f1']:.3f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}",
+                          f"{m['false_alarm_rate']:.2%}", f"{m['fit_seconds']:.1f}")  # fmt: skip
+        else:
+            table.add_row(name, "-", "-", "-", f"{m['alarm_rate']:.2%}", f"{m['fit_seconds']:.1f}")
+    console.print(table)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_: Json = False) -> None:
+    """Registered model versions, oldest first; * marks the promoted one."""
+    from millrace.ml.registry import load_info, promoted_version, registry_root, versions
+
+    root = registry_root(settings_of(ctx))
+    current = promoted_version(root)
+    infos = [load_info(root, v) for v in versions(root)]
+    if json_:
+        print_json([{**{k: i[k] for k in ("version", "created_at", "detector", "metrics")},
+                     "promoted": i["version"] == current} for i in infos])  # fmt: skip
+        return
+    if not infos:
+        console.print(f"no models in {root}; train one with `millrace ml train`")
+        return
+    table = Table(title=str(root))
+    for col in ("", "version", "created", "detector", "validation", "readings"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row("*" if i["version"] == current else "", i["version"], i["created_at"], i["detector"],
+                      _metric(i), f"{i['training']['readings']:,}")  # fmt: skip
+    console.print(table)
+
+
+def _version_or_promoted(root: Path, version: str | None) -> str:
+    from millrace.ml.registry import promoted_version, versions
+
+    if version:
+        return version
+    chosen = promoted_version(root) or (versions(root)[-1] if versions(root) else None)
+    if chosen is None:
+        raise DataError(f"no models in {root}; train one with `millrace ml train`")
+    return chosen
+
+
+@app.command()
+def show(ctx: typer.Context, version: Annotated[str | None, typer.Argument(help="Default: promoted.")] = None,
+         json_: Json = False) -> None:  # fmt: skip
+    """A model's model.json: detector, metrics, thresholds, features, importance, training summary."""
+    from millrace.ml.registry import load_info, registry_root
+
+    root = registry_root(settings_of(ctx))
+    info = load_info(root, _version_or_promoted(root, version))
+    if json_:
+        print_json(info)
+        return
+    console.print(f"[bold]{info['version']}[/] {info['detector']} created {info['created_at']}: {_metric(info)}")
+    console.print(f"thresholds: {info['thresholds']}")
+    console.print(f"training: {info['training']}")
+    _print_summary(info, promoted=False)
+
+
+@app.command()
+def promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="The version to promote.")]) -> None:
+    """Make VERSION the model the stream job scores with (running jobs switch within seconds)."""
+    from millrace.ml.registry import promote as run
+    from millrace.ml.registry import registry_root
+
+    info = run(registry_root(settings_of(ctx)), version)
+    console.print(f"promoted {info['version']} ({info['detector']}, {_metric(info)})")
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Argument(help="Default: the promoted (else latest) model.")] = None,
+    chart: Annotated[Path | None, typer.Option(help="PNG path (default: <model dir>/importance.png).")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Features to list.")] = 10,
+    json_: Json = False,
+) -> None:  # fmt: skip
+    """Which sensors and features predict anomalies (permutation importance saved with the model)."""
+    from millrace.ml.explain import plot_importance
+    from millrace.ml.registry import load_info, registry_root
+
+    root = registry_root(settings_of(ctx))
+    info = load_info(root, _version_or_promoted(root, version))
+    importance = info["importance"]
+    path = plot_importance(importance, chart or root / info["version"] / "importance.png",
+                           title=f"{info['version']} {info['detector']}")  # fmt: skip
+    if json_:
+        print_json({"version": info["version"], "importance": importance, "chart": str(path)})
+        return
+    metric = importance.get("baseline", {}).get("metric", "quality")
+    for key, limit in (("sensors", None), ("features", top)):
+        table = Table(title=f"{info['version']}: importance per {key[:-1]} (drop in {metric})")
+        table.add_column(key[:-1])
+        table.add_column("importance", justify="right")
+        for name, value in list(importance[key].items())[:limit]:
+            table.add_row(name, f"{value:.4f}")
+        console.print(table)
+    console.print(f"chart: {path}")
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="Labelled CSV/Parquet recordings (pooled).")],
+    train_rows: Annotated[int | None, typer.Option(min=1, help="Fit on the first N rows of each file.")] = None,
+    train_file: Annotated[Path | None, typer.Option(help="Fit on this anomaly-free recording.")] = None,
+    detector: Annotated[str, typer.Option(help="Detector fitted by --train-rows/--train-file.")] = "mahalanobis",
+    output: Annotated[Path | None, typer.Option(help="Write time, score and flag per reading (CSV/Parquet).")] = None,
+    time_column: TimeColumn = None, label_column: LabelColumn = None, sep: Sep = None, layout: LayoutOpt = "auto",
+    sensor_column: SensorCol = None, value_column: ValueCol = None, type_column: TypeCol = None,
+    ignore_column: Ignore = None,
+    json_: Json = False,
+) -> None:  # fmt: skip
+    """Precision, recall, F1, false- and missed-alarm rates (and recall per kind) of the detector on FILES."""
+    from millrace.ml.evaluate import evaluate as run
+
+    opts = _read_opts(sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore_column)
+    result = run(settings_of(ctx), files, opts=opts, train_rows=train_rows, train_file=train_file,
+                 detector=detector, output=output)  # fmt: skip
+    if json_:
+        print_json(result)
+        return
+    console.print(f"[bold]{result['mode']}[/]: {result['readings']:,} readings, {result['anomalies']:,} anomalous")
+    table = Table()
+    for col in ("precision", "recall", "F1", "false alarms", "missed alarms"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{result['precision']:.3f}", f"{result['recall']:.3f}", f"{result['f1']:.3f}",
+                  f"{result['false_alarm_rate']:.2%}", f"{result['missed_alarm_rate']:.2%}")  # fmt: skip
+    console.print(table)
+    if "per_kind" in result:
+        kinds = Table(title="per kind")
+        for col in ("kind", "readings", "recall", "kind F1"):
+            kinds.add_column(col, justify="left" if col == "kind" else "right")
+        for kind, row in result["per_kind"].items():
+            kinds.add_row(kind, str(row["readings"]), f"{row['recall']:.3f}", f"{row.get('kind_f1', 0):.3f}")
+        console.print(kinds)
+    if output is not None:
+        console.print(f"scores: {output}")
