@@ -163,6 +163,14 @@ def write_payloads(path: Path, devices: int, count: int = 100_000) -> float:
     return sizes / count
 
 
+def encode_rate(records: int, devices: int) -> float:
+    """Readings/s generated and encoded to message bytes, without Kafka (this process, one core)."""
+    cfg = FleetConfig(devices=devices, start=datetime(2026, 1, 1, tzinfo=UTC))
+    started = time.perf_counter()
+    produced = sum(len(batch) for batch in Simulator(cfg, count=records).batches())
+    return produced / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=2_000_000)
@@ -180,6 +188,8 @@ def main() -> None:
         log4j = state / "log4j2-tools.properties"
         log4j.write_text(LOG4J, encoding="utf-8")
         record_size = write_payloads(payloads, args.devices)
+        encoded = encode_rate(args.records, args.devices)
+        console.print(f"simulator alone (generate + encode, no Kafka): {encoded:,.0f} readings/s")
         stack = Stack(settings)
         with console.status("starting Kafka..."):
             stack.up()
@@ -212,10 +222,11 @@ def main() -> None:
     console.print(table)
     ours = statistics.median(r["rate"] for r in results["millrace simulate"])
     theirs = statistics.median(r["rate"] for r in results["ProducerPerformance"])
-    console.print(f"median: millrace {ours:,.0f}/s, ProducerPerformance {theirs:,.0f}/s, ratio {ours / theirs:.2f}")
+    console.print(f"median: millrace {ours:,.0f}/s, ProducerPerformance {theirs:,.0f}/s, ratio {ours / theirs:.2f}; "
+                  f"simulator alone {encoded:,.0f}/s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json_out:
         args.json_out.write_text(json.dumps({"args": vars(args) | {"json_out": str(args.json_out)},
-                                             "record_size": record_size, "results": results,
+                                             "record_size": record_size, "results": results, "encode_only": encoded,
                                              "median": {"millrace": ours, "perf": theirs}}, indent=2))  # fmt: skip
 
 

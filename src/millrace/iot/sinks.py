@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable, Iterator
+from queue import Empty, Full, Queue
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka import Message as KafkaMessage
@@ -22,6 +23,7 @@ from millrace.kafka.producer import producer_config
 from millrace.kafka.stats import DeliveryStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Delivery latency is sampled on one message in this many: the histogram costs a log() per sample, and a
 # 1-in-8 sample of hundreds of thousands of deliveries per second gives the same quantiles.
@@ -165,6 +167,7 @@ def pump(
     until they run out or ``stop`` is set. Returns the number of messages sent (not yet flushed)."""
     stop = stop or threading.Event()
     sent = 0
+    batches = prefetch(batches, stop=stop)
     started = time.monotonic()
     slice_size = max(1, int(rate / 20)) if rate > 0 else 0  # about 50 ms of messages per slice
     for batch in batches:
@@ -185,3 +188,46 @@ def pump(
                 recorder.record_many(part.sensor_types, part.kinds)
             sent += len(part)
     return sent
+
+
+def prefetch(items: Iterable[T], *, stop: threading.Event, depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, ``depth`` ahead: the simulator's numpy/Arrow work (which
+    releases the GIL) overlaps with producing. An exception in the thread is raised here."""
+    queue: Queue[tuple[str, object]] = Queue(maxsize=depth)
+    done = threading.Event()  # the consumer went away (finished, stopped or failed)
+
+    def put(entry: tuple[str, object]) -> bool:
+        while not (done.is_set() or stop.is_set()):
+            try:
+                queue.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def fill() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, never lost
+            put(("error", exc))
+
+    thread = threading.Thread(target=fill, name="millrace-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = queue.get(timeout=0.1)
+            except Empty:
+                if not thread.is_alive() and queue.empty():
+                    return
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value  # type: ignore[misc]
+            yield value  # type: ignore[misc]
+    finally:
+        done.set()
