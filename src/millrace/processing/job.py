@@ -97,11 +97,17 @@ def make_writer(
     return BatchWriter(settings, ledger_path=options.checkpoint / "windows.db", on_batch=on_batch)
 
 
-def stop_gracefully(query: Any, timeout_s: float = 60.0) -> None:
-    """Stop between micro-batches when possible (a stop inside one is safe too: the batch is replayed)."""
-    deadline = time.monotonic() + timeout_s
-    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
-        time.sleep(0.05)
+def stop_gracefully(query: Any, writer: BatchWriter, timeout_s: float = 15.0) -> None:
+    """Stop at a micro-batch boundary when one comes within ``timeout_s`` (stopping inside a batch is safe
+    too: the batch is replayed from the checkpoint next time)."""
+    if query.isActive and query.status.get("isTriggerActive"):
+        done = writer.batches
+        deadline = time.monotonic() + timeout_s
+        while query.isActive and writer.batches == done and time.monotonic() < deadline:
+            try:
+                query.awaitTermination(0.1)
+            except Exception:  # it failed meanwhile: stop() below still cleans up
+                break
     query.stop()
 
 
@@ -147,7 +153,7 @@ def run(
             query = start_query(spark, settings, options, writer)
             reason = _watch(query, writer, started, duration_s, until_idle_s, should_stop)
             if reason != "failed":
-                stop_gracefully(query)
+                stop_gracefully(query, writer)
                 break
             error = query.exception()
             failures += 1

@@ -69,6 +69,7 @@ class BatchWriter:
         self.on_batch = on_batch
         self.last: BatchStats | None = None
         self.total_input = 0
+        self.batches = 0  # micro-batches written by this writer
         self.last_input_at = time.monotonic()
 
     def __call__(self, frame: Any, batch_id: int) -> None:
@@ -79,6 +80,7 @@ class BatchWriter:
         stats.collect_s = collected - started
         stats.duration_s = time.monotonic() - started
         self.last = stats
+        self.batches += 1
         self.total_input += stats.input_rows
         if stats.input_rows:
             self.last_input_at = time.monotonic()

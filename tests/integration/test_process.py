@@ -1,0 +1,230 @@
+"""`millrace iot process` against the real broker and a SQLite store: every fault kind lands where it should,
+and the store holds exactly one row per reading after kill -9 and restart, and across a broker restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+
+from millrace.config import Settings, TopicSettings
+from millrace.iot.simulator import FleetConfig, Simulator
+from millrace.kafka.admin import apply_topics
+from millrace.kafka.consumer import make_consumer
+from millrace.kafka.producer import make_producer
+from millrace.kafka.topics import declared_topics
+from millrace.runtime.stack import Stack
+from millrace.stores.sqlite import SqliteStore
+from tests.helpers import unique, wait_for
+
+pytestmark = pytest.mark.integration
+
+DEAD_KINDS = {"fault:malformed", "fault:impossible", "fault:future"}
+FAULTS = {"duplicate": 0.02, "out_of_order": 0.02, "late": 0.01, "malformed": 0.01, "impossible": 0.01, "future": 0.01}
+
+
+def job_settings(base: Settings, tmp: Path) -> Settings:
+    """The broker of the session; fresh topics, state dir and store for one test."""
+    prefix = unique("proc")
+    topics = TopicSettings(**{name: f"{prefix}.{name}" for name in (
+        "readings", "dead_letter", "alerts", "predictions", "windowed_metrics", "quality", "device_commands")})  # fmt: skip
+    apply_topics(base.kafka.client_config(), declared_topics(topics))
+    spark = base.spark.model_copy(update={"driver_memory": "1g", "max_offsets_per_trigger": 4000})
+    store = base.store.model_copy(update={"sqlite_path": tmp / "store.db"})
+    return base.model_copy(update={"topics": topics, "state_dir": tmp / "state", "spark": spark, "store": store})
+
+
+def env_of(s: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
+    env.update({
+        "MILLRACE_STATE_DIR": str(s.state_dir), "MILLRACE_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+        "MILLRACE_STORE__SQLITE_PATH": str(s.sqlite_path), "MILLRACE_SPARK__DRIVER_MEMORY": s.spark.driver_memory,
+        "MILLRACE_SPARK__MAX_OFFSETS_PER_TRIGGER": str(s.spark.max_offsets_per_trigger),
+        "MILLRACE_CACHE_DIR": str(s.cache_dir),
+    })  # fmt: skip
+    for name in TopicSettings.model_fields:
+        if name not in ("replication_factor", "min_insync_replicas"):
+            env[f"MILLRACE_TOPICS__{name.upper()}"] = str(getattr(s.topics, name))
+    return env
+
+
+def start_job(s: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "millrace.cli.main", "iot", "process", "--quiet", *args]
+    return subprocess.Popen(argv, env=env_of(s), stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def simulate(n_devices: int, duration_s: float, seed: int) -> list[Any]:
+    cfg = FleetConfig(devices=n_devices, locations=2, seed=seed, **FAULTS)
+    return list(Simulator(cfg, duration_s=duration_s).messages())
+
+
+def produce(s: Settings, messages: list[Any]) -> None:
+    producer = make_producer(s.kafka.client_config())
+    for m in messages:
+        producer.produce(s.topics.readings, m.value, m.key)
+    assert producer.flush(60) == 0
+
+
+class Expected:
+    """What the store and the dead-letter topic must hold, derived from the simulator's labels."""
+
+    def __init__(self, messages: list[Any], lateness_s: float) -> None:
+        origin: dict[bytes, str] = {}
+        newest: dict[str, int] = {}
+        self.stored: set[tuple[str, int]] = set()
+        self.dead = self.late = self.duplicates = 0
+        for m in messages:
+            kind = origin.setdefault(m.value, m.kind) if m.kind != "fault:duplicate" else origin.get(m.value, m.kind)
+            if kind in DEAD_KINDS:
+                self.dead += 1
+                continue
+            data = orjson.loads(m.value)
+            sid, ts = data["sensor_id"], int(pd.Timestamp(data["timestamp"]).value // 1_000_000)
+            previous = newest.get(sid)
+            if previous is not None and ts < previous - lateness_s * 1000:
+                self.late += 1
+                continue
+            newest[sid] = ts if previous is None else max(previous, ts)
+            if (sid, ts) in self.stored:
+                self.duplicates += 1
+            self.stored.add((sid, ts))
+
+
+def stored_frame(s: Settings) -> pd.DataFrame:
+    store = SqliteStore(s.sqlite_path)
+    try:
+        rows = [r for sid in {x["sensor_id"] for x in store.sensor_status()} for r in store.readings(sid, limit=10**6)]
+    finally:
+        store.close()
+    frame = pd.DataFrame(rows)
+    frame["ts_ms"] = pd.to_datetime(frame["timestamp"], utc=True).astype("datetime64[ms, UTC]").astype("int64")
+    return frame
+
+
+def count_topic(s: Settings, topic: str, expected: int) -> list[dict[str, Any]]:
+    consumer = make_consumer(s.kafka.client_config(), unique("g"))
+    consumer.subscribe([topic])
+    got: list[dict[str, Any]] = []
+    try:
+
+        def poll() -> bool:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got.append(orjson.loads(msg.value()))
+            return len(got) >= expected
+
+        wait_for(poll, timeout_s=60, interval_s=0, what=f"{expected} messages on {topic}")
+        assert consumer.poll(2.0) is None, "more messages than expected"
+    finally:
+        consumer.close()
+    return got
+
+
+def check_store(s: Settings, expected: Expected) -> pd.DataFrame:
+    frame = stored_frame(s)
+    measured = frame[~frame["interpolated"].astype(bool)]
+    assert len(measured) == len(expected.stored)
+    assert set(zip(measured["sensor_id"], measured["ts_ms"], strict=True)) == expected.stored
+    assert not frame.duplicated(["sensor_id", "ts_ms"]).any()
+    store = SqliteStore(s.sqlite_path)
+    try:
+        # Windows are exact: each equals the readings stored in it, whatever batches or replays built it.
+        windows = pd.DataFrame(store.windows(scope="sensor", limit=10**6))
+        ws = s.processing.window_s * 1000
+        counts = measured.assign(w=(measured["ts_ms"] // ws) * ws).groupby(["sensor_id", "w"]).size()
+        got = windows.assign(w=pd.to_datetime(windows["window_start"], utc=True).astype("datetime64[ms, UTC]")
+                             .astype("int64")).set_index(["key", "w"])["count"]  # fmt: skip
+        assert got.sort_index().tolist() == counts.sort_index().tolist()
+        # One alert per episode: every anomalous reading is counted in exactly one alert.
+        alerts = store.alerts(limit=10**6)
+        assert len({a["alert_id"] for a in alerts}) == len(alerts)
+        assert sum(a["readings"] for a in alerts) == int(frame["is_anomaly"].astype(bool).sum())
+    finally:
+        store.close()
+    return frame
+
+
+@pytest.fixture
+def job(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    yield job_settings(settings, tmp_path)
+
+
+def test_every_fault_kind_lands_where_it_should(job: Settings, tmp_path: Path) -> None:
+    from millrace.processing.job import default_options, run
+
+    messages = simulate(3, 300, seed=11)
+    kinds = Counter(m.kind for m in messages)
+    assert all(kinds[f"fault:{name}"] > 0 for name in FAULTS), kinds
+    produce(job, messages)
+    expected = Expected(messages, job.processing.allowed_lateness_s)
+    result = run(job, default_options(job), until_idle_s=6.0, duration_s=240)
+    assert result.input_rows == len(messages)
+
+    check_store(job, expected)
+    store = SqliteStore(job.sqlite_path)
+    quality = store.quality_totals()
+    statuses = store.sensor_status()
+    store.close()
+    assert quality["late"] == expected.late and quality["duplicates"] == expected.duplicates
+    assert quality["invalid"] == expected.dead and quality["valid"] == len(expected.stored)
+    assert len(statuses) == 18
+    dead = count_topic(job, job.topics.dead_letter, expected.dead + expected.late)
+    assert Counter(d["reason"] == "late" for d in dead) == Counter({True: expected.late, False: expected.dead})
+    faulty = {m.value.decode("utf-8", "replace") for m in messages if m.kind in DEAD_KINDS}
+    assert {d["raw"] for d in dead if d["reason"] != "late"} == faulty
+    assert all(":" in d["position"] and d["source"] == job.topics.readings for d in dead)
+
+
+def test_kill_9_and_restart_loses_and_duplicates_nothing(job: Settings, tmp_path: Path) -> None:
+    messages = simulate(4, 300, seed=12)
+    expected = Expected(messages, job.processing.allowed_lateness_s)
+    half = len(messages) // 2
+    produce(job, messages[:half])
+    log = tmp_path / "job.log"
+    proc = start_job(job, log)
+    try:
+        wait_for(lambda: job.sqlite_path.exists() and SqliteStore(job.sqlite_path).count("sensor_metrics") > 500,
+                 timeout_s=180, interval_s=0.5, what="the job to store its first readings")  # fmt: skip
+        produce(job, messages[half:])
+        wait_for(lambda: SqliteStore(job.sqlite_path).count("sensor_metrics") > half, timeout_s=120, interval_s=0.2,
+                 what="the job to get past the first half")  # fmt: skip
+        proc.send_signal(signal.SIGKILL)  # mid-stream: the second half is still being processed
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert SqliteStore(job.sqlite_path).count("sensor_metrics") < len(expected.stored), "killed too late"
+    restarted = start_job(job, log, "--until-idle", "6")
+    assert restarted.wait(300) == 0, log.read_text()[-3000:]
+    check_store(job, expected)
+
+
+def test_broker_restart_under_the_running_job(job: Settings, stack: Stack, tmp_path: Path) -> None:
+    messages = simulate(3, 240, seed=13)
+    expected = Expected(messages, job.processing.allowed_lateness_s)
+    third = len(messages) // 3
+    produce(job, messages[:third])
+    log = tmp_path / "job.log"
+    proc = start_job(job, log, "--until-idle", "20")
+    try:
+        wait_for(lambda: job.sqlite_path.exists() and SqliteStore(job.sqlite_path).count("sensor_metrics") > 0,
+                 timeout_s=180, interval_s=0.5, what="the job to store its first readings")  # fmt: skip
+        for rec in stack.manager.records():
+            if rec.kind == "kafka":
+                stack.manager.stop(rec.name, timeout_s=30)
+        stack.start_kafka()
+        produce(job, messages[third:])
+        assert proc.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    check_store(job, expected)
