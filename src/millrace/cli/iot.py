@@ -6,21 +6,27 @@ import threading
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from millrace.cli.common import console, err_console, print_json, settings_of
+from millrace.config import Settings
 from millrace.errors import MillraceError, missing_extra
-from millrace.iot.fleet import DEFAULT_DURATIONS_S, FAULTS, FleetConfig
+from millrace.iot.fleet import FAULTS, FleetConfig
 from millrace.iot.live_stats import LiveStats
 from millrace.iot.sinks import KafkaSink, Sink, pump
 from millrace.kafka.consumer import stop_on_signals
 from millrace.records import parse_iso
 
-app = typer.Typer(
-    help="IoT ingestion: simulate a device fleet, replay data sets, bridge MQTT.", no_args_is_help=True
-)
+app = typer.Typer(help="IoT ingestion: simulate a device fleet, replay data sets, bridge MQTT.", no_args_is_help=True)
+
+
+class UsageError(MillraceError):
+    """A bad option value (raised in command bodies, where the CLI turns it into one red line)."""
+
+    def __init__(self, message: str, param_hint: str | None = None) -> None:
+        super().__init__(f"{param_hint}: {message}" if param_hint else message)
 
 
 class Via(StrEnum):
@@ -38,17 +44,17 @@ def _fault_rates(items: list[str]) -> dict[str, float]:
         elif name in FAULTS:
             names = [name]
         else:
-            raise typer.BadParameter(
+            raise UsageError(
                 f"unknown fault {name!r}; known: {', '.join(FAULTS)}, all", param_hint="--fault-rate"
             )
         try:
             rate = float(value)
         except ValueError:
-            raise typer.BadParameter(
+            raise UsageError(
                 f"{item!r}: expected NAME=P, e.g. malformed=0.01", param_hint="--fault-rate"
             ) from None
         if not 0 <= rate <= 1:
-            raise typer.BadParameter(f"{item!r}: P must be between 0 and 1", param_hint="--fault-rate")
+            raise UsageError(f"{item!r}: P must be between 0 and 1", param_hint="--fault-rate")
         rates.update(dict.fromkeys(names, rate))
     return rates
 
@@ -86,13 +92,9 @@ def simulate(
     duration: Annotated[
         float | None, typer.Option(min=0, help="Event-time span to simulate, seconds (default 60 s of data).")
     ] = None,
-    count: Annotated[
-        int | None, typer.Option(min=1, help="Number of readings instead of a duration.")
-    ] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Number of readings instead of a duration.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: same seed and options, same data.")] = 42,
-    anomaly_rate: Annotated[
-        float, typer.Option(min=0, max=0.5, help="Fraction of sensor-time in anomalies.")
-    ] = 0.02,
+    anomaly_rate: Annotated[float, typer.Option(min=0, max=0.5, help="Fraction of sensor-time in anomalies.")] = 0.02,
     fault_rate: Annotated[
         list[str] | None,
         typer.Option("--fault-rate", help=f"NAME=P, repeatable; NAME one of {', '.join(FAULTS)} or all."),
@@ -107,22 +109,18 @@ def simulate(
     ] = None,
     start: Annotated[
         str | None,
-        typer.Option(
-            help="Event time of the first reading, ISO 8601 (default: now - duration, or now with --rate)."
-        ),
+        typer.Option(help="Event time of the first reading, ISO 8601 (default: now - duration, or now with --rate)."),
     ] = None,
     forever: Annotated[bool, typer.Option(help="Run until interrupted (needs --rate).")] = False,
     via: Annotated[Via, typer.Option(help="Send through Kafka directly or publish over MQTT.")] = Via.kafka,
     topic: Annotated[str | None, typer.Option(help="Kafka topic (default: topics.readings).")] = None,
-    json_: Annotated[
-        bool, typer.Option("--json", help="Print one JSON summary at the end, nothing else.")
-    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end, nothing else.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display and no summary.")] = False,
 ) -> None:
     """Simulate a fleet of devices with labelled anomalies (and optional data faults) and produce it."""
     settings = settings_of(ctx)
     if forever and rate <= 0:
-        raise typer.BadParameter("--forever needs --rate", param_hint="--forever")
+        raise UsageError("--forever needs --rate", param_hint="--forever")
     if duration is None and count is None and not forever:
         duration = 60.0
     sensors = devices * 6
@@ -133,11 +131,14 @@ def simulate(
         start_at = datetime.now(UTC)
     else:
         start_at = None
-    # Spikes last at least one reading; keep its range valid for coarse intervals.
-    cfg = FleetConfig(
-        devices=devices, locations=locations, interval_s=interval_s, start=start_at, seed=seed,
-        anomaly_rate=anomaly_rate, durations_s=dict(DEFAULT_DURATIONS_S), **_fault_rates(fault_rate or []),
-    )  # fmt: skip
+    options: dict[str, Any] = {
+        "devices": devices, "locations": locations, "interval_s": interval_s, "start": start_at, "seed": seed,
+        "anomaly_rate": anomaly_rate, **_fault_rates(fault_rate or []),
+    }  # fmt: skip
+    try:
+        cfg = FleetConfig(**options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     from millrace.iot.simulator import Simulator
 
     simulator = Simulator(cfg, duration_s=None if forever else duration, count=None if forever else count)
@@ -152,7 +153,7 @@ def simulate(
     _finish(live, sink, json_=json_, quiet=quiet)
 
 
-def _sink(settings, via: Via, topic: str | None) -> Sink:  # type: ignore[no-untyped-def]
+def _sink(settings: Settings, via: Via, topic: str | None) -> Sink:
     if via is Via.mqtt:
         try:
             from millrace.iot.mqtt_sink import MqttSink
@@ -165,9 +166,7 @@ def _sink(settings, via: Via, topic: str | None) -> Sink:  # type: ignore[no-unt
 @app.command()
 def replay(
     ctx: typer.Context,
-    file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="CSV (any separator, .gz ok) or Parquet.")
-    ],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV (any separator, .gz ok) or Parquet.")],
     speed: Annotated[
         float,
         typer.Option(min=0, help="1 = recorded timing, 10 = ten times faster, 0 = as fast as possible."),
@@ -184,16 +183,10 @@ def replay(
     ignore_column: Annotated[
         list[str] | None, typer.Option(help="Wide layout: a column that is not a sensor (repeatable).")
     ] = None,
-    location: Annotated[
-        str, typer.Option(help="Location of the readings (when the file has none).")
-    ] = "loc-01",
-    device: Annotated[
-        str | None, typer.Option(help="Device id (when the file has none; default: file name).")
-    ] = None,
+    location: Annotated[str, typer.Option(help="Location of the readings (when the file has none).")] = "loc-01",
+    device: Annotated[str | None, typer.Option(help="Device id (when the file has none; default: file name).")] = None,
     topic: Annotated[str | None, typer.Option(help="Kafka topic (default: topics.readings).")] = None,
-    json_: Annotated[
-        bool, typer.Option("--json", help="Print one JSON summary at the end, nothing else.")
-    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end, nothing else.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display and no summary.")] = False,
 ) -> None:
     """Replay a recorded data set to Kafka with its inter-arrival times scaled by --speed; bad rows go to the
@@ -203,7 +196,7 @@ def replay(
 
     settings = settings_of(ctx)
     if layout not in ("auto", "long", "wide"):
-        raise typer.BadParameter("expected auto, long or wide", param_hint="--layout")
+        raise UsageError("expected auto, long or wide", param_hint="--layout")
     table = read_table(
         file, sep=sep, time_column=time_column, label_column=label_column, layout=layout,  # type: ignore[arg-type]
         sensor_column=sensor_column, value_column=value_column, type_column=type_column,

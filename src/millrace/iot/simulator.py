@@ -63,17 +63,11 @@ class Simulator:
     """Generates a fleet's readings. ``duration_s`` or ``count`` (readings, before faults) bound the run;
     with neither it runs until the consumer of :meth:`messages` stops."""
 
-    def __init__(
-        self, cfg: FleetConfig, *, duration_s: float | None = None, count: int | None = None
-    ) -> None:
+    def __init__(self, cfg: FleetConfig, *, duration_s: float | None = None, count: int | None = None) -> None:
         self.cfg = cfg
         self.count = count
-        if duration_s is not None:
-            self.steps: int | None = max(1, math.ceil(duration_s / cfg.interval_s))
-        elif count is not None:
-            self.steps = None
-        else:
-            self.steps = None
+        # A count bounds the run by readings (dropouts emit none), so its step total is open.
+        self.steps: int | None = max(1, math.ceil(duration_s / cfg.interval_s)) if duration_s is not None else None
         span_steps = self.steps if self.steps is not None else math.ceil((count or 0) / cfg.sensors)
         start = cfg.start or datetime.now(UTC) - timedelta(seconds=span_steps * cfg.interval_s)
         self.fleet = Fleet(cfg, start)
@@ -233,19 +227,13 @@ class _StaticParts:
             )
         )
         self.prefix = pa.array(
-            [
-                f'{{"sensor_id":"{q(s)}","device_id":"{q(d)}","sensor_type":"{t}","value":'
-                for s, d, t, _, _ in rows
-            ]
+            [f'{{"sensor_id":"{q(s)}","device_id":"{q(d)}","sensor_type":"{t}","value":' for s, d, t, _, _ in rows]
         )
         self.middle = pa.array(
             [f',"unit":"{UNITS[t]}","location":"{q(loc)}","timestamp":"' for _, _, t, loc, _ in rows]
         )
         self.metadata = pa.array(
-            [
-                f'","metadata":{{"unit":"{UNITS[t]}","sensor_model":"{m}","battery_level":'
-                for _, _, t, _, m in rows
-            ]
+            [f'","metadata":{{"unit":"{UNITS[t]}","sensor_model":"{m}","battery_level":' for _, _, t, _, m in rows]
         )
         self.status_ok = pa.scalar('Z","status":"ok')
         self.status_low = pa.scalar('Z","status":"low_battery')
@@ -259,9 +247,7 @@ class _StaticParts:
         self.models_np = np.asarray(fleet.models, dtype=object)
 
 
-def simulate_frame(
-    cfg: FleetConfig, *, duration_s: float | None = None, count: int | None = None
-) -> pd.DataFrame:
+def simulate_frame(cfg: FleetConfig, *, duration_s: float | None = None, count: int | None = None) -> pd.DataFrame:
     """Clean, labelled readings in long format (one row per reading), ordered by (timestamp, sensor_id).
 
     Columns: sensor_id, device_id, sensor_type, value, unit, location, timestamp (datetime64[ns, UTC]),
