@@ -72,6 +72,9 @@ def _fit(name: str, X: np.ndarray, labels: np.ndarray | None, seed: int) -> D.De
 def fit_unsupervised(X: np.ndarray, name: str = UNLABELLED_CHOICE, *, seed: int = 0) -> D.Detector:
     """A detector fitted on (presumed) normal readings, thresholded at the 99.9th percentile of their scores.
     Used by ``ml evaluate --train-rows/--train-file``."""
+    mature = np.isfinite(X).all(axis=1)
+    if mature.sum() >= 200:  # features with their full history; early rows would blur "normal"
+        X = X[mature]
     det = _fit(name, X, None, seed)
     raw, _ = det.raw(X)
     det.threshold = max(float(np.quantile(raw, UNLABELLED_QUANTILE)), 1e-9)

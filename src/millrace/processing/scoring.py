@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from millrace.config import ProcessingSettings, Settings
+from millrace.processing.features import SHORT
 from millrace.records import SENSOR_TYPES
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,10 @@ class Scorer:
             score = flagging.max(axis=1)
             flag = score >= 1.0
             kind = np.where(flag, heur_kind, None).astype(object)
+            # A jump is a spike until the readings before it moved too (then the level moved).
+            before = np.abs(SHORT * _col(out, "short_ref_z") - _col(out, "ref_z")) / (SHORT - 1)
             jump = flag & (comps[:, 0] >= 1.0)
-            kind = np.where(jump, np.where(comps[:, 1] >= 1.0, "level_shift", "spike"), kind)
+            kind = np.where(jump, np.where(before >= 0.5 * thr, "level_shift", "spike"), kind)
         else:
             X = model_matrix(out)
             raw, kind_idx = self.detector.raw(X)

@@ -1,0 +1,172 @@
+"""Model registry round trip, hot switch on promote, detection metrics, evaluate and its input errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from millrace.config import load_settings
+from millrace.errors import DataError, MillraceError
+from millrace.iot.simulator import FleetConfig, simulate_frame
+from millrace.ml import registry
+from millrace.ml.detectors import Detector, robust_z_detector
+from millrace.ml.evaluate import ReadOptions, evaluate
+from millrace.ml.metrics import best_threshold, binary_metrics
+from millrace.ml.train import fit_unsupervised
+from millrace.processing.features import frame_features
+from millrace.processing.scoring import MODEL_FEATURES, Scorer, load_scorer, model_matrix
+from tests.unit.test_features import fleet_frame
+
+
+def _info(name: str) -> dict:
+    return {"detector": name, "metrics": {"validation": {"alarm_rate": 0.0}}, "thresholds": {}, "features": [],
+            "importance": {"sensors": {}, "features": {}}, "training": {"readings": 1}}  # fmt: skip
+
+
+def test_registry_round_trip(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    det = robust_z_detector(MODEL_FEATURES)
+    det.threshold = 3.5
+    v1 = registry.save_model(root, det, _info("robust_z"))
+    v2 = registry.save_model(root, det, _info("robust_z"))
+    assert (v1, v2) == ("v0001", "v0002")
+    assert registry.versions(root) == ["v0001", "v0002"]
+    info = registry.load_info(root, v1)
+    assert info["version"] == "v0001" and info["detector"] == "robust_z" and info["created_at"]
+    back = registry.load_bundle(root, v1)
+    assert isinstance(back, Detector) and back.threshold == 3.5
+    X = np.array([[1.0] * len(MODEL_FEATURES), [7.0] * len(MODEL_FEATURES)])
+    assert np.array_equal(back.raw(X)[0], det.raw(X)[0])
+    assert registry.promoted_version(root) is None
+    registry.promote(root, v2)
+    assert registry.promoted_version(root) == "v0002"
+    settings = load_settings(state_dir=tmp_path)
+    assert registry.promoted_info(settings)["version"] == "v0002"  # type: ignore[index]
+    with pytest.raises(MillraceError, match="no model version 'v0009'"):
+        registry.promote(root, "v0009")
+
+
+def test_a_scorer_built_earlier_switches_to_a_newly_promoted_model(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    root = registry.registry_root(settings)
+    cfg = settings.processing
+    feats = frame_features(fleet_frame(devices=1, steps=300), cfg, chunk=None)
+    scorer = load_scorer(settings)
+    scorer.reload_s = 0.0
+    assert scorer.version is None
+    rules = scorer.score(feats)
+
+    strict = robust_z_detector(MODEL_FEATURES)
+    strict.threshold = 1e-6  # flags everything that has features
+    registry.promote(root, registry.save_model(root, strict, _info("robust_z")))
+    first = scorer.score(feats)
+    assert scorer.version == "v0001"
+    warm = feats["robust_z"].notna()
+    assert first.loc[warm, "is_anomaly"].all() and not rules.loc[warm, "is_anomaly"].all()
+    assert set(first.loc[warm, "anomaly_kind"]) <= {"model", "spike", "level_shift", "drift", "stuck",
+                                                    "noise_burst", "correlation_break"}  # fmt: skip
+
+    lax = robust_z_detector(MODEL_FEATURES)
+    lax.threshold = 1e9
+    registry.promote(root, registry.save_model(root, lax, _info("robust_z")))
+    second = scorer.score(feats)
+    assert scorer.version == "v0002" and not second["is_anomaly"].any()
+
+
+def test_binary_metrics_and_threshold() -> None:
+    truth = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    flag = np.array([1, 1, 0, 1, 0, 0, 0, 0], dtype=bool)
+    m = binary_metrics(truth, flag)
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 4)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["false_alarm_rate"] == pytest.approx(1 / 5) and m["missed_alarm_rate"] == pytest.approx(1 / 3)
+    scores = np.array([0.9, 0.8, 0.7, 0.75, 0.1, 0.2, 0.3, 0.05])
+    assert best_threshold(scores, truth, max_false_alarm=0.0) == 0.8
+    assert best_threshold(scores, truth, max_false_alarm=0.2) == 0.7
+
+
+def labelled_csv(path: Path, *, seed: int, hours: float = 2.0, kinds: bool = False) -> pd.DataFrame:
+    frame = simulate_frame(
+        FleetConfig(devices=1, seed=seed, start=datetime(2026, 3, 1, tzinfo=UTC), anomaly_rate=0.05),
+        duration_s=hours * 3600,
+    )
+    label = frame["ground_truth"] if kinds else (frame["ground_truth"] != "normal").astype(int)
+    out = pd.DataFrame({"ts": frame["timestamp"], "sensor": frame["sensor_id"], "type": frame["sensor_type"],
+                        "reading": frame["value"], "is_bad": label})  # fmt: skip
+    out.to_csv(path, index=False, sep=";")
+    return out
+
+
+OPTS = ReadOptions(time_column="ts", label_column="is_bad", sensor_column="sensor", value_column="reading",
+                   type_column="type")  # fmt: skip
+
+
+def test_evaluate_matches_metrics_computed_independently(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    rows = len(labelled_csv(a, seed=5)) + len(labelled_csv(b, seed=6))
+    output = tmp_path / "scores.csv"
+    result = evaluate(settings, [a, b], opts=OPTS, train_rows=3 * 3600, output=output)
+    scores = pd.read_csv(output)
+    assert len(scores) == rows - 2 * 3 * 3600  # the first 3 * 3600 rows of each file are for fitting
+    assert list(scores.columns[:1]) == ["time"] and {"score", "flag"} <= set(scores.columns)
+    truth, flag = scores["label"] != "normal", scores["flag"] == 1
+    tp, fp = int((truth & flag).sum()), int((~truth & flag).sum())
+    fn, tn = int((truth & ~flag).sum()), int((~truth & ~flag).sum())
+    assert (result["tp"], result["fp"], result["fn"], result["tn"]) == (tp, fp, fn, tn)
+    assert result["precision"] == pytest.approx(tp / (tp + fp))
+    assert result["recall"] == pytest.approx(tp / (tp + fn))
+    assert result["false_alarm_rate"] == pytest.approx(fp / (fp + tn))
+    assert result["missed_alarm_rate"] == pytest.approx(fn / (tp + fn))
+    assert set(result["per_file"]) == {str(a), str(b)}
+    assert (scores["score"] >= 1.0).eq(flag).all()  # flag is score over the threshold (or out of range)
+    assert result["false_alarm_rate"] < 0.02 and result["recall"] > 0.2
+
+
+def test_evaluate_with_train_file_reports_recall_per_kind(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    clean = simulate_frame(FleetConfig(devices=1, seed=9, anomaly_rate=0.0,
+                                       start=datetime(2026, 2, 1, tzinfo=UTC)), duration_s=1800)  # fmt: skip
+    train_file = tmp_path / "clean.parquet"
+    pd.DataFrame({"ts": clean["timestamp"], "sensor": clean["sensor_id"], "type": clean["sensor_type"],
+                  "reading": clean["value"], "is_bad": 0}).to_parquet(train_file)  # fmt: skip
+    test_file = tmp_path / "kinds.csv"
+    written = labelled_csv(test_file, seed=7, kinds=True)
+    result = evaluate(settings, [test_file], opts=OPTS, train_file=train_file)
+    expected = written["is_bad"].value_counts()
+    assert result["readings"] == len(written)
+    for kind, row in result["per_kind"].items():
+        assert row["readings"] == expected[kind]
+
+
+def test_fit_unsupervised_threshold_is_the_999th_percentile() -> None:
+    cfg = load_settings().processing
+    X = model_matrix(frame_features(fleet_frame(devices=1, steps=400), cfg, chunk=None))
+    X = X[np.isfinite(X[:, 1])]
+    det = fit_unsupervised(X, "isolation_forest")
+    raw, _ = det.raw(X)
+    assert np.mean(raw >= det.threshold) == pytest.approx(0.001, abs=0.002)
+    assert Scorer(cfg, detector=det).detector is det
+
+
+@pytest.mark.parametrize(
+    ("content", "opts", "message"),
+    [
+        ("ts;sensor;type;reading\n2026-01-01T00:00:00Z;s;temperature;1\n",
+         ReadOptions(sensor_column="sensor", value_column="reading", type_column="type"), "no label column"),
+        ("ts;sensor;type;reading;is_bad\n2026-01-01T00:00:00Z;s;temperature;1;0\n",
+         ReadOptions(time_column="when", label_column="is_bad"), "no time column 'when'"),
+        ("", OPTS, "empty"),
+        ("ts;sensor;type;reading;is_bad\n2026-01-01T00:00:00Z;s;temperature;abc;0\n"
+         "2026-01-01T00:00:01Z;s;temperature;n/a;0\n", OPTS, "has no numeric values"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_give_clear_errors(tmp_path: Path, content: str, opts: ReadOptions, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        evaluate(load_settings(state_dir=tmp_path), [path], opts=opts, train_rows=1)

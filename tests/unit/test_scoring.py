@@ -1,0 +1,60 @@
+"""Scorer: rules, statistics and kinds without a model; vectorised output columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from millrace.config import ProcessingSettings
+from millrace.processing.features import frame_features
+from millrace.processing.scoring import SCORE_COLUMNS, Scorer
+from tests.unit.test_features import fleet_frame
+
+
+def scored(frame: pd.DataFrame) -> pd.DataFrame:
+    cfg = ProcessingSettings()
+    return Scorer(cfg).score(frame_features(frame, cfg, chunk=None))
+
+
+def test_clean_data_raises_almost_no_alarms() -> None:
+    out = scored(fleet_frame(devices=2, steps=600))
+    assert set(SCORE_COLUMNS) <= set(out.columns)
+    assert out["is_anomaly"].mean() < 0.005
+    assert out.loc[~out["is_anomaly"], "anomaly_kind"].isna().all()
+    assert (out.loc[~out["is_anomaly"], "reason"] == "").all()
+
+
+def test_out_of_range_spike_and_stuck_are_named() -> None:
+    frame = fleet_frame(devices=1, steps=600)
+    temp = frame.index[frame["sensor_type"] == "temperature"]
+    hum = frame.index[frame["sensor_type"] == "humidity"]
+    press = frame.index[frame["sensor_type"] == "pressure"]
+    frame.loc[temp[300], "value"] += 6.0  # 20 sigma, one reading
+    frame.loc[hum[400], "value"] = 140.0  # humidity above 100 %
+    frame.loc[press[450:520], "value"] = frame.loc[press[449], "value"]  # frozen
+    out = scored(frame).set_index(["sensor_id", "timestamp"])
+    ts = frame["timestamp"]
+    spike = out.loc[("dev-0001-temperature", ts[temp[300]])]
+    assert spike["is_anomaly"] and spike["anomaly_kind"] == "spike" and spike["score"] > 1
+    assert "robust_z" in spike["top_features"] and "spike on dev-0001-temperature" in spike["reason"]
+    oor = out.loc[("dev-0001-humidity", ts[hum[400]])]
+    assert oor["anomaly_kind"] == "out_of_range" and oor["score"] >= 10
+    assert oor["reason"] == "humidity 140 outside [0, 100] on dev-0001-humidity"
+    stuck = out.loc[("dev-0001-pressure", ts[press[500]])]
+    assert stuck["is_anomaly"] and stuck["anomaly_kind"] == "stuck"
+    early = out.loc[("dev-0001-pressure", ts[press[455]])]
+    assert not early["is_anomaly"]  # a few equal readings are not yet "stuck"
+
+
+def test_empty_frame_gets_columns() -> None:
+    cfg = ProcessingSettings()
+    empty = frame_features(fleet_frame(devices=1, steps=1).iloc[:0], cfg)
+    out = Scorer(cfg).score(empty)
+    assert out.empty and set(SCORE_COLUMNS) <= set(out.columns)
+
+
+def test_nan_value_is_flagged_not_crashing() -> None:
+    frame = fleet_frame(devices=1, steps=100)
+    frame.loc[frame.index[-1], "value"] = np.nan
+    out = scored(frame)
+    assert out.iloc[-1]["is_anomaly"] or out["is_anomaly"].iloc[-6:].any()
