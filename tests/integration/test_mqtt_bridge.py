@@ -213,3 +213,15 @@ def test_simulator_over_mqtt_every_malformed_variant_is_a_dead_letter(mqtt_setti
     assert Counter(v["ground_truth"] for v in decoded(readings)) == Counter(
         orjson.loads(m.value)["ground_truth"] for m in good
     )
+
+
+def test_missing_kafka_topic_fails_fast_with_the_fix(mqtt_settings: Settings) -> None:
+    from millrace.errors import MillraceError
+    from millrace.iot.mqtt_bridge import MqttBridge
+
+    missing = unique("absent")
+    settings = mqtt_settings.model_copy(
+        update={"topics": mqtt_settings.topics.model_copy(update={"readings": missing})}
+    )
+    with pytest.raises(MillraceError, match=f"{missing} do not exist: run `millrace topics apply`"):
+        MqttBridge(settings, commands=False).run(count=1)

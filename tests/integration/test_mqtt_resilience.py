@@ -83,7 +83,7 @@ from millrace.config import load_settings
 from millrace.iot.mqtt_bridge import MqttBridge
 
 bridge = MqttBridge(load_settings(**json.loads(sys.argv[1])), client_id=sys.argv[2], commands=False,
-                    on_received=lambda n: print(n, flush=True))
+                    check_topics=False, on_received=lambda n: print(n, flush=True))
 announce = lambda: bridge.subscribed.wait() and print("subscribed", flush=True)  # noqa: E731
 threading.Thread(target=announce, daemon=True).start()
 bridge.run()

@@ -162,3 +162,75 @@ def test_missing_mosquitto_names_the_package(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(runtime_mqtt, "_SBIN_DIRS", (str(tmp_path),))
     with pytest.raises(MissingToolError, match="apt-get install mosquitto"):
         runtime_mqtt.mosquitto_binary()
+
+
+class _FakeProducer:
+    def __init__(self) -> None:
+        from millrace.kafka.stats import DeliveryStats
+
+        self.stats = DeliveryStats()
+        self.produced: list[tuple[str, bytes, bytes, object]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, *, on_delivery: object = None) -> None:
+        self.produced.append((topic, value, key, on_delivery))
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, int]] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acks.append((mid, qos))
+
+
+class _Msg:
+    def __init__(self, mid: int, topic: str, payload: bytes, dup: bool = False) -> None:
+        self.mid, self.topic, self.payload, self.dup, self.qos = mid, topic, payload, dup, 1
+
+
+def _bridge(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from millrace.iot.mqtt_bridge import MqttBridge
+
+    bridge = MqttBridge(load_settings(state_dir=tmp_path), producer=_FakeProducer(), commands=False)  # type: ignore[arg-type]
+    client = _FakeClient()
+    bridge.connection.client = client  # type: ignore[assignment]
+    bridge.connection.generation = 1
+    bridge.connection.connected.set()
+    return bridge, client
+
+
+def test_bridge_acks_only_after_kafka_delivery_and_only_on_the_same_connection(tmp_path: Path) -> None:
+    bridge, client = _bridge(tmp_path)
+    producer = bridge.producer
+    bridge._on_message(None, None, _Msg(7, TOPIC, b"21.5"))
+    bridge._on_message(None, None, _Msg(8, TOPIC, b"{oops", dup=True))
+    assert client.acks == []  # nothing acknowledged before Kafka confirms
+    (t1, v1, k1, cb1), (t2, v2, k2, cb2) = producer.produced
+    assert (t1, k1) == ("millrace.iot.readings", b"dev-0001-temperature")
+    assert orjson.loads(v1)["value"] == 21.5
+    assert (t2, k2) == ("millrace.iot.dead-letter", f"mqtt:{TOPIC}#8".encode())
+    cb1(None, None)
+    assert client.acks == [(7, 1)]
+    bridge.connection.generation = 2  # the connection dropped and came back: mid 8 belongs to the old one
+    cb2(None, None)
+    assert client.acks == [(7, 1)]
+    c = bridge.counters
+    assert (c.received, c.readings, c.dead_letters, c.acked, c.not_acked_stale, c.redelivered) == (2, 1, 1, 1, 1, 1)
+
+
+def test_bridge_produces_a_failed_delivery_again_and_respects_its_count(tmp_path: Path) -> None:
+    from confluent_kafka import KafkaError
+
+    bridge, client = _bridge(tmp_path)
+    producer = bridge.producer
+    bridge._limit = 1
+    bridge._on_message(None, None, _Msg(1, TOPIC, b"1"))
+    bridge._on_message(None, None, _Msg(2, TOPIC, b"2"))  # over the count: left unacked for the next session
+    assert len(producer.produced) == 1
+    producer.produced[0][3](KafkaError(KafkaError._MSG_TIMED_OUT), None)
+    assert client.acks == [] and bridge.counters.retried == 1
+    bridge._retry_failed()
+    assert len(producer.produced) == 2 and producer.produced[1][:3] == producer.produced[0][:3]
+    producer.produced[1][3](None, None)
+    assert client.acks == [(1, 1)]
+    assert bridge._done(1)

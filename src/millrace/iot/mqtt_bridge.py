@@ -30,6 +30,7 @@ from millrace.config import Settings
 from millrace.errors import MillraceError
 from millrace.iot.mqtt_client import Connection
 from millrace.iot.mqtt_payload import PayloadError, reading_from_mqtt
+from millrace.kafka.admin import list_topics
 from millrace.kafka.producer import ReliableProducer, make_producer
 from millrace.kafka.stats import DeliveryStats
 from millrace.records import DeadLetter
@@ -103,8 +104,10 @@ class MqttBridge:
         producer: ReliableProducer | None = None,
         on_received: Callable[[int], None] | None = None,
         recorder: Recorder | None = None,
+        check_topics: bool = True,
     ) -> None:
         self.settings = settings
+        self._check_topics = check_topics
         self.client_id = client_id
         self.stats = stats or DeliveryStats()
         self.counters = BridgeCounters()
@@ -246,6 +249,8 @@ class MqttBridge:
         relay = None
         relay_thread = None
         relay_failed: list[BaseException] = []
+        if self._check_topics:
+            self.require_topics()
         try:
             if self._commands:
                 from millrace.iot.commands import CommandRelay
@@ -285,6 +290,24 @@ class MqttBridge:
         if relay_failed:
             raise MillraceError(f"the device command relay failed: {relay_failed[0]}") from relay_failed[0]
         return self.counters
+
+    def require_topics(self, timeout_s: float = 5.0) -> None:
+        """Fail fast (KafkaUnavailable / MillraceError) when Kafka is down or a topic the bridge writes or
+        reads is missing: the cluster does not auto-create topics, and a reading that cannot be delivered
+        would otherwise stay unacknowledged for good."""
+        topics = self.settings.topics
+        needed = [topics.readings, topics.dead_letter] + ([topics.device_commands] if self._commands else [])
+        deadline = time.monotonic() + timeout_s
+        while True:  # a topic created a moment ago may not be in every broker's metadata yet
+            existing = set(list_topics(self.settings.kafka.client_config()))
+            missing = [name for name in needed if name not in existing]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if missing:
+            raise MillraceError(
+                f"Kafka topic(s) {', '.join(missing)} do not exist: run `millrace topics apply` (or `stack up`)"
+            )
 
     @staticmethod
     def _run_relay(relay: Any, stop: threading.Event, failed: list[BaseException]) -> None:
