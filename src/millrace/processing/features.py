@@ -21,6 +21,8 @@ Per sensor (own history):
   trend_z       least-squares change over the last ``TREND`` values, in noise units (drift)
   noise_ratio   std of the last ``NOISE`` values / reference noise (noise bursts; 0 when stuck)
   stuck_run     consecutive identical values ending here
+  mid_ref_z     like short_ref_z for the mean of the last ``ROLL`` values (a shift is flat, a drift grows)
+  trend_long_z  least-squares change over the last ``LONG`` values, in noise units (slow drift)
 Device context (the other sensors of the device, as of the reading's time):
   dev_max_abs_z  largest |ref_z| among the device's other sensors
   dev_mean_abs_z mean |ref_z| over the device's sensors
@@ -46,12 +48,13 @@ NOISE = 10
 TREND = 30
 BLOCK = 60
 REF_BLOCKS = 30
-HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK)
+LONG = 120
+HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK, LONG)
 STATE_VERSION = 1
 
 SENSOR_FEATURES: tuple[str, ...] = (
     "dt_s", "roll_mean", "roll_std", "z", "robust_z", "rate", "diff_z", "ref_z", "short_ref_z", "trend_z",
-    "noise_ratio", "stuck_run",
+    "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z",
 )  # fmt: skip
 DEVICE_FEATURES: tuple[str, ...] = ("dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean")
 FEATURE_COLUMNS: tuple[str, ...] = SENSOR_FEATURES + DEVICE_FEATURES
@@ -70,6 +73,8 @@ _NS = 1e9
 # Least-squares slope over TREND points, scaled to the change across the window: sum(w * x).
 _TREND_C = np.arange(TREND) - (TREND - 1) / 2.0
 _TREND_WEIGHTS = _TREND_C * (TREND - 1) / float((_TREND_C * _TREND_C).sum())
+_LONG_C = np.arange(LONG) - (LONG - 1) / 2.0
+_LONG_WEIGHTS = _LONG_C * (LONG - 1) / float((_LONG_C * _LONG_C).sum())
 _SENSOR_COL = {name: i for i, name in enumerate(SENSOR_FEATURES)}
 
 
@@ -136,6 +141,14 @@ def _sensor_step(values: np.ndarray, ts: np.ndarray, st: dict[str, Any] | None) 
         out[ok, col["noise_ratio"]] = win[:, -NOISE:].std(axis=1, ddof=1) / rscale
         slope = (win[:, -TREND:] * _TREND_WEIGHTS).sum(axis=1)
         out[ok, col["trend_z"]] = slope / rscale
+
+    # Long windows (LONG values ending at the reading); the rows are contiguous, so slice the view.
+    ok = pos >= LONG - 1
+    if ok.any():
+        first = int(pos[ok][0]) - LONG + 1
+        lw = sliding_window_view(x, LONG)[first : first + int(ok.sum())]
+        out[ok, col["mid_ref_z"]] = (lw[:, -ROLL:].mean(axis=1) - ref_med[ok]) / ref_scale[ok]
+        out[ok, col["trend_long_z"]] = (lw * _LONG_WEIGHTS).sum(axis=1) / ref_scale[ok]
 
     # Previous value and time.
     prev_x = np.concatenate([[x[h - 1]] if h else [np.nan], values[:-1]])
