@@ -144,3 +144,29 @@ def test_bridge_killed_before_acknowledging_gets_everything_redelivered(
     assert summary["by_sensor_type"] == {"temperature": total}
     seqs = seqs_in(mqtt_settings, total)
     assert sorted(seqs) == list(range(total))
+
+
+def test_messages_queued_for_an_offline_bridge_survive_a_mosquitto_restart(
+    stack: Stack, mqtt_settings: Settings
+) -> None:
+    from millrace.iot.mqtt_bridge import MqttBridge
+
+    total = 300
+    client_id = unique("bridge")
+    first = MqttBridge(mqtt_settings, client_id=client_id, commands=False)
+    first.connection.open()  # registers the persistent session and its subscription, then leaves
+    wait_for(first.subscribed.is_set, timeout_s=10, what="the subscription")
+    first.connection.close()
+    sink = MqttSink(mqtt_settings)
+    for i in range(total):
+        sink.send(message(reading(i, device=2)))
+    assert sink.flush(30) == 0
+    sink.close()
+
+    assert stack.manager.stop("mqtt", timeout_s=10)  # SIGTERM: Mosquitto saves its database
+    stack.manager.start(mqtt_spec(stack.settings))
+
+    with BridgeThread(mqtt_settings, client_id=client_id, commands=False, count=total) as runner:
+        counters = runner.join()
+    assert (counters.received, counters.readings, counters.acked) == (total, total, total)
+    assert sorted(seqs_in(mqtt_settings, total)) == list(range(total))
