@@ -201,6 +201,7 @@ class Simulator:
             kinds=st.labels_np[chunk.label].tolist(),
             locations=st.locations_np[chunk.sensor].tolist(),
             device_ids=st.device_ids_np[chunk.sensor].tolist(),
+            key_bytes=st.key_bytes_np[chunk.sensor].tolist(),
         )
 
 
@@ -240,6 +241,7 @@ class _StaticParts:
         self.labels = pa.array(list(LABELS))
         self.labels_np = np.asarray(LABELS, dtype=object)
         self.sensor_ids_np = np.asarray(fleet.sensor_ids, dtype=object)
+        self.key_bytes_np = np.asarray([s.encode() for s in fleet.sensor_ids], dtype=object)
         self.device_ids_np = np.asarray(fleet.sensor_devices, dtype=object)
         self.types_np = np.asarray(fleet.sensor_types, dtype=object)
         self.units_np = np.asarray([UNITS[t] for t in fleet.sensor_types], dtype=object)

@@ -109,7 +109,8 @@ class KafkaSink:
     def send_batch(self, batch: MessageBatch) -> None:
         produce, poll = self._producer.produce, self._producer.poll
         topic, callback = self.topic, self._on_delivery
-        for i, (key, value) in enumerate(zip(batch.keys, batch.values, strict=True)):
+        keys: list[bytes] | list[str] = batch.key_bytes if batch.key_bytes is not None else batch.keys
+        for i, (key, value) in enumerate(zip(keys, batch.values, strict=True)):
             try:
                 produce(topic, value, key, on_delivery=callback)
             except BufferError:
