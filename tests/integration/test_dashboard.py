@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pandas as pd
 import pytest
 
 from millrace.config import Settings
@@ -142,6 +143,47 @@ def test_dashboard_live(live: tuple[Settings, str, SqliteStore], page: Any) -> N
     )
     wait_for(lambda: page.evaluate(SERIES_POINTS)[-1] == ["anomaly", 2], timeout_s=5, what="the live anomaly")
     expect(page.locator('[data-cell="loc-01|temperature"]')).to_have_class("num anomaly")
+    # a prediction as the job sends it (no value): the page fetches the stored reading it refers to
+    later = T0 + timedelta(seconds=40)
+    store.upsert_readings(
+        pd.DataFrame(
+            [
+                {
+                    "sensor_id": "dev-0002-temperature",
+                    "device_id": "dev-0002",
+                    "sensor_type": "temperature",
+                    "location": "loc-02",
+                    "unit": "°C",
+                    "timestamp": later,
+                    "value": 31.5,
+                    "status": "ok",
+                    "interpolated": False,
+                    "score": 0.4,
+                    "is_anomaly": False,
+                }
+            ]
+        )
+    )
+    producer.produce(
+        s.topics.predictions,
+        orjson.dumps(
+            {
+                "sensor_id": "dev-0002-temperature",
+                "timestamp": to_iso(later),
+                "score": 0.4,
+                "is_anomaly": False,
+                "anomaly_kind": None,
+                "interpolated": False,
+            }
+        ),
+        key="dev-0002-temperature",
+    )
+    assert producer.flush(30) == 0
+    wait_for(
+        lambda: page.evaluate(SERIES_POINTS)[1] == ["dev-0002-temperature", 11],
+        timeout_s=10,
+        what="the stored reading behind a value-less prediction",
+    )
     page.screenshot(path=str(ARTIFACTS / "dashboard-alert.png"), full_page=True)
 
     # acknowledge from the page → the store records who

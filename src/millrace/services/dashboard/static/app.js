@@ -19,6 +19,7 @@ const state = {
   live: 0,
   lastBatch: null,
   seriesType: null,
+  pending: new Map(),   // sensor_id -> earliest event time announced live but not yet fetched
   dirty: { series: true, tables: true, alerts: true },
 };
 
@@ -136,6 +137,20 @@ function renderSeries() {
   }
 }
 
+async function fetchPending() {
+  const work = [...state.pending.entries()];
+  state.pending.clear();
+  await Promise.all(work.map(async ([id, since]) => {
+    const page = await api(`/api/sensors/${encodeURIComponent(id)}/readings?limit=${MAX_POINTS}` +
+      `&start=${encodeURIComponent(since)}`);
+    for (const r of page.items) {
+      push(r.sensor_id, r.timestamp, r.value, !!r.is_anomaly);
+      const cur = state.sensors.get(r.sensor_id);
+      if (cur && r.timestamp >= (cur.timestamp || "")) state.sensors.set(r.sensor_id, { ...cur, value: r.value });
+    }
+  }));
+}
+
 // ---------- alerts ----------
 async function loadAlerts() {
   const page = await api(`/api/alerts?limit=${MAX_ALERTS}`);
@@ -222,9 +237,18 @@ function onMessage(msg) {
   const d = msg.data;
   if (msg.channel === "sensors") {
     const prev = state.sensors.get(d.sensor_id) || { sensor_id: d.sensor_id };
-    if (!prev.timestamp || d.timestamp >= prev.timestamp) state.sensors.set(d.sensor_id, { ...prev, ...d });
-    const value = d.value ?? (d.is_anomaly ? prev.value : undefined);
-    push(d.sensor_id, d.timestamp, value, !!d.is_anomaly);
+    if (!prev.timestamp || d.timestamp >= prev.timestamp) {
+      // without a value, take only the verdict; value and time come with the next /api/sensors refresh
+      const { score, is_anomaly, anomaly_kind } = d;
+      state.sensors.set(d.sensor_id, d.value === undefined ? { ...prev, score, is_anomaly, anomaly_kind }
+        : { ...prev, ...d });
+    }
+    if (d.value !== undefined) push(d.sensor_id, d.timestamp, d.value, !!d.is_anomaly);
+    else if (prev.sensor_type === state.seriesType || d.sensor_type === state.seriesType) {
+      // predictions carry scores, not values: fetch the stored readings of this sensor since then
+      const since = state.pending.get(d.sensor_id);
+      if (!since || d.timestamp < since) state.pending.set(d.sensor_id, d.timestamp);
+    }
     state.dirty.tables = true;
   } else if (msg.channel === "alerts") {
     const known = state.alerts.get(d.alert_id);
@@ -282,12 +306,13 @@ document.addEventListener("DOMContentLoaded", () => {
     const button = event.target.closest("button.ack");
     if (button) acknowledge(button.dataset.alertId, button);
   });
-  every(10000, loadSensors);
+  every(3000, loadSensors);
   every(15000, loadAlerts);
   every(10000, loadQuality);
   every(60000, loadImportance);
   every(15000, loadTopics);
   connect();
+  setInterval(() => fetchPending().catch(() => {}), 1500);
   setInterval(() => {
     if ([...state.fresh.values()].some((t) => Date.now() - t >= HIGHLIGHT_MS)) {
       for (const [id, t] of state.fresh) if (Date.now() - t >= HIGHLIGHT_MS) state.fresh.delete(id);
