@@ -121,9 +121,7 @@ def test_windows(client: TestClient) -> None:
         ("2026-03-01T12:02:00.000Z", 42.0, 0),
     ]
     ranged = client.get("/api/windows", params={"start": "2026-03-01T12:02:00Z", "limit": 10}).json()
-    assert len(ranged["items"]) == 4 and all(
-        w["window_start"] == "2026-03-01T12:02:00.000Z" for w in ranged["items"]
-    )
+    assert len(ranged["items"]) == 4 and all(w["window_start"] == "2026-03-01T12:02:00.000Z" for w in ranged["items"])
     _problem(client.get("/api/windows", params={"scope": "galaxy"}), 422)
 
 
@@ -154,9 +152,7 @@ def test_alert_lifecycle(client: TestClient, store: SqliteStore) -> None:
     assert ack.status_code == 200, ack.text
     assert ack.json()["status"] == "acknowledged"
     assert store.alert("al-2")["status"] == "acknowledged"  # type: ignore[index]
-    resolved = client.post(
-        "/api/alerts/al-2/resolve", json={"by": "ops-ben", "note": "valve replaced"}
-    ).json()
+    resolved = client.post("/api/alerts/al-2/resolve", json={"by": "ops-ben", "note": "valve replaced"}).json()
     assert resolved["status"] == "resolved"
     events = [(e["status"], e["by"], e["note"]) for e in resolved["events"]]
     assert events == [
@@ -173,21 +169,14 @@ def test_alert_lifecycle(client: TestClient, store: SqliteStore) -> None:
     _problem(client.post("/api/alerts/al-1/acknowledge", json={"note": "who?"}), 422)
     _problem(client.post("/api/alerts/al-1/acknowledge", json={"by": "x", "extra": 1}), 422)
     _problem(
-        client.post(
-            "/api/alerts/al-1/acknowledge", content=b"not json", headers={"content-type": "application/json"}
-        ),
+        client.post("/api/alerts/al-1/acknowledge", content=b"not json", headers={"content-type": "application/json"}),
         422,
     )
     assert store.alert("al-1")["status"] == "open"  # type: ignore[index]
 
 
-def test_quality_and_model(client: TestClient) -> None:
-    assert client.get("/api/quality").json() == {
-        "totals": {"duplicates": 2, "late": 3, "out_of_range": 1, "valid": 40}
-    }
-    for path in ("/api/model", "/api/model/importance"):
-        body = _problem(client.get(path), 404)
-        assert body["type"].endswith("/no-model")
+def test_quality(client: TestClient) -> None:
+    assert client.get("/api/quality").json() == {"totals": {"duplicates": 2, "late": 3, "out_of_range": 1, "valid": 40}}
 
 
 def test_openapi_and_unknown_route(client: TestClient) -> None:
@@ -227,19 +216,13 @@ def test_create_topic_validation(client: TestClient) -> None:
         (1, 1, [1]),
         (2, 1, [1]),
     ]
-    assert _problem(client.post("/api/kafka/topics", json={"name": name}), 409)["detail"].endswith(
-        "already exists"
-    )
+    assert _problem(client.post("/api/kafka/topics", json={"name": name}), 409)["detail"].endswith("already exists")
     _problem(client.post("/api/kafka/topics", json={"name": "bad name!"}), 422)
     _problem(client.post("/api/kafka/topics", json={"name": unique("t"), "partitions": 0}), 422)
     _problem(client.post("/api/kafka/topics", json={"name": unique("t"), "partitions": 101}), 422)
-    body = _problem(
-        client.post("/api/kafka/topics", json={"name": unique("t"), "replication_factor": 2}), 422
-    )
+    body = _problem(client.post("/api/kafka/topics", json={"name": unique("t"), "replication_factor": 2}), 422)
     assert "number of brokers (1)" in body["detail"]
-    _problem(
-        client.post("/api/kafka/topics", json={"name": unique("t"), "configs": {"retention.ms": "soon"}}), 422
-    )
+    _problem(client.post("/api/kafka/topics", json={"name": unique("t"), "configs": {"retention.ms": "soon"}}), 422)
     listed = {t["name"]: t for t in client.get("/api/kafka/topics").json()["topics"]}
     assert listed[name]["partition_count"] == 3 and not any(n.startswith("__") for n in listed)
     _problem(client.get(f"/api/kafka/topics/{unique('missing')}"), 404)
@@ -261,12 +244,7 @@ def test_topic_messages_groups_and_lag(client: TestClient, settings: Settings) -
         (3, "k3", {"n": 3}, "json"),
     ]
     assert all(m["partition"] == 0 and m["timestamp"].endswith("Z") for m in body["messages"])
-    assert (
-        client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 100}).json()["messages"][-1][
-            "offset"
-        ]
-        == 0
-    )
+    assert client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 100}).json()["messages"][-1]["offset"] == 0
     _problem(client.get(f"/api/kafka/topics/{name}/messages", params={"partition": 7}), 404)
     _problem(client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 501}), 422)
 
@@ -285,11 +263,38 @@ def test_topic_messages_groups_and_lag(client: TestClient, settings: Settings) -
     )
     consumer.commit(message=seen[1], asynchronous=False)  # committed offset 2 → lag 4
     groups = {g["group_id"]: g for g in client.get("/api/kafka/groups").json()["groups"]}
-    assert groups[group_id]["offsets"] == [
-        {"topic": name, "partition": 0, "committed": 2, "high": 6, "lag": 4}
-    ]
+    assert groups[group_id]["offsets"] == [{"topic": name, "partition": 0, "committed": 2, "high": 6, "lag": 4}]
     one = client.get(f"/api/kafka/groups/{group_id}").json()
     assert one["lag"] == 4 and one["state"] == "STABLE" and len(one["members"]) == 1
     assert one["members"][0]["assignment"] == [f"{name}[0]"]
     consumer.close()
     _problem(client.get(f"/api/kafka/groups/{unique('nobody')}"), 404)
+
+
+def test_promoted_model_and_importance(settings: Settings, store: SqliteStore, tmp_path: Path) -> None:
+    registry = pytest.importorskip("millrace.ml.registry")
+    own = settings.model_copy(update={"state_dir": tmp_path})  # a registry of this test's own
+    root = registry.registry_root(own)
+    info = {
+        "detector": "isolation_forest",
+        "metrics": {"f1": 0.91, "precision": 0.9},
+        "thresholds": {"score": 0.7},
+        "features": ["robust_z", "rate"],
+        "importance": {
+            "sensors": {"temperature": 0.2, "vibration": 0.5, "humidity": 0.3},
+            "features": {"rate": 0.4, "robust_z": 0.6},
+        },
+        "training": {"rows": 1000},
+    }
+    version = registry.save_model(root, {"model": "placeholder"}, info)
+    with TestClient(create_app(own, store=store, live=False)) as c:
+        for path in ("/api/model", "/api/model/importance"):  # saved but not promoted
+            assert _problem(c.get(path), 404)["type"].endswith("/no-model")
+        registry.promote(root, version)
+        model = c.get("/api/model").json()
+        assert (model["version"], model["detector"], model["metrics"]["f1"]) == (version, "isolation_forest", 0.91)
+        assert "importance" not in model and model["thresholds"] == {"score": 0.7}
+        imp = c.get("/api/model/importance").json()
+        assert imp["version"] == version
+        assert list(imp["sensors"].items()) == [("vibration", 0.5), ("humidity", 0.3), ("temperature", 0.2)]
+        assert list(imp["features"].items()) == [("robust_z", 0.6), ("rate", 0.4)]
