@@ -1,8 +1,9 @@
 """One way to build and connect a paho-mqtt 2.x client from ``MqttSettings`` (auth, TLS, sessions).
 
-Every millrace MQTT client (bridge, command relay, simulator sink, tests) uses MQTT 5 and the network loop
-thread of paho; :class:`Connection` waits for the first CONNACK with a deadline and keeps the state that
-callbacks need (connected or not, and a generation number bumped on every successful (re)connect).
+Every millrace MQTT client (bridge, command relay, simulator sink, tests) uses the network loop thread of
+paho, and MQTT 5 unless asked for 3.1.1 (the bridge, for speed). :class:`Connection` waits for the first
+CONNACK with a deadline and keeps the state that callbacks need (connected or not, and a generation number
+bumped on every successful (re)connect).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Connection:
     """A paho client configured from settings, connected by :meth:`open` and torn down by :meth:`close`.
 
     ``persistent=True`` keeps the broker-side session (subscriptions and unacknowledged QoS 1 messages)
-    across disconnects and restarts of this client: a fixed client id, clean start off, session expiry set.
+    across disconnects and restarts of this client: a fixed client id, and clean start off with a session
+    expiry (MQTT 5) or clean session off (MQTT 3.1.1).
     ``on_connect_hooks`` run in paho's network thread after each successful (re)connect.
     """
 
@@ -49,8 +51,10 @@ class Connection:
         manual_ack: bool = False,
         max_inflight: int = 1000,
         max_queued: int = 0,
+        mqtt5: bool = True,
     ) -> None:
         module = paho()
+        self.mqtt5 = mqtt5
         self.settings = settings
         self.client_id = client_id
         self.persistent = persistent
@@ -63,7 +67,8 @@ class Connection:
         client: mqtt.Client = module.Client(
             module.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=module.MQTTv5,
+            protocol=module.MQTTv5 if mqtt5 else module.MQTTv311,
+            clean_session=None if mqtt5 else not persistent,
             manual_ack=manual_ack,
         )
         client.max_inflight_messages_set(max_inflight)
@@ -113,21 +118,17 @@ class Connection:
     def open(self, timeout_s: float = 15.0) -> None:
         """Connect (in paho's network thread, which also reconnects later); wait for the first CONNACK."""
         module = paho()
-        properties = None
-        if self.persistent:
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
+        options: dict[str, Any] = {}
+        if self.mqtt5:
+            options["clean_start"] = module.MQTT_CLEAN_START_FIRST_ONLY
+            if self.persistent:
+                from paho.mqtt.packettypes import PacketTypes
+                from paho.mqtt.properties import Properties
 
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        clean_start = False if self.persistent else module.MQTT_CLEAN_START_FIRST_ONLY
-        self.client.connect_async(
-            self.settings.host,
-            self.settings.port,
-            keepalive=30,
-            clean_start=clean_start,
-            properties=properties,
-        )
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = SESSION_EXPIRY_S
+                options.update(clean_start=False, properties=properties)
+        self.client.connect_async(self.settings.host, self.settings.port, keepalive=30, **options)
         self.client.loop_start()
         if not self._first.wait(timeout_s) or self._refused is not None:
             why = (
