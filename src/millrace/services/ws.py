@@ -161,7 +161,9 @@ def parse_subscribe(message: Any) -> tuple[frozenset[str], dict[str, str]]:
     unknown = sorted(set(channels) - set(CHANNELS))
     if unknown:
         raise ValueError(f"unknown channel(s) {unknown}; channels are {list(CHANNELS)}")
-    filters = message.get("filters") or {}
+    filters = message.get("filters")
+    if filters is None:
+        filters = {}
     if not isinstance(filters, dict):
         raise ValueError("filters must be an object")
     bad = sorted(set(filters) - set(FILTER_KEYS))
