@@ -56,8 +56,13 @@ def test_no_server_errors(settings: Settings, fuzz_store: SqliteStore) -> None:
         examples = EXAMPLES if mode is GenerationMode.POSITIVE else NEGATIVE_EXAMPLES
 
         @given(case=operation.as_strategy(mode))
-        @hypothesis_settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-                             suppress_health_check=list(HealthCheck))
+        @hypothesis_settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case: Any) -> None:
             t0 = time.monotonic()
             response = case.call_and_validate(checks=[not_a_server_error])

@@ -48,12 +48,8 @@ def producer(settings: Settings) -> ReliableProducer:
     return make_producer(settings.kafka.client_config(), linger_ms=0)
 
 
-def _ws(
-    stack: ExitStack, url: str, channels: list[str], filters: dict[str, str] | None = None
-) -> ClientConnection:
-    conn = stack.enter_context(
-        connect(url.replace("http://", "ws://") + "/ws", compression=None, max_queue=None)
-    )
+def _ws(stack: ExitStack, url: str, channels: list[str], filters: dict[str, str] | None = None) -> ClientConnection:
+    conn = stack.enter_context(connect(url.replace("http://", "ws://") + "/ws", compression=None, max_queue=None))
     conn.send(orjson.dumps({"subscribe": channels, "filters": filters or {}}).decode())
     ack = orjson.loads(conn.recv(timeout=10))
     assert ack == {"type": "subscribed", "channels": sorted(channels), "filters": filters or {}}
@@ -104,9 +100,7 @@ def _alert(alert_id: str, location: str, sensor_id: str) -> dict[str, Any]:
 
 def _key(msg: dict[str, Any]) -> tuple[str, str]:
     data = msg["data"]
-    return msg["channel"], str(
-        data.get("alert_id") or data.get("sensor_id") or data.get("key") or data.get("batch_id")
-    )
+    return msg["channel"], str(data.get("alert_id") or data.get("sensor_id") or data.get("key") or data.get("batch_id"))
 
 
 def test_channels_and_filters(live: tuple[Settings, str], producer: ReliableProducer) -> None:
@@ -252,9 +246,7 @@ def test_slow_client_does_not_block_fast_one(live: tuple[Settings, str], produce
     stack.close()
     slow.close()
     wait_for(
-        lambda: (
-            slow_id not in {c["id"] for c in httpx.get(f"{url}/api/health").json()["websocket"]["clients"]}
-        ),
+        lambda: slow_id not in {c["id"] for c in httpx.get(f"{url}/api/health").json()["websocket"]["clients"]},
         timeout_s=20,
         what="the slow client to be gone",
     )

@@ -36,6 +36,8 @@ def serve(
         raise PortInUseError(f"port {port} on {host} is taken ({holder}); choose another with --port")
     app = create_app(settings, live=live, queue_size=queue_size)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    console.print(f"dashboard: [bold]http://{shown}:{port}/[/]  API docs: http://{shown}:{port}/docs  "
-                  f"store: {type(app.state.store).__name__}  Kafka: {settings.kafka.bootstrap_servers}")
+    console.print(
+        f"dashboard: [bold]http://{shown}:{port}/[/]  API docs: http://{shown}:{port}/docs  "
+        f"store: {type(app.state.store).__name__}  Kafka: {settings.kafka.bootstrap_servers}"
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -65,22 +65,40 @@ def _range(start: datetime | None, end: datetime | None) -> tuple[datetime | Non
 
 def _page(items: list[Any], limit: int, offset: int, total: int | None = None) -> Response:
     more = len(items) == limit if total is None else offset + len(items) < total
-    return JsonResponse({"items": items, "limit": limit, "offset": offset,
-                         "next_offset": offset + len(items) if more and items else None, "total": total})
+    return JsonResponse(
+        {
+            "items": items,
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + len(items) if more and items else None,
+            "total": total,
+        }
+    )
 
 
 @router.get("/health", tags=["service"], summary="Liveness, store backend and live-feed state")
 def health(request: Request) -> Response:
     state = request.app.state
     feed = state.feed.stats() if state.feed is not None else None
-    return JsonResponse({"status": "ok", "store": type(state.store).__name__, "feed": feed,
-                         "websocket": state.hub.stats()})
+    return JsonResponse(
+        {"status": "ok", "store": type(state.store).__name__, "feed": feed, "websocket": state.hub.stats()}
+    )
 
 
-@router.get("/sensors", tags=["sensors"], response_model=Page[SensorOut],
-            summary="Sensors with their latest reading by event time")
-def sensors(request: Request, location: Text = None, sensor_type: Text = None, device_id: Text = None,
-            limit: Limit = 100, offset: Offset = 0) -> Response:
+@router.get(
+    "/sensors",
+    tags=["sensors"],
+    response_model=Page[SensorOut],
+    summary="Sensors with their latest reading by event time",
+)
+def sensors(
+    request: Request,
+    location: Text = None,
+    sensor_type: Text = None,
+    device_id: Text = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Response:
     latest = _call(request, lambda s: s.latest_readings())
     status = {row["sensor_id"]: row for row in _call(request, lambda s: s.sensor_status())}
     rows = []
@@ -96,14 +114,19 @@ def sensors(request: Request, location: Text = None, sensor_type: Text = None, d
             continue
         rows.append(merged)
     rows.sort(key=lambda r: str(r["sensor_id"]))
-    return _page(rows[offset:offset + limit], limit, offset, total=len(rows))
+    return _page(rows[offset : offset + limit], limit, offset, total=len(rows))
 
 
-@router.get("/sensors/{sensor_id}/readings", tags=["sensors"], response_model=Page[ReadingOut],
-            responses={404: PROBLEM_RESPONSES[422] | {"description": "Unknown sensor"}},
-            summary="A sensor's readings over an event-time range, oldest first")
-def readings(request: Request, sensor_id: SensorId, start: Time = None, end: Time = None,
-             limit: Limit = 100, offset: Offset = 0) -> Response:
+@router.get(
+    "/sensors/{sensor_id}/readings",
+    tags=["sensors"],
+    response_model=Page[ReadingOut],
+    responses={404: PROBLEM_RESPONSES[422] | {"description": "Unknown sensor"}},
+    summary="A sensor's readings over an event-time range, oldest first",
+)
+def readings(
+    request: Request, sensor_id: SensorId, start: Time = None, end: Time = None, limit: Limit = 100, offset: Offset = 0
+) -> Response:
     start, end = _range(start, end)
     rows = _call(request, lambda s: s.readings(sensor_id, start=start, end=end, limit=limit, offset=offset))
     known = rows or any(r["sensor_id"] == sensor_id for r in _call(request, lambda s: s.latest_readings()))
@@ -112,24 +135,54 @@ def readings(request: Request, sensor_id: SensorId, start: Time = None, end: Tim
     return _page(rows, limit, offset)
 
 
-@router.get("/windows", tags=["metrics"], response_model=Page[WindowOut],
-            summary="Tumbling-window aggregates per sensor or per type x location")
-def windows(request: Request, scope: Literal["sensor", "type_location"] | None = None, key: Text = None,
-            start: Time = None, end: Time = None, limit: Limit = 100, offset: Offset = 0) -> Response:
+@router.get(
+    "/windows",
+    tags=["metrics"],
+    response_model=Page[WindowOut],
+    summary="Tumbling-window aggregates per sensor or per type x location",
+)
+def windows(
+    request: Request,
+    scope: Literal["sensor", "type_location"] | None = None,
+    key: Text = None,
+    start: Time = None,
+    end: Time = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Response:
     start, end = _range(start, end)
-    rows = _call(request, lambda s: s.windows(scope=scope, key=key, start=start, end=end, limit=limit,
-                                              offset=offset))
+    rows = _call(request, lambda s: s.windows(scope=scope, key=key, start=start, end=end, limit=limit, offset=offset))
     return _page(rows, limit, offset)
 
 
 @router.get("/alerts", tags=["alerts"], response_model=Page[AlertOut], summary="Alerts, newest first")
-def alerts(request: Request, severity: Severity | None = None, kind: Text = None, sensor_id: Text = None,
-           location: Text = None, status: Status | None = None, start: Time = None, end: Time = None,
-           limit: Limit = 100, offset: Offset = 0) -> Response:
+def alerts(
+    request: Request,
+    severity: Severity | None = None,
+    kind: Text = None,
+    sensor_id: Text = None,
+    location: Text = None,
+    status: Status | None = None,
+    start: Time = None,
+    end: Time = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> Response:
     start, end = _range(start, end)
-    rows = _call(request, lambda s: s.alerts(severity=severity, kind=kind, sensor_id=sensor_id,
-                                             location=location, status=status, start=start, end=end,
-                                             limit=limit, offset=offset))
+    rows = _call(
+        request,
+        lambda s: s.alerts(
+            severity=severity,
+            kind=kind,
+            sensor_id=sensor_id,
+            location=location,
+            status=status,
+            start=start,
+            end=end,
+            limit=limit,
+            offset=offset,
+        ),
+    )
     return _page(rows, limit, offset)
 
 
@@ -140,16 +193,21 @@ def _alert_or_404(request: Request, alert_id: str) -> dict[str, Any]:
     return row
 
 
-@router.get("/alerts/{alert_id}", tags=["alerts"], response_model=AlertDetail,
-            responses={404: PROBLEM_RESPONSES[422] | {"description": "Unknown alert"}},
-            summary="One alert with its lifecycle events")
+@router.get(
+    "/alerts/{alert_id}",
+    tags=["alerts"],
+    response_model=AlertDetail,
+    responses={404: PROBLEM_RESPONSES[422] | {"description": "Unknown alert"}},
+    summary="One alert with its lifecycle events",
+)
 def alert(request: Request, alert_id: AlertId) -> Response:
     row = _alert_or_404(request, alert_id)
     return JsonResponse({**row, "events": _call(request, lambda s: s.alert_events(alert_id))})
 
 
-def _transition(request: Request, alert_id: str, status: Literal["acknowledged", "resolved"],
-                action: AlertAction) -> Response:
+def _transition(
+    request: Request, alert_id: str, status: Literal["acknowledged", "resolved"], action: AlertAction
+) -> Response:
     _alert_or_404(request, alert_id)
     try:
         _call(request, lambda s: s.set_alert_status(alert_id, status, by=action.by.strip(), note=action.note))
@@ -161,18 +219,30 @@ def _transition(request: Request, alert_id: str, status: Literal["acknowledged",
     return JsonResponse({**row, "events": _call(request, lambda s: s.alert_events(alert_id))})
 
 
-_LIFECYCLE = {404: PROBLEM_RESPONSES[422] | {"description": "Unknown alert"},
-              409: PROBLEM_RESPONSES[422] | {"description": "Lifecycle cannot move backwards"}}
+_LIFECYCLE = {
+    404: PROBLEM_RESPONSES[422] | {"description": "Unknown alert"},
+    409: PROBLEM_RESPONSES[422] | {"description": "Lifecycle cannot move backwards"},
+}
 
 
-@router.post("/alerts/{alert_id}/acknowledge", tags=["alerts"], response_model=AlertDetail,
-             responses=_LIFECYCLE, summary="open → acknowledged, recorded with who/when")  # type: ignore[arg-type]
+@router.post(
+    "/alerts/{alert_id}/acknowledge",
+    tags=["alerts"],
+    response_model=AlertDetail,
+    responses=_LIFECYCLE,
+    summary="open → acknowledged, recorded with who/when",
+)  # type: ignore[arg-type]
 def acknowledge(request: Request, alert_id: AlertId, action: AlertAction) -> Response:
     return _transition(request, alert_id, "acknowledged", action)
 
 
-@router.post("/alerts/{alert_id}/resolve", tags=["alerts"], response_model=AlertDetail,
-             responses=_LIFECYCLE, summary="open/acknowledged → resolved, recorded with who/when")  # type: ignore[arg-type]
+@router.post(
+    "/alerts/{alert_id}/resolve",
+    tags=["alerts"],
+    response_model=AlertDetail,
+    responses=_LIFECYCLE,
+    summary="open/acknowledged → resolved, recorded with who/when",
+)  # type: ignore[arg-type]
 def resolve(request: Request, alert_id: AlertId, action: AlertAction) -> Response:
     return _transition(request, alert_id, "resolved", action)
 
@@ -196,16 +266,26 @@ def _promoted(settings: Settings) -> dict[str, Any]:
 _NO_MODEL = {404: PROBLEM_RESPONSES[422] | {"description": "No promoted model"}}
 
 
-@router.get("/model", tags=["model"], response_model=ModelOut, responses=_NO_MODEL,  # type: ignore[arg-type]
-            summary="The promoted anomaly model: version, detector, metrics, thresholds")
+@router.get(
+    "/model",
+    tags=["model"],
+    response_model=ModelOut,
+    responses=_NO_MODEL,  # type: ignore[arg-type]
+    summary="The promoted anomaly model: version, detector, metrics, thresholds",
+)
 def model(request: Request) -> Response:
     info = _promoted(request.app.state.settings)
     info.pop("importance", None)
     return JsonResponse(info)
 
 
-@router.get("/model/importance", tags=["model"], response_model=ImportanceOut, responses=_NO_MODEL,  # type: ignore[arg-type]
-            summary="Sensor and feature importance of the promoted model, highest first")
+@router.get(
+    "/model/importance",
+    tags=["model"],
+    response_model=ImportanceOut,
+    responses=_NO_MODEL,  # type: ignore[arg-type]
+    summary="Sensor and feature importance of the promoted model, highest first",
+)
 def importance(request: Request) -> Response:
     info = _promoted(request.app.state.settings)
     imp = info.get("importance") or {}
@@ -213,5 +293,6 @@ def importance(request: Request) -> Response:
     def ranked(values: dict[str, float] | None) -> dict[str, float]:
         return dict(sorted((values or {}).items(), key=lambda kv: -float(kv[1])))
 
-    return JsonResponse({"version": info.get("version"), "sensors": ranked(imp.get("sensors")),
-                         "features": ranked(imp.get("features"))})
+    return JsonResponse(
+        {"version": info.get("version"), "sensors": ranked(imp.get("sensors")), "features": ranked(imp.get("features"))}
+    )

@@ -47,8 +47,9 @@ def _open_store(settings: Settings) -> Store:
     return open_store(settings)
 
 
-def create_app(settings: Settings, *, store: Store | None = None, live: bool = True,
-               queue_size: int = ws.DEFAULT_QUEUE) -> FastAPI:
+def create_app(
+    settings: Settings, *, store: Store | None = None, live: bool = True, queue_size: int = ws.DEFAULT_QUEUE
+) -> FastAPI:
     """Build the service. ``live=False`` skips the Kafka feed (REST-only); ``queue_size`` bounds each
     WebSocket client's outbox. A store passed in is not closed by the app; one it opened is."""
     owns_store = store is None
@@ -72,7 +73,7 @@ def create_app(settings: Settings, *, store: Store | None = None, live: bool = T
         version=__version__,
         summary="Live IoT telemetry, anomaly alerts and the Kafka cluster behind them.",
         description="REST resources under /api, the Kafka cluster view under /api/kafka, live channels "
-                    "on the WebSocket /ws and the dashboard at /. Errors are RFC 9457 problem details.",
+        "on the WebSocket /ws and the dashboard at /. Errors are RFC 9457 problem details.",
         default_response_class=JsonResponse,
         lifespan=lifespan,
     )
@@ -82,8 +83,9 @@ def create_app(settings: Settings, *, store: Store | None = None, live: bool = T
     app.state.kafka_admin = LazyAdmin(settings.kafka.client_config())
     app.state.feed = None
     if live:
-        app.state.feed = KafkaFeed(settings.kafka.client_config(), settings.topics, hub,
-                                   directory=lambda: _directory(app))
+        app.state.feed = KafkaFeed(
+            settings.kafka.client_config(), settings.topics, hub, directory=lambda: _directory(app)
+        )
     problems.install(app)
     app.include_router(api.router)
     app.include_router(cluster.router)
@@ -126,9 +128,11 @@ def _dashboard(app: FastAPI) -> None:
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
     def plotly() -> Response:
         if plotly_path is None:
-            raise problems.Problem(404, "plotly is not installed: run `pip install 'millrace[serve]'`",
-                                   kind="not-found")
-        return FileResponse(plotly_path, media_type="text/javascript",
-                            headers={"Cache-Control": "public, max-age=86400"})
+            raise problems.Problem(
+                404, "plotly is not installed: run `pip install 'millrace[serve]'`", kind="not-found"
+            )
+        return FileResponse(
+            plotly_path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

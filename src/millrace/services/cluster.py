@@ -45,16 +45,24 @@ def brokers(request: Request) -> Response:
 
 @router.get("/topics", summary="Topics with partitions, leaders, ISR, offsets and size")
 def topics(request: Request, internal: bool = False) -> Response:
-    return JsonResponse({"topics": kafka_view.topics(_admin(request), internal=internal,
-                                                     data_dirs=_dirs(request))})
+    return JsonResponse({"topics": kafka_view.topics(_admin(request), internal=internal, data_dirs=_dirs(request))})
 
 
-@router.post("/topics", status_code=201, responses=_NOT_FOUND | {409: PROBLEM_RESPONSES[422] | {  # type: ignore[arg-type]
-    "description": "Topic exists"}}, summary="Create a topic (name pattern, partitions 1..100, RF ≤ brokers)")
+@router.post(
+    "/topics",
+    status_code=201,
+    responses=_NOT_FOUND
+    | {
+        409: PROBLEM_RESPONSES[422]
+        | {  # type: ignore[arg-type]
+            "description": "Topic exists"
+        }
+    },
+    summary="Create a topic (name pattern, partitions 1..100, RF ≤ brokers)",
+)
 def create_topic(request: Request, body: TopicCreate) -> Response:
     try:
-        kafka_view.create_topic(_admin(request), body.name, body.partitions, body.replication_factor,
-                                body.configs)
+        kafka_view.create_topic(_admin(request), body.name, body.partitions, body.replication_factor, body.configs)
     except kafka_view.TopicError as exc:
         raise Problem(exc.status, str(exc), kind="topic") from None
     info = kafka_view.topic(_admin(request), body.name, data_dirs=_dirs(request))
@@ -69,14 +77,22 @@ def topic(request: Request, name: TopicName) -> Response:
     return JsonResponse(info)
 
 
-@router.get("/topics/{name}/messages", responses=_NOT_FOUND,  # type: ignore[arg-type]
-            summary="The latest messages of a topic, newest first")
-def messages(request: Request, name: TopicName, limit: Annotated[int, Query(ge=1, le=500)] = 20,
-             partition: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> Response:
+@router.get(
+    "/topics/{name}/messages",
+    responses=_NOT_FOUND,  # type: ignore[arg-type]
+    summary="The latest messages of a topic, newest first",
+)
+def messages(
+    request: Request,
+    name: TopicName,
+    limit: Annotated[int, Query(ge=1, le=500)] = 20,
+    partition: Annotated[int | None, Query(ge=0, le=100_000)] = None,
+) -> Response:
     settings: Settings = request.app.state.settings
     try:
-        rows = kafka_view.latest_messages(settings.kafka.client_config(), _admin(request), name, limit=limit,
-                                          partition=partition)
+        rows = kafka_view.latest_messages(
+            settings.kafka.client_config(), _admin(request), name, limit=limit, partition=partition
+        )
     except kafka_view.TopicError as exc:
         raise Problem(exc.status, str(exc), kind="not-found") from None
     if rows is None:

@@ -45,9 +45,16 @@ class KafkaFeed:
     most every ``directory_ttl_s`` seconds, and only when an unknown sensor shows up.
     """
 
-    def __init__(self, client_config: dict[str, Any], topics: TopicSettings, hub: Hub, *,
-                 directory: SensorDirectory | None = None, directory_ttl_s: float = 10.0,
-                 group_prefix: str = "millrace-serve") -> None:
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        topics: TopicSettings,
+        hub: Hub,
+        *,
+        directory: SensorDirectory | None = None,
+        directory_ttl_s: float = 10.0,
+        group_prefix: str = "millrace-serve",
+    ) -> None:
         self.group_id = f"{group_prefix}-{uuid.uuid4().hex[:12]}"
         self._client_config = dict(client_config)
         self._channels = channel_topics(topics)
@@ -74,9 +81,14 @@ class KafkaFeed:
             self._thread.join(timeout_s)
 
     def stats(self) -> dict[str, Any]:
-        return {"group_id": self.group_id, "ready": self.ready.is_set(), "consumed": self.consumed,
-                "undecodable": self.undecodable, "last_error": self.last_error,
-                "topics": dict(self._channels)}
+        return {
+            "group_id": self.group_id,
+            "ready": self.ready.is_set(),
+            "consumed": self.consumed,
+            "undecodable": self.undecodable,
+            "last_error": self.last_error,
+            "topics": dict(self._channels),
+        }
 
     # ---- the thread ----
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -94,8 +106,12 @@ class KafkaFeed:
             self.ready.set()
 
     def _run(self) -> None:
-        consumer = make_consumer(self._client_config, self.group_id, auto_offset_reset="latest",
-                                 extra={"topic.metadata.refresh.interval.ms": 5000})
+        consumer = make_consumer(
+            self._client_config,
+            self.group_id,
+            auto_offset_reset="latest",
+            extra={"topic.metadata.refresh.interval.ms": 5000},
+        )
         consumer.subscribe(list(self._channels), on_assign=self._on_assign)
         try:
             while not self._stop.is_set():
@@ -106,7 +122,7 @@ class KafkaFeed:
                             self.last_error = str(err)
                             log.warning("live feed: %s", err)
                         continue
-                    self._dispatch(msg.topic(), msg.value())
+                    self._dispatch(msg.topic() or "", msg.value())
         except Exception as exc:  # noqa: BLE001 - the service keeps serving REST without live updates
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("live feed stopped")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from millrace.errors import KafkaUnavailable
@@ -48,8 +48,10 @@ def _metadata(admin: AdminClient, timeout_s: float) -> Any:
 def brokers(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, Any]:
     cluster = admin.describe_cluster(request_timeout=timeout_s).result()
     controller = cluster.controller.id if cluster.controller else None
-    nodes = [{"id": n.id, "host": n.host, "port": n.port, "rack": n.rack, "controller": n.id == controller}
-             for n in sorted(cluster.nodes, key=lambda n: n.id)]
+    nodes = [
+        {"id": n.id, "host": n.host, "port": n.port, "rack": n.rack, "controller": n.id == controller}
+        for n in sorted(cluster.nodes, key=lambda n: n.id)
+    ]
     return {"cluster_id": cluster.cluster_id, "controller_id": controller, "brokers": nodes}
 
 
@@ -87,8 +89,14 @@ def _log_dir_sizes(data_dirs: list[Path]) -> dict[tuple[str, int], int]:
     return sizes
 
 
-def topics(admin: AdminClient, *, internal: bool = False, data_dirs: list[Path] | None = None,
-           only: str | None = None, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+def topics(
+    admin: AdminClient,
+    *,
+    internal: bool = False,
+    data_dirs: list[Path] | None = None,
+    only: str | None = None,
+    timeout_s: float = 10.0,
+) -> list[dict[str, Any]]:
     """Every topic (or ``only`` that one) with partitions, leaders, replicas, ISR, watermarks, message count
     and size. Offsets a leader cannot serve right now are null."""
     meta = _metadata(admin, timeout_s)
@@ -101,26 +109,37 @@ def topics(admin: AdminClient, *, internal: bool = False, data_dirs: list[Path] 
         parts = []
         for pid, part in sorted(meta.topics[name].partitions.items()):
             low, high = offsets.get((name, pid)) or (None, None)
-            parts.append({"partition": pid, "leader": part.leader, "replicas": list(part.replicas),
-                          "isr": list(part.isrs), "low": low, "high": high,
-                          "messages": high - low if low is not None and high is not None else None,
-                          "size_bytes": sizes.get((name, pid))})
+            parts.append(
+                {
+                    "partition": pid,
+                    "leader": part.leader,
+                    "replicas": list(part.replicas),
+                    "isr": list(part.isrs),
+                    "low": low,
+                    "high": high,
+                    "messages": high - low if low is not None and high is not None else None,
+                    "size_bytes": sizes.get((name, pid)),
+                }
+            )
         known = [p["size_bytes"] for p in parts if p["size_bytes"] is not None]
-        out.append({
-            "name": name,
-            "internal": name.startswith("__"),
-            "partitions": parts,
-            "partition_count": len(parts),
-            "replication_factor": len(parts[0]["replicas"]) if parts else 0,
-            "under_replicated": sum(1 for p in parts if len(p["isr"]) < len(p["replicas"])),
-            "messages": sum(p["messages"] or 0 for p in parts),
-            "size_bytes": sum(known) if known else None,
-        })
+        out.append(
+            {
+                "name": name,
+                "internal": name.startswith("__"),
+                "partitions": parts,
+                "partition_count": len(parts),
+                "replication_factor": len(parts[0]["replicas"]) if parts else 0,
+                "under_replicated": sum(1 for p in parts if len(p["isr"]) < len(p["replicas"])),
+                "messages": sum(p["messages"] or 0 for p in parts),
+                "size_bytes": sum(known) if known else None,
+            }
+        )
     return out
 
 
-def topic(admin: AdminClient, name: str, *, data_dirs: list[Path] | None = None,
-          timeout_s: float = 10.0) -> dict[str, Any] | None:
+def topic(
+    admin: AdminClient, name: str, *, data_dirs: list[Path] | None = None, timeout_s: float = 10.0
+) -> dict[str, Any] | None:
     meta = _metadata(admin, timeout_s)
     if name not in meta.topics:
         return None
@@ -132,8 +151,15 @@ def topic(admin: AdminClient, name: str, *, data_dirs: list[Path] | None = None,
     return info
 
 
-def create_topic(admin: AdminClient, name: str, partitions: int, replication_factor: int,
-                 configs: dict[str, str] | None = None, *, timeout_s: float = 30.0) -> None:
+def create_topic(
+    admin: AdminClient,
+    name: str,
+    partitions: int,
+    replication_factor: int,
+    configs: dict[str, str] | None = None,
+    *,
+    timeout_s: float = 30.0,
+) -> None:
     """Create a topic after validating name, partitions (1..100) and RF (≤ number of brokers)."""
     if not TOPIC_NAME.match(name) or name in (".", ".."):
         raise TopicError(422, "topic names are 1-249 characters of A-Z a-z 0-9 . _ - and not '.' or '..'")
@@ -141,20 +167,26 @@ def create_topic(admin: AdminClient, name: str, partitions: int, replication_fac
         raise TopicError(422, f"partitions must be between 1 and {MAX_PARTITIONS}")
     meta = _metadata(admin, timeout_s)
     if replication_factor < 1 or replication_factor > len(meta.brokers):
-        raise TopicError(422, f"replication_factor must be between 1 and the number of brokers "
-                              f"({len(meta.brokers)})")
+        raise TopicError(422, f"replication_factor must be between 1 and the number of brokers ({len(meta.brokers)})")
     if name in meta.topics:
         raise TopicError(409, f"topic {name} already exists")
-    future = admin.create_topics([NewTopic(name, partitions, replication_factor, config=dict(configs or {}))],
-                                 operation_timeout=timeout_s)[name]
+    future = admin.create_topics(
+        [NewTopic(name, partitions, replication_factor, config=dict(configs or {}))], operation_timeout=timeout_s
+    )[name]
     try:
         future.result()
     except KafkaException as exc:
         err = exc.args[0]
         if err.name() == "TOPIC_ALREADY_EXISTS":
             raise TopicError(409, f"topic {name} already exists") from None
-        if err.name() in ("INVALID_CONFIG", "INVALID_TOPIC_EXCEPTION", "INVALID_PARTITIONS",
-                          "INVALID_REPLICATION_FACTOR", "POLICY_VIOLATION", "INVALID_REQUEST"):
+        if err.name() in (
+            "INVALID_CONFIG",
+            "INVALID_TOPIC_EXCEPTION",
+            "INVALID_PARTITIONS",
+            "INVALID_REPLICATION_FACTOR",
+            "POLICY_VIOLATION",
+            "INVALID_REQUEST",
+        ):
             raise TopicError(422, err.str()) from None
         raise
     # The controller has the topic; wait (bounded) until the metadata shows it with leaders everywhere.
@@ -178,23 +210,43 @@ def group(admin: AdminClient, group_id: str, *, timeout_s: float = 10.0) -> dict
     if group_id not in {g.group_id for g in listed.valid}:
         return None
     desc = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)[group_id].result()
-    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)],
-                                                  request_timeout=timeout_s)[group_id].result()
+    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)], request_timeout=timeout_s)[
+        group_id
+    ].result()
     parts = [tp for tp in committed.topic_partitions if tp.offset >= 0]
     highs = _offsets(admin, [TopicPartition(tp.topic, tp.partition) for tp in parts], timeout_s)
     offsets = []
     for tp in sorted(parts, key=lambda t: (t.topic, t.partition)):
         marks = highs.get((tp.topic, tp.partition))
         high = marks[1] if marks else None
-        offsets.append({"topic": tp.topic, "partition": tp.partition, "committed": tp.offset, "high": high,
-                        "lag": max(0, high - tp.offset) if high is not None else None})
-    members = [{"member_id": m.member_id, "client_id": m.client_id, "host": m.host,
-                "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in
-                                     (m.assignment.topic_partitions if m.assignment else []))}
-               for m in desc.members]
+        offsets.append(
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "committed": tp.offset,
+                "high": high,
+                "lag": max(0, high - tp.offset) if high is not None else None,
+            }
+        )
+    members = [
+        {
+            "member_id": m.member_id,
+            "client_id": m.client_id,
+            "host": m.host,
+            "assignment": sorted(
+                f"{tp.topic}[{tp.partition}]" for tp in (m.assignment.topic_partitions if m.assignment else [])
+            ),
+        }
+        for m in desc.members
+    ]
     state = getattr(desc.state, "name", str(desc.state))
-    return {"group_id": group_id, "state": state, "members": members, "offsets": offsets,
-            "lag": sum(o["lag"] or 0 for o in offsets)}
+    return {
+        "group_id": group_id,
+        "state": state,
+        "members": members,
+        "offsets": offsets,
+        "lag": sum(o["lag"] or 0 for o in offsets),
+    }
 
 
 def pretty_value(value: bytes | None) -> tuple[Any, str]:
@@ -211,8 +263,15 @@ def pretty_value(value: bytes | None) -> tuple[Any, str]:
         return base64.b64encode(value).decode(), "base64"
 
 
-def latest_messages(client_config: dict[str, Any], admin: AdminClient, name: str, *, limit: int = 20,
-                    partition: int | None = None, timeout_s: float = 10.0) -> list[dict[str, Any]] | None:
+def latest_messages(
+    client_config: dict[str, Any],
+    admin: AdminClient,
+    name: str,
+    *,
+    limit: int = 20,
+    partition: int | None = None,
+    timeout_s: float = 10.0,
+) -> list[dict[str, Any]] | None:
     """The newest ``limit`` messages of a topic (of one partition if given), newest first."""
     meta = _metadata(admin, timeout_s)
     if name not in meta.topics:
@@ -230,20 +289,28 @@ def latest_messages(client_config: dict[str, Any], admin: AdminClient, name: str
             wanted[p] = marks
     if not wanted:
         return []
-    consumer = Consumer({**client_config, "group.id": f"millrace-browse-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": f"millrace-browse-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     rows: list[dict[str, Any]] = []
     try:
-        consumer.assign([TopicPartition(name, p, max(low, high - limit))
-                         for p, (low, high) in wanted.items()])
+        consumer.assign([TopicPartition(name, p, max(low, high - limit)) for p, (low, high) in wanted.items()])
         remaining = set(wanted)
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
             for msg in consumer.consume(500, 0.5):
-                if msg.error() is not None:
-                    continue  # partition EOF and transient errors; the deadline bounds the loop
-                p = msg.partition()
-                if msg.offset() >= wanted[p][1] - 1:
+                p = int(msg.partition() or 0)
+                err = msg.error()
+                if err is not None:  # partition EOF ends a partition; other errors wait for the deadline
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(p)
+                    continue
+                if int(msg.offset() or 0) >= wanted[p][1] - 1:
                     remaining.discard(p)
                 rows.append(_row(msg))
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -83,8 +83,9 @@ class Problem(Exception):
         self.extra = extra
 
 
-def problem_response(status: int, detail: str, *, kind: str | None = None, instance: str | None = None,
-                     **extra: Any) -> Response:
+def problem_response(
+    status: int, detail: str, *, kind: str | None = None, instance: str | None = None, **extra: Any
+) -> Response:
     title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + kind if kind else "about:blank",
@@ -122,7 +123,10 @@ def install(app: FastAPI) -> None:
         ]
         first = errors[0] if errors else {"location": "request", "message": "invalid"}
         return problem_response(
-            422, f"{first['location']}: {first['message']}", kind="validation", instance=request.url.path,
+            422,
+            f"{first['location']}: {first['message']}",
+            kind="validation",
+            instance=request.url.path,
             errors=errors,
         )
 
@@ -137,7 +141,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(KafkaException)
     async def _kafka_error(request: Request, exc: KafkaException) -> Response:
         err = exc.args[0] if exc.args else None
-        text = err.str() if hasattr(err, "str") else str(exc)
+        text = err.str() if isinstance(err, KafkaError) else str(exc)
         return problem_response(503, f"Kafka: {text}", kind="kafka-unavailable", instance=request.url.path)
 
     @app.exception_handler(MillraceError)

@@ -121,8 +121,7 @@ class ImportanceOut(BaseModel):
 
 class TopicCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
-                      examples=["millrace.lab.test"])
+    name: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$", examples=["millrace.lab.test"])
     partitions: int = Field(default=1, ge=1, le=100)
     replication_factor: int = Field(default=1, ge=1, le=32)
     configs: dict[str, str] = Field(default_factory=dict, max_length=50)
@@ -138,7 +137,7 @@ class Problem(BaseModel):
     instance: str | None = None
 
 
-_PROBLEM_JSON = {"application/problem+json": {}}
+_PROBLEM_JSON: dict[str, Any] = {"application/problem+json": {}}
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "content": _PROBLEM_JSON, "description": "Invalid input"},
     503: {"model": Problem, "content": _PROBLEM_JSON, "description": "Backend unavailable"},

@@ -102,8 +102,14 @@ class Client:
         return frames
 
     def stats(self) -> dict[str, Any]:
-        return {"id": self.id, "channels": sorted(self.channels), "filters": self.filters,
-                "queued": len(self.outbox), "sent": self.sent, "dropped": self.dropped}
+        return {
+            "id": self.id,
+            "channels": sorted(self.channels),
+            "filters": self.filters,
+            "queued": len(self.outbox),
+            "sent": self.sent,
+            "dropped": self.dropped,
+        }
 
 
 class Hub:
@@ -145,8 +151,12 @@ class Hub:
         with self._lock:
             clients = [c.stats() for c in sorted(self._clients, key=lambda c: c.id)]
             dropped = self.dropped_total + sum(c["dropped"] for c in clients)
-            return {"clients": clients, "published": dict(self.published), "dropped_total": dropped,
-                    "queue_size": self.queue_size}
+            return {
+                "clients": clients,
+                "published": dict(self.published),
+                "dropped_total": dropped,
+                "queue_size": self.queue_size,
+            }
 
 
 def parse_subscribe(message: Any) -> tuple[frozenset[str], dict[str, str]]:
@@ -201,8 +211,9 @@ async def websocket(ws: WebSocket) -> None:
             with client.lock:
                 client.channels, client.filters = channels, filters
             async with client.send_lock:
-                await ws.send_text(orjson.dumps({"type": "subscribed", "channels": sorted(channels),
-                                                 "filters": filters}).decode())
+                await ws.send_text(
+                    orjson.dumps({"type": "subscribed", "channels": sorted(channels), "filters": filters}).decode()
+                )
     except WebSocketDisconnect:
         pass
     finally:
