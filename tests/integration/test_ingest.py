@@ -177,3 +177,18 @@ def test_cli_simulate_and_replay_json(settings: Settings, client_config: dict, t
     summary = _cli(settings, "iot", "replay", str(path), "--speed", "0", "--topic", replay_topic, "--json")
     assert summary["replay"]["readings"] == 8 and summary["replay"]["dead_letters"] == 1
     assert summary["delivered"] == 9 and summary["by_kind"] == {"anomaly": 2, "dead_letter": 1, "normal": 6}
+
+
+def test_full_local_queue_blocks_without_losing_or_reordering(settings: Settings, client_config: dict) -> None:
+    topic = create_topic(client_config)
+    cfg = FleetConfig(devices=10, start=START, seed=2, anomaly_rate=0.0)
+    sink = KafkaSink(settings, topic=topic, extra_config={"queue.buffering.max.messages": 300})
+    sent = pump(Simulator(cfg, count=30_000).batches(), sink)
+    assert sink.flush(60) == 0 and (sent, sink.stats.delivered, sink.stats.failed) == (30_000, 30_000, 0)
+    messages = consume_exactly(client_config, topic, sent)
+    seqs: dict[str, list[int]] = {}
+    for msg in messages:
+        data = orjson.loads(msg.value())
+        seqs.setdefault(data["sensor_id"], []).append(data["seq"])
+    assert len(messages) == 30_000 and len(seqs) == 60
+    assert all(s == list(range(500)) for s in seqs.values())  # every reading, in order per key
