@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections import defaultdict
 
 import orjson
@@ -140,8 +141,26 @@ def test_a_command_on_kafka_reaches_the_devices_mqtt_command_topic(mqtt_settings
     listener.on_connect_hooks.append(lambda present: listener.client.subscribe(command_topic, qos=1))
     listener.open()
     group = unique("cmd-group")
+    # Readings keep flowing through the bridge meanwhile: the relay must not wait for them.
+    flowing = threading.Event()
+    sent = 0
+
+    def publish_readings() -> None:
+        nonlocal sent
+        sink = MqttSink(mqtt_settings)
+        while not flowing.is_set():
+            sink.send(message(reading(sent)))
+            sent += 1
+            if sent % 50 == 0:
+                flowing.wait(0.05)
+        sink.flush(30)
+        sink.close()
+
     try:
-        with BridgeThread(mqtt_settings, client_id=unique("bridge"), command_group=group):
+        with BridgeThread(mqtt_settings, client_id=unique("bridge"), command_group=group) as runner:
+            publisher = threading.Thread(target=publish_readings, daemon=True)
+            publisher.start()
+            wait_for(lambda: runner.bridge.counters.acked >= 100, timeout_s=30, what="readings flowing")
             producer = make_producer(mqtt_settings.kafka.client_config())
             command = {
                 "device_id": "dev-0007",
@@ -166,7 +185,11 @@ def test_a_command_on_kafka_reaches_the_devices_mqtt_command_topic(mqtt_settings
                 return parts[0].offset == 2
 
             wait_for(committed, timeout_s=30, what="the command offsets committed")
+            assert publisher.is_alive(), "readings were still flowing when the commands were committed"
+            flowing.set()
+            publisher.join(30)
     finally:
+        flowing.set()
         listener.close()
     assert len(received) == 1
     topic, payload = received[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -134,28 +135,28 @@ class CommandRelay:
     def _relay(self, messages: list[Any], stop: threading.Event) -> bool:
         """Publish a batch; True once every publish and dead letter is acknowledged.
 
-        Waits as long as it takes (paho re-sends QoS 1 publishes after a reconnect); False only when
-        ``stop`` is set first, in which case nothing is committed and the batch comes again next start.
+        Waits as long as it takes (paho re-sends QoS 1 publishes after a reconnect; a failed dead letter is
+        produced again); False only when ``stop`` is set first, in which case nothing is committed and the
+        batch comes again next start.
         """
         template = self.settings.mqtt.command_topic
         mids = []
+        letters: list[tuple[bytes, str]] = []
         for msg in messages:
             position = f"{msg.partition()}:{msg.offset()}"
             try:
                 command = parse_command(msg.value() or b"", default_id=f"{msg.topic()}@{position}")
             except CommandError as exc:
-                letter = DeadLetter(
-                    str(exc), STAGE, msg.topic(), position, (msg.value() or b"").decode("utf-8", "replace")
-                )
-                self.producer.produce(
-                    self.settings.topics.dead_letter, orjson.dumps(letter.to_dict()), position
-                )
-                self.dead_letters += 1
+                raw = (msg.value() or b"").decode("utf-8", "replace")
+                letter = DeadLetter(str(exc), STAGE, msg.topic(), position, raw)
+                letters.append((orjson.dumps(letter.to_dict()), position))
                 continue
             topic = command.topic(template)
             info = self.connection.client.publish(topic, command.payload(), qos=self.settings.mqtt.qos)
             mids.append(info.mid)
             log.info("command %s for %s -> %s", command.command, command.device_id, topic)
+        if not self._dead_letters(letters, stop):
+            return False
         if self.settings.mqtt.qos > 0:
             with self._cond:
                 while not all(mid in self._acked for mid in mids):
@@ -164,10 +165,23 @@ class CommandRelay:
                         return False
                     self._cond.wait(0.1)
                 self._acked.clear()
-        while self.producer.flush(1.0):
-            if stop.is_set():
-                return False
         self.published += len(mids)
+        self.dead_letters += len(letters)
+        return True
+
+    def _dead_letters(self, letters: list[tuple[bytes, str]], stop: threading.Event) -> bool:
+        """Produce the batch's dead letters and wait for their delivery (not for the bridge's readings)."""
+        todo = list(letters)
+        while todo:
+            results: dict[int, bool] = {}
+
+            for index, (value, key) in enumerate(todo):
+                self.producer.produce(self.settings.topics.dead_letter, value, key, on_delivery=_record(results, index))
+            while len(results) < len(todo):
+                if stop.is_set():
+                    return False
+                self.producer.poll(0.05)
+            todo = [item for index, item in enumerate(todo) if not results[index]]
         return True
 
     def close(self) -> None:
@@ -175,3 +189,12 @@ class CommandRelay:
             self._consumer.close()
             self._consumer = None
         self.connection.close()
+
+
+def _record(results: dict[int, bool], index: int) -> Callable[[Any, Any], None]:
+    """A delivery callback noting whether message ``index`` of a batch reached Kafka."""
+
+    def delivered(err: Any, msg: Any) -> None:
+        results[index] = err is None
+
+    return delivered
