@@ -107,3 +107,15 @@ def test_empty_batch() -> None:
     out, state = device_step(frame, empty_state(), ProcessingSettings())
     assert out.empty and set(FEATURE_COLUMNS) <= set(out.columns)
     assert state == empty_state()
+
+
+def test_uneven_sensors_gaps_and_late_joiners_give_the_same_numbers() -> None:
+    frame = fleet_frame(devices=1, steps=420)
+    rng = np.random.default_rng(1)
+    drop = (frame["sensor_type"] == "voltage") & (rng.random(len(frame)) < 0.2)  # a gappy sensor
+    late = (frame["sensor_type"] == "current") & (frame["timestamp"] < frame["timestamp"].min() + pd.Timedelta("150s"))
+    frame = frame[~drop & ~late].reset_index(drop=True)
+    cfg = ProcessingSettings()
+    offline = frame_features(frame, cfg, chunk=None)
+    for chunk in ("11s", "1min"):
+        _same(offline, frame_features(frame, cfg, chunk=chunk))

@@ -88,96 +88,110 @@ def _tiny(level: np.ndarray | float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- per sensor
-def _sensor_step(values: np.ndarray, ts: np.ndarray, st: dict[str, Any] | None) -> tuple[np.ndarray, dict]:
-    """Features (len(values) x len(SENSOR_FEATURES)) of one sensor's readings in order, and its new state."""
-    st = st or {"x": [], "n": 0, "t": None, "run": 0, "b0": 0, "blocks": []}
-    hx = np.asarray(st["x"], dtype=float)
-    h, m = len(hx), len(values)
-    x = np.concatenate([hx, values])
-    pos = np.arange(h, h + m)
-    n0 = int(st["n"])
-    out = np.full((m, len(SENSOR_FEATURES)), np.nan)
-    col = _SENSOR_COL
+def _new_sensor() -> dict[str, Any]:
+    return {"x": [], "n": 0, "t": None, "run": 0, "b0": 0, "blocks": []}
 
-    # Reference baseline from completed blocks (global index g = n0 - h + p).
-    blocks = [tuple(b) for b in st["blocks"]]
-    b0 = int(st["b0"])
-    first_new, last_new = n0 // BLOCK, (n0 + m) // BLOCK  # blocks completing inside this batch
-    for j in range(first_new, last_new):
+
+def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict]]:
+    """Features (S x m x len(SENSOR_FEATURES)) of S sensors' readings (S x m, each row in time order), and their
+    new states. The sensors share history length and reading count (so block boundaries align); every
+    reduction runs over the contiguous last axis of a copy, so the numbers do not depend on S."""
+    S, m = values.shape
+    col = _SENSOR_COL
+    n0, b0 = int(states[0]["n"]), int(states[0]["b0"])
+    hx = np.array([st["x"] for st in states], dtype=float).reshape(S, -1)
+    h = hx.shape[1]
+    x = np.concatenate([hx, values], axis=1)
+    out = np.full((S, m, len(SENSOR_FEATURES)), np.nan)
+
+    # Reference baseline from completed blocks (the reading at batch index i has global index n0 + i).
+    blocks = np.array([st["blocks"] for st in states], dtype=float).reshape(S, -1, 2)
+    new = []
+    for j in range(n0 // BLOCK, (n0 + m) // BLOCK):  # blocks completing inside this batch
         start = j * BLOCK - (n0 - h)
-        seg = x[start : start + BLOCK]
-        blocks.append((float(np.median(seg)), float(np.std(seg, ddof=1))))
-    g = n0 + np.arange(m)
-    r = g // BLOCK
-    ref_med = np.full(m, np.nan)
-    ref_scale = np.full(m, np.nan)
+        seg = np.ascontiguousarray(x[:, start : start + BLOCK])
+        new.append(np.stack([np.median(seg, axis=1), seg.std(axis=1, ddof=1)], axis=1))
+    if new:
+        blocks = np.concatenate([blocks, np.stack(new, axis=1)], axis=1)
+    r = (n0 + np.arange(m)) // BLOCK
+    ref_med = np.full((S, m), np.nan)
+    ref_scale = np.full((S, m), np.nan)
     for rv in np.unique(r):
-        lo, hi = max(0, rv - REF_BLOCKS) - b0, rv - b0
+        lo, hi = max(0, rv - REF_BLOCKS - b0), rv - b0
         if hi <= 0:
             continue
-        arr = np.asarray(blocks[max(lo, 0) : hi], dtype=float)
+        arr = np.ascontiguousarray(blocks[:, lo:hi].transpose(0, 2, 1))  # S x 2 x k
+        med = np.median(arr[:, 0], axis=1)
         sel = r == rv
-        med = float(np.median(arr[:, 0]))
-        ref_med[sel] = med
-        ref_scale[sel] = max(float(np.median(arr[:, 1])), float(_tiny(med)))
+        ref_med[:, sel] = med[:, None]
+        ref_scale[:, sel] = np.fmax(np.median(arr[:, 1], axis=1), _tiny(med))[:, None]
 
-    # Window statistics (full windows only): win[i] = x[p - ROLL : p + 1] for the reading at position p.
-    ok = pos >= ROLL
-    if ok.any():
-        win = sliding_window_view(x, ROLL + 1)[pos[ok] - ROLL]
-        past = win[:, :ROLL]
-        v = win[:, ROLL]
-        rmed, rscale = ref_med[ok], ref_scale[ok]
-        mean = past.mean(axis=1)
-        std = past.std(axis=1, ddof=1)
-        med = np.median(past, axis=1)
-        mad = np.median(np.abs(past - med[:, None]), axis=1)
+    pos0 = h  # batch index i sits at x position h + i
+    # Window statistics over win = x[p - ROLL : p + 1] (full windows only; rows are a contiguous tail).
+    first_ok = max(0, ROLL - pos0)
+    if first_ok < m:
+        k = m - first_ok
+        win = np.ascontiguousarray(sliding_window_view(x, ROLL + 1, axis=1)[:, pos0 + first_ok - ROLL :][:, :k])
+        past = win[..., :ROLL]
+        v = win[..., ROLL]
+        rmed, rscale = ref_med[:, first_ok:], ref_scale[:, first_ok:]
+        mean = past.mean(axis=-1)
+        std = past.std(axis=-1, ddof=1)
+        med = np.median(past, axis=-1)
+        mad = np.median(np.abs(past - med[..., None]), axis=-1)
         floor = np.fmax(np.where(np.isnan(rscale), 0.0, 0.5 * rscale), _tiny(med))
-        out[ok, col["roll_mean"]] = mean
-        out[ok, col["roll_std"]] = std
-        out[ok, col["z"]] = (v - mean) / np.fmax(std, floor)
-        out[ok, col["robust_z"]] = (v - med) / np.fmax(_MAD_TO_STD * mad, floor)
-        out[ok, col["short_ref_z"]] = (win[:, -SHORT:].mean(axis=1) - rmed) / rscale
-        out[ok, col["noise_ratio"]] = win[:, -NOISE:].std(axis=1, ddof=1) / rscale
-        slope = (win[:, -TREND:] * _TREND_WEIGHTS).sum(axis=1)
-        out[ok, col["trend_z"]] = slope / rscale
-
-    # Long windows (LONG values ending at the reading); the rows are contiguous, so slice the view.
-    ok = pos >= LONG - 1
-    if ok.any():
-        first = int(pos[ok][0]) - LONG + 1
-        lw = sliding_window_view(x, LONG)[first : first + int(ok.sum())]
-        out[ok, col["mid_ref_z"]] = (lw[:, -ROLL:].mean(axis=1) - ref_med[ok]) / ref_scale[ok]
-        out[ok, col["trend_long_z"]] = (lw * _LONG_WEIGHTS).sum(axis=1) / ref_scale[ok]
+        o = out[:, first_ok:]
+        o[..., col["roll_mean"]] = mean
+        o[..., col["roll_std"]] = std
+        o[..., col["z"]] = (v - mean) / np.fmax(std, floor)
+        o[..., col["robust_z"]] = (v - med) / np.fmax(_MAD_TO_STD * mad, floor)
+        o[..., col["short_ref_z"]] = (np.ascontiguousarray(win[..., -SHORT:]).mean(axis=-1) - rmed) / rscale
+        o[..., col["noise_ratio"]] = np.ascontiguousarray(win[..., -NOISE:]).std(axis=-1, ddof=1) / rscale
+        o[..., col["trend_z"]] = (win[..., -TREND:] * _TREND_WEIGHTS).sum(axis=-1) / rscale
+    first_long = max(0, LONG - 1 - pos0)
+    if first_long < m:
+        k = m - first_long
+        lw = sliding_window_view(x, LONG, axis=1)[:, pos0 + first_long - LONG + 1 :][:, :k]
+        rmed, rscale = ref_med[:, first_long:], ref_scale[:, first_long:]
+        o = out[:, first_long:]
+        o[..., col["mid_ref_z"]] = (np.ascontiguousarray(lw[..., -ROLL:]).mean(axis=-1) - rmed) / rscale
+        o[..., col["trend_long_z"]] = (lw * _LONG_WEIGHTS).sum(axis=-1) / rscale
 
     # Previous value and time.
-    prev_x = np.concatenate([[x[h - 1]] if h else [np.nan], values[:-1]])
-    prev_t = np.concatenate([[st["t"] if st["t"] is not None else -1], ts[:-1]]).astype(np.int64)
+    prev_x = x[:, h - 1 : h - 1 + m] if h else np.concatenate([np.full((S, 1), np.nan), values[:, :-1]], axis=1)
+    last_t = np.array([st["t"] if st["t"] is not None else -1 for st in states], dtype=np.int64)
+    prev_t = np.concatenate([last_t[:, None], ts[:, :-1]], axis=1)
     dt = np.where(prev_t >= 0, (ts - prev_t) / _NS, np.nan)
     diff = values - prev_x
-    out[:, col["dt_s"]] = dt
+    out[..., col["dt_s"]] = dt
     with np.errstate(divide="ignore", invalid="ignore"):
-        out[:, col["rate"]] = np.where(dt > 0, diff / dt, np.nan)
-    out[:, col["diff_z"]] = diff / ref_scale
-    out[:, col["ref_z"]] = (values - ref_med) / ref_scale
+        out[..., col["rate"]] = np.where(dt > 0, diff / dt, np.nan)
+    out[..., col["diff_z"]] = diff / ref_scale
+    out[..., col["ref_z"]] = (values - ref_med) / ref_scale
 
     # Runs of identical values, carried across batches.
     same = values == prev_x
-    idx = np.arange(m)
-    last_reset = np.maximum.accumulate(np.where(same, -1, idx))
-    run = np.where(last_reset < 0, int(st["run"]) + idx + 1, idx - last_reset + 1)
-    out[:, col["stuck_run"]] = run
+    idx = np.broadcast_to(np.arange(m), (S, m))
+    last_reset = np.maximum.accumulate(np.where(same, -1, idx), axis=1)
+    carried = np.array([int(st["run"]) for st in states])[:, None]
+    run = np.where(last_reset < 0, carried + idx + 1, idx - last_reset + 1)
+    out[..., col["stuck_run"]] = run
 
-    keep_from = max(0, len(blocks) - REF_BLOCKS)
-    new_state = {
-        "x": x[-HISTORY:].tolist(),
-        "n": n0 + m,
-        "t": int(ts[-1]) if m else st["t"],
-        "run": int(run[-1]) if m else int(st["run"]),
-        "b0": b0 + keep_from,
-        "blocks": [list(b) for b in blocks[keep_from:]],
-    }
-    return out, new_state
+    cut = max(0, blocks.shape[1] - REF_BLOCKS)
+    keep = x[:, -HISTORY:]
+    kept_blocks = blocks[:, cut:]
+    new_states = [
+        {
+            "x": keep[i].tolist(),
+            "n": n0 + m,
+            "t": int(ts[i, -1]),
+            "run": int(run[i, -1]),
+            "b0": b0 + cut,
+            "blocks": kept_blocks[i].tolist(),
+        }
+        for i in range(S)
+    ]
+    return out, new_states
 
 
 # ---------------------------------------------------------------------------------------------- per device
@@ -242,13 +256,9 @@ def _device_step(
     partial = np.array([[_f(v) for v in dev["rows"].get(s, [None] * k)] for s in cols], dtype=float)
     full = np.vstack([partial.reshape(ncol, k).T, V])
     ci = {sid: i for i, sid in enumerate(cols)}
-    pairs = sorted(
-        {tuple(sorted((a, p))) for a in cols for p in cols if a != p and PARTNERS.get(types[a]) == types[p]}
-    )
+    pairs = sorted({tuple(sorted((a, p))) for a in cols for p in cols if a != p and PARTNERS.get(types[a]) == types[p]})
     b0 = int(dev["b0"])
-    blocks: dict[str, list[list[float]]] = {
-        f"{a}|{b}": list(dev["blocks"].get(f"{a}|{b}", [])) for a, b in pairs
-    }
+    blocks: dict[str, list[list[float]]] = {f"{a}|{b}": list(dev["blocks"].get(f"{a}|{b}", [])) for a, b in pairs}
     for j in range(n0 // BLOCK, (n0 + nrow) // BLOCK):
         seg = full[j * BLOCK - (n0 - k) : (j + 1) * BLOCK - (n0 - k)]
         for a, b in pairs:
@@ -297,9 +307,7 @@ def _device_step(
         "origin": origin,
         "last_v": {s: _num(V[-1, i]) for i, s in enumerate(cols)},
         "last_absz": {s: _num(A[-1, i]) for i, s in enumerate(cols)},
-        "rows": {
-            s: [_num(v) for v in full[len(full) - keep :, i]] if keep else [] for i, s in enumerate(cols)
-        },
+        "rows": {s: [_num(v) for v in full[len(full) - keep :, i]] if keep else [] for i, s in enumerate(cols)},
         "n": n0 + nrow,
         "b0": b0 + cut if blocks else (n0 + nrow) // BLOCK,
         "blocks": {key: blk[cut:] for key, blk in blocks.items()},
@@ -357,21 +365,26 @@ def device_step(
     sensors = dict(state["sensors"])
     by_sensor = np.argsort(inv, kind="stable")
     bounds = np.searchsorted(inv[by_sensor], np.arange(len(uniq) + 1))
+    # Sensors with the same history length, count so far and batch size are computed together.
+    groups: dict[tuple[int, int, int], list[int]] = {}
     for u in range(len(uniq)):
-        idx = by_sensor[bounds[u] : bounds[u + 1]]
-        sid = str(uniq[u])
-        feats[idx, : len(SENSOR_FEATURES)], sensors[sid] = _sensor_step(
-            values[idx], ts[idx], sensors.get(sid)
-        )
+        st = sensors.get(str(uniq[u])) or _new_sensor()
+        groups.setdefault((len(st["x"]), int(st["n"]), int(bounds[u + 1] - bounds[u])), []).append(u)
+    nf = len(SENSOR_FEATURES)
+    for members in groups.values():
+        idx = np.stack([by_sensor[bounds[u] : bounds[u + 1]] for u in members])
+        states = [sensors.get(str(uniq[u])) or _new_sensor() for u in members]
+        out, new_states = _sensors_step(values[idx], ts[idx], states)
+        feats[idx.ravel(), :nf] = out.reshape(-1, nf)
+        for u, st in zip(members, new_states, strict=True):
+            sensors[str(uniq[u])] = st
     ref_z = feats[:, SENSOR_FEATURES.index("ref_z")]
     feats[:, len(SENSOR_FEATURES) :], device = _device_step(sids, codes, cols, types, ts, values, ref_z, dev)
     frame = pd.concat([frame, pd.DataFrame(feats, columns=list(FEATURE_COLUMNS))], axis=1)
     return frame, {"v": STATE_VERSION, "sensors": sensors, "device": device}
 
 
-def frame_features(
-    readings: pd.DataFrame, cfg: ProcessingSettings, *, chunk: str | None = "1min"
-) -> pd.DataFrame:
+def frame_features(readings: pd.DataFrame, cfg: ProcessingSettings, *, chunk: str | None = "1min") -> pd.DataFrame:
     """Features for a whole frame offline: per device, :func:`device_step` over chronological chunks.
 
     Gives the same numbers as the stream job; ``chunk`` (a pandas frequency, or None for one pass per device)
