@@ -250,7 +250,7 @@ class _StaticParts:
 
 
 def simulate_frame(cfg: FleetConfig, *, duration_s: float | None = None, count: int | None = None) -> pd.DataFrame:
-    """Clean, labelled readings in long format (one row per reading), ordered by (timestamp, sensor_id).
+    """Clean, labelled readings in long format, one row per reading, in production order (time, device, type).
 
     Columns: sensor_id, device_id, sensor_type, value, unit, location, timestamp (datetime64[ns, UTC]),
     status, sensor_model, battery_level, seq, ground_truth. Deterministic per ``cfg`` (give ``cfg.start``
