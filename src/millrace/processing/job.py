@@ -188,5 +188,12 @@ def _watch(
             return "stopped"
         if duration_s is not None and now - started >= duration_s:
             return "duration"
-        if until_idle_s is not None and writer.total_input > 0 and now - writer.last_input_at >= until_idle_s:
+        if until_idle_s is not None and _idle(writer, now, until_idle_s):
             return "idle"
+
+
+def _idle(writer: BatchWriter, now: float, idle_s: float) -> bool:
+    """Some input was processed, the latest micro-batch had none, and none came for ``idle_s`` seconds (a
+    slow batch still running does not count as idle)."""
+    last = writer.last
+    return writer.total_input > 0 and last is not None and last.input_rows == 0 and now - writer.last_input_at >= idle_s
