@@ -52,9 +52,16 @@ class _Cpu:
         self.start = times.user + times.system
         self.wall = time.monotonic()
 
-    def percent(self) -> float:
+    def seconds(self) -> float:
         times = self.proc.cpu_times()
-        return round(100.0 * (times.user + times.system - self.start) / (time.monotonic() - self.wall), 1)
+        return times.user + times.system - self.start
+
+    def percent(self) -> float:
+        return round(100.0 * self.seconds() / (time.monotonic() - self.wall), 1)
+
+    def per_message_ms(self, messages: int) -> float:
+        """CPU time of this process per message: a figure that holds up when the machine is busy."""
+        return round(1000.0 * self.seconds() / max(1, messages), 3)
 
 
 def _messages(count: int) -> list[Any]:
@@ -72,14 +79,15 @@ def _publish(settings: Settings, messages: list[Any]) -> dict[str, Any]:
     snap = sink.stats.snapshot()
     return {"messages": len(messages), "unacked": left, "seconds": round(elapsed, 2),
             "rate_per_s": round(len(messages) / elapsed), "puback_latency_ms": snap["latency_ms"],
-            "cpu_percent": cpu.percent()}  # fmt: skip
+            "cpu_percent": cpu.percent(), "cpu_ms_per_message": cpu.per_message_ms(len(messages))}  # fmt: skip
 
 
 def _bridge_result(bridge: MqttBridge, elapsed: float, cpu: _Cpu) -> dict[str, Any]:
     counters, snap = bridge.counters, bridge.stats.snapshot()
     return {"received": counters.received, "acked": counters.acked, "seconds": round(elapsed, 2),
             "rate_per_s": round(counters.acked / elapsed), "kafka_latency_ms": snap["latency_ms"],
-            "cpu_percent": cpu.percent(), "rss_mb": round(psutil.Process().memory_info().rss / 2**20)}  # fmt: skip
+            "cpu_percent": cpu.percent(), "cpu_ms_per_message": cpu.per_message_ms(counters.acked),
+            "rss_mb": round(psutil.Process().memory_info().rss / 2**20)}  # fmt: skip
 
 
 def run(count: int) -> dict[str, Any]:
@@ -117,7 +125,7 @@ def run(count: int) -> dict[str, Any]:
             live = _bridge_result(live_bridge, time.monotonic() - started, cpu)
         finally:
             stack.down()
-    return {"count": count, "publish": published, "drain": drain, "live": live,
+    return {"count": count, "publish": published, "drain": drain, "live": live, "load_average": os.getloadavg(),
             "machine": f"{psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB"}  # fmt: skip
 
 
@@ -134,7 +142,8 @@ def main() -> None:
         data = result[phase]
         lat = data.get("puback_latency_ms") or data.get("kafka_latency_ms")
         print(f"{phase:8s} {data['rate_per_s']:>8,} msg/s in {data['seconds']:6.2f} s  "
-              f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms  cpu {data['cpu_percent']}%")  # fmt: skip
+              f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms  cpu {data['cpu_percent']}% "
+              f"({data['cpu_ms_per_message']} ms/msg)")  # fmt: skip
 
 
 if __name__ == "__main__":
