@@ -1,0 +1,215 @@
+"""End-to-end benchmark of `millrace iot process`: simulator -> Kafka -> Spark job -> SQLite store.
+
+Two measurements on one local broker (free ports, 512 MB heap) and the job in this process:
+
+1. throughput: a backlog of ``--backlog`` readings is produced first; the job drains it with micro-batches of
+   up to ``--max-offsets`` records; readings/s = input records / time from the first to the last batch with
+   input (Spark start-up excluded and reported separately);
+2. latency: readings produced at ``--rate`` readings/s for ``--seconds`` while the job runs (trigger 1 s);
+   for each alert, the time from producing the reading that opened it to the alert's row appearing in the
+   store (polled every 50 ms). Reports p50/p99.
+
+Also reports the job's memory (RSS of this process, the Spark JVM and its Python workers).
+
+    .venv/bin/python benchmarks/stream_throughput.py --backlog 300000 --rate 10000 --seconds 60 --json-out r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from millrace.config import Settings, load_settings
+from millrace.iot.simulator import FleetConfig, Simulator
+from millrace.kafka.producer import make_producer
+from millrace.processing.job import default_options, run
+from millrace.processing.writers import BatchStats
+from millrace.runtime.process import free_port
+from millrace.runtime.stack import Stack
+from millrace.stores.sqlite import SqliteStore
+
+
+def memory_mb() -> float:
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def settings_for(root: Path, kafka_port: int, controller_port: int, name: str, max_offsets: int) -> Settings:
+    return load_settings(
+        state_dir=root / name,
+        runtime={"kafka_port": kafka_port, "controller_port": controller_port, "kafka_heap": "512m"},
+        kafka={"bootstrap_servers": f"127.0.0.1:{kafka_port}"},
+        topics={"readings": f"bench.{name}.readings"},
+        spark={"max_offsets_per_trigger": max_offsets, "driver_memory": "2g"},
+    )
+
+
+def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]:
+    cfg = FleetConfig(devices=devices, interval_s=1.0, seed=5)
+    producer = make_producer(settings.kafka.client_config())
+    sent = 0
+    for batch in Simulator(cfg, count=backlog).batches():
+        for key, value in zip(batch.keys, batch.values, strict=True):
+            producer.produce(settings.topics.readings, value, key)
+        sent += len(batch)
+        if sent >= backlog:
+            break
+    producer.flush(120)
+    batches: list[tuple[float, BatchStats]] = []
+    peak = [0.0]
+
+    def on_batch(stats: BatchStats) -> None:
+        batches.append((time.monotonic(), stats))
+        peak[0] = max(peak[0], memory_mb())
+
+    started = time.monotonic()
+    result = run(settings, default_options(settings), until_idle_s=5.0, on_batch=on_batch)
+    with_input = [(t, s) for t, s in batches if s.input_rows]
+    first_start = with_input[0][0] - with_input[0][1].duration_s
+    span = with_input[-1][0] - first_start
+    steady = with_input[1:] if len(with_input) > 2 else with_input  # the first batch pays worker start-up
+    steady_span = sum(s.duration_s for _, s in steady)
+    return {
+        "readings": result.input_rows,
+        "devices": devices,
+        "sensors": cfg.sensors,
+        "batches_with_input": len(with_input),
+        "startup_s": round(first_start - started, 1),
+        "drain_s": round(span, 2),
+        "readings_per_s": round(result.input_rows / span, 0),
+        "steady_readings_per_s": round(sum(s.input_rows for _, s in steady) / steady_span, 0),
+        "batch_s": [round(s.duration_s, 2) for _, s in with_input],
+        "batch_rows": [s.input_rows for _, s in with_input],
+        "peak_memory_mb": round(peak[0], 0),
+    }
+
+
+def latency(settings: Settings, rate: int, seconds: float, devices: int) -> dict[str, Any]:
+    sensors = devices * 6
+    interval = sensors / rate  # event time advances with the wall clock at the target rate
+    cfg = FleetConfig(devices=devices, interval_s=interval, seed=9, anomaly_rate=0.02, start=datetime.now(UTC))
+    produced: dict[tuple[str, str], float] = {}
+    stop = threading.Event()
+    job_done = threading.Event()
+    batches: list[BatchStats] = []
+
+    def job() -> None:
+        try:
+            run(settings, default_options(settings, starting_offsets="latest"), on_batch=batches.append,
+                should_stop=stop.is_set)  # fmt: skip
+        finally:
+            job_done.set()
+
+    thread = threading.Thread(target=job, daemon=True)
+    thread.start()
+    while not batches:  # the query is up and has its starting offsets
+        time.sleep(0.2)
+    producer = make_producer(settings.kafka.client_config(), linger_ms=5)
+    sim = Simulator(cfg, duration_s=seconds)
+    t0 = time.monotonic()
+    sent = 0
+    for batch in sim.batches():
+        for key, value in zip(batch.keys, batch.values, strict=True):
+            due = t0 + sent / rate
+            while time.monotonic() < due:
+                producer.poll(0.0005)
+            producer.produce(settings.topics.readings, value, key)
+            ts = value[value.find(b'"timestamp":"') + 13 :][:24].decode()
+            produced[(key, ts[:23])] = time.time()
+            sent += 1
+    producer.flush(60)
+    produce_s = time.monotonic() - t0
+    seen: dict[str, float] = {}
+    store = SqliteStore(settings.sqlite_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for alert in store.alerts(limit=100_000):
+            seen.setdefault(alert["alert_id"], time.time())
+        time.sleep(0.05)
+        if batches and batches[-1].input_rows == 0 and time.monotonic() - t0 > produce_s + 5:
+            break
+    alerts = store.alerts(limit=100_000)
+    store.close()
+    stop.set()
+    job_done.wait(60)
+    lat = []
+    for alert in alerts:
+        opened = alert["opened_at"]
+        key_ts = opened.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
+        times = [produced[(sid, key_ts)] for sid in alert["sensor_ids"] if (sid, key_ts) in produced]
+        if times and alert["alert_id"] in seen:
+            lat.append(seen[alert["alert_id"]] - min(times))
+    arr = np.array(lat) if lat else np.array([np.nan])
+    return {
+        "rate_target": rate,
+        "rate_achieved": round(sent / produce_s, 0),
+        "sensors": sensors,
+        "interval_s": round(interval, 4),
+        "alerts_measured": len(lat),
+        "latency_p50_s": round(float(np.nanpercentile(arr, 50)), 2),
+        "latency_p99_s": round(float(np.nanpercentile(arr, 99)), 2),
+        "latency_max_s": round(float(np.nanmax(arr)), 2),
+        "batch_s_p50": round(float(np.median([b.duration_s for b in batches if b.input_rows] or [np.nan])), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backlog", type=int, default=300_000)
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--max-offsets", type=int, default=200_000)
+    parser.add_argument("--rate", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--skip", choices=["throughput", "latency"], action="append", default=[])
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="millrace-stream-bench-"))
+    kp, cp = free_port(), free_port()
+    base = settings_for(root, kp, cp, "stack", args.max_offsets)
+    stack = Stack(base)
+    stack.up()
+    out: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": psutil.cpu_count(),
+                           "load_avg_start": [round(x, 1) for x in psutil.getloadavg()]}  # fmt: skip
+    try:
+        if "throughput" not in args.skip:
+            s = settings_for(root, kp, cp, "throughput", args.max_offsets)
+            _topics(s)
+            out["throughput"] = throughput(s, args.backlog, args.devices)
+            print(json.dumps(out["throughput"]), flush=True)
+        if "latency" not in args.skip:
+            s = settings_for(root, kp, cp, "latency", args.max_offsets)
+            _topics(s)
+            out["latency"] = latency(s, args.rate, args.seconds, args.devices)
+            print(json.dumps(out["latency"]), flush=True)
+    finally:
+        out["load_avg_end"] = [round(x, 1) for x in psutil.getloadavg()]
+        stack.down()
+    if args.json_out:
+        args.json_out.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+def _topics(settings: Settings) -> None:
+    from millrace.kafka.admin import apply_topics
+    from millrace.kafka.topics import declared_topics
+
+    apply_topics(settings.kafka.client_config(), declared_topics(settings.topics))
+
+
+if __name__ == "__main__":
+    main()

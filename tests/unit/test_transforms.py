@@ -1,0 +1,120 @@
+"""Pure transforms of the stream job on small DataFrames: dedup and lateness, gaps, episodes, windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from millrace.processing import episodes, gaps
+from millrace.processing.transforms import drop_duplicates_and_late, finish_windows, window_partials
+from millrace.processing.windows import WindowLedger
+
+T0 = 1_800_000_000_000  # epoch ms
+
+
+def rows(items: list[tuple[str, int]]) -> pd.DataFrame:
+    return pd.DataFrame({"sensor_id": [s for s, _ in items], "ts_ms": [T0 + t * 1000 for _, t in items],
+                         "kafka_partition": 0, "kafka_offset": range(len(items))})  # fmt: skip
+
+
+def test_duplicates_in_batch_and_seen_before_are_dropped_first_copy_kept() -> None:
+    batch = rows([("a", 1), ("a", 2), ("a", 1), ("b", 1), ("a", 3)])
+    fresh, late, dups = drop_duplicates_and_late(batch, {"a": np.array([T0 + 3000])}, {}, 60_000)
+    assert fresh["kafka_offset"].tolist() == [0, 1, 3]
+    assert dups == 2 and late.empty
+
+
+def test_late_is_judged_per_sensor_in_kafka_order_not_per_batch() -> None:
+    # a@100 s, then a@30 s (70 s behind: late), then b@30 s (first of b: fine), then a@50 s (50 s: in time).
+    batch = rows([("a", 100), ("a", 30), ("b", 30), ("a", 50)])
+    fresh, late, _ = drop_duplicates_and_late(batch, {}, {}, 60_000)
+    assert late["kafka_offset"].tolist() == [1]
+    assert fresh["kafka_offset"].tolist() == [0, 2, 3]
+    # The same with the newest time of a known from an earlier batch.
+    fresh, late, _ = drop_duplicates_and_late(rows([("a", 30)]), {}, {"a": T0 + 100_000}, 60_000)
+    assert len(late) == 1 and fresh.empty
+
+
+def sensor_rows(times: list[float], values: list[float] | None = None) -> pd.DataFrame:
+    values = values or [float(t) for t in times]
+    return pd.DataFrame({"sensor_id": "s", "sensor_type": "temperature", "location": "l", "unit": "C",
+                         "ts_ms": [T0 + int(t * 1000) for t in times], "value": values})  # fmt: skip
+
+
+def test_short_gap_filled_on_the_grid_long_gap_reported() -> None:
+    tracks: dict[str, gaps.Track] = {}
+    times = [0, 1, 2, 3, 6, 7, 8, 20, 21]  # 2 missing (4, 5) then 11 missing (9..19)
+    result = gaps.fill_gaps(sensor_rows(times), tracks, max_interpolated_gap=5, inactive_after_s=60)
+    assert result.interpolated["ts_ms"].tolist() == [T0 + 4000, T0 + 5000]
+    assert result.interpolated["value"].tolist() == [4.0, 5.0]
+    assert (result.gaps_interpolated, result.gaps_inactive) == (1, 1)
+    assert tracks["s"]["last_ts"] == T0 + 21_000 and tracks["s"]["interval_s"] == 1.0
+
+
+def test_interval_learned_across_batches_and_gap_between_batches() -> None:
+    tracks: dict[str, gaps.Track] = {}
+    gaps.fill_gaps(sensor_rows([0, 2, 4, 6]), tracks, max_interpolated_gap=5, inactive_after_s=60)
+    result = gaps.fill_gaps(sensor_rows([10, 12]), tracks, max_interpolated_gap=5, inactive_after_s=60)
+    assert result.interpolated["ts_ms"].tolist() == [T0 + 8000]
+
+
+def test_silent_sensor_goes_inactive_by_event_time() -> None:
+    tracks: dict[str, gaps.Track] = {}
+    both = pd.concat([sensor_rows([0, 1]), sensor_rows([0, 1, 90]).assign(sensor_id="t")])
+    result = gaps.fill_gaps(both, tracks, max_interpolated_gap=5, inactive_after_s=60)
+    assert result.went_inactive == ["s"] and tracks["t"]["active"]
+    assert gaps.sweep_inactive(tracks) == ["t"]
+
+
+def scored(items: list[tuple[str, int, bool, float, str | None]]) -> pd.DataFrame:
+    return pd.DataFrame({"sensor_id": [i[0] for i in items], "ts_ms": [T0 + i[1] * 1000 for i in items],
+                         "is_anomaly": [i[2] for i in items], "score": [i[3] for i in items],
+                         "anomaly_kind": [i[4] for i in items], "reason": "r", "top_features": [["z"]] * len(items)})  # fmt: skip
+
+
+def test_one_alert_per_episode_even_with_many_readings_in_one_batch() -> None:
+    batch = scored([("a", 1, True, 7.0, "spike"), ("b", 2, True, 9.0, "level_shift"), ("a", 3, False, 0.1, None),
+                    ("a", 4, True, 6.5, "spike")])  # fmt: skip
+    touched, open_ep = episodes.update(batch, None, device_id="d", location="l", newest_ms=T0 + 4000, quiet_s=30)
+    assert len(touched) == 1 and open_ep is touched[0]
+    alert = episodes.to_alert(touched[0], device_id="d", zscore_threshold=6.0)
+    assert alert["sensor_ids"] == ["a", "b"] and alert["kind"] == "level_shift" and alert["readings"] == 3
+    assert alert["status"] == "open" and alert["alert_id"] == episodes.alert_id("d", T0 + 1000)
+    # Quiet for 30 s of event time: the episode closes; a new anomaly opens a second one.
+    later = scored([("a", 40, False, 0.0, None), ("a", 80, True, 8.0, "spike")])
+    touched, open_ep = episodes.update(later, open_ep, device_id="d", location="l", newest_ms=T0 + 80_000, quiet_s=30)
+    assert [episodes.to_alert(e, device_id="d", zscore_threshold=6.0)["status"] for e in touched] == ["closed", "open"]
+    assert touched[0]["closed"] == T0 + 34_000 and open_ep is touched[1]
+
+
+def readings_frame() -> pd.DataFrame:
+    ts = pd.to_datetime([T0, T0 + 10_000, T0 + 59_999, T0 + 60_000, T0 + 5_000], unit="ms", utc=True)
+    return pd.DataFrame({"sensor_id": ["a", "a", "a", "a", "b"], "sensor_type": "temperature", "location": "l1",
+                         "timestamp": ts, "value": [1.0, 3.0, 5.0, 10.0, 7.0],
+                         "is_anomaly": [False, True, False, False, True],
+                         "interpolated": [False, False, False, False, False]})  # fmt: skip
+
+
+def test_windows_per_sensor_and_type_location() -> None:
+    out = finish_windows(window_partials(readings_frame(), 60), 60)
+    a0 = out[(out["scope"] == "sensor") & (out["key"] == "a")].iloc[0]
+    assert (a0["count"], a0["mean"], a0["min"], a0["max"], a0["anomaly_count"]) == (3, 3.0, 1.0, 5.0, 1)
+    assert a0["stddev"] == 2.0 and a0["window_end"] - a0["window_start"] == pd.Timedelta(seconds=60)
+    tl = out[(out["scope"] == "type_location") & (out["key"] == "temperature|l1")]
+    assert tl["count"].tolist() == [4, 1] and tl["anomaly_count"].tolist() == [2, 0]
+
+
+def test_ledger_merges_batches_and_a_replayed_batch_replaces_itself(tmp_path: Path) -> None:
+    frame = readings_frame()
+    ledger = WindowLedger(tmp_path / "w.db")
+    ledger.record(0, window_partials(frame.iloc[:2], 60))
+    merged = ledger.record(1, window_partials(frame.iloc[2:], 60))
+    again = ledger.record(1, window_partials(frame.iloc[2:], 60))  # replay after a crash
+    whole = finish_windows(window_partials(frame, 60), 60).sort_values(["scope", "key", "window_start"])
+    for m in (merged, again):
+        got = finish_windows(m, 60).sort_values(["scope", "key", "window_start"])
+        assert got.reset_index(drop=True).equals(whole.reset_index(drop=True))
+    assert ledger.prune(T0 + 60_000) > 0
+    ledger.close()
