@@ -307,17 +307,21 @@ def _device_step(
         "origin": origin,
         "last_v": {s: _num(V[-1, i]) for i, s in enumerate(cols)},
         "last_absz": {s: _num(A[-1, i]) for i, s in enumerate(cols)},
-        "rows": {s: [_num(v) for v in full[len(full) - keep :, i]] if keep else [] for i, s in enumerate(cols)},
+        "rows": {s: _nums(full[len(full) - keep :, i]) if keep else [] for i, s in enumerate(cols)},
         "n": n0 + nrow,
         "b0": b0 + cut if blocks else (n0 + nrow) // BLOCK,
         "blocks": {key: blk[cut:] for key, blk in blocks.items()},
-        "resid": {s: [_num(v) for v in hist[-(SHORT - 1) :, i]] for i, s in enumerate(cols)},
+        "resid": {s: _nums(hist[-(SHORT - 1) :, i]) for i, s in enumerate(cols)},
     }
     return out, new_dev
 
 
 def _f(value: float | None) -> float:
     return np.nan if value is None else value
+
+
+def _nums(values: np.ndarray) -> list[float | None]:
+    return [None if v != v else v for v in values.tolist()]  # NaN -> None (JSON null)
 
 
 def _num(value: float) -> float | None:
@@ -345,7 +349,8 @@ def device_step(
     uniq, inverse = np.unique(raw_sids, return_inverse=True)
     raw_ts = batch["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
     order = np.lexsort((inverse, raw_ts))
-    frame = batch.take(order).reset_index(drop=True)
+    in_order = bool((order[1:] > order[:-1]).all())
+    frame = batch.reset_index(drop=True) if in_order else batch.take(order).reset_index(drop=True)
     ts, inv = raw_ts[order], inverse[order]
     values = frame["value"].to_numpy(dtype=float)
     sids = uniq[inv]
