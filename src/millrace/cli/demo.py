@@ -42,20 +42,20 @@ PIPELINE = ("iot-simulate", "iot-process", "api")  # stopped in this order: sour
 def demo(
     ctx: typer.Context,
     duration: Annotated[
-        float | None, typer.Option(min=1, help="Stop after this many seconds (default: Ctrl-C).")
+        float | None,
+        typer.Option(min=1, help="Stop this many seconds after the first stored readings (default: Ctrl-C)."),
     ] = None,
     devices: Annotated[int, typer.Option(min=1, max=2000, help="Simulated devices (6 sensors each).")] = 25,
     locations: Annotated[int, typer.Option(min=1, help="Locations the devices are spread over.")] = 4,
-    anomaly_rate: Annotated[
-        float, typer.Option(min=0, max=0.5, help="Fraction of sensor-time in anomalies.")
-    ] = 0.05,
+    anomaly_rate: Annotated[float, typer.Option(min=0, max=0.5, help="Fraction of sensor-time in anomalies.")] = 0.05,
     backfill: Annotated[
         float, typer.Option(min=0, help="Seconds of history produced first (warms the detector).")
     ] = 120.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
-    keep: Annotated[
-        bool, typer.Option(help="Leave everything running at the end (stop with `stack down`).")
-    ] = False,
+    startup_timeout: Annotated[
+        float, typer.Option(min=10, help="Deadline for the Spark job's first stored readings, seconds.")
+    ] = 600.0,
+    keep: Annotated[bool, typer.Option(help="Leave everything running at the end (stop with `stack down`).")] = False,
 ) -> None:
     """Run the IoT pipeline end to end: Kafka, simulator with anomalies, Spark job, store, dashboard.
 
@@ -89,11 +89,25 @@ def demo(
             started.append(spec.name)
         url = api_url(settings)
         console.print(f"[bold green]dashboard:[/] {url}/   API docs: {url}/docs   (Ctrl-C to stop)")
-        deadline = time.monotonic() + duration if duration else None
-        with Live(monitor.render(manager), console=console, refresh_per_second=1, transient=False) as live:
-            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        # --duration counts from the first stored reading: Spark's start-up time varies a lot with the machine.
+        startup_deadline = time.monotonic() + startup_timeout
+        live_since: float | None = None
+        figures = monitor.figures()
+        with Live(monitor.render(manager, figures), console=console, refresh_per_second=1) as live:
+            while not stop.is_set():
                 stop.wait(1.0)
-                live.update(monitor.render(manager))
+                figures = monitor.figures()
+                live.update(monitor.render(manager, figures))
+                now = time.monotonic()
+                if live_since is None and figures["stored"] > 0:
+                    live_since = now
+                if live_since is None and now > startup_deadline:
+                    raise MillraceError(
+                        f"the Spark job stored nothing within {startup_timeout:.0f} s; last lines of its log:\n"
+                        f"{tail(manager.log_path('iot-process'), 20)}"
+                    )
+                if duration is not None and live_since is not None and now - live_since >= duration:
+                    break
                 dead = [name for name in started if manager.running(name) is None]
                 if dead:
                     raise MillraceError(
@@ -103,9 +117,13 @@ def demo(
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        figures = monitor.figures() if monitor is not None else None
         if not keep:
-            _stop(stack, started, stop_kafka=not kafka_was_running)
+            _stop_pipeline(stack, started)
+        # Read the figures after the job finished its last micro-batch, before Kafka goes away.
+        figures = monitor.figures() if monitor is not None else None
+        if not keep and not kafka_was_running:
+            with err_console.status("stopping Kafka..."):
+                stack.down()
     if figures is not None:
         console.print(_summary(figures))
         if figures["stored"] == 0:
@@ -131,13 +149,11 @@ def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds
         raise MillraceError(f"the history simulator failed: {result.stderr.strip()[-500:]}")
 
 
-def _stop(stack: Stack, started: list[str], *, stop_kafka: bool) -> None:
+def _stop_pipeline(stack: Stack, started: list[str]) -> None:
     with err_console.status("stopping the pipeline (the Spark job finishes its micro-batch)..."):
         for name in PIPELINE:
             if name in started:
                 stack.manager.stop(name, timeout_s=90.0)
-        if stop_kafka:
-            stack.down()
 
 
 class _Monitor:
@@ -185,8 +201,7 @@ class _Monitor:
             "recent": store.alerts(limit=6),
         }
 
-    def render(self, manager: Any) -> Group:
-        figures = self.figures()
+    def render(self, manager: Any, figures: dict[str, Any]) -> Group:
         procs = Table("process", "pid", "state", "uptime", box=None)
         for rec in sorted(manager.records(), key=lambda r: r.name):
             procs.add_row(rec.name, str(rec.pid), _state(rec), f"{rec.uptime_s:.0f} s")
