@@ -248,3 +248,27 @@ def test_missing_kafka_topic_fails_fast_with_the_fix(mqtt_settings: Settings) ->
     )
     with pytest.raises(MillraceError, match=f"{missing} do not exist: run `millrace topics apply`"):
         MqttBridge(settings, commands=False).run(count=1)
+
+
+def test_two_bridges_share_the_load_on_a_shared_subscription(mqtt_settings: Settings) -> None:
+    pattern = mqtt_settings.mqtt.readings_topic
+    shared = mqtt_settings.model_copy(
+        update={"mqtt": mqtt_settings.mqtt.model_copy(update={"readings_topic": f"$share/{unique('g')}/{pattern}"})}
+    )
+    total = 400
+    with (
+        BridgeThread(shared, client_id=unique("bridge-a"), commands=False) as a,
+        BridgeThread(shared, client_id=unique("bridge-b"), commands=False) as b,
+    ):
+        sink = MqttSink(shared)
+        try:
+            for i in range(total):
+                sink.send(message(reading(i, device=1 + i % 8)))
+            assert sink.flush(30) == 0
+        finally:
+            sink.close()
+        wait_for(lambda: a.bridge.counters.acked + b.bridge.counters.acked >= total, timeout_s=30, what="all acked")
+    assert a.bridge.counters.received + b.bridge.counters.received == total
+    assert a.bridge.counters.received > 0 and b.bridge.counters.received > 0
+    got = consume_until(mqtt_settings, mqtt_settings.topics.readings, lambda ms: len(ms) >= total)
+    assert sorted(v["seq"] for v in decoded(got)) == list(range(total))
