@@ -176,7 +176,7 @@ class MqttBridge:
                 position.encode(),
                 orjson.dumps(letter.to_dict()),
                 "dead-letter",
-                "-",
+                "(dead letter)",
                 "dead-letter",
             )
             with self._lock:
