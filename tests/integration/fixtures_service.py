@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from millrace.config import Settings, TopicSettings
-from millrace.kafka.admin import apply_topics
+from millrace.kafka.admin import admin_client, apply_topics
 from millrace.kafka.topics import declared_topics
 from millrace.runtime.process import free_port
 from millrace.stores.sqlite import SqliteStore
@@ -49,13 +49,22 @@ def fresh_topics(settings: Settings) -> Settings:
     """Settings whose topics are new, uniquely named and created on the broker (tests never share data)."""
     tag = unique("t")
     topics = TopicSettings(
-        **{
-            name: f"{value}.{tag}"
-            for name, value in settings.topics.model_dump().items()
-            if isinstance(value, str)
-        }
+        **{name: f"{value}.{tag}" for name, value in settings.topics.model_dump().items() if isinstance(value, str)}
     )
-    apply_topics(settings.kafka.client_config(), declared_topics(topics))
+    specs = declared_topics(topics)
+    apply_topics(settings.kafka.client_config(), specs)
+    admin = admin_client(settings.kafka.client_config())
+
+    def led() -> bool:
+        found = admin.list_topics(timeout=5).topics
+        return all(
+            s.name in found
+            and found[s.name].partitions
+            and all(p.leader >= 0 for p in found[s.name].partitions.values())
+            for s in specs
+        )
+
+    wait_for(led, timeout_s=30, what="leaders for the fresh topics")
     return settings.model_copy(update={"topics": topics})
 
 

@@ -27,12 +27,13 @@ from millrace.services.schemas import (
     Page,
     QualityOut,
     ReadingOut,
+    Responses,
     SensorOut,
     WindowOut,
 )
 from millrace.stores.base import Store
 
-router = APIRouter(prefix="/api", responses=PROBLEM_RESPONSES)  # type: ignore[arg-type]
+router = APIRouter(prefix="/api", responses=PROBLEM_RESPONSES)
 
 T = TypeVar("T")
 MAX_LIMIT = 1000
@@ -219,7 +220,7 @@ def _transition(
     return JsonResponse({**row, "events": _call(request, lambda s: s.alert_events(alert_id))})
 
 
-_LIFECYCLE = {
+_LIFECYCLE: Responses = {
     404: PROBLEM_RESPONSES[422] | {"description": "Unknown alert"},
     409: PROBLEM_RESPONSES[422] | {"description": "Lifecycle cannot move backwards"},
 }
@@ -231,7 +232,7 @@ _LIFECYCLE = {
     response_model=AlertDetail,
     responses=_LIFECYCLE,
     summary="open → acknowledged, recorded with who/when",
-)  # type: ignore[arg-type]
+)
 def acknowledge(request: Request, alert_id: AlertId, action: AlertAction) -> Response:
     return _transition(request, alert_id, "acknowledged", action)
 
@@ -242,7 +243,7 @@ def acknowledge(request: Request, alert_id: AlertId, action: AlertAction) -> Res
     response_model=AlertDetail,
     responses=_LIFECYCLE,
     summary="open/acknowledged → resolved, recorded with who/when",
-)  # type: ignore[arg-type]
+)
 def resolve(request: Request, alert_id: AlertId, action: AlertAction) -> Response:
     return _transition(request, alert_id, "resolved", action)
 
@@ -263,14 +264,14 @@ def _promoted(settings: Settings) -> dict[str, Any]:
     return dict(info)
 
 
-_NO_MODEL = {404: PROBLEM_RESPONSES[422] | {"description": "No promoted model"}}
+_NO_MODEL: Responses = {404: PROBLEM_RESPONSES[422] | {"description": "No promoted model"}}
 
 
 @router.get(
     "/model",
     tags=["model"],
     response_model=ModelOut,
-    responses=_NO_MODEL,  # type: ignore[arg-type]
+    responses=_NO_MODEL,
     summary="The promoted anomaly model: version, detector, metrics, thresholds",
 )
 def model(request: Request) -> Response:
@@ -283,7 +284,7 @@ def model(request: Request) -> Response:
     "/model/importance",
     tags=["model"],
     response_model=ImportanceOut,
-    responses=_NO_MODEL,  # type: ignore[arg-type]
+    responses=_NO_MODEL,
     summary="Sensor and feature importance of the promoted model, highest first",
 )
 def importance(request: Request) -> Response:

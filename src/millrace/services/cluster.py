@@ -13,13 +13,14 @@ from starlette.responses import Response
 from millrace.config import Settings
 from millrace.services import kafka_view
 from millrace.services.problems import JsonResponse, Problem
-from millrace.services.schemas import PROBLEM_RESPONSES, TopicCreate
+from millrace.services.schemas import PROBLEM_RESPONSES, Responses, TopicCreate
 
-router = APIRouter(prefix="/api/kafka", tags=["kafka"], responses=PROBLEM_RESPONSES)  # type: ignore[arg-type]
+router = APIRouter(prefix="/api/kafka", tags=["kafka"], responses=PROBLEM_RESPONSES)
 
 TopicName = Annotated[str, PathParam(min_length=1, max_length=249)]
 GroupId = Annotated[str, PathParam(min_length=1, max_length=255)]
-_NOT_FOUND = {404: PROBLEM_RESPONSES[422] | {"description": "Not found"}}
+_NOT_FOUND: Responses = {404: PROBLEM_RESPONSES[422] | {"description": "Not found"}}
+_CREATE: Responses = {409: PROBLEM_RESPONSES[422] | {"description": "Topic exists"}}
 
 
 def _admin(request: Request) -> AdminClient:
@@ -51,13 +52,7 @@ def topics(request: Request, internal: bool = False) -> Response:
 @router.post(
     "/topics",
     status_code=201,
-    responses=_NOT_FOUND
-    | {
-        409: PROBLEM_RESPONSES[422]
-        | {  # type: ignore[arg-type]
-            "description": "Topic exists"
-        }
-    },
+    responses=_CREATE,
     summary="Create a topic (name pattern, partitions 1..100, RF ≤ brokers)",
 )
 def create_topic(request: Request, body: TopicCreate) -> Response:
@@ -69,7 +64,7 @@ def create_topic(request: Request, body: TopicCreate) -> Response:
     return JsonResponse(info, status_code=201)
 
 
-@router.get("/topics/{name}", responses=_NOT_FOUND, summary="One topic with partitions and configs")  # type: ignore[arg-type]
+@router.get("/topics/{name}", responses=_NOT_FOUND, summary="One topic with partitions and configs")
 def topic(request: Request, name: TopicName) -> Response:
     info = kafka_view.topic(_admin(request), name, data_dirs=_dirs(request))
     if info is None:
@@ -79,7 +74,7 @@ def topic(request: Request, name: TopicName) -> Response:
 
 @router.get(
     "/topics/{name}/messages",
-    responses=_NOT_FOUND,  # type: ignore[arg-type]
+    responses=_NOT_FOUND,
     summary="The latest messages of a topic, newest first",
 )
 def messages(
@@ -105,7 +100,7 @@ def groups(request: Request) -> Response:
     return JsonResponse({"groups": kafka_view.groups(_admin(request))})
 
 
-@router.get("/groups/{group_id}", responses=_NOT_FOUND, summary="One consumer group with lag per partition")  # type: ignore[arg-type]
+@router.get("/groups/{group_id}", responses=_NOT_FOUND, summary="One consumer group with lag per partition")
 def group(request: Request, group_id: GroupId) -> Response:
     info: dict[str, Any] | None = kafka_view.group(_admin(request), group_id)
     if info is None:

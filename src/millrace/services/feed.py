@@ -92,18 +92,26 @@ class KafkaFeed:
 
     # ---- the thread ----
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        pinned = []
-        for tp in partitions:
-            try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            except Exception as exc:  # noqa: BLE001 - fall back to auto.offset.reset=latest
-                log.warning("watermarks of %s[%d]: %s", tp.topic, tp.partition, exc)
-                pinned.append(tp)
-                continue
-            pinned.append(TopicPartition(tp.topic, tp.partition, high))
+        pinned = [self._high_watermark(consumer, tp) for tp in partitions]
         consumer.assign(pinned)
         if {tp.topic for tp in partitions} >= set(self._channels):
             self.ready.set()
+
+    def _high_watermark(self, consumer: Consumer, tp: TopicPartition, timeout_s: float = 15.0) -> TopicPartition:
+        """The partition positioned at its current end. Retried while a new topic's leader settles; after
+        ``timeout_s`` it falls back to auto.offset.reset=latest (which may skip what is produced meanwhile)."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
+                return TopicPartition(tp.topic, tp.partition, high)
+            except Exception as exc:  # noqa: BLE001 - "not leader yet" and timeouts alike
+                if time.monotonic() + delay > deadline or self._stop.is_set():
+                    log.warning("watermarks of %s[%d]: %s; starting at latest", tp.topic, tp.partition, exc)
+                    return tp
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def _run(self) -> None:
         consumer = make_consumer(

@@ -138,7 +138,8 @@ class Problem(BaseModel):
 
 
 _PROBLEM_JSON: dict[str, Any] = {"application/problem+json": {}}
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` documentation type
+PROBLEM_RESPONSES: Responses = {
     422: {"model": Problem, "content": _PROBLEM_JSON, "description": "Invalid input"},
     503: {"model": Problem, "content": _PROBLEM_JSON, "description": "Backend unavailable"},
 }
