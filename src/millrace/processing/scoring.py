@@ -102,17 +102,19 @@ class Scorer:
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """``features`` as returned by device_step / frame_features; returns it with SCORE_COLUMNS added."""
         self.refresh()
-        out = features.copy()
+        out = features
         n = len(out)
         if n == 0:
+            out = features.copy()
             for name, dtype in zip(SCORE_COLUMNS, (float, bool, object, object, object), strict=True):
                 out[name] = pd.Series(dtype=dtype)
             return out
         thr = self.processing.zscore_threshold
         types = out["sensor_type"].to_numpy(dtype=object)
         values = out["value"].to_numpy(dtype=float)
-        low = pd.Series(types).map(self._low).to_numpy(dtype=float)
-        high = pd.Series(types).map(self._high).to_numpy(dtype=float)
+        kinds_of, inverse = np.unique(types.astype(str), return_inverse=True)
+        low = np.array([self._low.get(t, np.nan) for t in kinds_of])[inverse]
+        high = np.array([self._high.get(t, np.nan) for t in kinds_of])[inverse]
         with np.errstate(invalid="ignore"):
             out_of_range = (values < low) | (values > high) | ~np.isfinite(values)
 
@@ -157,18 +159,18 @@ class Scorer:
         flag = flag | out_of_range
         kind = np.where(out_of_range, "out_of_range", kind)
         kind = np.where(flag, kind, None)
-        out["score"] = score.astype(float)
-        out["is_anomaly"] = flag
-        out["anomaly_kind"] = kind
         reasons = np.full(n, "", dtype=object)
         tops: np.ndarray = np.empty(n, dtype=object)
         tops[:] = [[] for _ in range(n)]
         idx = np.flatnonzero(flag)
         if len(idx):
             reasons[idx], tops[idx] = self._explain(out.iloc[idx], kind[idx], low[idx], high[idx])
-        out["reason"] = reasons
-        out["top_features"] = tops
-        return out
+        added = pd.DataFrame(
+            {"score": score.astype(float), "is_anomaly": flag, "anomaly_kind": kind, "reason": reasons,
+             "top_features": tops},
+            index=out.index,
+        )  # fmt: skip
+        return pd.concat([out.drop(columns=[c for c in SCORE_COLUMNS if c in out.columns]), added], axis=1)
 
     def _explain(
         self, rows: pd.DataFrame, kinds: np.ndarray, low: np.ndarray, high: np.ndarray
