@@ -123,12 +123,14 @@ class MqttBridge:
         # of the network thread's time in a profile; a 3.1.1 session with clean session off is just as
         # persistent. The broker's max_inflight_messages is then the delivery window (1000 in the managed
         # config; Mosquitto's default is 20).
-        self.connection = Connection(settings.mqtt, client_id, persistent=True, manual_ack=True, mqtt5=False)
+        self._lock = threading.Lock()
+        self.connection = Connection(
+            settings.mqtt, client_id, persistent=True, manual_ack=True, mqtt5=False, state_lock=self._lock
+        )
         self.connection.client.on_message = self._on_message
         self.connection.client.on_subscribe = self._on_subscribe
         self.subscribed = threading.Event()  # set once the broker confirmed the subscription (SUBACK)
         self.connection.on_connect_hooks.append(self._subscribe)
-        self._lock = threading.Lock()
         self._accepting = True
         self._limit: int | None = None
         self._in_flight = 0
@@ -224,13 +226,14 @@ class MqttBridge:
                 self.counters.readings += 1
                 self.counters.by_type[pending.label.removeprefix("type:")] += 1
             self._in_flight -= 1
-            current = pending.generation == conn.generation and conn.connected.is_set()
-            if current:
+            # Checked and queued under the lock the connection holds while it changes: an ack never goes
+            # out on a newer connection, where the same packet id may name another message. (paho's
+            # ack() only appends to its send queue; it waits on nothing the network thread holds.)
+            if pending.generation == conn.generation and conn.connected.is_set():
                 self.counters.acked += 1
+                conn.client.ack(pending.mid, pending.qos)
             else:
                 self.counters.not_acked_stale += 1
-        if current:
-            conn.client.ack(pending.mid, pending.qos)
         if self._recorder is not None:
             self._recorder.record(pending)
 

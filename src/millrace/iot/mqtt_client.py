@@ -52,6 +52,7 @@ class Connection:
         max_inflight: int = 1000,
         max_queued: int = 0,
         mqtt5: bool = True,
+        state_lock: threading.Lock | None = None,
     ) -> None:
         module = paho()
         self.mqtt5 = mqtt5
@@ -60,6 +61,9 @@ class Connection:
         self.persistent = persistent
         self.generation = 0
         self.connected = threading.Event()
+        # Held while ``generation`` and ``connected`` change: a caller that checks them and acts (the bridge
+        # acknowledging a message) under the same lock never acts on a connection that is already gone.
+        self.state_lock = state_lock or threading.Lock()
         self._first = threading.Event()
         self._refused: str | None = None
         self._closing = False
@@ -98,8 +102,9 @@ class Connection:
             log.warning("MQTT broker %s refused %s: %s", self.address, self.client_id, reason)
             self._first.set()
             return
-        self.generation += 1
-        self.connected.set()
+        with self.state_lock:
+            self.generation += 1
+            self.connected.set()
         log.info(
             "connected to MQTT %s as %s (session present: %s)",
             self.address,
@@ -111,7 +116,8 @@ class Connection:
         self._first.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        self.connected.clear()
+        with self.state_lock:
+            self.connected.clear()
         if not self._closing:
             log.warning("MQTT connection to %s lost (%s); reconnecting", self.address, reason)
 
