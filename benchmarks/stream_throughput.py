@@ -17,6 +17,7 @@ Also reports the job's memory (RSS of this process, the Spark JVM and its Python
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import threading
@@ -42,10 +43,8 @@ def memory_mb() -> float:
     me = psutil.Process()
     total = me.memory_info().rss
     for child in me.children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.Error):  # a worker may exit while we look
             total += child.memory_info().rss
-        except psutil.Error:
-            pass
     return total / 2**20
 
 

@@ -71,7 +71,8 @@ def test_silent_sensor_goes_inactive_by_event_time() -> None:
 def scored(items: list[tuple[str, int, bool, float, str | None]]) -> pd.DataFrame:
     return pd.DataFrame({"sensor_id": [i[0] for i in items], "ts_ms": [T0 + i[1] * 1000 for i in items],
                          "is_anomaly": [i[2] for i in items], "score": [i[3] for i in items],
-                         "anomaly_kind": [i[4] for i in items], "reason": "r", "top_features": [["z"]] * len(items)})  # fmt: skip
+                         "anomaly_kind": [i[4] for i in items], "reason": "r",
+                         "top_features": [["z"]] * len(items)})  # fmt: skip
 
 
 def test_one_alert_per_episode_even_with_many_readings_in_one_batch() -> None:

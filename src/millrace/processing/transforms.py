@@ -29,8 +29,8 @@ INVALID_GROUP = "~invalid"  # grouping key of rows that failed validation
 def parse(kafka_rows):  # noqa: ANN001, ANN201 - pyspark DataFrame in, DataFrame out
     """Kafka source rows -> one row per message with the JSON fields, ``raw`` text and source position.
 
-    Columns: kafka_partition, kafka_offset, raw (text), raw_bytes, json_ok, sensor_id, device_id, sensor_type, value (double or
-    null), value_text, unit, location, ts_text, timestamp (or null), status, ground_truth.
+    Columns: kafka_partition, kafka_offset, raw (text), raw_bytes, json_ok, sensor_id, device_id, sensor_type,
+    value (double or null), value_text, unit, location, ts_text, timestamp (or null), status, ground_truth.
     """
     from pyspark.sql import functions as F
 
