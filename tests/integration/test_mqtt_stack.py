@@ -116,3 +116,29 @@ def test_password_and_tls(secured: Settings) -> None:
     plain = secured.mqtt.model_copy(update={"tls_cafile": None})
     with pytest.raises(MillraceError, match=r"127\.0\.0\.1"):
         Connection(plain, unique("plain")).open(timeout_s=3)
+
+
+def test_bridge_and_sink_over_tls_with_a_password(stack: Stack, secured: Settings) -> None:
+    from confluent_kafka.admin import NewTopic
+
+    from millrace.iot.mqtt_sink import MqttSink
+    from millrace.kafka.admin import admin_client
+    from tests.integration.fixtures_mqtt import BridgeThread, consume_until, decoded, message, reading
+
+    topics = secured.topics.model_copy(update={"readings": unique("tr"), "dead_letter": unique("td")})
+    admin = admin_client(stack.settings.kafka.client_config())
+    for future in admin.create_topics([NewTopic(topics.readings, 1, 1), NewTopic(topics.dead_letter, 1, 1)]).values():
+        future.result(timeout=30)
+    settings = secured.model_copy(update={"kafka": stack.settings.kafka, "topics": topics})
+    with BridgeThread(settings, client_id=unique("tls-bridge"), commands=False, count=20) as runner:
+        sink = MqttSink(settings)
+        try:
+            for i in range(20):
+                sink.send(message(reading(i)))
+            assert sink.flush(30) == 0
+        finally:
+            sink.close()
+        counters = runner.join()
+    assert (counters.received, counters.acked) == (20, 20)
+    got = consume_until(settings, topics.readings, lambda ms: len(ms) >= 20)
+    assert [v["seq"] for v in decoded(got)] == list(range(20))
