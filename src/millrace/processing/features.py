@@ -345,8 +345,12 @@ def device_step(
         state = empty_state()
     if batch.empty:
         return batch.assign(**{name: pd.Series(dtype=float) for name in FEATURE_COLUMNS}), state
-    raw_sids = batch["sensor_id"].to_numpy(dtype=object)
-    uniq, inverse = np.unique(raw_sids, return_inverse=True)
+    codes0, found = pd.factorize(batch["sensor_id"], sort=False)  # hashing: cheaper than sorting strings
+    by_name = np.argsort(np.asarray(found, dtype=object))
+    uniq = np.asarray(found, dtype=object)[by_name]
+    rank = np.empty(len(by_name), dtype=np.int64)
+    rank[by_name] = np.arange(len(by_name))
+    inverse = rank[codes0]
     raw_ts = batch["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
     order = np.lexsort((inverse, raw_ts))
     in_order = bool((order[1:] > order[:-1]).all())
