@@ -22,17 +22,13 @@ def _cfg(**kw: object) -> FleetConfig:
     return FleetConfig(**base)  # type: ignore[arg-type]
 
 
-def _paired(
-    kind: str, rate: float = 0.2, duration_s: float = 4 * 3600, interval_s: float = 5.0
-) -> pd.DataFrame:
+def _paired(kind: str, rate: float = 0.2, duration_s: float = 4 * 3600, interval_s: float = 5.0) -> pd.DataFrame:
     """Readings with only ``kind`` anomalies, joined to the same fleet without anomalies (same noise)."""
     anomalous = simulate_frame(
         _cfg(anomaly_rate=rate, anomaly_kinds=(kind,), interval_s=interval_s), duration_s=duration_s
     )
     clean = simulate_frame(_cfg(anomaly_rate=0.0, interval_s=interval_s), duration_s=duration_s)
-    both = anomalous.merge(
-        clean[["sensor_id", "seq", "value"]], on=["sensor_id", "seq"], suffixes=("", "_clean")
-    )
+    both = anomalous.merge(clean[["sensor_id", "seq", "value"]], on=["sensor_id", "seq"], suffixes=("", "_clean"))
     both["sigma"] = both["sensor_type"].map(NOISE_SIGMA)
     both["diff_sigma"] = (both["value"] - both["value_clean"]) / both["sigma"]
     return both
@@ -60,9 +56,7 @@ def test_same_seed_same_data_and_shorter_run_is_a_prefix() -> None:
     assert not np.array_equal(a["value"].to_numpy(), c["value"].to_numpy())
     head = simulate_frame(_cfg(anomaly_rate=0.1), count=1000)
     pd.testing.assert_frame_equal(head, a.iloc[:1000].reset_index(drop=True))
-    faulty = _cfg(
-        anomaly_rate=0.1, duplicate=0.05, out_of_order=0.05, late=0.05, malformed=0.05, impossible=0.05
-    )
+    faulty = _cfg(anomaly_rate=0.1, duplicate=0.05, out_of_order=0.05, late=0.05, malformed=0.05, impossible=0.05)
     first = [(m.key, m.value, m.kind) for m in Simulator(faulty, duration_s=600).messages()]
     second = [(m.key, m.value, m.kind) for m in Simulator(faulty, duration_s=600).messages()]
     assert first == second
@@ -170,3 +164,15 @@ def test_config_validation() -> None:
         FleetConfig(malformed=2.0)
     with pytest.raises(ValueError, match="sensor types"):
         FleetConfig(sensor_types=("smell",))
+
+
+def test_shards_partition_the_fleet_by_device() -> None:
+    cfg = _cfg(devices=5, anomaly_rate=0.1)
+    whole = [(m.key, m.value) for m in Simulator(cfg, count=7000).messages()]
+    shards = [[(m.key, m.value) for m in Simulator(cfg, count=7000, shard=(i, 3)).messages()] for i in range(3)]
+    assert sorted(whole) == sorted(x for shard in shards for x in shard)
+    for i, shard in enumerate(shards):
+        assert {int(key.split("-")[1]) % 3 for key, _ in shard} == {(i + 1) % 3}  # dev-0001 is device 0
+        assert shard == [x for x in whole if x in set(shard)]  # order kept within a shard
+    with pytest.raises(ValueError, match="shard"):
+        Simulator(cfg, count=10, shard=(3, 3))

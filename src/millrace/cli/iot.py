@@ -44,15 +44,11 @@ def _fault_rates(items: list[str]) -> dict[str, float]:
         elif name in FAULTS:
             names = [name]
         else:
-            raise UsageError(
-                f"unknown fault {name!r}; known: {', '.join(FAULTS)}, all", param_hint="--fault-rate"
-            )
+            raise UsageError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}, all", param_hint="--fault-rate")
         try:
             rate = float(value)
         except ValueError:
-            raise UsageError(
-                f"{item!r}: expected NAME=P, e.g. malformed=0.01", param_hint="--fault-rate"
-            ) from None
+            raise UsageError(f"{item!r}: expected NAME=P, e.g. malformed=0.01", param_hint="--fault-rate") from None
         if not 0 <= rate <= 1:
             raise UsageError(f"{item!r}: P must be between 0 and 1", param_hint="--fault-rate")
         rates.update(dict.fromkeys(names, rate))
@@ -64,13 +60,17 @@ def _finish(live: LiveStats, sink: Sink, *, json_: bool, quiet: bool) -> None:
         undelivered = sink.flush(60.0)
     live.finish(undelivered)
     sink.close()
+    _report(live, json_=json_, quiet=quiet)
+
+
+def _report(live: LiveStats, *, json_: bool, quiet: bool) -> None:
     if json_:
         print_json(live.to_json())
     elif not quiet:
         console.print(live.summary())
-    if undelivered or live.stats.failed:
+    if live.undelivered or live.stats.failed:
         raise MillraceError(
-            f"{live.stats.failed} messages failed and {undelivered} were still undelivered "
+            f"{live.stats.failed} messages failed and {live.undelivered} were still undelivered "
             f"(last error: {live.stats.last_error})"
         )
 
@@ -112,6 +112,10 @@ def simulate(
         typer.Option(help="Event time of the first reading, ISO 8601 (default: now - duration, or now with --rate)."),
     ] = None,
     forever: Annotated[bool, typer.Option(help="Run until interrupted (needs --rate).")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="Producer processes (Kafka only); each produces a share of the devices."),
+    ] = 1,
     via: Annotated[Via, typer.Option(help="Send through Kafka directly or publish over MQTT.")] = Via.kafka,
     topic: Annotated[str | None, typer.Option(help="Kafka topic (default: topics.readings).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end, nothing else.")] = False,
@@ -139,18 +143,50 @@ def simulate(
         cfg = FleetConfig(**options)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    from millrace.iot.simulator import Simulator
-
-    simulator = Simulator(cfg, duration_s=None if forever else duration, count=None if forever else count)
-    sink = _sink(settings, via, topic)
     target = (topic or settings.topics.readings) if via is Via.kafka else settings.mqtt.readings_topic
     title = f"simulate → {via.value} {target}"
-    live = LiveStats(sink.stats, title=title, console=err_console)
+    duration_s, count_n = (None, None) if forever else (duration, count)
     stop = threading.Event()
     stop_on_signals(stop)
+    if workers > 1:
+        if via is not Via.kafka:
+            raise UsageError("parallel producers need --via kafka", param_hint="--workers")
+        _simulate_parallel(settings, cfg, title, workers, duration_s, count_n, rate, topic, stop, json_, quiet)
+        return
+    from millrace.iot.simulator import Simulator
+
+    simulator = Simulator(cfg, duration_s=duration_s, count=count_n)
+    sink = _sink(settings, via, topic)
+    live = LiveStats(sink.stats, title=title, console=err_console)
     with live.live(enabled=not (quiet or json_)):
         pump(simulator.batches(), sink, live, rate=rate, stop=stop)
     _finish(live, sink, json_=json_, quiet=quiet)
+
+
+def _simulate_parallel(
+    settings: Settings,
+    cfg: FleetConfig,
+    title: str,
+    workers: int,
+    duration_s: float | None,
+    count: int | None,
+    rate: float,
+    topic: str | None,
+    stop: threading.Event,
+    json_: bool,
+    quiet: bool,
+) -> None:
+    from millrace.iot.parallel import run_workers
+    from millrace.kafka.stats import DeliveryStats
+
+    live = LiveStats(DeliveryStats(), title=f"{title} ({workers} workers)", console=err_console)
+    with live.live(enabled=not (quiet or json_)):
+        undelivered = run_workers(
+            settings, cfg, live, workers=workers, duration_s=duration_s, count=count, rate=rate, topic=topic,
+            stop=stop,
+        )  # fmt: skip
+    live.finish(undelivered)
+    _report(live, json_=json_, quiet=quiet)
 
 
 def _sink(settings: Settings, via: Via, topic: str | None) -> Sink:

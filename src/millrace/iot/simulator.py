@@ -63,9 +63,21 @@ class Simulator:
     """Generates a fleet's readings. ``duration_s`` or ``count`` (readings, before faults) bound the run;
     with neither it runs until the consumer of :meth:`messages` stops."""
 
-    def __init__(self, cfg: FleetConfig, *, duration_s: float | None = None, count: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg: FleetConfig,
+        *,
+        duration_s: float | None = None,
+        count: int | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
         self.cfg = cfg
         self.count = count
+        # Shard (i, n): only devices with index % n == i (for parallel producers). Every shard draws the whole
+        # fleet, so the union of all shards is exactly the unsharded data.
+        self.shard = shard
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
         # A count bounds the run by readings (dropouts emit none), so its step total is open.
         self.steps: int | None = max(1, math.ceil(duration_s / cfg.interval_s)) if duration_s is not None else None
         span_steps = self.steps if self.steps is not None else math.ceil((count or 0) / cfg.sensors)
@@ -115,12 +127,30 @@ class Simulator:
                 label=labels.ravel()[idx],
                 battery=battery[local_step, device],
             )
-            if self.count is not None and produced + len(idx) >= self.count:
-                yield chunk.head(self.count - produced)
-                return
+            last = self.count is not None and produced + len(idx) >= self.count
+            if last:
+                chunk = chunk.head(self.count - produced)  # type: ignore[operator]
             produced += len(idx)
-            yield chunk
+            yield self._shard(chunk)
+            if last:
+                return
             chunk_no += 1
+
+    def _shard(self, chunk: _Chunk) -> _Chunk:
+        index, of = self.shard
+        if of == 1:
+            return chunk
+        keep = self.fleet.sensor_device[chunk.sensor] % of == index
+        return _Chunk(
+            chunk.sensor[keep],
+            chunk.step[keep],
+            chunk.time_ms[keep],
+            chunk.value[keep],
+            chunk.label[keep],
+            chunk.battery[keep],
+            chunk.time_index[keep],
+            chunk.grid_ms,
+        )
 
     def frame(self) -> pd.DataFrame:
         """All readings as a long DataFrame (clean: no faults). Needs a bounded run."""
