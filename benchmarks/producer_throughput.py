@@ -99,10 +99,11 @@ def _monitor(argv: list[str], env: dict[str, str]) -> tuple[str, str, float, flo
     return "".join(out_parts), "".join(err_parts), wall, cpu, rss
 
 
-def run_simulator(settings: Settings, topic: str, records: int, devices: int) -> dict[str, float]:
+def run_simulator(settings: Settings, topic: str, records: int, devices: int, workers: int) -> dict[str, float]:
     env = {**os.environ, "MILLRACE_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers}
     argv = [sys.executable, "-m", "millrace.cli.main", "--state-dir", str(settings.state_dir), "iot", "simulate",
-            "--count", str(records), "--devices", str(devices), "--topic", topic, "--json", "--quiet"]  # fmt: skip
+            "--count", str(records), "--devices", str(devices), "--topic", topic, "--json", "--quiet",
+            "--workers", str(workers)]  # fmt: skip
     out, _, wall, cpu, rss = _monitor(argv, env)
     data = json.loads(out)
     assert data["delivered"] == records and data["failed"] == 0, data
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--heap", default="512m", help="broker heap")
+    parser.add_argument("--workers", default="1,2", help="simulator producer processes to measure, e.g. 1,2")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
@@ -193,14 +195,17 @@ def main() -> None:
         stack = Stack(settings)
         with console.status("starting Kafka..."):
             stack.up()
-        results: dict[str, list[dict[str, float]]] = {"millrace simulate": [], "ProducerPerformance": []}
+        variants = {f"millrace simulate x{w}": int(w) for w in args.workers.split(",")}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+        results["ProducerPerformance"] = []
         try:
             for round_no in range(args.rounds):
                 for name in results:
-                    topic = _topic(settings, f"bench-{name.split()[0].lower()}-{round_no}", args.partitions)
+                    slug = "perf" if name not in variants else f"sim{variants[name]}"
+                    topic = _topic(settings, f"bench-{slug}-{round_no}", args.partitions)
                     with console.status(f"round {round_no + 1}: {name}..."):
-                        if name == "millrace simulate":
-                            result = run_simulator(settings, topic, args.records, args.devices)
+                        if name in variants:
+                            result = run_simulator(settings, topic, args.records, args.devices, variants[name])
                         else:
                             result = run_perf(settings, topic, args.records, payloads, log4j)
                     results[name].append(result)
@@ -220,14 +225,16 @@ def main() -> None:
                           f"{r['lat_avg_ms']:.1f}", f"{r['lat_p99_ms']:.1f}", f"{r['cpu_s']:.1f}",
                           f"{100 * r['cpu_s'] / busy:.0f}", f"{r['rss_mb']:.0f}")  # fmt: skip
     console.print(table)
-    ours = statistics.median(r["rate"] for r in results["millrace simulate"])
     theirs = statistics.median(r["rate"] for r in results["ProducerPerformance"])
-    console.print(f"median: millrace {ours:,.0f}/s, ProducerPerformance {theirs:,.0f}/s, ratio {ours / theirs:.2f}; "
-                  f"simulator alone {encoded:,.0f}/s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    medians = {name: statistics.median(r["rate"] for r in rounds) for name, rounds in results.items()}
+    for name in variants:
+        console.print(f"median {name}: {medians[name]:,.0f}/s = {medians[name] / theirs:.2f} x ProducerPerformance")
+    console.print(f"median ProducerPerformance {theirs:,.0f}/s; simulator alone {encoded:,.0f}/s; "
+                  f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json_out:
         args.json_out.write_text(json.dumps({"args": vars(args) | {"json_out": str(args.json_out)},
                                              "record_size": record_size, "results": results, "encode_only": encoded,
-                                             "median": {"millrace": ours, "perf": theirs}}, indent=2))  # fmt: skip
+                                             "median": medians}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":
