@@ -91,7 +91,7 @@ def test_dashboard_live(live: tuple[Settings, str, SqliteStore], page: Any) -> N
         what="the time series",
     )
     assert page.evaluate("document.getElementById('hist-temperature').data[0].x.length") == 20
-    assert page.evaluate("document.getElementById('hist-humidity').data[0].x.length") == 2
+    assert page.evaluate("document.getElementById('hist-humidity').data[0].x.length") == 20
     expect(page.locator("#alerts tbody tr")).to_have_count(3)
     expect(page.locator('[data-counter="valid"] b')).to_have_text("40")
     expect(page.locator("#importance")).to_contain_text("no model promoted yet")

@@ -3,6 +3,8 @@
 
 const MAX_POINTS = 300;          // per sensor in the live time series
 const MAX_ALERTS = 50;
+const MAX_SERIES = 12;           // sensors per type with a history (a chart of more lines is unreadable)
+const HIST_TYPES = ["temperature", "humidity"];
 const HIGHLIGHT_MS = 30000;      // how long a new alert stays highlighted
 const TYPES = ["temperature", "humidity", "pressure", "vibration", "voltage", "current"];
 // A fresh layout per call: Plotly writes into layout objects (axis types), so they must not be shared.
@@ -48,8 +50,8 @@ async function loadSensors() {
   if (!state.seriesType && select.options.length) {  // first sensors seen: load the history of one type
     select.value = types.has("temperature") ? "temperature" : select.options[0].value;
     state.seriesType = select.value;
-    await loadSeries();
   }
+  await loadSeries();  // history for sensors tracked from now on (new ones included)
 }
 
 function renderCurrent() {
@@ -103,9 +105,20 @@ function push(sensorId, ts, value, anomaly) {
   state.dirty.series = true;
 }
 
+// The sensors whose history is kept: up to MAX_SERIES of the selected type and of the distribution types.
+function trackedIds() {
+  const ids = new Set();
+  for (const type of new Set([state.seriesType, ...HIST_TYPES])) {
+    [...state.sensors.values()].filter((s) => s.sensor_type === type).map((s) => s.sensor_id).sort()
+      .slice(0, MAX_SERIES).forEach((id) => ids.add(id));
+  }
+  return ids;
+}
+
 async function loadSeries() {
-  const type = $("#series-type").value;
-  const sensors = [...state.sensors.values()].filter((s) => s.sensor_type === type && s.timestamp);
+  const wanted = trackedIds();
+  const sensors = [...state.sensors.values()].filter((s) => wanted.has(s.sensor_id) && s.timestamp &&
+    !state.series.has(s.sensor_id));
   await Promise.all(sensors.map(async (s) => {
     const start = new Date(Date.parse(s.timestamp) - 5 * 60 * 1000).toISOString();
     const page = await api(`/api/sensors/${encodeURIComponent(s.sensor_id)}/readings?limit=${MAX_POINTS}` +
@@ -127,7 +140,7 @@ function renderSeries() {
   traces.push({ x: ax, y: ay, text: at, name: "anomaly", mode: "markers", type: "scatter",
     marker: { color: "#ff4d4f", size: 10, symbol: "circle-open", line: { width: 2 } } });
   Plotly.react("ts-chart", traces, dark({ showlegend: true, legend: { orientation: "h", y: -0.2 } }), CONFIG);
-  for (const t of ["temperature", "humidity"]) {
+  for (const t of HIST_TYPES) {
     const values = [];
     for (const [id, s] of state.series) if (state.sensors.get(id)?.sensor_type === t) values.push(...s.y);
     for (const s of state.sensors.values()) if (s.sensor_type === t && !state.series.has(s.sensor_id) &&
@@ -200,7 +213,11 @@ async function loadQuality() {
   let html = names.length ? '<div class="quality-grid">' + names.map((n) =>
     `<div class="counter" data-counter="${esc(n)}"><b>${totals[n].toLocaleString()}</b>${esc(n)}</div>`).join("") +
     "</div>" : '<p class="muted">no counters yet</p>';
-  if (state.lastBatch) html += `<p class="muted">last batch: ${esc(JSON.stringify(state.lastBatch))}</p>`;
+  const last = state.lastBatch;
+  if (last) {
+    const counters = Object.entries(last.counters || {}).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`);
+    html += `<p class="muted">last micro-batch ${esc(last.batch_id)}: ${esc(counters.join(", ") || "empty")}</p>`;
+  }
   $("#quality").innerHTML = html;
 }
 
@@ -244,7 +261,7 @@ function onMessage(msg) {
         : { ...prev, ...d });
     }
     if (d.value !== undefined) push(d.sensor_id, d.timestamp, d.value, !!d.is_anomaly);
-    else if (prev.sensor_type === state.seriesType || d.sensor_type === state.seriesType) {
+    else if (state.series.has(d.sensor_id)) {
       // predictions carry scores, not values: fetch the stored readings of this sensor since then
       const since = state.pending.get(d.sensor_id);
       if (!since || d.timestamp < since) state.pending.set(d.sensor_id, d.timestamp);
