@@ -52,15 +52,21 @@ def main() -> None:
     feats = timed("frame_features (one pass per device)", n, lambda: frame_features(frame, cfg, chunk=None))
 
     one = frame[frame["device_id"] == "dev-0001"].copy()
-    one = one[one["timestamp"] < one["timestamp"].min() + np.timedelta64(20, "m")]
-    batches = [b for _, b in one.groupby(one["timestamp"].dt.floor("1s"))]
+    one = one[one["timestamp"] < one["timestamp"].min() + np.timedelta64(30, "m")]
+    for span in ("1s", "10s", "100s"):
+        batches = [b for _, b in one.groupby(one["timestamp"].dt.floor(span))]
 
-    def stream() -> None:
-        state = empty_state()
-        for batch in batches:
-            _, state = device_step(batch, state, cfg)
+        def stream(batches: list = batches) -> None:
+            state = empty_state()
+            for batch in batches:
+                _, state = device_step(batch, state, cfg)
 
-    timed("device_step, 1 s micro-batches of one device", len(one), stream)
+        per = len(one) // len(batches)
+        timed(f"device_step, one device, {span} micro-batches ({per} readings each)", len(one), stream)
+        scorer = Scorer(cfg)
+        featured = [device_step(b, empty_state(), cfg)[0] for b in batches[:200]]
+        timed(f"Scorer.score, {per} readings per call", sum(map(len, featured)),
+              lambda featured=featured, scorer=scorer: [scorer.score(f) for f in featured])  # fmt: skip
     timed("Scorer: rules + robust z", n, lambda: Scorer(cfg).score(feats))
     X = model_matrix(feats)
     warm = np.isfinite(X[:, 1])
