@@ -158,8 +158,8 @@ def train(
     # Importance on a validation sample rich in anomalies.
     val_truth = None if truth is None else truth[val_rows]
     pick = val_rows if val_truth is None else np.concatenate(
-        [_sample(val_rows[val_truth], 5000, rng), _sample(val_rows[~val_truth], 15000, rng)])  # fmt: skip
-    pick = _sample(pick, 20000, rng)
+        [_sample(val_rows[val_truth], 4000, rng), _sample(val_rows[~val_truth], 8000, rng)])  # fmt: skip
+    pick = _sample(pick, 12000, rng)
     importance = permutation_importance(det, X[pick], None if truth is None else truth[pick], seed=seed)
     weights = np.array([importance["features"].get(f, 0.0) for f in MODEL_FEATURES])
     det.weights = 0.05 + weights / (weights.max() if weights.max() > 0 else 1.0)

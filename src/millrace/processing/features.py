@@ -23,6 +23,9 @@ Per sensor (own history):
   stuck_run     consecutive identical values ending here
   mid_ref_z     like short_ref_z for the mean of the last ``ROLL`` values (a shift is flat, a drift grows)
   trend_long_z  least-squares change over the last ``LONG`` values, in noise units (slow drift)
+  jump_age      readings since the last jump (|diff_z| > ``JUMP``), capped at ``JUMP_AGE_CAP``: a level shift
+                jumped once, a drift or a ramp never did
+  jump_z        diff_z of that jump (0 before any jump)
 Device context (the other sensors of the device, as of the reading's time):
   dev_max_abs_z  largest |ref_z| among the device's other sensors
   dev_mean_abs_z mean |ref_z| over the device's sensors
@@ -49,12 +52,14 @@ TREND = 30
 BLOCK = 60
 REF_BLOCKS = 30
 LONG = 120
+JUMP = 4.0
+JUMP_AGE_CAP = 100_000
 HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK, LONG)
 STATE_VERSION = 1
 
 SENSOR_FEATURES: tuple[str, ...] = (
     "dt_s", "roll_mean", "roll_std", "z", "robust_z", "rate", "diff_z", "ref_z", "short_ref_z", "trend_z",
-    "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z",
+    "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z", "jump_age", "jump_z",
 )  # fmt: skip
 DEVICE_FEATURES: tuple[str, ...] = ("dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean")
 FEATURE_COLUMNS: tuple[str, ...] = SENSOR_FEATURES + DEVICE_FEATURES
@@ -177,6 +182,17 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
     run = np.where(last_reset < 0, carried + idx + 1, idx - last_reset + 1)
     out[..., col["stuck_run"]] = run
 
+    # Readings since the last jump, and its size, carried across batches.
+    diff_z = out[..., col["diff_z"]]
+    jump = np.abs(np.nan_to_num(diff_z, nan=0.0)) > JUMP
+    last_jump = np.maximum.accumulate(np.where(jump, idx, -1), axis=1)
+    carried_age = np.array([st.get("jage", JUMP_AGE_CAP) for st in states], dtype=float)[:, None]
+    carried_z = np.array([st.get("jz", 0.0) for st in states], dtype=float)[:, None]
+    age = np.where(last_jump < 0, carried_age + idx + 1, idx - last_jump)
+    out[..., col["jump_age"]] = np.minimum(age, JUMP_AGE_CAP)
+    at = np.take_along_axis(diff_z, np.maximum(last_jump, 0), axis=1)
+    out[..., col["jump_z"]] = np.where(last_jump < 0, carried_z, at)
+
     cut = max(0, blocks.shape[1] - REF_BLOCKS)
     keep = x[:, -HISTORY:]
     kept_blocks = blocks[:, cut:]
@@ -188,6 +204,8 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
             "run": int(run[i, -1]),
             "b0": b0 + cut,
             "blocks": kept_blocks[i].tolist(),
+            "jage": float(out[i, -1, col["jump_age"]]),
+            "jz": float(out[i, -1, col["jump_z"]]),
         }
         for i in range(S)
     ]
