@@ -99,7 +99,7 @@ def rest(url: str, ids: list[str], n: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-def fanout(url: str, hub, clients: int, messages: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def fanout(url: str, hub, clients: int, messages: int, rate: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
     received = [0] * clients
     ready = threading.Barrier(clients + 1)
 
@@ -119,19 +119,37 @@ def fanout(url: str, hub, clients: int, messages: int) -> dict[str, float]:  # t
     for t in threads:
         t.start()
     ready.wait()
-    payload = {"sensor_id": "dev-0001-temperature", "timestamp": "2026-03-01T00:00:00.000Z", "score": 0.5,
-               "is_anomaly": False, "anomaly_kind": None, "location": "loc-01", "sensor_type": "temperature"}
+    payload = {
+        "sensor_id": "dev-0001-temperature",
+        "timestamp": "2026-03-01T00:00:00.000Z",
+        "score": 0.5,
+        "is_anomaly": False,
+        "anomaly_kind": None,
+        "location": "loc-01",
+        "sensor_type": "temperature",
+    }
+    dropped_before = hub.stats()["dropped_total"]
     t0 = time.perf_counter()
-    for _ in range(messages):
+    for n in range(messages):
         hub.publish("sensors", payload)
+        if rate and n % 100 == 99:  # pace in steps of 100 messages
+            ahead = t0 + (n + 1) / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
     publish_s = time.perf_counter() - t0
     for t in threads:
         t.join(120)
     total_s = time.perf_counter() - t0
-    dropped = hub.stats()["dropped_total"]
-    return {"publish_per_s": messages / publish_s, "delivered_per_s_per_client": statistics.mean(received) / total_s,
-            "delivered_total_per_s": sum(received) / total_s, "dropped": dropped,
-            "received_min": min(received), "seconds": total_s}
+    time.sleep(0.5)  # let closed clients be counted
+    dropped = hub.stats()["dropped_total"] - dropped_before
+    return {
+        "publish_per_s": messages / publish_s,
+        "delivered_per_s_per_client": statistics.mean(received) / total_s,
+        "delivered_total_per_s": sum(received) / total_s,
+        "dropped": dropped,
+        "received_min": min(received),
+        "seconds": total_s,
+    }
 
 
 def main() -> None:
@@ -142,23 +160,31 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--queue-size", type=int, default=1000)
+    ap.add_argument("--rates", default="0,500,2000", help="publish rates (msg/s) to try; 0 = unpaced")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "bench.db")
         t0 = time.perf_counter()
         ids = fill(store, args.sensors, args.readings)
-        print(f"store: {args.sensors} sensors x {args.readings} readings = {args.sensors * args.readings} rows, "
-              f"200 alerts (filled in {time.perf_counter() - t0:.1f} s)")
+        print(
+            f"store: {args.sensors} sensors x {args.readings} readings = {args.sensors * args.readings} rows, "
+            f"200 alerts (filled in {time.perf_counter() - t0:.1f} s)"
+        )
         settings = load_settings(state_dir=Path(tmp), kafka={"bootstrap_servers": "127.0.0.1:1"})
         app = create_app(settings, store=store, live=False, queue_size=args.queue_size)
         with served(app) as url:
             for label, (p50, p95) in rest(url, ids, args.requests).items():
                 print(f"REST {label:28s} p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  ({args.requests} requests)")
-            r = fanout(url, app.state.hub, args.clients, args.messages)
-            print(f"WS fan-out: {args.messages} messages x {args.clients} clients in {r['seconds']:.2f} s: "
-                  f"publish {r['publish_per_s']:,.0f} msg/s; delivered {r['delivered_per_s_per_client']:,.0f} "
-                  f"msg/s per client, {r['delivered_total_per_s']:,.0f} frames/s in total; "
-                  f"dropped {r['dropped']:.0f} (queue {args.queue_size}), slowest client got {r['received_min']}")
+            for rate in (float(x) for x in args.rates.split(",")):
+                count = args.messages if not rate else min(args.messages, int(rate * 10))
+                r = fanout(url, app.state.hub, args.clients, count, rate)
+                print(
+                    f"WS fan-out at {'max' if not rate else f'{rate:,.0f}/s'}: {count} messages x {args.clients} "
+                    f"clients in {r['seconds']:.2f} s: published {r['publish_per_s']:,.0f} msg/s; delivered "
+                    f"{r['delivered_per_s_per_client']:,.0f} msg/s per client, {r['delivered_total_per_s']:,.0f} "
+                    f"frames/s in total; dropped {r['dropped']:.0f} (queue {args.queue_size}), slowest client "
+                    f"got {r['received_min']:.0f}"
+                )
         store.close()
 
 
