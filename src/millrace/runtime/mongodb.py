@@ -93,7 +93,7 @@ def mongodb_argv(settings: Settings, host: str, port: int) -> tuple[str, list[st
     if mongod is not None:
         return "mongod", [mongod, "--bind_ip", host, "--port", str(port), "--dbpath", str(data), "--quiet"]
     binary = ferretdb_binary(settings.cache_dir)
-    return "ferretdb", [str(binary), "-listen-addr", f"{host}:{port}", "-sqlite-dir", str(data)]
+    return "ferretdb", [str(binary), "-listen-addr", f"{host}:{port}", "-sqlite-dir", str(data), "-log-level", "error"]
 
 
 def ping(uri: str, timeout_s: float = 1.0) -> bool:

@@ -81,9 +81,12 @@ def dt_of(ms: int | None) -> datetime | None:
 
 def ms_column(series: pd.Series) -> list[int | None]:
     """Epoch milliseconds for a column of datetimes (any resolution, naive = UTC) or ISO strings."""
-    ts = pd.to_datetime(series, utc=True, format="ISO8601") if series.dtype == object else series
+    ts = series
     if not isinstance(ts.dtype, pd.DatetimeTZDtype):
-        ts = pd.to_datetime(ts, utc=True)
+        if pd.api.types.is_datetime64_dtype(ts.dtype):
+            ts = ts.dt.tz_localize(UTC)  # naive = UTC
+        else:  # strings, Python datetimes, pandas Timestamps (object or str dtype)
+            ts = pd.to_datetime(ts, utc=True, format="ISO8601")
     ns = ts.dt.as_unit("ns")
     mask = ns.isna().to_numpy()
     values = ns.to_numpy(dtype="datetime64[ns]").astype("int64") // 1_000_000
