@@ -112,7 +112,7 @@ def _nullable(series: pd.Series, kind: str) -> list[Any]:
         mask = np.isnan(arr)
         values = [int(v) for v in np.where(mask, 0, arr)]
     elif kind == "bool":
-        values = [bool(v) for v in series.to_numpy(dtype=object)]
+        values = [None if m else bool(v) for v, m in zip(series.to_numpy(dtype=object), mask, strict=True)]
     else:
         values = series.astype(object).tolist()
     if mask.any():

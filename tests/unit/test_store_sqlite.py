@@ -1,0 +1,232 @@
+"""The SQLite store's own mechanics (file, pragmas, indexes, errors) and the shared value conversions.
+
+The behaviour both backends share is tested once, for both, in tests/integration/test_store.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from millrace.config import load_settings
+from millrace.errors import StoreUnavailable
+from millrace.stores import convert
+from millrace.stores.base import COLLECTIONS, Store
+from millrace.stores.factory import open_store
+from millrace.stores.sqlite import SqliteStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def frame(n: int, sensor: str = "dev-0001-temperature") -> pd.DataFrame:
+    return pd.DataFrame(
+        {"sensor_id": sensor, "timestamp": pd.date_range(T0, periods=n, freq="s"), "value": np.arange(n, dtype=float)}
+    )
+
+
+# ---- conversions ----
+
+
+def test_ms_of_floors_every_timestamp_flavour_to_milliseconds() -> None:
+    expected = 1772366400123
+    assert convert.ms_of(datetime(2026, 3, 1, 12, 0, 0, 123999, tzinfo=UTC)) == expected
+    assert convert.ms_of(datetime(2026, 3, 1, 12, 0, 0, 123000)) == expected  # naive = UTC
+    assert convert.ms_of(datetime(2026, 3, 1, 15, 0, 0, 123000, tzinfo=timezone(timedelta(hours=3)))) == expected
+    assert convert.ms_of("2026-03-01T12:00:00.123Z") == expected
+    assert convert.ms_of(pd.Timestamp("2026-03-01T12:00:00.123456789Z")) == expected
+    assert convert.ms_of(np.datetime64("2026-03-01T12:00:00.123456")) == expected
+    assert convert.ms_of(None) is None and convert.ms_of(pd.NaT) is None and convert.ms_of(float("nan")) is None
+    assert convert.ms_of(datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC)) == -1
+    with pytest.raises(TypeError):
+        convert.ms_of(12.5)
+
+
+def test_dt_of_is_exact_and_aware() -> None:
+    ms = 1772366400123
+    value = convert.dt_of(ms)
+    assert value == datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC) and value is not None
+    assert value.utcoffset() == timedelta(0)
+    assert convert.ms_of(value) == ms and convert.dt_of(None) is None
+
+
+def test_ms_column_accepts_strings_naive_aware_and_nulls() -> None:
+    aware = pd.Series(pd.to_datetime(["2026-03-01T12:00:00.0015Z", None], utc=True))
+    assert convert.ms_column(aware) == [1772366400001, None]
+    naive = pd.Series(pd.to_datetime(["2026-03-01T12:00:00"]))
+    assert convert.ms_column(naive) == [1772366400000]
+    strings = pd.Series(["2026-03-01T12:00:00Z", "2026-03-01T12:00:00.25+00:00"])
+    assert convert.ms_column(strings) == [1772366400000, 1772366400250]
+    objects = pd.Series([T0, None], dtype=object)
+    assert convert.ms_column(objects) == [1772366400000, None]
+
+
+def test_reading_columns_fill_missing_nullify_nan_and_keep_the_last_duplicate() -> None:
+    rows = pd.DataFrame(
+        {"sensor_id": ["a", "a", "b"], "timestamp": [T0, T0, T0], "value": [1.0, 2.0, np.nan],
+         "is_anomaly": [True, False, pd.NA], "kafka_offset": [1, 2, None]}
+    )  # fmt: skip
+    cols = convert.reading_columns(rows)
+    assert cols["value"] == [2.0, None]
+    assert cols["is_anomaly"] == [False, None]
+    assert cols["kafka_offset"] == [2, None]
+    assert cols["device_id"] == [None, None]
+    with pytest.raises(ValueError, match="sensor_id"):
+        convert.reading_columns(pd.DataFrame({"timestamp": [T0]}))
+    with pytest.raises(ValueError, match="null"):
+        convert.reading_columns(pd.DataFrame({"sensor_id": ["a"], "timestamp": [None]}))
+
+
+def test_alert_values_and_lifecycle_rules() -> None:
+    base = {"alert_id": "a", "opened_at": "2026-03-01T12:00:00Z", "status": "closed", "sensor_ids": ("s",)}
+    v = convert.alert_values(base)
+    assert (v["opened_at"], v["updated_at"], v["closed_at"]) == (1772366400000,) * 3
+    assert v["sensor_ids"] == ["s"] and v["top_features"] == [] and v["readings"] == 1
+    with pytest.raises(ValueError):
+        convert.alert_values({**base, "status": "resolved"})
+    with pytest.raises(ValueError):
+        convert.alert_values({"alert_id": "x"})
+    assert convert.check_lifecycle("a", "open", "acknowledged") is True
+    assert convert.check_lifecycle("a", "closed", "resolved") is True
+    assert convert.check_lifecycle("a", "acknowledged", "acknowledged") is False
+    with pytest.raises(ValueError):
+        convert.check_lifecycle("a", "resolved", "acknowledged")
+    with pytest.raises(ValueError):
+        convert.check_lifecycle("a", "open", "closed")
+
+
+def test_retention_cutoffs_per_collection() -> None:
+    cut = convert.cutoffs(T0, 7.0, {"data_quality": 1.0})
+    assert set(cut) == set(COLLECTIONS) - {"alert_events"}
+    assert cut["sensor_metrics"] == convert.ms_of(T0 - timedelta(days=7))
+    assert cut["data_quality"] == convert.ms_of(T0 - timedelta(days=1))
+    with pytest.raises(KeyError):
+        convert.cutoffs(T0, 7.0, {"nope": 1.0})
+
+
+# ---- the SQLite file ----
+
+
+def test_factory_opens_sqlite_at_the_settings_path(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path / "state")
+    store: Store = open_store(settings)
+    assert isinstance(store, SqliteStore)
+    assert store.path == tmp_path / "state" / "millrace.db" and store.path.is_file()
+    store.close()
+
+
+def test_wal_mode_tables_and_dashboard_indexes(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert set(COLLECTIONS) <= tables
+    indexed = {
+        (table, tuple(c[2] for c in conn.execute(f"PRAGMA index_info({index[1]})")))
+        for table in COLLECTIONS
+        for index in conn.execute(f"PRAGMA index_list({table})")
+    }
+    for expected in [
+        ("sensor_metrics", ("sensor_id", "timestamp")),
+        ("sensor_metrics", ("timestamp",)),
+        ("sensor_metrics", ("sensor_type", "location", "timestamp")),
+        ("anomaly_alerts", ("kind", "updated_at")),
+        ("anomaly_alerts", ("status", "updated_at")),
+        ("windowed_metrics", ("window_start",)),
+        ("windowed_metrics", ("scope", "key", "window_start")),
+    ]:
+        assert expected in indexed, expected
+    plan = " ".join(
+        str(r[3])
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM sensor_metrics WHERE sensor_id = ? AND timestamp >= ? ORDER BY timestamp",
+            ("x", 0),
+        )
+    )
+    assert "USING PRIMARY KEY" in plan and "TEMP B-TREE" not in plan
+    conn.close()
+    store.close()
+
+
+def test_timestamps_are_stored_as_epoch_milliseconds(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.upsert_readings(frame(2))
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("SELECT timestamp FROM sensor_metrics ORDER BY timestamp").fetchall() == [
+        (1772366400000,), (1772366401000,)
+    ]  # fmt: skip
+    conn.close()
+    store.close()
+
+
+def test_unopenable_path_raises_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreUnavailable, match="cannot open"):
+        SqliteStore(blocker / "sub" / "s.db")
+
+
+def test_a_held_write_lock_times_out_as_store_unavailable(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db", busy_timeout_s=0.2)
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            store.upsert_readings(frame(1))
+        assert store.count("sensor_metrics") == 0  # readers are not blocked by the writer (WAL)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.upsert_readings(frame(1)) == 1
+    store.close()
+
+
+def test_an_invalid_alert_rejects_its_whole_batch(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    bad = frame(3)
+    bad["kafka_offset"] = [1, 2, "x"]  # not a number: stored as null, the batch still lands
+    assert store.upsert_readings(bad) == 3
+    with pytest.raises(ValueError):
+        store.upsert_alerts([{"alert_id": "ok", "opened_at": T0}, {"alert_id": "bad", "opened_at": None}])
+    assert store.count("anomaly_alerts") == 0
+    store.close()
+
+
+def test_each_thread_uses_its_own_connection(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    seen: list[int] = []
+
+    def grab() -> None:
+        seen.append(id(store._conn()))
+
+    threads = [threading.Thread(target=grab) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 3 and id(store._conn()) not in seen
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.upsert_readings(frame(5))
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's handle
+        code = 1
+        try:
+            store.upsert_readings(frame(5, sensor="child-temperature"))
+            code = 0 if store.count("sensor_metrics") == 10 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.count("sensor_metrics") == 10
+    store.close()
