@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+# Counters that help the supervised model name the kind but are no Gaussian-like "distance from normal".
+SUPERVISED_ONLY = ("jump_age", "jump_z")
 MIN_CLASS = 20  # readings a kind needs to be learnt as a class of its own
 DEVIATION_FEATURES = ("robust_z", "diff_z", "short_ref_z", "trend_z", "pair_resid_mean")
 
@@ -44,7 +46,7 @@ class Detector:
             anomalous = proba.copy()
             anomalous[:, normal] = -1.0
             return 1.0 - proba[:, normal], anomalous.argmax(axis=1)
-        Xf = np.nan_to_num(X, nan=0.0)
+        Xf = _unsupervised_view(X, self.features)
         if self.name == "isolation_forest":
             return -self.estimator.score_samples(Xf), None
         if self.name == "mahalanobis":
@@ -59,18 +61,23 @@ class Detector:
         raise ValueError(f"unknown detector {self.name}")
 
 
+def _unsupervised_view(X: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
+    keep = [i for i, f in enumerate(features) if f not in SUPERVISED_ONLY]
+    return np.nan_to_num(X[:, keep], nan=0.0)
+
+
 def fit_isolation_forest(X: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
     from sklearn.ensemble import IsolationForest
 
     model = IsolationForest(n_estimators=100, max_samples=512, random_state=seed, n_jobs=1)
-    model.fit(np.nan_to_num(X, nan=0.0))
+    model.fit(_unsupervised_view(X, features))
     return Detector("isolation_forest", features, model)
 
 
 def fit_mahalanobis(X: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
     """Per sensor type: median and covariance of the feature vectors winsorised at their 0.5/99.5 percentiles
     (robust to the few anomalies an unlabelled training set holds, and fast)."""
-    Xf = np.nan_to_num(X, nan=0.0)
+    Xf = _unsupervised_view(X, features)
     types = Xf[:, -1].astype(int)
     params: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     rng = np.random.default_rng(seed)
