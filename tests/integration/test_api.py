@@ -106,6 +106,8 @@ def test_readings_errors(client: TestClient) -> None:
     )
     assert body["detail"] == "start must not be after end"
     _problem(client.get("/api/sensors/dev-0001-humidity/readings", params={"start": "yesterday"}), 422)
+    body = _problem(client.get("/api/windows", params={"start": "0001-01-01T00:00:00+21:21"}), 422)  # found by fuzzing
+    assert "out of range" in body["detail"]
     # a known sensor with no readings in the range is an empty page, not a 404
     empty = client.get("/api/sensors/dev-0001-humidity/readings", params={"start": "2027-01-01T00:00:00Z"})
     assert empty.status_code == 200 and empty.json()["items"] == []

@@ -54,7 +54,10 @@ def _call(request: Request, fn: Callable[[Store], T]) -> T:
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00 is before datetime.min in UTC
+        raise Problem(422, f"time {value.isoformat()} is out of range", kind="validation") from None
 
 
 def _range(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
