@@ -67,6 +67,18 @@ def _topic(settings: Settings, name: str, partitions: int) -> str:
     return name
 
 
+def _warm_up(settings: Settings) -> None:
+    """One idempotent produce, so the broker's transaction coordinator has loaded before any measurement
+    (the first idempotent producer after a broker start otherwise waits for it)."""
+    from millrace.kafka.producer import make_producer
+
+    topic = _topic(settings, "bench-warm-up", 1)
+    producer = make_producer(settings.kafka.client_config())
+    producer.produce(topic, b"warm-up")
+    if producer.flush(60) or producer.stats.delivered != 1:
+        raise SystemExit(f"warm-up produce failed: {producer.stats.last_error}")
+
+
 def _monitor(argv: list[str], env: dict[str, str]) -> tuple[str, str, float, float, float]:
     """Run a child; return (stdout, stderr, wall s, CPU s, peak RSS MiB), sampling every 100 ms."""
     started = time.monotonic()
@@ -195,6 +207,7 @@ def main() -> None:
         stack = Stack(settings)
         with console.status("starting Kafka..."):
             stack.up()
+            _warm_up(settings)
         variants = {f"millrace simulate x{w}": int(w) for w in args.workers.split(",")}
         results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         results["ProducerPerformance"] = []
