@@ -100,6 +100,7 @@ def ping(uri: str, timeout_s: float = 1.0) -> bool:
     """True when a MongoDB-wire server at ``uri`` answers ``ping``."""
     try:
         import pymongo
+        import pymongo.errors
     except ModuleNotFoundError:
         raise missing_extra("pymongo", "mongodb") from None
     ms = int(timeout_s * 1000)
@@ -108,6 +109,8 @@ def ping(uri: str, timeout_s: float = 1.0) -> bool:
     )
     try:
         return bool(client.admin.command("ping").get("ok"))
+    except pymongo.errors.PyMongoError:
+        return False
     finally:
         client.close()
 
