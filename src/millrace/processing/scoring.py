@@ -46,13 +46,17 @@ PAIR_FRACTION = 0.75
 
 def model_matrix(features: pd.DataFrame) -> np.ndarray:
     """The detector input: MODEL_FEATURES as float columns (NaN = not yet known)."""
-    cols = [features[name].to_numpy(dtype=float) for name in MODEL_FEATURES[:-1]]
-    types = features["sensor_type"].map(TYPE_CODES).fillna(len(SENSOR_TYPES)).to_numpy(dtype=float)
-    return np.column_stack([*cols, types]) if len(features) else np.zeros((0, len(MODEL_FEATURES)))
+    if not len(features):
+        return np.zeros((0, len(MODEL_FEATURES)))
+    out = np.empty((len(features), len(MODEL_FEATURES)))
+    out[:, :-1] = features[list(MODEL_FEATURES[:-1])].to_numpy(dtype=float)  # one block copy, not 14
+    kinds, inverse = np.unique(features["sensor_type"].to_numpy(dtype=object).astype(str), return_inverse=True)
+    out[:, -1] = np.array([TYPE_CODES.get(k, len(SENSOR_TYPES)) for k in kinds], dtype=float)[inverse]
+    return out
 
 
-def _col(features: pd.DataFrame, name: str) -> np.ndarray:
-    return np.nan_to_num(features[name].to_numpy(dtype=float), nan=0.0)
+_RULE_INPUTS = ("value", "stuck_run", "roll_std", "robust_z", "short_ref_z", "ref_z", "trend_z", "noise_ratio",
+                "pair_resid_mean")  # fmt: skip
 
 
 class Scorer:
@@ -111,7 +115,13 @@ class Scorer:
             return out
         thr = self.processing.zscore_threshold
         types = out["sensor_type"].to_numpy(dtype=object)
-        values = out["value"].to_numpy(dtype=float)
+        inputs = out[list(_RULE_INPUTS)].to_numpy(dtype=float)
+        values = inputs[:, 0].copy()
+        zero = np.nan_to_num(inputs, nan=0.0)
+
+        def _col(_frame: pd.DataFrame, name: str) -> np.ndarray:
+            return zero[:, _RULE_INPUTS.index(name)]
+
         kinds_of, inverse = np.unique(types.astype(str), return_inverse=True)
         low = np.array([self._low.get(t, np.nan) for t in kinds_of])[inverse]
         high = np.array([self._high.get(t, np.nan) for t in kinds_of])[inverse]
