@@ -107,11 +107,13 @@ def _nullable(series: pd.Series, kind: str) -> list[Any]:
         values = arr.tolist()
     elif kind == "int":
         if pd.api.types.is_integer_dtype(series.dtype) and not mask.any():
-            return [int(v) for v in series.tolist()]
+            return series.to_numpy(dtype=np.int64).tolist()
         arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
         mask = np.isnan(arr)
-        values = [int(v) for v in np.where(mask, 0, arr)]
+        values = np.where(mask, 0, arr).astype(np.int64).tolist()
     elif kind == "bool":
+        if not mask.any():
+            return series.to_numpy(dtype=bool).tolist()
         values = [None if m else bool(v) for v, m in zip(series.to_numpy(dtype=object), mask, strict=True)]
     else:
         values = series.astype(object).tolist()
@@ -155,12 +157,11 @@ def frame_columns(
         else:
             out[col] = _nullable(rows[col], "object")
     for col in key:
-        if any(v is None for v in out[col]):
+        if None in out[col]:
             raise ValueError(f"key column {col} has null values")
-    keys = list(zip(*(out[c] for c in key), strict=True))
-    if len(set(keys)) != n:
-        last = {k: i for i, k in enumerate(keys)}
-        keep = sorted(last.values())
+    repeated = pd.DataFrame({c: out[c] for c in key}).duplicated(keep="last").to_numpy()
+    if repeated.any():
+        keep = np.flatnonzero(~repeated)
         out = {c: [vals[i] for i in keep] for c, vals in out.items()}
     return out
 

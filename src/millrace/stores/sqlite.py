@@ -193,9 +193,7 @@ class SqliteStore:
     def upsert_readings(self, rows: pd.DataFrame) -> int:
         if rows.empty:
             return 0
-        cols = convert.reading_columns(rows)
-        for name in convert.READING_BOOL_COLUMNS:
-            cols[name] = [None if v is None else int(v) for v in cols[name]]
+        cols = convert.reading_columns(rows)  # booleans bind as 0/1
         params = list(zip(*(cols[c] for c in READING_COLUMNS), strict=True))
         with self._write() as conn:
             conn.executemany(READINGS_SQL, params)
