@@ -53,3 +53,10 @@ def test_status_with_nothing_running(tmp_path: Path) -> None:
     result = run("--state-dir", str(tmp_path / "state"), "stack", "status", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_bad_parameter_inside_a_command_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("--state-dir", str(tmp_path), "stack", "logs", "nope", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no log for nope" in result.stderr
+    assert "Traceback" not in result.stderr

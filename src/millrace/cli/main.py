@@ -10,6 +10,7 @@ from typing import Annotated
 
 import click
 import typer
+from typer._click.exceptions import ClickException as TyperClickException
 from rich.logging import RichHandler
 
 from millrace import __version__
@@ -109,10 +110,10 @@ _register()
 def main() -> None:
     try:
         result = app(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("[red]aborted[/]")
         sys.exit(130)
-    except click.ClickException as exc:
+    except (click.ClickException, TyperClickException) as exc:  # typer vendors its own click
         exc.show()
         sys.exit(exc.exit_code)
     except ConfigError as exc:
