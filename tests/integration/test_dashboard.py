@@ -137,11 +137,11 @@ def test_dashboard_live(live: tuple[Settings, str, SqliteStore], page: Any) -> N
     assert producer.flush(30) == 0
 
     row = page.locator('#alerts tr[data-alert-id="al-live"]')
-    expect(row).to_have_class("alert-new", timeout=5_000)
+    expect(row).to_have_class("alert-new", timeout=8_000)
     expect(page.locator('#data-table tr[data-sensor-id="dev-0001-temperature"]')).to_have_class(
-        "anomaly", timeout=5_000
+        "anomaly", timeout=8_000
     )
-    wait_for(lambda: page.evaluate(SERIES_POINTS)[-1] == ["anomaly", 2], timeout_s=5, what="the live anomaly")
+    wait_for(lambda: page.evaluate(SERIES_POINTS)[-1] == ["anomaly", 2], timeout_s=8, what="the live anomaly")
     expect(page.locator('[data-cell="loc-01|temperature"]')).to_have_class("num anomaly")
     # a prediction as the job sends it (no value): the page fetches the stored reading it refers to
     later = T0 + timedelta(seconds=40)
