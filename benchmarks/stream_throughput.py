@@ -48,6 +48,18 @@ def memory_mb() -> float:
     return total / 2**20
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and all its children (the Spark JVM, its Python workers)."""
+    me = psutil.Process()
+    times = me.cpu_times()
+    total = times.user + times.system
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            t = child.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def settings_for(root: Path, kafka_port: int, controller_port: int, name: str, max_offsets: int) -> Settings:
     return load_settings(
         state_dir=root / name,
@@ -70,10 +82,12 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
             break
     producer.flush(120)
     batches: list[tuple[float, BatchStats]] = []
+    cpu: list[float] = []
     peak = [0.0]
 
     def on_batch(stats: BatchStats) -> None:
         batches.append((time.monotonic(), stats))
+        cpu.append(cpu_seconds())
         peak[0] = max(peak[0], memory_mb())
 
     started = time.monotonic()
@@ -83,6 +97,15 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
     span = with_input[-1][0] - first_start
     steady = with_input[1:] if len(with_input) > 2 else with_input  # the first batch pays worker start-up
     steady_span = sum(s.duration_s for _, s in steady)
+    # CPU per reading over the batches after the first (worker start-up excluded): holds up on a busy machine,
+    # where wall-clock rates mostly measure the other tenants.
+    idx = [i for i, (_, s) in enumerate(batches) if s.input_rows]
+    cpu_rows = sum(batches[i][1].input_rows for i in idx[1:])
+    cpu_used = cpu[idx[-1]] - cpu[idx[0]] if len(idx) > 1 else float("nan")
+    stage_s = {
+        "collect": round(sum(s.collect_s for _, s in steady), 1),
+        "write": round(sum(s.duration_s - s.collect_s for _, s in steady), 1),
+    }
     return {
         "readings": result.input_rows,
         "devices": devices,
@@ -95,6 +118,9 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
         "batch_s": [round(s.duration_s, 2) for _, s in with_input],
         "batch_rows": [s.input_rows for _, s in with_input],
         "peak_memory_mb": round(peak[0], 0),
+        "cpu_s_per_1000_readings": round(1000 * cpu_used / cpu_rows, 3) if cpu_rows else None,
+        "readings_per_cpu_s": round(cpu_rows / cpu_used, 0) if cpu_rows else None,
+        "steady_stage_s": stage_s,
     }
 
 
