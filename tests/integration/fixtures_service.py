@@ -17,6 +17,7 @@ from millrace.config import Settings, TopicSettings
 from millrace.kafka.admin import admin_client, apply_topics
 from millrace.kafka.topics import declared_topics
 from millrace.runtime.process import free_port
+from millrace.stores.base import Store
 from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique, wait_for
 
@@ -180,6 +181,12 @@ def window_rows() -> pd.DataFrame:
 
 def seeded_store(path: Path) -> SqliteStore:
     store = SqliteStore(path)
+    seed(store)
+    return store
+
+
+def seed(store: Store) -> None:
+    """Write the test data set into any Store backend."""
     store.upsert_readings(reading_rows())
     store.upsert_windows(window_rows())
     store.upsert_alerts(alert_rows())
@@ -200,4 +207,3 @@ def seeded_store(path: Path) -> SqliteStore:
             for s, d, t, loc, _u, _b in SENSORS
         ]
     )
-    return store

@@ -9,13 +9,16 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from millrace.config import Settings
+from millrace.config import Settings, load_settings
 from millrace.kafka.consumer import make_consumer
 from millrace.kafka.producer import make_producer
+from millrace.runtime.mongodb import mongodb_spec
+from millrace.runtime.process import ProcessManager, free_port
 from millrace.services.app import create_app
+from millrace.stores.base import Store
 from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique, wait_for
-from tests.integration.fixtures_service import READINGS_PER_SENSOR, seeded_store
+from tests.integration.fixtures_service import READINGS_PER_SENSOR, seed, seeded_store
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +26,38 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteStore]:
-    store = seeded_store(Path(tmp_path_factory.mktemp("api")) / "millrace.db")
-    yield store
-    store.close()
+def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB-wire server (FerretDB or mongod) on a free port, started like ``stack up --with mongodb``."""
+    state = tmp_path_factory.mktemp("api-mongo")
+    uri = f"mongodb://127.0.0.1:{free_port()}"
+    settings = load_settings(state_dir=state, store={"backend": "mongodb", "mongodb_uri": uri})
+    manager = ProcessManager(state)
+    manager.start(mongodb_spec(settings))
+    try:
+        yield uri
+    finally:
+        manager.stop("mongodb")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mongodb"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """The seeded store, once per backend: every REST test runs against SQLite and a real MongoDB server."""
+    if request.param == "sqlite":
+        sqlite = seeded_store(Path(tmp_path_factory.mktemp("api")) / "millrace.db")
+        yield sqlite
+        sqlite.close()
+        return
+    from millrace.stores.mongo import MongoStore
+
+    mongo = MongoStore(request.getfixturevalue("mongodb_uri"), unique("api"))
+    seed(mongo)
+    yield mongo
+    mongo.drop()
+    mongo.close()
 
 
 @pytest.fixture(scope="module")
-def client(settings: Settings, store: SqliteStore) -> Iterator[TestClient]:
+def client(settings: Settings, store: Store) -> Iterator[TestClient]:
     with TestClient(create_app(settings, store=store, live=False)) as client:
         yield client
 
@@ -149,7 +176,7 @@ def test_alert_filters(client: TestClient) -> None:
     _problem(client.get("/api/alerts/al-404"), 404)
 
 
-def test_alert_lifecycle(client: TestClient, store: SqliteStore) -> None:
+def test_alert_lifecycle(client: TestClient, store: Store) -> None:
     ack = client.post("/api/alerts/al-2/acknowledge", json={"by": "ops-ana", "note": "looking"})
     assert ack.status_code == 200, ack.text
     assert ack.json()["status"] == "acknowledged"
@@ -191,16 +218,25 @@ def test_openapi_and_unknown_route(client: TestClient) -> None:
 # ---- Kafka cluster view (real broker) ----
 
 
-def test_brokers(client: TestClient, settings: Settings) -> None:
-    body = client.get("/api/kafka/brokers").json()
+@pytest.fixture(scope="module")
+def kafka_client(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The cluster view does not read the store: one client with an empty SQLite store is enough."""
+    empty = SqliteStore(Path(tmp_path_factory.mktemp("api-kafka")) / "millrace.db")
+    with TestClient(create_app(settings, store=empty, live=False)) as kafka_client:
+        yield kafka_client
+    empty.close()
+
+
+def test_brokers(kafka_client: TestClient, settings: Settings) -> None:
+    body = kafka_client.get("/api/kafka/brokers").json()
     port = settings.runtime.kafka_port
     assert [(b["id"], b["host"], b["port"]) for b in body["brokers"]] == [(1, "127.0.0.1", port)]
     assert body["cluster_id"] and body["controller_id"] in (1, -1, None)
 
 
-def test_create_topic_validation(client: TestClient) -> None:
+def test_create_topic_validation(kafka_client: TestClient) -> None:
     name = unique("millrace.test.api")
-    created = client.post(
+    created = kafka_client.post(
         "/api/kafka/topics",
         json={"name": name, "partitions": 3, "replication_factor": 1, "configs": {"retention.ms": "3600000"}},
     )
@@ -218,39 +254,46 @@ def test_create_topic_validation(client: TestClient) -> None:
         (1, 1, [1]),
         (2, 1, [1]),
     ]
-    assert _problem(client.post("/api/kafka/topics", json={"name": name}), 409)["detail"].endswith("already exists")
-    _problem(client.post("/api/kafka/topics", json={"name": "bad name!"}), 422)
-    _problem(client.post("/api/kafka/topics", json={"name": unique("t"), "partitions": 0}), 422)
-    _problem(client.post("/api/kafka/topics", json={"name": unique("t"), "partitions": 101}), 422)
-    body = _problem(client.post("/api/kafka/topics", json={"name": unique("t"), "replication_factor": 2}), 422)
+    assert _problem(kafka_client.post("/api/kafka/topics", json={"name": name}), 409)["detail"].endswith(
+        "already exists"
+    )
+    _problem(kafka_client.post("/api/kafka/topics", json={"name": "bad name!"}), 422)
+    _problem(kafka_client.post("/api/kafka/topics", json={"name": unique("t"), "partitions": 0}), 422)
+    _problem(kafka_client.post("/api/kafka/topics", json={"name": unique("t"), "partitions": 101}), 422)
+    body = _problem(kafka_client.post("/api/kafka/topics", json={"name": unique("t"), "replication_factor": 2}), 422)
     assert "number of brokers (1)" in body["detail"]
-    _problem(client.post("/api/kafka/topics", json={"name": unique("t"), "configs": {"retention.ms": "soon"}}), 422)
-    listed = {t["name"]: t for t in client.get("/api/kafka/topics").json()["topics"]}
+    _problem(
+        kafka_client.post("/api/kafka/topics", json={"name": unique("t"), "configs": {"retention.ms": "soon"}}), 422
+    )
+    listed = {t["name"]: t for t in kafka_client.get("/api/kafka/topics").json()["topics"]}
     assert listed[name]["partition_count"] == 3 and not any(n.startswith("__") for n in listed)
-    _problem(client.get(f"/api/kafka/topics/{unique('missing')}"), 404)
+    _problem(kafka_client.get(f"/api/kafka/topics/{unique('missing')}"), 404)
 
 
-def test_topic_messages_groups_and_lag(client: TestClient, settings: Settings) -> None:
+def test_topic_messages_groups_and_lag(kafka_client: TestClient, settings: Settings) -> None:
     name = unique("millrace.test.browse")
-    assert client.post("/api/kafka/topics", json={"name": name, "partitions": 1}).status_code == 201
+    assert kafka_client.post("/api/kafka/topics", json={"name": name, "partitions": 1}).status_code == 201
     producer = make_producer(settings.kafka.client_config())
     for i in range(5):
         producer.produce(name, orjson.dumps({"n": i}), key=f"k{i}")
     producer.produce(name, b"\xff\xfe binary", key="bin")
     assert producer.flush(30) == 0
 
-    body = client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 3}).json()
+    body = kafka_client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 3}).json()
     assert [(m["offset"], m["key"], m["value"], m["format"]) for m in body["messages"]] == [
         (5, "bin", "//4gYmluYXJ5", "base64"),
         (4, "k4", {"n": 4}, "json"),
         (3, "k3", {"n": 3}, "json"),
     ]
     assert all(m["partition"] == 0 and m["timestamp"].endswith("Z") for m in body["messages"])
-    assert client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 100}).json()["messages"][-1]["offset"] == 0
-    _problem(client.get(f"/api/kafka/topics/{name}/messages", params={"partition": 7}), 404)
-    _problem(client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 501}), 422)
+    assert (
+        kafka_client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 100}).json()["messages"][-1]["offset"]
+        == 0
+    )
+    _problem(kafka_client.get(f"/api/kafka/topics/{name}/messages", params={"partition": 7}), 404)
+    _problem(kafka_client.get(f"/api/kafka/topics/{name}/messages", params={"limit": 501}), 422)
 
-    info = client.get(f"/api/kafka/topics/{name}").json()
+    info = kafka_client.get(f"/api/kafka/topics/{name}").json()
     assert info["messages"] == 6 and info["partitions"][0]["high"] == 6
     assert info["size_bytes"] is not None and info["size_bytes"] > 0  # from the local broker's log dir
 
@@ -264,16 +307,16 @@ def test_topic_messages_groups_and_lag(client: TestClient, settings: Settings) -
         what="two messages",
     )
     consumer.commit(message=seen[1], asynchronous=False)  # committed offset 2 → lag 4
-    groups = {g["group_id"]: g for g in client.get("/api/kafka/groups").json()["groups"]}
+    groups = {g["group_id"]: g for g in kafka_client.get("/api/kafka/groups").json()["groups"]}
     assert groups[group_id]["offsets"] == [{"topic": name, "partition": 0, "committed": 2, "high": 6, "lag": 4}]
-    one = client.get(f"/api/kafka/groups/{group_id}").json()
+    one = kafka_client.get(f"/api/kafka/groups/{group_id}").json()
     assert one["lag"] == 4 and one["state"] == "STABLE" and len(one["members"]) == 1
     assert one["members"][0]["assignment"] == [f"{name}[0]"]
     consumer.close()
-    _problem(client.get(f"/api/kafka/groups/{unique('nobody')}"), 404)
+    _problem(kafka_client.get(f"/api/kafka/groups/{unique('nobody')}"), 404)
 
 
-def test_promoted_model_and_importance(settings: Settings, store: SqliteStore, tmp_path: Path) -> None:
+def test_promoted_model_and_importance(settings: Settings, store: Store, tmp_path: Path) -> None:
     registry = pytest.importorskip("millrace.ml.registry")
     own = settings.model_copy(update={"state_dir": tmp_path})  # a registry of this test's own
     root = registry.registry_root(own)
