@@ -22,7 +22,10 @@ from millrace.kafka.admin import apply_topics
 from millrace.kafka.consumer import make_consumer
 from millrace.kafka.producer import make_producer
 from millrace.kafka.topics import declared_topics
+from millrace.runtime.mongodb import mongodb_spec
+from millrace.runtime.process import ProcessManager, free_port
 from millrace.runtime.stack import Stack
+from millrace.stores.factory import open_store
 from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique, wait_for
 
@@ -35,8 +38,8 @@ FAULTS = {"duplicate": 0.02, "out_of_order": 0.02, "late": 0.01, "malformed": 0.
 def job_settings(base: Settings, tmp: Path) -> Settings:
     """The broker of the session; fresh topics, state dir and store for one test."""
     prefix = unique("proc")
-    topics = TopicSettings(**{name: f"{prefix}.{name}" for name in (
-        "readings", "dead_letter", "alerts", "predictions", "windowed_metrics", "quality", "device_commands")})  # fmt: skip
+    names = ("readings", "dead_letter", "alerts", "predictions", "windowed_metrics", "quality", "device_commands")
+    topics = TopicSettings(**{name: f"{prefix}.{name}" for name in names})
     apply_topics(base.kafka.client_config(), declared_topics(topics))
     spark = base.spark.model_copy(update={"driver_memory": "1g", "max_offsets_per_trigger": 4000})
     store = base.store.model_copy(update={"sqlite_path": tmp / "store.db"})
@@ -100,7 +103,7 @@ class Expected:
 
 
 def stored_frame(s: Settings) -> pd.DataFrame:
-    store = SqliteStore(s.sqlite_path)
+    store = open_store(s)
     try:
         rows = [r for sid in {x["sensor_id"] for x in store.sensor_status()} for r in store.readings(sid, limit=10**6)]
     finally:
@@ -135,7 +138,7 @@ def check_store(s: Settings, expected: Expected) -> pd.DataFrame:
     assert len(measured) == len(expected.stored)
     assert set(zip(measured["sensor_id"], measured["ts_ms"], strict=True)) == expected.stored
     assert not frame.duplicated(["sensor_id", "ts_ms"]).any()
-    store = SqliteStore(s.sqlite_path)
+    store = open_store(s)
     try:
         # Windows are exact: each equals the readings stored in it, whatever batches or replays built it.
         windows = pd.DataFrame(store.windows(scope="sensor", limit=10**6))
@@ -158,10 +161,38 @@ def job(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     yield job_settings(settings, tmp_path)
 
 
-def test_every_fault_kind_lands_where_it_should(job: Settings, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB-wire server (FerretDB, or mongod when installed), as `stack up --with mongodb` starts it."""
+    from millrace.config import load_settings
+
+    uri = f"mongodb://127.0.0.1:{free_port()}"
+    settings = load_settings(
+        state_dir=tmp_path_factory.mktemp("mongo"), store={"backend": "mongodb", "mongodb_uri": uri}
+    )
+    manager = ProcessManager(settings.state_dir)
+    manager.start(mongodb_spec(settings))
+    try:
+        yield uri
+    finally:
+        manager.stop("mongodb")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongodb"])
+def test_every_fault_kind_lands_where_it_should(
+    job: Settings, backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     from millrace.processing.job import default_options, run
 
-    messages = simulate(3, 300, seed=11)
+    if backend == "mongodb":
+        uri = request.getfixturevalue("mongo_uri")
+        store_cfg = job.store.model_copy(
+            update={"backend": "mongodb", "mongodb_uri": uri, "mongodb_database": unique("p")}
+        )
+        job = job.model_copy(update={"store": store_cfg})
+
+    # FerretDB (the MongoDB-wire server available here) upserts one document at a time: a smaller fleet.
+    messages = simulate(3, 300, seed=11) if backend == "sqlite" else simulate(1, 300, seed=11)
     kinds = Counter(m.kind for m in messages)
     assert all(kinds[f"fault:{name}"] > 0 for name in FAULTS), kinds
     produce(job, messages)
@@ -170,13 +201,13 @@ def test_every_fault_kind_lands_where_it_should(job: Settings, tmp_path: Path) -
     assert result.input_rows == len(messages)
 
     check_store(job, expected)
-    store = SqliteStore(job.sqlite_path)
+    store = open_store(job)
     quality = store.quality_totals()
     statuses = store.sensor_status()
     store.close()
     assert quality["late"] == expected.late and quality["duplicates"] == expected.duplicates
     assert quality["invalid"] == expected.dead and quality["valid"] == len(expected.stored)
-    assert len(statuses) == 18
+    assert len(statuses) == (18 if backend == "sqlite" else 6)
     dead = count_topic(job, job.topics.dead_letter, expected.dead + expected.late)
     assert Counter(d["reason"] == "late" for d in dead) == Counter({True: expected.late, False: expected.dead})
     faulty = {m.value.decode("utf-8", "replace") for m in messages if m.kind in DEAD_KINDS}
