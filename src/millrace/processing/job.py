@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -152,8 +153,9 @@ def run(
         while True:
             query = start_query(spark, settings, options, writer)
             reason = _watch(query, writer, started, duration_s, until_idle_s, should_stop)
-            if reason != "failed":
-                stop_gracefully(query, writer)
+            if reason != "failed" or should_stop():  # Ctrl-C also reaches the JVM: no restart then
+                with contextlib.suppress(Exception):
+                    stop_gracefully(query, writer)
                 break
             error = query.exception()
             failures += 1
