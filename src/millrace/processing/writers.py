@@ -88,6 +88,8 @@ class BatchWriter:
             self.on_batch(stats)
 
     def write(self, out: pd.DataFrame, batch_id: int) -> BatchStats:
+        if out.empty:  # a no-data batch (run for timeouts) that changed nothing: nothing to record or send
+            return BatchStats(batch_id, 0, 0, 0, 0, 0, 0, 0.0, 0.0, {"input": 0})
         kind = out["out"] if len(out) else pd.Series(dtype=object)
         readings = out[kind == "reading"]
         alerts = [orjson.loads(p) for p in out.loc[kind == "alert", "payload"]]
