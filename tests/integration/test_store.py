@@ -360,8 +360,10 @@ def test_retention_deletes_only_old_rows(store: Store) -> None:
     assert store.alert_events("old") == []
     assert [w["window_start"] for w in store.windows()] == [new]
     assert [s["sensor_id"] for s in store.sensor_status()] == ["s-new"]
+    assert [r["timestamp"] for r in store.latest_readings()] == [new + timedelta(seconds=2)]
     again = store.apply_retention(now, 7.0, per_collection={"sensor_metrics": 0.5})
     assert again["sensor_metrics"] == 3 and again["anomaly_alerts"] == 0
+    assert store.latest_readings() == []
     with pytest.raises(KeyError):
         store.apply_retention(now, 7.0, per_collection={"nope": 1.0})
 

@@ -39,6 +39,7 @@ BATCH = 5000  # operations per bulk_write: keeps each command well under the 48 
 # FerretDB 1.x keeps a pooled SQLite connection open for every matched update until the whole command ends
 # (100 connections at most), so a command with ~100 updates of existing documents deadlocks: send less.
 FERRETDB_BATCH = 50
+LATEST = "sensor_latest"  # internal: sensor_id -> newest event time (epoch ms) stored in sensor_metrics
 
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
     "sensor_metrics": [
@@ -160,6 +161,14 @@ class MongoStore:
             for doc, key_ms in zip(_records(cols, READING_COLUMNS), ms, strict=True)
         ]
         self._bulk("sensor_metrics", ops, ordered=False)
+        # The newest event time per sensor, moved only forward ($max): latest_readings() reads these
+        # markers and then fetches by _id, instead of a sorted query per sensor.
+        newest: dict[str, int] = {}
+        for sensor_id, key_ms in zip(cols["sensor_id"], ms, strict=True):
+            if key_ms > newest.get(sensor_id, key_ms - 1):
+                newest[sensor_id] = key_ms
+        marks = [UpdateOne({"_id": sid}, {"$max": {"timestamp": t}}, upsert=True) for sid, t in newest.items()]
+        self._bulk(LATEST, marks, ordered=False)
         return len(ops)
 
     def upsert_windows(self, rows: pd.DataFrame) -> int:
@@ -272,12 +281,12 @@ class MongoStore:
 
     def latest_readings(self) -> list[dict[str, Any]]:
         def query(db: Any) -> list[dict[str, Any]]:
-            out = []
-            for sensor_id in sorted(db.sensor_metrics.distinct("sensor_id")):
-                doc = db.sensor_metrics.find_one({"sensor_id": sensor_id}, sort=[("timestamp", DESCENDING)])
-                if doc is not None:
-                    out.append(_reading(doc))
-            return out
+            ids = [f"{m['_id']}|{m['timestamp']}" for m in db[LATEST].find({})]
+            if self._batch == FERRETDB_BATCH:  # FerretDB pushes down only a single _id equality
+                docs = [db.sensor_metrics.find_one({"_id": i}) for i in ids]
+            else:
+                docs = list(db.sensor_metrics.find({"_id": {"$in": ids}}))
+            return sorted((_reading(d) for d in docs if d is not None), key=lambda r: r["sensor_id"])
 
         return self._call("reading the latest readings", query)
 
@@ -356,6 +365,7 @@ class MongoStore:
             for name, cutoff in limits.items():
                 field = convert.RETENTION_FIELDS[name]
                 deleted[name] = db[name].delete_many({field: {"$lt": convert.dt_of(cutoff)}}).deleted_count
+            db[LATEST].delete_many({"timestamp": {"$lt": limits["sensor_metrics"]}})
             deleted["alert_events"] = 0
             for i in range(0, len(old), 1000):
                 chunk = old[i : i + 1000]
