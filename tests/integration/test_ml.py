@@ -72,7 +72,9 @@ def test_train_list_show_promote_explain_evaluate(tmp_path: Path) -> None:
     scores = pd.read_parquet(out)
     assert len(scores) == result["readings"] == len(frame)
     assert int(scores["flag"].sum()) == result["tp"] + result["fp"]
-    missing = millrace(state, "ml", "evaluate", str(path), "--time-column", "timestamp")
+    unlabelled = tmp_path / "unlabelled.csv"
+    wide.drop(columns=["label"]).to_csv(unlabelled, index=False)
+    missing = millrace(state, "ml", "evaluate", str(unlabelled), "--time-column", "timestamp")
     assert missing.returncode == 1 and "no label column" in missing.stderr
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MODEL_FEATURES: tuple[str, ...] = (
     "z", "robust_z", "diff_z", "ref_z", "short_ref_z", "trend_z", "noise_ratio", "stuck_run", "dt_s",
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "mid_ref_z", "trend_long_z",
-    "jump_age", "jump_z", "type_code",
+    "type_code",
 )  # fmt: skip
 TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
 SCORE_COLUMNS = ("score", "is_anomaly", "anomaly_kind", "reason", "top_features")
