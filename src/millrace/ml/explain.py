@@ -28,7 +28,7 @@ def _quality(det: Any, X: np.ndarray, truth: np.ndarray | None, reference: np.nd
 
 def permutation_importance(
     det: Any, X: np.ndarray, truth: np.ndarray | None, *, seed: int = 0, repeats: int = 1
-) -> dict[str, dict[str, float]]:
+) -> dict[str, Any]:
     """{"features": {name: drop}, "sensors": {sensor_type: drop}}, largest first; drops below 0 are 0."""
     rng = np.random.default_rng(seed)
     reference, _ = det.raw(X)

@@ -287,12 +287,12 @@ def _device_step(
     r_values, r_index = np.unique(r, return_inverse=True)
     resid = np.full((nrow, ncol), np.nan)
     for a, b in pairs:
-        blk = np.asarray(blocks[f"{a}|{b}"], dtype=float).reshape(-1, 6)
+        pair_blocks = np.asarray(blocks[f"{a}|{b}"], dtype=float).reshape(-1, 6)
         sums = np.zeros((len(r_values), 6))
         for i, rv in enumerate(r_values):
             lo, hi = max(0, rv - REF_BLOCKS - b0), max(0, rv - b0)
             if hi > lo:
-                sums[i] = blk[lo:hi].sum(axis=0)
+                sums[i] = pair_blocks[lo:hi].sum(axis=0)
         s = sums[r_index]
         n = s[:, 0]
         with np.errstate(invalid="ignore", divide="ignore"):

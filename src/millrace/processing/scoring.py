@@ -151,7 +151,8 @@ class Scorer:
             flagging = comps[:, [0, 3, 4, 5]]
             score = flagging.max(axis=1)
             flag = score >= 1.0
-            kind = np.where(flag, heur_kind, None).astype(object)
+            kind = heur_kind.astype(object)
+            kind[~flag] = None
             # A jump is a spike until the readings before it moved too (then the level moved).
             before = np.abs(SHORT * _col(out, "short_ref_z") - _col(out, "ref_z")) / (SHORT - 1)
             jump = flag & (comps[:, 0] >= 1.0)
@@ -164,11 +165,12 @@ class Scorer:
             if kind_idx is not None and self.detector.classes is not None:
                 kind = np.asarray(self.detector.classes, dtype=object)[kind_idx]
             else:
-                kind = np.where(heur_score >= 1.0, heur_kind, "model").astype(object)
+                kind = np.where(heur_score >= 1.0, heur_kind, "model").astype(object)  # type: ignore[call-overload]
         score = np.where(out_of_range, np.maximum(score, 10.0), score)
         flag = flag | out_of_range
         kind = np.where(out_of_range, "out_of_range", kind)
-        kind = np.where(flag, kind, None)
+        kind = np.asarray(kind, dtype=object)
+        kind[~flag] = None
         reasons = np.full(n, "", dtype=object)
         tops: np.ndarray = np.empty(n, dtype=object)
         tops[:] = [[] for _ in range(n)]
