@@ -143,6 +143,10 @@ class BatchWriter:
             preds = pd.DataFrame({
                 "sensor_id": readings["sensor_id"].to_numpy(),
                 "timestamp": readings["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z",
+                "device_id": readings["device_id"].to_numpy(),
+                "sensor_type": readings["sensor_type"].to_numpy(),
+                "location": readings["location"].to_numpy(),
+                "value": readings["value"].to_numpy(),
                 "score": readings["score"].to_numpy(),
                 "is_anomaly": readings["is_anomaly"].fillna(False).astype(bool).to_numpy(),
                 "anomaly_kind": readings["anomaly_kind"].to_numpy(),
