@@ -33,13 +33,16 @@ DETECTORS: tuple[str, ...] = ("robust_z", "isolation_forest", "mahalanobis", "gr
 UNLABELLED_CHOICE = "mahalanobis"
 MAX_FALSE_ALARM = 0.01
 UNLABELLED_QUANTILE = 0.999
+_FEATURE_INPUTS = ("sensor_id", "device_id", "sensor_type", "location", "timestamp", "value", "interpolated")
 
 
 def featurize(readings: pd.DataFrame, processing: ProcessingSettings) -> pd.DataFrame:
     """Features for a long frame of readings (columns as read_table/simulate_frame give them)."""
     if readings.empty:
         raise DataError("no readings to learn from")
-    frame = readings.copy()
+    # Only what features, labels and outputs use: fewer (string) columns to carry through sorts and copies.
+    keep = [c for c in (*_FEATURE_INPUTS, GROUND_TRUTH_FIELD, "row") if c in readings.columns]
+    frame = readings[keep].copy()
     if "interpolated" not in frame:
         frame["interpolated"] = False
     if "location" not in frame:
