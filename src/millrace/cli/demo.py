@@ -7,6 +7,7 @@ started.
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import threading
@@ -33,7 +34,7 @@ from millrace.runtime.pipeline import (
     process_spec,
     simulator_spec,
 )
-from millrace.runtime.process import ProcessRecord, tail
+from millrace.runtime.process import ProcessRecord, ServerSpec, tail
 from millrace.runtime.stack import Stack
 
 PIPELINE = ("iot-simulate", "iot-process", "api")  # stopped in this order: source first, service last
@@ -76,17 +77,21 @@ def demo(
         with console.status("starting Kafka (the first run downloads it from Maven Central)..."):
             stack.up()
         monitor = _Monitor(settings)
-        if backfill > 0:
-            with console.status(f"producing {backfill:.0f} s of fleet history ({fleet.sensors} sensors)..."):
-                _backfill(settings, state.config_path, fleet, backfill)
-        for spec in (
-            process_spec(settings, state.config_path, "--max-offsets", "20000"),
-            api_spec(settings, state.config_path),
-            simulator_spec(settings, state.config_path, fleet),
-        ):
+
+        def start(spec: ServerSpec) -> None:
             with console.status(f"starting {spec.name}..."):
                 manager.start(spec)
             started.append(spec.name)
+
+        # The Spark job first: its JVM start-up overlaps with producing the history.
+        start(process_spec(settings, state.config_path, "--max-offsets", "20000"))
+        live_start = datetime.now(UTC)
+        if backfill > 0:
+            with console.status(f"producing {backfill:.0f} s of fleet history ({fleet.sensors} sensors)..."):
+                live_start = _backfill(settings, state.config_path, fleet, backfill)
+        start(api_spec(settings, state.config_path))
+        # The live stream continues the history's event time without a gap (it runs at the wall-clock pace).
+        start(simulator_spec(settings, state.config_path, fleet, start=to_iso(live_start)))
         url = api_url(settings)
         console.print(f"[bold green]dashboard:[/] {url}/   API docs: {url}/docs   (Ctrl-C to stop)")
         # --duration counts from the first stored reading: Spark's start-up time varies a lot with the machine.
@@ -130,23 +135,16 @@ def demo(
             raise MillraceError(f"the pipeline stored no readings; see {manager.log_path('iot-process')}")
 
 
-def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds: float) -> None:
+def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds: float) -> datetime:
+    """Produce ``seconds`` of history ending now; returns the event time where the history ends."""
     start = datetime.now(UTC) - timedelta(seconds=seconds)
-    argv = millrace_argv(
-        settings,
-        config_path,
-        "iot",
-        "simulate",
-        *fleet.args(),
-        "--duration",
-        str(seconds),
-        "--start",
-        to_iso(start),
-        "--json",
-    )
+    steps = max(1, math.ceil(seconds / fleet.interval_s))
+    argv = millrace_argv(settings, config_path, "iot", "simulate", *fleet.args(), "--duration", str(seconds),
+                         "--start", to_iso(start), "--json")  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         raise MillraceError(f"the history simulator failed: {result.stderr.strip()[-500:]}")
+    return start + timedelta(seconds=steps * fleet.interval_s)
 
 
 def _stop_pipeline(stack: Stack, started: list[str]) -> None:

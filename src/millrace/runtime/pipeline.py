@@ -87,19 +87,15 @@ def process_spec(settings: Settings, config_path: Path | None, *extra: str) -> S
     return _spec(settings, "iot-process", argv, ports={}, ready=lambda: True, stop_timeout_s=90.0, term_group=False)
 
 
-def simulator_spec(settings: Settings, config_path: Path | None, fleet: FleetOptions) -> ServerSpec:
-    """The live simulator: real-time event time, unbounded, anomalies on."""
-    argv = millrace_argv(
-        settings,
-        config_path,
-        "iot",
-        "simulate",
-        *fleet.args(),
-        "--rate",
-        str(fleet.live_rate),
-        "--forever",
-        "--quiet",
-    )
+def simulator_spec(
+    settings: Settings, config_path: Path | None, fleet: FleetOptions, *, start: str | None = None
+) -> ServerSpec:
+    """The live simulator: unbounded, anomalies on, at the wall-clock pace; event time from ``start``
+    (ISO 8601, default now)."""
+    args = [*fleet.args(), "--rate", str(fleet.live_rate), "--forever", "--quiet"]
+    if start is not None:
+        args += ["--start", start]
+    argv = millrace_argv(settings, config_path, "iot", "simulate", *args)
     return _spec(settings, "iot-simulate", argv, ports={}, ready=lambda: True)
 
 
