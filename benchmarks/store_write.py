@@ -1,14 +1,21 @@
-"""Benchmark of the store: bulk upserts of readings (new keys, then the same keys again) and the reads the
-dashboard makes, for SQLite and for MongoDB.
+"""Benchmark of the store: bulk upserts of readings and windows as the streaming job sends them (new keys,
+then the same keys again), and the reads the dashboard makes, for SQLite and for MongoDB.
 
-    .venv/bin/python benchmarks/store_write.py [--backend sqlite|mongodb] [--rows 50000] [--sensors 60]
-        [--repeat 5] [--mongodb-uri mongodb://...]
+    .venv/bin/python benchmarks/store_write.py [--backend sqlite|mongodb] [--rows 10000 40000]
+        [--sensors 120] [--repeat 5] [--mongodb-uri mongodb://...]
+
+The readings frame is built the way the job's foreachBatch writer gets it: an Arrow batch in the stateful
+step's output schema (8-feature JSON text per reading, a few alert rows mixed in) converted by pyspark's
+own Arrow-to-pandas code (plain ``Table.to_pandas`` when pyspark is not installed), filtered to the
+readings and given ``ingested_at`` as the writer does. So the store sees pandas' Arrow-backed ``str``
+columns, object-dtype booleans and float-dtype Kafka offsets, not a tidy hand-made frame.
 
 SQLite runs on a temp file. MongoDB uses ``--mongodb-uri`` when given, otherwise starts the local
 MongoDB-wire server through millrace.runtime (a real mongod if installed, else FerretDB) on a free port.
-Each repeat writes a fresh batch of ``--rows`` readings (new keys), then the same batch again (every row an
-update), into a store that keeps growing; the median and the best of the repeats are reported. The load
-average is printed because the machine is shared.
+Per batch size, each repeat writes a fresh batch (new keys), then the same batch again (every row an
+update), into a store that keeps growing; medians over the repeats are reported, as wall time and as the
+CPU time of this process (SQLite works in-process, so CPU time is what the call costs on an idle core —
+the number that holds up on a shared machine). The load average is printed next to them.
 """
 
 from __future__ import annotations
@@ -18,52 +25,115 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from millrace.config import load_settings
 from millrace.records import SENSOR_TYPES
 from millrace.runtime.mongodb import mongodb_spec
 from millrace.runtime.process import ProcessManager, free_port
-from millrace.stores.base import Store
+from millrace.stores.base import WINDOW_COLUMNS, Store
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+STORED_FEATURES = ("dt_s", "rate", "roll_mean", "roll_std", "z", "robust_z", "dev_max_abs_z", "pair_resid_z")
+ALERT_ROWS = 20  # non-reading rows of the step output mixed into every batch
 
 
-def batch(rows: int, sensors: int, start: datetime) -> pd.DataFrame:
-    """``rows`` enriched readings, round-robin over ``sensors`` sensors, one per sensor per second."""
+def _step_output_schema() -> Any:
+    from millrace.processing.schema import STEP_OUTPUT
+
+    return STEP_OUTPUT
+
+
+def job_frame(rows: int, sensors: int, start: datetime) -> pd.DataFrame:
+    """``rows`` scored readings as the writer passes them to ``upsert_readings``: round-robin over
+    ``sensors`` sensors, one reading per sensor per second from ``start``."""
     rng = np.random.default_rng(rows + sensors)
     idx = np.arange(rows)
-    devices = [f"dev-{d:04d}" for d in range(sensors // len(SENSOR_TYPES) + 1)]
-    sensor_ids = [f"{devices[s // len(SENSOR_TYPES)]}-{SENSOR_TYPES[s % len(SENSOR_TYPES)]}" for s in range(sensors)]
-    sid = np.array(sensor_ids, dtype=object)[idx % sensors]
-    return pd.DataFrame(
-        {
-            "sensor_id": sid,
-            "device_id": [s.rsplit("-", 1)[0] for s in sid],
-            "sensor_type": [s.rsplit("-", 1)[1] for s in sid],
-            "location": np.array(["loc-01", "loc-02", "loc-03"], dtype=object)[idx % 3],
-            "unit": "u",
-            "timestamp": pd.Timestamp(start) + pd.to_timedelta(idx // sensors, unit="s"),
-            "value": rng.normal(20.0, 2.0, rows),
-            "status": "ok",
-            "interpolated": False,
-            "score": rng.random(rows),
-            "is_anomaly": rng.random(rows) < 0.01,
-            "anomaly_kind": None,
-            "features": '{"rolling_mean": 20.1, "robust_z": 0.3}',
-            "ground_truth": "normal",
-            "kafka_partition": idx % 3,
-            "kafka_offset": idx,
-            "ingested_at": pd.Timestamp.now(tz="UTC"),
-        }
+    per_device = len(SENSOR_TYPES)
+    sensor_ids = np.array(
+        [f"dev-{s // per_device:04d}-{SENSOR_TYPES[s % per_device]}" for s in range(sensors)], dtype=object
     )
+    sid = sensor_ids[idx % sensors]
+    start_ms = int(start.timestamp() * 1000)
+    features = pd.DataFrame(rng.normal(0.0, 1.0, (rows, len(STORED_FEATURES))).round(6), columns=list(STORED_FEATURES))
+    features_json = features.to_json(orient="records", lines=True).rstrip("\n").split("\n")
+    is_anomaly = rng.random(rows) < 0.01
+
+    def pad(values: Any, fill: Any = None) -> list[Any]:
+        return list(values) + [fill] * ALERT_ROWS
+
+    columns: dict[str, Any] = {
+        "out": ["reading"] * rows + ["alert"] * ALERT_ROWS,
+        "sensor_id": pad(sid),
+        "device_id": pad(s.rsplit("-", 1)[0] for s in sid),
+        "sensor_type": pad(s.rsplit("-", 1)[1] for s in sid),
+        "location": pad(np.array(["loc-01", "loc-02", "loc-03"], dtype=object)[(idx // per_device) % 3]),
+        "unit": pad(["u"] * rows),
+        "status": pad(["ok"] * rows),
+        "timestamp": pa.array(pad((start_ms + (idx // sensors) * 1000).tolist()), pa.int64())
+        .cast(pa.timestamp("ms", tz="UTC"))
+        .cast(pa.timestamp("us", tz="UTC")),
+        "value": pad(rng.normal(20.0, 2.0, rows).tolist()),
+        "interpolated": pad([False] * rows),
+        "score": pad(rng.random(rows).tolist()),
+        "is_anomaly": pad(is_anomaly.tolist()),
+        "anomaly_kind": pad(np.where(is_anomaly, "statistical", None).tolist()),
+        "features": pad(features_json),
+        "ground_truth": pad(["normal"] * rows),
+        "kafka_partition": pad((idx % 3).tolist()),
+        "kafka_offset": pad(idx.tolist()),
+        "payload": [None] * rows + ['{"alert_id": "a"}'] * ALERT_ROWS,
+    }
+    try:
+        schema = _step_output_schema()
+        from pyspark.sql.pandas.conversion import _convert_arrow_table_to_pandas
+    except ImportError:
+        table = pa.table(
+            {name: pa.array(values) if isinstance(values, list) else values for name, values in columns.items()}
+        )
+        out = table.to_pandas()
+    else:
+        names = [f.name for f in schema.fields]
+        table = pa.table(
+            [pa.array(columns[n]) if isinstance(columns[n], list) else columns[n] for n in names], names=names
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pyspark warns about pandas 3
+            out = _convert_arrow_table_to_pandas(table, schema, timezone="UTC")
+    readings = out[out["out"] == "reading"]
+    return readings.assign(
+        timestamp=pd.to_datetime(readings["timestamp"], utc=True),
+        ingested_at=pd.Timestamp(time.time(), unit="s", tz="UTC"),
+    )
+
+
+def window_frame(rows: int, start: datetime) -> pd.DataFrame:
+    """``rows`` one-minute windows (per sensor and per type x location) as finish_windows returns them."""
+    rng = np.random.default_rng(rows)
+    idx = np.arange(rows)
+    keys = 1000
+    scope = np.where(idx % keys < 900, "sensor", "type_location").astype(object)
+    key = np.array([f"k-{k:04d}" for k in range(keys)], dtype=object)[idx % keys]
+    window_start = pd.Timestamp(start) + pd.to_timedelta((idx // keys) * 60, unit="s")
+    frame = pd.DataFrame(
+        {
+            "scope": scope, "key": key, "sensor_type": "temperature", "location": "loc-01",
+            "window_start": window_start, "window_end": window_start + pd.Timedelta(seconds=60),
+            "count": rng.integers(1, 60, rows), "mean": rng.normal(20, 2, rows), "min": rng.normal(15, 1, rows),
+            "max": rng.normal(25, 1, rows), "stddev": rng.random(rows), "anomaly_count": rng.integers(0, 3, rows),
+        }
+    )  # fmt: skip
+    return frame[list(WINDOW_COLUMNS)]
 
 
 @contextmanager
@@ -97,54 +167,70 @@ def open_backend(backend: str, mongodb_uri: str | None) -> Iterator[Store]:
                 manager.stop("mongodb")
 
 
-def timed(fn: Callable[[], Any], cpu: list[float] | None = None) -> float:
-    """Wall time of ``fn``; its CPU time in this process is appended to ``cpu`` (for a shared machine, CPU
-    time is what the call would take on an idle core: SQLite works in-process)."""
-    started, started_cpu = time.perf_counter(), time.process_time()
-    fn()
-    if cpu is not None:
-        cpu.append(time.process_time() - started_cpu)
-    return time.perf_counter() - started
+@dataclass
+class Timings:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def run(self, fn: Callable[[], Any]) -> None:
+        started, started_cpu = time.perf_counter(), time.process_time()
+        fn()
+        self.cpu.append(time.process_time() - started_cpu)
+        self.wall.append(time.perf_counter() - started)
+
+    def line(self, name: str, rows: int) -> str:
+        wall, cpu = statistics.median(self.wall), statistics.median(self.cpu)
+        return (
+            f"{name:<30} wall {wall:6.3f} s ({rows / wall:>9,.0f} rows/s)   "
+            f"CPU {cpu:6.3f} s ({rows / cpu:>9,.0f} rows/s, {cpu / rows * 1000 * 1000:5.2f} ms per 1,000 rows)"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backend", choices=("sqlite", "mongodb"), default="sqlite")
-    parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--sensors", type=int, default=60)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 40_000])
+    parser.add_argument("--sensors", type=int, default=120, help="20 devices x 6 types, as the stream benchmark")
+    parser.add_argument("--windows", type=int, default=10_000, help="rows per upsert_windows batch (0: skip)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--mongodb-uri", default=None)
     args = parser.parse_args()
 
-    inserts: list[float] = []
-    updates: list[float] = []
-    inserts_cpu: list[float] = []
-    updates_cpu: list[float] = []
-    with open_backend(args.backend, args.mongodb_uri) as store:
-        for r in range(args.repeat):
-            frame = batch(args.rows, args.sensors, T0 + timedelta(days=r))
-            inserts.append(timed(lambda f=frame: store.upsert_readings(f), inserts_cpu))
-            updates.append(timed(lambda f=frame: store.upsert_readings(f), updates_cpu))
-        total = store.count("sensor_metrics")
-        assert total == args.rows * args.repeat, (total, args.rows * args.repeat)
-        sensor = store.latest_readings()[0]["sensor_id"]
-        latest = [timed(store.latest_readings) for _ in range(5)]
-        page = [timed(lambda: store.readings(sensor, start=T0 + timedelta(days=1), limit=500)) for _ in range(5)]
-
-    def line(name: str, values: list[float], cpu: list[float], rows: int) -> str:
-        med, best, med_cpu = statistics.median(values), min(values), statistics.median(cpu)
-        return (
-            f"{name:<22} median {med:7.3f} s ({rows / med:>9,.0f} rows/s)   best {best:7.3f} s   "
-            f"client CPU median {med_cpu:6.3f} s"
-        )
-
     load = os.getloadavg()
-    print(f"backend {args.backend}; {args.rows:,} readings x {args.repeat} batches over {args.sensors} sensors")
-    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
-    print(line("upsert (new keys)", inserts, inserts_cpu, args.rows))
-    print(line("upsert (same keys)", updates, updates_cpu, args.rows))
-    print(f"{'latest_readings':<22} median {statistics.median(latest) * 1000:7.1f} ms over {total:,} stored rows")
-    print(f"{'readings page (500)':<22} median {statistics.median(page) * 1000:7.1f} ms")
+    print(f"backend {args.backend}; readings over {args.sensors} sensors, {args.repeat} repeats per size")
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs at start")
+    with open_backend(args.backend, args.mongodb_uri) as store:
+        day = 0
+        expected = 0
+        for rows in args.rows:
+            inserts, updates = Timings(), Timings()
+            for _ in range(args.repeat):
+                frame = job_frame(rows, args.sensors, T0 + timedelta(days=day))
+                day += 1
+                inserts.run(lambda f=frame: store.upsert_readings(f))
+                updates.run(lambda f=frame: store.upsert_readings(f))
+                expected += rows
+            print(inserts.line(f"readings {rows:,} (new keys)", rows))
+            print(updates.line(f"readings {rows:,} (same keys)", rows))
+        total = store.count("sensor_metrics")
+        assert total == expected, (total, expected)
+        if args.windows:
+            w_inserts, w_updates = Timings(), Timings()
+            for r in range(args.repeat):
+                frame = window_frame(args.windows, T0 + timedelta(days=r))
+                w_inserts.run(lambda f=frame: store.upsert_windows(f))
+                w_updates.run(lambda f=frame: store.upsert_windows(f))
+            print(w_inserts.line(f"windows {args.windows:,} (new keys)", args.windows))
+            print(w_updates.line(f"windows {args.windows:,} (same keys)", args.windows))
+        latest, page = Timings(), Timings()
+        sensor = store.latest_readings()[0]["sensor_id"]
+        for _ in range(5):
+            latest.run(store.latest_readings)
+            page.run(lambda: store.readings(sensor, start=T0 + timedelta(days=1), limit=500))
+    load = os.getloadavg()
+    print(f"{'latest_readings':<30} median {statistics.median(latest.wall) * 1000:7.1f} ms over {total:,} rows")
+    print(f"{'readings page (500)':<30} median {statistics.median(page.wall) * 1000:7.1f} ms")
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end")
 
 
 if __name__ == "__main__":
