@@ -50,14 +50,22 @@ def memory_mb() -> float:
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process and all its children (the Spark JVM, its Python workers)."""
+    return sum(cpu_by_part().values())
+
+
+def cpu_by_part() -> dict[str, float]:
+    """CPU seconds so far of the driver (this Python process: writer, store, Kafka output), the Spark JVM and
+    the Python workers (the stateful step). Children that exited are counted by the OS in cpu_times().children*.
+    """
     me = psutil.Process()
     times = me.cpu_times()
-    total = times.user + times.system
+    parts = {"driver": times.user + times.system, "jvm": 0.0, "python_workers": 0.0}
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             t = child.cpu_times()
-            total += t.user + t.system
-    return total
+            part = "jvm" if "java" in child.name() else "python_workers"
+            parts[part] += t.user + t.system
+    return parts
 
 
 def settings_for(root: Path, kafka_port: int, controller_port: int, name: str, max_offsets: int) -> Settings:
@@ -83,11 +91,13 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
     producer.flush(120)
     batches: list[tuple[float, BatchStats]] = []
     cpu: list[float] = []
+    parts: list[dict[str, float]] = []
     peak = [0.0]
 
     def on_batch(stats: BatchStats) -> None:
         batches.append((time.monotonic(), stats))
-        cpu.append(cpu_seconds())
+        parts.append(cpu_by_part())
+        cpu.append(sum(parts[-1].values()))
         peak[0] = max(peak[0], memory_mb())
 
     started = time.monotonic()
@@ -102,6 +112,9 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
     idx = [i for i, (_, s) in enumerate(batches) if s.input_rows]
     cpu_rows = sum(batches[i][1].input_rows for i in idx[1:])
     cpu_used = cpu[idx[-1]] - cpu[idx[0]] if len(idx) > 1 else float("nan")
+    cpu_parts = (
+        {k: round(1000 * (parts[idx[-1]][k] - parts[idx[0]][k]) / cpu_rows, 3) for k in parts[0]} if cpu_rows else {}
+    )
     stage_s = {
         "collect": round(sum(s.collect_s for _, s in steady), 1),
         "write": round(sum(s.duration_s - s.collect_s for _, s in steady), 1),
@@ -120,6 +133,7 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
         "peak_memory_mb": round(peak[0], 0),
         "cpu_s_per_1000_readings": round(1000 * cpu_used / cpu_rows, 3) if cpu_rows else None,
         "readings_per_cpu_s": round(cpu_rows / cpu_used, 0) if cpu_rows else None,
+        "cpu_s_per_1000_by_part": cpu_parts,
         "steady_stage_s": stage_s,
     }
 

@@ -110,6 +110,9 @@ class MqttSettings(BaseModel, frozen=True, extra="forbid"):
 class SparkSettings(BaseModel, frozen=True, extra="forbid"):
     master: str = "local[2]"
     shuffle_partitions: int = Field(default=2, ge=1)
+    # Devices are hashed into this many state buckets; one Python call per bucket and micro-batch (default:
+    # shuffle_partitions). More buckets spread the stateful step over more executor cores on a cluster.
+    state_buckets: int | None = Field(default=None, ge=1)
     trigger_seconds: float = Field(default=1.0, gt=0)
     max_offsets_per_trigger: int = Field(default=200_000, ge=1)
     driver_memory: str = "2g"

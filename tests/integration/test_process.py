@@ -258,3 +258,27 @@ def test_broker_restart_under_the_running_job(job: Settings, stack: Stack, tmp_p
         if proc.poll() is None:
             proc.kill()
     check_store(job, expected)
+
+
+BUCKETS_SCRIPT = """
+import json, sys
+from millrace.config import load_settings
+from millrace.processing.session import build_session
+from millrace.processing.transforms import bucket_labels
+spark = build_session(load_settings(state_dir=sys.argv[1], spark={"driver_memory": "512m"}))
+labels = bucket_labels(spark, 4, 2)
+frame = spark.createDataFrame([(label,) for label in labels], "gkey string").repartition(2, "gkey")
+placed = {row.gkey: row.p for row in frame.selectExpr("gkey", "spark_partition_id() AS p").collect()}
+print(json.dumps({"labels": labels, "placed": placed}))
+"""
+
+
+def test_state_buckets_fall_into_distinct_shuffle_partitions(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
+    done = subprocess.run([sys.executable, "-c", BUCKETS_SCRIPT, str(tmp_path)], capture_output=True, env=env,
+                          timeout=300, check=True)  # fmt: skip
+    result = orjson.loads(done.stdout.strip().splitlines()[-1])
+    labels = result["labels"]
+    assert len(set(labels)) == 4
+    # The shuffle that groups by bucket puts bucket i into partition i mod 2: both cores get work.
+    assert [result["placed"][label] for label in labels] == [0, 1, 0, 1]

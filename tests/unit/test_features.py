@@ -119,3 +119,26 @@ def test_uneven_sensors_gaps_and_late_joiners_give_the_same_numbers() -> None:
     offline = frame_features(frame, cfg, chunk=None)
     for chunk in ("11s", "1min"):
         _same(offline, frame_features(frame, cfg, chunk=chunk))
+
+
+def test_many_devices_at_once_equal_one_device_at_a_time() -> None:
+    from millrace.processing.features import devices_step
+
+    frame = fleet_frame(devices=3, steps=250)
+    frame = frame[~((frame["device_id"] == "dev-0002") & (frame["sensor_id"].str.endswith("humidity")))]
+    cfg = ProcessingSettings()
+    states: dict = {}
+    parts = []
+    keys = frame["timestamp"].dt.floor("40s")
+    for _, chunk in frame.groupby(keys, sort=True):
+        if (chunk["timestamp"] > pd.Timestamp("2026-01-01T00:02:00Z")).all():
+            chunk = chunk[chunk["device_id"] != "dev-0003"]  # a device missing from some batches
+        out, new = devices_step(chunk.sample(frac=1.0, random_state=1), states, cfg)
+        states.update(new)
+        parts.append(out)
+        assert list(out["device_id"]) == sorted(out["device_id"])
+    together = pd.concat(parts, ignore_index=True)
+    expected = frame_features(pd.concat(parts, ignore_index=True)[list(frame.columns)], cfg, chunk=None)
+    order = ["timestamp", "sensor_id"]
+    _same(together.sort_values(order, kind="stable").reset_index(drop=True), expected)
+    assert json.loads(json.dumps(states)) == states

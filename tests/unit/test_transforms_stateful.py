@@ -1,4 +1,4 @@
-"""The per-device stateful step without Spark: a fake GroupState drives stateful.DeviceStep over batches."""
+"""The per-device stateful step without Spark: a fake GroupState drives stateful.StatefulStep over batches."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 
 from millrace.config import load_settings
 from millrace.iot.simulator import FleetConfig, simulate_frame
-from millrace.processing.stateful import DeviceStep
+from millrace.processing.stateful import StatefulStep
 from millrace.processing.transforms import INVALID_GROUP
 
 
 class FakeState:
-    """The parts of pyspark's GroupState that DeviceStep uses."""
+    """The parts of pyspark's GroupState that StatefulStep uses."""
 
     def __init__(self, now_ms: int) -> None:
         self.doc: str | None = None
@@ -66,7 +66,7 @@ def device_frame() -> pd.DataFrame:
     return simulate_frame(cfg, duration_s=120)
 
 
-def run(step: DeviceStep, state: FakeState, key: str, frame: pd.DataFrame) -> pd.DataFrame:
+def run(step: StatefulStep, state: FakeState, key: str, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(list(step((key,), iter([frame]), state)), ignore_index=True)
 
 
@@ -75,7 +75,7 @@ def payloads(out: pd.DataFrame, kind: str) -> list[dict[str, Any]]:
 
 
 def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = DeviceStep(settings, source_topic="t")
+    step = StatefulStep(settings, source_topic="t")
     state = FakeState(now_ms=1_800_000_000_000)
     rows = step_input(device_frame)
     first = rows.iloc[:300]
@@ -96,7 +96,7 @@ def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any,
 
 
 def test_gap_interpolated_and_long_gap_reported(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = DeviceStep(settings, source_topic="t")
+    step = StatefulStep(settings, source_topic="t")
     state = FakeState(now_ms=1_800_000_000_000)
     temp = device_frame[device_frame["sensor_type"] == "temperature"].reset_index(drop=True)
     kept = temp.drop(index=[50, 51, 52]).drop(index=range(70, 80))  # 3 missing (filled), 10 missing (gap)
@@ -109,7 +109,7 @@ def test_gap_interpolated_and_long_gap_reported(settings: Any, device_frame: pd.
 
 
 def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = DeviceStep(settings, source_topic="readings")
+    step = StatefulStep(settings, source_topic="readings")
     state = FakeState(now_ms=1_800_000_000_000)
     temp = device_frame[device_frame["sensor_type"] == "temperature"].reset_index(drop=True)
     rows = step_input(temp)
@@ -120,7 +120,7 @@ def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_f
 
 
 def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> None:
-    step = DeviceStep(settings, source_topic="readings")
+    step = StatefulStep(settings, source_topic="readings")
     frame = pd.DataFrame({
         "gkey": [INVALID_GROUP] * 2, "reason": ["malformed", "out_of_range"], "raw": [b"\xff{oops", b'{"v":1}'],
         "kafka_partition": [2, 1], "kafka_offset": [7, 8],
@@ -135,7 +135,7 @@ def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> 
 
 
 def test_wall_clock_timeout_reports_sensors_inactive(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = DeviceStep(settings, source_topic="t")
+    step = StatefulStep(settings, source_topic="t")
     state = FakeState(now_ms=1_800_000_000_000)
     run(step, state, "dev-0001", step_input(device_frame))
     state.hasTimedOut = True
@@ -143,3 +143,62 @@ def test_wall_clock_timeout_reports_sensors_inactive(settings: Any, device_frame
     statuses = payloads(out, "status")
     assert len(statuses) == 6 and {s["state"] for s in statuses} == {"inactive"}
     assert payloads(out, "quality") == [{"inactive_sensors": 6}]
+
+
+def _fleet(devices: int, seconds: int, anomaly_rate: float = 0.0, seed: int = 11) -> pd.DataFrame:
+    cfg = FleetConfig(devices=devices, seed=seed, anomaly_rate=anomaly_rate,
+                      start=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime())  # fmt: skip
+    return simulate_frame(cfg, duration_s=seconds).sort_values(["timestamp", "sensor_id"]).reset_index(drop=True)
+
+
+def _chunks(frame: pd.DataFrame, seconds: int) -> list[pd.DataFrame]:
+    keys = (frame["timestamp"] - frame["timestamp"].min()).dt.total_seconds() // seconds
+    return [part for _, part in frame.groupby(keys, sort=True)]
+
+
+def test_a_bucket_of_devices_gives_each_device_what_it_gets_alone(settings: Any) -> None:
+    frame = _fleet(devices=3, seconds=900, anomaly_rate=0.3)
+    step = StatefulStep(settings, source_topic="t")
+    together_state = FakeState(now_ms=1_800_000_000_000)
+    together = [run(step, together_state, "b0", step_input(c, first_offset=i * 10_000))
+                for i, c in enumerate(_chunks(frame, 60))]  # fmt: skip
+    alone = []
+    for _, device in frame.groupby("device_id"):
+        state = FakeState(now_ms=1_800_000_000_000)
+        alone += [run(step, state, "b0", step_input(c, first_offset=i * 10_000))
+                  for i, c in enumerate(_chunks(device, 60))]  # fmt: skip
+    a, b = pd.concat(together, ignore_index=True), pd.concat(alone, ignore_index=True)
+    cols = ["sensor_id", "timestamp", "value", "interpolated", "score", "is_anomaly", "anomaly_kind", "features"]
+    key = ["sensor_id", "timestamp"]
+    ra = a[a["out"] == "reading"].sort_values(key)[cols].reset_index(drop=True)
+    rb = b[b["out"] == "reading"].sort_values(key)[cols].reset_index(drop=True)
+    assert len(ra) == len(frame)
+    for part in (ra, rb):
+        part["anomaly_kind"] = part["anomaly_kind"].astype(object).where(part["anomaly_kind"].notna(), None)
+    pd.testing.assert_frame_equal(ra, rb)
+    alerts_a = sorted(orjson.dumps(p) for p in payloads(a, "alert"))
+    alerts_b = sorted(orjson.dumps(p) for p in payloads(b, "alert"))
+    assert alerts_a == alerts_b and len(alerts_a) > 0
+    assert sum(payloads(a, "quality")[i].get("valid", 0) for i in range(len(together))) == len(frame)
+
+
+def test_a_silent_device_is_swept_while_its_bucket_keeps_running(settings: Any) -> None:
+    frame = _fleet(devices=2, seconds=120)
+    step = StatefulStep(settings, source_topic="t")
+    state = FakeState(now_ms=1_800_000_000_000)
+    run(step, state, "b0", step_input(frame[frame["timestamp"] < frame["timestamp"].min() + pd.Timedelta(seconds=60)]))
+    rest = frame[frame["timestamp"] >= frame["timestamp"].min() + pd.Timedelta(seconds=60)]
+    only_one = step_input(rest[rest["device_id"] == "dev-0001"], first_offset=5_000)
+    # Within inactive_after_s of wall-clock time: dev-0002 is not reported yet.
+    state.now_ms += 1_000
+    out = run(step, state, "b0", only_one.iloc[:100])
+    assert [s for s in payloads(out, "status") if s["state"] == "inactive"] == []
+    state.now_ms += int(settings.processing.inactive_after_s * 1000)
+    out = run(step, state, "b0", only_one.iloc[100:])
+    inactive = sorted(s["sensor_id"] for s in payloads(out, "status") if s["state"] == "inactive")
+    assert len(inactive) == 6 and all(s.startswith("dev-0002") for s in inactive)
+    assert payloads(out, "quality")[0]["inactive_sensors"] == 6
+    # Reported once: the next call says nothing more about dev-0002.
+    state.now_ms += 1_000
+    out = run(step, state, "b0", only_one.iloc[:0])
+    assert [s for s in payloads(out, "status") if s["state"] == "inactive"] == []

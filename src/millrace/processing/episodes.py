@@ -70,11 +70,18 @@ def update(
             episode = _open(row, device_id, location)
         _add(episode, row)
         touched[episode["id"]] = episode
-    if episode is not None and newest_ms is not None and newest_ms - episode["updated"] > quiet_ms:
-        episode = close(episode, quiet_s)
-        touched[episode["id"]] = episode
+    closed = expire(episode, newest_ms, quiet_s)
+    if closed is not None:
+        touched[closed["id"]] = closed
         episode = None
     return list(touched.values()), episode
+
+
+def expire(episode: Episode | None, newest_ms: int | None, quiet_s: float) -> Episode | None:
+    """The episode, closed, when the device's newest reading is ``quiet_s`` past its last anomalous one."""
+    if episode is not None and newest_ms is not None and newest_ms - episode["updated"] > int(quiet_s * 1000):
+        return close(episode, quiet_s)
+    return None
 
 
 def close(episode: Episode, quiet_s: float) -> Episode:

@@ -347,6 +347,10 @@ def _num(value: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- public API
+_EMPTY_DEVICE: dict[str, Any] = {"types": {}, "origin": {}, "last_v": {}, "last_absz": {}, "rows": {}, "n": 0,
+                                 "b0": 0, "blocks": {}, "resid": {}}  # fmt: skip
+
+
 def device_step(
     batch: pd.DataFrame, state: dict[str, Any], cfg: ProcessingSettings
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -358,57 +362,82 @@ def device_step(
     the next call. Batches must come in event-time order (the stream job orders within its lateness bound).
     ``cfg`` is accepted so thresholds can move into settings without changing callers.
     """
-    del cfg  # window sizes are module constants today
-    if state.get("v") != STATE_VERSION:
-        state = empty_state()
     if batch.empty:
         return batch.assign(**{name: pd.Series(dtype=float) for name in FEATURE_COLUMNS}), state
-    codes0, found = pd.factorize(batch["sensor_id"], sort=False)  # hashing: cheaper than sorting strings
-    by_name = np.argsort(np.asarray(found, dtype=object))
-    uniq = np.asarray(found, dtype=object)[by_name]
-    rank = np.empty(len(by_name), dtype=np.int64)
-    rank[by_name] = np.arange(len(by_name))
-    inverse = rank[codes0]
+    device = str(batch["device_id"].iloc[0])
+    frame, states = devices_step(batch.assign(device_id=device), {device: state}, cfg)
+    return frame, states[device]
+
+
+def devices_step(
+    batch: pd.DataFrame, states: dict[str, dict[str, Any]], cfg: ProcessingSettings
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """:func:`device_step` for the readings of MANY devices at once (the numbers are the same per device).
+
+    ``states`` maps device_id to its state (absent: a new device). Returns the rows sorted by (device_id,
+    timestamp, sensor_id) with FEATURE_COLUMNS added, and the new states of the devices in ``batch``.
+    Sensors of all devices that share history length, reading count and batch size are computed together,
+    so the per-call cost is paid once per batch, not once per device.
+    """
+    del cfg  # window sizes are module constants today
+    if batch.empty:
+        return batch.assign(**{name: pd.Series(dtype=float) for name in FEATURE_COLUMNS}), {}
+    dev_codes, dev_names = pd.factorize(batch["device_id"], sort=True)
+    # Sensors are ordered by name inside a device: rank unique (device, sensor) pairs.
+    pair_codes, pairs = pd.factorize(pd.MultiIndex.from_arrays([dev_codes, batch["sensor_id"].to_numpy(dtype=object)]),
+                                     sort=True)  # fmt: skip
+    pair_dev = np.asarray(pairs.get_level_values(0), dtype=np.int64)
+    pair_sid = np.asarray(pairs.get_level_values(1), dtype=object)
     raw_ts = batch["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    order = np.lexsort((inverse, raw_ts))
+    order = np.lexsort((pair_codes, raw_ts, dev_codes))
     in_order = bool((order[1:] > order[:-1]).all())
     frame = batch.reset_index(drop=True) if in_order else batch.take(order).reset_index(drop=True)
-    ts, inv = raw_ts[order], inverse[order]
+    ts, inv, dev = raw_ts[order], pair_codes[order], dev_codes[order]
     values = frame["value"].to_numpy(dtype=float)
-    sids = uniq[inv]
-
-    dev = state["device"] or {"types": {}, "origin": {}, "last_v": {}, "last_absz": {}, "rows": {}, "n": 0,
-                              "b0": 0, "blocks": {}, "resid": {}}  # fmt: skip
-    types: dict[str, str] = dict(dev["types"])
-    if len(types) < len(uniq) or any(u not in types for u in uniq):
-        first = np.unique(inverse, return_index=True)[1]
-        for u, typ in zip(uniq, batch["sensor_type"].to_numpy(dtype=object)[first], strict=True):
-            types.setdefault(str(u), str(typ))
-    cols = sorted(types)
-    col_of = {sid: i for i, sid in enumerate(cols)}
-    codes = np.array([col_of[u] for u in uniq])[inv]
+    dev_names = [str(d) for d in dev_names]
+    olds = {d: states.get(d) if (states.get(d) or {}).get("v") == STATE_VERSION else empty_state() for d in dev_names}
 
     feats = np.full((len(frame), len(FEATURE_COLUMNS)), np.nan)
-    sensors = dict(state["sensors"])
-    by_sensor = np.argsort(inv, kind="stable")
-    bounds = np.searchsorted(inv[by_sensor], np.arange(len(uniq) + 1))
-    # Sensors with the same history length, count so far and batch size are computed together.
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for u in range(len(uniq)):
-        st = sensors.get(str(uniq[u])) or _new_sensor()
-        groups.setdefault((len(st["x"]), int(st["n"]), int(bounds[u + 1] - bounds[u])), []).append(u)
     nf = len(SENSOR_FEATURES)
+    sensors = {d: dict(olds[d]["sensors"]) for d in dev_names}
+    by_pair = np.argsort(inv, kind="stable")
+    bounds = np.searchsorted(inv[by_pair], np.arange(len(pair_sid) + 1))
+    # Sensors (of any device) with the same history length, count so far and batch size go together.
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for u in range(len(pair_sid)):
+        st = sensors[dev_names[pair_dev[u]]].get(str(pair_sid[u])) or _new_sensor()
+        groups.setdefault((len(st["x"]), int(st["n"]), int(bounds[u + 1] - bounds[u])), []).append(u)
     for members in groups.values():
-        idx = np.stack([by_sensor[bounds[u] : bounds[u + 1]] for u in members])
-        states = [sensors.get(str(uniq[u])) or _new_sensor() for u in members]
-        out, new_states = _sensors_step(values[idx], ts[idx], states)
+        idx = np.stack([by_pair[bounds[u] : bounds[u + 1]] for u in members])
+        group_states = [sensors[dev_names[pair_dev[u]]].get(str(pair_sid[u])) or _new_sensor() for u in members]
+        out, new_states = _sensors_step(values[idx], ts[idx], group_states)
         feats[idx.ravel(), :nf] = out.reshape(-1, nf)
         for u, st in zip(members, new_states, strict=True):
-            sensors[str(uniq[u])] = st
+            sensors[dev_names[pair_dev[u]]][str(pair_sid[u])] = st
+
     ref_z = feats[:, SENSOR_FEATURES.index("ref_z")]
-    feats[:, len(SENSOR_FEATURES) :], device = _device_step(sids, codes, cols, types, ts, values, ref_z, dev)
+    types_in = batch["sensor_type"].to_numpy(dtype=object)
+    first_of_pair = np.unique(pair_codes, return_index=True)[1]
+    dev_bounds = np.searchsorted(dev, np.arange(len(dev_names) + 1))
+    pair_bounds = np.searchsorted(pair_dev, np.arange(len(dev_names) + 1))
+    new: dict[str, dict[str, Any]] = {}
+    for d, name in enumerate(dev_names):
+        lo, hi = dev_bounds[d], dev_bounds[d + 1]
+        prev_dev = olds[name]["device"] or _EMPTY_DEVICE
+        types: dict[str, str] = dict(prev_dev["types"])
+        for u in range(pair_bounds[d], pair_bounds[d + 1]):
+            types.setdefault(str(pair_sid[u]), str(types_in[first_of_pair[u]]))
+        cols = sorted(types)
+        col_of = {sid: i for i, sid in enumerate(cols)}
+        first_pair = pair_bounds[d]
+        local = np.array([col_of[str(sid)] for sid in pair_sid[first_pair : pair_bounds[d + 1]]], dtype=np.int64)
+        codes = local[inv[lo:hi] - first_pair]
+        feats[lo:hi, nf:], device = _device_step(
+            pair_sid[inv[lo:hi]], codes, cols, types, ts[lo:hi], values[lo:hi], ref_z[lo:hi], prev_dev
+        )  # fmt: skip
+        new[name] = {"v": STATE_VERSION, "sensors": sensors[name], "device": device}
     frame = pd.concat([frame, pd.DataFrame(feats, columns=list(FEATURE_COLUMNS))], axis=1)
-    return frame, {"v": STATE_VERSION, "sensors": sensors, "device": device}
+    return frame, new
 
 
 def frame_features(readings: pd.DataFrame, cfg: ProcessingSettings, *, chunk: str | None = "1min") -> pd.DataFrame:

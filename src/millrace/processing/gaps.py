@@ -1,8 +1,9 @@
 """Gaps per sensor: learn the expected interval, interpolate short gaps, report long ones as inactivity.
 
-Works on one device's fresh readings at a time (inside the stateful step), vectorised per sensor with numpy.
+Works on the fresh readings of one or many devices (inside the stateful step), vectorised per sensor with
+numpy; event-time inactivity is judged per device.
 A sensor's track (JSON-serialisable dict) carries what is needed across micro-batches:
-``{"type", "loc", "unit", "last_ts" (epoch ms), "last_v", "interval_s", "active"}``.
+``{"type", "loc", "unit", "dev", "last_ts" (epoch ms), "last_v", "interval_s", "active"}``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class GapResult:
     touched: list[str] = field(default_factory=list)  # sensors with new readings
 
 
-def new_track(sensor_type: str, location: str, unit: str) -> Track:
-    return {"type": sensor_type, "loc": location, "unit": unit, "last_ts": None, "last_v": None,
+def new_track(sensor_type: str, location: str, unit: str, device_id: str = "") -> Track:
+    return {"type": sensor_type, "loc": location, "unit": unit, "dev": device_id, "last_ts": None, "last_v": None,
             "interval_s": None, "active": True}  # fmt: skip
 
 
@@ -51,22 +52,35 @@ def fill_gaps(
     """
     out: dict[str, list[np.ndarray]] = {"sensor_id": [], "ts_ms": [], "value": []}
     result = GapResult(interpolated=pd.DataFrame())
-    for sensor_id, rows in fresh.groupby("sensor_id", sort=True):
+    if len(fresh):
+        # Plain numpy per sensor: one factorize and one sort for the batch, then array slices.
+        codes, names = pd.factorize(fresh["sensor_id"].to_numpy(dtype=object), sort=True)
+        all_ts = fresh["ts_ms"].to_numpy(dtype="int64")
+        all_values = fresh["value"].to_numpy(dtype="float64")
+        order = np.lexsort((all_ts, codes))
+        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        columns = {c: fresh[c].to_numpy(dtype=object) for c in ("sensor_type", "location", "unit")}
+        devices = fresh["device_id"].to_numpy(dtype=object) if "device_id" in fresh else None
+    else:
+        names = []
+    for k, sensor_id in enumerate(names):
         sid = str(sensor_id)
+        rows = order[bounds[k] : bounds[k + 1]]
         track = tracks.get(sid)
         if track is None:
-            first = rows.iloc[0]
+            first = rows[0]
+            dev = str(devices[first]) if devices is not None else ""
             track = tracks[sid] = new_track(
-                str(first["sensor_type"]), str(first["location"]), str(first["unit"])
-            )
-        ts = rows["ts_ms"].to_numpy(dtype="int64")
-        values = rows["value"].to_numpy(dtype="float64")
+                str(columns["sensor_type"][first]), str(columns["location"][first]), str(columns["unit"][first]), dev
+            )  # fmt: skip
+        ts, values = all_ts[rows], all_values[rows]  # in event-time order
         last_ts = track["last_ts"]
-        forward = ts > last_ts if last_ts is not None else np.ones(len(ts), dtype=bool)
-        if not forward.any():
-            continue
-        order = np.argsort(ts[forward], kind="stable")
-        fts, fvalues = ts[forward][order], values[forward][order]
+        if last_ts is not None:
+            forward = ts > last_ts
+            if not forward.any():
+                continue
+            ts, values = ts[forward], values[forward]
+        fts, fvalues = ts, values
         if last_ts is not None:
             fts = np.concatenate(([last_ts], fts))
             fvalues = np.concatenate(([track["last_v"]], fvalues))
@@ -106,22 +120,34 @@ def fill_gaps(
         frame["location"] = frame["sensor_id"].map(lambda s: tracks[s]["loc"])
         frame["unit"] = frame["sensor_id"].map(lambda s: tracks[s]["unit"])
         result.interpolated = frame
-    newest = max((t["last_ts"] for t in tracks.values() if t["last_ts"] is not None), default=None)
-    if newest is not None:
-        for sid, track in tracks.items():
-            if (
-                track["active"]
-                and track["last_ts"] is not None
-                and newest - track["last_ts"] > inactive_after_s * 1000
-            ):
-                track["active"] = False
-                result.went_inactive.append(sid)
+    result.went_inactive = inactive_by_event_time(tracks, inactive_after_s)
     return result
 
 
-def sweep_inactive(tracks: MutableMapping[str, Track]) -> list[str]:
-    """The device went silent (wall-clock timeout): every active sensor becomes inactive."""
-    gone = [sid for sid, track in tracks.items() if track["active"]]
+def inactive_by_event_time(tracks: MutableMapping[str, Track], inactive_after_s: float) -> list[str]:
+    """Sensors whose last reading lags their device's newest one by more than ``inactive_after_s`` become
+    inactive; returns them (only those that were active)."""
+    newest: dict[str, int] = {}
+    for track in tracks.values():
+        if track["last_ts"] is not None:
+            dev = track.get("dev", "")
+            newest[dev] = max(newest.get(dev, track["last_ts"]), track["last_ts"])
+    gone = []
+    for sid, track in tracks.items():
+        if (
+            track["active"]
+            and track["last_ts"] is not None
+            and newest[track.get("dev", "")] - track["last_ts"] > inactive_after_s * 1000
+        ):
+            track["active"] = False
+            gone.append(sid)
+    return gone
+
+
+def sweep_inactive(tracks: MutableMapping[str, Track], device_id: str | None = None) -> list[str]:
+    """The device went silent (wall-clock timeout): every active sensor (of ``device_id``, if given) becomes
+    inactive."""
+    gone = [sid for sid, t in tracks.items() if t["active"] and (device_id is None or t.get("dev") == device_id)]
     for sid in gone:
         tracks[sid]["active"] = False
     return gone

@@ -1,5 +1,5 @@
-"""The streaming query graph of ``millrace iot process``: Kafka -> parse/validate -> per-device stateful step
-(dedup, lateness, gaps, features, scoring, episodes) -> foreachBatch writer (store + Kafka topics)."""
+"""The streaming query graph of ``millrace iot process``: Kafka -> parse/validate -> stateful step per bucket of
+devices (dedup, lateness, gaps, features, scoring, episodes) -> foreachBatch writer (store + Kafka topics)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Cal
 
     from millrace.processing.schema import STEP_OUTPUT, STEP_STATE
     from millrace.processing.stateful import make_step
-    from millrace.processing.transforms import parse, to_step_input, validate
+    from millrace.processing.transforms import bucket_labels, parse, to_step_input, validate
 
     topic = options.topic or settings.topics.readings
     reader = (
@@ -74,7 +74,9 @@ def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Cal
         # Records deleted by retention before the job read them are reported by Spark, not fatal.
         .option("failOnDataLoss", "false")
     )
-    steps = to_step_input(validate(parse(reader.load()), settings.processing))
+    partitions = settings.spark.shuffle_partitions
+    labels = bucket_labels(spark, settings.spark.state_buckets or partitions, partitions)
+    steps = to_step_input(validate(parse(reader.load()), settings.processing), labels)
     out = steps.groupBy("gkey").applyInPandasWithState(
         make_step(settings, source_topic=topic, scorer_factory=options.scorer_factory),
         outputStructType=STEP_OUTPUT,

@@ -1,10 +1,17 @@
-"""The stateful step of the streaming job, run by ``applyInPandasWithState`` once per device and micro-batch.
+"""The stateful step of the streaming job, run by ``applyInPandasWithState`` once per state bucket and batch.
 
-In order: dead letters for invalid rows; duplicates and late events (per-device watermark = newest event
-time - allowed lateness); gaps (interpolation / inactivity); features.device_step; Scorer.score; alert
-episodes; sensor status; data-quality counters. Everything a batch produces leaves as rows of
-schema.STEP_OUTPUT, told apart by ``out``. The device's state is one JSON document; its timeout (processing
-time, ``inactive_after_s``) is the wall-clock sweep that reports a silent device's sensors inactive.
+Devices are hashed into a few buckets (``spark.state_buckets``, default: one per shuffle partition); one call
+processes every device of its bucket that has readings in the micro-batch, vectorised across devices, so
+the fixed cost of a call (pandas, Arrow, state (de)serialisation) is paid per bucket, not per device.
+
+In order: dead letters for invalid rows; duplicates and late events (per-sensor watermark = newest event time
+- allowed lateness); gaps (interpolation / inactivity); features.devices_step; Scorer.score; alert episodes
+per device; sensor status; data-quality counters. Everything a batch produces leaves as rows of
+schema.STEP_OUTPUT, told apart by ``out``. The bucket's state is one JSON document: per sensor the newest
+event time, the event times inside the lateness horizon and the gap track; per device its feature state, open
+episode and the wall-clock time of its last readings. A device silent for ``inactive_after_s`` of wall-clock
+time is swept (its sensors reported inactive, its episode closed) by the next call of its bucket, or by the
+bucket's processing-time timeout when the whole bucket went silent.
 
 Determinism: the only clock read is the micro-batch time Spark fixes (``getCurrentProcessingTimeMs``), so a
 batch replayed after a crash yields the same rows and the store's upserts change nothing.
@@ -30,6 +37,12 @@ log = logging.getLogger(__name__)
 
 EPISODE_QUIET_S = 30.0  # an episode ends after this much event time without an anomalous reading
 STAGE = "validation"
+STATE_VERSION = 2
+# Stored with every reading (the issue's enrichment: rolling statistics, rate, time since last, device
+# context); a flagged reading carries every feature, for explaining it.
+STORED_FEATURES: tuple[str, ...] = (
+    "dt_s", "rate", "roll_mean", "roll_std", "z", "robust_z", "dev_max_abs_z", "pair_resid_z",
+)  # fmt: skip
 
 _scorers: dict[str, Any] = {}  # one Scorer per Python worker process (workers are reused across batches)
 
@@ -49,25 +62,24 @@ def _iso_ms(ms: int) -> str:
     return to_iso(pd.Timestamp(int(ms), unit="ms", tz="UTC").to_pydatetime())
 
 
-def _empty_state() -> dict[str, Any]:
-    from millrace.processing.features import empty_state
-
-    # wm: newest event time of the device; newest: per sensor; seen: per sensor, event times inside the
-    # lateness horizon (dedup); tracks: gaps.Track per sensor; feat: features state; ep: open episode.
-    return {"wm": None, "newest": {}, "tracks": {}, "seen": {}, "feat": empty_state(), "ep": None}
+def empty_state() -> dict[str, Any]:
+    """A bucket seen for the first time. Per sensor: ``newest`` event time, ``seen`` event times inside the
+    lateness horizon (dedup), ``tracks`` (gaps.Track). Per device (``devices``): ``feat`` (features state),
+    ``ep`` (open episode), ``wm`` (newest event time), ``loc``, ``at`` (wall clock of its last readings) and
+    ``swept`` (already reported silent)."""
+    return {"v": STATE_VERSION, "newest": {}, "seen": {}, "tracks": {}, "devices": {}}
 
 
 def _frame(rows: dict[str, Any], n: int) -> pd.DataFrame:
-    data = {col: rows.get(col, [None] * n) for col in STEP_OUTPUT_COLUMNS}
-    return pd.DataFrame(data)
+    return pd.DataFrame({col: rows[col] if col in rows else [None] * n for col in STEP_OUTPUT_COLUMNS})
 
 
-def _payload_rows(kind: str, payloads: list[dict[str, Any]], device_id: str | None = None) -> pd.DataFrame:
+def _payload_rows(kind: str, payloads: list[dict[str, Any]], device_ids: list[Any] | None = None) -> pd.DataFrame:
     n = len(payloads)
     return _frame(
         {
             "out": [kind] * n,
-            "device_id": [device_id] * n,
+            "device_id": device_ids if device_ids is not None else [None] * n,
             "payload": [orjson.dumps(p).decode() for p in payloads],
         },
         n,
@@ -97,7 +109,12 @@ def _text(raw: object) -> str:
     return "" if raw is None else str(raw)
 
 
-class DeviceStep:
+def _load(state: Any) -> dict[str, Any]:
+    doc = orjson.loads(state.get[0]) if state.exists else None
+    return doc if doc is not None and doc.get("v") == STATE_VERSION else empty_state()
+
+
+class StatefulStep:
     """The function handed to applyInPandasWithState (picklable: holds only the settings)."""
 
     def __init__(
@@ -106,24 +123,25 @@ class DeviceStep:
         self.settings = settings
         self.source = source_topic
         self.scorer_factory = scorer_factory  # default scoring.load_scorer
+        self.inactive_ms = int(settings.processing.inactive_after_s * 1000)
 
     def __call__(self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
-        gkey = str(key[0])
         now_ms = int(state.getCurrentProcessingTimeMs())
         if state.hasTimedOut:
-            doc = orjson.loads(state.get[0]) if state.exists else _empty_state()
-            out = self._sweep(gkey, doc, now_ms)
+            doc = _load(state)
+            parts = self._sweep(doc, now_ms, set(), timed_out=True)
+            parts.append(_payload_rows("quality", [{"inactive_sensors": self._swept_sensors}]))
             state.update((orjson.dumps(doc).decode(),))
-            yield out
+            yield pd.concat(parts, ignore_index=True)
             return
         frame = pd.concat(list(batches), ignore_index=True)
-        if gkey == INVALID_GROUP:
+        if str(key[0]) == INVALID_GROUP:
             yield self._invalid(frame, now_ms)
             return
-        doc = orjson.loads(state.get[0]) if state.exists else _empty_state()
-        out = self._device(gkey, frame, doc, now_ms)
+        doc = _load(state)
+        out = self._bucket(frame, doc, now_ms)
         state.update((orjson.dumps(doc).decode(),))
-        state.setTimeoutDuration(int(self.settings.processing.inactive_after_s * 1000))
+        state.setTimeoutDuration(self.inactive_ms)
         yield out
 
     # ------------------------------------------------------------------------------------------ invalid rows
@@ -140,23 +158,31 @@ class DeviceStep:
         )
 
     # ------------------------------------------------------------------------------------------ wall clock
-    def _sweep(self, device_id: str, doc: dict[str, Any], now_ms: int) -> pd.DataFrame:
-        gone = gaps.sweep_inactive(doc["tracks"])
-        parts = [self._status_rows(device_id, doc, gone, now_ms)]
-        if doc["ep"] is not None:
-            ep = episodes.close(doc["ep"], EPISODE_QUIET_S)
-            doc["ep"] = None
-            parts.append(self._alert_rows(device_id, [ep]))
-        parts.append(_payload_rows("quality", [{"inactive_sensors": len(gone)}], device_id))
-        return pd.concat(parts, ignore_index=True)
+    def _sweep(
+        self, doc: dict[str, Any], now_ms: int, present: set[str], *, timed_out: bool = False
+    ) -> list[pd.DataFrame]:
+        """Devices without readings for ``inactive_after_s`` of wall-clock time (all of them when the bucket
+        timed out), not yet reported: their sensors become inactive and their open episode closes."""
+        self._swept_sensors = 0
+        parts: list[pd.DataFrame] = []
+        for device_id, dev in doc["devices"].items():
+            if device_id in present or dev["swept"] or (not timed_out and now_ms - dev["at"] < self.inactive_ms):
+                continue
+            dev["swept"] = True
+            gone = gaps.sweep_inactive(doc["tracks"], device_id)
+            self._swept_sensors += len(gone)
+            parts.append(self._status_rows(doc, gone, now_ms))
+            if dev["ep"] is not None:
+                parts.append(self._alert_rows(device_id, [episodes.close(dev["ep"], EPISODE_QUIET_S)]))
+                dev["ep"] = None
+        return parts
 
-    # ------------------------------------------------------------------------------------------ one device
-    def _device(self, device_id: str, frame: pd.DataFrame, doc: dict[str, Any], now_ms: int) -> pd.DataFrame:
+    # ------------------------------------------------------------------------------------------ the devices
+    def _bucket(self, frame: pd.DataFrame, doc: dict[str, Any], now_ms: int) -> pd.DataFrame:
         cfg = self.settings.processing
         lateness_ms = int(cfg.allowed_lateness_s * 1000)
         frame = frame.assign(ts_ms=timestamps_ms(frame["timestamp"]))
-        seen = {sid: np.asarray(ts, dtype="int64") for sid, ts in doc["seen"].items()}
-        fresh, late, duplicates = drop_duplicates_and_late(frame, seen, doc["newest"], lateness_ms)
+        fresh, late, duplicates = drop_duplicates_and_late(frame, doc["seen"], doc["newest"], lateness_ms)
         parts: list[pd.DataFrame] = []
         if len(late):
             parts.append(dead_letters(late, pd.Series([LATE_REASON] * len(late)), source=self.source, at_ms=now_ms))
@@ -164,40 +190,44 @@ class DeviceStep:
         # Readings older than their sensor's newest one (inside the lateness) are stored, but not fed to the
         # features: those need event-time order per sensor.
         last_ts = {sid: t["last_ts"] for sid, t in doc["tracks"].items() if t["last_ts"] is not None}
-        last = _lookup(fresh["sensor_id"], last_ts)
-        behind = fresh["ts_ms"].to_numpy(dtype="float64") <= last  # NaN (new sensor) compares False
+        behind = fresh["ts_ms"].to_numpy(dtype="float64") <= _lookup(fresh["sensor_id"], last_ts)
+        ahead = fresh[~behind]
         gap = gaps.fill_gaps(
-            fresh[~behind], doc["tracks"], max_interpolated_gap=cfg.max_interpolated_gap,
-            inactive_after_s=cfg.inactive_after_s,
+            ahead, doc["tracks"], max_interpolated_gap=cfg.max_interpolated_gap, inactive_after_s=cfg.inactive_after_s,
         )  # fmt: skip
 
+        present: set[str] = set()
         if len(fresh):
-            for sid, ts in fresh.groupby("sensor_id")["ts_ms"].max().items():
-                doc["newest"][sid] = max(int(ts), doc["newest"].get(sid, int(ts)))
-            doc["wm"] = max(doc["newest"].values())
+            newest = doc["newest"]
+            for sid, ts in fresh.groupby("sensor_id", sort=False)["ts_ms"].max().items():
+                newest[sid] = max(int(ts), newest.get(sid, int(ts)))
+            by_device = fresh.groupby("device_id", sort=False)
+            locations = by_device["location"].first()
+            for device_id, wm in by_device["ts_ms"].max().items():
+                dev = doc["devices"].setdefault(str(device_id), {"wm": None, "feat": None, "ep": None, "loc": ""})
+                dev.update(wm=max(int(wm), dev["wm"] or int(wm)), loc=str(locations[device_id]), at=now_ms, swept=False)
+                present.add(str(device_id))
         self._remember(doc, fresh, lateness_ms)
 
-        measured = fresh[~behind].assign(interpolated=False)
         filled = gap.interpolated
         if len(filled):
-            filled = filled.assign(device_id=device_id, interpolated=True, status="interpolated", ground_truth=None,
-                                   kafka_partition=None, kafka_offset=None)  # fmt: skip
-        batch = pd.concat([measured, filled], ignore_index=True) if len(filled) else measured
-        readings = self._score(device_id, batch, doc)
+            filled = filled.assign(
+                device_id=filled["sensor_id"].map(lambda s: doc["tracks"][s]["dev"]), interpolated=True,
+                status="interpolated", ground_truth=None, kafka_partition=None, kafka_offset=None,
+            )  # fmt: skip
+            measured = ahead.assign(interpolated=False)
+            batch = pd.concat([measured, filled], ignore_index=True)
+        else:
+            batch = ahead.assign(interpolated=False)
+        readings = self._score(batch, doc)
         if behind.any():
             readings = pd.concat([readings, self._unscored(fresh[behind])], ignore_index=True)
-        readings = readings.assign(ingested_ms=now_ms)
         parts.append(self._reading_rows(readings))
+        parts.extend(self._episodes(readings, doc, present))
 
-        location = str(fresh["location"].iloc[0]) if len(fresh) else ""
-        touched, doc["ep"] = episodes.update(
-            readings if len(readings) else readings.assign(is_anomaly=False), doc["ep"], device_id=device_id,
-            location=location, newest_ms=doc["wm"], quiet_s=EPISODE_QUIET_S,
-        )  # fmt: skip
-        if touched:
-            parts.append(self._alert_rows(device_id, touched))
         changed = sorted(set(gap.touched) | set(gap.went_inactive))
-        parts.append(self._status_rows(device_id, doc, changed, now_ms))
+        parts.append(self._status_rows(doc, changed, now_ms))
+        parts.extend(self._sweep(doc, now_ms, present))
         quality = {
             "valid": int(len(fresh)),
             "duplicates": duplicates,
@@ -206,41 +236,69 @@ class DeviceStep:
             "interpolated": int(len(filled)),
             "gaps_interpolated": gap.gaps_interpolated,
             "gaps_inactive": gap.gaps_inactive,
-            "inactive_sensors": len(gap.went_inactive),
+            "inactive_sensors": len(gap.went_inactive) + self._swept_sensors,
         }
-        parts.append(_payload_rows("quality", [quality], device_id))
+        parts.append(_payload_rows("quality", [quality]))
         return pd.concat([p for p in parts if len(p)], ignore_index=True)
 
     def _remember(self, doc: dict[str, Any], fresh: pd.DataFrame, lateness_ms: int) -> None:
         """Keep per sensor the event times inside its lateness horizon, for dedup across batches."""
-        seen: dict[str, list[int]] = {}
-        new_ts = fresh.groupby("sensor_id")["ts_ms"].agg(list).to_dict() if len(fresh) else {}
-        for sid in set(doc["seen"]) | set(new_ts):
-            horizon = doc["newest"].get(sid, 0) - lateness_ms
-            ts = np.concatenate([np.asarray(doc["seen"].get(sid, []), dtype="int64"),
-                                 np.asarray(new_ts.get(sid, []), dtype="int64")])  # fmt: skip
-            kept = np.unique(ts[ts >= horizon])
-            if len(kept):
-                seen[sid] = kept.tolist()
-        doc["seen"] = seen
+        seen = doc["seen"]
+        new_ts = fresh.groupby("sensor_id", sort=False)["ts_ms"].agg(list).to_dict() if len(fresh) else {}
+        for sid, ts_list in new_ts.items():
+            horizon = doc["newest"][sid] - lateness_ms
+            ts = np.concatenate([np.asarray(seen.get(sid, []), dtype="int64"), np.asarray(ts_list, dtype="int64")])
+            seen[sid] = np.unique(ts[ts >= horizon]).tolist()
+        # Sensors without new readings keep their horizon: nothing newer arrived to move it.
 
-    def _score(self, device_id: str, batch: pd.DataFrame, doc: dict[str, Any]) -> pd.DataFrame:
-        from millrace.processing.features import FEATURE_COLUMNS, device_step
+    def _score(self, batch: pd.DataFrame, doc: dict[str, Any]) -> pd.DataFrame:
+        from millrace.processing.features import FEATURE_COLUMNS, devices_step
 
         if batch.empty:
             return batch.assign(score=np.nan, is_anomaly=False, anomaly_kind=None, reason=None, top_features=None,
                                 features="{}")  # fmt: skip
         batch = batch.assign(
-            device_id=device_id,
             timestamp=pd.to_datetime(batch["ts_ms"], unit="ms", utc=True).astype("datetime64[ns, UTC]"),
         )
-        feats, doc["feat"] = device_step(batch, doc["feat"], self.settings.processing)
+        devices = doc["devices"]
+        feats, states = devices_step(batch, {d: devices[d]["feat"] for d in devices}, self.settings.processing)
+        for device_id, st in states.items():
+            devices[device_id]["feat"] = st
         scored = _scorer(self.settings, self.scorer_factory).score(feats)
-        interpolated = scored["interpolated"].astype(bool)
-        scored["is_anomaly"] = scored["is_anomaly"].astype(bool) & ~interpolated  # never alert on invented data
-        scored["anomaly_kind"] = scored["anomaly_kind"].where(scored["is_anomaly"], None)
-        scored["features"] = _json_lines(scored[list(FEATURE_COLUMNS)].round(6))
+        interpolated = scored["interpolated"].astype(bool).to_numpy()
+        flagged = scored["is_anomaly"].astype(bool).to_numpy() & ~interpolated  # never alert on invented data
+        scored["is_anomaly"] = flagged
+        scored["anomaly_kind"] = scored["anomaly_kind"].where(flagged, None)
+        text = np.asarray(_json_lines(scored[list(STORED_FEATURES)].round(6)), dtype=object)
+        if flagged.any():
+            text[flagged] = _json_lines(scored.loc[flagged, list(FEATURE_COLUMNS)].round(6))
+        scored["features"] = text
         return scored
+
+    def _episodes(self, readings: pd.DataFrame, doc: dict[str, Any], present: set[str]) -> list[pd.DataFrame]:
+        """Fold anomalous readings into each device's episode; close episodes gone quiet in event time."""
+        touched: list[tuple[str, episodes.Episode]] = []
+        anomalous = readings[readings["is_anomaly"].fillna(False).astype(bool)] if len(readings) else readings
+        by_device = dict(iter(anomalous.groupby("device_id", sort=True))) if len(anomalous) else {}
+        for device_id in sorted(present):
+            dev = doc["devices"][device_id]
+            rows = by_device.get(device_id)
+            if rows is not None:
+                eps, dev["ep"] = episodes.update(
+                    rows, dev["ep"], device_id=device_id, location=dev["loc"], newest_ms=dev["wm"],
+                    quiet_s=EPISODE_QUIET_S,
+                )  # fmt: skip
+                touched.extend((device_id, ep) for ep in eps)
+            else:
+                closed = episodes.expire(dev["ep"], dev["wm"], EPISODE_QUIET_S)
+                if closed is not None:
+                    touched.append((device_id, closed))
+                    dev["ep"] = None
+        if not touched:
+            return []
+        threshold = self.settings.processing.zscore_threshold
+        alerts = [episodes.to_alert(ep, device_id=d, zscore_threshold=threshold) for d, ep in touched]
+        return [_payload_rows("alert", alerts, [d for d, _ in touched])]
 
     @staticmethod
     def _unscored(rows: pd.DataFrame) -> pd.DataFrame:
@@ -255,31 +313,29 @@ class DeviceStep:
         rows = {col: readings[col].to_numpy() for col in STEP_OUTPUT_COLUMNS if col in readings.columns}
         rows["out"] = np.full(n, "reading", dtype=object)
         rows["timestamp"] = pd.to_datetime(readings["ts_ms"].to_numpy(), unit="ms", utc=True)
+        rows["score"] = readings["score"].to_numpy(dtype="float64")
         rows["payload"] = [None] * n
-        frame = _frame(rows, n)
-        frame["score"] = frame["score"].astype("float64")
-        return frame
+        return _frame(rows, n)
 
     def _alert_rows(self, device_id: str, touched: list[episodes.Episode]) -> pd.DataFrame:
         threshold = self.settings.processing.zscore_threshold
-        return _payload_rows(
-            "alert", [episodes.to_alert(ep, device_id=device_id, zscore_threshold=threshold) for ep in touched],
-            device_id,
-        )  # fmt: skip
+        alerts = [episodes.to_alert(ep, device_id=device_id, zscore_threshold=threshold) for ep in touched]
+        return _payload_rows("alert", alerts, [device_id] * len(alerts))
 
     @staticmethod
-    def _status_rows(device_id: str, doc: dict[str, Any], sensor_ids: list[str], now_ms: int) -> pd.DataFrame:
+    def _status_rows(doc: dict[str, Any], sensor_ids: list[str], now_ms: int) -> pd.DataFrame:
         updated = _iso_ms(now_ms)
-        payloads = []
+        payloads, devices = [], []
         for sid in sensor_ids:
             track = doc["tracks"][sid]
             payloads.append({
-                "sensor_id": sid, "device_id": device_id, "sensor_type": track["type"], "location": track["loc"],
+                "sensor_id": sid, "device_id": track["dev"], "sensor_type": track["type"], "location": track["loc"],
                 "last_event_time": _iso_ms(track["last_ts"]) if track["last_ts"] is not None else None,
                 "state": "active" if track["active"] else "inactive", "expected_interval_s": track["interval_s"],
                 "updated_at": updated,
             })  # fmt: skip
-        return _payload_rows("status", payloads, device_id)
+            devices.append(track["dev"])
+        return _payload_rows("status", payloads, devices)
 
 
 def _lookup(keys: pd.Series, table: dict[str, int]) -> np.ndarray:
@@ -300,4 +356,4 @@ def _json_lines(frame: pd.DataFrame) -> list[str]:
 def make_step(
     settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None
 ) -> Callable[..., Iterator[pd.DataFrame]]:
-    return DeviceStep(settings, source_topic=source_topic, scorer_factory=scorer_factory)
+    return StatefulStep(settings, source_topic=source_topic, scorer_factory=scorer_factory)

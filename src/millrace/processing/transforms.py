@@ -105,14 +105,17 @@ def validate(parsed, cfg: ProcessingSettings, now=None):  # noqa: ANN001, ANN201
     return parsed.withColumn("reason", reason)
 
 
-def to_step_input(validated):  # noqa: ANN001, ANN201
-    """The columns the stateful step needs, grouped by device. ``raw`` is the original message bytes (binary:
-    it need not be valid UTF-8) — every row keeps it, since a valid reading can still turn out late."""
+def to_step_input(validated, labels: list[str]):  # noqa: ANN001, ANN201
+    """The columns the stateful step needs, grouped by state bucket: ``labels[hash(device_id) mod len(labels)]``
+    (see :func:`bucket_labels`). ``raw`` is the original message bytes (binary: it need not be valid UTF-8) —
+    every row keeps it, since a valid reading can still turn out late."""
     from pyspark.sql import functions as F
 
     ok = F.col("reason").isNull()
+    slot = F.pmod(F.hash("device_id"), F.lit(len(labels))) + 1
+    bucket = F.element_at(F.array(*[F.lit(label) for label in labels]), slot)
     return validated.select(
-        F.when(ok, F.col("device_id")).otherwise(F.lit(INVALID_GROUP)).alias("gkey"),
+        F.when(ok, bucket).otherwise(F.lit(INVALID_GROUP)).alias("gkey"),
         "reason",
         F.col("raw_bytes").alias("raw"),
         F.col("kafka_partition").cast("int").alias("kafka_partition"),
@@ -127,6 +130,23 @@ def to_step_input(validated):  # noqa: ANN001, ANN201
         "timestamp",
         "ground_truth",
     )
+
+
+def bucket_labels(spark, buckets: int, partitions: int) -> list[str]:  # noqa: ANN001
+    """Group keys for ``buckets`` state buckets that fall into distinct shuffle partitions (as far as there are
+    partitions), so that the buckets' Python calls run in parallel. Spark places a group key in partition
+    ``pmod(hash(key), partitions)`` — the same Murmur3 hash as SQL ``hash()`` — so this asks Spark itself."""
+    rows = spark.range(0, 64 * buckets).selectExpr(
+        "concat('b', cast(id AS string)) AS label", f"pmod(hash(concat('b', cast(id AS string))), {partitions}) AS p"
+    ).collect()  # fmt: skip
+    free: dict[int, list[str]] = {}
+    for row in rows:
+        free.setdefault(int(row["p"]), []).append(str(row["label"]))
+    labels = []
+    for i in range(buckets):
+        wanted = free.get(i % partitions) or next(v for v in free.values() if v)
+        labels.append(wanted.pop(0))
+    return labels
 
 
 # --------------------------------------------------------------------------------------------- pandas side
@@ -166,17 +186,23 @@ def drop_duplicates_and_late(
     candidates = ordered[~late_mask]
     dup_in_batch = candidates.duplicated(["sensor_id", "ts_ms"], keep="first").to_numpy()
     dup_seen = np.zeros(len(candidates), dtype=bool)
-    if seen:
-        sensor_ids = candidates["sensor_id"].to_numpy()
-        cts = candidates["ts_ms"].to_numpy()
-        for sensor_id, previous_ts in seen.items():
-            if len(previous_ts) == 0:
-                continue
-            mask = sensor_ids == sensor_id
-            if mask.any():
-                dup_seen[mask] = np.isin(cts[mask], previous_ts)
+    names = [sid for sid, previous_ts in seen.items() if len(previous_ts)]
+    if names:
+        # One isin over (sensor code, event time) keys instead of one pass per sensor.
+        code_of = {sid: i for i, sid in enumerate(names)}
+        codes = pd.Series(candidates["sensor_id"].to_numpy(dtype=object)).map(code_of).to_numpy("float64", na_value=-1)
+        known = codes >= 0
+        seen_keys = np.concatenate([_keys(np.full(len(seen[sid]), i), np.asarray(seen[sid], dtype="int64"))
+                                    for i, sid in enumerate(names)])  # fmt: skip
+        cts = candidates["ts_ms"].to_numpy(dtype="int64")
+        dup_seen[known] = np.isin(_keys(codes[known].astype("int64"), cts[known]), seen_keys)
     dup = dup_in_batch | dup_seen
     return candidates[~dup], late, int(dup.sum())
+
+
+def _keys(codes: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+    """One int64 per (sensor code, epoch ms); event times within +-139 years of 1970, codes below 2**20."""
+    return codes.astype("int64") * (1 << 43) + (ts_ms + (1 << 42))
 
 
 def window_partials(readings: pd.DataFrame, window_s: int) -> pd.DataFrame:
