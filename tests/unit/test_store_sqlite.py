@@ -18,6 +18,7 @@ import pytest
 from millrace.config import load_settings
 from millrace.errors import StoreUnavailable
 from millrace.stores import convert
+from millrace.stores import sqlite as sqlite_store
 from millrace.stores.base import COLLECTIONS, Store
 from millrace.stores.factory import open_store
 from millrace.stores.sqlite import SqliteStore
@@ -121,6 +122,10 @@ def test_factory_opens_sqlite_at_the_settings_path(tmp_path: Path) -> None:
     store.close()
 
 
+def _plan(conn: sqlite3.Connection, sql: str, params: tuple[object, ...] = ()) -> str:
+    return " | ".join(str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
 def test_wal_mode_tables_and_dashboard_indexes(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     conn = sqlite3.connect(tmp_path / "s.db")
@@ -135,21 +140,52 @@ def test_wal_mode_tables_and_dashboard_indexes(tmp_path: Path) -> None:
     for expected in [
         ("sensor_metrics", ("sensor_id", "timestamp")),
         ("sensor_metrics", ("timestamp",)),
-        ("sensor_metrics", ("sensor_type", "location", "timestamp")),
         ("anomaly_alerts", ("kind", "updated_at")),
         ("anomaly_alerts", ("status", "updated_at")),
         ("windowed_metrics", ("window_start",)),
         ("windowed_metrics", ("scope", "key", "window_start")),
     ]:
         assert expected in indexed, expected
-    plan = " ".join(
-        str(r[3])
-        for r in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT * FROM sensor_metrics WHERE sensor_id = ? AND timestamp >= ? ORDER BY timestamp",
-            ("x", 0),
-        )
+    # No read filters readings by type and location (windows carry those aggregates): no index to maintain.
+    assert not any(table == "sensor_metrics" and cols[0] == "sensor_type" for table, cols in indexed)
+    # Every read of sensor_metrics the store makes runs on an index, without a sort.
+    page = _plan(
+        conn, "SELECT * FROM sensor_metrics WHERE sensor_id = ? AND timestamp >= ? ORDER BY timestamp", ("x", 0)
     )
-    assert "USING PRIMARY KEY" in plan and "TEMP B-TREE" not in plan
+    assert "USING INDEX sensor_metrics_key (sensor_id=? AND timestamp>?)" in page and "TEMP B-TREE" not in page
+    latest = _plan(conn, sqlite_store.LATEST_SQL)  # sorts only its one row per sensor
+    assert "SCAN sensor_metrics" not in latest and "SCAN m" not in latest, latest
+    retention = _plan(conn, "DELETE FROM sensor_metrics WHERE timestamp < ?", (0,))
+    assert "USING COVERING INDEX sensor_metrics_time" in retention or "USING INDEX sensor_metrics_time" in retention
+    conn.close()
+    store.close()
+
+
+def test_a_store_file_of_the_earlier_layout_keeps_working(tmp_path: Path) -> None:
+    """Files created before the row-id layout keep their clustered table; only the unused index goes."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE sensor_metrics (
+            sensor_id TEXT NOT NULL, timestamp INTEGER NOT NULL, device_id TEXT, sensor_type TEXT, location TEXT,
+            unit TEXT, value REAL, status TEXT, interpolated INTEGER, score REAL, is_anomaly INTEGER,
+            anomaly_kind TEXT, features TEXT, ground_truth TEXT, kafka_partition INTEGER, kafka_offset INTEGER,
+            ingested_at INTEGER, PRIMARY KEY (sensor_id, timestamp)
+        ) WITHOUT ROWID;
+        CREATE INDEX sensor_metrics_time ON sensor_metrics (timestamp);
+        CREATE INDEX sensor_metrics_type_location ON sensor_metrics (sensor_type, location, timestamp);
+        INSERT INTO sensor_metrics (sensor_id, timestamp, value) VALUES ('dev-0001-temperature', 1772366400000, 7.0);
+        """
+    )
+    old.close()
+    store = SqliteStore(path)
+    assert store.upsert_readings(frame(3)) == 3  # the first row replaces the stored one
+    assert store.upsert_readings(frame(3)) == 3
+    assert [r["value"] for r in store.readings("dev-0001-temperature")] == [0.0, 1.0, 2.0]
+    conn = sqlite3.connect(path)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "sensor_metrics_type_location" not in names and "sensor_metrics_time" in names
     conn.close()
     store.close()
 

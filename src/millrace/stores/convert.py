@@ -159,11 +159,29 @@ def frame_columns(
     for col in key:
         if None in out[col]:
             raise ValueError(f"key column {col} has null values")
-    repeated = pd.DataFrame({c: out[c] for c in key}).duplicated(keep="last").to_numpy()
-    if repeated.any():
+    repeated = _repeated([out[c] if c in times else rows[c] for c in key])
+    if repeated is not None:
         keep = np.flatnonzero(~repeated)
         out = {c: [vals[i] for i in keep] for c, vals in out.items()}
     return out
+
+
+def _repeated(keys: list[Any]) -> np.ndarray | None:
+    """The mask of rows whose key a later row repeats, or None when every key is unique (the usual case).
+
+    Sort-based on factorized codes: cheaper than hashing tuples of Python values.
+    """
+    codes = [pd.factorize(np.asarray(k) if isinstance(k, list) else k)[0] for k in keys]
+    order = np.lexsort(codes[::-1])  # stable: rows of one key stay in their original order
+    same = np.ones(len(order) - 1, dtype=bool) if len(order) else np.zeros(0, dtype=bool)
+    for c in codes:
+        sorted_codes = c[order]
+        same &= sorted_codes[1:] == sorted_codes[:-1]
+    if not same.any():
+        return None
+    repeated = np.zeros(len(order), dtype=bool)
+    repeated[order[:-1][same]] = True  # a row followed by one with the same key is superseded by it
+    return repeated
 
 
 def reading_columns(rows: pd.DataFrame) -> dict[str, list[Any]]:

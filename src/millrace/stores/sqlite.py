@@ -33,11 +33,11 @@ CREATE TABLE IF NOT EXISTS sensor_metrics (
     sensor_id TEXT NOT NULL, timestamp INTEGER NOT NULL, device_id TEXT, sensor_type TEXT, location TEXT,
     unit TEXT, value REAL, status TEXT, interpolated INTEGER, score REAL, is_anomaly INTEGER,
     anomaly_kind TEXT, features TEXT, ground_truth TEXT, kafka_partition INTEGER, kafka_offset INTEGER,
-    ingested_at INTEGER,
-    PRIMARY KEY (sensor_id, timestamp)
-) WITHOUT ROWID;
+    ingested_at INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sensor_metrics_key ON sensor_metrics (sensor_id, timestamp);
 CREATE INDEX IF NOT EXISTS sensor_metrics_time ON sensor_metrics (timestamp);
-CREATE INDEX IF NOT EXISTS sensor_metrics_type_location ON sensor_metrics (sensor_type, location, timestamp);
+DROP INDEX IF EXISTS sensor_metrics_type_location;
 
 CREATE TABLE IF NOT EXISTS windowed_metrics (
     scope TEXT NOT NULL, key TEXT NOT NULL, window_start INTEGER NOT NULL, sensor_type TEXT, location TEXT,
@@ -194,19 +194,17 @@ class SqliteStore:
         if rows.empty:
             return 0
         cols = convert.reading_columns(rows)  # booleans bind as 0/1
-        params = list(zip(*(cols[c] for c in READING_COLUMNS), strict=True))
         with self._write() as conn:
-            conn.executemany(READINGS_SQL, params)
-        return len(params)
+            conn.executemany(READINGS_SQL, zip(*(cols[c] for c in READING_COLUMNS), strict=True))
+        return len(cols["sensor_id"])
 
     def upsert_windows(self, rows: pd.DataFrame) -> int:
         if rows.empty:
             return 0
         cols = convert.window_columns(rows)
-        params = list(zip(*(cols[c] for c in WINDOW_COLUMNS), strict=True))
         with self._write() as conn:
-            conn.executemany(WINDOWS_SQL, params)
-        return len(params)
+            conn.executemany(WINDOWS_SQL, zip(*(cols[c] for c in WINDOW_COLUMNS), strict=True))
+        return len(cols["scope"])
 
     def upsert_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> int:
         values = {v["alert_id"]: v for v in map(convert.alert_values, alerts)}  # last update of an id wins
