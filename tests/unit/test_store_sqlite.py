@@ -84,6 +84,47 @@ def test_reading_columns_fill_missing_nullify_nan_and_keep_the_last_duplicate() 
         convert.reading_columns(pd.DataFrame({"sensor_id": ["a"], "timestamp": [None]}))
 
 
+def test_sqlite_shaped_columns_bind_nulls_as_nan_and_booleans_as_ints() -> None:
+    rows = pd.DataFrame(
+        {"sensor_id": ["a", "b"], "timestamp": [T0, T0], "value": [1.5, np.nan], "is_anomaly": [True, None],
+         "interpolated": [False, True], "kafka_offset": [7, None], "anomaly_kind": [None, "spike"]}
+    )  # fmt: skip
+    cols = convert.reading_columns(rows, sqlite=True)
+    null = convert.SQLITE_NULL
+    assert cols["interpolated"] == [0, 1] and all(type(v) is int for v in cols["interpolated"])
+    assert cols["is_anomaly"][0] == 1 and type(cols["is_anomaly"][0]) is int and cols["is_anomaly"][1] is null
+    assert cols["kafka_offset"][0] == 7 and cols["kafka_offset"][1] is null
+    assert cols["anomaly_kind"][0] is null and cols["anomaly_kind"][1] == "spike"
+    assert cols["value"][0] == 1.5 and np.isnan(cols["value"][1])
+    assert cols["device_id"] == [null, null]
+    with pytest.raises(ValueError, match="null"):
+        convert.reading_columns(pd.DataFrame({"sensor_id": [None], "timestamp": [T0]}), sqlite=True)
+
+
+def test_nulls_and_booleans_are_stored_as_sql_null_and_integers(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    rows = frame(2).assign(
+        value=[1.5, np.nan], is_anomaly=pd.array([True, None], dtype=object), interpolated=[False, True],
+        kafka_offset=[7.0, np.nan], anomaly_kind=pd.array([None, "spike"], dtype="str"),
+    )  # fmt: skip
+    assert store.upsert_readings(rows) == 2
+    conn = sqlite3.connect(tmp_path / "s.db")
+    stored = conn.execute(
+        "SELECT typeof(value), typeof(is_anomaly), is_anomaly, typeof(interpolated), interpolated, "
+        "typeof(kafka_offset), typeof(anomaly_kind), typeof(device_id) FROM sensor_metrics ORDER BY timestamp"
+    ).fetchall()
+    assert stored == [
+        ("real", "integer", 1, "integer", 0, "integer", "null", "null"),
+        ("null", "null", None, "integer", 1, "null", "text", "null"),
+    ]
+    conn.close()
+    got = store.readings("dev-0001-temperature")
+    assert [(r["value"], r["is_anomaly"], r["interpolated"], r["kafka_offset"], r["anomaly_kind"]) for r in got] == [
+        (1.5, True, False, 7, None), (None, None, True, None, "spike"),
+    ]  # fmt: skip
+    store.close()
+
+
 def test_alert_values_and_lifecycle_rules() -> None:
     base = {"alert_id": "a", "opened_at": "2026-03-01T12:00:00Z", "status": "closed", "sensor_ids": ("s",)}
     v = convert.alert_values(base)

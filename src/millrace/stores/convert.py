@@ -18,6 +18,9 @@ import pandas as pd
 from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS, WINDOW_COLUMNS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The missing value of columns shaped for sqlite3 binding (frame_columns(sqlite=True)): SQLite binds a NaN
+# double as NULL (sqlite3_bind_double), so a NaN is stored, and read back, exactly as None would be.
+SQLITE_NULL = float("nan")
 
 READING_TIME_COLUMNS = ("timestamp", "ingested_at")
 READING_BOOL_COLUMNS = ("interpolated", "is_anomaly")
@@ -79,8 +82,9 @@ def dt_of(ms: int | None) -> datetime | None:
     return EPOCH + timedelta(milliseconds=int(ms))
 
 
-def ms_column(series: pd.Series) -> list[int | None]:
-    """Epoch milliseconds for a column of datetimes (any resolution, naive = UTC) or ISO strings."""
+def ms_column(series: pd.Series, *, null: Any = None) -> list[Any]:
+    """Epoch milliseconds for a column of datetimes (any resolution, naive = UTC) or ISO strings; missing
+    values become ``null``."""
     ts = series
     if not isinstance(ts.dtype, pd.DatetimeTZDtype):
         if pd.api.types.is_datetime64_dtype(ts.dtype):
@@ -90,19 +94,22 @@ def ms_column(series: pd.Series) -> list[int | None]:
     ns = ts.dt.as_unit("ns")
     mask = ns.isna().to_numpy()
     values = ns.to_numpy(dtype="datetime64[ns]").astype("int64") // 1_000_000
-    out: list[int | None] = values.tolist()
+    out: list[Any] = values.tolist()
     if mask.any():
         for i in np.flatnonzero(mask):
-            out[i] = None
+            out[i] = null
     return out
 
 
-def _nullable(series: pd.Series, kind: str) -> list[Any]:
-    """Python values for one column, with every flavour of missing (NaN, NaT, None, pd.NA) as None."""
+def _nullable(series: pd.Series, kind: str, *, null: Any = None, int_bools: bool = False) -> list[Any]:
+    """Python values for one column, with every flavour of missing (NaN, NaT, None, pd.NA) as ``null``;
+    booleans as 0/1 ints when ``int_bools``."""
     mask = series.isna().to_numpy()
     values: list[Any]
     if kind == "float":
         arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        if null is SQLITE_NULL:
+            return arr.tolist()  # NaN already is the marker's value: nothing to replace
         mask = np.isnan(arr)
         values = arr.tolist()
     elif kind == "int":
@@ -113,13 +120,15 @@ def _nullable(series: pd.Series, kind: str) -> list[Any]:
         values = np.where(mask, 0, arr).astype(np.int64).tolist()
     elif kind == "bool":
         if not mask.any():
-            return series.to_numpy(dtype=bool).tolist()
-        values = [None if m else bool(v) for v, m in zip(series.to_numpy(dtype=object), mask, strict=True)]
+            flags = series.to_numpy(dtype=bool)
+            return (flags.astype(np.int64) if int_bools else flags).tolist()
+        cast = (lambda v: int(bool(v))) if int_bools else bool
+        values = [None if m else cast(v) for v, m in zip(series.to_numpy(dtype=object), mask, strict=True)]
     else:
         values = series.astype(object).tolist()
     if mask.any():
         for i in np.flatnonzero(mask):
-            values[i] = None
+            values[i] = null
     return values
 
 
@@ -132,12 +141,19 @@ def frame_columns(
     ints: tuple[str, ...] = (),
     floats: tuple[str, ...] = (),
     bools: tuple[str, ...] = (),
+    sqlite: bool = False,
 ) -> dict[str, list[Any]]:
     """Plain Python columns for ``columns`` (missing optional columns become None), one row per ``key``.
 
     Times become epoch milliseconds. Rows repeating a key keep the last occurrence, as a sequence of
     upserts would; key columns must not be null.
+
+    ``sqlite=True`` shapes the values for ``sqlite3`` parameter binding: a missing value is SQLITE_NULL
+    (a float NaN, which SQLite binds as NULL) and a boolean is the int 0/1 SQLite stores anyway. The
+    stored values are the same as with None and bools, but sqlite3 binds exact ints, floats and strs
+    directly, while None and bools go through its adapter lookup — several times the cost per value.
     """
+    null = SQLITE_NULL if sqlite else None
     unknown = [c for c in key if c not in rows.columns]
     if unknown:
         raise ValueError(f"rows lack the key column(s) {', '.join(unknown)}")
@@ -145,19 +161,19 @@ def frame_columns(
     out: dict[str, list[Any]] = {}
     for col in columns:
         if col not in rows.columns:
-            out[col] = [None] * n
+            out[col] = [null] * n
         elif col in times:
-            out[col] = ms_column(rows[col])
+            out[col] = ms_column(rows[col], null=null)
         elif col in ints:
-            out[col] = _nullable(rows[col], "int")
+            out[col] = _nullable(rows[col], "int", null=null)
         elif col in floats:
-            out[col] = _nullable(rows[col], "float")
+            out[col] = _nullable(rows[col], "float", null=null)
         elif col in bools:
-            out[col] = _nullable(rows[col], "bool")
+            out[col] = _nullable(rows[col], "bool", null=null, int_bools=sqlite)
         else:
-            out[col] = _nullable(rows[col], "object")
+            out[col] = _nullable(rows[col], "object", null=null)
     for col in key:
-        if None in out[col]:
+        if null in out[col]:  # the marker itself (an identity match), not any NaN
             raise ValueError(f"key column {col} has null values")
     repeated = _repeated([out[c] if c in times else rows[c] for c in key])
     if repeated is not None:
@@ -184,17 +200,17 @@ def _repeated(keys: list[Any]) -> np.ndarray | None:
     return repeated
 
 
-def reading_columns(rows: pd.DataFrame) -> dict[str, list[Any]]:
+def reading_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, list[Any]]:
     return frame_columns(
         rows, READING_COLUMNS, key=("sensor_id", "timestamp"), times=READING_TIME_COLUMNS,
-        ints=READING_INT_COLUMNS, floats=READING_FLOAT_COLUMNS, bools=READING_BOOL_COLUMNS,
+        ints=READING_INT_COLUMNS, floats=READING_FLOAT_COLUMNS, bools=READING_BOOL_COLUMNS, sqlite=sqlite,
     )  # fmt: skip
 
 
-def window_columns(rows: pd.DataFrame) -> dict[str, list[Any]]:
+def window_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, list[Any]]:
     return frame_columns(
         rows, WINDOW_COLUMNS, key=("scope", "key", "window_start"), times=WINDOW_TIME_COLUMNS,
-        ints=WINDOW_INT_COLUMNS, floats=WINDOW_FLOAT_COLUMNS,
+        ints=WINDOW_INT_COLUMNS, floats=WINDOW_FLOAT_COLUMNS, sqlite=sqlite,
     )  # fmt: skip
 
 

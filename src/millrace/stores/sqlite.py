@@ -193,7 +193,7 @@ class SqliteStore:
     def upsert_readings(self, rows: pd.DataFrame) -> int:
         if rows.empty:
             return 0
-        cols = convert.reading_columns(rows)  # booleans bind as 0/1
+        cols = convert.reading_columns(rows, sqlite=True)  # nulls as NaN, booleans as 0/1: see convert
         with self._write() as conn:
             conn.executemany(READINGS_SQL, zip(*(cols[c] for c in READING_COLUMNS), strict=True))
         return len(cols["sensor_id"])
@@ -201,7 +201,7 @@ class SqliteStore:
     def upsert_windows(self, rows: pd.DataFrame) -> int:
         if rows.empty:
             return 0
-        cols = convert.window_columns(rows)
+        cols = convert.window_columns(rows, sqlite=True)
         with self._write() as conn:
             conn.executemany(WINDOWS_SQL, zip(*(cols[c] for c in WINDOW_COLUMNS), strict=True))
         return len(cols["scope"])
