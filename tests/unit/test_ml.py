@@ -15,9 +15,10 @@ from millrace.iot.simulator import FleetConfig, simulate_frame
 from millrace.ml import registry
 from millrace.ml.detectors import Detector, robust_z_detector
 from millrace.ml.evaluate import ReadOptions, evaluate
-from millrace.ml.metrics import best_threshold, binary_metrics
+from millrace.ml.metrics import best_threshold, binary_metrics, episode_per_kind
+from millrace.ml.parallel import features_by_device
 from millrace.ml.train import fit_unsupervised
-from millrace.processing.features import frame_features
+from millrace.processing.features import FEATURE_COLUMNS, frame_features
 from millrace.processing.scoring import MODEL_FEATURES, Scorer, load_scorer, model_matrix
 from tests.unit.test_features import fleet_frame
 
@@ -170,3 +171,40 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path, content: str, opts: ReadOp
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError, match=message):
         evaluate(load_settings(state_dir=tmp_path), [path], opts=opts, train_rows=1)
+
+
+def test_features_by_device_on_two_workers_equal_one_pass() -> None:
+    cfg = load_settings().processing
+    frame = fleet_frame(devices=5, steps=300)
+    frame["ground_truth"] = np.where(np.arange(len(frame)) % 97 == 0, "spike", "normal")
+    frame.loc[3, "ground_truth"] = None
+    one = frame_features(frame, cfg, chunk=None)
+    many = features_by_device(frame, cfg, workers=2, min_rows=0)
+    assert list(many.columns) == list(one.columns)
+    assert list(many["sensor_id"]) == list(one["sensor_id"])
+    assert list(many["timestamp"]) == list(one["timestamp"])
+    assert list(many["ground_truth"].fillna("?")) == list(one["ground_truth"].fillna("?"))
+    assert list(many.dtypes) == list(one.dtypes)
+    left, right = one[list(FEATURE_COLUMNS)].to_numpy(), many[list(FEATURE_COLUMNS)].to_numpy()
+    assert ((left == right) | (np.isnan(left) & np.isnan(right))).all()
+
+
+def test_episode_per_kind_counts_episodes_and_flagged_events() -> None:
+    # sensor a: normal, spike, normal, a 4-reading level shift, normal; sensor b: a shift, normal
+    sensor = np.array(list("aaaaaaaa") + list("bbbb"))
+    ts = np.r_[np.arange(8), np.arange(4)]
+    shift = "level_shift"
+    labels = np.array(["normal", "spike", "normal", shift, shift, shift, shift, "normal", shift, shift, shift,
+                       "normal"], dtype=object)  # fmt: skip
+    flag = np.array([0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 1], dtype=bool)
+    kinds = np.array([None, "spike", None, "spike", shift, None, shift, shift, None, None, None, "spike"],
+                     dtype=object)  # fmt: skip
+    score = np.array([0, 5, 0, 9, 3, 0, 2, 1, 0, 0, 0, 4.0])
+    out = episode_per_kind(sensor, ts, labels, flag, kinds, score, merge=0)
+    # Events: a{1} spike (right), a{3,4} named spike by its top score (wrong), a{6,7} shift (right), b{3} spike.
+    assert out["spike"] | {} == {"episodes": 1, "found": 1, "events_named": 3, "events_correct": 1,
+                                 "precision": 1 / 3, "recall": 1.0, "f1": 0.5}  # fmt: skip
+    assert (out[shift]["episodes"], out[shift]["found"], out[shift]["events_named"]) == (2, 0, 1)
+    merged = episode_per_kind(sensor, ts, labels, flag, kinds, score, merge=5)  # a{1..7} is one event
+    assert (merged["spike"]["events_named"], merged["spike"]["events_correct"]) == (2, 1)
+    assert merged[shift]["events_named"] == 0

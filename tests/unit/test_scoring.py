@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 
 from millrace.config import ProcessingSettings
+from millrace.ml.detectors import robust_z_detector
 from millrace.processing.features import frame_features
-from millrace.processing.scoring import SCORE_COLUMNS, Scorer
+from millrace.processing.scoring import KIND_FEATURES, MODEL_FEATURES, SCORE_COLUMNS, Scorer
 from tests.unit.test_features import fleet_frame
 
 
@@ -58,3 +59,34 @@ def test_nan_value_is_flagged_not_crashing() -> None:
     frame.loc[frame.index[-1], "value"] = np.nan
     out = scored(frame)
     assert out.iloc[-1]["is_anomaly"] or out["is_anomaly"].iloc[-6:].any()
+
+
+class _Namer:
+    """Names every reading it is given "drift" and records the kind matrices it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def name(self, X: np.ndarray) -> np.ndarray:
+        self.seen.append(X)
+        return np.full(len(X), "drift", dtype=object)
+
+
+def test_a_model_with_a_namer_names_only_its_flagged_readings() -> None:
+    cfg = ProcessingSettings()
+    frame = fleet_frame(devices=1, steps=400)
+    hum = frame.index[frame["sensor_type"] == "humidity"]
+    frame.loc[hum[350], "value"] = 140.0  # out of range: named by the rule, not the namer
+    feats = frame_features(frame, cfg, chunk=None)
+    det = robust_z_detector(MODEL_FEATURES)
+    det.threshold = 3.0
+    det.namer = _Namer()
+    out = Scorer(cfg, detector=det).score(feats)
+    flagged = out["is_anomaly"] & (out["anomaly_kind"] != "out_of_range")
+    assert flagged.sum() > 0 and (out.loc[flagged, "anomaly_kind"] == "drift").all()
+    assert (out["anomaly_kind"] == "out_of_range").sum() == 1
+    assert out.loc[~out["is_anomaly"], "anomaly_kind"].isna().all()
+    (X,) = det.namer.seen
+    assert X.shape == (int(flagged.sum()), len(KIND_FEATURES))
+    jump = KIND_FEATURES.index("jump_age")
+    np.testing.assert_array_equal(X[:, jump], out.loc[flagged, "jump_age"].to_numpy(dtype=float))

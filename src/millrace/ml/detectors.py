@@ -33,6 +33,7 @@ class Detector:
     center: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per feature, on normal readings
     spread: np.ndarray = field(default_factory=lambda: np.ones(0))
     weights: np.ndarray = field(default_factory=lambda: np.ones(0))  # importance, for top features
+    namer: Any = None  # a millrace.ml.kinds.KindNamer naming flagged readings (labelled training only)
 
     def raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(score, kind index into ``classes`` or None) for the model matrix X (NaN = unknown)."""

@@ -21,10 +21,11 @@ from millrace.config import ProcessingSettings, Settings
 from millrace.errors import DataError, missing_extra
 from millrace.ml import detectors as D
 from millrace.ml.explain import permutation_importance
+from millrace.ml.kinds import fit_namer
 from millrace.ml.metrics import best_threshold, binary_metrics, per_kind
+from millrace.ml.parallel import features_by_device
 from millrace.ml.registry import promote, registry_root, save_model
-from millrace.processing.features import frame_features
-from millrace.processing.scoring import MODEL_FEATURES, model_matrix
+from millrace.processing.scoring import KIND_EXTRA, MODEL_FEATURES, kind_matrix, model_matrix
 from millrace.records import GROUND_TRUTH_FIELD, NORMAL
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ UNLABELLED_QUANTILE = 0.999
 _FEATURE_INPUTS = ("sensor_id", "device_id", "sensor_type", "location", "timestamp", "value", "interpolated")
 
 
-def featurize(readings: pd.DataFrame, processing: ProcessingSettings) -> pd.DataFrame:
-    """Features for a long frame of readings (columns as read_table/simulate_frame give them)."""
+def featurize(readings: pd.DataFrame, processing: ProcessingSettings, *, workers: int | None = None) -> pd.DataFrame:
+    """Features for a long frame of readings (columns as read_table/simulate_frame give them); large frames
+    are featurized on ``workers`` processes (default: every usable core), devices split among them."""
     if readings.empty:
         raise DataError("no readings to learn from")
     # Only what features, labels and outputs use: fewer (string) columns to carry through sorts and copies.
@@ -48,7 +50,7 @@ def featurize(readings: pd.DataFrame, processing: ProcessingSettings) -> pd.Data
     if "location" not in frame:
         frame["location"] = ""
     frame["device_id"] = frame["device_id"].fillna(frame["sensor_id"])
-    return frame_features(frame, processing, chunk=None)
+    return features_by_device(frame, processing, workers=workers)
 
 
 def labels_of(features: pd.DataFrame) -> np.ndarray | None:
@@ -99,8 +101,8 @@ def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarra
 
 def train(
     settings: Settings, readings: pd.DataFrame, *, source: str, detectors: Sequence[str] | None = None,
-    seed: int = 0, validation_fraction: float = 0.3, max_fit_rows: int = 100_000, make_promoted: bool = False,
-    progress: Callable[[str], None] | None = None,
+    seed: int = 0, validation_fraction: float = 0.3, max_fit_rows: int = 100_000,
+    max_validation_rows: int = 1_000_000, make_promoted: bool = False, progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit, compare, register (and optionally promote) a detector; returns the registered model.json."""
     try:
@@ -114,12 +116,14 @@ def train(
     with threadpool_limits(limits=1):
         return _train(settings, readings, source=source, detectors=detectors, seed=seed,
                       validation_fraction=validation_fraction, max_fit_rows=max_fit_rows,
-                      make_promoted=make_promoted, progress=progress)  # fmt: skip
+                      max_validation_rows=max_validation_rows, make_promoted=make_promoted,
+                      progress=progress)  # fmt: skip
 
 
 def _train(
     settings: Settings, readings: pd.DataFrame, *, source: str, detectors: Sequence[str] | None, seed: int,
-    validation_fraction: float, max_fit_rows: int, make_promoted: bool, progress: Callable[[str], None] | None,
+    validation_fraction: float, max_fit_rows: int, max_validation_rows: int, make_promoted: bool,
+    progress: Callable[[str], None] | None,
 ) -> dict[str, Any]:  # fmt: skip
     say = progress or (lambda _msg: None)
     started = time.monotonic()
@@ -130,30 +134,39 @@ def _train(
     names = list(detectors or DETECTORS)
     if labels is None:
         names = [n for n in names if n != "gradient_boosting"]
-    X = model_matrix(feats)
     ts = feats["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    warm = np.isfinite(X[:, MODEL_FEATURES.index("robust_z")])
+    warm = np.isfinite(feats["robust_z"].to_numpy(dtype=float))
     if warm.sum() < 100:
         raise DataError(f"too few readings after warm-up to train on ({int(warm.sum())}); give more data")
     cutoff = np.quantile(ts[warm], 1.0 - validation_fraction)
     fit_rows = np.flatnonzero(warm & (ts < cutoff))
-    val_rows = np.flatnonzero(warm & (ts >= cutoff))
+    val_rows = _sample(np.flatnonzero(warm & (ts >= cutoff)), max_validation_rows, np.random.default_rng(seed + 1))
     truth = None if labels is None else labels != NORMAL
     normal_fit = fit_rows if truth is None else fit_rows[~truth[fit_rows]]
     unsup_rows = _sample(normal_fit, max_fit_rows, rng)
+    supervised_rows = None
+    if truth is not None and "gradient_boosting" in names:
+        supervised_rows = np.sort(np.concatenate([_sample(normal_fit, max_fit_rows, rng), fit_rows[truth[fit_rows]]]))
+    # The model matrix of the sampled rows only (a day of a fleet is millions of rows; we fit on a sample).
+    anomalous_fit = fit_rows[truth[fit_rows]] if truth is not None else fit_rows[:0]
+    needed = np.unique(np.concatenate([unsup_rows, val_rows, anomalous_fit,
+                                       *([] if supervised_rows is None else [supervised_rows])]))  # fmt: skip
+    matrix = model_matrix(feats.take(needed))
 
+    def X_of(rows: np.ndarray) -> np.ndarray:  # noqa: N802 - the model matrix of these feature rows
+        return matrix[np.searchsorted(needed, rows)]
+
+    say(f"model matrix of {len(needed):,} sampled readings; {len(val_rows):,} validate")
     results: dict[str, dict[str, Any]] = {}
     fitted: dict[str, D.Detector] = {}
     for name in names:
         t0 = time.monotonic()
         if name == "gradient_boosting":
-            assert labels is not None and truth is not None
-            anomalous = fit_rows[truth[fit_rows]]
-            rows = np.sort(np.concatenate([_sample(normal_fit, max_fit_rows, rng), anomalous]))
-            det = _fit(name, X[rows], labels[rows], seed)
+            assert labels is not None and supervised_rows is not None
+            det = _fit(name, X_of(supervised_rows), labels[supervised_rows], seed)
         else:
-            det = _fit(name, X[unsup_rows], None, seed)
-        raw_val, kind_idx = det.raw(X[val_rows])
+            det = _fit(name, X_of(unsup_rows), None, seed)
+        raw_val, kind_idx = det.raw(X_of(val_rows))
         if truth is not None:
             det.threshold = max(best_threshold(raw_val, truth[val_rows], max_false_alarm=MAX_FALSE_ALARM), 1e-9)
             flag = raw_val >= det.threshold
@@ -161,7 +174,7 @@ def _train(
             metrics = binary_metrics(truth[val_rows], flag)
             metrics["per_kind"] = per_kind(labels[val_rows], flag, kinds)  # type: ignore[index]
         else:
-            raw_fit, _ = det.raw(X[unsup_rows])
+            raw_fit, _ = det.raw(X_of(unsup_rows))
             det.threshold = max(float(np.quantile(raw_fit, UNLABELLED_QUANTILE)), 1e-9)
             metrics = {"alarm_rate": float(np.mean(raw_val >= det.threshold)), "readings": len(val_rows)}
         metrics["fit_seconds"] = round(time.monotonic() - t0, 2)
@@ -171,13 +184,16 @@ def _train(
     best = max(names, key=lambda n: results[n]["f1"]) if truth is not None else (
         UNLABELLED_CHOICE if UNLABELLED_CHOICE in names else names[0])  # fmt: skip
     det = fitted[best]
-    _describe_normal(det, X[unsup_rows])
+    _describe_normal(det, X_of(unsup_rows))
+    if truth is not None and labels is not None:
+        _add_namer(det, results[best], feats, labels, X_of, anomalous_fit, val_rows, seed=seed)
+        say("kinds named by " + ("a kind classifier" if det.namer is not None else "the detector"))
     # Importance on a validation sample rich in anomalies.
     val_truth = None if truth is None else truth[val_rows]
     pick = val_rows if val_truth is None else np.concatenate(
         [_sample(val_rows[val_truth], 4000, rng), _sample(val_rows[~val_truth], 8000, rng)])  # fmt: skip
     pick = _sample(pick, 12000, rng)
-    importance = permutation_importance(det, X[pick], None if truth is None else truth[pick], seed=seed)
+    importance = permutation_importance(det, X_of(pick), None if truth is None else truth[pick], seed=seed)
     weights = np.array([importance["features"].get(f, 0.0) for f in MODEL_FEATURES])
     det.weights = 0.05 + weights / (weights.max() if weights.max() > 0 else 1.0)
     say(f"kept {best}; importance computed")
@@ -204,6 +220,29 @@ def _train(
     from millrace.ml.registry import load_info
 
     return load_info(root, version)
+
+
+def _add_namer(
+    det: D.Detector, metrics: dict[str, Any], feats: pd.DataFrame, labels: np.ndarray,
+    X_of: Callable[[np.ndarray], np.ndarray], anomalous_fit: np.ndarray, val_rows: np.ndarray, *, seed: int,
+) -> None:  # fmt: skip
+    """Fit the kind namer on the anomalous fitting readings; re-measure the kept detector's per-kind
+    validation numbers with it (the detector's own per-kind numbers stay as ``per_kind_detector``)."""
+    t0 = time.monotonic()
+    jumps = feats[list(KIND_EXTRA)]
+    det.namer = fit_namer(kind_matrix(jumps.iloc[anomalous_fit], X_of(anomalous_fit)), labels[anomalous_fit],
+                          seed=seed)  # fmt: skip
+    if det.namer is None:
+        return
+    raw, _ = det.raw(X_of(val_rows))
+    flag = raw >= det.threshold
+    flagged = val_rows[flag]
+    kinds = np.full(len(val_rows), None, dtype=object)
+    kinds[flag] = det.namer.name(kind_matrix(jumps.iloc[flagged], X_of(flagged)))
+    metrics["per_kind_detector"] = metrics.get("per_kind")
+    metrics["per_kind"] = per_kind(labels[val_rows], flag, kinds)
+    metrics["namer"] = {"classes": list(det.namer.classes), "rows": len(anomalous_fit),
+                        "seconds": round(time.monotonic() - t0, 2)}  # fmt: skip
 
 
 def summarize(

@@ -32,6 +32,9 @@ MODEL_FEATURES: tuple[str, ...] = (
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "mid_ref_z", "trend_long_z",
     "type_code",
 )  # fmt: skip
+# The kind namer's inputs (millrace.ml.kinds): the model inputs plus the jump counters, type last.
+KIND_EXTRA: tuple[str, ...] = ("jump_age", "jump_z")
+KIND_FEATURES: tuple[str, ...] = (*MODEL_FEATURES[:-1], *KIND_EXTRA, "type_code")
 TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
 SCORE_COLUMNS = ("score", "is_anomaly", "anomaly_kind", "reason", "top_features")
 RELOAD_S = 5.0
@@ -53,6 +56,13 @@ def model_matrix(features: pd.DataFrame) -> np.ndarray:
     kinds, inverse = np.unique(features["sensor_type"].to_numpy(dtype=object).astype(str), return_inverse=True)
     out[:, -1] = np.array([TYPE_CODES.get(k, len(SENSOR_TYPES)) for k in kinds], dtype=float)[inverse]
     return out
+
+
+def kind_matrix(features: pd.DataFrame, X: np.ndarray | None = None) -> np.ndarray:
+    """The kind namer's input: KIND_FEATURES as float columns; ``X`` = model_matrix(features) if known."""
+    X = model_matrix(features) if X is None else X
+    extra = features[list(KIND_EXTRA)].to_numpy(dtype=float) if len(features) else np.zeros((0, len(KIND_EXTRA)))
+    return np.column_stack([X[:, :-1], extra, X[:, -1:]])
 
 
 _RULE_INPUTS = ("value", "stuck_run", "roll_std", "robust_z", "short_ref_z", "ref_z", "trend_z", "noise_ratio",
@@ -166,6 +176,11 @@ class Scorer:
                 kind = np.asarray(self.detector.classes, dtype=object)[kind_idx]
             else:
                 kind = np.where(heur_score >= 1.0, heur_kind, "model").astype(object)  # type: ignore[call-overload]
+            namer = getattr(self.detector, "namer", None)  # models saved before namers have none
+            named = np.flatnonzero(flag & ~out_of_range)
+            if namer is not None and len(named):
+                kind = np.asarray(kind, dtype=object)
+                kind[named] = namer.name(kind_matrix(out.iloc[named], X[named]))
         score = np.where(out_of_range, np.maximum(score, 10.0), score)
         flag = flag | out_of_range
         kind = np.where(out_of_range, "out_of_range", kind)
