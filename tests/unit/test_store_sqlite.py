@@ -171,6 +171,7 @@ def test_wal_mode_tables_and_dashboard_indexes(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == sqlite_store.PAGE_SIZE
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert set(COLLECTIONS) <= tables
     indexed = {
@@ -225,6 +226,7 @@ def test_a_store_file_of_the_earlier_layout_keeps_working(tmp_path: Path) -> Non
     assert store.upsert_readings(frame(3)) == 3
     assert [r["value"] for r in store.readings("dev-0001-temperature")] == [0.0, 1.0, 2.0]
     conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096  # an existing file keeps its pages
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "sensor_metrics_type_location" not in names and "sensor_metrics_time" in names
     conn.close()
