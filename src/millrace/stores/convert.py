@@ -105,31 +105,30 @@ def _nullable(series: pd.Series, kind: str, *, null: Any = None, int_bools: bool
     """Python values for one column, with every flavour of missing (NaN, NaT, None, pd.NA) as ``null``;
     booleans as 0/1 ints when ``int_bools``."""
     mask = series.isna().to_numpy()
-    values: list[Any]
+    values: np.ndarray  # of Python objects, filled with ``null`` where ``mask``
     if kind == "float":
         arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        if null is SQLITE_NULL:
-            return arr.tolist()  # NaN already is the marker's value: nothing to replace
         mask = np.isnan(arr)
-        values = arr.tolist()
+        if null is SQLITE_NULL or not mask.any():
+            return arr.tolist()  # (NaN already is the marker's value: nothing to replace)
+        values = arr.astype(object)
     elif kind == "int":
         if pd.api.types.is_integer_dtype(series.dtype) and not mask.any():
             return series.to_numpy(dtype=np.int64).tolist()
         arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
         mask = np.isnan(arr)
-        values = np.where(mask, 0, arr).astype(np.int64).tolist()
+        values = np.where(mask, 0, arr).astype(np.int64).astype(object)
     elif kind == "bool":
+        flags = np.zeros(len(series), dtype=bool)
+        flags[~mask] = series.to_numpy(dtype=object)[~mask].astype(bool)
         if not mask.any():
-            flags = series.to_numpy(dtype=bool)
             return (flags.astype(np.int64) if int_bools else flags).tolist()
-        cast = (lambda v: int(bool(v))) if int_bools else bool
-        values = [None if m else cast(v) for v, m in zip(series.to_numpy(dtype=object), mask, strict=True)]
+        values = (flags.astype(np.int64) if int_bools else flags).astype(object)
     else:
-        values = series.astype(object).tolist()
+        values = np.array(series.to_numpy(dtype=object), dtype=object, copy=True)  # never the frame's own
     if mask.any():
-        for i in np.flatnonzero(mask):
-            values[i] = null
-    return values
+        values[mask] = null
+    return values.tolist()
 
 
 def frame_columns(
