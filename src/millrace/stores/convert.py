@@ -21,6 +21,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The missing value of columns shaped for sqlite3 binding (frame_columns(sqlite=True)): SQLite binds a NaN
 # double as NULL (sqlite3_bind_double), so a NaN is stored, and read back, exactly as None would be.
 SQLITE_NULL = float("nan")
+NAT_I8 = np.iinfo(np.int64).min  # NaT as int64
 
 READING_TIME_COLUMNS = ("timestamp", "ingested_at")
 READING_BOOL_COLUMNS = ("interpolated", "is_anomaly")
@@ -85,6 +86,16 @@ def dt_of(ms: int | None) -> datetime | None:
 def ms_column(series: pd.Series, *, null: Any = None) -> list[Any]:
     """Epoch milliseconds for a column of datetimes (any resolution, naive = UTC) or ISO strings; missing
     values become ``null``."""
+    if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series.dtype):
+        # The common case, without pandas' per-call overhead: the UTC instant (naive = UTC) as int64 ns.
+        ns_i8 = series.to_numpy(dtype="datetime64[ns]").view(np.int64)
+        values = ns_i8 // 1_000_000
+        mask = ns_i8 == NAT_I8
+        if not mask.any():
+            return values.tolist()
+        filled = values.astype(object)
+        filled[mask] = null
+        return filled.tolist()
     ts = series
     if not isinstance(ts.dtype, pd.DatetimeTZDtype):
         if pd.api.types.is_datetime64_dtype(ts.dtype):
@@ -104,28 +115,33 @@ def ms_column(series: pd.Series, *, null: Any = None) -> list[Any]:
 def _nullable(series: pd.Series, kind: str, *, null: Any = None, int_bools: bool = False) -> list[Any]:
     """Python values for one column, with every flavour of missing (NaN, NaT, None, pd.NA) as ``null``;
     booleans as 0/1 ints when ``int_bools``."""
-    mask = series.isna().to_numpy()
-    values: np.ndarray  # of Python objects, filled with ``null`` where ``mask``
+    if kind == "object":
+        return series.to_numpy(dtype=object, na_value=null).tolist()
+    values: np.ndarray  # of Python objects, to fill with ``null`` where ``mask``
     if kind == "float":
-        arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        numeric = series if pd.api.types.is_float_dtype(series.dtype) else pd.to_numeric(series, errors="coerce")
+        arr = numeric.to_numpy(dtype="float64", na_value=np.nan)
         mask = np.isnan(arr)
         if null is SQLITE_NULL or not mask.any():
             return arr.tolist()  # (NaN already is the marker's value: nothing to replace)
         values = arr.astype(object)
     elif kind == "int":
+        mask = series.isna().to_numpy()
         if pd.api.types.is_integer_dtype(series.dtype) and not mask.any():
             return series.to_numpy(dtype=np.int64).tolist()
-        arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        numeric = series if pd.api.types.is_float_dtype(series.dtype) else pd.to_numeric(series, errors="coerce")
+        arr = numeric.to_numpy(dtype="float64", na_value=np.nan)
         mask = np.isnan(arr)
         values = np.where(mask, 0, arr).astype(np.int64).astype(object)
     elif kind == "bool":
+        mask = series.isna().to_numpy()
         flags = np.zeros(len(series), dtype=bool)
         flags[~mask] = series.to_numpy(dtype=object)[~mask].astype(bool)
         if not mask.any():
             return (flags.astype(np.int64) if int_bools else flags).tolist()
         values = (flags.astype(np.int64) if int_bools else flags).astype(object)
     else:
-        values = np.array(series.to_numpy(dtype=object), dtype=object, copy=True)  # never the frame's own
+        raise ValueError(f"unknown column kind {kind!r}")
     if mask.any():
         values[mask] = null
     return values.tolist()
