@@ -2,7 +2,7 @@
 then the same keys again), and the reads the dashboard makes, for SQLite and for MongoDB.
 
     .venv/bin/python benchmarks/store_write.py [--backend sqlite|mongodb] [--rows 10000 40000]
-        [--sensors 120] [--repeat 7] [--mongodb-uri mongodb://...]
+        [--sensors 120] [--repeat 7] [--breakdown] [--mongodb-uri mongodb://...]
 
 The readings frame is built the way the job's foreachBatch writer gets it: an Arrow batch in the stateful
 step's output schema (8-feature JSON text per reading, a few alert rows mixed in) converted by pyspark's
@@ -188,6 +188,24 @@ class Timings:
         )
 
 
+def sqlite_breakdown(store: Any, frame: pd.DataFrame) -> tuple[float, float, float]:
+    """CPU seconds of one SqliteStore.upsert_readings, by step: frame -> columns, executemany (building the
+    tuples, binding, SQLite's b-tree work), commit (WAL write and any automatic checkpoint)."""
+    from millrace.stores import convert
+    from millrace.stores.base import READING_COLUMNS
+    from millrace.stores.sqlite import READINGS_SQL
+
+    started = time.process_time()
+    cols = convert.reading_columns(frame, sqlite=True)
+    converted = time.process_time()
+    conn = store._conn()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(READINGS_SQL, zip(*(cols[c] for c in READING_COLUMNS), strict=True))
+    executed = time.process_time()
+    conn.execute("COMMIT")
+    return converted - started, executed - converted, time.process_time() - executed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backend", choices=("sqlite", "mongodb"), default="sqlite")
@@ -196,6 +214,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=10_000, help="rows per upsert_windows batch (0: skip)")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--mongodb-uri", default=None)
+    parser.add_argument(
+        "--breakdown", action="store_true", help="SQLite: also time conversion / executemany / commit separately"
+    )
     args = parser.parse_args()
 
     load = os.getloadavg()
@@ -214,6 +235,17 @@ def main() -> None:
                 expected += rows
             print(inserts.line(f"readings {rows:,} (new keys)", rows))
             print(updates.line(f"readings {rows:,} (same keys)", rows))
+            if args.breakdown and args.backend == "sqlite":
+                steps = []
+                for _ in range(args.repeat):
+                    steps.append(sqlite_breakdown(store, job_frame(rows, args.sensors, T0 + timedelta(days=day))))
+                    day += 1
+                    expected += rows
+                conv, execute, commit = (statistics.median(s) / rows * 1e6 for s in zip(*steps, strict=True))
+                print(
+                    f"{'':<28} CPU per reading, new keys: conversion {conv:.2f} us, executemany {execute:.2f} us, "
+                    f"commit {commit:.2f} us"
+                )
         total = store.count("sensor_metrics")
         assert total == expected, (total, expected)
         if args.windows:
