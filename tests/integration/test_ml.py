@@ -41,8 +41,8 @@ def test_train_list_show_promote_explain_evaluate(tmp_path: Path) -> None:
     assert info["version"] == "v0001" and info["training"]["readings"] > 40_000
     assert set(info["metrics"]["compared"]) == {"robust_z", "isolation_forest", "mahalanobis", "gradient_boosting"}
     assert info["detector"] == max(info["metrics"]["compared"], key=lambda n: info["metrics"]["compared"][n]["f1"])
-    namer = info["metrics"]["validation"]["namer"]  # labelled kinds: a kind classifier names flagged readings
-    assert len(namer["classes"]) >= 2 and set(namer["classes"]) <= set(ANOMALY_KINDS)
+    naming = info["metrics"]["validation"]["naming"]  # labelled kinds: naming chosen on validation
+    assert naming["chosen"] in naming["mean_kind_f1"] and set(naming["namer_classes"]) <= set(ANOMALY_KINDS)
     assert set(info["importance"]["sensors"]) <= {"temperature", "humidity", "pressure", "vibration", "voltage",
                                                   "current"}  # fmt: skip
 

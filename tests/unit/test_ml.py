@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,13 @@ import pytest
 from millrace.config import load_settings
 from millrace.errors import DataError, MillraceError
 from millrace.iot.simulator import FleetConfig, simulate_frame
-from millrace.ml import registry
+from millrace.ml import parallel, registry
+from millrace.ml import train as train_module
 from millrace.ml.detectors import Detector, robust_z_detector
 from millrace.ml.evaluate import ReadOptions, evaluate
+from millrace.ml.kinds import tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, episode_per_kind
-from millrace.ml.parallel import features_by_device
+from millrace.ml.parallel import features_by_device, run_tasks
 from millrace.ml.train import fit_unsupervised
 from millrace.processing.features import FEATURE_COLUMNS, frame_features
 from millrace.processing.scoring import MODEL_FEATURES, Scorer, load_scorer, model_matrix
@@ -208,3 +211,42 @@ def test_episode_per_kind_counts_episodes_and_flagged_events() -> None:
     merged = episode_per_kind(sensor, ts, labels, flag, kinds, score, merge=5)  # a{1..7} is one event
     assert (merged["spike"]["events_named"], merged["spike"]["events_correct"]) == (2, 1)
     assert merged[shift]["events_named"] == 0
+
+
+def test_run_tasks_returns_results_in_task_order() -> None:
+    tasks = [partial(pow, 2, k) for k in range(7)]
+    assert run_tasks(tasks, workers=2) == run_tasks(tasks, workers=1) == [2**k for k in range(7)]
+
+
+def test_training_in_worker_processes_gives_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = simulate_frame(FleetConfig(devices=2, seed=11, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)),
+                           duration_s=1800)  # fmt: skip
+    settings = load_settings(state_dir=tmp_path)
+    monkeypatch.setattr(train_module, "PARALLEL_FIT_ROWS", 10**12)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ROWS", 10**12)
+    one = train_module.train(settings, frame, source="test", seed=3)
+    monkeypatch.setattr(train_module, "PARALLEL_FIT_ROWS", 0)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ROWS", 0)
+    many = train_module.train(settings, frame, source="test", seed=3)
+    assert (one["version"], many["version"]) == ("v0001", "v0002")
+    assert many["detector"] == one["detector"] and many["thresholds"] == one["thresholds"]
+    for name, metrics in one["metrics"]["compared"].items():
+        other = many["metrics"]["compared"][name]
+        assert {k: v for k, v in other.items() if "seconds" not in k and k != "naming"} == {
+            k: v for k, v in metrics.items() if "seconds" not in k and k != "naming"}  # fmt: skip
+    naming = [
+        {k: v for k, v in m["metrics"]["validation"]["naming"].items() if k != "namer_seconds"} for m in (one, many)
+    ]
+    assert naming[0] == naming[1] and naming[0]["chosen"] in {"detector", "detector+bias", "namer", "namer+bias"}
+
+
+def test_tune_bias_raises_mean_kind_f1_on_skewed_probabilities() -> None:
+    # Two kinds; the probabilities favour "a" too much: a multiplier on "b" fixes the naming.
+    classes = ("a", "b")
+    labels = np.array(["a"] * 50 + ["b"] * 50, dtype=object)
+    proba = np.column_stack([np.full(100, 0.6), np.r_[np.full(50, 0.3), np.full(50, 0.5)]])
+    plain, f1_plain = tune_bias(proba, labels, classes, {"a": 50, "b": 50}, rounds=0)
+    assert list(plain) == [1.0, 1.0] and f1_plain == pytest.approx((2 / 3 + 0) / 2)
+    bias, f1 = tune_bias(proba, labels, classes, {"a": 50, "b": 50})
+    assert f1 == pytest.approx(1.0)
+    assert ((proba * bias).argmax(axis=1) == np.r_[np.zeros(50), np.ones(50)]).all()

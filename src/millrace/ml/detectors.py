@@ -34,6 +34,7 @@ class Detector:
     spread: np.ndarray = field(default_factory=lambda: np.ones(0))
     weights: np.ndarray = field(default_factory=lambda: np.ones(0))  # importance, for top features
     namer: Any = None  # a millrace.ml.kinds.KindNamer naming flagged readings (labelled training only)
+    kind_bias: np.ndarray | None = None  # supervised: per-class multipliers for naming, chosen on validation
 
     def raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(score, kind index into ``classes`` or None) for the model matrix X (NaN = unknown)."""
@@ -44,7 +45,8 @@ class Detector:
             proba = self.estimator.predict_proba(X)
             assert self.classes is not None
             normal = self.classes.index("normal")
-            anomalous = proba.copy()
+            bias = getattr(self, "kind_bias", None)  # models saved before kind_bias have none
+            anomalous = proba * bias if bias is not None else proba.copy()
             anomalous[:, normal] = -1.0
             return 1.0 - proba[:, normal], anomalous.argmax(axis=1)
         Xf = _unsupervised_view(X, self.features)

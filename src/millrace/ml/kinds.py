@@ -27,12 +27,17 @@ MAX_ROWS = 60_000  # anomalous readings to fit on (a sample keeps the kinds' pro
 class KindNamer:
     estimator: Any
     classes: tuple[str, ...]
+    bias: np.ndarray | None = None  # per-kind multipliers chosen on validation (tune_bias)
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        return self.estimator.predict_proba(X)
 
     def name(self, X: np.ndarray) -> np.ndarray:
         """The kind of each row of the kind matrix (see millrace.processing.scoring.kind_matrix)."""
         if not len(X):
             return np.empty(0, dtype=object)
-        return np.asarray(self.classes, dtype=object)[self.estimator.predict(X)]
+        p = self.proba(X)
+        return np.asarray(self.classes, dtype=object)[(p if self.bias is None else p * self.bias).argmax(axis=1)]
 
 
 def fit_namer(X: np.ndarray, labels: np.ndarray, *, seed: int, max_rows: int = MAX_ROWS) -> KindNamer | None:
@@ -56,3 +61,44 @@ def fit_namer(X: np.ndarray, labels: np.ndarray, *, seed: int, max_rows: int = M
     )  # fmt: skip
     model.fit(X[rows], y)
     return KindNamer(model, classes)
+
+
+def tune_bias(
+    proba: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], totals: dict[str, int], *,
+    grid: np.ndarray | None = None, rounds: int = 3,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Per-kind multipliers on the kind probabilities of flagged validation readings that maximise the mean
+    per-kind F1 (a reading counts for kind k when it is flagged and named k; recall over ``totals[k]``, every
+    validation reading of that kind, flagged or not). Coordinate ascent over a small grid, so few readings of a
+    kind cannot push its multiplier far. Returns (multipliers, mean F1 with them)."""
+    grid = np.geomspace(1 / 8, 8, 13) if grid is None else grid
+    bias = np.ones(len(classes))
+    scored = [i for i, c in enumerate(classes) if totals.get(c, 0) >= MIN_KIND]
+    if not len(proba) or not scored:
+        return bias, 0.0
+    codes = {c: i for i, c in enumerate(classes)}
+    truth = np.array([codes.get(str(x), -1) for x in labels])
+
+    def mean_f1(b: np.ndarray) -> float:
+        named = (proba * b).argmax(axis=1)
+        out = []
+        for i in scored:
+            tp = int(((named == i) & (truth == i)).sum())
+            n_named = int((named == i).sum())
+            p, r = (tp / n_named if n_named else 0.0), tp / totals[classes[i]]
+            out.append(2 * p * r / (p + r) if p + r else 0.0)
+        return float(np.mean(out))
+
+    best = mean_f1(bias)
+    for _ in range(rounds):
+        improved = False
+        for i in scored:
+            for g in grid:
+                trial = bias.copy()
+                trial[i] = g
+                f = mean_f1(trial)
+                if f > best + 1e-9:
+                    best, bias, improved = f, trial, True
+        if not improved:
+            break
+    return bias, best

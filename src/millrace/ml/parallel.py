@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,14 +33,14 @@ def default_workers() -> int:
 
 def features_by_device(
     frame: pd.DataFrame, processing: ProcessingSettings, *, workers: int | None = None,
-    min_rows: int = MIN_PARALLEL_ROWS,
+    min_rows: int | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """``frame_features(frame, processing, chunk=None)``, computed by ``workers`` processes (default: the
     usable cores) when the frame is large enough and the platform can fork."""
     n = default_workers() if workers is None else workers
     codes, names = pd.factorize(frame["device_id"], sort=True)
     can_fork = "fork" in multiprocessing.get_all_start_methods()
-    if n <= 1 or len(names) < 2 or len(frame) < min_rows or not can_fork:
+    if n <= 1 or len(names) < 2 or len(frame) < (MIN_PARALLEL_ROWS if min_rows is None else min_rows) or not can_fork:
         return frame_features(frame, processing, chunk=None)
     parts = _balance(np.bincount(codes, minlength=len(names)), min(len(names), 2 * n))
     global _JOB
@@ -99,3 +100,30 @@ def _as_object(column: pd.Series) -> Any:
     have = codes >= 0
     out[have] = values[codes[have]]
     return out
+
+
+_TASKS: Sequence[Callable[[], Any]] | None = None  # what forked workers inherit
+
+
+def run_tasks(tasks: Sequence[Callable[[], Any]], *, workers: int | None = None) -> list[Any]:
+    """Call each task (a closure over data the parent holds) in forked workers, in order of the list, and
+    return their results in that order; in this process when there is one worker or no fork. Each worker
+    runs native code on one thread (see millrace.ml.train)."""
+    n = min(default_workers() if workers is None else workers, len(tasks))
+    if n <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [task() for task in tasks]
+    global _TASKS
+    _TASKS = tasks
+    try:
+        with multiprocessing.get_context("fork").Pool(n) as pool:
+            return pool.map(_run_task, range(len(tasks)), chunksize=1)
+    finally:
+        _TASKS = None
+
+
+def _run_task(index: int) -> Any:
+    from threadpoolctl import threadpool_limits
+
+    assert _TASKS is not None, "worker started without tasks"
+    with threadpool_limits(limits=1):
+        return _TASKS[index]()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,9 @@ from millrace.config import ProcessingSettings, Settings
 from millrace.errors import DataError, missing_extra
 from millrace.ml import detectors as D
 from millrace.ml.explain import permutation_importance
-from millrace.ml.kinds import fit_namer
+from millrace.ml.kinds import KindNamer, fit_namer, tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, per_kind
-from millrace.ml.parallel import features_by_device
+from millrace.ml.parallel import features_by_device, run_tasks
 from millrace.ml.registry import promote, registry_root, save_model
 from millrace.processing.scoring import KIND_EXTRA, MODEL_FEATURES, kind_matrix, model_matrix
 from millrace.records import GROUND_TRUTH_FIELD, NORMAL
@@ -34,6 +35,8 @@ DETECTORS: tuple[str, ...] = ("robust_z", "isolation_forest", "mahalanobis", "gr
 UNLABELLED_CHOICE = "mahalanobis"
 MAX_FALSE_ALARM = 0.01
 UNLABELLED_QUANTILE = 0.999
+PARALLEL_FIT_ROWS = 300_000  # sampled rows from which fitting in worker processes pays off
+_SLOWEST_FIRST = ("gradient_boosting", "isolation_forest", "mahalanobis", "robust_z")
 _FEATURE_INPUTS = ("sensor_id", "device_id", "sensor_type", "location", "timestamp", "value", "interpolated")
 
 
@@ -157,9 +160,8 @@ def _train(
         return matrix[np.searchsorted(needed, rows)]
 
     say(f"model matrix of {len(needed):,} sampled readings; {len(val_rows):,} validate")
-    results: dict[str, dict[str, Any]] = {}
-    fitted: dict[str, D.Detector] = {}
-    for name in names:
+
+    def fit_one(name: str) -> tuple[D.Detector, dict[str, Any]]:
         t0 = time.monotonic()
         if name == "gradient_boosting":
             assert labels is not None and supervised_rows is not None
@@ -178,16 +180,37 @@ def _train(
             det.threshold = max(float(np.quantile(raw_fit, UNLABELLED_QUANTILE)), 1e-9)
             metrics = {"alarm_rate": float(np.mean(raw_val >= det.threshold)), "readings": len(val_rows)}
         metrics["fit_seconds"] = round(time.monotonic() - t0, 2)
-        results[name], fitted[name] = metrics, det
-        say(f"{name}: " + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}"))
+        return det, metrics
+
+    def fit_kinds() -> tuple[KindNamer | None, float]:
+        t0 = time.monotonic()
+        assert labels is not None
+        K = kind_matrix(feats[list(KIND_EXTRA)].iloc[anomalous_fit], X_of(anomalous_fit))
+        return fit_namer(K, labels[anomalous_fit], seed=seed), time.monotonic() - t0
+
+    # Independent fits, the slowest first, on every core for large inputs (the same models either way).
+    tasks: list[Callable[[], Any]] = [partial(fit_one, n) for n in sorted(names, key=_SLOWEST_FIRST.index)]
+    if labels is not None:
+        tasks.insert(1, fit_kinds)
+    outputs = run_tasks(tasks, workers=None if len(needed) >= PARALLEL_FIT_ROWS else 1)
+    namer_fit = outputs.pop(1) if labels is not None else None
+    results: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, D.Detector] = {}
+    for det, metrics in outputs:
+        results[det.name], fitted[det.name] = metrics, det
+    for name in names:
+        metrics = results[name]
+        say(f"{name}: " + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}")
+            + f" ({metrics['fit_seconds']:.0f} s)")  # fmt: skip
 
     best = max(names, key=lambda n: results[n]["f1"]) if truth is not None else (
         UNLABELLED_CHOICE if UNLABELLED_CHOICE in names else names[0])  # fmt: skip
     det = fitted[best]
     _describe_normal(det, X_of(unsup_rows))
     if truth is not None and labels is not None:
-        _add_namer(det, results[best], feats, labels, X_of, anomalous_fit, val_rows, seed=seed)
-        say("kinds named by " + ("a kind classifier" if det.namer is not None else "the detector"))
+        assert namer_fit is not None
+        _choose_naming(det, results[best], namer_fit, feats, labels, X_of, val_rows, len(anomalous_fit))
+        say(f"kinds named by: {results[best].get('naming', {}).get('chosen', 'the detector')}")
     # Importance on a validation sample rich in anomalies.
     val_truth = None if truth is None else truth[val_rows]
     pick = val_rows if val_truth is None else np.concatenate(
@@ -222,27 +245,58 @@ def _train(
     return load_info(root, version)
 
 
-def _add_namer(
-    det: D.Detector, metrics: dict[str, Any], feats: pd.DataFrame, labels: np.ndarray,
-    X_of: Callable[[np.ndarray], np.ndarray], anomalous_fit: np.ndarray, val_rows: np.ndarray, *, seed: int,
+def _choose_naming(
+    det: D.Detector, metrics: dict[str, Any], namer_fit: tuple[KindNamer | None, float], feats: pd.DataFrame,
+    labels: np.ndarray, X_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, rows: int,
 ) -> None:  # fmt: skip
-    """Fit the kind namer on the anomalous fitting readings; re-measure the kept detector's per-kind
-    validation numbers with it (the detector's own per-kind numbers stay as ``per_kind_detector``)."""
-    t0 = time.monotonic()
-    jumps = feats[list(KIND_EXTRA)]
-    det.namer = fit_namer(kind_matrix(jumps.iloc[anomalous_fit], X_of(anomalous_fit)), labels[anomalous_fit],
-                          seed=seed)  # fmt: skip
-    if det.namer is None:
-        return
+    """How flagged readings get their kind, chosen on validation by the mean per-kind F1: the supervised
+    detector's own classes or the kind namer, each as fitted or with per-kind multipliers (tune_bias). Sets
+    ``det.namer`` / ``det.kind_bias``; re-measures per-kind validation numbers (the detector's own stay as
+    ``per_kind_detector``)."""
+    namer, seconds = namer_fit
     raw, _ = det.raw(X_of(val_rows))
     flag = raw >= det.threshold
     flagged = val_rows[flag]
+    val_labels = labels[val_rows]
+    kinds_present, counts = np.unique(val_labels[val_labels != NORMAL].astype(str), return_counts=True)
+    totals = {str(k): int(c) for k, c in zip(kinds_present, counts, strict=True)}
+    options: dict[str, tuple[float, np.ndarray | None]] = {}
+    if det.name == "gradient_boosting" and det.classes is not None:
+        p = det.estimator.predict_proba(X_of(flagged))
+        p[:, det.classes.index(NORMAL)] = 0.0
+        options["detector"] = (tune_bias(p, labels[flagged], det.classes, totals, rounds=0)[1], None)
+        bias, f1 = tune_bias(p, labels[flagged], det.classes, totals)
+        options["detector+bias"] = (f1, bias)
+    if namer is not None:
+        p = namer.proba(kind_matrix(feats[list(KIND_EXTRA)].iloc[flagged], X_of(flagged)))
+        options["namer"] = (tune_bias(p, labels[flagged], namer.classes, totals, rounds=0)[1], None)
+        bias, f1 = tune_bias(p, labels[flagged], namer.classes, totals)
+        options["namer+bias"] = (f1, bias)
+    if not options:
+        return
+    chosen = max(options, key=lambda k: options[k][0] - 1e-6 * k.count("+"))  # ties: the plainer option
+    chosen_bias = options[chosen][1]
+    det.namer = namer if chosen.startswith("namer") else None
+    if det.namer is not None:
+        det.namer.bias = chosen_bias
+    else:
+        det.kind_bias = chosen_bias
+    _, kind_idx = det.raw(X_of(flagged))
+    if det.namer is not None:
+        named = det.namer.name(kind_matrix(feats[list(KIND_EXTRA)].iloc[flagged], X_of(flagged)))
+    else:
+        named = np.asarray(det.classes, dtype=object)[kind_idx]
     kinds = np.full(len(val_rows), None, dtype=object)
-    kinds[flag] = det.namer.name(kind_matrix(jumps.iloc[flagged], X_of(flagged)))
+    kinds[flag] = named
     metrics["per_kind_detector"] = metrics.get("per_kind")
-    metrics["per_kind"] = per_kind(labels[val_rows], flag, kinds)
-    metrics["namer"] = {"classes": list(det.namer.classes), "rows": len(anomalous_fit),
-                        "seconds": round(time.monotonic() - t0, 2)}  # fmt: skip
+    metrics["per_kind"] = per_kind(val_labels, flag, kinds)
+    classes = (det.namer.classes if det.namer is not None else det.classes) or ()
+    metrics["naming"] = {
+        "chosen": chosen, "mean_kind_f1": {k: round(v[0], 4) for k, v in options.items()},
+        "bias": None if chosen_bias is None else dict(zip(classes, np.round(chosen_bias, 3).tolist(), strict=True)),
+        "namer_rows": rows, "namer_seconds": round(seconds, 2),
+        "namer_classes": None if namer is None else list(namer.classes),
+    }  # fmt: skip
 
 
 def summarize(
