@@ -67,7 +67,11 @@ def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_o
     partitions = settings.spark.shuffle_partitions
     labels = bucket_labels(spark, partitions, partitions)
     frame = to_step_input(validate(parse(source), settings.processing), labels)
-    if stage == "group":
+    if stage == "group-noraw":
+        from pyspark.sql import functions as F
+
+        frame = frame.withColumn("raw", F.when(F.col("reason").isNull(), F.lit(None)).otherwise(F.col("raw")))
+    if stage.startswith("group"):
         from pyspark.sql.streaming.state import GroupStateTimeout
 
         frame = frame.groupBy("gkey").applyInPandasWithState(
@@ -77,7 +81,7 @@ def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_o
     marks: list[tuple[float, int, dict[str, float]]] = []
 
     def on_batch(df: Any, batch_id: int) -> None:
-        if stage == "group":
+        if stage.startswith("group"):
             n = df.agg({"n": "sum"}).collect()[0][0] or 0
         else:
             n = df.where(df.gkey != INVALID_GROUP).count()
@@ -109,7 +113,7 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=400_000)
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--max-offsets", type=int, default=100_000)
-    parser.add_argument("--stage", choices=["parse", "group"], action="append")
+    parser.add_argument("--stage", choices=["parse", "group", "group-noraw"], action="append")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="millrace-spark-floor-"))
     kp, cp = free_port(), free_port()

@@ -5,9 +5,9 @@ Two measurements on one local broker (free ports, 512 MB heap) and the job in th
 1. throughput: a backlog of ``--backlog`` readings is produced first; the job drains it with micro-batches of
    up to ``--max-offsets`` records; readings/s = input records / time from the first to the last batch with
    input (Spark start-up excluded and reported separately);
-2. latency: readings produced at ``--rate`` readings/s for ``--seconds`` while the job runs (trigger 1 s);
-   for each alert, the time from producing the reading that opened it to the alert's row appearing in the
-   store (polled every 50 ms). Reports p50/p99.
+2. latency: readings produced at ``--rate`` readings/s for ``--warmup`` + ``--seconds`` while the job runs
+   (trigger 1 s); for each alert opened after the warm-up, the time from producing the reading that opened
+   it to the alert's row appearing in the store (polled every 50 ms). Reports p50/p99.
 
 Also reports the job's memory (RSS of this process, the Spark JVM and its Python workers).
 
@@ -138,7 +138,7 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
     }
 
 
-def latency(settings: Settings, rate: int, seconds: float, devices: int) -> dict[str, Any]:
+def latency(settings: Settings, rate: int, seconds: float, devices: int, warmup_s: float) -> dict[str, Any]:
     sensors = devices * 6
     interval = sensors / rate  # event time advances with the wall clock at the target rate
     cfg = FleetConfig(devices=devices, interval_s=interval, seed=9, anomaly_rate=0.02, start=datetime.now(UTC))
@@ -158,9 +158,24 @@ def latency(settings: Settings, rate: int, seconds: float, devices: int) -> dict
     thread.start()
     while not batches:  # the query is up and has its starting offsets
         time.sleep(0.2)
+    seen: dict[str, float] = {}
+    watching = threading.Event()
+    watching.set()
+    store = SqliteStore(settings.sqlite_path)
+
+    def watch() -> None:  # when each alert first appears in the store, while the readings are produced
+        while watching.is_set():
+            now = time.time()
+            for alert in store.alerts(limit=100_000):
+                seen.setdefault(alert["alert_id"], now)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     producer = make_producer(settings.kafka.client_config(), linger_ms=5)
-    sim = Simulator(cfg, duration_s=seconds)
+    sim = Simulator(cfg, duration_s=seconds + warmup_s)
     t0 = time.monotonic()
+    wall0 = time.time()
     sent = 0
     for batch in sim.batches():
         for key, value in zip(batch.keys, batch.values, strict=True):
@@ -173,15 +188,14 @@ def latency(settings: Settings, rate: int, seconds: float, devices: int) -> dict
             sent += 1
     producer.flush(60)
     produce_s = time.monotonic() - t0
-    seen: dict[str, float] = {}
-    store = SqliteStore(settings.sqlite_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for alert in store.alerts(limit=100_000):
-            seen.setdefault(alert["alert_id"], time.time())
-        time.sleep(0.05)
-        if batches and batches[-1].input_rows == 0 and time.monotonic() - t0 > produce_s + 5:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the job has caught up (a batch without input)
+        time.sleep(0.2)
+        if batches and batches[-1].input_rows == 0 and time.monotonic() - t0 > produce_s + 2:
             break
+    time.sleep(0.2)
+    watching.clear()
+    watcher.join(10)
     alerts = store.alerts(limit=100_000)
     store.close()
     stop.set()
@@ -191,11 +205,14 @@ def latency(settings: Settings, rate: int, seconds: float, devices: int) -> dict
         opened = alert["opened_at"]
         key_ts = opened.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23]
         times = [produced[(sid, key_ts)] for sid in alert["sensor_ids"] if (sid, key_ts) in produced]
-        if times and alert["alert_id"] in seen:
+        # Only alerts opened after the warm-up (Python workers started, JIT warm, start-up backlog drained).
+        if times and alert["alert_id"] in seen and min(times) >= wall0 + warmup_s:
             lat.append(seen[alert["alert_id"]] - min(times))
     arr = np.array(lat) if lat else np.array([np.nan])
     return {
         "rate_target": rate,
+        "warmup_s": warmup_s,
+        "measured_s": seconds,
         "rate_achieved": round(sent / produce_s, 0),
         "sensors": sensors,
         "interval_s": round(interval, 4),
@@ -213,7 +230,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--max-offsets", type=int, default=200_000)
     parser.add_argument("--rate", type=int, default=10_000)
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured production after the warm-up")
+    parser.add_argument("--warmup", type=float, default=30.0, help="production at the rate before measuring")
     parser.add_argument("--skip", choices=["throughput", "latency"], action="append", default=[])
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
@@ -233,7 +251,7 @@ def main() -> None:
         if "latency" not in args.skip:
             s = settings_for(root, kp, cp, "latency", args.max_offsets)
             _topics(s)
-            out["latency"] = latency(s, args.rate, args.seconds, args.devices)
+            out["latency"] = latency(s, args.rate, args.seconds, args.devices, args.warmup)
             print(json.dumps(out["latency"]), flush=True)
     finally:
         out["load_avg_end"] = [round(x, 1) for x in psutil.getloadavg()]

@@ -212,6 +212,8 @@ def test_every_fault_kind_lands_where_it_should(
     assert Counter(d["reason"] == "late" for d in dead) == Counter({True: expected.late, False: expected.dead})
     faulty = {m.value.decode("utf-8", "replace") for m in messages if m.kind in DEAD_KINDS}
     assert {d["raw"] for d in dead if d["reason"] != "late"} == faulty
+    late = [orjson.loads(d["raw"]) for d in dead if d["reason"] == "late"]
+    assert all(r["sensor_id"] and r["timestamp"] and r["value"] is not None for r in late)
     assert all(":" in d["position"] and d["source"] == job.topics.readings for d in dead)
 
 

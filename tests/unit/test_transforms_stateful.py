@@ -117,6 +117,10 @@ def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_f
     out = run(step, state, "dev-0001", pd.concat([rows.drop(index=5), late]))
     dead = payloads(out, "dead")
     assert [(d["reason"], d["position"], d["source"]) for d in dead] == [("late", "0:999", "readings")]
+    # The reading, re-encoded from its fields (the job ships original bytes for invalid rows only).
+    reading = orjson.loads(dead[0]["raw"])
+    assert reading["sensor_id"] == temp.loc[5, "sensor_id"] and reading["value"] == temp.loc[5, "value"]
+    assert pd.Timestamp(reading["timestamp"]) == temp.loc[5, "timestamp"]
 
 
 def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> None:
@@ -202,3 +206,45 @@ def test_a_silent_device_is_swept_while_its_bucket_keeps_running(settings: Any) 
     state.now_ms += 1_000
     out = run(step, state, "b0", only_one.iloc[:0])
     assert [s for s in payloads(out, "status") if s["state"] == "inactive"] == []
+
+
+class ListSink:
+    """Collects what the step writes (the job's sink writes the store and the predictions topic)."""
+
+    def __init__(self) -> None:
+        self.frames: list[pd.DataFrame] = []
+
+    def write(self, readings: pd.DataFrame) -> None:
+        self.frames.append(readings)
+
+
+def test_with_a_sink_readings_leave_through_it_and_windows_as_partials(settings: Any) -> None:
+    from millrace.processing.transforms import finish_windows, merge_partials, window_partials
+
+    frame = _fleet(devices=2, seconds=300)
+    sink = ListSink()
+    with_sink = StatefulStep(settings, source_topic="t", sink_factory=lambda _settings: sink)
+    plain = StatefulStep(settings, source_topic="t")
+    s1, s2 = FakeState(now_ms=1_800_000_000_000), FakeState(now_ms=1_800_000_000_000)
+    outs, plain_outs = [], []
+    for i, chunk in enumerate(_chunks(frame, 90)):
+        rows = step_input(chunk, first_offset=i * 10_000)
+        outs.append(run(with_sink, s1, "b0", rows))
+        plain_outs.append(run(plain, s2, "b0", rows))
+    out, plain_out = pd.concat(outs, ignore_index=True), pd.concat(plain_outs, ignore_index=True)
+    assert (out["out"] == "reading").sum() == 0
+    written = pd.concat(sink.frames, ignore_index=True)
+    expected = plain_out[plain_out["out"] == "reading"]
+    assert len(written) == len(expected) == len(frame)
+    assert sorted(zip(written["sensor_id"], written["timestamp"], strict=True)) == sorted(
+        zip(expected["sensor_id"], expected["timestamp"], strict=True)
+    )
+    # Window partials of all calls merge into the windows computed from all readings at once.
+    windows = finish_windows(merge_partials(payloads(out, "window")), 60)
+    whole = finish_windows(window_partials(expected, 60), 60)
+    key = ["scope", "key", "window_start"]
+    pd.testing.assert_frame_equal(
+        windows.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+    )  # fmt: skip
+    assert windows["count"].sum() == 2 * len(frame)  # per sensor and per type x location

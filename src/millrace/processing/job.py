@@ -28,6 +28,7 @@ class JobOptions:
     max_offsets_per_trigger: int = 200_000
     topic: str | None = None  # default settings.topics.readings
     scorer_factory: Callable[[Settings], Any] | None = None  # default scoring.load_scorer (tests swap it)
+    executor_writes: bool = True  # readings written by the executors (processing.sink), not the driver
 
 
 def default_options(settings: Settings, **overrides: Any) -> JobOptions:
@@ -77,8 +78,11 @@ def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Cal
     partitions = settings.spark.shuffle_partitions
     labels = bucket_labels(spark, settings.spark.state_buckets or partitions, partitions)
     steps = to_step_input(validate(parse(reader.load()), settings.processing), labels)
+    from millrace.processing.sink import worker_sink
+
+    sink = worker_sink if options.executor_writes else None
     out = steps.groupBy("gkey").applyInPandasWithState(
-        make_step(settings, source_topic=topic, scorer_factory=options.scorer_factory),
+        make_step(settings, source_topic=topic, scorer_factory=options.scorer_factory, sink_factory=sink),
         outputStructType=STEP_OUTPUT,
         stateStructType=STEP_STATE,
         outputMode="append",

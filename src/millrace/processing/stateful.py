@@ -7,7 +7,8 @@ the fixed cost of a call (pandas, Arrow, state (de)serialisation) is paid per bu
 In order: dead letters for invalid rows; duplicates and late events (per-sensor watermark = newest event time
 - allowed lateness); gaps (interpolation / inactivity); features.devices_step; Scorer.score; alert episodes
 per device; sensor status; data-quality counters. Everything a batch produces leaves as rows of
-schema.STEP_OUTPUT, told apart by ``out``. The bucket's state is one JSON document: per sensor the newest
+schema.STEP_OUTPUT, told apart by ``out``; readings go to the store and the predictions topic from here
+(processing.sink) when the job gives a sink. The bucket's state is one JSON document: per sensor the newest
 event time, the event times inside the lateness horizon and the gap track; per device its feature state, open
 episode and the wall-clock time of its last readings. A device silent for ``inactive_after_s`` of wall-clock
 time is swept (its sensors reported inactive, its episode closed) by the next call of its bucket, or by the
@@ -30,7 +31,13 @@ import pandas as pd
 from millrace.config import Settings
 from millrace.processing import episodes, gaps
 from millrace.processing.schema import STEP_OUTPUT_COLUMNS
-from millrace.processing.transforms import INVALID_GROUP, LATE_REASON, drop_duplicates_and_late, timestamps_ms
+from millrace.processing.transforms import (
+    INVALID_GROUP,
+    LATE_REASON,
+    drop_duplicates_and_late,
+    timestamps_ms,
+    window_partials,
+)
 from millrace.records import to_iso
 
 log = logging.getLogger(__name__)
@@ -109,6 +116,16 @@ def _text(raw: object) -> str:
     return "" if raw is None else str(raw)
 
 
+def _reencoded(rows: pd.DataFrame) -> list[str]:
+    """Valid readings as JSON rebuilt from their parsed fields (their original bytes stay in the source topic,
+    at the dead letter's position)."""
+    fields = ("sensor_id", "device_id", "sensor_type", "value", "unit", "location", "status", "ground_truth")
+    records = rows[list(fields)].astype(object).where(rows[list(fields)].notna(), None).to_dict("records")
+    for record, ms in zip(records, rows["ts_ms"], strict=True):
+        record["timestamp"] = _iso_ms(ms)
+    return [orjson.dumps(r).decode() for r in records]
+
+
 def _load(state: Any) -> dict[str, Any]:
     doc = orjson.loads(state.get[0]) if state.exists else None
     return doc if doc is not None and doc.get("v") == STATE_VERSION else empty_state()
@@ -118,11 +135,15 @@ class StatefulStep:
     """The function handed to applyInPandasWithState (picklable: holds only the settings)."""
 
     def __init__(
-        self, settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None
-    ) -> None:
+        self, settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None,
+        sink_factory: Callable[[Settings], Any] | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.source = source_topic
         self.scorer_factory = scorer_factory  # default scoring.load_scorer
+        # With a sink (sink.worker_sink in the job) readings are written here, in the executor, and leave the
+        # step only as window partials; without one they are output rows ("reading").
+        self.sink_factory = sink_factory
         self.inactive_ms = int(settings.processing.inactive_after_s * 1000)
 
     def __call__(self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
@@ -185,6 +206,7 @@ class StatefulStep:
         fresh, late, duplicates = drop_duplicates_and_late(frame, doc["seen"], doc["newest"], lateness_ms)
         parts: list[pd.DataFrame] = []
         if len(late):
+            late = late.assign(raw=_reencoded(late))
             parts.append(dead_letters(late, pd.Series([LATE_REASON] * len(late)), source=self.source, at_ms=now_ms))
 
         # Readings older than their sensor's newest one (inside the lateness) are stored, but not fed to the
@@ -222,7 +244,12 @@ class StatefulStep:
         readings = self._score(batch, doc)
         if behind.any():
             readings = pd.concat([readings, self._unscored(fresh[behind])], ignore_index=True)
-        parts.append(self._reading_rows(readings))
+        rows = self._reading_rows(readings)
+        if self.sink_factory is not None:
+            self.sink_factory(self.settings).write(rows)
+        else:
+            parts.append(rows)
+        parts.append(self._window_rows(rows))
         parts.extend(self._episodes(readings, doc, present))
 
         changed = sorted(set(gap.touched) | set(gap.went_inactive))
@@ -317,6 +344,14 @@ class StatefulStep:
         rows["payload"] = [None] * n
         return _frame(rows, n)
 
+    def _window_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The batch's tumbling-window partials (transforms.window_partials) as "window" output rows."""
+        partials = window_partials(rows, self.settings.processing.window_s) if len(rows) else rows
+        if not len(partials):
+            return _frame({}, 0)
+        lines = _json_lines(partials)
+        return _frame({"out": ["window"] * len(lines), "payload": lines}, len(lines))
+
     def _alert_rows(self, device_id: str, touched: list[episodes.Episode]) -> pd.DataFrame:
         threshold = self.settings.processing.zscore_threshold
         alerts = [episodes.to_alert(ep, device_id=device_id, zscore_threshold=threshold) for ep in touched]
@@ -354,6 +389,7 @@ def _json_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def make_step(
-    settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None
-) -> Callable[..., Iterator[pd.DataFrame]]:
-    return StatefulStep(settings, source_topic=source_topic, scorer_factory=scorer_factory)
+    settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None,
+    sink_factory: Callable[[Settings], Any] | None = None,
+) -> Callable[..., Iterator[pd.DataFrame]]:  # fmt: skip
+    return StatefulStep(settings, source_topic=source_topic, scorer_factory=scorer_factory, sink_factory=sink_factory)

@@ -1,6 +1,10 @@
 """The foreachBatch writer of the streaming job: one micro-batch's output into the store and Kafka topics.
 
 The batch is collected once (Arrow) — foreachBatch would otherwise recompute the stateful step per action.
+In the job the readings themselves were already written by the executors (processing.sink); what reaches
+the driver is small: alerts, window partials, sensor status, quality counters and dead letters (and reading
+rows when the step runs without a sink). Window partials of all buckets are merged per window and recorded
+in the ledger under the batch id, so a replayed batch gives the same windows.
 Writes happen in this order: alerts, readings, windows, sensor status, quality into the store (idempotent
 upserts on natural keys, so a replayed batch changes nothing), then alerts, predictions, windowed metrics,
 quality and dead letters to Kafka (at-least-once: a replayed batch may repeat messages, which consumers
@@ -22,7 +26,8 @@ import pandas as pd
 
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
-from millrace.processing.transforms import finish_windows, window_partials
+from millrace.processing.sink import produce_predictions
+from millrace.processing.transforms import finish_windows, merge_partials
 from millrace.processing.windows import WindowLedger
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,7 @@ class BatchWriter:
         alerts = [orjson.loads(p) for p in out.loc[kind == "alert", "payload"]]
         statuses = [orjson.loads(p) for p in out.loc[kind == "status", "payload"]]
         dead = out.loc[kind == "dead", "payload"].tolist()
+        partials = merge_partials([orjson.loads(p) for p in out.loc[kind == "window", "payload"]])
         quality = _sum_counters(out.loc[kind == "quality", "payload"])
         quality["input"] = sum(quality.get(k, 0) for k in ("valid", "duplicates", "late", "invalid"))
 
@@ -108,7 +114,7 @@ class BatchWriter:
             store.upsert_alerts(alerts)
         if len(readings):
             store.upsert_readings(readings)
-        windows = self._windows(readings, batch_id)
+        windows = self._windows(partials, batch_id)
         if len(windows):
             store.upsert_windows(windows)
         if statuses:
@@ -117,17 +123,16 @@ class BatchWriter:
 
         self._produce(readings, alerts, windows, dead, quality, batch_id)
         return BatchStats(
-            batch_id=batch_id, input_rows=quality["input"], readings=int((~readings["interpolated"].astype(bool)).sum())
-            if len(readings) else 0, interpolated=quality.get("interpolated", 0), dead_letters=len(dead),
+            batch_id=batch_id, input_rows=quality["input"], readings=quality.get("valid", 0),
+            interpolated=quality.get("interpolated", 0), dead_letters=len(dead),
             alerts=len(alerts), windows=len(windows), duration_s=0.0, collect_s=0.0, quality=quality,
         )  # fmt: skip
 
-    def _windows(self, readings: pd.DataFrame, batch_id: int) -> pd.DataFrame:
+    def _windows(self, partials: pd.DataFrame, batch_id: int) -> pd.DataFrame:
         window_s = self.settings.processing.window_s
-        partials = window_partials(readings, window_s) if len(readings) else pd.DataFrame()
         merged = self.ledger.record(batch_id, partials)
-        if len(readings):
-            newest = int(pd.to_datetime(readings["timestamp"], utc=True).max().value // 1_000_000)
+        if len(partials):
+            newest = int(partials["window_start"].max()) + window_s * 1000
             horizon = newest - int((self.settings.processing.allowed_lateness_s + PRUNE_MARGIN_S) * 1000)
             self.ledger.prune(horizon - window_s * 1000)
         return finish_windows(merged, window_s) if len(merged) else pd.DataFrame()
@@ -140,21 +145,7 @@ class BatchWriter:
         for alert in alerts:
             produce(topics.alerts, orjson.dumps(alert), alert["alert_id"])
         if len(readings):
-            preds = pd.DataFrame({
-                "sensor_id": readings["sensor_id"].to_numpy(),
-                "timestamp": readings["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z",
-                "device_id": readings["device_id"].to_numpy(),
-                "sensor_type": readings["sensor_type"].to_numpy(),
-                "location": readings["location"].to_numpy(),
-                "value": readings["value"].to_numpy(),
-                "score": readings["score"].to_numpy(),
-                "is_anomaly": readings["is_anomaly"].fillna(False).astype(bool).to_numpy(),
-                "anomaly_kind": readings["anomaly_kind"].to_numpy(),
-                "interpolated": readings["interpolated"].astype(bool).to_numpy(),
-            })  # fmt: skip
-            lines = preds.to_json(orient="records", lines=True).rstrip("\n").split("\n")
-            for key, line in zip(preds["sensor_id"], lines, strict=True):
-                produce(topics.predictions, line.encode(), key)
+            produce_predictions(produce, topics.predictions, readings)
         if len(windows):
             wins = windows.assign(
                 window_start=windows["window_start"].dt.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
