@@ -61,7 +61,10 @@ def ms_of(value: Any) -> int | None:
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, str):
-        value = pd.Timestamp(value.replace("Z", "+00:00"))
+        try:  # the stdlib parser is ~30x cheaper than pandas' for the usual ISO 8601 forms
+            value = datetime.fromisoformat(value)
+        except ValueError:  # e.g. more than microsecond digits: pandas parses those
+            value = pd.Timestamp(value.replace("Z", "+00:00"))
     if isinstance(value, np.datetime64):
         value = pd.Timestamp(value)
     if isinstance(value, pd.Timestamp):
