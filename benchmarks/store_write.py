@@ -13,10 +13,10 @@ columns, object-dtype booleans and float-dtype Kafka offsets, not a tidy hand-ma
 SQLite runs on a temp file. MongoDB uses ``--mongodb-uri`` when given, otherwise starts the local
 MongoDB-wire server through millrace.runtime (a real mongod if installed, else FerretDB) on a free port.
 Per batch size, each repeat writes a fresh batch (new keys), then the same batch again (every row an
-update), into a store that keeps growing; medians over the repeats are reported, as wall time and as the
-CPU time of this process (SQLite works in-process, so CPU time is what the call costs on an idle core —
-the number that holds up on a shared machine), with the best (least) CPU time of the repeats, the
-closest to an idle machine. The load average is printed next to them.
+update), into a store that keeps growing; then windows and sensor status rows. Medians over the repeats
+are reported, as wall time and as the CPU time of this process (SQLite works in-process, so CPU time is
+what the call costs on an idle core — the number that holds up on a shared machine), with the best
+(least) CPU time of the repeats, the closest to an idle machine. The load average is printed next to them.
 """
 
 from __future__ import annotations
@@ -137,6 +137,27 @@ def window_frame(rows: int, start: datetime) -> pd.DataFrame:
     return frame[list(WINDOW_COLUMNS)]
 
 
+def status_rows(rows: int, at: datetime) -> list[dict[str, Any]]:
+    """Sensor status rows as the writer decodes them from the step's JSON payloads (ISO time strings)."""
+
+    def iso(t: datetime) -> str:
+        return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    return [
+        {
+            "sensor_id": f"dev-{i // 6:04d}-{SENSOR_TYPES[i % 6]}",
+            "device_id": f"dev-{i // 6:04d}",
+            "sensor_type": SENSOR_TYPES[i % 6],
+            "location": "loc-01",
+            "last_event_time": iso(at + timedelta(seconds=i)),
+            "state": "active",
+            "expected_interval_s": 1.0,
+            "updated_at": iso(at + timedelta(hours=1)),
+        }  # fmt: skip
+        for i in range(rows)
+    ]
+
+
 @contextmanager
 def open_backend(backend: str, mongodb_uri: str | None) -> Iterator[Store]:
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,6 +233,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 40_000])
     parser.add_argument("--sensors", type=int, default=120, help="20 devices x 6 types, as the stream benchmark")
     parser.add_argument("--windows", type=int, default=10_000, help="rows per upsert_windows batch (0: skip)")
+    parser.add_argument("--status", type=int, default=1200, help="rows per upsert_sensor_status call (0: skip)")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--mongodb-uri", default=None)
     parser.add_argument(
@@ -256,6 +278,12 @@ def main() -> None:
                 w_updates.run(lambda f=frame: store.upsert_windows(f))
             print(w_inserts.line(f"windows {args.windows:,} (new keys)", args.windows))
             print(w_updates.line(f"windows {args.windows:,} (same keys)", args.windows))
+        if args.status:
+            s_timings = Timings()
+            for r in range(args.repeat):
+                rows = status_rows(args.status, T0 + timedelta(days=r))
+                s_timings.run(lambda rows=rows: store.upsert_sensor_status(rows))
+            print(s_timings.line(f"sensor status {args.status:,} rows", args.status))
         latest, page = Timings(), Timings()
         sensor = store.latest_readings()[0]["sensor_id"]
         for _ in range(5):
