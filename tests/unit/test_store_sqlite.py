@@ -84,6 +84,18 @@ def test_reading_columns_fill_missing_nullify_nan_and_keep_the_last_duplicate() 
         convert.reading_columns(pd.DataFrame({"sensor_id": ["a"], "timestamp": [None]}))
 
 
+def test_rows_repeating_a_key_keep_the_last_one_wherever_they_are() -> None:
+    t1 = pd.Timestamp(T0) + pd.Timedelta(microseconds=300)  # same millisecond as T0: the same key
+    t2 = pd.Timestamp(T0) + pd.Timedelta(seconds=1)
+    rows = pd.DataFrame(
+        {"sensor_id": ["a", "b", "a", "a", "b"], "timestamp": [T0, T0, t2, t1, T0], "value": [1.0, 2.0, 3.0, 4.0, 5.0]}
+    )
+    for sqlite in (False, True):
+        cols = convert.reading_columns(rows, sqlite=sqlite)
+        assert list(zip(cols["sensor_id"], cols["value"], strict=True)) == [("a", 3.0), ("a", 4.0), ("b", 5.0)]
+        assert cols["timestamp"] == [1772366401000, 1772366400000, 1772366400000]
+
+
 def test_sqlite_shaped_columns_bind_nulls_as_nan_and_booleans_as_ints() -> None:
     rows = pd.DataFrame(
         {"sensor_id": ["a", "b"], "timestamp": [T0, T0], "value": [1.5, np.nan], "is_anomaly": [True, None],
