@@ -241,6 +241,7 @@ def test_a_store_file_of_the_earlier_layout_keeps_working(tmp_path: Path) -> Non
     assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096  # an existing file keeps its pages
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "sensor_metrics_type_location" not in names and "sensor_metrics_time" in names
+    assert "sensor_metrics_key" not in names  # its primary key already is the key
     conn.close()
     store.close()
 

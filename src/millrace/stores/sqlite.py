@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS sensor_metrics (
     anomaly_kind TEXT, features TEXT, ground_truth TEXT, kafka_partition INTEGER, kafka_offset INTEGER,
     ingested_at INTEGER
 );
-CREATE UNIQUE INDEX IF NOT EXISTS sensor_metrics_key ON sensor_metrics (sensor_id, timestamp);
+{key_index}
 CREATE INDEX IF NOT EXISTS sensor_metrics_time ON sensor_metrics (timestamp);
 DROP INDEX IF EXISTS sensor_metrics_type_location;
 
@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS sensor_status (
 );
 CREATE INDEX IF NOT EXISTS sensor_status_state ON sensor_status (state);
 """
+# The key of a row-id sensor_metrics. A file of the earlier layout (a WITHOUT ROWID table whose primary key is
+# this) does not get it: it would be a second copy of the key to maintain.
+KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS sensor_metrics_key ON sensor_metrics (sensor_id, timestamp);"
 
 # Pages of a new store file. Larger pages than SQLite's 4 KiB mean fewer page splits and cell moves per
 # inserted reading (rows are ~300 bytes with their features JSON): ~15 % less CPU per upsert here. An
@@ -159,7 +162,7 @@ class SqliteStore:
             conn.execute("PRAGMA foreign_keys = OFF")
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the indexes of a busy day in memory
             if not self._schema_ready:
-                conn.executescript(SCHEMA)
+                conn.executescript(SCHEMA.format(key_index="" if _clustered_readings(conn) else KEY_INDEX))
                 self._schema_ready = True
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the SQLite store {self.path}: {exc}") from exc
@@ -369,6 +372,12 @@ class SqliteStore:
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
+
+
+def _clustered_readings(conn: sqlite3.Connection) -> bool:
+    """Whether the file has sensor_metrics in the earlier layout (WITHOUT ROWID, clustered on its key)."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'sensor_metrics'").fetchone()
+    return row is not None and "WITHOUT ROWID" in row[0].upper()
 
 
 def _time_range(
