@@ -148,6 +148,8 @@ DEFAULT_RANGES: dict[str, SensorRange] = {
 
 
 class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
+    # Physical range per sensor type. Given ranges override the defaults type by type; the other default
+    # types stay known (a reading of a type without a range is dead-lettered as unknown_sensor_type).
     ranges: dict[str, SensorRange] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
     max_future_s: float = Field(default=300.0, ge=0)
     max_age_s: float = Field(default=7 * 86400.0, gt=0)
@@ -156,6 +158,13 @@ class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
     max_interpolated_gap: int = Field(default=5, ge=0)
     inactive_after_s: float = Field(default=60.0, gt=0)
     zscore_threshold: float = Field(default=6.0, gt=0)
+    # An alert episode closes after this much event time without an anomalous reading of its device.
+    episode_quiet_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("ranges", mode="after")
+    @classmethod
+    def _over_defaults(cls, ranges: dict[str, SensorRange]) -> dict[str, SensorRange]:
+        return {**DEFAULT_RANGES, **ranges}
 
 
 class ApiSettings(BaseModel, frozen=True, extra="forbid"):

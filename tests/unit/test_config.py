@@ -109,3 +109,14 @@ def test_missing_config_file_and_broken_toml(tmp_path: Path) -> None:
 def test_range_order_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"processing\.ranges\.temperature.*low must be below high"):
         load_settings(processing={"ranges": {"temperature": {"low": 10, "high": 5}}})
+
+
+def test_a_range_given_overrides_its_type_and_keeps_the_other_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "millrace.toml"
+    path.write_text("[processing]\nepisode_quiet_s = 45\n[processing.ranges.temperature]\nlow = -10.0\nhigh = 60.0\n")
+    settings = load_settings(path)
+    ranges = settings.processing.ranges
+    assert (ranges["temperature"].low, ranges["temperature"].high) == (-10.0, 60.0)
+    assert set(ranges) == {"temperature", "humidity", "pressure", "vibration", "voltage", "current"}
+    assert ranges["humidity"] == load_settings().processing.ranges["humidity"]
+    assert settings.processing.episode_quiet_s == 45.0

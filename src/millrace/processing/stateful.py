@@ -42,7 +42,6 @@ from millrace.records import to_iso
 
 log = logging.getLogger(__name__)
 
-EPISODE_QUIET_S = 30.0  # an episode ends after this much event time without an anomalous reading
 STAGE = "validation"
 STATE_VERSION = 2
 # Stored with every reading (the enrichment: rolling statistics, rate, time since last, device
@@ -145,6 +144,7 @@ class StatefulStep:
         # step only as window partials; without one they are output rows ("reading").
         self.sink_factory = sink_factory
         self.inactive_ms = int(settings.processing.inactive_after_s * 1000)
+        self.quiet_s = settings.processing.episode_quiet_s
 
     def __call__(self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
         now_ms = int(state.getCurrentProcessingTimeMs())
@@ -194,7 +194,7 @@ class StatefulStep:
             self._swept_sensors += len(gone)
             parts.append(self._status_rows(doc, gone, now_ms))
             if dev["ep"] is not None:
-                parts.append(self._alert_rows(device_id, [episodes.close(dev["ep"], EPISODE_QUIET_S)]))
+                parts.append(self._alert_rows(device_id, [episodes.close(dev["ep"], self.quiet_s)]))
                 dev["ep"] = None
         return parts
 
@@ -313,11 +313,11 @@ class StatefulStep:
             if rows is not None:
                 eps, dev["ep"] = episodes.update(
                     rows, dev["ep"], device_id=device_id, location=dev["loc"], newest_ms=dev["wm"],
-                    quiet_s=EPISODE_QUIET_S,
+                    quiet_s=self.quiet_s,
                 )  # fmt: skip
                 touched.extend((device_id, ep) for ep in eps)
             else:
-                closed = episodes.expire(dev["ep"], dev["wm"], EPISODE_QUIET_S)
+                closed = episodes.expire(dev["ep"], dev["wm"], self.quiet_s)
                 if closed is not None:
                     touched.append((device_id, closed))
                     dev["ep"] = None
