@@ -161,7 +161,7 @@ def _train(
 
     say(f"model matrix of {len(needed):,} sampled readings; {len(val_rows):,} validate")
 
-    def fit_one(name: str) -> tuple[D.Detector, dict[str, Any]]:
+    def fit_one(name: str) -> tuple[D.Detector, dict[str, Any], np.ndarray]:
         t0 = time.monotonic()
         if name == "gradient_boosting":
             assert labels is not None and supervised_rows is not None
@@ -180,7 +180,7 @@ def _train(
             det.threshold = max(float(np.quantile(raw_fit, UNLABELLED_QUANTILE)), 1e-9)
             metrics = {"alarm_rate": float(np.mean(raw_val >= det.threshold)), "readings": len(val_rows)}
         metrics["fit_seconds"] = round(time.monotonic() - t0, 2)
-        return det, metrics
+        return det, metrics, raw_val
 
     def fit_kinds() -> tuple[KindNamer | None, float]:
         t0 = time.monotonic()
@@ -196,9 +196,10 @@ def _train(
     namer_fit = outputs.pop(1) if labels is not None else None
     results: dict[str, dict[str, Any]] = {}
     fitted: dict[str, D.Detector] = {}
-    for det, metrics in outputs:
-        results[det.name], fitted[det.name] = metrics, det
-    for name in names:
+    raw_of: dict[str, np.ndarray] = {}
+    by_name = {out[0].name: out for out in outputs}
+    for name in names:  # in the order asked for
+        fitted[name], results[name], raw_of[name] = by_name[name]
         metrics = results[name]
         say(f"{name}: " + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}")
             + f" ({metrics['fit_seconds']:.0f} s)")  # fmt: skip
@@ -209,7 +210,7 @@ def _train(
     _describe_normal(det, X_of(unsup_rows))
     if truth is not None and labels is not None:
         assert namer_fit is not None
-        _choose_naming(det, results[best], namer_fit, feats, labels, X_of, val_rows, len(anomalous_fit))
+        _choose_naming(det, results[best], namer_fit, feats, labels, X_of, val_rows, raw_of[best], len(anomalous_fit))
         say(f"kinds named by: {results[best].get('naming', {}).get('chosen', 'the detector')}")
     # Importance on a validation sample rich in anomalies.
     val_truth = None if truth is None else truth[val_rows]
@@ -247,14 +248,13 @@ def _train(
 
 def _choose_naming(
     det: D.Detector, metrics: dict[str, Any], namer_fit: tuple[KindNamer | None, float], feats: pd.DataFrame,
-    labels: np.ndarray, X_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, rows: int,
+    labels: np.ndarray, X_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, raw: np.ndarray, rows: int,
 ) -> None:  # fmt: skip
     """How flagged readings get their kind, chosen on validation by the mean per-kind F1: the supervised
     detector's own classes or the kind namer, each as fitted or with per-kind multipliers (tune_bias). Sets
     ``det.namer`` / ``det.kind_bias``; re-measures per-kind validation numbers (the detector's own stay as
     ``per_kind_detector``)."""
     namer, seconds = namer_fit
-    raw, _ = det.raw(X_of(val_rows))
     flag = raw >= det.threshold
     flagged = val_rows[flag]
     val_labels = labels[val_rows]
