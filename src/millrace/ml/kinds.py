@@ -76,18 +76,9 @@ def tune_bias(
     scored = [i for i, c in enumerate(classes) if totals.get(c, 0) >= MIN_KIND]
     if not len(proba) or not scored:
         return bias, 0.0
-    codes = {c: i for i, c in enumerate(classes)}
-    truth = np.array([codes.get(str(x), -1) for x in labels])
 
     def mean_f1(b: np.ndarray) -> float:
-        named = (proba * b).argmax(axis=1)
-        out = []
-        for i in scored:
-            tp = int(((named == i) & (truth == i)).sum())
-            n_named = int((named == i).sum())
-            p, r = (tp / n_named if n_named else 0.0), tp / totals[classes[i]]
-            out.append(2 * p * r / (p + r) if p + r else 0.0)
-        return float(np.mean(out))
+        return float(np.mean(list(kind_f1s(proba, labels, classes, totals, b).values())))
 
     best = mean_f1(bias)
     for _ in range(rounds):
@@ -102,3 +93,31 @@ def tune_bias(
         if not improved:
             break
     return bias, best
+
+
+def kind_f1s(
+    proba: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], totals: dict[str, int],
+    bias: np.ndarray | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Per-kind F1 of naming flagged readings by ``argmax(proba * bias)``, for the kinds with ``MIN_KIND``
+    readings in ``totals`` (every validation reading of the kind, flagged or not)."""
+    named = (proba if bias is None else proba * bias).argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
+    truth = _codes(labels, classes)
+    out: dict[str, float] = {}
+    for i, kind in enumerate(classes):
+        if totals.get(kind, 0) < MIN_KIND:
+            continue
+        tp = int(((named == i) & (truth == i)).sum())
+        n_named = int((named == i).sum())
+        p, r = (tp / n_named if n_named else 0.0), tp / totals[kind]
+        out[kind] = 2 * p * r / (p + r) if p + r else 0.0
+    return out
+
+
+def _codes(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Index of each label in ``classes``, -1 when absent (vectorised)."""
+    labs = np.asarray(labels, dtype=object).astype(str)
+    order = np.argsort(np.asarray(classes, dtype=str))
+    ranked = np.asarray(classes, dtype=str)[order]
+    pos = np.clip(np.searchsorted(ranked, labs), 0, len(ranked) - 1)
+    return np.where(ranked[pos] == labs, order[pos], -1)

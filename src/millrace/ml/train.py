@@ -22,7 +22,7 @@ from millrace.config import ProcessingSettings, Settings
 from millrace.errors import DataError, missing_extra
 from millrace.ml import detectors as D
 from millrace.ml.explain import permutation_importance
-from millrace.ml.kinds import KindNamer, fit_namer, tune_bias
+from millrace.ml.kinds import KindNamer, fit_namer, kind_f1s, tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, per_kind
 from millrace.ml.parallel import features_by_device, run_tasks
 from millrace.ml.registry import promote, registry_root, save_model
@@ -35,6 +35,7 @@ DETECTORS: tuple[str, ...] = ("robust_z", "isolation_forest", "mahalanobis", "gr
 UNLABELLED_CHOICE = "mahalanobis"
 MAX_FALSE_ALARM = 0.01
 UNLABELLED_QUANTILE = 0.999
+MAX_KIND_LOSS = 0.1  # a naming may lose a kind at most this much validation F1 against the detector's own
 PARALLEL_FIT_ROWS = 300_000  # sampled rows from which fitting in worker processes pays off
 _SLOWEST_FIRST = ("gradient_boosting", "isolation_forest", "mahalanobis", "robust_z")
 _FEATURE_INPUTS = ("sensor_id", "device_id", "sensor_type", "location", "timestamp", "value", "interpolated")
@@ -261,20 +262,27 @@ def _choose_naming(
     kinds_present, counts = np.unique(val_labels[val_labels != NORMAL].astype(str), return_counts=True)
     totals = {str(k): int(c) for k, c in zip(kinds_present, counts, strict=True)}
     options: dict[str, tuple[float, np.ndarray | None]] = {}
+    per_kind_f1: dict[str, dict[str, float]] = {}
+    candidates: list[tuple[str, np.ndarray, tuple[str, ...]]] = []
     if det.name == "gradient_boosting" and det.classes is not None:
         p = det.estimator.predict_proba(X_of(flagged))
         p[:, det.classes.index(NORMAL)] = 0.0
-        options["detector"] = (tune_bias(p, labels[flagged], det.classes, totals, rounds=0)[1], None)
-        bias, f1 = tune_bias(p, labels[flagged], det.classes, totals)
-        options["detector+bias"] = (f1, bias)
+        candidates.append(("detector", p, det.classes))
     if namer is not None:
-        p = namer.proba(kind_matrix(feats[list(KIND_EXTRA)].iloc[flagged], X_of(flagged)))
-        options["namer"] = (tune_bias(p, labels[flagged], namer.classes, totals, rounds=0)[1], None)
-        bias, f1 = tune_bias(p, labels[flagged], namer.classes, totals)
-        options["namer+bias"] = (f1, bias)
+        candidates.append(("namer", namer.proba(kind_matrix(feats[list(KIND_EXTRA)].iloc[flagged], X_of(flagged))),
+                           namer.classes))  # fmt: skip
+    for name, p, classes in candidates:
+        for label, rounds in ((name, 0), (f"{name}+bias", 3)):
+            bias, f1 = tune_bias(p, labels[flagged], classes, totals, rounds=rounds)
+            options[label] = (f1, None if rounds == 0 else bias)
+            per_kind_f1[label] = kind_f1s(p, labels[flagged], classes, totals, bias)
     if not options:
         return
-    chosen = max(options, key=lambda k: options[k][0] - 1e-6 * k.count("+"))  # ties: the plainer option
+    # The best mean per-kind F1 among namings that lose no kind more than MAX_KIND_LOSS against the
+    # detector's own naming (a better mean must not come from giving up a kind); ties: the plainer option.
+    base = per_kind_f1.get("detector", {})
+    fair = [o for o in options if all(per_kind_f1[o].get(k, 0.0) >= f - MAX_KIND_LOSS for k, f in base.items())]
+    chosen = max(fair or ["detector"], key=lambda k: options[k][0] - 1e-6 * k.count("+"))
     chosen_bias = options[chosen][1]
     det.namer = namer if chosen.startswith("namer") else None
     if det.namer is not None:
@@ -293,6 +301,7 @@ def _choose_naming(
     classes = (det.namer.classes if det.namer is not None else det.classes) or ()
     metrics["naming"] = {
         "chosen": chosen, "mean_kind_f1": {k: round(v[0], 4) for k, v in options.items()},
+        "kind_f1": {o: {k: round(f, 4) for k, f in v.items()} for o, v in per_kind_f1.items()},
         "bias": None if chosen_bias is None else dict(zip(classes, np.round(chosen_bias, 3).tolist(), strict=True)),
         "namer_rows": rows, "namer_seconds": round(seconds, 2),
         "namer_classes": None if namer is None else list(namer.classes),
