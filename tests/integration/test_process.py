@@ -200,11 +200,16 @@ def test_every_fault_kind_lands_where_it_should(
     result = run(job, default_options(job), until_idle_s=6.0, duration_s=240)
     assert result.input_rows == len(messages)
 
-    check_store(job, expected)
+    stored = check_store(job, expected)
     store = open_store(job)
     quality = store.quality_totals()
     statuses = store.sensor_status()
     store.close()
+    # One prediction per reading written — measured or interpolated (a measured reading arriving out of order
+    # may replace an interpolated point: one stored row, two predictions) — produced by the executors.
+    preds = count_topic(job, job.topics.predictions, quality["valid"] + quality.get("interpolated", 0))
+    got = {(p["sensor_id"], pd.Timestamp(p["timestamp"]).value // 10**6) for p in preds}
+    assert got == set(zip(stored["sensor_id"], stored["ts_ms"], strict=True))
     assert quality["late"] == expected.late and quality["duplicates"] == expected.duplicates
     assert quality["invalid"] == expected.dead and quality["valid"] == len(expected.stored)
     assert len(statuses) == (18 if backend == "sqlite" else 6)

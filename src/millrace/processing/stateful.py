@@ -244,10 +244,13 @@ class StatefulStep:
         readings = self._score(batch, doc)
         if behind.any():
             readings = pd.concat([readings, self._unscored(fresh[behind])], ignore_index=True)
-        rows = self._reading_rows(readings)
         if self.sink_factory is not None:
+            # The same columns, without rebuilding a frame of output rows (strings would be converted again).
+            keep = [col for col in STEP_OUTPUT_COLUMNS if col in readings.columns]
+            rows = readings[keep].assign(timestamp=pd.to_datetime(readings["ts_ms"].to_numpy(), unit="ms", utc=True))
             self.sink_factory(self.settings).write(rows)
         else:
+            rows = self._reading_rows(readings)
             parts.append(rows)
         parts.append(self._window_rows(rows))
         parts.extend(self._episodes(readings, doc, present))

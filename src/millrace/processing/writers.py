@@ -145,7 +145,7 @@ class BatchWriter:
         for alert in alerts:
             produce(topics.alerts, orjson.dumps(alert), alert["alert_id"])
         if len(readings):
-            produce_predictions(produce, topics.predictions, readings)
+            produce_predictions(self.producer, topics.predictions, readings)
         if len(windows):
             wins = windows.assign(
                 window_start=windows["window_start"].dt.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
