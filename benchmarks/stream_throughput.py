@@ -218,6 +218,7 @@ def latency(settings: Settings, rate: int, seconds: float, devices: int, warmup_
         "latency_p99_s": round(float(np.nanpercentile(arr, 99)), 2),
         "latency_max_s": round(float(np.nanmax(arr)), 2),
         "batch_s_p50": round(float(np.median([b.duration_s for b in batches if b.input_rows] or [np.nan])), 2),
+        "batches": [(b.input_rows, round(b.collect_s, 2), round(b.duration_s, 2)) for b in batches],
     }
 
 

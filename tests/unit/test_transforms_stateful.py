@@ -248,3 +248,15 @@ def test_with_a_sink_readings_leave_through_it_and_windows_as_partials(settings:
         check_dtype=False,
     )  # fmt: skip
     assert windows["count"].sum() == 2 * len(frame)  # per sensor and per type x location
+
+
+def test_dedup_horizon_is_packed_small_and_round_trips() -> None:
+    import numpy as np
+
+    from millrace.processing.stateful import pack_times, unpack_times
+
+    regular = np.arange(1_800_000_000_000, 1_800_000_060_000, 12, dtype="int64")  # 60 s at 83 readings/s
+    text = pack_times(regular)
+    assert len(text) < 1_000 and (unpack_times(text) == regular).all()
+    for ts in (np.empty(0, dtype="int64"), np.array([-86_400_000, 0, 7, 1_800_000_000_000], dtype="int64")):
+        assert (unpack_times(pack_times(ts)) == ts).all()
