@@ -27,26 +27,12 @@ from typing import Any
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stream_throughput import _topics, cpu_by_part, settings_for  # noqa: E402
+from stream_throughput import _topics, cpu_by_part, produce_backlog, settings_for  # noqa: E402
 
-from millrace.iot.simulator import FleetConfig, Simulator  # noqa: E402
-from millrace.kafka.producer import make_producer  # noqa: E402
 from millrace.processing.job import kafka_source_options  # noqa: E402
 from millrace.processing.session import build_session  # noqa: E402
 from millrace.runtime.process import free_port  # noqa: E402
 from millrace.runtime.stack import Stack  # noqa: E402
-
-
-def produce(settings: Any, backlog: int, devices: int) -> None:
-    producer = make_producer(settings.kafka.client_config())
-    sent = 0
-    for batch in Simulator(FleetConfig(devices=devices, interval_s=1.0, seed=5), count=backlog).batches():
-        for key, value in zip(batch.keys, batch.values, strict=True):
-            producer.produce(settings.topics.readings, value, key)
-        sent += len(batch)
-        if sent >= backlog:
-            break
-    producer.flush(120)
 
 
 def count_group(key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
@@ -122,7 +108,7 @@ def main() -> None:
     stack.up()
     try:
         _topics(settings)
-        produce(settings, args.backlog, args.devices)
+        produce_backlog(settings, args.backlog, args.devices)
         spark = build_session(settings, app_name="millrace-spark-floor")
         for stage in args.stage or ["parse", "group"]:
             print(json.dumps(drain(spark, settings, stage, root, args.backlog, args.max_offsets)), flush=True)

@@ -75,7 +75,8 @@ def settings_for(root: Path, kafka_port: int, controller_port: int, name: str, m
     )
 
 
-def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]:
+def produce_backlog(settings: Settings, backlog: int, devices: int) -> FleetConfig:
+    """``backlog`` clean simulator readings on the readings topic, delivered; returns the fleet used."""
     cfg = FleetConfig(devices=devices, interval_s=1.0, seed=5)
     producer = make_producer(settings.kafka.client_config())
     sent = 0
@@ -86,6 +87,11 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
         if sent >= backlog:
             break
     producer.flush(120)
+    return cfg
+
+
+def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]:
+    cfg = produce_backlog(settings, backlog, devices)
     batches: list[tuple[float, BatchStats]] = []
     cpu: list[float] = []
     parts: list[dict[str, float]] = []
