@@ -22,6 +22,7 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,13 +66,15 @@ def cpu_by_part() -> dict[str, float]:
     return parts
 
 
-def settings_for(root: Path, kafka_port: int, controller_port: int, name: str, max_offsets: int) -> Settings:
+def settings_for(
+    root: Path, kafka_port: int, controller_port: int, name: str, max_offsets: int, spark: dict[str, Any] | None = None
+) -> Settings:
     return load_settings(
         state_dir=root / name,
         runtime={"kafka_port": kafka_port, "controller_port": controller_port, "kafka_heap": "512m"},
         kafka={"bootstrap_servers": f"127.0.0.1:{kafka_port}"},
         topics={"readings": f"bench.{name}.readings"},
-        spark={"max_offsets_per_trigger": max_offsets, "driver_memory": "2g"},
+        spark={"max_offsets_per_trigger": max_offsets, "driver_memory": "2g", **(spark or {})},
     )
 
 
@@ -141,10 +144,34 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
     }
 
 
+def live_fleet(rate: int, devices: int) -> FleetConfig:
+    """A fleet whose event time advances with the wall clock when produced at ``rate`` readings/s."""
+    return FleetConfig(devices=devices, interval_s=devices * 6 / rate, seed=9, anomaly_rate=0.02,
+                       start=datetime.now(UTC))  # fmt: skip
+
+
+def produce_at_rate(
+    settings: Settings, cfg: FleetConfig, rate: int, seconds: float, on_sent: Callable[[str, bytes], None]
+) -> int:
+    """Produce the fleet's readings paced at ``rate`` per second for ``seconds``; returns how many."""
+    producer = make_producer(settings.kafka.client_config(), linger_ms=5)
+    t0 = time.monotonic()
+    sent = 0
+    for batch in Simulator(cfg, duration_s=seconds).batches():
+        for key, value in zip(batch.keys, batch.values, strict=True):
+            due = t0 + sent / rate
+            while time.monotonic() < due:
+                producer.poll(0.0005)
+            producer.produce(settings.topics.readings, value, key)
+            on_sent(key, value)
+            sent += 1
+    producer.flush(60)
+    return sent
+
+
 def latency(settings: Settings, rate: int, seconds: float, devices: int, warmup_s: float) -> dict[str, Any]:
-    sensors = devices * 6
-    interval = sensors / rate  # event time advances with the wall clock at the target rate
-    cfg = FleetConfig(devices=devices, interval_s=interval, seed=9, anomaly_rate=0.02, start=datetime.now(UTC))
+    cfg = live_fleet(rate, devices)
+    sensors, interval = cfg.sensors, cfg.interval_s
     produced: dict[tuple[str, str], float] = {}
     stop = threading.Event()
     job_done = threading.Event()
@@ -175,27 +202,21 @@ def latency(settings: Settings, rate: int, seconds: float, devices: int, warmup_
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    producer = make_producer(settings.kafka.client_config(), linger_ms=5)
-    sim = Simulator(cfg, duration_s=seconds + warmup_s)
+
+    def sent_at(key: str, value: bytes) -> None:
+        ts = value[value.find(b'"timestamp":"') + 13 :][:24].decode()
+        produced[(key, ts[:23])] = time.time()
+
     t0 = time.monotonic()
     wall0 = time.time()
-    sent = 0
-    for batch in sim.batches():
-        for key, value in zip(batch.keys, batch.values, strict=True):
-            due = t0 + sent / rate
-            while time.monotonic() < due:
-                producer.poll(0.0005)
-            producer.produce(settings.topics.readings, value, key)
-            ts = value[value.find(b'"timestamp":"') + 13 :][:24].decode()
-            produced[(key, ts[:23])] = time.time()
-            sent += 1
-    producer.flush(60)
+    sent = produce_at_rate(settings, cfg, rate, seconds + warmup_s, sent_at)
     produce_s = time.monotonic() - t0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until the job has caught up (a batch without input)
         time.sleep(0.2)
         if batches and batches[-1].input_rows == 0 and time.monotonic() - t0 > produce_s + 2:
             break
+    progress = query_progress()
     time.sleep(0.2)
     watching.clear()
     watcher.join(10)
@@ -225,7 +246,30 @@ def latency(settings: Settings, rate: int, seconds: float, devices: int, warmup_
         "latency_max_s": round(float(np.nanmax(arr)), 2),
         "batch_s_p50": round(float(np.median([b.duration_s for b in batches if b.input_rows] or [np.nan])), 2),
         "batches": [(b.input_rows, round(b.collect_s, 2), round(b.duration_s, 2)) for b in batches],
+        "batch_parts_ms_p50": progress,
     }
+
+
+PROGRESS_PARTS = ("triggerExecution", "queryPlanning", "latestOffset", "walCommit", "addBatch", "commitOffsets")
+STATE_PARTS = ("allUpdatesTimeMs", "allRemovalsTimeMs", "commitTimeMs")
+
+
+def query_progress() -> dict[str, float]:
+    """Median milliseconds per part of the running query's recent micro-batches with input (Spark's own
+    query progress): where a batch's time goes."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
+    recent = [p for q in spark.streams.active for p in q.recentProgress if p.numInputRows]
+    parts: dict[str, list[float]] = {}
+    for p in recent[len(recent) // 3 :]:  # the later two thirds: after start-up
+        for key in PROGRESS_PARTS:
+            parts.setdefault(key, []).append(p.durationMs.get(key, 0))
+        for op in p.stateOperators:
+            for key in STATE_PARTS:
+                parts.setdefault(f"state.{key}", []).append(getattr(op, key, 0) or 0)
+        parts.setdefault("rows", []).append(p.numInputRows)
+    return {k: float(np.median(v)) for k, v in parts.items()}
 
 
 def main() -> None:
@@ -237,10 +281,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="measured production after the warm-up")
     parser.add_argument("--warmup", type=float, default=30.0, help="production at the rate before measuring")
     parser.add_argument("--skip", choices=["throughput", "latency"], action="append", default=[])
+    parser.add_argument("--trigger", type=float, default=None, help="micro-batch trigger in seconds (0 = back to back)")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark property")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="millrace-stream-bench-"))
     kp, cp = free_port(), free_port()
+    spark: dict[str, Any] = {"conf": dict(kv.split("=", 1) for kv in args.spark_conf)}
+    if args.trigger is not None:
+        spark["trigger_seconds"] = args.trigger
     base = settings_for(root, kp, cp, "stack", args.max_offsets)
     stack = Stack(base)
     stack.up()
@@ -248,12 +297,12 @@ def main() -> None:
                            "load_avg_start": [round(x, 1) for x in psutil.getloadavg()]}  # fmt: skip
     try:
         if "throughput" not in args.skip:
-            s = settings_for(root, kp, cp, "throughput", args.max_offsets)
+            s = settings_for(root, kp, cp, "throughput", args.max_offsets, spark)
             _topics(s)
             out["throughput"] = throughput(s, args.backlog, args.devices)
             print(json.dumps(out["throughput"]), flush=True)
         if "latency" not in args.skip:
-            s = settings_for(root, kp, cp, "latency", args.max_offsets)
+            s = settings_for(root, kp, cp, "latency", args.max_offsets, spark)
             _topics(s)
             out["latency"] = latency(s, args.rate, args.seconds, args.devices, args.warmup)
             print(json.dumps(out["latency"]), flush=True)

@@ -113,9 +113,20 @@ class SparkSettings(BaseModel, frozen=True, extra="forbid"):
     # Devices are hashed into this many state buckets; one Python call per bucket and micro-batch (default:
     # shuffle_partitions). More buckets spread the stateful step over more executor cores on a cluster.
     state_buckets: int | None = Field(default=None, ge=1)
-    trigger_seconds: float = Field(default=1.0, gt=0)
+    trigger_seconds: float = Field(default=1.0, ge=0)  # 0: each micro-batch starts when the last ends
     max_offsets_per_trigger: int = Field(default=200_000, ge=1)
     driver_memory: str = "2g"
+    # Any other Spark properties, applied last (e.g. "spark.executor.memory" on a cluster, or the state store
+    # provider): {"spark.sql.streaming.stateStore.providerClass" = "..."}.
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="after")
+    @classmethod
+    def _spark_keys(cls, conf: dict[str, str]) -> dict[str, str]:
+        wrong = [k for k in conf if not k.startswith("spark.")]
+        if wrong:
+            raise ValueError(f"Spark properties start with 'spark.' (got {wrong[0]!r})")
+        return conf
 
 
 class StoreSettings(BaseModel, frozen=True, extra="forbid"):
@@ -175,9 +186,7 @@ class ApiSettings(BaseModel, frozen=True, extra="forbid"):
 class Settings(BaseSettings):
     """The whole millrace configuration."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MILLRACE_", env_nested_delimiter="__", frozen=True, extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="MILLRACE_", env_nested_delimiter="__", frozen=True, extra="forbid")
     _toml_file: ClassVar[Path | None] = None
 
     state_dir: Path = Path(".millrace")

@@ -209,19 +209,26 @@ def test_a_silent_device_is_swept_while_its_bucket_keeps_running(settings: Any) 
 
 
 class ListSink:
-    """Collects what the step writes (the job's sink writes the store and the predictions topic)."""
+    """Collects what the step writes (the job's sink writes the store, the predictions and alerts topics)."""
 
     def __init__(self) -> None:
         self.frames: list[pd.DataFrame] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.calls: list[str] = []
 
     def write(self, readings: pd.DataFrame) -> None:
         self.frames.append(readings)
+        self.calls.append("readings")
+
+    def write_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        self.alerts.extend(alerts)
+        self.calls.append("alerts")
 
 
-def test_with_a_sink_readings_leave_through_it_and_windows_as_partials(settings: Any) -> None:
+def test_with_a_sink_readings_and_alerts_leave_through_it_and_windows_as_partials(settings: Any) -> None:
     from millrace.processing.transforms import finish_windows, merge_partials, window_partials
 
-    frame = _fleet(devices=2, seconds=300)
+    frame = _fleet(devices=2, seconds=300, anomaly_rate=0.3)
     sink = ListSink()
     with_sink = StatefulStep(settings, source_topic="t", sink_factory=lambda _settings: sink)
     plain = StatefulStep(settings, source_topic="t")
@@ -248,6 +255,14 @@ def test_with_a_sink_readings_leave_through_it_and_windows_as_partials(settings:
         check_dtype=False,
     )  # fmt: skip
     assert windows["count"].sum() == 2 * len(frame)  # per sensor and per type x location
+    # Alerts: the same episodes as without a sink, written by the sink before the call's readings; the driver
+    # only counts them.
+    expected_alerts = sorted(orjson.dumps(p) for p in payloads(plain_out, "alert"))
+    assert len(expected_alerts) > 0 and (out["out"] == "alert").sum() == 0
+    assert sorted(orjson.dumps(a) for a in sink.alerts) == expected_alerts
+    assert sorted(orjson.dumps(p) for p in payloads(out, "alert_sent")) == expected_alerts
+    first_alerts = sink.calls.index("alerts")
+    assert sink.calls[first_alerts + 1] == "readings" and sink.calls.count("readings") == len(outs)
 
 
 def test_dedup_horizon_is_packed_small_and_round_trips() -> None:

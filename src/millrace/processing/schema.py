@@ -47,8 +47,9 @@ STEP_INPUT_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 # One output row of the stateful step. ``out`` says what it is: "reading" (a cleaned, scored reading, possibly
-# interpolated; only when the step has no sink), "window" (a tumbling-window partial), "alert", "status",
-# "dead" (dead letter) or "quality" (counters); all but "reading" carry their content as JSON in ``payload``.
+# interpolated; only when the step has no sink), "window" (a tumbling-window partial), "alert" ("alert_sent"
+# when the step's sink already wrote it), "status", "dead" (dead letter) or "quality" (counters); all but
+# "reading" carry their content as JSON in ``payload``.
 STEP_OUTPUT = StructType(
     [
         StructField("out", StringType(), False),

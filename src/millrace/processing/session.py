@@ -75,6 +75,8 @@ def build_session(settings: Settings, *, master: str | None = None, app_name: st
         .config("spark.python.worker.reuse", "true")
         .config("spark.sql.streaming.stateStore.stateSchemaCheck", "true")
     )
+    for key, value in spark_cfg.conf.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     log.info("spark session %s on %s", spark.version, master or spark_cfg.master)

@@ -1,11 +1,13 @@
 """Where the stateful step puts its readings: the store and the predictions topic, written from the executors.
 
-Readings are the bulk of the job's output (one row per reading, and its features); sending them back to the
-driver would pass every row through the JVM twice more and write them from one process. Instead each
-Python worker writes the readings of its bucket itself — idempotent upserts on (sensor_id, timestamp), so a
-micro-batch replayed after a crash writes the same rows again and the store still holds one row per reading —
-and produces their scores to the predictions topic (at-least-once, keyed by sensor). The driver's
-foreachBatch keeps the small outputs: alerts, windows, sensor status, quality, dead letters.
+Readings are the bulk of the job's output (one row per reading, and its features); sending them back to the driver
+would pass every row through the JVM twice more and write them from one process. Instead each Python worker writes
+the alerts and then the readings of its bucket itself (alerts first: the time from a reading to its alert in the
+store is the job's latency that matters) — idempotent upserts on (sensor_id, timestamp), so a micro-batch replayed
+after a crash writes the same rows again and the store still holds one row per reading — and produces their scores
+to the predictions topic (at-least-once, keyed by sensor); alerts are upserted by alert_id and produced to the
+alerts topic. The driver's foreachBatch keeps the other small outputs: windows, sensor status, quality, dead
+letters.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from millrace.config import Settings
@@ -47,10 +50,24 @@ class ReadingSink:
         self.store.upsert_readings(readings.assign(ingested_at=pd.Timestamp(time.time(), unit="s", tz="UTC")))
         failed = self.producer.stats.failed
         produce_predictions(self.producer, self.settings.topics.predictions, readings)
-        remaining = self.producer.flush(60.0)
-        if remaining or self.producer.stats.failed > failed:
-            lost = remaining + self.producer.stats.failed - failed
-            raise KafkaUnavailable(f"{lost} predictions not delivered: {self.producer.stats.last_error}")
+        self._delivered(self.producer.flush(60.0), failed, "predictions")
+
+    def write_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """Upsert alert episodes (records.Alert dicts) and produce them to the alerts topic, keyed by alert_id;
+        returns once delivered (raises KafkaUnavailable otherwise)."""
+        if not alerts:
+            return
+        self.store.upsert_alerts(alerts)
+        failed = self.producer.stats.failed
+        topic = self.settings.topics.alerts
+        for alert in alerts:
+            self.producer.produce(topic, orjson.dumps(alert), alert["alert_id"])
+        self._delivered(self.producer.flush(60.0), failed, "alerts")
+
+    def _delivered(self, remaining: int, failed_before: int, what: str) -> None:
+        if remaining or self.producer.stats.failed > failed_before:
+            lost = remaining + self.producer.stats.failed - failed_before
+            raise KafkaUnavailable(f"{lost} {what} not delivered: {self.producer.stats.last_error}")
 
 
 def produce_predictions(producer: Any, topic: str, readings: pd.DataFrame) -> None:

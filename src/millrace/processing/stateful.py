@@ -4,15 +4,17 @@ Devices are hashed into a few buckets (``spark.state_buckets``, default: one per
 processes every device of its bucket that has readings in the micro-batch, vectorised across devices, so
 the fixed cost of a call (pandas, Arrow, state (de)serialisation) is paid per bucket, not per device.
 
-In order: dead letters for invalid rows; duplicates and late events (per-sensor watermark = newest event time
-- allowed lateness); gaps (interpolation / inactivity); features.devices_step; Scorer.score; alert episodes
-per device; sensor status; data-quality counters. Everything a batch produces leaves as rows of
-schema.STEP_OUTPUT, told apart by ``out``; readings go to the store and the predictions topic from here
-(processing.sink) when the job gives a sink. The bucket's state is one JSON document: per sensor the newest
+In order: dead letters for invalid rows; duplicates and late events (per-sensor watermark = newest event time -
+allowed lateness); gaps (interpolation / inactivity); features.devices_step; Scorer.score; alert episodes per
+device; sensor status; data-quality counters. Everything a batch produces leaves as rows of schema.STEP_OUTPUT,
+told apart by ``out``. When the job gives a sink (processing.sink), alerts and readings leave from here instead —
+alerts first, to the store and the alerts topic, so an alert is visible as soon as its bucket is computed rather
+than when the whole micro-batch is; then the readings, to the store and the predictions topic — and the driver gets
+the alerts back only to count them ("alert_sent"). The bucket's state is one JSON document: per sensor the newest
 event time, the event times inside the lateness horizon and the gap track; per device its feature state, open
-episode and the wall-clock time of its last readings. A device silent for ``inactive_after_s`` of wall-clock
-time is swept (its sensors reported inactive, its episode closed) by the next call of its bucket, or by the
-bucket's processing-time timeout when the whole bucket went silent.
+episode and the wall-clock time of its last readings. A device silent for ``inactive_after_s`` of wall-clock time
+is swept (its sensors reported inactive, its episode closed) by the next call of its bucket, or by the bucket's
+processing-time timeout when the whole bucket went silent.
 
 Determinism: the only clock read is the micro-batch time Spark fixes (``getCurrentProcessingTimeMs``), so a
 batch replayed after a crash yields the same rows and the store's upserts change nothing.
@@ -147,6 +149,7 @@ class StatefulStep:
         self.sink_factory = sink_factory
         self.inactive_ms = int(settings.processing.inactive_after_s * 1000)
         self.quiet_s = settings.processing.episode_quiet_s
+        self._readings: pd.DataFrame | None = None  # this call's readings for the sink, written after its alerts
 
     def __call__(self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
         now_ms = int(state.getCurrentProcessingTimeMs())
@@ -155,17 +158,31 @@ class StatefulStep:
             parts = self._sweep(doc, now_ms, set(), timed_out=True)
             parts.append(_payload_rows("quality", [{"inactive_sensors": self._swept_sensors}]))
             state.update((orjson.dumps(doc).decode(),))
-            yield pd.concat(parts, ignore_index=True)
+            yield self._send(pd.concat(parts, ignore_index=True))
             return
         frame = pd.concat(list(batches), ignore_index=True)
         if str(key[0]) == INVALID_GROUP:
             yield self._invalid(frame, now_ms)
             return
         doc = _load(state)
-        out = self._bucket(frame, doc, now_ms)
+        out = self._send(self._bucket(frame, doc, now_ms))
         state.update((orjson.dumps(doc).decode(),))
         state.setTimeoutDuration(self.inactive_ms)
         yield out
+
+    def _send(self, out: pd.DataFrame) -> pd.DataFrame:
+        """With a sink: write the call's alerts, then its readings (kept aside by ``_bucket``), from here."""
+        readings, self._readings = self._readings, None
+        if self.sink_factory is None:
+            return out
+        sink = self.sink_factory(self.settings)
+        is_alert = (out["out"] == "alert").to_numpy()
+        if is_alert.any():
+            sink.write_alerts([orjson.loads(p) for p in out.loc[is_alert, "payload"]])
+            out.loc[is_alert, "out"] = "alert_sent"
+        if readings is not None:
+            sink.write(readings)
+        return out
 
     # ------------------------------------------------------------------------------------------ invalid rows
     def _invalid(self, frame: pd.DataFrame, now_ms: int) -> pd.DataFrame:
@@ -251,7 +268,7 @@ class StatefulStep:
             # The same columns, without rebuilding a frame of output rows (strings would be converted again).
             keep = [col for col in STEP_OUTPUT_COLUMNS if col in readings.columns]
             rows = readings[keep].assign(timestamp=pd.to_datetime(readings["ts_ms"].to_numpy(), unit="ms", utc=True))
-            self.sink_factory(self.settings).write(rows)
+            self._readings = rows  # written by _send, after the alerts
         else:
             rows = self._reading_rows(readings)
             parts.append(rows)

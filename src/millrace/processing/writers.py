@@ -1,10 +1,11 @@
 """The foreachBatch writer of the streaming job: one micro-batch's output into the store and Kafka topics.
 
-The batch is collected once (Arrow) — foreachBatch would otherwise recompute the stateful step per action.
-In the job the readings themselves were already written by the executors (processing.sink); what reaches
-the driver is small: alerts, window partials, sensor status, quality counters and dead letters (and reading
-rows when the step runs without a sink). Window partials of all buckets are merged per window and recorded
-in the ledger under the batch id, so a replayed batch gives the same windows.
+The batch is collected once (Arrow) — foreachBatch would otherwise recompute the stateful step per action. In the
+job the readings and alerts were already written by the executors (processing.sink; alerts come back as
+"alert_sent" rows, only counted here); what reaches the driver is small: window partials, sensor status, quality
+counters and dead letters (and reading and alert rows when the step runs without a sink). Window partials of all
+buckets are merged per window and recorded in the ledger under the batch id, so a replayed batch gives the same
+windows.
 Writes happen in this order: alerts, readings, windows, sensor status, quality into the store (idempotent
 upserts on natural keys, so a replayed batch changes nothing), then alerts, predictions, windowed metrics,
 quality and dead letters to Kafka (at-least-once: a replayed batch may repeat messages, which consumers
@@ -98,6 +99,7 @@ class BatchWriter:
         kind = out["out"] if len(out) else pd.Series(dtype=object)
         readings = out[kind == "reading"]
         alerts = [orjson.loads(p) for p in out.loc[kind == "alert", "payload"]]
+        alerts_sent = int((kind == "alert_sent").sum())  # written by the executors
         statuses = [orjson.loads(p) for p in out.loc[kind == "status", "payload"]]
         dead = out.loc[kind == "dead", "payload"].tolist()
         partials = merge_partials([orjson.loads(p) for p in out.loc[kind == "window", "payload"]])
@@ -125,7 +127,7 @@ class BatchWriter:
         return BatchStats(
             batch_id=batch_id, input_rows=quality["input"], readings=quality.get("valid", 0),
             interpolated=quality.get("interpolated", 0), dead_letters=len(dead),
-            alerts=len(alerts), windows=len(windows), duration_s=0.0, collect_s=0.0, quality=quality,
+            alerts=len(alerts) + alerts_sent, windows=len(windows), duration_s=0.0, collect_s=0.0, quality=quality,
         )  # fmt: skip
 
     def _windows(self, partials: pd.DataFrame, batch_id: int) -> pd.DataFrame:
