@@ -120,3 +120,13 @@ def test_a_range_given_overrides_its_type_and_keeps_the_other_defaults(tmp_path:
     assert set(ranges) == {"temperature", "humidity", "pressure", "vibration", "voltage", "current"}
     assert ranges["humidity"] == load_settings().processing.ranges["humidity"]
     assert settings.processing.episode_quiet_s == 45.0
+
+
+def test_extra_spark_properties_from_the_file_and_their_keys_checked(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text('[spark]\ntrigger_seconds = 0\n[spark.conf]\n"spark.executor.memory" = "4g"\n')
+    spark = load_settings(config_path=path).spark
+    assert spark.conf == {"spark.executor.memory": "4g"} and spark.trigger_seconds == 0
+    path.write_text('[spark.conf]\n"executor.memory" = "4g"\n')
+    with pytest.raises(ConfigError, match=r"invalid setting spark\.conf: .*'executor\.memory'"):
+        load_settings(config_path=path)
