@@ -20,7 +20,6 @@ from millrace.kafka.admin import describe_topic
 from millrace.kafka.producer import make_producer
 from millrace.runtime.process import free_port
 from millrace.runtime.stack import Stack
-from tests.helpers import unique, wait_for
 from tests.integration.test_kafka import consume_exactly, create_topic
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import click
 import typer
-from typer._click.exceptions import ClickException as TyperClickException
 from rich.logging import RichHandler
+from typer._click.exceptions import ClickException as TyperClickException
 
 from millrace import __version__
 from millrace.cli.common import AppState, err_console
@@ -81,7 +81,9 @@ def root(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Settings file (default: ./millrace.toml if present).")
     ] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="State dir for pids, logs and data (default .millrace).")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="State dir for pids, logs and data (default .millrace).")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")

@@ -12,6 +12,7 @@ State layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -171,10 +172,9 @@ class ProcessManager:
         or is not ready by the deadline; a process that failed to start is stopped again.
         """
         current = self.running(spec.name)
-        if current is not None:
-            if self._wait_ready(spec, current, deadline=time.monotonic() + spec.start_timeout_s):
-                log.info("%s already running (pid %d)", spec.name, current.pid)
-                return current
+        if current is not None and self._wait_ready(spec, current, deadline=time.monotonic() + spec.start_timeout_s):
+            log.info("%s already running (pid %d)", spec.name, current.pid)
+            return current
         for role, port in spec.ports.items():
             if not port_is_free(spec.host, port):
                 raise PortInUseError(
@@ -267,10 +267,8 @@ class ProcessManager:
                 return
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def _wait_gone(pid: int, timeout_s: float) -> bool:
