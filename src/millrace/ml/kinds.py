@@ -65,12 +65,13 @@ def fit_namer(X: np.ndarray, labels: np.ndarray, *, seed: int, max_rows: int = M
 
 def tune_bias(
     proba: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], totals: dict[str, int], *,
-    grid: np.ndarray | None = None, rounds: int = 3,
+    grid: np.ndarray | None = None, rounds: int = 3, weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:  # fmt: skip
     """Per-kind multipliers on the kind probabilities of flagged validation readings that maximise the mean
     per-kind F1 (a reading counts for kind k when it is flagged and named k; recall over ``totals[k]``, every
-    validation reading of that kind, flagged or not). Coordinate ascent over a small grid, so few readings of a
-    kind cannot push its multiplier far. Returns (multipliers, mean F1 with them)."""
+    validation reading of that kind, flagged or not; ``weight``: readings each row stands for). Coordinate
+    ascent over a small grid, so few readings of a kind cannot push its multiplier far. Returns (multipliers,
+    mean F1 with them)."""
     grid = np.geomspace(1 / 8, 8, 13) if grid is None else grid
     bias = np.ones(len(classes))
     scored = [i for i, c in enumerate(classes) if totals.get(c, 0) >= MIN_KIND]
@@ -78,7 +79,7 @@ def tune_bias(
         return bias, 0.0
 
     def mean_f1(b: np.ndarray) -> float:
-        return float(np.mean(list(kind_f1s(proba, labels, classes, totals, b).values())))
+        return float(np.mean(list(kind_f1s(proba, labels, classes, totals, b, weight).values())))
 
     best = mean_f1(bias)
     for _ in range(rounds):
@@ -97,18 +98,19 @@ def tune_bias(
 
 def kind_f1s(
     proba: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], totals: dict[str, int],
-    bias: np.ndarray | None = None,
+    bias: np.ndarray | None = None, weight: np.ndarray | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Per-kind F1 of naming flagged readings by ``argmax(proba * bias)``, for the kinds with ``MIN_KIND``
     readings in ``totals`` (every validation reading of the kind, flagged or not)."""
     named = (proba if bias is None else proba * bias).argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
     truth = _codes(labels, classes)
+    w = np.ones(len(truth)) if weight is None else np.asarray(weight, dtype=float)
     out: dict[str, float] = {}
     for i, kind in enumerate(classes):
         if totals.get(kind, 0) < MIN_KIND:
             continue
-        tp = int(((named == i) & (truth == i)).sum())
-        n_named = int((named == i).sum())
+        tp = float(w[(named == i) & (truth == i)].sum())
+        n_named = float(w[named == i].sum())
         p, r = (tp / n_named if n_named else 0.0), tp / totals[kind]
         out[kind] = 2 * p * r / (p + r) if p + r else 0.0
     return out

@@ -9,63 +9,75 @@ import numpy as np
 from millrace.records import NORMAL
 
 
-def binary_metrics(truth: np.ndarray, flag: np.ndarray) -> dict[str, Any]:
-    """precision, recall, F1, false-alarm rate (FP / actual normals), missed-alarm rate (FN / anomalies)."""
+def binary_metrics(truth: np.ndarray, flag: np.ndarray, weight: np.ndarray | None = None) -> dict[str, Any]:
+    """precision, recall, F1, false-alarm rate (FP / actual normals), missed-alarm rate (FN / anomalies).
+    ``weight``: how many readings each row stands for (a sample that keeps every anomaly and a share of the
+    normal readings weighs those by the inverse share); counts are then rounded estimates."""
     truth, flag = np.asarray(truth, dtype=bool), np.asarray(flag, dtype=bool)
-    tp = int((truth & flag).sum())
-    fp = int((~truth & flag).sum())
-    fn = int((truth & ~flag).sum())
-    tn = int((~truth & ~flag).sum())
+    w = np.ones(len(truth)) if weight is None else np.asarray(weight, dtype=float)
+    tp = float(w[truth & flag].sum())
+    fp = float(w[~truth & flag].sum())
+    fn = float(w[truth & ~flag].sum())
+    tn = float(w[~truth & ~flag].sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "readings": tp + fp + fn + tn, "anomalies": tp + fn, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-        "precision": precision, "recall": recall, "f1": f1,
+        "readings": round(tp + fp + fn + tn), "anomalies": round(tp + fn), "tp": round(tp), "fp": round(fp),
+        "fn": round(fn), "tn": round(tn), "precision": precision, "recall": recall, "f1": f1,
         "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,
         "missed_alarm_rate": fn / (tp + fn) if tp + fn else 0.0,
     }  # fmt: skip
 
 
-def per_kind(labels: np.ndarray, flag: np.ndarray, kinds: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+def per_kind(
+    labels: np.ndarray, flag: np.ndarray, kinds: np.ndarray | None = None, weight: np.ndarray | None = None
+) -> dict[str, dict[str, Any]]:
     """Per anomaly kind: readings, recall (flagged at all), and - when predicted kinds are given - precision
-    and F1 of the kind (a flag counts for kind k when the predicted kind is k)."""
+    and F1 of the kind (a flag counts for kind k when the predicted kind is k). ``weight`` as in
+    :func:`binary_metrics`."""
     labels = np.asarray(labels, dtype=object)
     flag = np.asarray(flag, dtype=bool)
+    w = np.ones(len(labels)) if weight is None else np.asarray(weight, dtype=float)
     out: dict[str, dict[str, Any]] = {}
     for kind in sorted({str(k) for k in labels if k != NORMAL and k is not None}):
         actual = labels == kind
-        row: dict[str, Any] = {"readings": int(actual.sum()), "recall": float((flag & actual).sum() / actual.sum())}
+        n = float(w[actual].sum())
+        row: dict[str, Any] = {"readings": round(n), "recall": float(w[flag & actual].sum() / n)}
         if kinds is not None:
             predicted = flag & (np.asarray(kinds, dtype=object) == kind)
-            tp = int((predicted & actual).sum())
-            precision = tp / predicted.sum() if predicted.sum() else 0.0
-            recall = tp / actual.sum()
+            tp, named = float(w[predicted & actual].sum()), float(w[predicted].sum())
+            precision = tp / named if named else 0.0
+            recall = tp / n
             row.update(
                 kind_precision=float(precision), kind_recall=float(recall),
                 kind_f1=float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0,
             )  # fmt: skip
             # Detection F1 of this kind: its readings against the normal ones (other kinds left out).
             scope = actual | (labels == NORMAL)
-            row["detection_f1"] = binary_metrics(actual[scope], flag[scope])["f1"]
+            row["detection_f1"] = binary_metrics(actual[scope], flag[scope], w[scope])["f1"]
         out[kind] = row
     return out
 
 
-def best_threshold(scores: np.ndarray, truth: np.ndarray, *, max_false_alarm: float = 0.01) -> float:
-    """The score threshold with the best F1 among those with a false-alarm rate <= ``max_false_alarm``."""
+def best_threshold(
+    scores: np.ndarray, truth: np.ndarray, *, max_false_alarm: float = 0.01, weight: np.ndarray | None = None
+) -> float:
+    """The score threshold with the best F1 among those with a false-alarm rate <= ``max_false_alarm``
+    (``weight`` as in :func:`binary_metrics`)."""
     truth = np.asarray(truth, dtype=bool)
     order = np.argsort(-scores, kind="stable")
     s, t = scores[order], truth[order]
-    tp = np.cumsum(t)
-    fp = np.cumsum(~t)
-    positives, negatives = max(int(t.sum()), 1), max(int((~t).sum()), 1)
+    w = np.ones(len(s)) if weight is None else np.asarray(weight, dtype=float)[order]
+    tp = np.cumsum(np.where(t, w, 0.0))
+    fp = np.cumsum(np.where(t, 0.0, w))
+    positives, negatives = max(float(w[t].sum()), 1.0), max(float(w[~t].sum()), 1.0)
     # Only cut between distinct scores.
     last = np.r_[s[1:] != s[:-1], True]
     precision = tp / (tp + fp)
     recall = tp / positives
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    ok = last & (fp / negatives <= max_false_alarm)
+    ok = last & (fp / negatives <= max_false_alarm + 1e-12)
     if not ok.any():
         return float(s[0]) + 1e-9
     best = int(np.argmax(np.where(ok, f1, -1.0)))

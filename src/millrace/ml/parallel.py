@@ -3,12 +3,12 @@
 Devices are independent and :func:`~millrace.processing.features.frame_features` works device by device, so
 featurizing groups of devices in worker processes and putting the rows back in (timestamp, sensor_id) order
 gives exactly the rows and numbers of one pass (tested). Workers are forked: they read the frame they
-inherited, nothing is pickled on the way in; text columns come back as categories (small to pickle).
+inherited and write the feature columns into shared memory, so nothing large is pickled either way.
 """
 
 from __future__ import annotations
 
-import contextlib
+import mmap
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from millrace.config import ProcessingSettings
-from millrace.processing.features import frame_features
+from millrace.processing.features import FEATURE_COLUMNS, devices_step, frame_features
 
 MIN_PARALLEL_ROWS = 400_000  # below this, starting workers costs more than it saves
-_JOB: tuple[pd.DataFrame, np.ndarray, ProcessingSettings] | None = None  # what forked workers inherit
+# What forked workers inherit: inputs, rows by device, device bounds, the shared feature matrix, settings.
+_JOB: tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray, ProcessingSettings] | None = None
 
 
 def default_workers() -> int:
@@ -43,20 +44,33 @@ def features_by_device(
     if n <= 1 or len(names) < 2 or len(frame) < (MIN_PARALLEL_ROWS if min_rows is None else min_rows) or not can_fork:
         return frame_features(frame, processing, chunk=None)
     parts = _balance(np.bincount(codes, minlength=len(names)), min(len(names), 2 * n))
+    # Workers write the feature columns straight into memory shared with this process, at the rows' positions
+    # in ``frame``: nothing but a part number goes through a pipe.
+    shared = mmap.mmap(-1, max(1, len(frame) * len(FEATURE_COLUMNS) * 8))
+    feats = np.frombuffer(shared, dtype=float, count=len(frame) * len(FEATURE_COLUMNS)).reshape(len(frame), -1)
+    by_device = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[by_device], np.arange(len(names) + 1))
+    inputs = frame[[c for c in _INPUTS if c in frame.columns]]
     global _JOB
-    _JOB = (frame, codes, processing)
+    _JOB = (inputs, by_device, bounds, feats, processing)
     try:
         with multiprocessing.get_context("fork").Pool(min(n, len(parts))) as pool:
-            text = {name for name in frame.columns if frame[name].dtype == object}
-            results = [_decode(r, text) for r in pool.imap_unordered(_features_of, parts)]
+            done = sum(pool.imap_unordered(_features_of, parts))
     finally:
         _JOB = None
-    out = pd.concat(results, ignore_index=True)
-    del results
-    # The order frame_features gives: (timestamp, sensor_id), stable (ties stay within one device's part).
-    sid_codes, _ = pd.factorize(out["sensor_id"], sort=True)
-    ts = out["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    return out.take(np.lexsort((sid_codes, ts))).reset_index(drop=True)
+    assert done == len(frame), f"workers featurized {done} of {len(frame)} readings"
+    # The order frame_features gives: (timestamp, sensor_id), stable (equal keys keep the input order).
+    sid_codes, _ = pd.factorize(frame["sensor_id"], sort=True)
+    ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    order = np.lexsort((sid_codes, ts))
+    out = frame.take(order).reset_index(drop=True)
+    columns = pd.DataFrame(feats[order], columns=list(FEATURE_COLUMNS))
+    del feats
+    shared.close()
+    return pd.concat([out, columns], axis=1)
+
+
+_INPUTS = ("sensor_id", "device_id", "sensor_type", "location", "timestamp", "value", "interpolated")
 
 
 def _balance(sizes: np.ndarray, parts: int) -> list[list[int]]:
@@ -70,36 +84,19 @@ def _balance(sizes: np.ndarray, parts: int) -> list[list[int]]:
     return [sorted(g) for g in groups if g]
 
 
-def _features_of(device_codes: list[int]) -> pd.DataFrame:
+def _features_of(device_codes: list[int]) -> int:
+    """Features of these devices, written into the shared matrix at the readings' rows; returns the count."""
     assert _JOB is not None, "worker started without a job"
-    frame, codes, processing = _JOB
-    out = frame_features(frame[np.isin(codes, device_codes)], processing, chunk=None)
-    return _encode(out)
-
-
-def _encode(frame: pd.DataFrame) -> pd.DataFrame:
-    for name in frame.columns:
-        if frame[name].dtype == object:
-            with contextlib.suppress(TypeError):  # unhashable values: sent as they are
-                frame[name] = frame[name].astype("category")
-    return frame
-
-
-def _decode(frame: pd.DataFrame, text: set[str]) -> pd.DataFrame:
-    for name in frame.columns:
-        if name in text and isinstance(frame[name].dtype, pd.CategoricalDtype):
-            frame[name] = _as_object(frame[name])
-    return frame
-
-
-def _as_object(column: pd.Series) -> Any:
-    values = column.cat.categories.to_numpy(dtype=object)
-    codes = column.cat.codes.to_numpy()
-    out = np.empty(len(codes), dtype=object)
-    out[:] = None
-    have = codes >= 0
-    out[have] = values[codes[have]]
-    return out
+    inputs, by_device, bounds, feats, processing = _JOB
+    state: dict = {}
+    done = 0
+    for code in device_codes:
+        rows = by_device[bounds[code] : bounds[code + 1]]
+        batch = inputs.take(rows).reset_index(drop=True).assign(_row=rows)
+        out, _ = devices_step(batch, state, processing)
+        feats[out["_row"].to_numpy()] = out[list(FEATURE_COLUMNS)].to_numpy(dtype=float)
+        done += len(out)
+    return done
 
 
 _TASKS: Sequence[Callable[[], Any]] | None = None  # what forked workers inherit

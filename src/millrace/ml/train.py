@@ -36,6 +36,7 @@ UNLABELLED_CHOICE = "mahalanobis"
 MAX_FALSE_ALARM = 0.01
 UNLABELLED_QUANTILE = 0.999
 MAX_KIND_LOSS = 0.1  # a naming may lose a kind at most this much validation F1 against the detector's own
+MAX_KIND_FIT_ROWS = 12_000  # readings of one anomaly kind the supervised detector is fitted on, at most
 PARALLEL_FIT_ROWS = 300_000  # sampled rows from which fitting in worker processes pays off
 _SLOWEST_FIRST = ("gradient_boosting", "isolation_forest", "mahalanobis", "robust_z")
 _FEATURE_INPUTS = ("sensor_id", "device_id", "sensor_type", "location", "timestamp", "value", "interpolated")
@@ -103,6 +104,35 @@ def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarra
     return np.sort(rng.choice(rows, limit, replace=False)) if len(rows) > limit else rows
 
 
+def _per_kind_sample(rows: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """At most ``MAX_KIND_FIT_ROWS`` rows of each kind (the supervised fit's cost grows with its rows; the
+    class weights rebalance the kinds anyway)."""
+    kinds = labels[rows].astype(str)
+    return [_sample(rows[kinds == k], MAX_KIND_FIT_ROWS, rng) for k in np.unique(kinds)]
+
+
+def _validation_sample(
+    rows: np.ndarray, truth: np.ndarray | None, limit: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``limit`` validation rows and the readings each stands for. Every anomalous row is kept (up to
+    half the limit) and normal rows fill the rest, weighted by the inverse of their sampled share: rare kinds
+    keep all their readings for the choices made on validation (a uniform sample of a day left 11 of a few
+    dozen spike readings), and the weighted counts estimate the whole period's."""
+    if len(rows) <= limit:
+        return rows, np.ones(len(rows))
+    if truth is None:
+        kept = _sample(rows, limit, rng)
+        return kept, np.full(len(kept), len(rows) / len(kept))
+    bad, good = rows[truth[rows]], rows[~truth[rows]]
+    bad_kept = _sample(bad, limit // 2, rng)
+    good_kept = _sample(good, limit - len(bad_kept), rng)
+    kept = np.concatenate([bad_kept, good_kept])
+    weight = np.concatenate([np.full(len(bad_kept), len(bad) / max(len(bad_kept), 1)),
+                             np.full(len(good_kept), len(good) / max(len(good_kept), 1))])  # fmt: skip
+    order = np.argsort(kept, kind="stable")
+    return kept[order], weight[order]
+
+
 def train(
     settings: Settings, readings: pd.DataFrame, *, source: str, detectors: Sequence[str] | None = None,
     seed: int = 0, validation_fraction: float = 0.3, max_fit_rows: int = 100_000,
@@ -144,18 +174,20 @@ def _train(
         raise DataError(f"too few readings after warm-up to train on ({int(warm.sum())}); give more data")
     cutoff = np.quantile(ts[warm], 1.0 - validation_fraction)
     fit_rows = np.flatnonzero(warm & (ts < cutoff))
-    val_rows = _sample(np.flatnonzero(warm & (ts >= cutoff)), max_validation_rows, np.random.default_rng(seed + 1))
     truth = None if labels is None else labels != NORMAL
+    val_rows, val_weight = _validation_sample(np.flatnonzero(warm & (ts >= cutoff)), truth, max_validation_rows,
+                                              np.random.default_rng(seed + 1))  # fmt: skip
     normal_fit = fit_rows if truth is None else fit_rows[~truth[fit_rows]]
     unsup_rows = _sample(normal_fit, max_fit_rows, rng)
     supervised_rows = None
     if truth is not None and "gradient_boosting" in names:
-        supervised_rows = np.sort(np.concatenate([_sample(normal_fit, max_fit_rows, rng), fit_rows[truth[fit_rows]]]))
+        per_kind_rows = _per_kind_sample(fit_rows[truth[fit_rows]], labels, rng)
+        supervised_rows = np.sort(np.concatenate([_sample(normal_fit, max_fit_rows, rng), *per_kind_rows]))
     # The model matrix of the sampled rows only (a day of a fleet is millions of rows; we fit on a sample).
     anomalous_fit = fit_rows[truth[fit_rows]] if truth is not None else fit_rows[:0]
     needed = np.unique(np.concatenate([unsup_rows, val_rows, anomalous_fit,
                                        *([] if supervised_rows is None else [supervised_rows])]))  # fmt: skip
-    matrix = model_matrix(feats.take(needed))
+    matrix = model_matrix(feats[[*MODEL_FEATURES[:-1], "sensor_type"]].take(needed))  # only the columns it reads
 
     def X_of(rows: np.ndarray) -> np.ndarray:  # noqa: N802 - the model matrix of these feature rows
         return matrix[np.searchsorted(needed, rows)]
@@ -171,11 +203,12 @@ def _train(
             det = _fit(name, X_of(unsup_rows), None, seed)
         raw_val, kind_idx = det.raw(X_of(val_rows))
         if truth is not None:
-            det.threshold = max(best_threshold(raw_val, truth[val_rows], max_false_alarm=MAX_FALSE_ALARM), 1e-9)
+            det.threshold = max(best_threshold(raw_val, truth[val_rows], max_false_alarm=MAX_FALSE_ALARM,
+                                               weight=val_weight), 1e-9)  # fmt: skip
             flag = raw_val >= det.threshold
             kinds = np.asarray(det.classes, dtype=object)[kind_idx] if kind_idx is not None else None
-            metrics = binary_metrics(truth[val_rows], flag)
-            metrics["per_kind"] = per_kind(labels[val_rows], flag, kinds)  # type: ignore[index]
+            metrics = binary_metrics(truth[val_rows], flag, val_weight)
+            metrics["per_kind"] = per_kind(labels[val_rows], flag, kinds, val_weight)  # type: ignore[index]
         else:
             raw_fit, _ = det.raw(X_of(unsup_rows))
             det.threshold = max(float(np.quantile(raw_fit, UNLABELLED_QUANTILE)), 1e-9)
@@ -211,7 +244,8 @@ def _train(
     _describe_normal(det, X_of(unsup_rows))
     if truth is not None and labels is not None:
         assert namer_fit is not None
-        _choose_naming(det, results[best], namer_fit, feats, labels, X_of, val_rows, raw_of[best], len(anomalous_fit))
+        _choose_naming(det, results[best], namer_fit, feats, labels, X_of, val_rows, val_weight, raw_of[best],
+                       len(anomalous_fit))  # fmt: skip
         say(f"kinds named by: {results[best].get('naming', {}).get('chosen', 'the detector')}")
     # Importance on a validation sample rich in anomalies.
     val_truth = None if truth is None else truth[val_rows]
@@ -249,7 +283,8 @@ def _train(
 
 def _choose_naming(
     det: D.Detector, metrics: dict[str, Any], namer_fit: tuple[KindNamer | None, float], feats: pd.DataFrame,
-    labels: np.ndarray, X_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, raw: np.ndarray, rows: int,
+    labels: np.ndarray, X_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, val_weight: np.ndarray,
+    raw: np.ndarray, rows: int,
 ) -> None:  # fmt: skip
     """How flagged readings get their kind, chosen on validation by the mean per-kind F1: the supervised
     detector's own classes or the kind namer, each as fitted or with per-kind multipliers (tune_bias). Sets
@@ -258,9 +293,12 @@ def _choose_naming(
     namer, seconds = namer_fit
     flag = raw >= det.threshold
     flagged = val_rows[flag]
+    w_flagged = val_weight[flag]
     val_labels = labels[val_rows]
-    kinds_present, counts = np.unique(val_labels[val_labels != NORMAL].astype(str), return_counts=True)
-    totals = {str(k): int(c) for k, c in zip(kinds_present, counts, strict=True)}
+    anomalous = val_labels != NORMAL
+    kinds_present, inverse = np.unique(val_labels[anomalous].astype(str), return_inverse=True)
+    counts = np.bincount(inverse, weights=val_weight[anomalous], minlength=len(kinds_present))
+    totals = {str(k): round(c) for k, c in zip(kinds_present, counts, strict=True)}
     options: dict[str, tuple[float, np.ndarray | None]] = {}
     per_kind_f1: dict[str, dict[str, float]] = {}
     candidates: list[tuple[str, np.ndarray, tuple[str, ...]]] = []
@@ -273,9 +311,9 @@ def _choose_naming(
                            namer.classes))  # fmt: skip
     for name, p, classes in candidates:
         for label, rounds in ((name, 0), (f"{name}+bias", 3)):
-            bias, f1 = tune_bias(p, labels[flagged], classes, totals, rounds=rounds)
+            bias, f1 = tune_bias(p, labels[flagged], classes, totals, rounds=rounds, weight=w_flagged)
             options[label] = (f1, None if rounds == 0 else bias)
-            per_kind_f1[label] = kind_f1s(p, labels[flagged], classes, totals, bias)
+            per_kind_f1[label] = kind_f1s(p, labels[flagged], classes, totals, bias, w_flagged)
     if not options:
         return
     # The best mean per-kind F1 among namings that lose no kind more than MAX_KIND_LOSS against the
@@ -297,7 +335,7 @@ def _choose_naming(
     kinds = np.full(len(val_rows), None, dtype=object)
     kinds[flag] = named
     metrics["per_kind_detector"] = metrics.get("per_kind")
-    metrics["per_kind"] = per_kind(val_labels, flag, kinds)
+    metrics["per_kind"] = per_kind(val_labels, flag, kinds, val_weight)
     classes = (det.namer.classes if det.namer is not None else det.classes) or ()
     metrics["naming"] = {
         "chosen": chosen, "mean_kind_f1": {k: round(v[0], 4) for k, v in options.items()},
