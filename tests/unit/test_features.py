@@ -142,3 +142,22 @@ def test_many_devices_at_once_equal_one_device_at_a_time() -> None:
     order = ["timestamp", "sensor_id"]
     _same(together.sort_values(order, kind="stable").reset_index(drop=True), expected)
     assert json.loads(json.dumps(states)) == states
+
+
+def test_window_medians_and_mads_equal_numpy_median_nan_included() -> None:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from millrace.processing.features import _median_mad
+
+    rng = np.random.default_rng(5)
+    x = np.round(rng.normal(0, 1, (3, 200)), 1)  # ties, like rounded sensor values
+    x[1, 50] = np.nan
+    k = x.shape[1] - ROLL
+    past = sliding_window_view(x, ROLL, axis=1)[:, :k]
+    mean = past.mean(axis=-1)
+    med, mad = _median_mad(x, 0, k, mean)
+    want_med = np.median(past, axis=-1)
+    want_mad = np.median(np.abs(past - want_med[..., None]), axis=-1)
+    assert ((med == want_med) | (np.isnan(med) & np.isnan(want_med))).all()
+    assert ((mad == want_mad) | (np.isnan(mad) & np.isnan(want_mad))).all()
+    assert np.isnan(med[1, 21:51]).all() and not np.isnan(med[1, 51:]).any()

@@ -250,3 +250,27 @@ def test_tune_bias_raises_mean_kind_f1_on_skewed_probabilities() -> None:
     bias, f1 = tune_bias(proba, labels, classes, {"a": 50, "b": 50})
     assert f1 == pytest.approx(1.0)
     assert ((proba * bias).argmax(axis=1) == np.r_[np.zeros(50), np.ones(50)]).all()
+
+
+def test_weighted_metrics_count_a_row_as_many_readings() -> None:
+    truth = np.array([1, 1, 0, 0, 0], dtype=bool)
+    flag = np.array([1, 0, 1, 0, 0], dtype=bool)
+    weight = np.array([1, 1, 3, 3, 3], dtype=float)
+    repeated = np.repeat(np.arange(5), weight.astype(int))
+    assert binary_metrics(truth, flag, weight) == binary_metrics(truth[repeated], flag[repeated])
+    scores = np.array([0.9, 0.5, 0.8, 0.2, 0.1])
+    for limit in (0.0, 0.34, 1.0):
+        assert best_threshold(scores, truth, max_false_alarm=limit, weight=weight) == best_threshold(
+            scores[repeated], truth[repeated], max_false_alarm=limit)  # fmt: skip
+
+
+def test_validation_sample_keeps_every_anomaly_and_weights_the_normal_readings() -> None:
+    rows = np.arange(10_000)
+    truth = np.zeros(10_000, dtype=bool)
+    truth[::100] = True  # 100 anomalous readings
+    kept, weight = train_module._validation_sample(rows, truth, 1_000, np.random.default_rng(0))
+    assert len(kept) == 1_000 and list(kept) == sorted(kept)
+    assert truth[kept].sum() == 100 and (weight[truth[kept]] == 1.0).all()
+    assert weight[~truth[kept]].sum() == pytest.approx(9_900)
+    same, ones = train_module._validation_sample(rows[:500], truth, 1_000, np.random.default_rng(0))
+    assert list(same) == list(rows[:500]) and (ones == 1.0).all()

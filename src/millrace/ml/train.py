@@ -136,7 +136,7 @@ def _validation_sample(
 def train(
     settings: Settings, readings: pd.DataFrame, *, source: str, detectors: Sequence[str] | None = None,
     seed: int = 0, validation_fraction: float = 0.3, max_fit_rows: int = 100_000,
-    max_validation_rows: int = 1_000_000, make_promoted: bool = False, progress: Callable[[str], None] | None = None,
+    max_validation_rows: int = 400_000, make_promoted: bool = False, progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit, compare, register (and optionally promote) a detector; returns the registered model.json."""
     try:
