@@ -1,4 +1,4 @@
-"""Where the stateful step puts its readings: the store and the predictions topic, written from the executors.
+"""Where the stateful step puts its alerts and readings: the store and the output topics, from the executors.
 
 Readings are the bulk of the job's output (one row per reading, and its features); sending them back to the driver
 would pass every row through the JVM twice more and write them from one process. Instead each Python worker writes
