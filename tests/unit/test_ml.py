@@ -15,7 +15,7 @@ from millrace.errors import DataError, MillraceError
 from millrace.iot.simulator import FleetConfig, simulate_frame
 from millrace.ml import parallel, registry
 from millrace.ml import train as train_module
-from millrace.ml.detectors import Detector, robust_z_detector
+from millrace.ml.detectors import Detector, fit_gradient_boosting, robust_z_detector
 from millrace.ml.evaluate import ReadOptions, evaluate
 from millrace.ml.kinds import tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, episode_per_kind
@@ -274,3 +274,36 @@ def test_validation_sample_keeps_every_anomaly_and_weights_the_normal_readings()
     assert weight[~truth[kept]].sum() == pytest.approx(9_900)
     same, ones = train_module._validation_sample(rows[:500], truth, 1_000, np.random.default_rng(0))
     assert list(same) == list(rows[:500]) and (ones == 1.0).all()
+
+
+def test_gradient_boosting_scores_with_its_gate_and_names_flagged_readings_with_the_kind_model() -> None:
+    frame = simulate_frame(FleetConfig(devices=2, seed=12, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)),
+                           duration_s=1800)  # fmt: skip
+    frame["interpolated"] = False
+    feats = frame_features(frame, load_settings().processing, chunk=None)
+    X = model_matrix(feats)
+    labels = train_module.labels_of(feats)
+    assert labels is not None
+    det = fit_gradient_boosting(X, labels, MODEL_FEATURES, 0)
+    det.threshold = 0.6
+    score, kind = det.raw(X)
+    # The score is the gate's probability of "anomalous"; kinds come from the multi-class model, flagged only.
+    assert np.array_equal(score, det.gate.predict_proba(X)[:, 1])
+    flagged = score / det.threshold >= 1.0
+    assert 0 < flagged.sum() < len(X)
+    assert kind is not None and det.classes is not None
+    normal = det.classes.index("normal")
+    proba = det.estimator.predict_proba(X[flagged])
+    proba[:, normal] = -1.0
+    assert np.array_equal(kind[flagged], proba.argmax(axis=1)) and (kind[~flagged] == normal).all()
+    assert set(np.asarray(det.classes)[kind[flagged]]) - {"normal"} == set(np.asarray(det.classes)[kind[flagged]])
+    # The Scorer names exactly the flagged readings, with those kinds.
+    scored = Scorer(load_settings().processing, detector=det).score(feats)
+    model_flag = scored["is_anomaly"].to_numpy() & (scored["anomaly_kind"] != "out_of_range").to_numpy()
+    assert np.array_equal(model_flag, flagged)
+    assert scored["anomaly_kind"].to_numpy()[flagged].tolist() == np.asarray(det.classes)[kind[flagged]].tolist()
+    # A model saved before gates existed scores with 1 - P(normal) of the multi-class model.
+    det.gate = None
+    old_score, old_kind = det.raw(X)
+    assert np.allclose(old_score, 1.0 - det.estimator.predict_proba(X)[:, normal])
+    assert old_kind is not None and len(old_kind) == len(X)

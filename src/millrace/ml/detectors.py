@@ -6,8 +6,12 @@ was trained with kinds, a kind per reading.
 - ``isolation_forest``: scikit-learn IsolationForest on normal (or unlabelled) readings;
 - ``mahalanobis``: per sensor type, the robust Mahalanobis distance of the reading's feature vector - which
   includes the device context, so the whole device is seen at once - from normal behaviour;
-- ``gradient_boosting``: supervised HistGradientBoostingClassifier over normal + anomaly kinds (only when the
-  training data carry labels); score = 1 - P(normal), kind = most probable anomaly kind.
+- ``gradient_boosting``: supervised, only when the training data carry labels. Two
+  HistGradientBoostingClassifiers fitted on the same class-balanced rows: a binary *gate* (anomalous or not)
+  gives the score, P(anomalous); a multi-class model over normal + anomaly kinds names the kind (most probable
+  anomaly kind) of the readings the gate flags. Scoring every reading costs one tree per boosting round
+  instead of one per class (8 here); the kinds cost the multi-class trees on the few flagged readings only.
+  Models saved before the gate existed score with 1 - P(normal) of the multi-class model.
 """
 
 from __future__ import annotations
@@ -35,23 +39,50 @@ class Detector:
     weights: np.ndarray = field(default_factory=lambda: np.ones(0))  # importance, for top features
     namer: Any = None  # a millrace.ml.kinds.KindNamer naming flagged readings (labelled training only)
     kind_bias: np.ndarray | None = None  # supervised: per-class multipliers for naming, chosen on validation
+    gate: Any = None  # supervised: the binary anomalous-or-not model that gives the score
 
     def raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(score, kind index into ``classes`` or None) for the model matrix X (NaN = unknown)."""
+        """(score, kind index into ``classes`` or None) for the model matrix X (NaN = unknown). With a gate the
+        kind index is meaningful only where ``score / threshold >= 1`` (elsewhere: the "normal" class)."""
+        if self.name != "gradient_boosting":
+            return self.score(X), None
+        assert self.classes is not None
+        normal = self.classes.index("normal")
+        if getattr(self, "gate", None) is None:  # a model saved before gates: one multi-class pass
+            proba = self.estimator.predict_proba(X)
+            return 1.0 - proba[:, normal], self._name_from(proba)
+        score = self.score(X)
+        kind = np.full(len(X), normal, dtype=np.intp)
+        flagged = np.flatnonzero(score / self.threshold >= 1.0)  # exactly the Scorer's test
+        if len(flagged):
+            kind[flagged] = self.kind_index(X[flagged])
+        return score, kind
+
+    def kind_index(self, X: np.ndarray) -> np.ndarray:
+        """Supervised: the most probable anomaly kind of each row (index into ``classes``)."""
+        return self._name_from(self.estimator.predict_proba(X)) if len(X) else np.zeros(0, dtype=np.intp)
+
+    def _name_from(self, proba: np.ndarray) -> np.ndarray:
+        assert self.classes is not None
+        bias = getattr(self, "kind_bias", None)  # models saved before kind_bias have none
+        anomalous = proba * bias if bias is not None else proba.copy()
+        anomalous[:, self.classes.index("normal")] = -1.0
+        return anomalous.argmax(axis=1)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """The anomaly score alone (higher = more anomalous): what thresholds and importance need."""
         if self.name == "robust_z":
             cols = [self.features.index(f) for f in DEVIATION_FEATURES]
-            return np.nan_to_num(np.abs(X[:, cols]), nan=0.0).max(axis=1), None
+            return np.nan_to_num(np.abs(X[:, cols]), nan=0.0).max(axis=1)
         if self.name == "gradient_boosting":
-            proba = self.estimator.predict_proba(X)
+            gate = getattr(self, "gate", None)
+            if gate is not None:
+                return gate.predict_proba(X)[:, 1]
             assert self.classes is not None
-            normal = self.classes.index("normal")
-            bias = getattr(self, "kind_bias", None)  # models saved before kind_bias have none
-            anomalous = proba * bias if bias is not None else proba.copy()
-            anomalous[:, normal] = -1.0
-            return 1.0 - proba[:, normal], anomalous.argmax(axis=1)
+            return 1.0 - self.estimator.predict_proba(X)[:, self.classes.index("normal")]
         Xf = _unsupervised_view(X, self.features)
         if self.name == "isolation_forest":
-            return -self.estimator.score_samples(Xf), None
+            return -self.estimator.score_samples(Xf)
         if self.name == "mahalanobis":
             types = Xf[:, -1].astype(int)
             out = np.zeros(len(Xf))
@@ -60,7 +91,7 @@ class Detector:
                 if sel.any():
                     d = Xf[sel, :-1] - mu
                     out[sel] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, prec, d), 0.0))
-            return out, None
+            return out
         raise ValueError(f"unknown detector {self.name}")
 
 
@@ -96,8 +127,6 @@ def fit_mahalanobis(X: np.ndarray, features: tuple[str, ...], seed: int) -> Dete
 
 
 def fit_gradient_boosting(X: np.ndarray, labels: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     labels = np.asarray(labels, dtype=object).copy()
     kinds, counts = np.unique(labels, return_counts=True)
     rare = {k for k, c in zip(kinds, counts, strict=True) if c < MIN_CLASS and k != "normal"}
@@ -112,12 +141,21 @@ def fit_gradient_boosting(X: np.ndarray, labels: np.ndarray, features: tuple[str
     target = counts[normal] / 10.0
     class_weight = np.where(np.arange(len(classes)) == normal, 1.0, target / np.maximum(counts, 1.0))
     class_weight = np.clip(class_weight, 1.0, 50.0)
-    model = HistGradientBoostingClassifier(
+    weight = class_weight[y]
+    model = _boosting(features, seed)
+    model.fit(X, y, sample_weight=weight)
+    gate = _boosting(features, seed)
+    gate.fit(X, (y != normal).astype(np.int8), sample_weight=weight)
+    return Detector("gradient_boosting", features, model, classes=classes, gate=gate)
+
+
+def _boosting(features: tuple[str, ...], seed: int) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(
         max_iter=100, learning_rate=0.1, max_leaf_nodes=31, early_stopping=True, validation_fraction=0.1,
         random_state=seed, categorical_features=[len(features) - 1],
     )  # fmt: skip
-    model.fit(X, y, sample_weight=class_weight[y])
-    return Detector("gradient_boosting", features, model, classes=classes)
 
 
 def robust_z_detector(features: tuple[str, ...]) -> Detector:

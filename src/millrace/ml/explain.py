@@ -17,7 +17,7 @@ from millrace.processing.scoring import MODEL_FEATURES, TYPE_CODES
 
 
 def _quality(det: Any, X: np.ndarray, truth: np.ndarray | None, reference: np.ndarray) -> float:
-    raw, _ = det.raw(X)
+    raw = det.score(X)
     if truth is not None and truth.any():
         from sklearn.metrics import average_precision_score
 
@@ -31,7 +31,7 @@ def permutation_importance(
 ) -> dict[str, Any]:
     """{"features": {name: drop}, "sensors": {sensor_type: drop}}, largest first; drops below 0 are 0."""
     rng = np.random.default_rng(seed)
-    reference, _ = det.raw(X)
+    reference = det.score(X)
     base = _quality(det, X, truth, reference)
     features: dict[str, float] = {}
     for j, name in enumerate(MODEL_FEATURES):

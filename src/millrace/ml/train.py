@@ -86,7 +86,7 @@ def fit_unsupervised(X: np.ndarray, name: str = UNLABELLED_CHOICE, *, seed: int 
     if mature.sum() >= 200:  # features with their full history; early rows would blur "normal"
         X = X[mature]
     det = _fit(name, X, None, seed)
-    raw, _ = det.raw(X)
+    raw = det.score(X)
     det.threshold = max(float(np.quantile(raw, UNLABELLED_QUANTILE)), 1e-9)
     _describe_normal(det, X)
     return det
@@ -201,16 +201,20 @@ def _train(
             det = _fit(name, X_of(supervised_rows), labels[supervised_rows], seed)
         else:
             det = _fit(name, X_of(unsup_rows), None, seed)
-        raw_val, kind_idx = det.raw(X_of(val_rows))
+        X_val = X_of(val_rows)
+        raw_val = det.score(X_val)
         if truth is not None:
             det.threshold = max(best_threshold(raw_val, truth[val_rows], max_false_alarm=MAX_FALSE_ALARM,
                                                weight=val_weight), 1e-9)  # fmt: skip
             flag = raw_val >= det.threshold
-            kinds = np.asarray(det.classes, dtype=object)[kind_idx] if kind_idx is not None else None
+            kinds = None
+            if det.classes is not None:  # supervised: name the flagged readings only
+                kinds = np.full(len(flag), None, dtype=object)
+                kinds[flag] = np.asarray(det.classes, dtype=object)[det.kind_index(X_val[flag])]
             metrics = binary_metrics(truth[val_rows], flag, val_weight)
             metrics["per_kind"] = per_kind(labels[val_rows], flag, kinds, val_weight)  # type: ignore[index]
         else:
-            raw_fit, _ = det.raw(X_of(unsup_rows))
+            raw_fit = det.score(X_of(unsup_rows))
             det.threshold = max(float(np.quantile(raw_fit, UNLABELLED_QUANTILE)), 1e-9)
             metrics = {"alarm_rate": float(np.mean(raw_val >= det.threshold)), "readings": len(val_rows)}
         metrics["fit_seconds"] = round(time.monotonic() - t0, 2)
@@ -327,11 +331,10 @@ def _choose_naming(
         det.namer.bias = chosen_bias
     else:
         det.kind_bias = chosen_bias
-    _, kind_idx = det.raw(X_of(flagged))
     if det.namer is not None:
         named = det.namer.name(kind_matrix(feats[list(KIND_EXTRA)].iloc[flagged], X_of(flagged)))
     else:
-        named = np.asarray(det.classes, dtype=object)[kind_idx]
+        named = np.asarray(det.classes, dtype=object)[det.kind_index(X_of(flagged))]
     kinds = np.full(len(val_rows), None, dtype=object)
     kinds[flag] = named
     metrics["per_kind_detector"] = metrics.get("per_kind")

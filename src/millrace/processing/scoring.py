@@ -187,8 +187,7 @@ class Scorer:
         kind = np.asarray(kind, dtype=object)
         kind[~flag] = None
         reasons = np.full(n, "", dtype=object)
-        tops: np.ndarray = np.empty(n, dtype=object)
-        tops[:] = [[] for _ in range(n)]
+        tops = np.full(n, None, dtype=object)  # lists for flagged readings only (consumers read None as none)
         idx = np.flatnonzero(flag)
         if len(idx):
             reasons[idx], tops[idx] = self._explain(out.iloc[idx], kind[idx], low[idx], high[idx])
