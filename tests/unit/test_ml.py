@@ -80,6 +80,33 @@ def test_a_scorer_built_earlier_switches_to_a_newly_promoted_model(tmp_path: Pat
     second = scorer.score(feats)
     assert scorer.version == "v0002" and not second["is_anomaly"].any()
 
+    # A model that needs a feature this version does not compute is refused; the running one stays.
+    alien = robust_z_detector(("z", "robust_z", "diff_z", "short_ref_z", "trend_z", "pair_resid_mean",
+                               "no_such_feature", "type_code"))  # fmt: skip
+    registry.promote(root, registry.save_model(root, alien, _info("robust_z")))
+    third = scorer.score(feats)
+    assert scorer.version == "v0002" and not third["is_anomaly"].any()
+
+
+def test_a_model_trained_on_fewer_features_scores_with_its_own_list() -> None:
+    # A model saved before features were added: its inputs are a subset of today's feature columns.
+    frame = simulate_frame(FleetConfig(devices=2, seed=12, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)),
+                           duration_s=1800)  # fmt: skip
+    frame["interpolated"] = False
+    cfg = load_settings().processing
+    feats = frame_features(frame, cfg, chunk=None)
+    older = tuple(f for f in MODEL_FEATURES if f not in ("mid_ref_z", "trend_long_z"))
+    X = model_matrix(feats, older)
+    assert X.shape == (len(feats), len(MODEL_FEATURES) - 2)
+    labels = train_module.labels_of(feats)
+    assert labels is not None
+    det = fit_gradient_boosting(X, labels, older, 0)
+    det.threshold = 0.6
+    scored = Scorer(cfg, detector=det).score(feats)
+    score, _ = det.raw(X)
+    assert np.allclose(scored["score"].to_numpy(), score / det.threshold)
+    assert scored["is_anomaly"].sum() == (score / det.threshold >= 1.0).sum() > 0
+
 
 def test_binary_metrics_and_threshold() -> None:
     truth = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)

@@ -47,12 +47,13 @@ TREND_FRACTION = 0.75
 PAIR_FRACTION = 0.75
 
 
-def model_matrix(features: pd.DataFrame) -> np.ndarray:
-    """The detector input: MODEL_FEATURES as float columns (NaN = not yet known)."""
+def model_matrix(features: pd.DataFrame, names: tuple[str, ...] = MODEL_FEATURES) -> np.ndarray:
+    """The detector input: the feature columns ``names`` (default MODEL_FEATURES; a saved model scores with
+    the list it was trained on), "type_code" last, as floats (NaN = not yet known)."""
     if not len(features):
-        return np.zeros((0, len(MODEL_FEATURES)))
-    out = np.empty((len(features), len(MODEL_FEATURES)))
-    out[:, :-1] = features[list(MODEL_FEATURES[:-1])].to_numpy(dtype=float)  # one block copy, not 14
+        return np.zeros((0, len(names)))
+    out = np.empty((len(features), len(names)))
+    out[:, :-1] = features[list(names[:-1])].to_numpy(dtype=float)  # one block copy, not one per column
     kinds, inverse = np.unique(features["sensor_type"].to_numpy(dtype=object).astype(str), return_inverse=True)
     out[:, -1] = np.array([TYPE_CODES.get(k, len(SENSOR_TYPES)) for k in kinds], dtype=float)[inverse]
     return out
@@ -105,11 +106,17 @@ class Scorer:
             self.detector, self.version = None, None
             return
         try:
-            self.detector = load_bundle(self.registry, version)
+            detector = load_bundle(self.registry, version)
         except Exception as exc:  # keep scoring with what we have; say why
             log.warning("cannot load promoted model %s: %s", version, exc)
             return
-        log.info("scoring with model %s (%s)", version, self.detector.name)
+        unknown = unknown_features(detector)
+        if unknown:
+            log.warning("cannot score with promoted model %s: it needs features this version does not compute "
+                        "(%s); retrain it with `millrace ml train`", version, ", ".join(unknown))  # fmt: skip
+            return
+        self.detector = detector
+        log.info("scoring with model %s (%s)", version, detector.name)
         self.version = version
 
     # ------------------------------------------------------------------ scoring
@@ -168,7 +175,7 @@ class Scorer:
             jump = flag & (comps[:, 0] >= 1.0)
             kind = np.where(jump, np.where(before >= 0.5 * thr, "level_shift", "spike"), kind)
         else:
-            X = model_matrix(out)
+            X = model_matrix(out, model_features(self.detector))
             raw, kind_idx = self.detector.raw(X)
             score = raw / self.detector.threshold
             flag = score >= 1.0
@@ -201,10 +208,11 @@ class Scorer:
     def _explain(
         self, rows: pd.DataFrame, kinds: np.ndarray, low: np.ndarray, high: np.ndarray
     ) -> tuple[list[str], list[list[str]]]:
-        names = [f for f in MODEL_FEATURES if f != "type_code"]
-        X = np.nan_to_num(rows[names].to_numpy(dtype=float), nan=0.0)
         det = self.detector
-        if det is not None and len(det.center) == len(MODEL_FEATURES):
+        known = model_features(det) if det is not None else MODEL_FEATURES
+        names = [f for f in known if f != "type_code"]
+        X = np.nan_to_num(rows[names].to_numpy(dtype=float), nan=0.0)
+        if det is not None and len(det.center) == len(known):
             dev = np.abs(X - det.center[:-1]) / np.maximum(det.spread[:-1], 1e-9) * det.weights[:-1]
         else:
             dev = np.abs(X)
@@ -226,6 +234,19 @@ class Scorer:
             reasons.append(text)
             tops.append(feats)
         return reasons, tops
+
+
+def model_features(detector: Any) -> tuple[str, ...]:
+    """The model inputs ``detector`` was trained on ("type_code" last)."""
+    names = tuple(getattr(detector, "features", ()) or ())
+    return names if names and names[-1] == "type_code" else MODEL_FEATURES
+
+
+def unknown_features(detector: Any) -> list[str]:
+    """Inputs of ``detector`` that the feature code no longer computes (such a model cannot score)."""
+    from millrace.processing.features import FEATURE_COLUMNS
+
+    return [f for f in model_features(detector)[:-1] if f not in FEATURE_COLUMNS]
 
 
 def load_scorer(settings: Settings) -> Scorer:
