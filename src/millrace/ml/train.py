@@ -73,9 +73,9 @@ def _fit(name: str, X: np.ndarray, labels: np.ndarray | None, seed: int) -> D.De
         return D.fit_isolation_forest(X, features, seed)
     if name == "mahalanobis":
         return D.fit_mahalanobis(X, features, seed)
-    if name == "gradient_boosting":
+    if name == "gradient_boosting":  # the gate; its kind model is fitted beside it (fit_kind_model)
         assert labels is not None
-        return D.fit_gradient_boosting(X, labels, features, seed)
+        return D.fit_gate(X, labels, features, seed)
     raise DataError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
 
 
@@ -207,12 +207,9 @@ def _train(
             det.threshold = max(best_threshold(raw_val, truth[val_rows], max_false_alarm=MAX_FALSE_ALARM,
                                                weight=val_weight), 1e-9)  # fmt: skip
             flag = raw_val >= det.threshold
-            kinds = None
-            if det.classes is not None:  # supervised: name the flagged readings only
-                kinds = np.full(len(flag), None, dtype=object)
-                kinds[flag] = np.asarray(det.classes, dtype=object)[det.kind_index(X_val[flag])]
             metrics = binary_metrics(truth[val_rows], flag, val_weight)
-            metrics["per_kind"] = per_kind(labels[val_rows], flag, kinds, val_weight)  # type: ignore[index]
+            # Recall per kind; the supervised detector's kind precision/F1 come once its kind model is in.
+            metrics["per_kind"] = per_kind(labels[val_rows], flag, None, val_weight)  # type: ignore[index]
         else:
             raw_fit = det.score(X_of(unsup_rows))
             det.threshold = max(float(np.quantile(raw_fit, UNLABELLED_QUANTILE)), 1e-9)
@@ -220,18 +217,27 @@ def _train(
         metrics["fit_seconds"] = round(time.monotonic() - t0, 2)
         return det, metrics, raw_val
 
+    def fit_kind_model() -> tuple[Any, float]:
+        t0 = time.monotonic()
+        assert labels is not None and supervised_rows is not None
+        model = D.fit_kind_model(X_of(supervised_rows), labels[supervised_rows], MODEL_FEATURES, seed)
+        return model, time.monotonic() - t0
+
     def fit_kinds() -> tuple[KindNamer | None, float]:
         t0 = time.monotonic()
         assert labels is not None
         K = kind_matrix(feats[list(KIND_EXTRA)].iloc[anomalous_fit], X_of(anomalous_fit))
         return fit_namer(K, labels[anomalous_fit], seed=seed), time.monotonic() - t0
 
-    # Independent fits, the slowest first, on every core for large inputs (the same models either way).
-    tasks: list[Callable[[], Any]] = [partial(fit_one, n) for n in sorted(names, key=_SLOWEST_FIRST.index)]
-    if labels is not None:
-        tasks.insert(1, fit_kinds)
+    # Independent fits, the slowest first, on every core for large inputs (the same models either way): the
+    # supervised kind model, the detectors (the supervised one is its gate), the kind namer.
+    supervised = supervised_rows is not None
+    tasks: list[Callable[[], Any]] = [*([fit_kind_model] if supervised else []),
+                                      *(partial(fit_one, n) for n in sorted(names, key=_SLOWEST_FIRST.index)),
+                                      *([fit_kinds] if labels is not None else [])]  # fmt: skip
     outputs = run_tasks(tasks, workers=None if len(needed) >= PARALLEL_FIT_ROWS else 1)
-    namer_fit = outputs.pop(1) if labels is not None else None
+    kind_model = outputs.pop(0) if supervised else None
+    namer_fit = outputs.pop() if labels is not None else None
     results: dict[str, dict[str, Any]] = {}
     fitted: dict[str, D.Detector] = {}
     raw_of: dict[str, np.ndarray] = {}
@@ -239,6 +245,10 @@ def _train(
     for name in names:  # in the order asked for
         fitted[name], results[name], raw_of[name] = by_name[name]
         metrics = results[name]
+        if name == "gradient_boosting" and kind_model is not None:
+            assert labels is not None
+            _attach_kind_model(fitted[name], metrics, kind_model, labels[val_rows], X_of(val_rows), raw_of[name],
+                               val_weight)  # fmt: skip
         say(f"{name}: " + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}")
             + f" ({metrics['fit_seconds']:.0f} s)")  # fmt: skip
 
@@ -283,6 +293,22 @@ def _train(
     from millrace.ml.registry import load_info
 
     return load_info(root, version)
+
+
+def _attach_kind_model(
+    det: D.Detector, metrics: dict[str, Any], kind_model: tuple[Any, float], val_labels: np.ndarray,
+    X_val: np.ndarray, raw_val: np.ndarray, val_weight: np.ndarray,
+) -> None:  # fmt: skip
+    """Give the supervised detector its kind model and its validation kind precision/F1 (flagged readings
+    named by the kind model, as the Scorer names them)."""
+    assert det.classes is not None
+    det.estimator, seconds = kind_model
+    flag = raw_val >= det.threshold
+    kinds = np.full(len(flag), None, dtype=object)
+    kinds[flag] = np.asarray(det.classes, dtype=object)[det.kind_index(X_val[flag])]
+    metrics["per_kind"] = per_kind(val_labels, flag, kinds, val_weight)
+    metrics["kind_model_seconds"] = round(seconds, 2)
+    metrics["fit_seconds"] = round(metrics["fit_seconds"] + seconds, 2)  # the gate's and the kind model's
 
 
 def _choose_naming(
