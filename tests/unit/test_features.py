@@ -161,3 +161,30 @@ def test_window_medians_and_mads_equal_numpy_median_nan_included() -> None:
     assert ((med == want_med) | (np.isnan(med) & np.isnan(want_med))).all()
     assert ((mad == want_mad) | (np.isnan(mad) & np.isnan(want_mad))).all()
     assert np.isnan(med[1, 21:51]).all() and not np.isnan(med[1, 51:]).any()
+
+
+def test_partner_conditioned_mean_sees_a_shift_that_the_load_hides() -> None:
+    frame = fleet_frame(devices=1, steps=BLOCK * 16)
+    current = frame["sensor_type"] == "current"
+    idx = frame.index[current][BLOCK * 12 :]
+    frame.loc[idx, "value"] += 1.5  # 5 noise sigmas; the load moves current by +-1.5 too
+    out = frame_features(frame, ProcessingSettings(), chunk=None)
+    c = out[out["sensor_type"] == "current"].reset_index(drop=True)
+    assert c["pair_mean_z"].iloc[: BLOCK * 10].isna().all()  # fewer than PAIR_MEAN_BLOCKS reference blocks
+    before, after = c["pair_mean_z"].iloc[BLOCK * 10 : BLOCK * 12], c["pair_mean_z"].iloc[BLOCK * 12 + ROLL :]
+    assert before.notna().all() and before.abs().max() < 4
+    assert after.min() > 6  # the shift is not taught to the regression: its blocks are not admitted
+    assert c["pair_best_mean"].iloc[BLOCK * 12 + ROLL :].min() > 2
+
+
+def test_state_written_before_the_partner_features_still_loads() -> None:
+    frame = fleet_frame(devices=1, steps=BLOCK * 5)
+    cfg = ProcessingSettings()
+    cut = frame["timestamp"] < frame["timestamp"].min() + pd.Timedelta(seconds=BLOCK * 3)
+    _, state = device_step(frame[cut], empty_state(), cfg)
+    fresh, _ = device_step(frame[~cut], state, cfg)
+    for key in ("best", "tail"):
+        del state["device"][key]  # what an older version stored
+    old, _ = device_step(frame[~cut], state, cfg)
+    late = old["timestamp"] >= old["timestamp"].min() + pd.Timedelta(seconds=ROLL)
+    _same(fresh[late].reset_index(drop=True), old[late].reset_index(drop=True))

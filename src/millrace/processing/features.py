@@ -33,6 +33,17 @@ Device context (the other sensors of the device, as of the reading's time):
                  voltage~current, pressure~temperature) from a regression over the reference blocks,
                  in residual-noise units
   pair_resid_mean mean pair_resid_z over the device's last ``SHORT`` rows (sustained correlation breaks)
+  pair_best_z    residual against the partner that explains the sensor best (smallest unexplained share of
+                 its variance over the reference blocks), in residual-noise units
+  pair_best_mean mean pair_best_z over the device's last ``ROLL`` rows
+  pair_mean_z    the sensor's mean over the last ``ROLL`` device rows against what its best partner's mean
+                 predicts, from a regression of block means on block means (no slope flattening by the
+                 partner's noise): an offset on a sensor that follows the load or the day shows against what
+                 the partner explains, not against the sensor's own movement
+  pair_min_mean  the smallest |pair_mean_z|-like deviation over the partners that explain at least half the
+                 block means' variance (``GOOD_FIT``): an anomaly on one partner breaks only its own pairs
+The pair regressions use only the reference blocks that are not themselves off (``PAIR_ADMIT``), so an
+anomaly inside the 30-minute reference window does not teach the regression or inflate its noise.
 """
 
 from __future__ import annotations
@@ -61,7 +72,10 @@ SENSOR_FEATURES: tuple[str, ...] = (
     "dt_s", "roll_mean", "roll_std", "z", "robust_z", "rate", "diff_z", "ref_z", "short_ref_z", "trend_z",
     "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z", "jump_age", "jump_z",
 )  # fmt: skip
-DEVICE_FEATURES: tuple[str, ...] = ("dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean")
+DEVICE_FEATURES: tuple[str, ...] = (
+    "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "pair_best_z", "pair_best_mean",
+    "pair_mean_z", "pair_min_mean",
+)  # fmt: skip
 FEATURE_COLUMNS: tuple[str, ...] = SENSOR_FEATURES + DEVICE_FEATURES
 
 # The sensor a sensor is checked against (by type). Pairs are unordered for the regression sums.
@@ -340,24 +354,40 @@ def _device_step(
     r = (n0 + np.arange(nrow)) // BLOCK
     r_values, r_index = np.unique(r, return_inverse=True)
     resid = np.full((nrow, ncol), np.nan)
+    best = np.full((nrow, ncol), np.nan)  # residual against the partner that explains the sensor best
+    best_ratio = np.full((nrow, ncol), np.inf)
+    # The mean of the last ROLL device rows of every sensor, against the partner's (block-mean regression).
+    old_tail = dev.get("tail") or {}  # absent in states written before this feature
+    tail = np.array([[_f(v) for v in old_tail.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
+    v_hist = np.vstack([tail.reshape(ncol, ROLL - 1).T, V])
+    means = _window_sum(v_hist, ROLL) / ROLL
+    mean_z = np.full((nrow, ncol), np.nan)
+    mean_ratio = np.full((nrow, ncol), np.inf)
+    min_z = np.full((nrow, ncol), np.nan)
     for a, b in pairs:
         pair_blocks = np.asarray(blocks[f"{a}|{b}"], dtype=float).reshape(-1, 6)
-        sums = np.zeros((len(r_values), 6))
-        for i, rv in enumerate(r_values):
-            lo, hi = max(0, rv - REF_BLOCKS - b0), max(0, rv - b0)
-            if hi > lo:
-                sums[i] = pair_blocks[lo:hi].sum(axis=0)
-        s = sums[r_index]
-        n = s[:, 0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_a, mean_b = s[:, 1] / n, s[:, 2] / n
-            var_a, var_b = s[:, 3] / n - mean_a * mean_a, s[:, 4] / n - mean_b * mean_b
-            cov = s[:, 5] / n - mean_a * mean_b
-            va, vb = V[:, ci[a]], V[:, ci[b]]
-            for target, y, x, my, mx, vy, vx in (
-                (a, va, vb, mean_a, mean_b, var_a, var_b),
-                (b, vb, va, mean_b, mean_a, var_b, var_a),
-            ):
+        # The reference window of each block-of-rows: the REF_BLOCKS blocks before it (zero sums before the
+        # first one), as a (r, 6, REF_BLOCKS) array reduced on its last axis, row by row.
+        padded = np.vstack([np.zeros((REF_BLOCKS, 6)), pair_blocks])
+        starts = np.clip(r_values - b0, 0, len(pair_blocks))
+        win = np.ascontiguousarray(sliding_window_view(padded, REF_BLOCKS, axis=0)[starts])
+        va, vb = V[:, ci[a]], V[:, ci[b]]
+        for target, y, x, iy, ix in ((a, va, vb, 0, 1), (b, vb, va, 1, 0)):
+            n, my, mx, vy, vx, cov, bc, bbeta, bres, bratio = (f[r_index] for f in _pair_fit(win, iy, ix))
+            ym, xm = means[:, ci[target]], means[:, ci[b if target == a else a]]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                # Scale: the block means' residual spread plus the noise a ROLL-reading mean keeps.
+                bscale = np.sqrt(bres + np.maximum(vy - cov * cov / vx, 0.0) / ROLL) + 1e-9
+                zm = np.where(n >= 2 * BLOCK, (ym - bc - bbeta * xm) / bscale, np.nan)
+            better = np.isfinite(zm) & (bratio < mean_ratio[:, ci[target]])
+            mean_z[:, ci[target]] = np.where(better, zm, mean_z[:, ci[target]])
+            mean_ratio[:, ci[target]] = np.where(better, bratio, mean_ratio[:, ci[target]])
+            # Against every partner that explains most of the sensor's movement, the smallest deviation: an
+            # anomaly on one partner breaks only the pairs it is in.
+            cur = min_z[:, ci[target]]
+            take = np.isfinite(zm) & (bratio < GOOD_FIT) & ~(np.abs(cur) <= np.abs(zm))
+            min_z[:, ci[target]] = np.where(take, zm, cur)
+            with np.errstate(invalid="ignore", divide="ignore"):
                 beta = cov / vx
                 res_var = np.maximum(vy - cov * cov / vx, 0.0)
                 scale = np.fmax(np.sqrt(res_var), 0.05 * np.sqrt(np.maximum(vy, 0.0)) + 1e-9)
@@ -365,11 +395,23 @@ def _device_step(
                 cur = resid[:, ci[target]]
                 keep_cur = np.isfinite(cur) & ~(np.abs(z) > np.abs(cur))
                 resid[:, ci[target]] = np.where(keep_cur, cur, z)
+                # The unexplained share of the sensor's variance: the smaller, the better the partner.
+                ratio = np.where(np.isfinite(z), res_var / np.fmax(vy, 1e-300), np.inf)
+                better = ratio < best_ratio[:, ci[target]]
+                best[:, ci[target]] = np.where(better, z, best[:, ci[target]])
+                best_ratio[:, ci[target]] = np.where(better, ratio, best_ratio[:, ci[target]])
     out[:, 2] = resid[row, codes]
     prev = np.array([[_f(v) for v in dev["resid"].get(s) or [None] * (SHORT - 1)] for s in cols], dtype=float)
     hist = np.vstack([prev.reshape(ncol, SHORT - 1).T, resid])
     roll = sliding_window_view(hist, SHORT, axis=0).mean(axis=2)  # rows x cols
     out[:, 3] = roll[row, codes]
+    out[:, 4] = best[row, codes]
+    old_best = dev.get("best") or {}  # absent in states written before this feature
+    prev = np.array([[_f(v) for v in old_best.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
+    best_hist = np.vstack([prev.reshape(ncol, ROLL - 1).T, best])
+    out[:, 5] = (_window_sum(best_hist, ROLL) / ROLL)[row, codes]
+    out[:, 6] = mean_z[row, codes]
+    out[:, 7] = min_z[row, codes]
 
     keep = (n0 + nrow) % BLOCK
     longest = max((len(b) for b in blocks.values()), default=0)
@@ -384,8 +426,90 @@ def _device_step(
         "b0": b0 + cut if blocks else (n0 + nrow) // BLOCK,
         "blocks": {key: blk[cut:] for key, blk in blocks.items()},
         "resid": {s: _nums(hist[-(SHORT - 1) :, i]) for i, s in enumerate(cols)},
+        "best": {s: _nums(best_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
+        "tail": {s: _nums(v_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
     }
     return out, new_dev
+
+
+ADMIT_PASSES = 1  # fit, leave out the outlying blocks, refit (a second pass measured worse on validation)
+GOOD_FIT = 0.5  # a partner "explains" a sensor when it leaves at most this share of the block means' variance
+PAIR_MEAN_BLOCKS = 10  # reference blocks the block-mean regression needs
+PAIR_ADMIT = 4.0  # a reference block enters the pair regression when its mean residual is within this many
+# robust spreads of the blocks' mean residuals: an anomaly in the reference window must not teach the regression
+
+
+def _pair_fit(win: np.ndarray, iy: int, ix: int) -> tuple[np.ndarray, ...]:
+    """Regression of y on x over each reference window of block sums ``win`` (r x 6 x blocks; sums n, a, b,
+    a^2, b^2, ab; y is a when ``iy`` is 0, else b): n, mean y, mean x, var y, var x, cov of the blocks
+    admitted, then the block-mean regression of :func:`_block_fit` over them. Admission: a block-mean fit
+    on every block gives each block's mean residual; the blocks whose mean residual lies more than
+    PAIR_ADMIT robust spreads (1.4826 MAD; at least half the median within-block residual RMS) from the
+    median are left out and the fit is redone (ADMIT_PASSES times) - unless that would leave fewer than half
+    of the blocks: a real change of regime is followed once it fills half the window."""
+    nb = win[:, 0]
+    sy, sx = win[:, 1 + iy], win[:, 1 + ix]
+    syy, sxx, sxy = win[:, 3 + iy], win[:, 3 + ix], win[:, 5]
+
+    def fit(w: np.ndarray) -> tuple[np.ndarray, ...]:
+        n = (nb * w).sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            my, mx = (sy * w).sum(axis=-1) / n, (sx * w).sum(axis=-1) / n
+            vy = (syy * w).sum(axis=-1) / n - my * my
+            vx = (sxx * w).sum(axis=-1) / n - mx * mx
+            cov = (sxy * w).sum(axis=-1) / n - my * mx
+        return n, my, mx, vy, vx, cov
+
+    used = (nb > 0).astype(float)
+    w = used
+    for _ in range(ADMIT_PASSES):
+        c, beta, _, _ = _block_fit(nb, sy, sx, w, need=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            b = beta[:, None]
+            su = sy - b * sx  # per block: sum of u = y - beta x, and of u^2
+            mean_u = su / nb
+            mean_r = np.where(nb > 0, mean_u - c[:, None], np.nan)
+            within = np.where(nb > 0, (syy - 2 * b * sxy + b * b * sxx) / nb - mean_u * mean_u, np.nan)
+        ok = np.isfinite(mean_r).any(axis=-1)
+        typical, center, spread = (np.full(len(nb), np.nan) for _ in range(3))
+        typical[ok] = np.nanmedian(within[ok], axis=-1)
+        center[ok] = np.nanmedian(mean_r[ok], axis=-1)
+        dev = np.abs(mean_r - center[:, None])
+        spread[ok] = _MAD_TO_STD * np.nanmedian(dev[ok], axis=-1)
+        limit = np.fmax(PAIR_ADMIT * spread, 0.5 * np.sqrt(np.maximum(typical, 0.0)))
+        admit = used * (dev <= limit[:, None])
+        enough = admit.sum(axis=-1) * 2 >= used.sum(axis=-1)
+        w = np.where(enough[:, None], admit, used)
+    return (*fit(w), *_block_fit(nb, sy, sx, w))
+
+
+def _block_fit(nb: np.ndarray, sy: np.ndarray, sx: np.ndarray, w: np.ndarray, need: int = 0) -> tuple[np.ndarray, ...]:
+    """Regression of the block means of y on those of x over the admitted blocks (weights ``w``), each block
+    counting once: averaging removes the partner's noise, which would otherwise flatten the slope. Returns
+    intercept, slope, the variance of the block-mean residuals and the unexplained share of the block
+    means' variance (infinite with fewer than ``need`` blocks, default PAIR_MEAN_BLOCKS)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = w * (nb > 0)
+        k = w.sum(axis=-1)
+        ym, xm = np.where(nb > 0, sy / nb, 0.0), np.where(nb > 0, sx / nb, 0.0)
+        my, mx = (ym * w).sum(axis=-1) / k, (xm * w).sum(axis=-1) / k
+        dy, dx = (ym - my[:, None]) * w, (xm - mx[:, None]) * w
+        vy, vx, cov = (dy * dy).sum(axis=-1) / k, (dx * dx).sum(axis=-1) / k, (dy * dx).sum(axis=-1) / k
+        beta = np.where(vx > 0, cov / vx, 0.0)
+        res = np.maximum(vy - beta * cov, 0.0)
+        c = my - beta * mx
+        ratio = np.where(k >= (need or PAIR_MEAN_BLOCKS), res / np.fmax(vy, 1e-300), np.inf)
+    return c, beta, res, ratio
+
+
+def _window_sum(hist: np.ndarray, w: int) -> np.ndarray:
+    """Sums of ``w`` consecutive rows of ``hist`` (rows - w + 1 of them), added in row order: the same
+    numbers however the rows are split into batches (numpy's pairwise sums depend on the array's shape)."""
+    n = len(hist) - w + 1
+    acc = hist[:n].copy()
+    for j in range(1, w):
+        acc += hist[j : j + n]
+    return acc
 
 
 def _f(value: float | None) -> float:
@@ -402,7 +526,7 @@ def _num(value: float) -> float | None:
 
 # ---------------------------------------------------------------------------------------------- public API
 _EMPTY_DEVICE: dict[str, Any] = {"types": {}, "origin": {}, "last_v": {}, "last_absz": {}, "rows": {}, "n": 0,
-                                 "b0": 0, "blocks": {}, "resid": {}}  # fmt: skip
+                                 "b0": 0, "blocks": {}, "resid": {}, "best": {}, "tail": {}}  # fmt: skip
 
 
 def device_step(
