@@ -186,5 +186,5 @@ def test_state_written_before_the_partner_features_still_loads() -> None:
     for key in ("best", "tail"):
         del state["device"][key]  # what an older version stored
     old, _ = device_step(frame[~cut], state, cfg)
-    late = old["timestamp"] >= old["timestamp"].min() + pd.Timedelta(seconds=ROLL)
+    late = old["timestamp"] >= old["timestamp"].min() + pd.Timedelta(seconds=2 * ROLL)
     _same(fresh[late].reset_index(drop=True), old[late].reset_index(drop=True))
