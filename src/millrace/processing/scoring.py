@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 MODEL_FEATURES: tuple[str, ...] = (
     "z", "robust_z", "diff_z", "ref_z", "short_ref_z", "trend_z", "noise_ratio", "stuck_run", "dt_s",
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "mid_ref_z", "trend_long_z",
-    "pair_best_z", "pair_best_mean", "pair_min_mean", "pair_growth", "type_code",
+    "pair_best_z", "pair_best_mean", "pair_min_mean", "type_code",
 )  # fmt: skip
 # The kind namer's inputs (millrace.ml.kinds): the model inputs plus the jump counters, type last.
-KIND_EXTRA: tuple[str, ...] = ("jump_age", "jump_z", "pair_mean_z", "gated_ref_z")
+KIND_EXTRA: tuple[str, ...] = ("jump_age", "jump_z", "pair_mean_z", "gated_ref_z", "pair_growth")
 KIND_FEATURES: tuple[str, ...] = (*MODEL_FEATURES[:-1], *KIND_EXTRA, "type_code")
 TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
 SCORE_COLUMNS = ("score", "is_anomaly", "anomaly_kind", "reason", "top_features")
