@@ -26,9 +26,6 @@ Per sensor (own history):
   jump_age      readings since the last jump (|diff_z| > ``JUMP``), capped at ``JUMP_AGE_CAP``: a level shift
                 jumped once, a drift or a ramp never did
   jump_z        diff_z of that jump (0 before any jump)
-  gated_ref_z   like short_ref_z against a slow reference that admits a completed block only when its median
-                is near the reference (``GATE``; restarts after ``GATE_ESCAPE`` rejected blocks): a long
-                level shift or a drift stays visible to its end instead of leaking into its reference
 Device context (the other sensors of the device, as of the reading's time):
   dev_max_abs_z  largest |ref_z| among the device's other sensors
   dev_mean_abs_z mean |ref_z| over the device's sensors
@@ -43,9 +40,6 @@ Device context (the other sensors of the device, as of the reading's time):
                  predicts, from a regression of block means on block means (no slope flattening by the
                  partner's noise): an offset on a sensor that follows the load or the day shows against what
                  the partner explains, not against the sensor's own movement
-  pair_growth    pair_best_mean minus its value ``ROLL`` rows earlier, signed so that growth away from the
-                 partner's prediction is positive: a drift still grows, a level shift (and a correlation
-                 break after its ramp) is flat
   pair_min_mean  the smallest |pair_mean_z|-like deviation over the partners that explain at least half the
                  block means' variance (``GOOD_FIT``): an anomaly on one partner breaks only its own pairs
 The pair regressions use only the reference blocks that are not themselves off (``PAIR_ADMIT``), so an
@@ -54,7 +48,6 @@ anomaly inside the 30-minute reference window does not teach the regression or i
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 import numpy as np
@@ -74,17 +67,14 @@ JUMP = 4.0
 JUMP_AGE_CAP = 100_000
 HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK, LONG)
 STATE_VERSION = 1
-GATE = 5.0  # a completed block joins the gated reference when its median is within GATE scales of it
-GATE_MIN = 5  # blocks admitted unconditionally at first
-GATE_ESCAPE = 15  # consecutive rejected blocks after which the gated reference restarts from recent blocks
 
 SENSOR_FEATURES: tuple[str, ...] = (
     "dt_s", "roll_mean", "roll_std", "z", "robust_z", "rate", "diff_z", "ref_z", "short_ref_z", "trend_z",
-    "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z", "jump_age", "jump_z", "gated_ref_z",
+    "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z", "jump_age", "jump_z",
 )  # fmt: skip
 DEVICE_FEATURES: tuple[str, ...] = (
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "pair_best_z", "pair_best_mean",
-    "pair_mean_z", "pair_min_mean", "pair_growth",
+    "pair_mean_z", "pair_min_mean",
 )  # fmt: skip
 FEATURE_COLUMNS: tuple[str, ...] = SENSOR_FEATURES + DEVICE_FEATURES
 
@@ -142,7 +132,6 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
         blocks = np.concatenate([blocks, np.stack([np.median(seg, axis=-1), seg.std(axis=-1, ddof=1)], axis=-1)],
                                 axis=1)  # fmt: skip
     ref_med, ref_scale = _reference(blocks, n0, m, b0)
-    gated, g_med, g_scale, g_rej = _gated_reference(blocks, n0, m, b0, states)
 
     pos0 = h  # batch index i sits at x position h + i
     # Window statistics over win = x[p - ROLL : p + 1] (full windows only; rows are a contiguous tail).
@@ -162,9 +151,7 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
         o[..., col["roll_std"]] = std
         o[..., col["z"]] = (v - mean) / np.fmax(std, floor)
         o[..., col["robust_z"]] = (v - med) / np.fmax(_MAD_TO_STD * mad, floor)
-        short_mean = np.ascontiguousarray(win[..., -SHORT:]).mean(axis=-1)
-        o[..., col["short_ref_z"]] = (short_mean - rmed) / rscale
-        o[..., col["gated_ref_z"]] = (short_mean - g_med[:, first_ok:]) / g_scale[:, first_ok:]
+        o[..., col["short_ref_z"]] = (np.ascontiguousarray(win[..., -SHORT:]).mean(axis=-1) - rmed) / rscale
         o[..., col["noise_ratio"]] = np.ascontiguousarray(win[..., -NOISE:]).std(axis=-1, ddof=1) / rscale
         o[..., col["trend_z"]] = (win[..., -TREND:] * _TREND_WEIGHTS).sum(axis=-1) / rscale
     first_long = max(0, LONG - 1 - pos0)
@@ -220,8 +207,6 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
             "blocks": kept_blocks[i].tolist(),
             "jage": float(out[i, -1, col["jump_age"]]),
             "jz": float(out[i, -1, col["jump_z"]]),
-            "g": gated[i],
-            "grej": g_rej[i],
         }
         for i in range(S)
     ]
@@ -250,61 +235,6 @@ def _reference(blocks: np.ndarray, n0: int, m: int, b0: int) -> tuple[np.ndarray
     scale_of = np.fmax(scale_of, _tiny(med_of))
     at = (n0 + np.arange(m)) // BLOCK - first
     return med_of[:, at], scale_of[:, at]
-
-
-def _gated_reference(
-    blocks: np.ndarray, n0: int, m: int, b0: int, states: list[dict[str, Any]]
-) -> tuple[list[list[list[float]]], np.ndarray, np.ndarray, list[int]]:
-    """A slow reference that a block joins only when its median lies within GATE scales of the reference
-    in effect (or while fewer than GATE_MIN blocks are admitted): a level shift or a drift does not leak into
-    its own reference. After GATE_ESCAPE consecutive rejected blocks the reference restarts from the last
-    GATE_ESCAPE blocks (a real change of regime is followed). Blocks are decided one by one, in order, so the
-    numbers do not depend on batching; a plain loop over sorted lists (a few per sensor and block) is much
-    cheaper than numpy calls on such small arrays. Returns per sensor the admitted blocks (oldest first), the
-    reference median and scale of the batch's readings (S x m) and the rejection counts."""
-    S = blocks.shape[0]
-    first, last = n0 // BLOCK, (n0 + m - 1) // BLOCK
-    j1 = (n0 + m) // BLOCK
-    nb = last - first + 1
-    med_of = np.full((S, nb), np.nan)
-    scale_of = np.full((S, nb), np.nan)
-    done_blocks: list[list[list[float]]] = []
-    rejs: list[int] = []
-    new_blocks = blocks[:, max(0, first - b0) :].tolist()  # from block `first` on: the ones decided here
-    recent_all = blocks.tolist()
-    for i, st in enumerate(states):
-        kept = [list(b) for b in st.get("g") or []]  # absent in states written before this feature: afresh
-        rej = int(st.get("grej", 0))
-        meds, stds = sorted(b[0] for b in kept), sorted(b[1] for b in kept)
-        for k in range(nb):
-            n = len(meds)
-            if n:
-                med = (meds[(n - 1) // 2] + meds[n // 2]) / 2.0
-                scale = max((stds[(n - 1) // 2] + stds[n // 2]) / 2.0, 1e-9 + 1e-6 * abs(med))
-                med_of[i, k], scale_of[i, k] = med, scale
-            if first + k >= j1:
-                break
-            new_med, new_std = new_blocks[i][k]
-            if new_med == new_med and (n < GATE_MIN or abs(new_med - med) <= GATE * scale):
-                kept.append([new_med, new_std])
-                bisect.insort(meds, new_med)
-                bisect.insort(stds, new_std)
-                if len(kept) > REF_BLOCKS:
-                    old_med, old_std = kept.pop(0)
-                    del meds[bisect.bisect_left(meds, old_med)]
-                    del stds[bisect.bisect_left(stds, old_std)]
-                rej = 0
-            else:
-                rej += 1
-            if rej >= GATE_ESCAPE:
-                at = first + k - b0
-                kept = [list(b) for b in recent_all[i][max(0, at - GATE_ESCAPE + 1) : at + 1] if b[0] == b[0]]
-                meds, stds = sorted(b[0] for b in kept), sorted(b[1] for b in kept)
-                rej = 0
-        done_blocks.append(kept)
-        rejs.append(rej)
-    at = (n0 + np.arange(m)) // BLOCK - first
-    return done_blocks, med_of[:, at], scale_of[:, at], rejs
 
 
 _SORT_COLUMNS = 8192  # windows sorted per step (bounded temporaries; the numbers do not depend on it)
@@ -477,16 +407,9 @@ def _device_step(
     out[:, 3] = roll[row, codes]
     out[:, 4] = best[row, codes]
     old_best = dev.get("best") or {}  # absent in states written before this feature
-    prev = np.array([[_f(v) for v in old_best.get(s) or [None] * (2 * ROLL - 1)] for s in cols], dtype=float)
-    if prev.shape[1] != 2 * ROLL - 1:  # a shorter history kept by an older version: left-pad
-        prev = np.hstack([np.full((ncol, 2 * ROLL - 1 - prev.shape[1]), np.nan), prev])
-    best_hist = np.vstack([prev.T, best])
-    recent = _window_sum(best_hist[ROLL:], ROLL) / ROLL
-    out[:, 5] = recent[row, codes]
-    # Still growing (a drift) or flat (a level shift, a correlation break after its ramp): the change of that
-    # mean against the ROLL rows before, signed so that growth away from the partner's prediction is positive.
-    earlier = _window_sum(best_hist[: len(best_hist) - ROLL], ROLL) / ROLL
-    out[:, 8] = (np.sign(recent) * (recent - earlier))[row, codes]
+    prev = np.array([[_f(v) for v in old_best.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
+    best_hist = np.vstack([prev.reshape(ncol, ROLL - 1).T, best])
+    out[:, 5] = (_window_sum(best_hist, ROLL) / ROLL)[row, codes]
     out[:, 6] = mean_z[row, codes]
     out[:, 7] = min_z[row, codes]
 
@@ -503,7 +426,7 @@ def _device_step(
         "b0": b0 + cut if blocks else (n0 + nrow) // BLOCK,
         "blocks": {key: blk[cut:] for key, blk in blocks.items()},
         "resid": {s: _nums(hist[-(SHORT - 1) :, i]) for i, s in enumerate(cols)},
-        "best": {s: _nums(best_hist[-(2 * ROLL - 1) :, i]) for i, s in enumerate(cols)},
+        "best": {s: _nums(best_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
         "tail": {s: _nums(v_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
     }
     return out, new_dev

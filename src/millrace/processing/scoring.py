@@ -33,7 +33,7 @@ MODEL_FEATURES: tuple[str, ...] = (
     "pair_best_z", "pair_best_mean", "pair_min_mean", "type_code",
 )  # fmt: skip
 # The kind namer's inputs (millrace.ml.kinds): the model inputs plus the jump counters, type last.
-KIND_EXTRA: tuple[str, ...] = ("jump_age", "jump_z", "pair_mean_z", "gated_ref_z", "pair_growth")
+KIND_EXTRA: tuple[str, ...] = ("jump_age", "jump_z", "pair_mean_z")
 KIND_FEATURES: tuple[str, ...] = (*MODEL_FEATURES[:-1], *KIND_EXTRA, "type_code")
 TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
 SCORE_COLUMNS = ("score", "is_anomaly", "anomaly_kind", "reason", "top_features")
