@@ -373,7 +373,7 @@ def _device_step(
         win = np.ascontiguousarray(sliding_window_view(padded, REF_BLOCKS, axis=0)[starts])
         va, vb = V[:, ci[a]], V[:, ci[b]]
         for target, y, x, iy, ix in ((a, va, vb, 0, 1), (b, vb, va, 1, 0)):
-            n, my, mx, vy, vx, cov, bc, bbeta, bres, bratio = (f[r_index] for f in _pair_fit(win, iy, ix))
+            n, my, mx, vy, vx, cov, bc, bbeta, bres, bratio = (f[r_index] for f in _pair_fit_cached(win, iy, ix))
             ym, xm = means[:, ci[target]], means[:, ci[b if target == a else a]]
             with np.errstate(invalid="ignore", divide="ignore"):
                 # Scale: the block means' residual spread plus the noise a ROLL-reading mean keeps.
@@ -437,6 +437,26 @@ GOOD_FIT = 0.5  # a partner "explains" a sensor when it leaves at most this shar
 PAIR_MEAN_BLOCKS = 10  # reference blocks the block-mean regression needs
 PAIR_ADMIT = 4.0  # a reference block enters the pair regression when its mean residual is within this many
 # robust spreads of the blocks' mean residuals: an anomaly in the reference window must not teach the regression
+
+
+_FIT_CACHE: dict[tuple[bytes, int, int], tuple[np.ndarray, ...]] = {}
+_FIT_CACHE_SIZE = 4096  # entries (a few reference windows per call: streaming micro-batches)
+_FIT_CACHE_WINDOWS = 4  # calls with more reference windows (training's long batches) are not cached
+
+
+def _pair_fit_cached(win: np.ndarray, iy: int, ix: int) -> tuple[np.ndarray, ...]:
+    """:func:`_pair_fit`, remembered per process for small inputs. The reference window changes only when a
+    block completes (every BLOCK readings), so a stream's micro-batches refit the same window many times; the
+    result is a pure function of ``win``, so the numbers are the same either way."""
+    if win.shape[0] > _FIT_CACHE_WINDOWS:
+        return _pair_fit(win, iy, ix)
+    key = (np.ascontiguousarray(win).tobytes() + bytes(str(win.shape), "ascii"), iy, ix)
+    hit = _FIT_CACHE.get(key)
+    if hit is None:
+        if len(_FIT_CACHE) >= _FIT_CACHE_SIZE:
+            _FIT_CACHE.pop(next(iter(_FIT_CACHE)))  # the oldest entry
+        hit = _FIT_CACHE[key] = _pair_fit(win, iy, ix)
+    return hit
 
 
 def _pair_fit(win: np.ndarray, iy: int, ix: int) -> tuple[np.ndarray, ...]:
