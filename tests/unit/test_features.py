@@ -12,6 +12,7 @@ from millrace.config import ProcessingSettings
 from millrace.processing.features import (
     BLOCK,
     FEATURE_COLUMNS,
+    LOCAL,
     ROLL,
     device_step,
     empty_state,
@@ -188,3 +189,26 @@ def test_state_written_before_the_partner_features_still_loads() -> None:
     old, _ = device_step(frame[~cut], state, cfg)
     late = old["timestamp"] >= old["timestamp"].min() + pd.Timedelta(seconds=ROLL)
     _same(fresh[late].reset_index(drop=True), old[late].reset_index(drop=True))
+
+
+def test_step_features_see_a_level_shift_keep_it_and_see_a_spike_return() -> None:
+    frame = fleet_frame(devices=1, steps=400)
+    pressure = frame.index[frame["sensor_type"] == "pressure"]
+    frame.loc[pressure[300:], "value"] += 3.0  # a level shift of 10 noise sigmas at reading 300
+    voltage = frame.index[frame["sensor_type"] == "voltage"]
+    frame.loc[voltage[250], "value"] += 4.5  # a one-reading spike of 15 sigmas
+    out = frame_features(frame, ProcessingSettings(), chunk=None)
+    p = out[out["sensor_type"] == "pressure"].reset_index(drop=True)
+    assert p["step_z"].iloc[:LOCAL + 1].isna().all() and p["step_z"].iloc[LOCAL + 1 :].notna().all()
+    # Reading 304 is the first whose last STEP values all follow the shift: the largest step, just found.
+    assert p["step_z"].iloc[280:300].abs().max() < 4 and p["step_z"].iloc[304] > 12
+    assert p["step_age"].iloc[304] == 0 and p["step_age"].iloc[330] == 26
+    # The same step stays the largest (its size varies only with the local noise it is measured in).
+    assert (p["step_age"].iloc[304:360].to_numpy() == np.arange(56)).all()
+    assert ((p["step_max_z"].iloc[304:360] / p["step_z"].iloc[304]).between(0.9, 1.1)).all()
+    # The shift is kept: the level stays about 10 sigmas above the values before the step.
+    assert p["step_level_z"].iloc[304:360].between(7, 13).all()
+    v = out[out["sensor_type"] == "voltage"].reset_index(drop=True)
+    # A spike of one reading moves a mean of STEP values by 3 sigmas while it is inside it, then is gone.
+    assert v["step_z"].iloc[250] > 3.5 and v["step_max_z"].iloc[250:259].min() > 3.5
+    assert v["step_level_z"].iloc[250:255].min() > 2 and v["step_level_z"].iloc[255:259].abs().max() < 1.5

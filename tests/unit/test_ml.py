@@ -15,14 +15,21 @@ from millrace.errors import DataError, MillraceError
 from millrace.iot.simulator import FleetConfig, simulate_frame
 from millrace.ml import parallel, registry
 from millrace.ml import train as train_module
-from millrace.ml.detectors import Detector, fit_gradient_boosting, robust_z_detector
+from millrace.ml.detectors import Detector, fit_gate, fit_gradient_boosting, fit_kind_model, robust_z_detector
 from millrace.ml.evaluate import ReadOptions, evaluate
 from millrace.ml.kinds import tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, episode_per_kind
 from millrace.ml.parallel import features_by_device, run_tasks
 from millrace.ml.train import fit_unsupervised
 from millrace.processing.features import FEATURE_COLUMNS, frame_features
-from millrace.processing.scoring import MODEL_FEATURES, Scorer, load_scorer, model_matrix
+from millrace.processing.scoring import (
+    KIND_FEATURES,
+    MODEL_FEATURES,
+    Scorer,
+    load_scorer,
+    model_matrix,
+    unknown_features,
+)
 from tests.unit.test_features import fleet_frame
 
 
@@ -334,3 +341,30 @@ def test_gradient_boosting_scores_with_its_gate_and_names_flagged_readings_with_
     old_score, old_kind = det.raw(X)
     assert np.allclose(old_score, 1.0 - det.estimator.predict_proba(X)[:, normal])
     assert old_kind is not None and len(old_kind) == len(X)
+
+
+def test_a_kind_model_on_the_kind_features_names_from_them_in_the_scorer() -> None:
+    frame = simulate_frame(FleetConfig(devices=2, seed=13, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)),
+                           duration_s=1800)  # fmt: skip
+    frame["interpolated"] = False
+    feats = frame_features(frame, load_settings().processing, chunk=None)
+    X, K = model_matrix(feats), model_matrix(feats, KIND_FEATURES)
+    labels = train_module.labels_of(feats)
+    assert labels is not None
+    det = fit_gate(X, labels, MODEL_FEATURES, 0)
+    det.estimator = fit_kind_model(K, labels, KIND_FEATURES, 0)
+    det.kind_features = KIND_FEATURES
+    det.threshold = 0.6
+    with pytest.raises(ValueError, match="kind_rows"):
+        det.raw(X)
+    score, kind = det.raw(X, lambda rows: K[rows])
+    flagged = score / det.threshold >= 1.0
+    assert 0 < flagged.sum() < len(X) and kind is not None and det.classes is not None
+    proba = det.estimator.predict_proba(K[flagged])
+    proba[:, det.classes.index("normal")] = -1.0
+    assert np.array_equal(kind[flagged], proba.argmax(axis=1))
+    scored = Scorer(load_settings().processing, detector=det).score(feats)
+    assert scored["anomaly_kind"].to_numpy()[flagged].tolist() == np.asarray(det.classes)[kind[flagged]].tolist()
+    # A model whose kind model needs a feature this version does not compute cannot score.
+    det.kind_features = (*KIND_FEATURES[:-1], "gone_feature", "type_code")
+    assert unknown_features(det) == ["gone_feature"]

@@ -16,6 +16,7 @@ was trained with kinds, a kind per reading.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +42,15 @@ class Detector:
     namer: Any = None  # a millrace.ml.kinds.KindNamer naming flagged readings (labelled training only)
     kind_bias: np.ndarray | None = None  # supervised: per-class multipliers for naming, chosen on validation
     gate: Any = None  # supervised: the binary anomalous-or-not model that gives the score
+    # supervised: the kind model's inputs when they are not ``features`` (a wider matrix: see kind_index)
+    kind_features: tuple[str, ...] | None = None
 
-    def raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def raw(
+        self, X: np.ndarray, kind_rows: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(score, kind index into ``classes`` or None) for the model matrix X (NaN = unknown). With a gate the
-        kind index is meaningful only where ``score / threshold >= 1`` (elsewhere: the "normal" class)."""
+        kind index is meaningful only where ``score / threshold >= 1`` (elsewhere: the "normal" class).
+        ``kind_rows(rows)`` gives the kind model's matrix of those rows when it has ``kind_features``."""
         if self.name != "gradient_boosting":
             return self.score(X), None
         assert self.classes is not None
@@ -56,11 +62,17 @@ class Detector:
         kind = np.full(len(X), normal, dtype=np.intp)
         flagged = np.flatnonzero(score / self.threshold >= 1.0)  # exactly the Scorer's test
         if len(flagged):
-            kind[flagged] = self.kind_index(X[flagged])
+            if getattr(self, "kind_features", None):  # models saved before kind_features name from X
+                if kind_rows is None:
+                    raise ValueError("this model names kinds from its kind_features: pass kind_rows")
+                kind[flagged] = self.kind_index(kind_rows(flagged))
+            else:
+                kind[flagged] = self.kind_index(X[flagged])
         return score, kind
 
     def kind_index(self, X: np.ndarray) -> np.ndarray:
-        """Supervised: the most probable anomaly kind of each row (index into ``classes``)."""
+        """Supervised: the most probable anomaly kind of each row (index into ``classes``) of the kind model's
+        matrix (``kind_features`` columns; the model matrix when that is None)."""
         return self._name_from(self.estimator.predict_proba(X)) if len(X) else np.zeros(0, dtype=np.intp)
 
     def _name_from(self, proba: np.ndarray) -> np.ndarray:

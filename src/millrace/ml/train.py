@@ -26,7 +26,7 @@ from millrace.ml.kinds import KindNamer, fit_namer, kind_f1s, tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, per_kind
 from millrace.ml.parallel import features_by_device, run_tasks
 from millrace.ml.registry import promote, registry_root, save_model
-from millrace.processing.scoring import KIND_EXTRA, MODEL_FEATURES, kind_matrix, model_matrix
+from millrace.processing.scoring import KIND_EXTRA, KIND_FEATURES, MODEL_FEATURES, kind_matrix, model_matrix
 from millrace.records import GROUND_TRUTH_FIELD, NORMAL
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,11 @@ def _train(
     def X_of(rows: np.ndarray) -> np.ndarray:  # noqa: N802 - the model matrix of these feature rows
         return matrix[np.searchsorted(needed, rows)]
 
+    kinds_matrix = kind_matrix(feats[list(KIND_EXTRA)].take(needed), matrix) if labels is not None else matrix
+
+    def K_of(rows: np.ndarray) -> np.ndarray:  # noqa: N802 - the kind models' matrix of these feature rows
+        return kinds_matrix[np.searchsorted(needed, rows)]
+
     say(f"model matrix of {len(needed):,} sampled readings; {len(val_rows):,} validate")
 
     def fit_one(name: str) -> tuple[D.Detector, dict[str, Any], np.ndarray]:
@@ -220,14 +225,13 @@ def _train(
     def fit_kind_model() -> tuple[Any, float]:
         t0 = time.monotonic()
         assert labels is not None and supervised_rows is not None
-        model = D.fit_kind_model(X_of(supervised_rows), labels[supervised_rows], MODEL_FEATURES, seed)
+        model = D.fit_kind_model(K_of(supervised_rows), labels[supervised_rows], KIND_FEATURES, seed)
         return model, time.monotonic() - t0
 
     def fit_kinds() -> tuple[KindNamer | None, float]:
         t0 = time.monotonic()
         assert labels is not None
-        K = kind_matrix(feats[list(KIND_EXTRA)].iloc[anomalous_fit], X_of(anomalous_fit))
-        return fit_namer(K, labels[anomalous_fit], seed=seed), time.monotonic() - t0
+        return fit_namer(K_of(anomalous_fit), labels[anomalous_fit], seed=seed), time.monotonic() - t0
 
     # Independent fits, the slowest first, on every core for large inputs (the same models either way): the
     # supervised kind model, the detectors (the supervised one is its gate), the kind namer.
@@ -247,7 +251,7 @@ def _train(
         metrics = results[name]
         if name == "gradient_boosting" and kind_model is not None:
             assert labels is not None
-            _attach_kind_model(fitted[name], metrics, kind_model, labels[val_rows], X_of(val_rows), raw_of[name],
+            _attach_kind_model(fitted[name], metrics, kind_model, labels[val_rows], K_of(val_rows), raw_of[name],
                                val_weight)  # fmt: skip
         say(f"{name}: " + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}")
             + f" ({metrics['fit_seconds']:.0f} s)")  # fmt: skip
@@ -258,7 +262,7 @@ def _train(
     _describe_normal(det, X_of(unsup_rows))
     if truth is not None and labels is not None:
         assert namer_fit is not None
-        _choose_naming(det, results[best], namer_fit, feats, labels, X_of, val_rows, val_weight, raw_of[best],
+        _choose_naming(det, results[best], namer_fit, labels, K_of, val_rows, val_weight, raw_of[best],
                        len(anomalous_fit))  # fmt: skip
         say(f"kinds named by: {results[best].get('naming', {}).get('chosen', 'the detector')}")
     # Importance on a validation sample rich in anomalies.
@@ -297,23 +301,24 @@ def _train(
 
 def _attach_kind_model(
     det: D.Detector, metrics: dict[str, Any], kind_model: tuple[Any, float], val_labels: np.ndarray,
-    X_val: np.ndarray, raw_val: np.ndarray, val_weight: np.ndarray,
+    K_val: np.ndarray, raw_val: np.ndarray, val_weight: np.ndarray,
 ) -> None:  # fmt: skip
-    """Give the supervised detector its kind model and its validation kind precision/F1 (flagged readings
-    named by the kind model, as the Scorer names them)."""
+    """Give the supervised detector its kind model (on the kind matrix, KIND_FEATURES) and its validation kind
+    precision/F1 (flagged readings named by the kind model, as the Scorer names them)."""
     assert det.classes is not None
     det.estimator, seconds = kind_model
+    det.kind_features = KIND_FEATURES
     flag = raw_val >= det.threshold
     kinds = np.full(len(flag), None, dtype=object)
-    kinds[flag] = np.asarray(det.classes, dtype=object)[det.kind_index(X_val[flag])]
+    kinds[flag] = np.asarray(det.classes, dtype=object)[det.kind_index(K_val[flag])]
     metrics["per_kind"] = per_kind(val_labels, flag, kinds, val_weight)
     metrics["kind_model_seconds"] = round(seconds, 2)
     metrics["fit_seconds"] = round(metrics["fit_seconds"] + seconds, 2)  # the gate's and the kind model's
 
 
 def _choose_naming(
-    det: D.Detector, metrics: dict[str, Any], namer_fit: tuple[KindNamer | None, float], feats: pd.DataFrame,
-    labels: np.ndarray, X_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, val_weight: np.ndarray,
+    det: D.Detector, metrics: dict[str, Any], namer_fit: tuple[KindNamer | None, float], labels: np.ndarray,
+    K_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, val_weight: np.ndarray,
     raw: np.ndarray, rows: int,
 ) -> None:  # fmt: skip
     """How flagged readings get their kind, chosen on validation by the mean per-kind F1: the supervised
@@ -333,12 +338,11 @@ def _choose_naming(
     per_kind_f1: dict[str, dict[str, float]] = {}
     candidates: list[tuple[str, np.ndarray, tuple[str, ...]]] = []
     if det.name == "gradient_boosting" and det.classes is not None:
-        p = det.estimator.predict_proba(X_of(flagged))
+        p = det.estimator.predict_proba(K_of(flagged))
         p[:, det.classes.index(NORMAL)] = 0.0
         candidates.append(("detector", p, det.classes))
     if namer is not None:
-        candidates.append(("namer", namer.proba(kind_matrix(feats[list(KIND_EXTRA)].iloc[flagged], X_of(flagged))),
-                           namer.classes))  # fmt: skip
+        candidates.append(("namer", namer.proba(K_of(flagged)), namer.classes))
     for name, p, classes in candidates:
         for label, rounds in ((name, 0), (f"{name}+bias", 3)):
             bias, f1 = tune_bias(p, labels[flagged], classes, totals, rounds=rounds, weight=w_flagged)
@@ -358,9 +362,9 @@ def _choose_naming(
     else:
         det.kind_bias = chosen_bias
     if det.namer is not None:
-        named = det.namer.name(kind_matrix(feats[list(KIND_EXTRA)].iloc[flagged], X_of(flagged)))
+        named = det.namer.name(K_of(flagged))
     else:
-        named = np.asarray(det.classes, dtype=object)[det.kind_index(X_of(flagged))]
+        named = np.asarray(det.classes, dtype=object)[det.kind_index(K_of(flagged))]
     kinds = np.full(len(val_rows), None, dtype=object)
     kinds[flag] = named
     metrics["per_kind_detector"] = metrics.get("per_kind")

@@ -26,6 +26,13 @@ Per sensor (own history):
   jump_age      readings since the last jump (|diff_z| > ``JUMP``), capped at ``JUMP_AGE_CAP``: a level shift
                 jumped once, a drift or a ramp never did
   jump_z        diff_z of that jump (0 before any jump)
+  step_z        mean of the last ``STEP`` values minus the mean of the ``STEP`` before them, in units of the
+                *local* noise (from the last ``LOCAL`` consecutive differences, which a slow movement of the
+                sensor with the load or the day does not inflate as it does the reference scale)
+  step_max_z    the largest step_z-like step within the last ``STEP_SPAN`` readings (signed), local noise units
+  step_age      readings since that step (0 .. STEP_SPAN - 1)
+  step_level_z  the mean of the last ``STEP`` values minus the mean of the ``STEP`` values before that step,
+                along the step's sign, in local noise units: a level shift keeps its step, a spike returns
 Device context (the other sensors of the device, as of the reading's time):
   dev_max_abs_z  largest |ref_z| among the device's other sensors
   dev_mean_abs_z mean |ref_z| over the device's sensors
@@ -66,12 +73,16 @@ REF_BLOCKS = 30
 LONG = 120
 JUMP = 4.0
 JUMP_AGE_CAP = 100_000
-HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK, LONG)
+STEP = 5
+STEP_SPAN = 60
+LOCAL = 119
+HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK, LONG, LOCAL + 1, STEP_SPAN + 2 * STEP - 1)
 STATE_VERSION = 1
 
 SENSOR_FEATURES: tuple[str, ...] = (
     "dt_s", "roll_mean", "roll_std", "z", "robust_z", "rate", "diff_z", "ref_z", "short_ref_z", "trend_z",
-    "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z", "jump_age", "jump_z",
+    "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z", "jump_age", "jump_z", "step_z", "step_max_z",
+    "step_age", "step_level_z",
 )  # fmt: skip
 DEVICE_FEATURES: tuple[str, ...] = (
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "pair_best_z", "pair_best_mean",
@@ -96,6 +107,8 @@ _TREND_WEIGHTS = _TREND_C * (TREND - 1) / float((_TREND_C * _TREND_C).sum())
 _LONG_C = np.arange(LONG) - (LONG - 1) / 2.0
 _LONG_WEIGHTS = _LONG_C * (LONG - 1) / float((_LONG_C * _LONG_C).sum())
 _SENSOR_COL = {name: i for i, name in enumerate(SENSOR_FEATURES)}
+_ABS_DIFF_TO_STD = float(np.sqrt(np.pi) / 2.0)  # E|a - b| = 2 sigma / sqrt(pi) for independent noise
+_STEP_SE = float(np.sqrt(2.0 / STEP))  # noise std of a difference of two means of STEP values
 
 
 def empty_state() -> dict[str, Any]:
@@ -163,6 +176,7 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
         o = out[:, first_long:]
         o[..., col["mid_ref_z"]] = (np.ascontiguousarray(lw[..., -ROLL:]).mean(axis=-1) - rmed) / rscale
         o[..., col["trend_long_z"]] = _weighted_sum(x, pos0 + first_long - LONG + 1, k, _LONG_WEIGHTS) / rscale
+    _step_features(x, pos0, out)
 
     # Previous value and time.
     prev_x = x[:, h - 1 : h - 1 + m] if h else np.concatenate([np.full((S, 1), np.nan), values[:, :-1]], axis=1)
@@ -264,6 +278,43 @@ def _median_mad(x: np.ndarray, start: int, k: int, mean: np.ndarray) -> tuple[np
         med[bad] = np.nan
         mad[bad] = np.nan
     return med, mad
+
+
+def _step_features(x: np.ndarray, pos0: int, out: np.ndarray) -> None:
+    """step_z, step_max_z, step_age and step_level_z (see the module docstring) into ``out`` (S x m x features)
+    for the batch readings at x positions pos0 .. pos0 + m - 1 that have LOCAL + 1 values before them. Every
+    sum runs over a whole window in a fixed order, so the numbers do not depend on the batching."""
+    S, m = out.shape[0], out.shape[1]
+    need = LOCAL + 1
+    first = max(0, need - pos0)
+    if first >= m:
+        return
+    k = m - first
+    p0 = pos0 + first
+    # Local noise of reading p from |x[q] - x[q - 1]|, q = p - LOCAL .. p - 1 (the reading itself excluded).
+    d = np.abs(np.diff(x[:, p0 - need : p0 + k - 1], axis=1))  # d[:, j]: q = p0 - LOCAL + j
+    local = _weighted_sum(d, 0, k, np.full(LOCAL, 1.0 / LOCAL)) * _ABS_DIFF_TO_STD
+    local = np.fmax(local, _tiny(x[:, p0 : p0 + k]))
+    # Means of STEP values ending at q = p0 - span .. p0 + k - 1 (span: the oldest step's "before" mean).
+    span = STEP_SPAN - 1 + STEP
+    means = _weighted_sum(x, p0 - span - STEP + 1, k + span, np.full(STEP, 1.0 / STEP))
+    steps = means[:, STEP:] - means[:, :-STEP]  # steps[:, u]: q = p0 - STEP_SPAN + 1 + u
+    o = out[:, first:]
+    col = _SENSOR_COL
+    o[..., col["step_z"]] = steps[:, STEP_SPAN - 1 :] / (local * _STEP_SE)
+    best = np.abs(steps[:, :k])
+    arg = np.zeros((S, k), dtype=np.intp)
+    for j in range(1, STEP_SPAN):  # the largest |step| over the span; the oldest on ties
+        cand = np.abs(steps[:, j : j + k])
+        newer = cand > best
+        best = np.where(newer, cand, best)
+        arg = np.where(newer, j, arg)
+    rows = np.arange(k)[None, :] + arg
+    top = np.take_along_axis(steps, rows, axis=1)
+    o[..., col["step_max_z"]] = top / (local * _STEP_SE)
+    o[..., col["step_age"]] = STEP_SPAN - 1 - arg
+    before = np.take_along_axis(means, rows, axis=1)  # the mean of the STEP values before that step
+    o[..., col["step_level_z"]] = (means[:, span:] - before) / local * np.sign(top)
 
 
 def _weighted_sum(x: np.ndarray, start: int, k: int, weights: np.ndarray) -> np.ndarray:

@@ -36,7 +36,10 @@ MODEL_FEATURES: tuple[str, ...] = (
 # deviations, type last. The partner-conditioned ones are no detector inputs: on the detection-quality benchmark
 # they raised the gradient-boosting detector's false alarms (rich test set 0.99 -> 1.18 %) and lowered its
 # level-shift and drift F1 (see docs/detection-quality.md).
-KIND_EXTRA: tuple[str, ...] = ("jump_age", "jump_z", "pair_mean_z", "pair_best_z", "pair_best_mean", "pair_min_mean")
+KIND_EXTRA: tuple[str, ...] = (
+    "jump_age", "jump_z", "pair_mean_z", "pair_best_z", "pair_best_mean", "pair_min_mean", "step_z", "step_max_z",
+    "step_age", "step_level_z",
+)  # fmt: skip
 KIND_FEATURES: tuple[str, ...] = (*MODEL_FEATURES[:-1], *KIND_EXTRA, "type_code")
 TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
 SCORE_COLUMNS = ("score", "is_anomaly", "anomaly_kind", "reason", "top_features")
@@ -179,7 +182,10 @@ class Scorer:
             kind = np.where(jump, np.where(before >= 0.5 * thr, "level_shift", "spike"), kind)
         else:
             X = model_matrix(out, model_features(self.detector))
-            raw, kind_idx = self.detector.raw(X)
+            kind_names = getattr(self.detector, "kind_features", None)
+            raw, kind_idx = self.detector.raw(
+                X, None if not kind_names else lambda rows: model_matrix(out.iloc[rows], tuple(kind_names))
+            )
             score = raw / self.detector.threshold
             flag = score >= 1.0
             if kind_idx is not None and self.detector.classes is not None:
@@ -249,7 +255,8 @@ def unknown_features(detector: Any) -> list[str]:
     """Inputs of ``detector`` that the feature code no longer computes (such a model cannot score)."""
     from millrace.processing.features import FEATURE_COLUMNS
 
-    return [f for f in model_features(detector)[:-1] if f not in FEATURE_COLUMNS]
+    names = (*model_features(detector)[:-1], *(getattr(detector, "kind_features", None) or ("type_code",))[:-1])
+    return list(dict.fromkeys(f for f in names if f not in FEATURE_COLUMNS))
 
 
 def load_scorer(settings: Settings) -> Scorer:
