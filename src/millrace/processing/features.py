@@ -33,6 +33,11 @@ Per sensor (own history):
   step_age      readings since that step (0 .. STEP_SPAN - 1)
   step_level_z  the mean of the last ``STEP`` values minus the mean of the ``STEP`` values before that step,
                 along the step's sign, in local noise units: a level shift keeps its step, a spike returns
+  shift_age     readings since the last step of at least ``SHIFT_STEP`` local noise units (|step_z|), carried
+                across batches without limit (capped at ``JUMP_AGE_CAP``): a level shift stepped once, however
+                long ago; a drift never did
+  shift_level_z the mean of the last ``STEP`` values minus the mean of the ``STEP`` values ending 2 * STEP
+                readings before that step, along its sign, in local noise units
 Device context (the other sensors of the device, as of the reading's time):
   dev_max_abs_z  largest |ref_z| among the device's other sensors
   dev_mean_abs_z mean |ref_z| over the device's sensors
@@ -76,13 +81,14 @@ JUMP_AGE_CAP = 100_000
 STEP = 5
 STEP_SPAN = 60
 LOCAL = 119
+SHIFT_STEP = 6.0
 HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK, LONG, LOCAL + 1, STEP_SPAN + 2 * STEP - 1)
 STATE_VERSION = 1
 
 SENSOR_FEATURES: tuple[str, ...] = (
     "dt_s", "roll_mean", "roll_std", "z", "robust_z", "rate", "diff_z", "ref_z", "short_ref_z", "trend_z",
     "noise_ratio", "stuck_run", "mid_ref_z", "trend_long_z", "jump_age", "jump_z", "step_z", "step_max_z",
-    "step_age", "step_level_z",
+    "step_age", "step_level_z", "shift_age", "shift_level_z",
 )  # fmt: skip
 DEVICE_FEATURES: tuple[str, ...] = (
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "pair_best_z", "pair_best_mean",
@@ -176,7 +182,7 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
         o = out[:, first_long:]
         o[..., col["mid_ref_z"]] = (np.ascontiguousarray(lw[..., -ROLL:]).mean(axis=-1) - rmed) / rscale
         o[..., col["trend_long_z"]] = _weighted_sum(x, pos0 + first_long - LONG + 1, k, _LONG_WEIGHTS) / rscale
-    _step_features(x, pos0, out)
+    level_now, level_before, local = _step_features(x, pos0, out)
 
     # Previous value and time.
     prev_x = x[:, h - 1 : h - 1 + m] if h else np.concatenate([np.full((S, 1), np.nan), values[:, :-1]], axis=1)
@@ -209,6 +215,21 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
     at = np.take_along_axis(diff_z, np.maximum(last_jump, 0), axis=1)
     out[..., col["jump_z"]] = np.where(last_jump < 0, carried_z, at)
 
+    # Readings since the last large step, and the level before it, carried across batches.
+    step_z = out[..., col["step_z"]]
+    shift = np.abs(np.nan_to_num(step_z, nan=0.0)) >= SHIFT_STEP
+    last_shift = np.maximum.accumulate(np.where(shift, idx, -1), axis=1)
+    at = np.maximum(last_shift, 0)
+    fresh = last_shift >= 0
+    s_age = np.array([st.get("sage", JUMP_AGE_CAP) for st in states], dtype=float)[:, None]
+    s_before = np.array([_f(st.get("sbefore")) for st in states], dtype=float)[:, None]
+    s_sign = np.array([st.get("ssign", 0.0) for st in states], dtype=float)[:, None]
+    before = np.where(fresh, np.take_along_axis(level_before, at, axis=1), s_before)
+    sign = np.where(fresh, np.sign(np.take_along_axis(step_z, at, axis=1)), s_sign)
+    out[..., col["shift_age"]] = np.minimum(np.where(fresh, idx - last_shift, s_age + idx + 1), JUMP_AGE_CAP)
+    with np.errstate(invalid="ignore"):
+        out[..., col["shift_level_z"]] = np.where(sign != 0, (level_now - before) / local * sign, np.nan)
+
     cut = max(0, blocks.shape[1] - REF_BLOCKS)
     keep = x[:, -HISTORY:]
     kept_blocks = blocks[:, cut:]
@@ -222,6 +243,9 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
             "blocks": kept_blocks[i].tolist(),
             "jage": float(out[i, -1, col["jump_age"]]),
             "jz": float(out[i, -1, col["jump_z"]]),
+            "sage": float(out[i, -1, col["shift_age"]]),
+            "sbefore": None if np.isnan(before[i, -1]) else float(before[i, -1]),
+            "ssign": float(sign[i, -1]),
         }
         for i in range(S)
     ]
@@ -280,15 +304,18 @@ def _median_mad(x: np.ndarray, start: int, k: int, mean: np.ndarray) -> tuple[np
     return med, mad
 
 
-def _step_features(x: np.ndarray, pos0: int, out: np.ndarray) -> None:
+def _step_features(x: np.ndarray, pos0: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """step_z, step_max_z, step_age and step_level_z (see the module docstring) into ``out`` (S x m x features)
     for the batch readings at x positions pos0 .. pos0 + m - 1 that have LOCAL + 1 values before them. Every
-    sum runs over a whole window in a fixed order, so the numbers do not depend on the batching."""
+    sum runs over a whole window in a fixed order, so the numbers do not depend on the batching. Returns,
+    per reading (S x m, NaN without that history): the mean of its last STEP values, the mean of the STEP
+    values ending 2 * STEP readings earlier, and the local noise."""
     S, m = out.shape[0], out.shape[1]
     need = LOCAL + 1
     first = max(0, need - pos0)
+    level_now, level_before, local_all = (np.full((S, m), np.nan) for _ in range(3))
     if first >= m:
-        return
+        return level_now, level_before, local_all
     k = m - first
     p0 = pos0 + first
     # Local noise of reading p from |x[q] - x[q - 1]|, q = p - LOCAL .. p - 1 (the reading itself excluded).
@@ -315,6 +342,10 @@ def _step_features(x: np.ndarray, pos0: int, out: np.ndarray) -> None:
     o[..., col["step_age"]] = STEP_SPAN - 1 - arg
     before = np.take_along_axis(means, rows, axis=1)  # the mean of the STEP values before that step
     o[..., col["step_level_z"]] = (means[:, span:] - before) / local * np.sign(top)
+    level_now[:, first:] = means[:, span:]
+    level_before[:, first:] = means[:, span - 2 * STEP : span - 2 * STEP + k]
+    local_all[:, first:] = local
+    return level_now, level_before, local_all
 
 
 def _weighted_sum(x: np.ndarray, start: int, k: int, weights: np.ndarray) -> np.ndarray:

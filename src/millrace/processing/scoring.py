@@ -38,7 +38,7 @@ MODEL_FEATURES: tuple[str, ...] = (
 # level-shift and drift F1 (see docs/detection-quality.md).
 KIND_EXTRA: tuple[str, ...] = (
     "jump_age", "jump_z", "pair_mean_z", "pair_best_z", "pair_best_mean", "pair_min_mean", "step_z", "step_max_z",
-    "step_age", "step_level_z",
+    "step_age", "step_level_z", "shift_age", "shift_level_z",
 )  # fmt: skip
 KIND_FEATURES: tuple[str, ...] = (*MODEL_FEATURES[:-1], *KIND_EXTRA, "type_code")
 TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
