@@ -16,6 +16,7 @@ from millrace.processing.features import (
     LOCAL,
     ROLL,
     SHIFT_STEP,
+    STEP_SPAN,
     device_step,
     empty_state,
     frame_features,
@@ -210,11 +211,14 @@ def test_step_features_see_a_level_shift_keep_it_and_see_a_spike_return() -> Non
     assert ((p["step_max_z"].iloc[304:360] / p["step_z"].iloc[304]).between(0.9, 1.1)).all()
     # The shift is kept: the level stays about 10 sigmas above the values before the step.
     assert p["step_level_z"].iloc[304:360].between(7, 13).all()
-    # Beyond the STEP_SPAN the large step is still remembered, with the level before it.
+    # Beyond the STEP_SPAN the large step is still remembered, with the level before it (unknown - NaN -
+    # while the step features still see it, and before any large step).
     last = int(np.flatnonzero(p["step_z"].abs().to_numpy() >= SHIFT_STEP)[-1])
-    assert 300 <= last < 312 and (p["shift_age"].iloc[last:].to_numpy() == np.arange(400 - last)).all()
-    assert p["shift_age"].iloc[LOCAL + 1 : 300].eq(JUMP_AGE_CAP).all() and p["shift_level_z"].iloc[:300].isna().all()
-    assert p["shift_level_z"].iloc[last:].between(7, 13).all()
+    seen = last + STEP_SPAN
+    assert 300 <= last < 312 and (p["shift_age"].iloc[seen:].to_numpy() == np.arange(STEP_SPAN, 400 - last)).all()
+    assert p["shift_age"].iloc[:300].eq(JUMP_AGE_CAP).all() and p["shift_age"].iloc[last:seen].isna().all()
+    assert p["shift_level_z"].iloc[:seen].isna().all()
+    assert p["shift_level_z"].iloc[seen:].between(7, 13).all()
     v = out[out["sensor_type"] == "voltage"].reset_index(drop=True)
     # A spike of one reading moves a mean of STEP values by 3 sigmas while it is inside it, then is gone.
     assert v["step_z"].iloc[250] > 3.5 and v["step_max_z"].iloc[250:259].min() > 3.5

@@ -35,9 +35,11 @@ Per sensor (own history):
                 along the step's sign, in local noise units: a level shift keeps its step, a spike returns
   shift_age     readings since the last step of at least ``SHIFT_STEP`` local noise units (|step_z|), carried
                 across batches without limit (capped at ``JUMP_AGE_CAP``): a level shift stepped once, however
-                long ago; a drift never did
+                long ago; a drift never did. NaN while that step is within the last ``STEP_SPAN`` readings
+                (the step_* features describe it then; measured: naming spikes suffered when both did)
   shift_level_z the mean of the last ``STEP`` values minus the mean of the ``STEP`` values ending 2 * STEP
-                readings before that step, along its sign, in local noise units
+                readings before that step, along its sign, in local noise units (NaN like shift_age, and
+                before any large step)
 Device context (the other sensors of the device, as of the reading's time):
   dev_max_abs_z  largest |ref_z| among the device's other sensors
   dev_mean_abs_z mean |ref_z| over the device's sensors
@@ -226,9 +228,12 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
     s_sign = np.array([st.get("ssign", 0.0) for st in states], dtype=float)[:, None]
     before = np.where(fresh, np.take_along_axis(level_before, at, axis=1), s_before)
     sign = np.where(fresh, np.sign(np.take_along_axis(step_z, at, axis=1)), s_sign)
-    out[..., col["shift_age"]] = np.minimum(np.where(fresh, idx - last_shift, s_age + idx + 1), JUMP_AGE_CAP)
+    age = np.minimum(np.where(fresh, idx - last_shift, s_age + idx + 1), JUMP_AGE_CAP)
     with np.errstate(invalid="ignore"):
-        out[..., col["shift_level_z"]] = np.where(sign != 0, (level_now - before) / local * sign, np.nan)
+        level = np.where(sign != 0, (level_now - before) / local * sign, np.nan)
+    recent = age < STEP_SPAN  # the step features still see that step: shift_* are unknown (NaN)
+    out[..., col["shift_age"]] = np.where(recent, np.nan, age)
+    out[..., col["shift_level_z"]] = np.where(recent, np.nan, level)
 
     cut = max(0, blocks.shape[1] - REF_BLOCKS)
     keep = x[:, -HISTORY:]
@@ -243,7 +248,7 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
             "blocks": kept_blocks[i].tolist(),
             "jage": float(out[i, -1, col["jump_age"]]),
             "jz": float(out[i, -1, col["jump_z"]]),
-            "sage": float(out[i, -1, col["shift_age"]]),
+            "sage": float(age[i, -1]),
             "sbefore": None if np.isnan(before[i, -1]) else float(before[i, -1]),
             "ssign": float(sign[i, -1]),
         }
