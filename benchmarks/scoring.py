@@ -27,7 +27,7 @@ from millrace.ml.detectors import fit_gradient_boosting  # noqa: E402
 from millrace.ml.metrics import best_threshold  # noqa: E402
 from millrace.ml.train import MAX_FALSE_ALARM, fit_unsupervised, labels_of  # noqa: E402
 from millrace.processing.features import device_step, empty_state, frame_features  # noqa: E402
-from millrace.processing.scoring import MODEL_FEATURES, Scorer, model_matrix  # noqa: E402
+from millrace.processing.scoring import KIND_FEATURES, MODEL_FEATURES, Scorer, model_matrix  # noqa: E402
 from millrace.records import NORMAL  # noqa: E402
 
 
@@ -77,7 +77,9 @@ def main() -> None:
     labels = labels_of(feats)
     assert labels is not None
     rows = np.flatnonzero(warm)[:300_000]
-    hgb = fit_gradient_boosting(X[rows], labels[rows], MODEL_FEATURES, 0)
+    # As training fits it: the kind model on the kind-namer inputs (KIND_FEATURES).
+    K = model_matrix(feats.iloc[rows], KIND_FEATURES)
+    hgb = fit_gradient_boosting(X[rows], labels[rows], MODEL_FEATURES, 0, kinds=(K, KIND_FEATURES))
     # The threshold as training chooses it (best F1 at <= 1 % false alarms), so the share of flagged readings -
     # the only ones the multi-class model names - is what a trained model flags.
     truth = labels[rows] != NORMAL
@@ -87,9 +89,11 @@ def main() -> None:
     timed("frame_features + Scorer with gradient_boosting (the whole batch path)", n,
           lambda: Scorer(cfg, detector=hgb).score(frame_features(frame, cfg, chunk=None)))  # fmt: skip
     gate_trees = hgb.gate.n_iter_
-    hgb.gate = None  # as models saved before the gate score: 1 - P(normal) of the multi-class model
+    # As models saved before the gate score: 1 - P(normal) of a multi-class model on the detector's inputs.
+    old = fit_gradient_boosting(X[rows], labels[rows], MODEL_FEATURES, 0)
+    old.gate, old.threshold = None, hgb.threshold
     timed("Scorer: gradient_boosting, multi-class model only (before the gate)", n,
-          lambda: Scorer(cfg, detector=hgb).score(feats))  # fmt: skip
+          lambda: Scorer(cfg, detector=old).score(feats))  # fmt: skip
     flagged = float(scored["is_anomaly"].mean())
     rounds, classes = hgb.estimator.n_iter_, len(hgb.classes or ())
     print(

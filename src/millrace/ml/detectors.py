@@ -139,10 +139,16 @@ def fit_mahalanobis(X: np.ndarray, features: tuple[str, ...], seed: int) -> Dete
     return Detector("mahalanobis", features, params)
 
 
-def fit_gradient_boosting(X: np.ndarray, labels: np.ndarray, features: tuple[str, ...], seed: int) -> Detector:
-    """The supervised detector: the gate and the kind model (training fits the two in separate workers)."""
+def fit_gradient_boosting(
+    X: np.ndarray, labels: np.ndarray, features: tuple[str, ...], seed: int,
+    kinds: tuple[np.ndarray, tuple[str, ...]] | None = None,
+) -> Detector:  # fmt: skip
+    """The supervised detector: the gate and the kind model (training fits the two in separate workers).
+    ``kinds``: the kind model's own (matrix, feature names), same rows as X; default: X and ``features``."""
     det = fit_gate(X, labels, features, seed)
-    det.estimator = fit_kind_model(X, labels, features, seed)
+    K, names = kinds if kinds is not None else (X, features)
+    det.estimator = fit_kind_model(K, labels, names, seed)
+    det.kind_features = names if kinds is not None else None
     return det
 
 
