@@ -122,11 +122,12 @@ def evaluate(
 
 
 def write_scores(scored: pd.DataFrame, path: Path) -> None:
-    """One row per scored reading: time, file, row, sensor_id, value, label, score, flag, kind."""
+    """One row per scored reading: time, file, row, sensor_id, value, label, score, flag, kind. Scores are cut
+    (not rounded) to 6 decimals, so a score just under the threshold 1.0 is not written as 1.0."""
     table = pd.DataFrame({
         "time": scored["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "file": scored["file"], "row": scored["row"], "sensor_id": scored["sensor_id"],
-        "value": scored["value"], "label": scored["ground_truth"], "score": scored["score"].round(6),
+        "value": scored["value"], "label": scored["ground_truth"], "score": np.floor(scored["score"] * 1e6) / 1e6,
         "flag": scored["is_anomaly"].astype(int), "kind": scored["anomaly_kind"],
     })  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
