@@ -37,6 +37,10 @@ MAX_FALSE_ALARM = 0.01
 UNLABELLED_QUANTILE = 0.999
 MAX_KIND_LOSS = 0.1  # a naming may lose a kind at most this much validation F1 against the detector's own
 MAX_KIND_FIT_ROWS = 12_000  # readings of one anomaly kind the supervised detector is fitted on, at most
+# Normal readings the kind model is fitted on, at most (of the gate's): it names flagged readings only. On the
+# detection-quality benchmark's validation 50,000 instead of 100,000 gave mean kind F1 0.846 vs 0.831, in 71 %
+# of the fitting time (20,000: 0.836).
+KIND_NORMAL_ROWS = 50_000
 PARALLEL_FIT_ROWS = 300_000  # sampled rows from which fitting in worker processes pays off
 _SLOWEST_FIRST = ("gradient_boosting", "isolation_forest", "mahalanobis", "robust_z")
 _FEATURE_INPUTS = ("sensor_id", "device_id", "sensor_type", "location", "timestamp", "value", "interpolated")
@@ -179,10 +183,12 @@ def _train(
                                               np.random.default_rng(seed + 1))  # fmt: skip
     normal_fit = fit_rows if truth is None else fit_rows[~truth[fit_rows]]
     unsup_rows = _sample(normal_fit, max_fit_rows, rng)
-    supervised_rows = None
+    supervised_rows = kind_rows = None
     if truth is not None and "gradient_boosting" in names:
         per_kind_rows = _per_kind_sample(fit_rows[truth[fit_rows]], labels, rng)
-        supervised_rows = np.sort(np.concatenate([_sample(normal_fit, max_fit_rows, rng), *per_kind_rows]))
+        supervised_normal = _sample(normal_fit, max_fit_rows, rng)
+        supervised_rows = np.sort(np.concatenate([supervised_normal, *per_kind_rows]))
+        kind_rows = np.sort(np.concatenate([_sample(supervised_normal, KIND_NORMAL_ROWS, rng), *per_kind_rows]))
     # The model matrix of the sampled rows only (a day of a fleet is millions of rows; we fit on a sample).
     anomalous_fit = fit_rows[truth[fit_rows]] if truth is not None else fit_rows[:0]
     needed = np.unique(np.concatenate([unsup_rows, val_rows, anomalous_fit,
@@ -224,8 +230,8 @@ def _train(
 
     def fit_kind_model() -> tuple[Any, float]:
         t0 = time.monotonic()
-        assert labels is not None and supervised_rows is not None
-        model = D.fit_kind_model(K_of(supervised_rows), labels[supervised_rows], KIND_FEATURES, seed)
+        assert labels is not None and kind_rows is not None
+        model = D.fit_kind_model(K_of(kind_rows), labels[kind_rows], KIND_FEATURES, seed)
         return model, time.monotonic() - t0
 
     def fit_kinds() -> tuple[KindNamer | None, float]:
