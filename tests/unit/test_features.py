@@ -13,14 +13,12 @@ from millrace.processing.features import (
     BLOCK,
     FEATURE_COLUMNS,
     JUMP_AGE_CAP,
-    LOCAL,
     ROLL,
-    SHIFT_STEP,
-    STEP_SPAN,
     device_step,
     empty_state,
     frame_features,
 )
+from millrace.processing.steps import LOCAL, SHIFT_STEP, STEP_SPAN
 
 TYPES = ("temperature", "humidity", "pressure", "vibration", "voltage", "current")
 BASE = {"temperature": 25.0, "humidity": 50.0, "pressure": 1013.0, "vibration": 1.0, "voltage": 230.0,
@@ -223,3 +221,22 @@ def test_step_features_see_a_level_shift_keep_it_and_see_a_spike_return() -> Non
     # A spike of one reading moves a mean of STEP values by 3 sigmas while it is inside it, then is gone.
     assert v["step_z"].iloc[250] > 3.5 and v["step_max_z"].iloc[250:259].min() > 3.5
     assert v["step_level_z"].iloc[250:255].min() > 2 and v["step_level_z"].iloc[255:259].abs().max() < 1.5
+
+
+def test_all_sensor_regression_sees_a_small_offset_and_is_the_same_over_microbatches() -> None:
+    frame = fleet_frame(devices=1, steps=BLOCK * 14 + 17)
+    current = frame.index[frame["sensor_type"] == "current"]
+    frame.loc[current[BLOCK * 12 :], "value"] += 1.5  # 5 noise sigmas; the load moves current by +-1.5 too
+    cfg = ProcessingSettings()
+    offline = frame_features(frame, cfg, chunk=None)
+    state, parts = empty_state(), []
+    for _, batch in frame.groupby(frame["timestamp"].dt.floor("13s"), sort=True):
+        out, state = device_step(batch, state, cfg)
+        state = json.loads(json.dumps(state))
+        parts.append(out)
+    _same(offline, pd.concat(parts, ignore_index=True))
+    assert len(json.dumps(state)) < 90_000  # bounded: 30 block triangles of 28 numbers, 29 rows of tails
+    c = offline[offline["sensor_type"] == "current"].reset_index(drop=True)["dev_resid_mean"]
+    assert c.iloc[: BLOCK * 10].isna().all()  # fewer than MIN_BLOCKS reference blocks
+    assert c.iloc[BLOCK * 10 + ROLL : BLOCK * 12].abs().max() < 4.5
+    assert c.iloc[BLOCK * 12 + ROLL : BLOCK * 13].min() > 10

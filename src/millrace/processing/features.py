@@ -56,6 +56,10 @@ Device context (the other sensors of the device, as of the reading's time):
                  the partner explains, not against the sensor's own movement
   pair_min_mean  the smallest |pair_mean_z|-like deviation over the partners that explain at least half the
                  block means' variance (``GOOD_FIT``): an anomaly on one partner breaks only its own pairs
+  dev_resid_mean the residual of the sensor regressed on ALL the device's other sensors at once (over the
+                 last ``REF_BLOCKS`` completed blocks of device rows, :mod:`millrace.processing.devreg`),
+                 in residual-spread units, averaged over the last ``ROLL`` device rows (times sqrt(ROLL), so
+                 it is ~N(0, 1) on normal data): a sustained offset that the partners together do not explain
 The pair regressions use only the reference blocks that are not themselves off (``pairs.PAIR_ADMIT``), so an
 anomaly inside the 30-minute reference window does not teach the regression or inflate its noise.
 """
@@ -69,7 +73,9 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from millrace.config import ProcessingSettings
+from millrace.processing.devreg import MIN_BLOCKS, block_grams, gram_size, residual_z
 from millrace.processing.pairs import GOOD_FIT, pair_fit
+from millrace.processing.steps import LOCAL, STEP, STEP_SPAN, shift_features, step_features, tiny, weighted_sum
 
 ROLL = 30
 SHORT = 5
@@ -80,10 +86,6 @@ REF_BLOCKS = 30
 LONG = 120
 JUMP = 4.0
 JUMP_AGE_CAP = 100_000
-STEP = 5
-STEP_SPAN = 60
-LOCAL = 119
-SHIFT_STEP = 6.0
 HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK, LONG, LOCAL + 1, STEP_SPAN + 2 * STEP - 1)
 STATE_VERSION = 1
 
@@ -94,7 +96,7 @@ SENSOR_FEATURES: tuple[str, ...] = (
 )  # fmt: skip
 DEVICE_FEATURES: tuple[str, ...] = (
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "pair_best_z", "pair_best_mean",
-    "pair_mean_z", "pair_min_mean",
+    "pair_mean_z", "pair_min_mean", "dev_resid_mean",
 )  # fmt: skip
 FEATURE_COLUMNS: tuple[str, ...] = SENSOR_FEATURES + DEVICE_FEATURES
 
@@ -115,17 +117,11 @@ _TREND_WEIGHTS = _TREND_C * (TREND - 1) / float((_TREND_C * _TREND_C).sum())
 _LONG_C = np.arange(LONG) - (LONG - 1) / 2.0
 _LONG_WEIGHTS = _LONG_C * (LONG - 1) / float((_LONG_C * _LONG_C).sum())
 _SENSOR_COL = {name: i for i, name in enumerate(SENSOR_FEATURES)}
-_ABS_DIFF_TO_STD = float(np.sqrt(np.pi) / 2.0)  # E|a - b| = 2 sigma / sqrt(pi) for independent noise
-_STEP_SE = float(np.sqrt(2.0 / STEP))  # noise std of a difference of two means of STEP values
 
 
 def empty_state() -> dict[str, Any]:
     """The state of a device that has not been seen yet."""
     return {"v": STATE_VERSION, "sensors": {}, "device": None}
-
-
-def _tiny(level: np.ndarray | float) -> np.ndarray:
-    return 1e-9 + 1e-6 * np.abs(level)
 
 
 # ---------------------------------------------------------------------------------------------- per sensor
@@ -167,7 +163,7 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
         mean = past.mean(axis=-1)
         std = past.std(axis=-1, ddof=1)
         med, mad = _median_mad(x, pos0 + first_ok - ROLL, k, mean)
-        floor = np.fmax(np.where(np.isnan(rscale), 0.0, 0.5 * rscale), _tiny(med))
+        floor = np.fmax(np.where(np.isnan(rscale), 0.0, 0.5 * rscale), tiny(med))
         o = out[:, first_ok:]
         o[..., col["roll_mean"]] = mean
         o[..., col["roll_std"]] = std
@@ -183,8 +179,10 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
         rmed, rscale = ref_med[:, first_long:], ref_scale[:, first_long:]
         o = out[:, first_long:]
         o[..., col["mid_ref_z"]] = (np.ascontiguousarray(lw[..., -ROLL:]).mean(axis=-1) - rmed) / rscale
-        o[..., col["trend_long_z"]] = _weighted_sum(x, pos0 + first_long - LONG + 1, k, _LONG_WEIGHTS) / rscale
-    level_now, level_before, local = _step_features(x, pos0, out)
+        o[..., col["trend_long_z"]] = weighted_sum(x, pos0 + first_long - LONG + 1, k, _LONG_WEIGHTS) / rscale
+    steps, levels = step_features(x, pos0, m)
+    for name, feature in steps.items():
+        out[..., col[name]] = feature
 
     # Previous value and time.
     prev_x = x[:, h - 1 : h - 1 + m] if h else np.concatenate([np.full((S, 1), np.nan), values[:, :-1]], axis=1)
@@ -218,22 +216,9 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
     out[..., col["jump_z"]] = np.where(last_jump < 0, carried_z, at)
 
     # Readings since the last large step, and the level before it, carried across batches.
-    step_z = out[..., col["step_z"]]
-    shift = np.abs(np.nan_to_num(step_z, nan=0.0)) >= SHIFT_STEP
-    last_shift = np.maximum.accumulate(np.where(shift, idx, -1), axis=1)
-    at = np.maximum(last_shift, 0)
-    fresh = last_shift >= 0
-    s_age = np.array([st.get("sage", JUMP_AGE_CAP) for st in states], dtype=float)[:, None]
-    s_before = np.array([_f(st.get("sbefore")) for st in states], dtype=float)[:, None]
-    s_sign = np.array([st.get("ssign", 0.0) for st in states], dtype=float)[:, None]
-    before = np.where(fresh, np.take_along_axis(level_before, at, axis=1), s_before)
-    sign = np.where(fresh, np.sign(np.take_along_axis(step_z, at, axis=1)), s_sign)
-    age = np.minimum(np.where(fresh, idx - last_shift, s_age + idx + 1), JUMP_AGE_CAP)
-    with np.errstate(invalid="ignore"):
-        level = np.where(sign != 0, (level_now - before) / local * sign, np.nan)
-    recent = age < STEP_SPAN  # the step features still see that step: shift_* are unknown (NaN)
-    out[..., col["shift_age"]] = np.where(recent, np.nan, age)
-    out[..., col["shift_level_z"]] = np.where(recent, np.nan, level)
+    shift_age, shift_level, last = shift_features(out[..., col["step_z"]], levels, states, JUMP_AGE_CAP)
+    out[..., col["shift_age"]] = shift_age
+    out[..., col["shift_level_z"]] = shift_level
 
     cut = max(0, blocks.shape[1] - REF_BLOCKS)
     keep = x[:, -HISTORY:]
@@ -248,9 +233,7 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
             "blocks": kept_blocks[i].tolist(),
             "jage": float(out[i, -1, col["jump_age"]]),
             "jz": float(out[i, -1, col["jump_z"]]),
-            "sage": float(age[i, -1]),
-            "sbefore": None if np.isnan(before[i, -1]) else float(before[i, -1]),
-            "ssign": float(sign[i, -1]),
+            **last[i],
         }
         for i in range(S)
     ]
@@ -276,7 +259,7 @@ def _reference(blocks: np.ndarray, n0: int, m: int, b0: int) -> tuple[np.ndarray
         lo, hi = max(0, rvs[i] - REF_BLOCKS - b0), rvs[i] - b0
         med_of[:, i] = np.median(blocks[:, lo:hi, 0], axis=1)
         scale_of[:, i] = np.median(blocks[:, lo:hi, 1], axis=1)
-    scale_of = np.fmax(scale_of, _tiny(med_of))
+    scale_of = np.fmax(scale_of, tiny(med_of))
     at = (n0 + np.arange(m)) // BLOCK - first
     return med_of[:, at], scale_of[:, at]
 
@@ -307,61 +290,6 @@ def _median_mad(x: np.ndarray, start: int, k: int, mean: np.ndarray) -> tuple[np
         med[bad] = np.nan
         mad[bad] = np.nan
     return med, mad
-
-
-def _step_features(x: np.ndarray, pos0: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """step_z, step_max_z, step_age and step_level_z (see the module docstring) into ``out`` (S x m x features)
-    for the batch readings at x positions pos0 .. pos0 + m - 1 that have LOCAL + 1 values before them. Every
-    sum runs over a whole window in a fixed order, so the numbers do not depend on the batching. Returns,
-    per reading (S x m, NaN without that history): the mean of its last STEP values, the mean of the STEP
-    values ending 2 * STEP readings earlier, and the local noise."""
-    S, m = out.shape[0], out.shape[1]
-    need = LOCAL + 1
-    first = max(0, need - pos0)
-    level_now, level_before, local_all = (np.full((S, m), np.nan) for _ in range(3))
-    if first >= m:
-        return level_now, level_before, local_all
-    k = m - first
-    p0 = pos0 + first
-    # Local noise of reading p from |x[q] - x[q - 1]|, q = p - LOCAL .. p - 1 (the reading itself excluded).
-    d = np.abs(np.diff(x[:, p0 - need : p0 + k - 1], axis=1))  # d[:, j]: q = p0 - LOCAL + j
-    local = _weighted_sum(d, 0, k, np.full(LOCAL, 1.0 / LOCAL)) * _ABS_DIFF_TO_STD
-    local = np.fmax(local, _tiny(x[:, p0 : p0 + k]))
-    # Means of STEP values ending at q = p0 - span .. p0 + k - 1 (span: the oldest step's "before" mean).
-    span = STEP_SPAN - 1 + STEP
-    means = _weighted_sum(x, p0 - span - STEP + 1, k + span, np.full(STEP, 1.0 / STEP))
-    steps = means[:, STEP:] - means[:, :-STEP]  # steps[:, u]: q = p0 - STEP_SPAN + 1 + u
-    o = out[:, first:]
-    col = _SENSOR_COL
-    o[..., col["step_z"]] = steps[:, STEP_SPAN - 1 :] / (local * _STEP_SE)
-    best = np.abs(steps[:, :k])
-    arg = np.zeros((S, k), dtype=np.intp)
-    for j in range(1, STEP_SPAN):  # the largest |step| over the span; the oldest on ties
-        cand = np.abs(steps[:, j : j + k])
-        newer = cand > best
-        best = np.where(newer, cand, best)
-        arg = np.where(newer, j, arg)
-    rows = np.arange(k)[None, :] + arg
-    top = np.take_along_axis(steps, rows, axis=1)
-    o[..., col["step_max_z"]] = top / (local * _STEP_SE)
-    o[..., col["step_age"]] = STEP_SPAN - 1 - arg
-    before = np.take_along_axis(means, rows, axis=1)  # the mean of the STEP values before that step
-    o[..., col["step_level_z"]] = (means[:, span:] - before) / local * np.sign(top)
-    level_now[:, first:] = means[:, span:]
-    level_before[:, first:] = means[:, span - 2 * STEP : span - 2 * STEP + k]
-    local_all[:, first:] = local
-    return level_now, level_before, local_all
-
-
-def _weighted_sum(x: np.ndarray, start: int, k: int, weights: np.ndarray) -> np.ndarray:
-    """sum_j weights[j] * x[:, start + i + j] for i < k, accumulated in j order (the same numbers for any
-    chunking), without a k x len(weights) temporary."""
-    acc = x[:, start : start + k] * weights[0]
-    tmp = np.empty_like(acc)
-    for j in range(1, len(weights)):
-        np.multiply(x[:, start + j : start + j + k], weights[j], out=tmp)
-        acc += tmp
-    return acc
 
 
 # ---------------------------------------------------------------------------------------------- per device
@@ -433,14 +361,34 @@ def _device_step(
     b0 = int(dev["b0"])
     blocks: dict[str, list[list[float]]] = {f"{a}|{b}": list(dev["blocks"].get(f"{a}|{b}", [])) for a, b in pairs}
     j0, j1 = n0 // BLOCK, (n0 + nrow) // BLOCK  # blocks completing inside this batch
+    # The all-sensor regression's block Gram matrices since block g0 (afresh when the device's sensors change).
+    old_grams = dev.get("grams") or {}  # absent in states written before this feature
+    same_cols = old_grams.get("cols") == cols
+    g0 = int(old_grams["b0"]) if same_cols else j0
+    grams = [list(g) for g in old_grams.get("g", [])] if same_cols else []
     if j1 > j0:
         seg = full[j0 * BLOCK - (n0 - k) : j1 * BLOCK - (n0 - k)].reshape(j1 - j0, BLOCK, ncol)
         for a, b in pairs:
             blk = blocks[f"{a}|{b}"]
             blk.extend([[0.0] * 6] * (j0 - b0 - len(blk)))  # a pair that appeared late: empty earlier blocks
             blk.extend(_pair_sums(seg[:, :, ci[a]], seg[:, :, ci[b]]).tolist())
+        grams.extend(block_grams(seg).tolist())
     r = (n0 + np.arange(nrow)) // BLOCK
     r_values, r_index = np.unique(r, return_inverse=True)
+    # Residual against all the other sensors: one regression per block-of-rows, from its REF_BLOCKS blocks.
+    dev_z = np.full((nrow, ncol), np.nan)
+    if ncol > 1:
+        gram_rows = np.asarray(grams, dtype=float).reshape(-1, gram_size(ncol))
+        for i, rv in enumerate(r_values):
+            lo, hi = max(0, rv - REF_BLOCKS - g0), max(0, rv - g0)
+            window = gram_rows[lo:hi]
+            window = window[np.isfinite(window).all(axis=1)]
+            if len(window) >= MIN_BLOCKS:
+                at = np.flatnonzero(r_index == i)
+                dev_z[at] = residual_z(V[at], _window_sum(window, len(window))[0], len(window) * BLOCK)
+    old_dtail = dev.get("dtail") or {}
+    prev_dz = np.array([[_f(v) for v in old_dtail.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
+    dz_hist = np.vstack([prev_dz.reshape(ncol, ROLL - 1).T, dev_z])
     resid = np.full((nrow, ncol), np.nan)
     best = np.full((nrow, ncol), np.nan)  # residual against the partner that explains the sensor best
     best_ratio = np.full((nrow, ncol), np.inf)
@@ -500,6 +448,7 @@ def _device_step(
     out[:, 5] = (_window_sum(best_hist, ROLL) / ROLL)[row, codes]
     out[:, 6] = mean_z[row, codes]
     out[:, 7] = min_z[row, codes]
+    out[:, 8] = (_window_sum(dz_hist, ROLL) / np.sqrt(ROLL))[row, codes]
 
     keep = (n0 + nrow) % BLOCK
     longest = max((len(b) for b in blocks.values()), default=0)
@@ -516,6 +465,9 @@ def _device_step(
         "resid": {s: _nums(hist[-(SHORT - 1) :, i]) for i, s in enumerate(cols)},
         "best": {s: _nums(best_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
         "tail": {s: _nums(v_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
+        "dtail": {s: _nums(dz_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
+        "grams": {"cols": cols, "b0": g0 + max(0, len(grams) - REF_BLOCKS), "g": [_nums(np.asarray(g)) for g in
+                                                                                  grams[-REF_BLOCKS:]]},
     }
     return out, new_dev
 
