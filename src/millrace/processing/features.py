@@ -379,12 +379,13 @@ def _device_step(
     dev_z = np.full((nrow, ncol), np.nan)
     if ncol > 1:
         gram_rows = np.asarray(grams, dtype=float).reshape(-1, gram_size(ncol))
+        r_bounds = np.searchsorted(r_index, np.arange(len(r_values) + 1))  # rows come in time order
         for i, rv in enumerate(r_values):
             lo, hi = max(0, rv - REF_BLOCKS - g0), max(0, rv - g0)
             window = gram_rows[lo:hi]
             window = window[np.isfinite(window).all(axis=1)]
             if len(window) >= MIN_BLOCKS:
-                at = np.flatnonzero(r_index == i)
+                at = slice(r_bounds[i], r_bounds[i + 1])
                 dev_z[at] = residual_z(V[at], _window_sum(window, len(window))[0], len(window) * BLOCK)
     old_dtail = dev.get("dtail") or {}
     prev_dz = np.array([[_f(v) for v in old_dtail.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
