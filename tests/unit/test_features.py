@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from millrace.config import ProcessingSettings
+from millrace.processing.devreg import HELD_SPAN
 from millrace.processing.features import (
     BLOCK,
     FEATURE_COLUMNS,
@@ -240,3 +241,32 @@ def test_all_sensor_regression_sees_a_small_offset_and_is_the_same_over_microbat
     assert c.iloc[: BLOCK * 10].isna().all()  # fewer than MIN_BLOCKS reference blocks
     assert c.iloc[BLOCK * 10 + ROLL : BLOCK * 12].abs().max() < 4.5
     assert c.iloc[BLOCK * 12 + ROLL : BLOCK * 13].min() > 10
+
+
+def test_held_residual_keeps_a_long_shift_that_the_sliding_regression_absorbs() -> None:
+    frame = fleet_frame(devices=1, steps=BLOCK * 22)
+    current = frame.index[frame["sensor_type"] == "current"]
+    start, end = BLOCK * 12, BLOCK * 19  # a level shift of 8 noise sigmas for 420 readings, then back
+    frame.loc[current[start:end], "value"] += 2.4
+    cfg = ProcessingSettings()
+    offline = frame_features(frame, cfg, chunk=None)
+    state, parts = empty_state(), []
+    for _, batch in frame.groupby(frame["timestamp"].dt.floor("11s"), sort=True):
+        out, state = device_step(batch, state, cfg)
+        state = json.loads(json.dumps(state))
+        parts.append(out)
+    _same(offline, pd.concat(parts, ignore_index=True))
+    c = offline[offline["sensor_type"] == "current"].reset_index(drop=True)
+    # Held from the step (noticed a few readings late), never before it.
+    t0 = int(np.flatnonzero(c["held_resid_z"].notna().to_numpy())[0])
+    assert start < t0 < start + STEP_SPAN and abs(c["step_z"].iloc[t0]) >= SHIFT_STEP
+    # The whole shift stands out against the held regression, its last minutes too, while the sliding
+    # regression has taken most of it in by then.
+    held = c["held_resid_z"].iloc[t0 + ROLL : end]
+    assert held.notna().all() and held.min() > 15
+    assert c["held_resid_z"].iloc[end - BLOCK : end].mean() > 2 * c["dev_resid_mean"].iloc[end - BLOCK : end].mean()
+    # Back at the level it had before the step: the step back is no new shift.
+    assert c["held_resid_z"].iloc[end + ROLL : t0 + HELD_SPAN].abs().max() < 6
+    assert c["held_resid_z"].iloc[t0 + HELD_SPAN :].isna().all()
+    others = offline[offline["sensor_type"] != "current"]
+    assert others["held_resid_z"].isna().all()  # no other sensor stepped

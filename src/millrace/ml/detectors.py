@@ -28,6 +28,7 @@ import numpy as np
 # rows of a file then alarms on them later (`ml evaluate --train-rows`: false alarms 3.6 % instead of < 2 %).
 SUPERVISED_ONLY = (
     "jump_age", "jump_z", "pair_best_z", "pair_best_mean", "pair_mean_z", "pair_min_mean", "dev_resid_mean",
+    "held_resid_z",
 )  # fmt: skip
 MIN_CLASS = 20  # readings a kind needs to be learnt as a class of its own
 GATE_ROUNDS = 50  # boosting rounds (trees) of the binary gate, at most
@@ -176,6 +177,19 @@ def fit_kind_model(X: np.ndarray, labels: np.ndarray, features: tuple[str, ...],
     return model
 
 
+def fit_ready(X: np.ndarray) -> np.ndarray:
+    """``X`` with every column that holds no known value set to 0: the boosting's binning needs a value, and
+    a feature that is never known in a short training set (one that needs an hour of history, or a step to
+    happen) must not stop the fit. A constant column is never split on; NaN at scoring goes with the most
+    readings, as for any feature the fit saw no NaN of."""
+    unknown = ~np.isfinite(X).any(axis=0) if len(X) else np.zeros(X.shape[1], dtype=bool)
+    if not unknown.any():
+        return X
+    X = X.copy()
+    X[:, unknown] = 0.0
+    return X
+
+
 def _supervised_rows(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], np.ndarray]:
     """(X, class index per row, classes, class-balanced sample weights): kinds with fewer than MIN_CLASS
     readings become "anomaly" (dropped when that is still too few)."""
@@ -185,6 +199,7 @@ def _supervised_rows(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     labels[np.isin(labels, list(rare))] = "anomaly"  # too few to learn as a kind of its own
     if 0 < (labels == "anomaly").sum() < MIN_CLASS:
         X, labels = X[labels != "anomaly"], labels[labels != "anomaly"]
+    X = fit_ready(X)
     classes = tuple(sorted(set(labels.tolist())))
     y = np.searchsorted(np.array(classes), labels)
     # Balance: every anomaly kind weighs as much in total as a tenth of the normal readings.

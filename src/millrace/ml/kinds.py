@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from millrace.ml.detectors import fit_ready
+
 MIN_KIND = 20  # labelled readings a kind needs to be named
 MAX_ROWS = 60_000  # anomalous readings to fit on (a sample keeps the kinds' proportions)
 
@@ -59,7 +61,7 @@ def fit_namer(X: np.ndarray, labels: np.ndarray, *, seed: int, max_rows: int = M
         max_iter=200, learning_rate=0.1, max_leaf_nodes=31, early_stopping=True, validation_fraction=0.1,
         random_state=seed, categorical_features=[X.shape[1] - 1],
     )  # fmt: skip
-    model.fit(X[rows], y)
+    model.fit(fit_ready(X[rows]), y)
     return KindNamer(model, classes)
 
 

@@ -34,37 +34,146 @@ def block_grams(seg: np.ndarray) -> np.ndarray:
     return acc
 
 
-def residual_z(values: np.ndarray, grams: np.ndarray, rows: int) -> np.ndarray:
-    """Residual of each sensor against all the others for rows ``values`` (n x sensors), from the summed
-    Gram triangle ``grams`` of the reference blocks (``rows`` rows in all), in units of the regression's
-    residual spread (NaN where a sensor or a value is unknown, or the window too short)."""
-    n, ncol = values.shape
-    out = np.full((n, ncol), np.nan)
+def residual_fit(window: np.ndarray, block_rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The regression of each sensor on all the others over the reference blocks ``window`` (their Gram
+    triangles, blocks x gram_size, ``block_rows`` rows each): ``(W, spread)``, where row i of W (sensors x
+    sensors + 1) weighs [1, values] into sensor i's residual (zeros for the sensors left out, a NaN row for a
+    sensor not fitted) and ``spread`` is its residual spread. None when the window cannot be fitted.
+
+    The spread is the median over the blocks of each block's residual mean square, not the pooled one: an
+    offset that has lasted a few blocks already inflates the pooled spread enough to hide itself (a level
+    shift of 5 noise sigmas over 5 of 30 blocks nearly triples it), while the median block stays normal."""
+    ncol = (int(np.sqrt(8 * window.shape[1] + 1)) - 1) // 2 - 1
     k = ncol + 1
-    G = np.empty((k, k))
+    rows = len(window) * block_rows
+    grams = window[0].copy()
+    for b in range(1, len(window)):  # in block order: the same sums however the rows were batched
+        grams += window[b]
     iu, ju = np.triu_indices(k)
+    G = np.empty((k, k))
     G[iu, ju] = grams
     G[ju, iu] = grams
     if rows <= 0 or not np.isfinite(G).all():
-        return out
+        return None
     mean = G[0, 1:] / rows
     var = np.diag(G)[1:] / rows - mean * mean
     good = np.flatnonzero(var > _SPREAD * (1.0 + mean * mean))
     if len(good) < 2:
-        return out
+        return None
     keep = np.concatenate([[0], good + 1])
+    blocks = np.empty((len(window), k, k))
+    blocks[:, iu, ju] = window
+    blocks[:, ju, iu] = window
+    blocks = blocks[:, keep][:, :, keep]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         P = np.linalg.inv(G[np.ix_(keep, keep)])
-        a = np.concatenate([np.ones((n, 1)), values[:, good]], axis=1)
-        diag = np.diag(P)[1:]
-        # Row i of P . a over P_ii is the residual of sensor i regressed on the others (and a constant);
-        # 1 / P_ii is its residual sum of squares over the window.
-        # Accumulated column by column (no matrix product: BLAS may round differently with the row count).
-        dot = a[:, :1] * P[1:, 0][None, :]
-        for j in range(1, len(keep)):
-            dot = dot + a[:, j : j + 1] * P[1:, j][None, :]
-        resid = dot / diag
-        spread = np.sqrt(1.0 / (diag * rows))
-        z = resid / spread
+        # Row i of P . a over P_ii is the residual of sensor i regressed on the others (and a constant), so
+        # Wk = P[1:] / P_ii holds each sensor's residual weights and Wk G_b Wk' its residual sum of squares
+        # over block b. Accumulated term by term (no matrix product: BLAS may round differently).
+        Wk = P[1:] / np.diag(P)[1:, None]
+        ss = np.zeros((len(window), len(good)))
+        for i in range(len(keep)):
+            for j in range(len(keep)):
+                ss += blocks[:, i, j][:, None] * (Wk[:, i] * Wk[:, j])[None, :]
+        spread = np.full(ncol, np.nan)
+        spread[good] = np.sqrt(np.maximum(np.median(ss, axis=0), 0.0) / block_rows)
+    W = np.full((ncol, k), np.nan)
+    W[good] = 0.0
+    W[np.ix_(good, keep)] = Wk
+    return W, spread
+
+
+def residuals(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Residuals (n x len(w)) of rows ``values`` (n x sensors) with the weights ``w`` (rows of W, or one row),
+    accumulated over the weighted columns only, in column order (a sensor left out may be unknown)."""
+    w = np.atleast_2d(w)
+    used = np.flatnonzero(np.any(w != 0.0, axis=0))
+    a = np.concatenate([np.ones((len(values), 1)), values], axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        dot = a[:, used[0] : used[0] + 1] * w[:, used[0]][None, :]
+        for j in used[1:]:
+            dot = dot + a[:, j : j + 1] * w[:, j][None, :]
+    return dot
+
+
+def residual_z(values: np.ndarray, window: np.ndarray, block_rows: int) -> np.ndarray:
+    """Residual of each sensor against all the others for rows ``values`` (n x sensors), from the reference
+    blocks ``window`` (:func:`residual_fit`), in units of the residual spread (NaN where a sensor or a value is
+    unknown, or the window too short)."""
+    out = np.full(values.shape, np.nan)
+    fit = residual_fit(window, block_rows)
+    if fit is None:
+        return out
+    W, spread = fit
+    good = np.flatnonzero(np.isfinite(spread))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = residuals(values, W[good]) / spread[good]
     out[:, good] = np.where(np.isfinite(z), z, np.nan)
     return out
+
+
+# The residual against a regression held from the moment a sensor stepped (``held_residual``).
+HELD_SPAN = 900  # device rows a held regression is followed (a level shift lasts up to 600, a drift 900)
+HELD_MEAN = 30  # device rows the held residual is averaged over
+HELD_PRE = 30  # device rows of the level before the step ...
+HELD_GAP = 10  # ... ending this many rows before the step is noticed (it shows a few rows late)
+HELD_PRE_OK = 6.0  # a step is held only when the level before it was normal (|mean z| below this)
+HELD_HISTORY = HELD_PRE + HELD_GAP  # device rows the caller keeps before each batch
+
+
+def held_residual(
+    V: np.ndarray, step: np.ndarray, fits: list, fit_of_row: np.ndarray, held: list, trigger: float
+) -> tuple[np.ndarray, list]:
+    """The all-sensor residual of each sensor against the regression it had when it last stepped.
+
+    A level shift bends the sliding regression as it enters the reference blocks (it is hidden after a few
+    blocks); the regression in force when the sensor stepped by ``trigger`` local noise units does not move.
+    From such a step (when the sensor's level before it was normal under that regression) for HELD_SPAN rows:
+    the mean held residual of the last HELD_MEAN rows minus the level before the step, in residual-spread
+    units times sqrt(HELD_MEAN) (NaN otherwise). A spike or a load step returns to the level, a shift stays.
+
+    ``V``: HELD_HISTORY rows of history then the batch's rows (device rows x sensors); ``step``: step_z per
+    batch row and sensor; ``fits``: :func:`residual_fit` results (or None), ``fit_of_row`` indexes them per
+    batch row; ``held``: per sensor None or {"w", "sp", "pre", "left"} from the previous batch. Returns the
+    feature (batch rows x sensors) and the new ``held``. Sequential in rows, so any batching gives the same.
+    """
+    nrow, ncol = step.shape
+    h = len(V) - nrow
+    out = np.full((nrow, ncol), np.nan)
+    new: list = []
+    for i in range(ncol):
+        cur = held[i]
+        candidates = np.flatnonzero(np.abs(np.nan_to_num(step[:, i], nan=0.0)) >= trigger)
+        t, c = 0, 0
+        while t < nrow:
+            if cur is not None and cur["left"] > 0:
+                n = min(int(cur["left"]), nrow - t)
+                w = np.asarray(cur["w"], dtype=float)
+                e = residuals(V[h + t - (HELD_MEAN - 1) : h + t + n], w)[:, 0]
+                acc = e[:n].copy()
+                for j in range(1, HELD_MEAN):  # window sums in row order (batch-independent rounding)
+                    acc += e[j : j + n]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[t : t + n, i] = (acc / HELD_MEAN - cur["pre"]) / cur["sp"] * np.sqrt(HELD_MEAN)
+                cur = {**cur, "left": int(cur["left"]) - n}
+                t += n
+                continue
+            while c < len(candidates) and candidates[c] < t:
+                c += 1
+            if c == len(candidates):
+                break
+            t = int(candidates[c])
+            fit = fits[fit_of_row[t]]
+            if fit is not None and np.isfinite(fit[1][i]) and fit[1][i] > 0:
+                w, sp = fit[0][i], float(fit[1][i])
+                e = residuals(V[h + t - HELD_HISTORY : h + t - HELD_GAP], w)[:, 0]
+                pre = float(e[0])
+                for j in range(1, HELD_PRE):
+                    pre += float(e[j])
+                pre /= HELD_PRE
+                if np.isfinite(pre) and abs(pre) / sp * np.sqrt(HELD_PRE) <= HELD_PRE_OK:
+                    cur = {"w": w.tolist(), "sp": sp, "pre": pre, "left": HELD_SPAN}
+                    continue
+            t += 1
+        new.append(cur if cur is not None and cur["left"] > 0 else None)
+    return out, new

@@ -73,9 +73,26 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from millrace.config import ProcessingSettings
-from millrace.processing.devreg import MIN_BLOCKS, block_grams, gram_size, residual_z
+from millrace.processing.devreg import (
+    HELD_HISTORY,
+    MIN_BLOCKS,
+    block_grams,
+    gram_size,
+    held_residual,
+    residual_fit,
+    residuals,
+)
 from millrace.processing.pairs import GOOD_FIT, pair_fit
-from millrace.processing.steps import LOCAL, STEP, STEP_SPAN, shift_features, step_features, tiny, weighted_sum
+from millrace.processing.steps import (
+    LOCAL,
+    SHIFT_STEP,
+    STEP,
+    STEP_SPAN,
+    shift_features,
+    step_features,
+    tiny,
+    weighted_sum,
+)
 
 ROLL = 30
 SHORT = 5
@@ -87,6 +104,7 @@ LONG = 120
 JUMP = 4.0
 JUMP_AGE_CAP = 100_000
 HISTORY = max(ROLL, SHORT, NOISE, TREND, BLOCK, LONG, LOCAL + 1, STEP_SPAN + 2 * STEP - 1)
+_TAIL = max(ROLL - 1, HELD_HISTORY)  # device rows of values kept for the next batch
 STATE_VERSION = 1
 
 SENSOR_FEATURES: tuple[str, ...] = (
@@ -96,7 +114,7 @@ SENSOR_FEATURES: tuple[str, ...] = (
 )  # fmt: skip
 DEVICE_FEATURES: tuple[str, ...] = (
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "pair_best_z", "pair_best_mean",
-    "pair_mean_z", "pair_min_mean", "dev_resid_mean",
+    "pair_mean_z", "pair_min_mean", "dev_resid_mean", "held_resid_z",
 )  # fmt: skip
 FEATURE_COLUMNS: tuple[str, ...] = SENSOR_FEATURES + DEVICE_FEATURES
 
@@ -315,7 +333,7 @@ def _pair_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _device_step(
     sids: np.ndarray, codes: np.ndarray, cols: list[str], types: dict[str, str], ts: np.ndarray,
-    values: np.ndarray, ref_z: np.ndarray, dev: dict[str, Any],
+    values: np.ndarray, ref_z: np.ndarray, step_z: np.ndarray, dev: dict[str, Any],
 ) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """Device-context features for readings sorted by (timestamp, sensor_id); ``codes`` index ``cols``."""
     del sids
@@ -334,6 +352,8 @@ def _device_step(
     vals[row, codes] = values - org[codes]
     absz = np.full((nrow, ncol), np.nan)
     absz[row, codes] = np.abs(ref_z)
+    steps = np.full((nrow, ncol), np.nan)
+    steps[row, codes] = step_z
     V = _ffill(vals, np.array([_f(dev["last_v"].get(s)) for s in cols]))
     A = _ffill(absz, np.array([_f(dev["last_absz"].get(s)) for s in cols]))
 
@@ -377,6 +397,7 @@ def _device_step(
     r_values, r_index = np.unique(r, return_inverse=True)
     # Residual against all the other sensors: one regression per block-of-rows, from its REF_BLOCKS blocks.
     dev_z = np.full((nrow, ncol), np.nan)
+    fits: list = [None] * len(r_values)
     if ncol > 1:
         gram_rows = np.asarray(grams, dtype=float).reshape(-1, gram_size(ncol))
         r_bounds = np.searchsorted(r_index, np.arange(len(r_values) + 1))  # rows come in time order
@@ -384,9 +405,14 @@ def _device_step(
             lo, hi = max(0, rv - REF_BLOCKS - g0), max(0, rv - g0)
             window = gram_rows[lo:hi]
             window = window[np.isfinite(window).all(axis=1)]
-            if len(window) >= MIN_BLOCKS:
+            fits[i] = residual_fit(window, BLOCK) if len(window) >= MIN_BLOCKS else None
+            if fits[i] is not None:
+                W, spread = fits[i]
+                good = np.flatnonzero(np.isfinite(spread))
                 at = slice(r_bounds[i], r_bounds[i + 1])
-                dev_z[at] = residual_z(V[at], _window_sum(window, len(window))[0], len(window) * BLOCK)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    z = residuals(V[at], W[good]) / spread[good]
+                dev_z[at, good] = np.where(np.isfinite(z), z, np.nan)
     old_dtail = dev.get("dtail") or {}
     prev_dz = np.array([[_f(v) for v in old_dtail.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
     dz_hist = np.vstack([prev_dz.reshape(ncol, ROLL - 1).T, dev_z])
@@ -395,9 +421,9 @@ def _device_step(
     best_ratio = np.full((nrow, ncol), np.inf)
     # The mean of the last ROLL device rows of every sensor, against the partner's (block-mean regression).
     old_tail = dev.get("tail") or {}  # absent in states written before this feature
-    tail = np.array([[_f(v) for v in old_tail.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
-    v_hist = np.vstack([tail.reshape(ncol, ROLL - 1).T, V])
-    means = _window_sum(v_hist, ROLL) / ROLL
+    tail = np.array([_padded(old_tail.get(s), _TAIL) for s in cols], dtype=float)
+    v_hist = np.vstack([tail.reshape(ncol, _TAIL).T, V])
+    means = _window_sum(v_hist[_TAIL - (ROLL - 1) :], ROLL) / ROLL
     mean_z = np.full((nrow, ncol), np.nan)
     mean_ratio = np.full((nrow, ncol), np.inf)
     min_z = np.full((nrow, ncol), np.nan)
@@ -450,6 +476,10 @@ def _device_step(
     out[:, 6] = mean_z[row, codes]
     out[:, 7] = min_z[row, codes]
     out[:, 8] = (_window_sum(dz_hist, ROLL) / np.sqrt(ROLL))[row, codes]
+    old_held = dev.get("held") or {}  # absent in states written before this feature
+    held = old_held["s"] if old_held.get("cols") == cols else [None] * ncol
+    held_z, held = held_residual(v_hist[_TAIL - HELD_HISTORY :], steps, fits, r_index, held, SHIFT_STEP)
+    out[:, 9] = held_z[row, codes]
 
     keep = (n0 + nrow) % BLOCK
     longest = max((len(b) for b in blocks.values()), default=0)
@@ -465,10 +495,11 @@ def _device_step(
         "blocks": {key: blk[cut:] for key, blk in blocks.items()},
         "resid": {s: _nums(hist[-(SHORT - 1) :, i]) for i, s in enumerate(cols)},
         "best": {s: _nums(best_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
-        "tail": {s: _nums(v_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
+        "tail": {s: _nums(v_hist[-_TAIL:, i]) for i, s in enumerate(cols)},
         "dtail": {s: _nums(dz_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
         "grams": {"cols": cols, "b0": g0 + max(0, len(grams) - REF_BLOCKS), "g": [_nums(np.asarray(g)) for g in
                                                                                   grams[-REF_BLOCKS:]]},
+        "held": {"cols": cols, "s": held},
     }
     return out, new_dev
 
@@ -481,6 +512,12 @@ def _window_sum(hist: np.ndarray, w: int) -> np.ndarray:
     for j in range(1, w):
         acc += hist[j : j + n]
     return acc
+
+
+def _padded(values: list | None, n: int) -> list:
+    """The last ``n`` of ``values`` (None-padded in front: a state written with a shorter tail)."""
+    values = list(values or [])[-n:]
+    return [_f(v) for v in [None] * (n - len(values)) + values]
 
 
 def _f(value: float | None) -> float:
@@ -565,6 +602,7 @@ def devices_step(
             sensors[dev_names[pair_dev[u]]][str(pair_sid[u])] = st
 
     ref_z = feats[:, SENSOR_FEATURES.index("ref_z")]
+    step_z = feats[:, SENSOR_FEATURES.index("step_z")]
     types_in = batch["sensor_type"].to_numpy(dtype=object)
     first_of_pair = np.unique(pair_codes, return_index=True)[1]
     dev_bounds = np.searchsorted(dev, np.arange(len(dev_names) + 1))
@@ -582,7 +620,8 @@ def devices_step(
         local = np.array([col_of[str(sid)] for sid in pair_sid[first_pair : pair_bounds[d + 1]]], dtype=np.int64)
         codes = local[inv[lo:hi] - first_pair]
         feats[lo:hi, nf:], device = _device_step(
-            pair_sid[inv[lo:hi]], codes, cols, types, ts[lo:hi], values[lo:hi], ref_z[lo:hi], prev_dev
+            pair_sid[inv[lo:hi]], codes, cols, types, ts[lo:hi], values[lo:hi], ref_z[lo:hi], step_z[lo:hi],
+            prev_dev,
         )  # fmt: skip
         new[name] = {"v": STATE_VERSION, "sensors": sensors[name], "device": device}
     frame = pd.concat([frame, pd.DataFrame(feats, columns=list(FEATURE_COLUMNS))], axis=1)
