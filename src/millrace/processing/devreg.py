@@ -69,12 +69,10 @@ def residual_fit(window: np.ndarray, block_rows: int) -> tuple[np.ndarray, np.nd
         P = np.linalg.inv(G[np.ix_(keep, keep)])
         # Row i of P . a over P_ii is the residual of sensor i regressed on the others (and a constant), so
         # Wk = P[1:] / P_ii holds each sensor's residual weights and Wk G_b Wk' its residual sum of squares
-        # over block b. Accumulated term by term (no matrix product: BLAS may round differently).
+        # over block b.
         Wk = P[1:] / np.diag(P)[1:, None]
-        ss = np.zeros((len(window), len(good)))
-        for i in range(len(keep)):
-            for j in range(len(keep)):
-                ss += blocks[:, i, j][:, None] * (Wk[:, i] * Wk[:, j])[None, :]
+        # einsum's own loops (optimize=False: no BLAS), over inputs of the same shape for the same window.
+        ss = np.einsum("bij,si,sj->bs", blocks, Wk, Wk, optimize=False)
         spread = np.full(ncol, np.nan)
         spread[good] = np.sqrt(np.maximum(np.median(ss, axis=0), 0.0) / block_rows)
     W = np.full((ncol, k), np.nan)

@@ -59,7 +59,13 @@ Device context (the other sensors of the device, as of the reading's time):
   dev_resid_mean the residual of the sensor regressed on ALL the device's other sensors at once (over the
                  last ``REF_BLOCKS`` completed blocks of device rows, :mod:`millrace.processing.devreg`),
                  in residual-spread units, averaged over the last ``ROLL`` device rows (times sqrt(ROLL), so
-                 it is ~N(0, 1) on normal data): a sustained offset that the partners together do not explain
+                 it is ~N(0, 1) on normal data): a sustained offset that the partners together do not explain;
+                 its spread is the median block's residual spread (an offset inside the window inflates the
+                 pooled one)
+  held_resid_z   the same residual against the regression in force when the sensor last stepped (|step_z| >=
+                 SHIFT_STEP, its level before normal), for ``HELD_SPAN`` rows from the step, averaged over the
+                 last ROLL rows minus the level before the step: a long level shift bends the sliding
+                 regression as it enters the reference blocks, the held one does not move (NaN otherwise)
 The pair regressions use only the reference blocks that are not themselves off (``pairs.PAIR_ADMIT``), so an
 anomaly inside the 30-minute reference window does not teach the regression or inflate its noise.
 """
