@@ -191,6 +191,12 @@ def test_state_written_before_the_partner_features_still_loads() -> None:
     old, _ = device_step(frame[~cut], state, cfg)
     late = old["timestamp"] >= old["timestamp"].min() + pd.Timedelta(seconds=ROLL)
     _same(fresh[late].reset_index(drop=True), old[late].reset_index(drop=True))
+    # Before the held residual: 29 rows of tail and no held regressions.
+    _, state = device_step(frame[cut], empty_state(), cfg)
+    state["device"]["tail"] = {s: v[-(ROLL - 1) :] for s, v in state["device"]["tail"].items()}
+    del state["device"]["held"]
+    older, _ = device_step(frame[~cut], state, cfg)
+    _same(fresh, older)
 
 
 def test_step_features_see_a_level_shift_keep_it_and_see_a_spike_return() -> None:
