@@ -368,3 +368,19 @@ def test_a_kind_model_on_the_kind_features_names_from_them_in_the_scorer() -> No
     # A model whose kind model needs a feature this version does not compute cannot score.
     det.kind_features = (*KIND_FEATURES[:-1], "gone_feature", "type_code")
     assert unknown_features(det) == ["gone_feature"]
+
+
+def test_training_warns_when_the_validation_period_holds_too_few_anomalies(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    calm = simulate_frame(FleetConfig(devices=1, seed=3, anomaly_rate=0.0, start=start), duration_s=1800)
+    messages: list[str] = []
+    train_module.train(settings, calm, source="test", progress=messages.append)
+    assert [m for m in messages if m.startswith("warning")] == [
+        "warning: the validation period (the last 30%) holds 0 anomalous readings: too few to compare detectors "
+        "or set thresholds well; give more hours or more anomalies"
+    ]
+    busy = simulate_frame(FleetConfig(devices=1, seed=3, anomaly_rate=0.15, start=start), duration_s=1800)
+    messages.clear()
+    train_module.train(settings, busy, source="test", progress=messages.append)
+    assert not [m for m in messages if m.startswith("warning")]

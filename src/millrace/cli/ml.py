@@ -85,7 +85,9 @@ def train(
 
         readings = store_readings(settings)
         described = f"store {settings.store.backend}"
-    say = (lambda _m: None) if json_ else (lambda m: err_console.print(f"[dim]{m}[/]"))
+    def say(message: str) -> None:
+        if not json_:
+            err_console.print(f"[{'yellow' if message.startswith('warning') else 'dim'}]{message}[/]")
     info = run(settings, readings, source=described, detectors=detector, seed=seed, make_promoted=promote,
                progress=say)  # fmt: skip
     if json_:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DETECTORS: tuple[str, ...] = ("robust_z", "isolation_forest", "mahalanobis", "gradient_boosting")
 UNLABELLED_CHOICE = "mahalanobis"
 MAX_FALSE_ALARM = 0.01
+MIN_VALIDATION_ANOMALIES = 50  # labelled anomalous readings in the validation period below which training warns
 UNLABELLED_QUANTILE = 0.999
 MAX_KIND_LOSS = 0.1  # a naming may lose a kind at most this much validation F1 against the detector's own
 MAX_KIND_FIT_ROWS = 12_000  # readings of one anomaly kind the supervised detector is fitted on, at most
@@ -204,6 +205,11 @@ def _train(
         return kinds_matrix[np.searchsorted(needed, rows)]
 
     say(f"model matrix of {len(needed):,} sampled readings; {len(val_rows):,} validate")
+    if truth is not None:
+        val_anomalies = int(truth[np.flatnonzero(warm & (ts >= cutoff))].sum())
+        if val_anomalies < MIN_VALIDATION_ANOMALIES:
+            say(f"warning: the validation period (the last {validation_fraction:.0%}) holds {val_anomalies} anomalous "
+                "readings: too few to compare detectors or set thresholds well; give more hours or more anomalies")
 
     def fit_one(name: str) -> tuple[D.Detector, dict[str, Any], np.ndarray]:
         t0 = time.monotonic()
