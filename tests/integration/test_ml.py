@@ -52,6 +52,9 @@ def test_train_list_show_promote_explain_evaluate(tmp_path: Path) -> None:
     assert json.loads(millrace(state, "ml", "list", "--json").stdout)[0]["promoted"] is True
     shown = json.loads(millrace(state, "ml", "show", "--json").stdout)
     assert shown["version"] == "v0001" and shown["features"] == info["features"]
+    text = millrace(state, "ml", "show").stdout
+    assert f"inputs ({len(info['features'])}): z, robust_z," in text and "training data" in text
+    assert f"{info['training']['readings']:,}" in text  # the summary as a table, numbers readable
     bad = millrace(state, "ml", "promote", "v0042")
     assert bad.returncode == 1 and "no model version 'v0042'" in bad.stderr
 

@@ -163,8 +163,22 @@ def show(ctx: typer.Context, version: Annotated[str | None, typer.Argument(help=
         print_json(info)
         return
     console.print(f"[bold]{info['version']}[/] {info['detector']} created {info['created_at']}: {_metric(info)}")
-    console.print(f"thresholds: {info['thresholds']}")
-    console.print(f"training: {info['training']}")
+    console.print("thresholds: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in info["thresholds"].items()))  # fmt: skip
+    features = list(info.get("features") or [])
+    console.print(f"inputs ({len(features)}): " + ", ".join(features))
+    table = Table(title="training data", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for key, value in info["training"].items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:,}"
+        table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
     _print_summary(info, promoted=False)
 
 
