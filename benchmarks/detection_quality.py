@@ -4,6 +4,10 @@
         [--rich-devices 12] [--rich-hours 8] [--rich-rate 0.15]
 
 Training data: seeds 101 and 102 (anomaly_rate 0.05 so that rare kinds have examples), January.
+Development data, in February: seeds 201 and 202, ``--devices`` devices, ``--train-hours`` hours, anomaly rate
+``--rich-rate`` - never trained on, scored like the tests: the second referee, beside the validation period,
+for choices between versions of the features or models (validation holds anomalies at rate 0.05 only, the
+rich test set at 0.15, and the test seeds must decide nothing).
 Test data (held out; never used to fit or to choose thresholds), in March:
 - *default*: seeds 901 and 902 at the simulator's default anomaly_rate 0.02 (comparable with earlier runs);
 - *rich*: seeds 901 and 902 with more devices and anomaly_rate ``--rich-rate``, so that every kind has
@@ -39,13 +43,15 @@ from millrace.records import NORMAL
 
 TRAIN_SEEDS = (101, 102)
 TEST_SEEDS = (901, 902)
+DEVELOPMENT_SEEDS = (201, 202)
 
 
-def _test_features(settings: Any, devices: int, hours: float, rate: float) -> pd.DataFrame:
+def _test_features(settings: Any, devices: int, hours: float, rate: float, seeds: tuple[int, ...] = TEST_SEEDS,
+                   month: int = 3) -> pd.DataFrame:  # fmt: skip
     parts = []
-    for i, seed in enumerate(TEST_SEEDS):
+    for i, seed in enumerate(seeds):
         cfg = FleetConfig(devices=devices, seed=seed, anomaly_rate=rate,
-                          start=datetime(2026, 3, 10 + 5 * i, tzinfo=UTC))  # fmt: skip
+                          start=datetime(2026, month, 10 + 5 * i, tzinfo=UTC))  # fmt: skip
         feats = featurize(simulate_frame(cfg, duration_s=hours * 3600), settings.processing)
         feats["sensor_id"] = feats["sensor_id"] + f"-s{seed}"
         parts.append(feats)
@@ -95,6 +101,7 @@ def main() -> None:
     parser.add_argument("--rich-devices", type=int, default=12)
     parser.add_argument("--rich-hours", type=float, default=8.0)
     parser.add_argument("--rich-rate", type=float, default=0.15)
+    parser.add_argument("--skip-development", action="store_true", help="leave out the development set")
     parser.add_argument("--json", type=Path, default=Path("detection_quality.json"))
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="millrace-quality-"))
@@ -117,12 +124,15 @@ def main() -> None:
     without_namer.namer, without_namer.kind_bias = None, None  # the naming before kinds were chosen on validation
     print(f"trained {info['detector']} on {len(readings):,} readings in {train_s:.0f} s")
 
-    tests = {"default": (args.devices, args.test_hours, 0.02),
-             "rich": (args.rich_devices, args.rich_hours, args.rich_rate)}  # fmt: skip
+    sets = {"development": (args.devices, args.train_hours, args.rich_rate, DEVELOPMENT_SEEDS, 2),
+            "default": (args.devices, args.test_hours, 0.02, TEST_SEEDS, 3),
+            "rich": (args.rich_devices, args.rich_hours, args.rich_rate, TEST_SEEDS, 3)}  # fmt: skip
+    if args.skip_development:
+        del sets["development"]
     results: dict[str, Any] = {}
-    for name, (devices, hours, rate) in tests.items():
+    for name, (devices, hours, rate, seeds, month) in sets.items():
         t1 = time.monotonic()
-        feats = _test_features(settings, devices, hours, rate)
+        feats = _test_features(settings, devices, hours, rate, seeds, month)
         runs = {
             "namer": _measure(feats, Scorer(settings.processing, detector=detector)),
             "detector": _measure(feats, Scorer(settings.processing, detector=without_namer)),
@@ -131,13 +141,15 @@ def main() -> None:
             ),  # fmt: skip
         }
         del feats
-        _print(f"{name} test ({devices} devices x {len(TEST_SEEDS)} seeds, {hours:g} h, anomaly rate {rate:g})",
+        kind = "set (for choices; never trained on)" if name == "development" else "test"
+        _print(f"{name} {kind} ({devices} devices x {len(seeds)} seeds, {hours:g} h, anomaly rate {rate:g})",
                runs)  # fmt: skip
         print(f"\n({time.monotonic() - t1:.0f} s)")
         results[name] = {"devices": devices, "hours": hours, "anomaly_rate": rate, **runs}
     args.json.write_text(json.dumps({
         "detector": info["detector"], "train_seconds": train_s, "train_readings": len(readings),
-        "compared": info["metrics"]["compared"], "tests": results, "args": vars(args) | {"json": str(args.json)},
+        "compared": info["metrics"]["compared"], "development": results.pop("development", None),
+        "tests": results, "args": vars(args) | {"json": str(args.json)},
     }, indent=2, default=float))  # fmt: skip
 
 
