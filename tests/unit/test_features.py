@@ -53,6 +53,20 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert equal.all(), [c for c, ok in zip(FEATURE_COLUMNS, equal.all(axis=0), strict=True) if not ok]
 
 
+def _offline_and_microbatches(frame: pd.DataFrame, every: str) -> tuple[pd.DataFrame, dict]:
+    """Features in one pass, checked equal to device_step over micro-batches of ``every`` with the state
+    through JSON; returns the one-pass features and the last state."""
+    cfg = ProcessingSettings()
+    offline = frame_features(frame, cfg, chunk=None)
+    state, parts = empty_state(), []
+    for _, batch in frame.groupby(frame["timestamp"].dt.floor(every), sort=True):
+        out, state = device_step(batch, state, cfg)
+        state = json.loads(json.dumps(state))
+        parts.append(out)
+    _same(offline, pd.concat(parts, ignore_index=True))
+    return offline, state
+
+
 @pytest.mark.parametrize("chunk", ["1min", "7s", "1s"])
 def test_frame_features_equal_whatever_the_chunking(chunk: str) -> None:
     frame = fleet_frame(steps=300)
@@ -234,15 +248,8 @@ def test_all_sensor_regression_sees_a_small_offset_and_is_the_same_over_microbat
     frame = fleet_frame(devices=1, steps=BLOCK * 14 + 17)
     current = frame.index[frame["sensor_type"] == "current"]
     frame.loc[current[BLOCK * 12 :], "value"] += 1.5  # 5 noise sigmas; the load moves current by +-1.5 too
-    cfg = ProcessingSettings()
-    offline = frame_features(frame, cfg, chunk=None)
-    state, parts = empty_state(), []
-    for _, batch in frame.groupby(frame["timestamp"].dt.floor("13s"), sort=True):
-        out, state = device_step(batch, state, cfg)
-        state = json.loads(json.dumps(state))
-        parts.append(out)
-    _same(offline, pd.concat(parts, ignore_index=True))
-    assert len(json.dumps(state)) < 90_000  # bounded: 30 block triangles of 28 numbers, 29 rows of tails
+    offline, state = _offline_and_microbatches(frame, "13s")
+    assert len(json.dumps(state)) < 90_000  # bounded: 30 block triangles of 28 numbers, 29-40 rows of tails
     c = offline[offline["sensor_type"] == "current"].reset_index(drop=True)["dev_resid_mean"]
     assert c.iloc[: BLOCK * 10].isna().all()  # fewer than MIN_BLOCKS reference blocks
     assert c.iloc[BLOCK * 10 + ROLL : BLOCK * 12].abs().max() < 4.5
@@ -254,14 +261,7 @@ def test_held_residual_keeps_a_long_shift_that_the_sliding_regression_absorbs() 
     current = frame.index[frame["sensor_type"] == "current"]
     start, end = BLOCK * 12, BLOCK * 19  # a level shift of 8 noise sigmas for 420 readings, then back
     frame.loc[current[start:end], "value"] += 2.4
-    cfg = ProcessingSettings()
-    offline = frame_features(frame, cfg, chunk=None)
-    state, parts = empty_state(), []
-    for _, batch in frame.groupby(frame["timestamp"].dt.floor("11s"), sort=True):
-        out, state = device_step(batch, state, cfg)
-        state = json.loads(json.dumps(state))
-        parts.append(out)
-    _same(offline, pd.concat(parts, ignore_index=True))
+    offline, _ = _offline_and_microbatches(frame, "11s")
     c = offline[offline["sensor_type"] == "current"].reset_index(drop=True)
     # Held from the step (noticed a few readings late), never before it.
     t0 = int(np.flatnonzero(c["held_resid_z"].notna().to_numpy())[0])
