@@ -384,3 +384,16 @@ def test_training_warns_when_the_validation_period_holds_too_few_anomalies(tmp_p
     messages.clear()
     train_module.train(settings, busy, source="test", progress=messages.append)
     assert not [m for m in messages if m.startswith("warning")]
+
+
+def test_cross_fitted_naming_scores_multipliers_on_the_half_they_were_not_tuned_on() -> None:
+    classes = ("a", "b", "normal")
+    p = np.tile([0.6, 0.4, 0.0], (400, 1))  # every reading looks a little more like "a"
+    labels = np.array(["b"] * 200 + ["a"] * 200, dtype=object)  # first half all "b", second half all "a"
+    weight = np.ones(400)
+    folds = [np.arange(400) < 200, np.arange(400) >= 200]
+    totals = [{"b": 200}, {"a": 200}]
+    # As fitted: the first half named all wrong (mean F1 0), the second all right (1).
+    assert train_module._cross_fitted(p, labels, classes, weight, folds, totals, rounds=0) == pytest.approx(0.5)
+    # Multipliers tuned on one half turn every name to that half's kind: wrong on the other half.
+    assert train_module._cross_fitted(p, labels, classes, weight, folds, totals, rounds=3) == pytest.approx(0.0)

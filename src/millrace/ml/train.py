@@ -328,6 +328,30 @@ def _attach_kind_model(
     metrics["fit_seconds"] = round(metrics["fit_seconds"] + seconds, 2)  # the gate's and the kind model's
 
 
+def _kind_totals(labels: np.ndarray, weight: np.ndarray) -> dict[str, int]:
+    """Readings of each anomaly kind (weighted: the readings each row stands for)."""
+    anomalous = labels != NORMAL
+    kinds, inverse = np.unique(labels[anomalous].astype(str), return_inverse=True)
+    counts = np.bincount(inverse, weights=weight[anomalous], minlength=len(kinds))
+    return {str(k): round(c) for k, c in zip(kinds, counts, strict=True)}
+
+
+def _cross_fitted(
+    p: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], weight: np.ndarray, folds: list[np.ndarray],
+    fold_totals: list[dict[str, int]], rounds: int,
+) -> float:  # fmt: skip
+    """Mean per-kind F1 of a naming on each half of the flagged validation readings, with multipliers tuned on
+    the other half (none when ``rounds`` is 0), averaged over the halves (kinds too rare in a half skipped)."""
+    scores = []
+    for k, part in enumerate(folds):
+        other = folds[1 - k]
+        bias, _ = tune_bias(p[other], labels[other], classes, fold_totals[1 - k], rounds=rounds, weight=weight[other])
+        f1s = kind_f1s(p[part], labels[part], classes, fold_totals[k], bias, weight[part])
+        if f1s:
+            scores.append(float(np.mean(list(f1s.values()))))
+    return float(np.mean(scores)) if scores else 0.0
+
+
 def _choose_naming(
     det: D.Detector, metrics: dict[str, Any], namer_fit: tuple[KindNamer | None, float], labels: np.ndarray,
     K_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, val_weight: np.ndarray,
@@ -342,10 +366,7 @@ def _choose_naming(
     flagged = val_rows[flag]
     w_flagged = val_weight[flag]
     val_labels = labels[val_rows]
-    anomalous = val_labels != NORMAL
-    kinds_present, inverse = np.unique(val_labels[anomalous].astype(str), return_inverse=True)
-    counts = np.bincount(inverse, weights=val_weight[anomalous], minlength=len(kinds_present))
-    totals = {str(k): round(c) for k, c in zip(kinds_present, counts, strict=True)}
+    totals = _kind_totals(val_labels, val_weight)
     options: dict[str, tuple[float, np.ndarray | None]] = {}
     per_kind_f1: dict[str, dict[str, float]] = {}
     candidates: list[tuple[str, np.ndarray, tuple[str, ...]]] = []
@@ -355,18 +376,27 @@ def _choose_naming(
         candidates.append(("detector", p, det.classes))
     if namer is not None:
         candidates.append(("namer", namer.proba(K_of(flagged)), namer.classes))
+    # Two halves of the validation period (rows come in time order), for judging the multipliers on
+    # readings they were not tuned on.
+    half = val_rows[len(val_rows) // 2] if len(val_rows) else 0
+    folds = [flagged < half, flagged >= half]
+    fold_totals = [_kind_totals(val_labels[part], val_weight[part]) for part in (val_rows < half, val_rows >= half)]
+    cross: dict[str, float] = {}
     for name, p, classes in candidates:
         for label, rounds in ((name, 0), (f"{name}+bias", 3)):
             bias, f1 = tune_bias(p, labels[flagged], classes, totals, rounds=rounds, weight=w_flagged)
             options[label] = (f1, None if rounds == 0 else bias)
             per_kind_f1[label] = kind_f1s(p, labels[flagged], classes, totals, bias, w_flagged)
+            cross[label] = _cross_fitted(p, labels[flagged], classes, w_flagged, folds, fold_totals, rounds)
     if not options:
         return
     # The best mean per-kind F1 among namings that lose no kind more than MAX_KIND_LOSS against the
     # detector's own naming (a better mean must not come from giving up a kind); ties: the plainer option.
+    # Ranked cross-fitted: multipliers tuned on one half of validation, scored on the other, and the other
+    # way round - tuned and scored on the same readings they look better than they name new data.
     base = per_kind_f1.get("detector", {})
     fair = [o for o in options if all(per_kind_f1[o].get(k, 0.0) >= f - MAX_KIND_LOSS for k, f in base.items())]
-    chosen = max(fair or ["detector"], key=lambda k: options[k][0] - 1e-6 * k.count("+"))
+    chosen = max(fair or ["detector"], key=lambda k: cross.get(k, options[k][0]) - 1e-6 * k.count("+"))
     chosen_bias = options[chosen][1]
     det.namer = namer if chosen.startswith("namer") else None
     if det.namer is not None:
@@ -384,6 +414,7 @@ def _choose_naming(
     classes = (det.namer.classes if det.namer is not None else det.classes) or ()
     metrics["naming"] = {
         "chosen": chosen, "mean_kind_f1": {k: round(v[0], 4) for k, v in options.items()},
+        "cross_fitted_mean_kind_f1": {k: round(v, 4) for k, v in cross.items()},
         "kind_f1": {o: {k: round(f, 4) for k, f in v.items()} for o, v in per_kind_f1.items()},
         "bias": None if chosen_bias is None else dict(zip(classes, np.round(chosen_bias, 3).tolist(), strict=True)),
         "namer_rows": rows, "namer_seconds": round(seconds, 2),
