@@ -80,8 +80,10 @@ def tune_bias(
     if not len(proba) or not scored:
         return bias, 0.0
 
+    truth = _codes(labels, classes)  # once: the string comparison is most of a trial's cost
+
     def mean_f1(b: np.ndarray) -> float:
-        return float(np.mean(list(kind_f1s(proba, labels, classes, totals, b, weight).values())))
+        return float(np.mean(list(kind_f1s(proba, truth, classes, totals, b, weight).values())))
 
     best = mean_f1(bias)
     for _ in range(rounds):
@@ -103,9 +105,11 @@ def kind_f1s(
     bias: np.ndarray | None = None, weight: np.ndarray | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Per-kind F1 of naming flagged readings by ``argmax(proba * bias)``, for the kinds with ``MIN_KIND``
-    readings in ``totals`` (every validation reading of the kind, flagged or not)."""
+    readings in ``totals`` (every validation reading of the kind, flagged or not). ``labels`` may be given
+    as their indices in ``classes`` already (an int array: what tune_bias does once, not per trial)."""
     named = (proba if bias is None else proba * bias).argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
-    truth = _codes(labels, classes)
+    labels = np.asarray(labels)
+    truth = labels if labels.dtype.kind in "iu" else _codes(labels, classes)
     w = np.ones(len(truth)) if weight is None else np.asarray(weight, dtype=float)
     out: dict[str, float] = {}
     for i, kind in enumerate(classes):
