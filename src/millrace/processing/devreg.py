@@ -94,14 +94,10 @@ def residuals(values: np.ndarray, w: np.ndarray) -> np.ndarray:
     return dot
 
 
-def residual_z(values: np.ndarray, window: np.ndarray, block_rows: int) -> np.ndarray:
-    """Residual of each sensor against all the others for rows ``values`` (n x sensors), from the reference
-    blocks ``window`` (:func:`residual_fit`), in units of the residual spread (NaN where a sensor or a value is
-    unknown, or the window too short)."""
+def residual_z(values: np.ndarray, fit: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Residual of each sensor against all the others for rows ``values`` (n x sensors), with a
+    :func:`residual_fit` result, in units of the residual spread (NaN where a sensor or a value is unknown)."""
     out = np.full(values.shape, np.nan)
-    fit = residual_fit(window, block_rows)
-    if fit is None:
-        return out
     W, spread = fit
     good = np.flatnonzero(np.isfinite(spread))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -86,7 +86,7 @@ from millrace.processing.devreg import (
     gram_size,
     held_residual,
     residual_fit,
-    residuals,
+    residual_z,
 )
 from millrace.processing.pairs import GOOD_FIT, pair_fit
 from millrace.processing.steps import (
@@ -413,12 +413,8 @@ def _device_step(
             window = window[np.isfinite(window).all(axis=1)]
             fits[i] = residual_fit(window, BLOCK) if len(window) >= MIN_BLOCKS else None
             if fits[i] is not None:
-                W, spread = fits[i]
-                good = np.flatnonzero(np.isfinite(spread))
                 at = slice(r_bounds[i], r_bounds[i + 1])
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    z = residuals(V[at], W[good]) / spread[good]
-                dev_z[at, good] = np.where(np.isfinite(z), z, np.nan)
+                dev_z[at] = residual_z(V[at], fits[i])
     old_dtail = dev.get("dtail") or {}
     prev_dz = np.array([[_f(v) for v in old_dtail.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
     dz_hist = np.vstack([prev_dz.reshape(ncol, ROLL - 1).T, dev_z])
