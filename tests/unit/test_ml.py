@@ -397,3 +397,11 @@ def test_cross_fitted_naming_scores_multipliers_on_the_half_they_were_not_tuned_
     assert train_module._cross_fitted(p, labels, classes, weight, folds, totals, rounds=0) == pytest.approx(0.5)
     # Multipliers tuned on one half turn every name to that half's kind: wrong on the other half.
     assert train_module._cross_fitted(p, labels, classes, weight, folds, totals, rounds=3) == pytest.approx(0.0)
+
+
+def test_multipliers_name_only_when_they_win_by_the_margin() -> None:
+    close = {"detector": 0.8557, "detector+bias": 0.8591, "namer": 0.8033, "namer+bias": 0.8071}
+    assert train_module.pick_naming(close) == "detector"
+    clear = {**close, "detector+bias": 0.8557 + train_module.BIAS_MARGIN + 0.001}
+    assert train_module.pick_naming(clear) == "detector+bias"
+    assert train_module.pick_naming({"detector": 0.70, "namer": 0.75, "namer+bias": 0.755}) == "namer"
