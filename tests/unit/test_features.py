@@ -9,12 +9,11 @@ import pandas as pd
 import pytest
 
 from millrace.config import ProcessingSettings
-from millrace.processing.devreg import HELD_HISTORY, HELD_SPAN, held_residual
+from millrace.processing.devreg import HELD_SPAN
 from millrace.processing.features import (
     BLOCK,
     FEATURE_COLUMNS,
     JUMP_AGE_CAP,
-    LONG,
     ROLL,
     device_step,
     empty_state,
@@ -210,8 +209,6 @@ def test_state_written_before_the_partner_features_still_loads() -> None:
     _, state = device_step(frame[cut], empty_state(), cfg)
     state["device"]["tail"] = {s: v[-(ROLL - 1) :] for s, v in state["device"]["tail"].items()}
     del state["device"]["held"]
-    # ... and before resid_trend_z: 29 rows of residual history.
-    state["device"]["dtail"] = {s: v[-(ROLL - 1) :] for s, v in state["device"]["dtail"].items()}
     older, _ = device_step(frame[~cut], state, cfg)
     _same(fresh, older)
 
@@ -279,37 +276,3 @@ def test_held_residual_keeps_a_long_shift_that_the_sliding_regression_absorbs() 
     assert c["held_resid_z"].iloc[t0 + HELD_SPAN :].isna().all()
     others = offline[offline["sensor_type"] != "current"]
     assert others["held_resid_z"].isna().all()  # no other sensor stepped
-
-
-def test_held_residual_does_not_hold_a_stuck_sensor_coming_back() -> None:
-    # Sensor 0 against a regression on nothing but its mean 0 (spread 1); sensor 1 is left out.
-    w = np.array([[0.0, 1.0, 0.0], [np.nan, np.nan, np.nan]])
-    fits, rows = [(w, np.array([1.0, np.nan]))], 50
-    step = np.zeros((rows, 2))
-    step[5, 0] = 10.0  # a step noticed at batch row 5
-    rng = np.random.default_rng(3)
-    moving = rng.normal(0.0, 1.0, (HELD_HISTORY + rows, 2))
-    moving[HELD_HISTORY:, 0] += 8.0
-    out, held = held_residual(moving, step, fits, np.zeros(rows, dtype=int), [None, None], 6.0)
-    assert np.isnan(out[:5]).all() and (out[5 + 30 :, 0] > 30).all() and held[0]["left"] == HELD_SPAN - (rows - 5)
-    # The same step out of a value frozen before it (its level no different): a stuck sensor, not a shift.
-    frozen = moving.copy()
-    frozen[: HELD_HISTORY + 3, 0] = 0.0
-    out, held = held_residual(frozen, step, fits, np.zeros(rows, dtype=int), [None, None], 6.0)
-    assert np.isnan(out).all() and held == [None, None]
-
-
-def test_residual_trend_sees_a_drift_that_the_load_hides() -> None:
-    frame = fleet_frame(devices=1, steps=BLOCK * 22)
-    current = frame.index[frame["sensor_type"] == "current"]
-    start, end = BLOCK * 14, BLOCK * 19  # 15 noise sigmas over 300 readings on a sensor that follows the load
-    frame.loc[current[start:end], "value"] += np.linspace(0.0, 4.5, end - start)
-    offline, _ = _offline_and_microbatches(frame, "13s")
-    c = offline[offline["sensor_type"] == "current"].reset_index(drop=True)
-    trend = c["resid_trend_z"]
-    assert trend.iloc[: BLOCK * 10].isna().all()  # fewer than MIN_BLOCKS reference blocks
-    assert trend.iloc[BLOCK * 10 + LONG : start].notna().all()
-    assert trend.iloc[BLOCK * 10 + LONG : start].abs().max() < 4
-    drifting = slice(start + 60, end)
-    assert trend.iloc[drifting].mean() > 7
-    assert trend.iloc[drifting].mean() > 1.5 * c["trend_long_z"].iloc[drifting].mean()  # the raw value's trend

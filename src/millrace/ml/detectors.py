@@ -28,7 +28,7 @@ import numpy as np
 # rows of a file then alarms on them later (`ml evaluate --train-rows`: false alarms 3.6 % instead of < 2 %).
 SUPERVISED_ONLY = (
     "jump_age", "jump_z", "pair_best_z", "pair_best_mean", "pair_mean_z", "pair_min_mean", "dev_resid_mean",
-    "held_resid_z", "resid_trend_z",
+    "held_resid_z",
 )  # fmt: skip
 MIN_CLASS = 20  # readings a kind needs to be learnt as a class of its own
 GATE_ROUNDS = 50  # boosting rounds (trees) of the binary gate, at most

@@ -113,9 +113,6 @@ HELD_PRE = 30  # device rows of the level before the step ...
 HELD_GAP = 10  # ... ending this many rows before the step is noticed (it shows a few rows late)
 HELD_PRE_OK = 6.0  # a step is held only when the level before it was normal (|mean z| below this)
 HELD_HISTORY = HELD_PRE + HELD_GAP  # device rows the caller keeps before each batch
-# A step out of a frozen value is a stuck sensor coming back, not a shift: not held when the sensor repeated
-# its value this many times in the HELD_HISTORY rows before the step (noise never repeats a float).
-HELD_STUCK = 5
 
 
 def held_residual(
@@ -125,8 +122,7 @@ def held_residual(
 
     A level shift bends the sliding regression as it enters the reference blocks (it is hidden after a few
     blocks); the regression in force when the sensor stepped by ``trigger`` local noise units does not move.
-    From such a step (when the sensor's level before it was normal under that regression and its value did
-    not stand still, see HELD_STUCK) for HELD_SPAN rows:
+    From such a step (when the sensor's level before it was normal under that regression) for HELD_SPAN rows:
     the mean held residual of the last HELD_MEAN rows minus the level before the step, in residual-spread
     units times sqrt(HELD_MEAN) (NaN otherwise). A spike or a load step returns to the level, a shift stays.
 
@@ -162,9 +158,7 @@ def held_residual(
                 break
             t = int(candidates[c])
             fit = fits[fit_of_row[t]]
-            before = V[h + t - HELD_HISTORY : h + t, i]
-            thawed = int(np.count_nonzero(before[1:] == before[:-1])) >= HELD_STUCK
-            if not thawed and fit is not None and np.isfinite(fit[1][i]) and fit[1][i] > 0:
+            if fit is not None and np.isfinite(fit[1][i]) and fit[1][i] > 0:
                 w, sp = fit[0][i], float(fit[1][i])
                 e = residuals(V[h + t - HELD_HISTORY : h + t - HELD_GAP], w)[:, 0]
                 pre = float(e[0])

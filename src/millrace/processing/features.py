@@ -66,9 +66,6 @@ Device context (the other sensors of the device, as of the reading's time):
                  SHIFT_STEP, its level before normal), for ``HELD_SPAN`` rows from the step, averaged over the
                  last ROLL rows minus the level before the step: a long level shift bends the sliding
                  regression as it enters the reference blocks, the held one does not move (NaN otherwise)
-  resid_trend_z  the least-squares trend of the all-sensor residual over the last ``LONG`` device rows, in
-                 its standard errors (~N(0, 1) on normal data): a drift on a sensor that follows the load is
-                 lost in the load's own trends (trend_long_z) but not in what the other sensors leave over
 The pair regressions use only the reference blocks that are not themselves off (``pairs.PAIR_ADMIT``), so an
 anomaly inside the 30-minute reference window does not teach the regression or inflate its noise.
 """
@@ -123,7 +120,7 @@ SENSOR_FEATURES: tuple[str, ...] = (
 )  # fmt: skip
 DEVICE_FEATURES: tuple[str, ...] = (
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "pair_best_z", "pair_best_mean",
-    "pair_mean_z", "pair_min_mean", "dev_resid_mean", "held_resid_z", "resid_trend_z",
+    "pair_mean_z", "pair_min_mean", "dev_resid_mean", "held_resid_z",
 )  # fmt: skip
 FEATURE_COLUMNS: tuple[str, ...] = SENSOR_FEATURES + DEVICE_FEATURES
 
@@ -143,8 +140,6 @@ _TREND_C = np.arange(TREND) - (TREND - 1) / 2.0
 _TREND_WEIGHTS = _TREND_C * (TREND - 1) / float((_TREND_C * _TREND_C).sum())
 _LONG_C = np.arange(LONG) - (LONG - 1) / 2.0
 _LONG_WEIGHTS = _LONG_C * (LONG - 1) / float((_LONG_C * _LONG_C).sum())
-# The same slope in its standard errors under unit noise (resid_trend_z).
-_LONG_T_WEIGHTS = _LONG_C / np.sqrt(float((_LONG_C * _LONG_C).sum()))
 _SENSOR_COL = {name: i for i, name in enumerate(SENSOR_FEATURES)}
 
 
@@ -421,10 +416,8 @@ def _device_step(
                 at = slice(r_bounds[i], r_bounds[i + 1])
                 dev_z[at] = residual_z(V[at], fits[i])
     old_dtail = dev.get("dtail") or {}
-    # LONG - 1 rows of residual history (ROLL - 1 in states written before resid_trend_z: NaN-padded).
-    prev_dz = np.array([_padded(old_dtail.get(s), LONG - 1) for s in cols], dtype=float)
-    dz_long = np.vstack([prev_dz.reshape(ncol, LONG - 1).T, dev_z])
-    dz_hist = dz_long[LONG - ROLL :]
+    prev_dz = np.array([[_f(v) for v in old_dtail.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
+    dz_hist = np.vstack([prev_dz.reshape(ncol, ROLL - 1).T, dev_z])
     resid = np.full((nrow, ncol), np.nan)
     best = np.full((nrow, ncol), np.nan)  # residual against the partner that explains the sensor best
     best_ratio = np.full((nrow, ncol), np.inf)
@@ -489,7 +482,6 @@ def _device_step(
     held = old_held["s"] if old_held.get("cols") == cols else [None] * ncol
     held_z, held = held_residual(v_hist[_TAIL - HELD_HISTORY :], steps, fits, r_index, held, SHIFT_STEP)
     out[:, 9] = held_z[row, codes]
-    out[:, 10] = weighted_sum(dz_long.T, 0, nrow, _LONG_T_WEIGHTS).T[row, codes]
 
     keep = (n0 + nrow) % BLOCK
     longest = max((len(b) for b in blocks.values()), default=0)
@@ -506,7 +498,7 @@ def _device_step(
         "resid": {s: _nums(hist[-(SHORT - 1) :, i]) for i, s in enumerate(cols)},
         "best": {s: _nums(best_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
         "tail": {s: _nums(v_hist[-_TAIL:, i]) for i, s in enumerate(cols)},
-        "dtail": {s: _nums(dz_long[-(LONG - 1) :, i]) for i, s in enumerate(cols)},
+        "dtail": {s: _nums(dz_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
         "grams": {"cols": cols, "b0": g0 + max(0, len(grams) - REF_BLOCKS), "g": [_nums(np.asarray(g)) for g in
                                                                                   grams[-REF_BLOCKS:]]},
         "held": {"cols": cols, "s": held},

@@ -31,7 +31,7 @@ MODEL_FEATURES: tuple[str, ...] = (
     "z", "robust_z", "diff_z", "ref_z", "short_ref_z", "trend_z", "noise_ratio", "stuck_run", "dt_s",
     "dev_max_abs_z", "dev_mean_abs_z", "pair_resid_z", "pair_resid_mean", "mid_ref_z", "trend_long_z",
     "pair_best_z", "pair_best_mean", "pair_mean_z", "pair_min_mean", "dev_resid_mean", "held_resid_z",
-    "resid_trend_z", "type_code",
+    "type_code",
 )  # fmt: skip
 # The kind models' inputs (the supervised detector's kind model and millrace.ml.kinds): the model inputs plus the
 # jump and step counters, type last. The step features are no detector inputs: as gate inputs they lowered its
