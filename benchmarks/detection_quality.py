@@ -1,7 +1,8 @@
 """Detection quality on simulator ground truth: train on some seeds, test on other seeds and other days.
 
     .venv/bin/python benchmarks/detection_quality.py [--devices 6] [--train-hours 8] [--test-hours 4]
-        [--rich-devices 12] [--rich-hours 8] [--rich-rate 0.15]
+        [--rich-devices 12] [--rich-hours 8] [--rich-rate 0.15] [--fit-seed 0] [--skip-development]
+        [--skip-tests]
 
 Training data: seeds 101 and 102 (anomaly_rate 0.05 so that rare kinds have examples), January.
 Development data, in February: seeds 201 and 202, ``--devices`` devices, ``--train-hours`` hours, anomaly rate
@@ -18,6 +19,8 @@ Each test is scored with the kept model twice: kinds named as chosen on validati
 docs/anomaly-model.md), and by the detector's own classes (namer and per-kind multipliers removed: the naming
 before that choice existed) - a before/after on the same model and data - and by the rules alone.
 Reading-level and event-level (episode) per-kind numbers; see docs/detection-quality.md.
+``--fit-seed`` changes only the training's sampling and fits: the spread over a few seeds is the noise a
+difference between two versions must beat (``--skip-tests`` for such runs).
 """
 
 from __future__ import annotations
@@ -102,6 +105,10 @@ def main() -> None:
     parser.add_argument("--rich-hours", type=float, default=8.0)
     parser.add_argument("--rich-rate", type=float, default=0.15)
     parser.add_argument("--skip-development", action="store_true", help="leave out the development set")
+    parser.add_argument("--skip-tests", action="store_true", help="leave out the test sets (for choices)")
+    parser.add_argument("--fit-seed", type=int, default=0,
+                        help="seed of the training's sampling and fits (the data stay the same): runs with "
+                             "several show how much a number moves from one training to the next")  # fmt: skip
     parser.add_argument("--json", type=Path, default=Path("detection_quality.json"))
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="millrace-quality-"))
@@ -117,7 +124,7 @@ def main() -> None:
         frame["sensor_id"] = frame["device_id"] + "-" + frame["sensor_type"]
         frames.append(frame)
     readings = pd.concat(frames, ignore_index=True)
-    info = train(settings, readings, source=f"simulate seeds {TRAIN_SEEDS}", seed=0, progress=print)
+    info = train(settings, readings, source=f"simulate seeds {TRAIN_SEEDS}", seed=args.fit_seed, progress=print)
     train_s = time.monotonic() - t0
     detector = load_bundle(registry_root(settings), info["version"])
     without_namer = copy.copy(detector)
@@ -129,6 +136,8 @@ def main() -> None:
             "rich": (args.rich_devices, args.rich_hours, args.rich_rate, TEST_SEEDS, 3)}  # fmt: skip
     if args.skip_development:
         del sets["development"]
+    if args.skip_tests:
+        del sets["default"], sets["rich"]
     results: dict[str, Any] = {}
     for name, (devices, hours, rate, seeds, month) in sets.items():
         t1 = time.monotonic()
