@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/detection_quality.py [--devices 6] [--train-hours 8] [--test-hours 4]
         [--rich-devices 12] [--rich-hours 8] [--rich-rate 0.15] [--fit-seed 0] [--skip-development]
-        [--skip-tests]
+        [--skip-tests] [--train-rates 0.15 0.15 0.15 0.15 0.15 0.15]
 
-Training data: seeds 101 and 102 (anomaly_rate 0.05 so that rare kinds have examples), January.
-Development data, in February: seeds 201 and 202, ``--devices`` devices, ``--train-hours`` hours, anomaly rate
-``--rich-rate`` - never trained on, scored like the tests: the second referee, beside the validation period,
-for choices between versions of the features or models (validation holds anomalies at rate 0.05 only, the
-rich test set at 0.15, and the test seeds must decide nothing).
+Training data: one fleet per ``--train-rates`` value, seeds 101, 102, ... with that anomaly rate, January
+(default six at 0.15: chosen on the two development sets - dense anomalies and more fleets taught the
+detector more, on sparse data too; docs/detection-quality.md).
+Development data, in February, never trained on and scored like the tests - the referees, beside the
+validation period, for choices between versions of the features, models or training data (the test seeds must
+decide nothing): seeds 201 and 202 with anomaly rate ``--rich-rate`` (dense), and seeds 203 and 204 with
+anomaly rate 0.02 (sparse), each ``--devices`` devices for ``--train-hours`` hours.
 Test data (held out; never used to fit or to choose thresholds), in March:
 - *default*: seeds 901 and 902 at the simulator's default anomaly_rate 0.02 (comparable with earlier runs);
 - *rich*: seeds 901 and 902 with more devices and anomaly_rate ``--rich-rate``, so that every kind has
@@ -44,9 +46,10 @@ from millrace.ml.train import featurize, labels_of, train
 from millrace.processing.scoring import SCORE_COLUMNS, Scorer
 from millrace.records import NORMAL
 
-TRAIN_SEEDS = (101, 102)
+TRAIN_SEED0 = 101
 TEST_SEEDS = (901, 902)
 DEVELOPMENT_SEEDS = (201, 202)
+SPARSE_DEVELOPMENT_SEEDS = (203, 204)
 
 
 def _test_features(settings: Any, devices: int, hours: float, rate: float, seeds: tuple[int, ...] = TEST_SEEDS,
@@ -104,11 +107,13 @@ def main() -> None:
     parser.add_argument("--rich-devices", type=int, default=12)
     parser.add_argument("--rich-hours", type=float, default=8.0)
     parser.add_argument("--rich-rate", type=float, default=0.15)
-    parser.add_argument("--skip-development", action="store_true", help="leave out the development set")
+    parser.add_argument("--skip-development", action="store_true", help="leave out the development sets")
     parser.add_argument("--skip-tests", action="store_true", help="leave out the test sets (for choices)")
     parser.add_argument("--fit-seed", type=int, default=0,
                         help="seed of the training's sampling and fits (the data stay the same): runs with "
                              "several show how much a number moves from one training to the next")  # fmt: skip
+    parser.add_argument("--train-rates", type=float, nargs="+", default=[0.15] * 6,
+                        help="anomaly rate of each training seed (seeds 101, 102, ... one per rate)")
     parser.add_argument("--json", type=Path, default=Path("detection_quality.json"))
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="millrace-quality-"))
@@ -116,15 +121,16 @@ def main() -> None:
 
     t0 = time.monotonic()
     frames = []
-    for i, seed in enumerate(TRAIN_SEEDS):
-        cfg = FleetConfig(devices=args.devices, seed=seed, anomaly_rate=0.05,
+    train_seeds = tuple(TRAIN_SEED0 + i for i in range(len(args.train_rates)))
+    for i, (seed, rate) in enumerate(zip(train_seeds, args.train_rates, strict=True)):
+        cfg = FleetConfig(devices=args.devices, seed=seed, anomaly_rate=rate,
                           start=datetime(2026, 1, 1 + 3 * i, tzinfo=UTC))  # fmt: skip
         frame = simulate_frame(cfg, duration_s=args.train_hours * 3600)
         frame["device_id"] = frame["device_id"] + f"-s{seed}"
         frame["sensor_id"] = frame["device_id"] + "-" + frame["sensor_type"]
         frames.append(frame)
     readings = pd.concat(frames, ignore_index=True)
-    info = train(settings, readings, source=f"simulate seeds {TRAIN_SEEDS}", seed=args.fit_seed, progress=print)
+    info = train(settings, readings, source=f"simulate seeds {train_seeds}", seed=args.fit_seed, progress=print)
     train_s = time.monotonic() - t0
     detector = load_bundle(registry_root(settings), info["version"])
     without_namer = copy.copy(detector)
@@ -132,10 +138,11 @@ def main() -> None:
     print(f"trained {info['detector']} on {len(readings):,} readings in {train_s:.0f} s")
 
     sets = {"development": (args.devices, args.train_hours, args.rich_rate, DEVELOPMENT_SEEDS, 2),
+            "sparse_development": (args.devices, args.train_hours, 0.02, SPARSE_DEVELOPMENT_SEEDS, 2),
             "default": (args.devices, args.test_hours, 0.02, TEST_SEEDS, 3),
             "rich": (args.rich_devices, args.rich_hours, args.rich_rate, TEST_SEEDS, 3)}  # fmt: skip
     if args.skip_development:
-        del sets["development"]
+        del sets["development"], sets["sparse_development"]
     if args.skip_tests:
         del sets["default"], sets["rich"]
     results: dict[str, Any] = {}
@@ -150,7 +157,7 @@ def main() -> None:
             ),  # fmt: skip
         }
         del feats
-        kind = "set (for choices; never trained on)" if name == "development" else "test"
+        kind = "set (for choices; never trained on)" if "development" in name else "test"
         _print(f"{name} {kind} ({devices} devices x {len(seeds)} seeds, {hours:g} h, anomaly rate {rate:g})",
                runs)  # fmt: skip
         print(f"\n({time.monotonic() - t1:.0f} s)")
@@ -158,6 +165,7 @@ def main() -> None:
     args.json.write_text(json.dumps({
         "detector": info["detector"], "train_seconds": train_s, "train_readings": len(readings),
         "compared": info["metrics"]["compared"], "development": results.pop("development", None),
+        "sparse_development": results.pop("sparse_development", None),
         "tests": results, "args": vars(args) | {"json": str(args.json)},
     }, indent=2, default=float))  # fmt: skip
 

@@ -405,3 +405,19 @@ def test_multipliers_name_only_when_they_win_by_the_margin() -> None:
     clear = {**close, "detector+bias": 0.8557 + train_module.BIAS_MARGIN + 0.001}
     assert train_module.pick_naming(clear) == "detector+bias"
     assert train_module.pick_naming({"detector": 0.70, "namer": 0.75, "namer+bias": 0.755}) == "namer"
+
+
+def test_validation_is_the_end_of_each_devices_readings() -> None:
+    # Device a: 10 readings on day 0 (the first not warm); device b: 20 readings three days later.
+    devices = np.array(["a"] * 10 + ["b"] * 20)
+    day = 86_400 * 10**9
+    ts = np.concatenate([np.arange(10) * 10**9, 3 * day + np.arange(20) * 10**9])
+    warm = np.ones(30, dtype=bool)
+    warm[0] = False
+    cutoff = train_module.validation_cutoffs(devices, ts, warm, 0.7)
+    validation = warm & (ts >= cutoff)
+    # a: quantile 0.7 of its warm seconds 1..9 is 6.6 -> 7, 8, 9; b: of 0..19 is 13.3 -> 14..19.
+    assert list(np.flatnonzero(validation[:10])) == [7, 8, 9]
+    assert list(np.flatnonzero(validation[10:])) == [14, 15, 16, 17, 18, 19]
+    # One global cutoff would have left device a without a validation part.
+    assert (ts[:10] < np.quantile(ts[warm], 0.7)).all()

@@ -101,6 +101,18 @@ def fit_unsupervised(X: np.ndarray, name: str = UNLABELLED_CHOICE, *, seed: int 
     return det
 
 
+def validation_cutoffs(devices: np.ndarray, ts: np.ndarray, warm: np.ndarray, q: float) -> np.ndarray:
+    """Per row, its device's time before which it is fitted on (the ``q`` quantile of the device's warm
+    timestamps): validation is the end of *each* device's readings, so data sets of different periods (files
+    of other days, fleets simulated at other anomaly rates) all have a validation part."""
+    codes, uniques = pd.factorize(devices)
+    per_device = np.full(len(uniques), np.inf)
+    frame = pd.DataFrame({"code": codes[warm], "ts": ts[warm]})
+    quantiles = frame.groupby("code")["ts"].quantile(q)
+    per_device[quantiles.index.to_numpy()] = quantiles.to_numpy()
+    return per_device[codes]
+
+
 def _describe_normal(det: D.Detector, X: np.ndarray) -> None:
     Xf = np.nan_to_num(X, nan=0.0)
     det.center = np.median(Xf, axis=0)
@@ -181,7 +193,7 @@ def _train(
     warm = np.isfinite(feats["robust_z"].to_numpy(dtype=float))
     if warm.sum() < 100:
         raise DataError(f"too few readings after warm-up to train on ({int(warm.sum())}); give more data")
-    cutoff = np.quantile(ts[warm], 1.0 - validation_fraction)
+    cutoff = validation_cutoffs(feats["device_id"].to_numpy(), ts, warm, 1.0 - validation_fraction)
     fit_rows = np.flatnonzero(warm & (ts < cutoff))
     truth = None if labels is None else labels != NORMAL
     val_rows, val_weight = _validation_sample(np.flatnonzero(warm & (ts >= cutoff)), truth, max_validation_rows,
