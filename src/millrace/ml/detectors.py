@@ -63,7 +63,7 @@ class Detector:
         normal = self.classes.index("normal")
         if getattr(self, "gate", None) is None:  # a model saved before gates: one multi-class pass
             proba = self.estimator.predict_proba(X)
-            return 1.0 - proba[:, normal], self._name_from(proba)
+            return 1.0 - proba[:, normal], self.kind_index_from(proba)
         score = self.score(X)
         kind = np.full(len(X), normal, dtype=np.intp)
         flagged = np.flatnonzero(score / self.threshold >= 1.0)  # exactly the Scorer's test
@@ -79,9 +79,9 @@ class Detector:
     def kind_index(self, X: np.ndarray) -> np.ndarray:
         """Supervised: the most probable anomaly kind of each row (index into ``classes``) of the kind model's
         matrix (``kind_features`` columns; the model matrix when that is None)."""
-        return self._name_from(self.estimator.predict_proba(X)) if len(X) else np.zeros(0, dtype=np.intp)
+        return self.kind_index_from(self.estimator.predict_proba(X)) if len(X) else np.zeros(0, dtype=np.intp)
 
-    def _name_from(self, proba: np.ndarray) -> np.ndarray:
+    def kind_index_from(self, proba: np.ndarray) -> np.ndarray:
         assert self.classes is not None
         bias = getattr(self, "kind_bias", None)  # models saved before kind_bias have none
         anomalous = proba * bias if bias is not None else proba.copy()

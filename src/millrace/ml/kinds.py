@@ -81,20 +81,28 @@ def tune_bias(
         return bias, 0.0
 
     truth = _codes(labels, classes)  # once: the string comparison is most of a trial's cost
+    w = None if weight is None else np.asarray(weight, dtype=float)
 
-    def mean_f1(b: np.ndarray) -> float:
-        return float(np.mean(list(kind_f1s(proba, truth, classes, totals, b, weight).values())))
+    def mean_f1(named: np.ndarray) -> float:
+        return float(np.mean(list(_named_f1s(named, truth, classes, totals, w).values())))
 
-    best = mean_f1(bias)
+    best = mean_f1((proba * bias).argmax(axis=1))
     for _ in range(rounds):
         improved = False
         for i in scored:
+            # Trials move only kind i's multiplier: the best of the other kinds is computed once, and a trial's
+            # naming is argmax(proba * trial) exactly (ties to the lower index, as argmax breaks them).
+            others = proba * bias
+            others[:, i] = -np.inf
+            other_kind = others.argmax(axis=1)
+            other_best = others[np.arange(len(others)), other_kind]
             for g in grid:
-                trial = bias.copy()
-                trial[i] = g
-                f = mean_f1(trial)
+                mine = proba[:, i] * g
+                wins = (mine > other_best) | ((mine == other_best) & (i < other_kind))
+                f = mean_f1(np.where(wins, i, other_kind))
                 if f > best + 1e-9:
-                    best, bias, improved = f, trial, True
+                    best, bias, improved = f, bias.copy(), True
+                    bias[i] = g
         if not improved:
             break
     return bias, best
@@ -110,13 +118,22 @@ def kind_f1s(
     named = (proba if bias is None else proba * bias).argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
     labels = np.asarray(labels)
     truth = labels if labels.dtype.kind in "iu" else _codes(labels, classes)
-    w = np.ones(len(truth)) if weight is None else np.asarray(weight, dtype=float)
+    return _named_f1s(named, truth, classes, totals, None if weight is None else np.asarray(weight, dtype=float))
+
+
+def _named_f1s(
+    named: np.ndarray, truth: np.ndarray, classes: tuple[str, ...], totals: dict[str, int], w: np.ndarray | None,
+) -> dict[str, float]:  # fmt: skip
+    """kind_f1s of readings named ``named`` whose labels are ``truth`` (both indices into ``classes``)."""
+    n = len(classes)
+    # One weighted count of (named, truth) pairs; truth -1 (a label outside classes) counts as named only.
+    pairs = np.bincount(named * (n + 1) + (truth + 1), weights=w, minlength=n * (n + 1)).reshape(n, n + 1)
     out: dict[str, float] = {}
     for i, kind in enumerate(classes):
         if totals.get(kind, 0) < MIN_KIND:
             continue
-        tp = float(w[(named == i) & (truth == i)].sum())
-        n_named = float(w[named == i].sum())
+        tp = float(pairs[i, i + 1])
+        n_named = float(pairs[i].sum())
         p, r = (tp / n_named if n_named else 0.0), tp / totals[kind]
         out[kind] = 2 * p * r / (p + r) if p + r else 0.0
     return out

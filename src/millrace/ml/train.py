@@ -22,6 +22,7 @@ from millrace.config import ProcessingSettings, Settings
 from millrace.errors import DataError, missing_extra
 from millrace.ml import detectors as D
 from millrace.ml.explain import permutation_importance
+from millrace.ml.kinds import MAX_ROWS as NAMER_MAX_ROWS
 from millrace.ml.kinds import KindNamer, fit_namer, kind_f1s, tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, per_kind
 from millrace.ml.parallel import features_by_device, run_tasks
@@ -207,7 +208,10 @@ def _train(
         supervised_rows = np.sort(np.concatenate([supervised_normal, *per_kind_rows]))
         kind_rows = np.sort(np.concatenate([_sample(supervised_normal, KIND_NORMAL_ROWS, rng), *per_kind_rows]))
     # The model matrix of the sampled rows only (a day of a fleet is millions of rows; we fit on a sample).
+    # The kind namer fits on a sample of the anomalous readings (the kinds' proportions kept), so only those
+    # need a model matrix: with dense anomalies, all of them would be most of it.
     anomalous_fit = fit_rows[truth[fit_rows]] if truth is not None else fit_rows[:0]
+    anomalous_fit = _sample(anomalous_fit, NAMER_MAX_ROWS, rng)
     needed = np.unique(np.concatenate([unsup_rows, val_rows, anomalous_fit,
                                        *([] if supervised_rows is None else [supervised_rows])]))  # fmt: skip
     matrix = model_matrix(feats[[*MODEL_FEATURES[:-1], "sensor_type"]].take(needed))  # only the columns it reads
@@ -273,14 +277,15 @@ def _train(
     results: dict[str, dict[str, Any]] = {}
     fitted: dict[str, D.Detector] = {}
     raw_of: dict[str, np.ndarray] = {}
+    kind_proba: np.ndarray | None = None  # the kind model's probabilities of the flagged validation readings
     by_name = {out[0].name: out for out in outputs}
     for name in names:  # in the order asked for
         fitted[name], results[name], raw_of[name] = by_name[name]
         metrics = results[name]
         if name == "gradient_boosting" and kind_model is not None:
             assert labels is not None
-            _attach_kind_model(fitted[name], metrics, kind_model, labels[val_rows], K_of(val_rows), raw_of[name],
-                               val_weight)  # fmt: skip
+            kind_proba = _attach_kind_model(fitted[name], metrics, kind_model, labels[val_rows], K_of(val_rows),
+                                            raw_of[name], val_weight)  # fmt: skip
         say(f"{name}: " + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}")
             + f" ({metrics['fit_seconds']:.0f} s)")  # fmt: skip
 
@@ -291,7 +296,7 @@ def _train(
     if truth is not None and labels is not None:
         assert namer_fit is not None
         _choose_naming(det, results[best], namer_fit, labels, K_of, val_rows, val_weight, raw_of[best],
-                       len(anomalous_fit))  # fmt: skip
+                       len(anomalous_fit), kind_proba if best == "gradient_boosting" else None)  # fmt: skip
         say(f"kinds named by: {results[best].get('naming', {}).get('chosen', 'the detector')}")
     # Importance on a validation sample rich in anomalies.
     val_truth = None if truth is None else truth[val_rows]
@@ -330,18 +335,21 @@ def _train(
 def _attach_kind_model(
     det: D.Detector, metrics: dict[str, Any], kind_model: tuple[Any, float], val_labels: np.ndarray,
     K_val: np.ndarray, raw_val: np.ndarray, val_weight: np.ndarray,
-) -> None:  # fmt: skip
+) -> np.ndarray:  # fmt: skip
     """Give the supervised detector its kind model (on the kind matrix, KIND_FEATURES) and its validation kind
-    precision/F1 (flagged readings named by the kind model, as the Scorer names them)."""
+    precision/F1 (flagged readings named by the kind model, as the Scorer names them). Returns the kind model's
+    probabilities of the flagged validation readings (the naming choice needs them again)."""
     assert det.classes is not None
     det.estimator, seconds = kind_model
     det.kind_features = KIND_FEATURES
     flag = raw_val >= det.threshold
+    proba = det.estimator.predict_proba(K_val[flag]) if flag.any() else np.zeros((0, len(det.classes)))
     kinds = np.full(len(flag), None, dtype=object)
-    kinds[flag] = np.asarray(det.classes, dtype=object)[det.kind_index(K_val[flag])]
+    kinds[flag] = np.asarray(det.classes, dtype=object)[det.kind_index_from(proba)]
     metrics["per_kind"] = per_kind(val_labels, flag, kinds, val_weight)
     metrics["kind_model_seconds"] = round(seconds, 2)
     metrics["fit_seconds"] = round(metrics["fit_seconds"] + seconds, 2)  # the gate's and the kind model's
+    return proba
 
 
 def _kind_totals(labels: np.ndarray, weight: np.ndarray) -> dict[str, int]:
@@ -376,12 +384,13 @@ def pick_naming(scores: dict[str, float]) -> str:
 def _choose_naming(
     det: D.Detector, metrics: dict[str, Any], namer_fit: tuple[KindNamer | None, float], labels: np.ndarray,
     K_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, val_weight: np.ndarray,
-    raw: np.ndarray, rows: int,
+    raw: np.ndarray, rows: int, kind_proba: np.ndarray | None = None,
 ) -> None:  # fmt: skip
     """How flagged readings get their kind, chosen on validation by the mean per-kind F1: the supervised
     detector's own classes or the kind namer, each as fitted or with per-kind multipliers (tune_bias). Sets
     ``det.namer`` / ``det.kind_bias``; re-measures per-kind validation numbers (the detector's own stay as
-    ``per_kind_detector``)."""
+    ``per_kind_detector``). ``kind_proba``: the detector's kind-model probabilities of the flagged validation
+    readings, when already computed."""
     namer, seconds = namer_fit
     flag = raw >= det.threshold
     flagged = val_rows[flag]
@@ -392,7 +401,8 @@ def _choose_naming(
     per_kind_f1: dict[str, dict[str, float]] = {}
     candidates: list[tuple[str, np.ndarray, tuple[str, ...]]] = []
     if det.name == "gradient_boosting" and det.classes is not None:
-        p = det.estimator.predict_proba(K_of(flagged))
+        kind_proba = det.estimator.predict_proba(K_of(flagged)) if kind_proba is None else kind_proba
+        p = kind_proba.copy()
         p[:, det.classes.index(NORMAL)] = 0.0
         candidates.append(("detector", p, det.classes))
     if namer is not None:
@@ -428,7 +438,9 @@ def _choose_naming(
     if det.namer is not None:
         named = det.namer.name(K_of(flagged))
     else:
-        named = np.asarray(det.classes, dtype=object)[det.kind_index(K_of(flagged))]
+        assert det.classes is not None
+        index = det.kind_index_from(kind_proba) if kind_proba is not None else det.kind_index(K_of(flagged))
+        named = np.asarray(det.classes, dtype=object)[index]
     kinds = np.full(len(val_rows), None, dtype=object)
     kinds[flag] = named
     metrics["per_kind_detector"] = metrics.get("per_kind")
