@@ -17,7 +17,7 @@ from millrace.ml import parallel, registry
 from millrace.ml import train as train_module
 from millrace.ml.detectors import Detector, fit_gate, fit_gradient_boosting, fit_kind_model, robust_z_detector
 from millrace.ml.evaluate import ReadOptions, evaluate
-from millrace.ml.kinds import tune_bias
+from millrace.ml.kinds import kind_f1s, tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, episode_per_kind
 from millrace.ml.parallel import features_by_device, run_tasks
 from millrace.ml.train import fit_unsupervised
@@ -284,6 +284,36 @@ def test_tune_bias_raises_mean_kind_f1_on_skewed_probabilities() -> None:
     bias, f1 = tune_bias(proba, labels, classes, {"a": 50, "b": 50})
     assert f1 == pytest.approx(1.0)
     assert ((proba * bias).argmax(axis=1) == np.r_[np.zeros(50), np.ones(50)]).all()
+
+
+def test_tune_bias_finds_the_multipliers_of_a_full_argmax_search() -> None:
+    # tune_bias re-takes only one kind against the others' best per trial; a plain coordinate ascent that
+    # takes the argmax over every kind for every trial must find the same multipliers (ties included).
+    rng = np.random.default_rng(5)
+    classes = ("k0", "k1", "k2", "k3", "k4")
+    index = rng.integers(-1, 5, 4000)  # -1: a label outside the classes
+    labels = np.array([classes[i] if i >= 0 else "other" for i in index], dtype=object)
+    proba = rng.random((4000, 5))
+    proba[np.arange(4000), np.clip(index, 0, None)] += 0.6
+    proba = np.round(proba * np.array([3.0, 0.2, 1.0, 5.0, 0.5]), 1)  # skewed, and many exact ties
+    totals = {c: int((index == i).sum()) for i, c in enumerate(classes)}
+    weight = rng.random(4000) * 3
+    grid = np.geomspace(1 / 8, 8, 13)
+
+    def mean_f1(b: np.ndarray) -> float:
+        return float(np.mean(list(kind_f1s(proba, labels, classes, totals, b, weight).values())))
+
+    expected, best = np.ones(5), mean_f1(np.ones(5))
+    for _ in range(3):
+        for i in range(5):
+            for g in grid:
+                trial = expected.copy()
+                trial[i] = g
+                if (f := mean_f1(trial)) > best + 1e-9:
+                    best, expected = f, trial
+    bias, f1 = tune_bias(proba, labels, classes, totals, weight=weight)
+    assert list(bias) == list(expected) and f1 == pytest.approx(best, abs=1e-12)
+    assert not np.allclose(bias, 1.0)  # the skew was corrected: the search moved
 
 
 def test_weighted_metrics_count_a_row_as_many_readings() -> None:
