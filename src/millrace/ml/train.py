@@ -348,6 +348,7 @@ def _attach_kind_model(
     kinds[flag] = np.asarray(det.classes, dtype=object)[det.kind_index_from(proba)]
     metrics["per_kind"] = per_kind(val_labels, flag, kinds, val_weight)
     metrics["kind_model_seconds"] = round(seconds, 2)
+    metrics["kind_model_rounds"] = int(getattr(det.estimator, "n_iter_", 0))  # < 100: early stopping ended it
     metrics["fit_seconds"] = round(metrics["fit_seconds"] + seconds, 2)  # the gate's and the kind model's
     return proba
 
