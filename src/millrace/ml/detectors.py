@@ -215,9 +215,7 @@ def _supervised_rows(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     return X, y, classes, class_weight[y]
 
 
-def _boosting(
-    features: tuple[str, ...], seed: int, *, rounds: int, learning_rate: float, l2: float = 0.0
-) -> Any:
+def _boosting(features: tuple[str, ...], seed: int, *, rounds: int, learning_rate: float, l2: float = 0.0) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(
