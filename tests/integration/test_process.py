@@ -109,6 +109,8 @@ def stored_frame(s: Settings) -> pd.DataFrame:
     finally:
         store.close()
     frame = pd.DataFrame(rows)
+    if frame.empty:  # the job has not written yet
+        return pd.DataFrame({"sensor_id": [], "ts_ms": []})
     frame["ts_ms"] = pd.to_datetime(frame["timestamp"], utc=True).astype("datetime64[ms, UTC]").astype("int64")
     return frame
 
@@ -265,6 +267,55 @@ def test_broker_restart_under_the_running_job(job: Settings, stack: Stack, tmp_p
         if proc.poll() is None:
             proc.kill()
     check_store(job, expected)
+
+
+def test_a_model_promoted_under_the_running_job_scores_its_next_readings(job: Settings, tmp_path: Path) -> None:
+    """`ml promote` while the stream job runs: the readings it stored before were scored without the model,
+    every reading produced after the promotion is scored with it - no restart, nothing lost."""
+    from millrace.ml import registry
+    from millrace.ml.detectors import robust_z_detector
+    from millrace.processing.scoring import MODEL_FEATURES
+
+    messages = list(Simulator(FleetConfig(devices=2, locations=1, seed=14), duration_s=240).messages())
+    half = len(messages) // 2
+    lateness = job.processing.allowed_lateness_s
+    before, everything = Expected(messages[:half], lateness), Expected(messages, lateness)
+    produce(job, messages[:half])
+    log = tmp_path / "job.log"
+    proc = start_job(job, log, "--until-idle", "20")
+    try:
+
+        def stored_keys() -> set[tuple[str, int]]:
+            if not job.sqlite_path.exists():
+                return set()
+            return set(zip(*(stored_frame(job)[c] for c in ("sensor_id", "ts_ms")), strict=True))
+
+        wait_for(lambda: before.stored <= stored_keys(), timeout_s=240, interval_s=0.5,
+                 what="the job to store the readings produced before the promotion")  # fmt: skip
+        # A model that flags every reading with features (the statistical baseline at a threshold of 1e-6):
+        # which readings it scored is plain in the store.
+        strict = robust_z_detector(MODEL_FEATURES)
+        strict.threshold = 1e-6
+        info = {"detector": "robust_z", "metrics": {"validation": {"alarm_rate": 1.0}}, "thresholds": {},
+                "features": list(MODEL_FEATURES), "importance": {"sensors": {}, "features": {}},
+                "training": {"readings": 0}}  # fmt: skip
+        root = registry.registry_root(job)
+        registry.promote(root, registry.save_model(root, strict, info))
+        produce(job, messages[half:])
+        assert proc.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    frame = check_store(job, everything)
+    measured = frame[~frame["interpolated"].astype(bool)]
+    keys = pd.Series(list(zip(measured["sensor_id"], measured["ts_ms"], strict=True)), index=measured.index)
+    old = measured[keys.isin(before.stored)]
+    new = measured[~keys.isin(before.stored)]
+    assert len(old) == len(before.stored) and len(new) == len(everything.stored) - len(before.stored)
+    flagged_old = old["is_anomaly"].astype(bool)
+    assert flagged_old.mean() < 0.2 and "model" not in set(old["anomaly_kind"].dropna())
+    assert new["is_anomaly"].astype(bool).all()
+    assert "model" in set(new["anomaly_kind"])  # flagged by the model where no rule would have
 
 
 BUCKETS_SCRIPT = """

@@ -67,7 +67,6 @@ def test_a_scorer_built_earlier_switches_to_a_newly_promoted_model(tmp_path: Pat
     cfg = settings.processing
     feats = frame_features(fleet_frame(devices=1, steps=300), cfg, chunk=None)
     scorer = load_scorer(settings)
-    scorer.reload_s = 0.0
     assert scorer.version is None
     rules = scorer.score(feats)
 

@@ -201,7 +201,7 @@ def show(ctx: typer.Context, version: Annotated[str | None, typer.Argument(help=
 
 @app.command()
 def promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="The version to promote.")]) -> None:
-    """Make VERSION the model the stream job scores with (running jobs switch within seconds)."""
+    """Make VERSION the model the stream job scores with (a running job scores its next batch with it)."""
     from millrace.ml.registry import promote as run
     from millrace.ml.registry import registry_root
 

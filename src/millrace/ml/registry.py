@@ -97,7 +97,7 @@ def load_bundle(root: Path, version: str) -> Any:
 
 
 def promote(root: Path, version: str) -> dict[str, Any]:
-    """Make ``version`` the one the stream job scores with (running scorers switch within seconds)."""
+    """Make ``version`` the one the stream job scores with (a running scorer uses it from its next call)."""
     info = load_info(root, version)
     _atomic_write(root / PROMOTED_FILE, f"{version}\n".encode())
     return info

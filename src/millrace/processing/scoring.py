@@ -13,7 +13,6 @@ trained on kinds, otherwise from the heuristics, otherwise "model".
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,6 @@ KIND_EXTRA: tuple[str, ...] = (
 KIND_FEATURES: tuple[str, ...] = (*MODEL_FEATURES[:-1], *KIND_EXTRA, "type_code")
 TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
 SCORE_COLUMNS = ("score", "is_anomaly", "anomaly_kind", "reason", "top_features")
-RELOAD_S = 5.0
 
 # Heuristic rules: (kind, feature, threshold as a multiple of zscore_threshold or absolute)
 STUCK_RUN = 20  # identical consecutive readings of a noisy sensor
@@ -78,34 +76,37 @@ _RULE_INPUTS = ("value", "stuck_run", "roll_std", "robust_z", "short_ref_z", "re
 
 
 class Scorer:
-    """Scores featured readings. ``registry`` (a models directory) makes it follow the promoted model,
-    re-checking at most every ``reload_s`` seconds; ``detector`` fixes one model (evaluation)."""
+    """Scores featured readings. ``registry`` (a models directory) makes it follow the promoted model: every
+    call looks at the promoted pointer first, so the first batch scored after ``ml promote`` returns uses the
+    new model; ``detector`` fixes one model (evaluation)."""
 
-    def __init__(
-        self, processing: ProcessingSettings, *, registry: Path | None = None, detector: Any = None,
-        reload_s: float = RELOAD_S,
-    ) -> None:  # fmt: skip
+    def __init__(self, processing: ProcessingSettings, *, registry: Path | None = None, detector: Any = None) -> None:
         self.processing = processing
         self.registry = registry
         self.detector = detector
         self.version: str | None = None
-        self.reload_s = reload_s
-        self._checked = float("-inf")
+        self._pointer: tuple[int, int, int] | None = None  # (inode, mtime ns, size) of the pointer last read
         low = {t: r.low for t, r in processing.ranges.items()}
         high = {t: r.high for t, r in processing.ranges.items()}
         self._low, self._high = low, high
 
     # ------------------------------------------------------------------ model hot reload
     def refresh(self, *, force: bool = False) -> None:
-        """Switch to a newly promoted model if there is one (cheap: reads a small pointer file)."""
+        """Switch to a newly promoted model if there is one. Cheap when nothing changed: one ``stat`` of the
+        pointer file (promotion replaces it atomically, so a new promotion is a new inode); the pointer is
+        read, and a model loaded, only when it changed."""
         if self.registry is None:
             return
-        now = time.monotonic()
-        if not force and now - self._checked < self.reload_s:
-            return
-        self._checked = now
-        from millrace.ml.registry import load_bundle, promoted_version
+        from millrace.ml.registry import PROMOTED_FILE, load_bundle, promoted_version
 
+        try:
+            st = (self.registry / PROMOTED_FILE).stat()
+            pointer: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            pointer = None
+        if pointer == self._pointer and not force:
+            return
+        self._pointer = pointer  # a model that cannot load is not retried until the next promotion
         version = promoted_version(self.registry)
         if version == self.version:
             return
