@@ -48,7 +48,7 @@ class Calibration:
 
     def score(self, raw: np.ndarray) -> np.ndarray:
         """log(p) / log(target_far): 1.0 at the threshold, on the same scale for every detector."""
-        return np.log(self.tail(raw)) / np.log(self.target_far)
+        return np.maximum(np.log(self.tail(raw)) / np.log(self.target_far), 0.0)
 
 
 QUANTILE_LEVELS = np.linspace(0.0, 1.0 - TAIL_FRACTION, 91)
