@@ -31,6 +31,10 @@ def device_rows(readings: pd.DataFrame, file: str = "") -> tuple[pd.DataFrame, t
     """(rows, sensors): one row per (device, time) in time order per device - ROW_COLUMNS then one column per
     sensor (NaN = not measured at that time)."""
     frame = readings.assign(key=sensor_keys(readings))
+    if "row" not in frame:  # readings that come from no file (the simulator, the store)
+        frame["row"] = -1
+    if "ground_truth" not in frame:
+        frame["ground_truth"] = None
     frame = frame.drop_duplicates(["device_id", "timestamp", "key"], keep="last")
     values = frame.set_index(["device_id", "timestamp", "key"])["value"].unstack("key")
     sensors = tuple(str(c) for c in values.columns)

@@ -60,7 +60,8 @@ def train_device(
         raise DataError(str(exc)) from exc
     fit_s = time.monotonic() - started
     say(f"{model.name}: {model.why}")
-    alarm_rate = float(np.mean(model.score(V).flag)) if len(V) else 0.0
+    scores = model.score(V)
+    alarm_rate = float(np.mean(scores.flag)) if len(V) else 0.0
     info: dict[str, Any] = {
         "detector": model.name, "level": "device", "why": " ; ".join(w for w in (why, model.why) if w),
         "features": list(sensors), "thresholds": {"raw": model.threshold, "score": 1.0},
@@ -69,8 +70,9 @@ def train_device(
                            "held_back_rows": model.calibration.held_back},
             "compared": {model.name: {"alarm_rate": alarm_rate, "fit_seconds": round(fit_s, 2)}},
         },
-        "training": {"source": source, "rows": len(V), "devices": int(rows["device_id"].nunique()),
-                     "sensors": list(sensors), "seed": seed},
+        "training": {"source": source, "readings": int(np.isfinite(V).sum()), "rows": len(V),
+                     "devices": int(rows["device_id"].nunique()), "sensors": list(sensors), "seed": seed},
+        "importance": sensor_shares(scores.raw, scores.contributions, sensors),
         "model": model.summary(),
     }  # fmt: skip
     root = registry_root(settings)
@@ -79,3 +81,14 @@ def train_device(
         promote(root, version)
     return {**info, "version": version}
 
+
+def sensor_shares(raw: np.ndarray, contributions: np.ndarray, sensors: tuple[str, ...]) -> dict[str, Any]:
+    """``ml explain`` for a device-level model: each sensor's share of the statistic on the 1 % highest-scoring
+    training rows - the sensors that move when the device looks least normal (no labels needed)."""
+    top = raw >= np.quantile(raw, 0.99) if len(raw) else np.zeros(0, dtype=bool)
+    positive = np.maximum(contributions[top], 0.0)
+    total = positive.sum()
+    share = positive.sum(axis=0) / total if total > 0 else np.zeros(len(sensors))
+    ranked = dict(sorted(zip(sensors, (round(float(v), 6) for v in share), strict=True), key=lambda kv: -kv[1]))
+    return {"baseline": {"metric": "share of the statistic, top 1 % of training rows"}, "sensors": ranked,
+            "features": ranked}  # fmt: skip

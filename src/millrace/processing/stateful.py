@@ -315,7 +315,11 @@ class StatefulStep:
         feats, states = devices_step(batch, {d: devices[d]["feat"] for d in devices}, self.settings.processing)
         for device_id, st in states.items():
             devices[device_id]["feat"] = st
-        scored = _scorer(self.settings, self.scorer_factory).score(feats)
+        # A device-level model needs each device's last rows of values (lags, smoothing): kept in the state.
+        history = {d: devices[d]["rows"] for d in states if devices[d].get("rows")}
+        scored = _scorer(self.settings, self.scorer_factory).score(feats, history=history)
+        for device_id, rows in history.items():
+            devices[device_id]["rows"] = rows
         interpolated = scored["interpolated"].astype(bool).to_numpy()
         flagged = scored["is_anomaly"].astype(bool).to_numpy() & ~interpolated  # never alert on invented data
         scored["is_anomaly"] = flagged
