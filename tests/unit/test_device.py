@@ -171,3 +171,12 @@ def test_evaluate_a_single_sensor_file(tmp_path: Path) -> None:
     assert result["model"]["detector"] == "univariate"
     assert result["events"]["events_detected"] == 1
     assert result["false_alarm_rate"] <= 0.05
+
+
+def test_alerts_close_like_the_stream_jobs_episodes_unless_told_otherwise() -> None:
+    from millrace.ml.device_eval import AlertRule
+
+    times = pd.date_range("2026-01-01", periods=100, freq="5s", tz="UTC")
+    assert AlertRule(quiet_s=30.0).quiet_rows(times) == 6  # 30 s of event time at one row per 5 s
+    assert AlertRule(quiet=2, quiet_s=30.0).quiet_rows(times) == 2
+    assert AlertRule(quiet_s=30.0).quiet_rows(times[:1]) == 1

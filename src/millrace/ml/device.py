@@ -63,7 +63,7 @@ class Core:
     def history(self) -> int:
         """Past rows the statistic of a row needs."""
         if self.name == "univariate":
-            return max(UNIVARIATE_WINDOW, AR_ORDER) + 1
+            return 2 * UNIVARIATE_WINDOW + AR_ORDER  # a rolling MAD of distances from a rolling median
         return self.lags
 
     def statistic(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803 - a matrix
@@ -282,7 +282,7 @@ def choose(V: np.ndarray) -> tuple[str, tuple[int, ...], str]:  # noqa: N803
     Several sensors: the robust covariance (MCD) when there are enough rows to estimate one (5 per sensor),
     else PCA, which copes with fewer rows than sensors. Either way three windows - the row alone for
     sudden faults, moving means over 3 and 10 rows for small persistent ones. On the Tennessee Eastman
-    development data (docs/detection-quality.md) MCD kept its false-alarm rate on the normal test set
+    development data (docs/benchmarks/detection-tep.md) MCD kept its false-alarm rate on the normal test set
     nearest the target, and the windows raised detection of the slow faults most.
     """
     n, p = V.shape

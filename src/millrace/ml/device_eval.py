@@ -31,16 +31,26 @@ from millrace.ml.metrics import binary_metrics
 
 @dataclass(frozen=True)
 class AlertRule:
-    """How per-row flags become alerts (the hysteresis of an alert episode)."""
+    """How per-row flags become alerts (the hysteresis of an alert episode). Without ``quiet`` an alert closes
+    as the stream job's episodes do: after ``quiet_s`` of event time without a flagged row (rows counted at
+    the series' median spacing)."""
 
     min_run: int = 1  # consecutive flagged rows that raise an alert
-    quiet: int = 1  # consecutive unflagged rows that close it
+    quiet: int | None = None  # consecutive unflagged rows that close it
+    quiet_s: float = 30.0  # processing.episode_quiet_s, when quiet is None
+
+    def quiet_rows(self, times: pd.DatetimeIndex) -> int:
+        if self.quiet is not None:
+            return self.quiet
+        steps = np.diff(times.asi8) / 1e9 if len(times) > 1 else np.zeros(0)
+        step = float(np.median(steps[steps > 0])) if (steps > 0).any() else 0.0
+        return max(1, int(np.ceil(self.quiet_s / step))) if step > 0 else 1
 
 
 def evaluate_devices(
     tables: Sequence[tuple[str, pd.DataFrame]], *, train_rows: int | None = None,
     train: pd.DataFrame | None = None, model: DeviceModel | None = None, detector: str = "auto",
-    target_far: float = DEFAULT_TARGET_FAR, alerts: AlertRule = AlertRule(), seed: int = 0,
+    target_far: float = DEFAULT_TARGET_FAR, alerts: AlertRule | None = None, seed: int = 0,
 ) -> tuple[dict[str, Any], pd.DataFrame, DeviceModel]:  # fmt: skip
     """Metrics over ``tables`` ((name, readings) per file), the scored rows, and the model. Exactly one of
     ``train_rows`` (fit per file on its first rows), ``train`` (readings to fit on) or ``model``."""
@@ -64,7 +74,7 @@ def evaluate_devices(
         scored.append(score_rows(fitted, rows, history))
     assert fitted is not None
     pooled = pd.concat(scored, ignore_index=True)
-    return summarize(pooled, fitted, alerts), pooled, fitted
+    return summarize(pooled, fitted, alerts or AlertRule()), pooled, fitted
 
 
 def _fit(rows: pd.DataFrame, sensors: tuple[str, ...], **kw: Any) -> DeviceModel:
@@ -107,12 +117,15 @@ def summarize(scored: pd.DataFrame, model: DeviceModel, rule: AlertRule) -> dict
     event_parts: list[dict[str, Any]] = []
     nab: dict[str, list[ev.NabScore]] = {p: [] for p in ev.NAB_PROFILES}
     alert_rows = np.zeros(len(scored), dtype=bool)
+    quiet_rows: list[int] = []
     for _, group in scored.groupby(["file", "device_id"], sort=False):
         idx = group.index.to_numpy()
-        alerts = ev.alert_episodes(flags[idx], min_run=rule.min_run, quiet=rule.quiet)
+        times = pd.DatetimeIndex(group["timestamp"])
+        quiet = rule.quiet_rows(times)
+        quiet_rows.append(quiet)
+        alerts = ev.alert_episodes(flags[idx], min_run=rule.min_run, quiet=quiet)
         raised = ev.raised_mask(alerts, len(idx))
         alert_rows[idx] = raised
-        times = pd.DatetimeIndex(group["timestamp"])
         event_parts.append(ev.event_metrics(times, truth[idx], alerts))
         windows = ev.label_events(truth[idx])
         for profile, score in ev.nab_scores(raised, windows, len(idx)).items():
@@ -120,7 +133,8 @@ def summarize(scored: pd.DataFrame, model: DeviceModel, rule: AlertRule) -> dict
     scored["alert"] = alert_rows
     result["events"] = _pooled_events(event_parts)
     result["nab"] = {p: _nab_dict(ev.nab_total(scores)) for p, scores in nab.items() if scores}
-    result["alert_rule"] = {"min_run": rule.min_run, "quiet": rule.quiet}
+    result["alert_rule"] = {"min_run": rule.min_run, "quiet_rows": sorted(set(quiet_rows)),
+                            "quiet_s": None if rule.quiet is not None else rule.quiet_s}  # fmt: skip
     return result
 
 
