@@ -42,7 +42,7 @@ class AlertRule:
     def quiet_rows(self, times: pd.DatetimeIndex) -> int:
         if self.quiet is not None:
             return self.quiet
-        steps = np.diff(times.asi8) / 1e9 if len(times) > 1 else np.zeros(0)
+        steps = np.diff(times.as_unit("ns").asi8) / 1e9 if len(times) > 1 else np.zeros(0)
         step = float(np.median(steps[steps > 0])) if (steps > 0).any() else 0.0
         return max(1, int(np.ceil(self.quiet_s / step))) if step > 0 else 1
 
