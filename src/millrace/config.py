@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from millrace.errors import ConfigError
+from millrace.records import GENERIC_TYPE
 
 DEFAULT_CONFIG_FILE = "millrace.toml"
 
@@ -160,7 +161,8 @@ DEFAULT_RANGES: dict[str, SensorRange] = {
 
 class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
     # Physical range per sensor type. Given ranges override the defaults type by type; the other default
-    # types stay known (a reading of a type without a range is dead-lettered as unknown_sensor_type).
+    # types stay known (a reading of a type without a range is dead-lettered as unknown_sensor_type, except
+    # the generic type, which declares that a sensor has no physical range and so can have none here).
     ranges: dict[str, SensorRange] = Field(default_factory=lambda: dict(DEFAULT_RANGES))
     max_future_s: float = Field(default=300.0, ge=0)
     max_age_s: float = Field(default=7 * 86400.0, gt=0)
@@ -175,6 +177,9 @@ class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
     @field_validator("ranges", mode="after")
     @classmethod
     def _over_defaults(cls, ranges: dict[str, SensorRange]) -> dict[str, SensorRange]:
+        if GENERIC_TYPE in ranges:
+            raise ValueError(f"{GENERIC_TYPE!r} is the type without a physical range; give such sensors a type of "
+                             "their own and the range to that type")  # fmt: skip
         return {**DEFAULT_RANGES, **ranges}
 
 

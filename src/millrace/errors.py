@@ -1,10 +1,13 @@
-"""The error types millrace raises. The CLI turns any MillraceError into one red line and exit code 1."""
+"""The error types millrace raises. The CLI turns any MillraceError into one red line and its ``exit_code``
+(1 unless the type says otherwise)."""
 
 from __future__ import annotations
 
 
 class MillraceError(Exception):
     """An error the user can act on; its message says what happened and what to do."""
+
+    exit_code = 1
 
 
 class ConfigError(MillraceError):
@@ -35,6 +38,13 @@ class StoreUnavailable(MillraceError):
 
 class DataError(MillraceError):
     """Input data (a file, a column, a value) cannot be used; the message says where."""
+
+
+class TypeMappingError(DataError):
+    """A sensor type mapping file cannot be used; the message names the file (exit code 2 in the CLI, like an
+    invalid setting)."""
+
+    exit_code = 2
 
 
 def missing_extra(package: str, extra: str) -> MillraceError:

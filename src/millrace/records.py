@@ -19,6 +19,9 @@ UNITS: dict[str, str] = {
     "voltage": "V",
     "current": "A",
 }
+# The type of a sensor whose type nobody declared (a recorded column the user did not map to a type): it
+# carries no physical range, so validation accepts it and scoring never range-checks it.
+GENERIC_TYPE = "generic"
 ANOMALY_KINDS: tuple[str, ...] = (
     "spike",
     "level_shift",

@@ -177,6 +177,19 @@ def test_cli_simulate_and_replay_json(settings: Settings, client_config: dict, t
     summary = _cli(settings, "iot", "replay", str(path), "--speed", "0", "--topic", replay_topic, "--json")
     assert summary["replay"]["readings"] == 8 and summary["replay"]["dead_letters"] == 1
     assert summary["delivered"] == 9 and summary["by_kind"] == {"anomaly": 2, "dead_letter": 1, "normal": 6}
+    assert summary["by_sensor_type"] == {"generic": 8, "(bad row)": 1}  # no type read into the names
+
+    # A long file declares its types in a type column; a mapping file gives a wide file's columns theirs.
+    long = tmp_path / "long.csv"
+    long.write_text("ts,sensor,type,value\n2026-01-01T00:00:00Z,m1-t,temperature,21.5\n"
+                    "2026-01-01T00:00:00Z,m1-h,humidity,40\n2026-01-01T00:00:01Z,m1-t,temperature,21.6\n")  # fmt: skip
+    summary = _cli(settings, "iot", "replay", str(long), "--speed", "0", "--topic", replay_topic, "--json")
+    assert summary["delivered"] == 3 and summary["by_sensor_type"] == {"temperature": 2, "humidity": 1}
+    types = tmp_path / "types.csv"
+    types.write_text("column,type\nTemperature,temperature\n", encoding="utf-8")
+    summary = _cli(settings, "iot", "replay", str(path), "--speed", "0", "--topic", replay_topic, "--types",
+                   str(types), "--json")  # fmt: skip
+    assert summary["by_sensor_type"] == {"temperature": 4, "generic": 4, "(bad row)": 1}
 
 
 def test_full_local_queue_blocks_without_losing_or_reordering(settings: Settings, client_config: dict) -> None:

@@ -318,6 +318,46 @@ def test_a_model_promoted_under_the_running_job_scores_its_next_readings(job: Se
     assert "model" in set(new["anomaly_kind"])  # flagged by the model where no rule would have
 
 
+def test_a_replayed_recording_in_other_units_is_stored_whole(job: Settings, tmp_path: Path) -> None:
+    """A wide recording whose columns are named after the simulator's types but hold other units (bar, kelvin,
+    mA), replayed through the broker without a type mapping: the stream job dead-letters none of it and stores
+    every reading."""
+    import numpy as np
+
+    from millrace.iot.replay import replay
+    from millrace.iot.sinks import KafkaSink
+    from millrace.iot.tabular import read_table
+    from millrace.processing.job import default_options, run
+
+    rows = 60
+    rng = np.random.default_rng(9)
+    start = pd.Timestamp.now(tz="UTC").floor("s") - pd.Timedelta(minutes=5)  # within the job's max age
+    times = start + pd.to_timedelta(np.arange(rows), unit="s")
+    path = tmp_path / "rig.csv"
+    pd.DataFrame(
+        {
+            "time": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Pressure": np.round(2.5 + rng.normal(0, 0.02, rows), 4),
+            "Temperature": np.round(350 + rng.normal(0, 0.3, rows), 3),
+            "Current": np.round(4000 + rng.normal(0, 15, rows), 2),
+        }
+    ).to_csv(path, index=False)
+    sink = KafkaSink(job, topic=job.topics.readings)
+    result = replay(read_table(path), sink, source=str(path), speed=0)
+    assert sink.flush(30) == 0 and (result.readings, result.dead_letters) == (3 * rows, 0)
+
+    run(job, default_options(job), until_idle_s=6.0, duration_s=240)
+    store = open_store(job)
+    quality = store.quality_totals()
+    store.close()
+    assert (quality.get("invalid", 0), quality.get("late", 0), quality.get("valid", 0)) == (0, 0, 3 * rows)
+    frame = stored_frame(job)
+    ms = times.astype("datetime64[ms, UTC]").astype("int64")
+    expected = {(f"rig-{name}", int(t)) for name in ("pressure", "temperature", "current") for t in ms}
+    assert set(zip(frame["sensor_id"], frame["ts_ms"], strict=True)) == expected and len(frame) == 3 * rows
+    assert set(frame["sensor_type"]) == {"generic"} and not frame["is_anomaly"].astype(bool).any()
+
+
 BUCKETS_SCRIPT = """
 import json, sys
 from millrace.config import load_settings

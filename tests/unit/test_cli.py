@@ -60,3 +60,29 @@ def test_bad_parameter_inside_a_command_is_a_usage_error(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "no log for nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+RIG = "time,Pressure,Current\n2026-01-01T00:00:00Z,2.5,4000\n2026-01-01T00:00:01Z,2.6,4010\n"
+
+
+def test_a_bad_type_mapping_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "rig.csv").write_text(RIG, encoding="utf-8")
+    (tmp_path / "types.csv").write_text("column,type\nPressure [bar],\n", encoding="utf-8")
+    for command in (("iot", "replay", "rig.csv"), ("ml", "evaluate", "rig.csv")):
+        result = run("--state-dir", str(tmp_path / "state"), *command, "--types", "types.csv", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert lines == ["error: types.csv: line 2: empty type for 'Pressure [bar]'"]  # brackets kept
+
+
+def test_replay_refuses_types_the_stream_job_would_dead_letter(tmp_path: Path) -> None:
+    (tmp_path / "rig.csv").write_text(RIG, encoding="utf-8")
+    (tmp_path / "types.toml").write_text('Current = "current_ma"\nPressure = "pressure"\n', encoding="utf-8")
+    result = run("--state-dir", str(tmp_path / "state"), "iot", "replay", "rig.csv", "--types", "types.toml",
+                 cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: rig.csv: sensor types current_ma have no range in processing.ranges, so the stream job would "
+        "dead-letter their readings as unknown_sensor_type; give each a range in the settings "
+        "(processing.ranges.<type> low and high) or map their sensors to generic with --types"
+    )

@@ -111,6 +111,11 @@ def test_range_order_is_checked() -> None:
         load_settings(processing={"ranges": {"temperature": {"low": 10, "high": 5}}})
 
 
+def test_the_generic_type_cannot_have_a_range() -> None:
+    with pytest.raises(ConfigError, match=r"processing\.ranges.*'generic' is the type without a physical range"):
+        load_settings(processing={"ranges": {"generic": {"low": 0, "high": 1}}})
+
+
 def test_a_range_given_overrides_its_type_and_keeps_the_other_defaults(tmp_path: Path) -> None:
     path = tmp_path / "millrace.toml"
     path.write_text("[processing]\nepisode_quiet_s = 45\n[processing.ranges.temperature]\nlow = -10.0\nhigh = 60.0\n")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from millrace.config import ProcessingSettings
+from millrace.iot.tabular import read_table
 from millrace.ml.detectors import robust_z_detector
 from millrace.processing.features import frame_features
 from millrace.processing.scoring import KIND_FEATURES, MODEL_FEATURES, SCORE_COLUMNS, Scorer
+from millrace.records import GENERIC_TYPE
 from tests.unit.test_features import fleet_frame
+
+# Ranges wide enough that nothing is out of them: the same scorer with no range in effect.
+UNBOUNDED = {"low": -1e12, "high": 1e12}
 
 
 def scored(frame: pd.DataFrame) -> pd.DataFrame:
@@ -33,14 +40,20 @@ def test_out_of_range_spike_and_stuck_are_named() -> None:
     frame.loc[temp[300], "value"] += 6.0  # 20 sigma, one reading
     frame.loc[hum[400], "value"] = 140.0  # humidity above 100 %
     frame.loc[press[450:520], "value"] = frame.loc[press[449], "value"]  # frozen
-    out = scored(frame).set_index(["sensor_id", "timestamp"])
+    cfg = ProcessingSettings()
+    feats = frame_features(frame, cfg, chunk=None)
+    out = Scorer(cfg).score(feats).set_index(["sensor_id", "timestamp"])
     ts = frame["timestamp"]
     spike = out.loc[("dev-0001-temperature", ts[temp[300]])]
     assert spike["is_anomaly"] and spike["anomaly_kind"] == "spike" and spike["score"] > 1
     assert "robust_z" in spike["top_features"] and "spike on dev-0001-temperature" in spike["reason"]
     oor = out.loc[("dev-0001-humidity", ts[hum[400]])]
-    assert oor["anomaly_kind"] == "out_of_range" and oor["score"] >= 10
+    assert oor["is_anomaly"] and oor["anomaly_kind"] == "out_of_range"
     assert oor["reason"] == "humidity 140 outside [0, 100] on dev-0001-humidity"
+    # The range flags the reading; its score is the rules' own, as if there were no range.
+    unranged = Scorer(ProcessingSettings(ranges={"humidity": UNBOUNDED})).score(feats)
+    unranged = unranged.set_index(["sensor_id", "timestamp"]).loc[("dev-0001-humidity", ts[hum[400]])]
+    assert unranged["anomaly_kind"] != "out_of_range" and oor["score"] == unranged["score"]
     stuck = out.loc[("dev-0001-pressure", ts[press[500]])]
     assert stuck["is_anomaly"] and stuck["anomaly_kind"] == "stuck"
     early = out.loc[("dev-0001-pressure", ts[press[455]])]
@@ -90,3 +103,42 @@ def test_a_model_with_a_namer_names_only_its_flagged_readings() -> None:
     assert X.shape == (int(flagged.sum()), len(KIND_FEATURES))
     jump = KIND_FEATURES.index("jump_age")
     np.testing.assert_array_equal(X[:, jump], out.loc[flagged, "jump_age"].to_numpy(dtype=float))
+
+
+def _rig(tmp_path: Path, rows: int = 400) -> Path:
+    """A wide recording in units unlike the simulator's: pressure in bar, temperature in kelvin, current in
+    mA - every value outside the built-in range of the type its column is named after."""
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({
+        "time": pd.date_range("2026-01-01", periods=rows, freq="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "Pressure": np.round(2.5 + rng.normal(0, 0.02, rows), 4),
+        "Temperature": np.round(350.0 + rng.normal(0, 0.3, rows), 3),
+        "Current": np.round(4000.0 + rng.normal(0, 15.0, rows), 2),
+    })  # fmt: skip
+    path = tmp_path / "rig.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_recording_in_other_units_is_not_out_of_range_unless_mapped(tmp_path: Path) -> None:
+    path = _rig(tmp_path)
+    cfg = ProcessingSettings()
+    plain = frame_features(read_table(path).frame.assign(interpolated=False), cfg, chunk=None)
+    out = Scorer(cfg).score(plain)
+    assert set(out["sensor_type"]) == {GENERIC_TYPE} and len(out) == 1200
+    assert not (out["anomaly_kind"] == "out_of_range").any()
+    assert not out["is_anomaly"].any()  # steady noise: nothing at all to flag
+
+    mapped = read_table(path, types={"Pressure": "pressure"}).frame.assign(interpolated=False)
+    feats = frame_features(mapped, cfg, chunk=None)
+    out = Scorer(cfg).score(feats)
+    pressure = out["sensor_id"] == "rig-pressure"
+    assert out.loc[pressure, "is_anomaly"].all() and (out.loc[pressure, "anomaly_kind"] == "out_of_range").all()
+    first = out[pressure].iloc[0]
+    assert first["reason"] == f"pressure {first['value']:g} outside [800, 1200] on rig-pressure"
+    assert not out.loc[~pressure, "is_anomaly"].any()
+    # Flagged, but not forced to the top: every score is the one the rules give with no range in effect.
+    unranged = Scorer(ProcessingSettings(ranges={"pressure": UNBOUNDED})).score(feats)
+    assert not unranged["is_anomaly"].any()
+    np.testing.assert_array_equal(out["score"].to_numpy(), unranged["score"].to_numpy())
+    assert out.loc[pressure, "score"].max() < 1.0

@@ -12,7 +12,7 @@ import typer
 
 from millrace.cli.common import console, err_console, print_json, settings_of
 from millrace.config import Settings
-from millrace.errors import MillraceError, missing_extra
+from millrace.errors import DataError, MillraceError, missing_extra
 from millrace.iot.fleet import FAULTS, FleetConfig
 from millrace.iot.live_stats import LiveStats
 from millrace.iot.sinks import KafkaSink, Sink, pump
@@ -219,6 +219,16 @@ def replay(
     ignore_column: Annotated[
         list[str] | None, typer.Option(help="Wide layout: a column that is not a sensor (repeatable).")
     ] = None,
+    types: Annotated[
+        Path | None,
+        typer.Option(
+            "--types",
+            exists=True,
+            dir_okay=False,
+            help="Sensor type per column or sensor: a .toml or .csv (column,type) file. Unmapped sensors are of "
+            "type generic (no physical range).",
+        ),
+    ] = None,
     location: Annotated[str, typer.Option(help="Location of the readings (when the file has none).")] = "loc-01",
     device: Annotated[str | None, typer.Option(help="Device id (when the file has none; default: file name).")] = None,
     topic: Annotated[str | None, typer.Option(help="Kafka topic (default: topics.readings).")] = None,
@@ -228,7 +238,9 @@ def replay(
     """Replay a recorded data set to Kafka with its inter-arrival times scaled by --speed; bad rows go to the
     dead-letter topic with their row number."""
     from millrace.iot.replay import replay as run_replay
+    from millrace.iot.replay import types_without_range
     from millrace.iot.tabular import read_table
+    from millrace.iot.type_mapping import read_type_mapping
 
     settings = settings_of(ctx)
     if layout not in ("auto", "long", "wide"):
@@ -237,7 +249,15 @@ def replay(
         file, sep=sep, time_column=time_column, label_column=label_column, layout=layout,  # type: ignore[arg-type]
         sensor_column=sensor_column, value_column=value_column, type_column=type_column,
         ignore_columns=ignore_column or [], device=device, location=location,
+        types=read_type_mapping(types) if types is not None else None,
     )  # fmt: skip
+    unknown = types_without_range(table, settings.processing.ranges)
+    if unknown:  # sending them would only fill the dead-letter topic
+        raise DataError(
+            f"{file}: sensor types {', '.join(unknown)} have no range in processing.ranges, so the stream job "
+            "would dead-letter their readings as unknown_sensor_type; give each a range in the settings "
+            "(processing.ranges.<type> low and high) or map their sensors to generic with --types"
+        )
     if not quiet and not json_:
         err_console.print(
             f"{file}: {table.layout} layout, {len(table.frame):,} readings from {table.rows:,} rows, "

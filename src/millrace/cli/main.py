@@ -11,12 +11,13 @@ from typing import Annotated
 import click
 import typer
 from rich.logging import RichHandler
+from rich.markup import escape
 from typer._click.exceptions import ClickException as TyperClickException
 
 from millrace import __version__
 from millrace.cli.common import AppState, err_console
 from millrace.config import load_settings
-from millrace.errors import ConfigError, MillraceError
+from millrace.errors import MillraceError
 
 app = typer.Typer(
     name="millrace",
@@ -118,12 +119,9 @@ def main() -> None:
     except (click.ClickException, TyperClickException) as exc:  # typer vendors its own click
         exc.show()
         sys.exit(exc.exit_code)
-    except ConfigError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(ConfigError.exit_code)
-    except MillraceError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    except MillraceError as exc:  # escaped: messages quote names like "Temp [K]" that are not markup
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)

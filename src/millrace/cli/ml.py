@@ -35,14 +35,17 @@ SensorCol = Annotated[str | None, typer.Option(help="Long layout: sensor id colu
 ValueCol = Annotated[str | None, typer.Option(help="Long layout: value column.")]
 TypeCol = Annotated[str | None, typer.Option(help="Long layout: sensor type column.")]
 Ignore = Annotated[list[str] | None, typer.Option(help="Wide layout: a column that is not a sensor (repeatable).")]
+TypesFile = Annotated[Path | None, typer.Option("--types", exists=True, dir_okay=False,
+                      help="Sensor type per column or sensor: a .toml or .csv (column,type) file.")]  # fmt: skip
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document, nothing else.")]
 
 
-def _read_opts(sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore):  # type: ignore[no-untyped-def]
+def _read_opts(sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore, types=None):  # type: ignore[no-untyped-def]
+    from millrace.iot.type_mapping import read_type_mapping
     from millrace.ml.evaluate import ReadOptions
 
     return ReadOptions(sep, time_column, label_column, layout, sensor_column, value_column, type_column,
-                       tuple(ignore or ()))  # fmt: skip
+                       tuple(ignore or ()), read_type_mapping(types) if types is not None else None)  # fmt: skip
 
 
 @app.command()
@@ -62,7 +65,7 @@ def train(
     promote: Annotated[bool, typer.Option(help="Promote the new model (the stream job switches to it).")] = False,
     time_column: TimeColumn = None, label_column: LabelColumn = None, sep: Sep = None, layout: LayoutOpt = "auto",
     sensor_column: SensorCol = None, value_column: ValueCol = None, type_column: TypeCol = None,
-    ignore_column: Ignore = None,
+    ignore_column: Ignore = None, types: TypesFile = None,
     json_: Json = False,
 ) -> None:  # fmt: skip
     """Train detectors on readings, keep the best by validation metric, register it (and --promote it)."""
@@ -92,7 +95,7 @@ def train(
         if not file:
             raise DataError("--source file needs --file PATH")
         opts = _read_opts(
-            sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore_column
+            sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore_column, types
         )
         readings = pd.concat([read_readings(p, opts, need_labels=label_column is not None) for p in file],
                              ignore_index=True)  # fmt: skip
@@ -250,13 +253,14 @@ def evaluate(
     output: Annotated[Path | None, typer.Option(help="Write time, score and flag per reading (CSV/Parquet).")] = None,
     time_column: TimeColumn = None, label_column: LabelColumn = None, sep: Sep = None, layout: LayoutOpt = "auto",
     sensor_column: SensorCol = None, value_column: ValueCol = None, type_column: TypeCol = None,
-    ignore_column: Ignore = None,
+    ignore_column: Ignore = None, types: TypesFile = None,
     json_: Json = False,
 ) -> None:  # fmt: skip
     """Precision, recall, F1, false- and missed-alarm rates (and recall per kind) of the detector on FILES."""
     from millrace.ml.evaluate import evaluate as run
 
-    opts = _read_opts(sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore_column)
+    opts = _read_opts(sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore_column,
+                      types)  # fmt: skip
     result = run(settings_of(ctx), files, opts=opts, train_rows=train_rows, train_file=train_file,
                  detector=detector, output=output)  # fmt: skip
     if json_:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from millrace.iot.live_stats import LiveStats
 from millrace.iot.messages import Message
 from millrace.iot.sinks import KafkaSink
 from millrace.iot.tabular import TableReadings
-from millrace.records import DeadLetter, SensorReading
+from millrace.records import GENERIC_TYPE, DeadLetter, SensorReading
 
 UNLABELLED = "unlabelled"
 DEAD_LETTER_KIND = "dead_letter"
@@ -33,6 +34,12 @@ class ReplayResult:
     dead_letters: int = 0
     stopped: bool = False
     max_behind_s: float = 0.0  # worst lag behind the scaled schedule
+
+
+def types_without_range(table: TableReadings, ranged: Collection[str]) -> list[str]:
+    """The sensor types of ``table`` the stream job dead-letters as unknown_sensor_type: those with no range
+    among ``ranged`` (processing.ranges) other than the generic type, which declares that it has none."""
+    return sorted(set(table.frame["sensor_type"].astype(str)) - set(ranged) - {GENERIC_TYPE})
 
 
 def reading_messages(frame: pd.DataFrame) -> list[Message]:

@@ -6,7 +6,11 @@
   optional label column. An empty cell is a missing measurement (no reading), not an error.
 
 Columns are detected by name when not given (``timestamp``/``time``/``datetime``..., ``value``,
-``sensor_id``/``sensor``, ``sensor_type``/``type``, ``label``/``anomaly``/``ground_truth``...). The CSV
+``sensor_id``/``sensor``, ``sensor_type``/``type``, ``label``/``anomaly``/``ground_truth``...). A sensor's
+*type* is never guessed from a name: it comes from a ``types`` mapping (column or sensor name -> type, see
+:mod:`millrace.iot.type_mapping`), else from the long layout's type column, else it is
+:data:`~millrace.records.GENERIC_TYPE` - no physical range, so a recording in units other than the simulator's
+is neither dead-lettered nor flagged as out of range for its column's name. The CSV
 separator is sniffed from the first lines (``,`` ``;`` tab ``|``). A row whose time or a value cannot be
 parsed is not used at all; it is returned in ``bad_rows`` with its row number (the file's line number for
 CSV, header = line 1; the 1-based row for Parquet), the reason and the raw text - never dropped silently.
@@ -17,8 +21,9 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,8 +33,9 @@ import orjson
 import pandas as pd
 
 from millrace.errors import DataError
-from millrace.records import ANOMALY_KINDS, NORMAL, SENSOR_TYPES, UNITS
+from millrace.records import ANOMALY_KINDS, GENERIC_TYPE, NORMAL, UNITS
 
+log = logging.getLogger(__name__)
 Layout = Literal["auto", "long", "wide"]
 BadRow = tuple[int, str, str]  # (row number, reason, raw text)
 
@@ -52,12 +58,6 @@ _LABEL_NAMES = (
     "fault",
     "machine_status",
 )
-# Keywords in a column or sensor name that reveal its type; checked in this order.
-_TYPE_KEYWORDS: tuple[tuple[str, str], ...] = (
-    ("humid", "humidity"), ("temp", "temperature"), ("thermo", "temperature"), ("press", "pressure"),
-    ("vibr", "vibration"), ("accel", "vibration"), ("volt", "voltage"), ("current", "current"),
-    ("amp", "current"),
-)  # fmt: skip
 _NORMAL_LABELS = {"", "0", "0.0", "false", "normal", "ok", "no", "none", "nan"}
 _ANOMALY_LABELS = {"1", "1.0", "true", "anomaly", "anomalous", "yes", "abnormal", "fault", "attack"}
 
@@ -77,17 +77,6 @@ class TableReadings:
 def slug(text: str) -> str:
     """A name usable in ids: lower case, runs of other characters as one '-'."""
     return re.sub(r"[^a-z0-9]+", "-", text.strip().lower()).strip("-") or "x"
-
-
-def infer_sensor_type(name: str) -> str:
-    """A known sensor type from keywords in ``name``, else the name's slug."""
-    lowered = name.lower()
-    if lowered in SENSOR_TYPES:
-        return lowered
-    for keyword, sensor_type in _TYPE_KEYWORDS:
-        if keyword in lowered:
-            return sensor_type
-    return slug(name)
 
 
 def normalize_label(value: object) -> str:
@@ -117,10 +106,14 @@ def read_table(
     ignore_columns: Sequence[str] = (),
     device: str | None = None,
     location: str = "loc-01",
+    types: Mapping[str, str] | None = None,
 ) -> TableReadings:
     """Read ``path`` into readings. ``device`` defaults to the file name's slug (used when the data has no
-    device column); ``location`` is used when it has no location column. Raises DataError for an empty file,
-    an unknown column, a missing label column when one is asked for, or a sensor column with no numbers."""
+    device column); ``location`` is used when it has no location column. ``types`` maps a column (wide
+    layout) or sensor (long layout: a value of the sensor column, else of the type column) to its sensor type;
+    it wins over the type column, and a sensor neither maps nor declares is of GENERIC_TYPE. Names it maps
+    that the data lack are logged as a warning. Raises DataError for an empty file, an unknown column, a
+    missing label column when one is asked for, or a sensor column with no numbers."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -149,13 +142,15 @@ def read_table(
     if layout == "long":
         if value_col is None or (sensor_col is None and type_col is None):
             raise DataError(f"{path}: long layout needs a value column and a sensor or type column")
+        names = set(raw[sensor_col or type_col].astype(str).str.strip())  # type: ignore[index]
         frame, bad, used = _long(
             raw, numbers, time_col, value_col, sensor_col, type_col, label_col,
             device_column or _find(columns, _DEVICE_NAMES),
-            location_column or _find(columns, _LOCATION_NAMES), base_device, location,
+            location_column or _find(columns, _LOCATION_NAMES), base_device, location, types or {},
         )  # fmt: skip
     else:
         skip = {time_col, label_col, *ignore_columns}
+        names = {str(c) for c in columns if c not in skip}
         frame, bad, used = _wide(
             path,
             raw,
@@ -165,7 +160,12 @@ def read_table(
             label_col,
             base_device,
             location,
+            types or {},
         )
+    unused = [name for name in types or {} if name not in names]
+    if unused:  # most likely a typo, and the sensor it meant is then of the generic type
+        log.warning("%s: the type mapping names no %s of the file: %s", path,
+                    "sensor" if layout == "long" else "sensor column", ", ".join(map(repr, unused)))  # fmt: skip
     used = {"time": time_col, "label": label_col, **used}
     return TableReadings(frame, bad, layout, used, separator, len(raw) + len(raw.attrs.get("bad_width", [])))
 
@@ -292,7 +292,7 @@ def _labels(raw: pd.DataFrame, label_col: str | None) -> pd.Series | None:
 def _long(
     raw: pd.DataFrame, numbers: pd.Series, time_col: str, value_col: str, sensor_col: str | None,
     type_col: str | None, label_col: str | None, device_col: str | None, location_col: str | None,
-    device: str, location: str,
+    device: str, location: str, mapping: Mapping[str, str],
 ) -> tuple[pd.DataFrame, list[BadRow], dict[str, str | None]]:  # fmt: skip
     times = _times(raw[time_col])
     values, empty, bad_value = _numbers(raw[value_col])
@@ -310,11 +310,14 @@ def _long(
     if not good.any() and bad_value.all() and len(raw):
         raise DataError(f"value column {value_col!r} has no numeric values (e.g. {raw[value_col].iloc[0]!r})")
     devices = raw[device_col].astype(str).str.strip() if device_col else pd.Series(device, index=raw.index)
-    if type_col is not None:
-        types = raw[type_col].astype(str).str.strip().map(infer_sensor_type)
+    if type_col is not None:  # the file declares types: taken as written; an empty cell declares none
+        types = raw[type_col].astype(str).str.strip()
+        types = types.where(~types.isin(["", "nan", "None"]), GENERIC_TYPE)
     else:
-        types = ident.map(infer_sensor_type)
-    sensor_ids = ident if sensor_col is not None else devices + "-" + types
+        types = pd.Series(GENERIC_TYPE, index=raw.index, dtype=object)
+    if mapping:
+        types = ident.map(mapping).fillna(types)
+    sensor_ids = ident if sensor_col is not None else devices + "-" + ident.map(slug)
     labels = _labels(raw, label_col)
     frame = pd.DataFrame(
         {
@@ -341,7 +344,7 @@ def _long(
 
 def _wide(
     path: Path, raw: pd.DataFrame, numbers: pd.Series, time_col: str, sensor_cols: list[str],
-    label_col: str | None, device: str, location: str,
+    label_col: str | None, device: str, location: str, mapping: Mapping[str, str],
 ) -> tuple[pd.DataFrame, list[BadRow], dict[str, str | None]]:  # fmt: skip
     if not sensor_cols:
         raise DataError(f"{path}: no sensor columns besides the time and label columns")
@@ -370,7 +373,7 @@ def _wide(
     for order, col in enumerate(sensor_cols):
         values = parsed[col]
         keep = good & values.notna().to_numpy()
-        sensor_type = infer_sensor_type(str(col))
+        sensor_type = mapping.get(str(col), GENERIC_TYPE)
         parts.append(
             pd.DataFrame(
                 {

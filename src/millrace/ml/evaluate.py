@@ -13,7 +13,7 @@ reported when the labels name kinds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class ReadOptions:
     value_column: str | None = None
     type_column: str | None = None
     ignore_columns: tuple[str, ...] = field(default_factory=tuple)
+    types: Mapping[str, str] | None = None  # column or sensor name -> sensor type (--types FILE)
 
 
 def read_readings(path: Path, opts: ReadOptions, *, need_labels: bool) -> pd.DataFrame:
@@ -50,7 +51,7 @@ def read_readings(path: Path, opts: ReadOptions, *, need_labels: bool) -> pd.Dat
         path, sep=opts.sep, time_column=opts.time_column, label_column=opts.label_column,
         layout=opts.layout,  # type: ignore[arg-type]
         sensor_column=opts.sensor_column, value_column=opts.value_column, type_column=opts.type_column,
-        ignore_columns=opts.ignore_columns,
+        ignore_columns=opts.ignore_columns, types=opts.types,
     )  # fmt: skip
     frame = table.frame
     if frame.empty:

@@ -199,7 +199,9 @@ class Scorer:
             if namer is not None and len(named):
                 kind = np.asarray(kind, dtype=object)
                 kind[named] = namer.name(kind_matrix(out.iloc[named], X[named]))
-        score = np.where(out_of_range, np.maximum(score, 10.0), score)
+        # A range violation is a data-quality flag with its own kind and reason, not a verdict on the reading's
+        # behaviour: it keeps the model's (or the rules') score, so a sensor whose unit its type's range does not
+        # fit cannot top the scores on every reading.
         flag = flag | out_of_range
         kind = np.where(out_of_range, "out_of_range", kind)
         kind = np.asarray(kind, dtype=object)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from millrace.config import ProcessingSettings
+from millrace.records import GENERIC_TYPE
 
 # Dead-letter reasons produced by validation, in the order they are checked (the first failing one is kept).
 REASONS: tuple[str, ...] = (
@@ -16,7 +17,7 @@ REASONS: tuple[str, ...] = (
     "missing_field",        # sensor_id, sensor_type, value or timestamp absent
     "bad_value",            # value not a number, NaN or infinite
     "bad_timestamp",        # timestamp not ISO 8601
-    "unknown_sensor_type",  # no range configured for it
+    "unknown_sensor_type",  # no range configured for it, and not the generic type (no range by declaration)
     "out_of_range",         # outside the physical range of its type
     "future_timestamp",     # more than max_future_s ahead of the batch time
     "too_old",              # more than max_age_s behind the batch time
@@ -76,8 +77,10 @@ def validate(parsed, cfg: ProcessingSettings, now=None):  # noqa: ANN001, ANN201
     from pyspark.sql import functions as F
 
     now = F.current_timestamp() if now is None else now
-    in_range = F.lit(False)
-    known = F.lit(False)
+    # The generic type declares that a sensor has no physical range (an unmapped column of a recording): it is
+    # known, and always in range.
+    known = F.col("sensor_type") == F.lit(GENERIC_TYPE)
+    in_range = known
     for sensor_type, rng in sorted(cfg.ranges.items()):
         is_type = F.col("sensor_type") == F.lit(sensor_type)
         known = known | is_type
