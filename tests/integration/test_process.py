@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +381,66 @@ def test_state_buckets_fall_into_distinct_shuffle_partitions(tmp_path: Path) -> 
     assert len(set(labels)) == 4
     # The shuffle that groups by bucket puts bucket i into partition i mod 2: both cores get work.
     assert [result["placed"][label] for label in labels] == [0, 1, 0, 1]
+
+
+def test_the_job_scores_readings_with_a_promoted_device_level_model(job: Settings, tmp_path: Path) -> None:
+    """A device-level model (trained on normal readings of the fleet, promoted before the job starts) scores
+    every device row of the stream: a pressure offset on one device for a minute flags each of that device's
+    readings in the minute, names pressure first, and leaves the rest quiet; the store still holds exactly one
+    row per reading."""
+    from millrace.iot.simulator import simulate_frame
+    from millrace.ml.train_device import train_device
+
+    # The same fleet (seed) just before is the normal behaviour the model learns.
+    now = datetime.now(UTC).replace(microsecond=0)
+    fleet = {"devices": 2, "locations": 1, "seed": 32, "anomaly_rate": 0.0}
+    clean = simulate_frame(FleetConfig(**fleet, start=now - timedelta(seconds=840)), duration_s=600)
+    info = train_device(job, clean, source="test fleet", detector="auto", make_promoted=True)
+    assert info["level"] == "device" and info["detector"] == "mcd", info["why"]
+
+    messages = list(Simulator(FleetConfig(**fleet, start=now - timedelta(seconds=240)), duration_s=240).messages())
+    first = min(pd.Timestamp(orjson.loads(m.value)["timestamp"]) for m in messages)
+    start, end = first + pd.Timedelta(seconds=90), first + pd.Timedelta(seconds=150)
+    shifted = []
+    for m in messages:
+        data = orjson.loads(m.value)
+        ts = pd.Timestamp(data["timestamp"])
+        if data["device_id"] == "dev-0001" and data["sensor_type"] == "pressure" and start <= ts < end:
+            data["value"] += 60.0  # ~30 standard deviations of the simulator's pressure, inside its range
+            m = m._replace(value=orjson.dumps(data))
+        shifted.append(m)
+    produce(job, shifted)
+    log = tmp_path / "job.log"
+    proc = start_job(job, log, "--until-idle", "15")
+    try:
+        assert proc.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    frame = check_store(job, Expected(shifted, job.processing.allowed_lateness_s))
+    measured = frame[~frame["interpolated"].astype(bool)]
+    ts = pd.to_datetime(measured["ts_ms"], unit="ms", utc=True)
+    inside = (measured["device_id"] == "dev-0001") & (ts >= start) & (ts < end)
+    hit = measured[inside]
+    assert len(hit) > 0 and hit["is_anomaly"].astype(bool).all()
+    assert set(hit["anomaly_kind"]) == {"model"}
+    store = open_store(job)
+    try:
+        alerts = [a for a in store.alerts(limit=10**6) if a["device_id"] == "dev-0001"]
+    finally:
+        store.close()
+    opened = [pd.Timestamp(a["opened_at"]) for a in alerts]
+    covering = [a for a, t in zip(alerts, opened, strict=True) if start <= t < start + pd.Timedelta(seconds=5)]
+    assert len(covering) == 1, (
+        start,
+        end,
+        [(a["opened_at"], a["closed_at"], a["readings"], a["reason"], a["top_features"]) for a in alerts],
+    )
+    alert = covering[0]
+    assert alert["kind"] == "model" and alert["reason"].startswith("mcd score")
+    tops = alert["top_features"] if isinstance(alert["top_features"], list) else orjson.loads(alert["top_features"])
+    assert tops[0] == "pressure", alert
+    # Elsewhere the model is calibrated to 1 % false alarms (the moving means carry the offset for 10 rows).
+    settled = end + pd.Timedelta(seconds=12)
+    quiet = measured[~inside & ~((measured["device_id"] == "dev-0001") & (ts >= end) & (ts < settled))]
+    assert quiet["is_anomaly"].astype(bool).mean() < 0.05

@@ -147,7 +147,8 @@ def test_evaluate_matches_metrics_computed_independently(tmp_path: Path) -> None
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     rows = len(labelled_csv(a, seed=5)) + len(labelled_csv(b, seed=6))
     output = tmp_path / "scores.csv"
-    result = evaluate(settings, [a, b], opts=OPTS, train_rows=3 * 3600, output=output)
+    result = evaluate(settings, [a, b], opts=OPTS, train_rows=3 * 3600, output=output,
+                      detector="reading:mahalanobis")  # fmt: skip
     scores = pd.read_csv(output)
     assert len(scores) == rows - 2 * 3 * 3600  # the first 3 * 3600 rows of each file are for fitting
     assert list(scores.columns[:1]) == ["time"] and {"score", "flag"} <= set(scores.columns)
@@ -173,7 +174,7 @@ def test_evaluate_with_train_file_reports_recall_per_kind(tmp_path: Path) -> Non
                   "reading": clean["value"], "is_bad": 0}).to_parquet(train_file)  # fmt: skip
     test_file = tmp_path / "kinds.csv"
     written = labelled_csv(test_file, seed=7, kinds=True)
-    result = evaluate(settings, [test_file], opts=OPTS, train_file=train_file)
+    result = evaluate(settings, [test_file], opts=OPTS, train_file=train_file, detector="reading:mahalanobis")
     expected = written["is_bad"].value_counts()
     assert result["readings"] == len(written)
     for kind, row in result["per_kind"].items():

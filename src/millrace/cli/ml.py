@@ -61,7 +61,12 @@ def train(
     anomaly_rate: Annotated[list[float] | None, typer.Option(
         min=0, max=0.5, help="--source simulate: share of sensor-time in anomalies; repeat to add a fleet per value "
         "(seeds SEED, SEED+1, ...; default 0.15: dense anomalies teach the detector more).")] = None,
-    detector: Annotated[list[str] | None, typer.Option(help="Detectors to compare (repeatable; default all).")] = None,
+    detector: Annotated[list[str] | None, typer.Option(help=(
+        "auto (default: labelled anomalies train the supervised per-reading detectors, otherwise a device-level "
+        "detector picked from the rows), a device-level pca|dpca|mcd|iforest|univariate, or per-reading detectors "
+        "to compare (robust_z, isolation_forest, mahalanobis, gradient_boosting; repeatable)."))] = None,
+    target_far: Annotated[float, typer.Option(
+        min=0.0001, max=0.4, help="Device-level: false-alarm rate the threshold is set to (0.01 = 1 %).")] = 0.01,
     promote: Annotated[bool, typer.Option(help="Promote the new model (the stream job switches to it).")] = False,
     time_column: TimeColumn = None, label_column: LabelColumn = None, sep: Sep = None, layout: LayoutOpt = "auto",
     sensor_column: SensorCol = None, value_column: ValueCol = None, type_column: TypeCol = None,
@@ -108,8 +113,25 @@ def train(
     def say(message: str) -> None:
         if not json_:
             err_console.print(f"[{'yellow' if message.startswith('warning') else 'dim'}]{message}[/]")
-    info = run(settings, readings, source=described, detectors=detector, seed=seed, make_promoted=promote,
-               progress=say)  # fmt: skip
+    from millrace.ml.device import DETECTORS as DEVICE_DETECTORS
+    from millrace.ml.train_device import train_device, wants_supervised
+
+    chosen = list(detector or ["auto"])
+    device_level = [d for d in chosen if d in DEVICE_DETECTORS]
+    if device_level and len(chosen) > 1:
+        raise typer.BadParameter("a device-level detector is trained alone, not compared with others",
+                                 param_hint="--detector")  # fmt: skip
+    why = ""
+    if chosen == ["auto"]:
+        supervised, why = wants_supervised(readings)
+        say(f"auto: {why}")
+        chosen = [] if supervised else ["auto"]
+    if chosen and (device_level or chosen == ["auto"]):
+        info = train_device(settings, readings, source=described, detector=chosen[0], target_far=target_far,
+                            seed=seed, make_promoted=promote, why=why, progress=say)  # fmt: skip
+    else:
+        info = run(settings, readings, source=described, detectors=chosen or None, seed=seed,
+                   make_promoted=promote, progress=say)  # fmt: skip
     if json_:
         print_json(info)
         return
@@ -249,8 +271,19 @@ def evaluate(
     files: Annotated[list[Path], typer.Argument(help="Labelled CSV/Parquet recordings (pooled).")],
     train_rows: Annotated[int | None, typer.Option(min=1, help="Fit on the first N rows of each file.")] = None,
     train_file: Annotated[Path | None, typer.Option(help="Fit on this anomaly-free recording.")] = None,
-    detector: Annotated[str, typer.Option(help="Detector fitted by --train-rows/--train-file.")] = "mahalanobis",
-    output: Annotated[Path | None, typer.Option(help="Write time, score and flag per reading (CSV/Parquet).")] = None,
+    detector: Annotated[str, typer.Option(help=(
+        "Fitted by --train-rows/--train-file: auto (picked from the training rows, says why), a device-level "
+        "pca, dpca, mcd, iforest or univariate, or a per-reading reading:robust_z|isolation_forest|mahalanobis."
+    ))] = "auto",
+    target_far: Annotated[float, typer.Option(
+        help="False-alarm rate the threshold is set to on held-back training rows (0.01 = 1 %).")] = 0.01,
+    min_run: Annotated[int, typer.Option(min=1, help="Alerts: consecutive flagged rows that raise one.")] = 1,
+    quiet: Annotated[int | None, typer.Option(min=1, help=(
+        "Alerts: consecutive unflagged rows that close one (default: processing.episode_quiet_s of event time, "
+        "as the stream job's episodes)."))] = None,
+    per_sensor: Annotated[bool, typer.Option(help="--output: add each sensor's contribution per row.")] = False,
+    output: Annotated[Path | None, typer.Option(
+        help="Write one row per scored row: time, score, flag, alert, top sensors (CSV/Parquet).")] = None,
     time_column: TimeColumn = None, label_column: LabelColumn = None, sep: Sep = None, layout: LayoutOpt = "auto",
     sensor_column: SensorCol = None, value_column: ValueCol = None, type_column: TypeCol = None,
     ignore_column: Ignore = None, types: TypesFile = None,
@@ -261,12 +294,21 @@ def evaluate(
 
     opts = _read_opts(sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore_column,
                       types)  # fmt: skip
-    result = run(settings_of(ctx), files, opts=opts, train_rows=train_rows, train_file=train_file,
-                 detector=detector, output=output)  # fmt: skip
+    from millrace.ml.device_eval import AlertRule
+
+    settings = settings_of(ctx)
+    rule = AlertRule(min_run, quiet, settings.processing.episode_quiet_s)
+    result = run(settings, files, opts=opts, train_rows=train_rows, train_file=train_file, detector=detector,
+                 output=output, target_far=target_far, alerts=rule, per_sensor=per_sensor)  # fmt: skip
     if json_:
         print_json(result)
         return
-    console.print(f"[bold]{result['mode']}[/]: {result['readings']:,} readings, {result['anomalies']:,} anomalous")
+    unit = "rows" if result.get("unit") == "device row" else "readings"
+    console.print(f"[bold]{result['mode']}[/]: {result['readings']:,} {unit}, {result['anomalies']:,} anomalous")
+    if "model" in result:
+        model = result["model"]
+        console.print(f"[dim]{model['detector']}: {model['why']}; threshold at {model['target_far']:.2%} "
+                      f"false alarms on {model['held_back_rows']:,} held-back rows[/]")  # fmt: skip
     table = Table()
     for col in ("precision", "recall", "F1", "false alarms", "missed alarms"):
         table.add_column(col, justify="right")
@@ -280,5 +322,28 @@ def evaluate(
         for kind, row in result["per_kind"].items():
             kinds.add_row(kind, str(row["readings"]), f"{row['recall']:.3f}", f"{row.get('kind_f1', 0):.3f}")
         console.print(kinds)
+    if "events" in result:
+        _print_events(result)
     if output is not None:
         console.print(f"scores: {output}")
+
+
+def _print_events(result: dict[str, Any]) -> None:
+    ev = result["events"]
+    table = Table(title="events (label runs) and alerts")
+    for col in ("events", "detected", "alerts", "false alerts", "false alerts/day", "mean delay"):
+        table.add_column(col, justify="right")
+    per_day = ev["false_alerts_per_day"]
+    delay = ev["detection_delay_mean_s"]
+    table.add_row(str(ev["events"]), str(ev["events_detected"]), str(ev["alerts"]), str(ev["false_alerts"]),
+                  "-" if per_day is None else f"{per_day:.2f}",
+                  "-" if delay is None else f"{delay:.0f} s ({ev['detection_delay_mean_rows']:.1f} rows)")  # fmt: skip
+    console.print(table)
+    if result.get("nab"):
+        nab = Table(title="NAB score (100 = perfect, 0 = no detections)")
+        for col in ("profile", "score", "TP", "FP", "FN"):
+            nab.add_column(col, justify="left" if col == "profile" else "right")
+        for profile, row in result["nab"].items():
+            score = "-" if row["score"] is None else f"{row['score']:.1f}"
+            nab.add_row(profile, score, str(row["tp"]), str(row["fp"]), str(row["fn"]))
+        console.print(nab)

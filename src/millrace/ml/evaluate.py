@@ -14,7 +14,7 @@ reported when the labels name kinds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ import pandas as pd
 
 from millrace.config import Settings
 from millrace.errors import DataError
+from millrace.ml.device import DEFAULT_TARGET_FAR
+from millrace.ml.device import DETECTORS as DEVICE_DETECTORS
+from millrace.ml.device_eval import AlertRule, evaluate_devices, write_rows
 from millrace.ml.metrics import binary_metrics, per_kind
 from millrace.ml.train import featurize, fit_unsupervised, labels_of
 from millrace.processing.scoring import Scorer, load_scorer, model_matrix
@@ -61,15 +64,39 @@ def read_readings(path: Path, opts: ReadOptions, *, need_labels: bool) -> pd.Dat
     return frame
 
 
+READING_DETECTORS = {f"reading:{name}": name for name in ("robust_z", "isolation_forest", "mahalanobis")}
+
+
 def evaluate(
     settings: Settings, files: Sequence[Path], *, opts: ReadOptions, train_rows: int | None = None,
-    train_file: Path | None = None, detector: str = "mahalanobis", output: Path | None = None, seed: int = 0,
+    train_file: Path | None = None, detector: str = "auto", output: Path | None = None, seed: int = 0,
+    target_far: float = DEFAULT_TARGET_FAR, alerts: AlertRule | None = None, per_sensor: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """Pooled metrics over ``files`` (see the module docstring); writes per-reading scores to ``output``."""
+    """Pooled metrics over ``files`` (see the module docstring); writes the scores to ``output``.
+
+    ``detector``: ``auto`` or a device-level detector (pca, dpca, mcd, iforest, univariate) scores device rows
+    (:mod:`millrace.ml.device_eval`: row, event and NAB metrics); ``reading:<name>`` (robust_z,
+    isolation_forest, mahalanobis) scores each reading from its features, as before. Without training options
+    the promoted model scores, at its own level."""
     if not files:
         raise DataError("give at least one file to evaluate")
     if train_rows is not None and train_file is not None:
         raise DataError("use --train-rows or --train-file, not both")
+    if detector not in READING_DETECTORS and detector != "auto" and detector not in DEVICE_DETECTORS:
+        known = ", ".join(["auto", *DEVICE_DETECTORS, *READING_DETECTORS])
+        raise DataError(f"unknown detector {detector!r}; one of {known}")
+    if not 0.0 < target_far < 0.5:
+        raise DataError(f"--target-far must be between 0 and 0.5 (a rate), got {target_far:g}")
+    promoted = load_scorer(settings) if train_rows is None and train_file is None else None
+    if detector not in READING_DETECTORS and (promoted is None or getattr(promoted.detector, "level", "") == "device"):
+        rule = alerts or AlertRule(quiet_s=settings.processing.episode_quiet_s)
+        return _evaluate_devices(
+            files, opts=opts, train_rows=train_rows, train_file=train_file, detector=detector, seed=seed,
+            target_far=target_far, alerts=rule, output=output, per_sensor=per_sensor,
+            model=promoted.detector if promoted is not None else None,
+            version=promoted.version if promoted is not None else None,
+        )  # fmt: skip
+    detector = READING_DETECTORS.get(detector, "mahalanobis")
     fixed: Scorer | None = None
     mode = "current scorer"
     if train_file is not None:
@@ -78,7 +105,8 @@ def evaluate(
         det = fit_unsupervised(X[np.isfinite(X[:, 1])], detector, seed=seed)
         fixed, mode = Scorer(settings.processing, detector=det), f"{detector} fitted on {train_file}"
     elif train_rows is None:
-        fixed = load_scorer(settings)
+        fixed = promoted
+        assert fixed is not None
         mode = f"promoted model {fixed.version}" if fixed.version else "rules (no promoted model)"
     else:
         mode = f"{detector} fitted on the first {train_rows} rows of each file"
@@ -118,6 +146,38 @@ def evaluate(
         result["per_file"] = per_file
     if output is not None:
         write_scores(pooled, output)
+        result["output"] = str(output)
+    return result
+
+
+def _evaluate_devices(
+    files: Sequence[Path], *, opts: ReadOptions, train_rows: int | None, train_file: Path | None, detector: str,
+    seed: int, target_far: float, alerts: AlertRule, output: Path | None, per_sensor: bool, model: Any,
+    version: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    tables = [(str(p), read_readings(p, opts, need_labels=True)) for p in files]
+    # The training recording needs no label column (a column named like one is still recognised as such).
+    train = read_readings(train_file, replace(opts, label_column=None), need_labels=False) if train_file else None
+    if train_file is not None:
+        mode = f"device-level {detector} fitted on {train_file}"
+    elif train_rows is not None:
+        mode = f"device-level {detector} fitted on the first {train_rows} rows of each file"
+    else:
+        if model is None:
+            raise DataError("no model is promoted: give --train-rows N or --train-file FILE to fit one")
+        mode = f"promoted model {version}"
+    result, scored, fitted = evaluate_devices(
+        tables, train_rows=train_rows, train=train, model=model, detector=detector, target_far=target_far,
+        alerts=alerts, seed=seed,
+    )  # fmt: skip
+    result = {"mode": mode, "files": [str(f) for f in files], **result}
+    if len(files) > 1:
+        result["per_file"] = {
+            name: binary_metrics(g["label"].to_numpy(dtype=bool), g["flag"].to_numpy(dtype=bool))
+            for name, g in scored.groupby("file", sort=False)
+        }
+    if output is not None:
+        write_rows(scored, output, per_sensor=per_sensor)
         result["output"] = str(output)
     return result
 

@@ -228,8 +228,10 @@ def _train(
     if truth is not None:
         val_anomalies = int(truth[np.flatnonzero(warm & (ts >= cutoff))].sum())
         if val_anomalies < MIN_VALIDATION_ANOMALIES:
-            say(f"warning: the validation period (the last {validation_fraction:.0%}) holds {val_anomalies} anomalous "
-                "readings: too few to compare detectors or set thresholds well; give more hours or more anomalies")
+            say(
+                f"warning: the validation period (the last {validation_fraction:.0%}) holds {val_anomalies} anomalous "
+                "readings: too few to compare detectors or set thresholds well; give more hours or more anomalies"
+            )
 
     def fit_one(name: str) -> tuple[D.Detector, dict[str, Any], np.ndarray]:
         t0 = time.monotonic()

@@ -128,9 +128,15 @@ class Scorer:
         self.version = version
 
     # ------------------------------------------------------------------ scoring
-    def score(self, features: pd.DataFrame) -> pd.DataFrame:
-        """``features`` as returned by device_step / frame_features; returns it with SCORE_COLUMNS added."""
+    def score(self, features: pd.DataFrame, history: dict[str, Any] | None = None) -> pd.DataFrame:
+        """``features`` as returned by device_step / frame_features; returns it with SCORE_COLUMNS added.
+        ``history``: per device, the past rows a device-level model needs (the stream job keeps it in its state;
+        updated here); per-reading models ignore it."""
         self.refresh()
+        if getattr(self.detector, "level", None) == "device":
+            added = self.detector.score_readings(features, {} if history is None else history)
+            kept = features.drop(columns=[c for c in SCORE_COLUMNS if c in features.columns])
+            return pd.concat([kept, added], axis=1)
         out = features
         n = len(out)
         if n == 0:
