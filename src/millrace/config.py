@@ -117,6 +117,10 @@ class SparkSettings(BaseModel, frozen=True, extra="forbid"):
     trigger_seconds: float = Field(default=1.0, ge=0)  # 0: each micro-batch starts when the last ends
     max_offsets_per_trigger: int = Field(default=200_000, ge=1)
     driver_memory: str = "2g"
+    # The stream job commits the end offsets of each micro-batch it completed to this consumer group, so its lag
+    # shows in the cluster view and in Kafka monitoring (monitoring only: the job resumes from its checkpoint).
+    # Empty: no commits.
+    consumer_group: str = "millrace-iot-process"
     # Any other Spark properties, applied last (e.g. "spark.executor.memory" on a cluster, or the state store
     # provider): {"spark.sql.streaming.stateStore.providerClass" = "..."}.
     conf: dict[str, str] = Field(default_factory=dict)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from millrace.config import Settings
+from millrace.processing.progress import ProgressOffsets
 from millrace.processing.session import checkpoint_dir
 from millrace.processing.writers import BatchStats, BatchWriter
 
@@ -153,15 +154,18 @@ def run(
             on_batch(stats)
 
     writer = make_writer(settings, options, counted)
+    progress = progress_offsets(settings)
     started = time.monotonic()
     restarts = failures = 0
     try:
         while True:
             query = start_query(spark, settings, options, writer)
-            reason = _watch(query, writer, started, duration_s, until_idle_s, should_stop)
+            reason = _watch(query, writer, started, duration_s, until_idle_s, should_stop, progress)
             if reason != "failed" or should_stop():  # Ctrl-C also reaches the JVM: no restart then
                 with contextlib.suppress(Exception):
                     stop_gracefully(query, writer)
+                if progress is not None:
+                    progress.finish(query)
                 break
             error = query.exception()
             failures += 1
@@ -177,9 +181,18 @@ def run(
     return RunResult(batches, writer.total_input, restarts, time.monotonic() - started)
 
 
+def progress_offsets(settings: Settings) -> ProgressOffsets | None:
+    """The mirror of the job's offsets in the consumer group ``spark.consumer_group`` (None when empty)."""
+    if not settings.spark.consumer_group:
+        return None
+    from millrace.kafka.group_offsets import GroupOffsetCommitter
+
+    return ProgressOffsets(GroupOffsetCommitter(settings.kafka.client_config(), settings.spark.consumer_group))
+
+
 def _watch(
     query: Any, writer: BatchWriter, started: float, duration_s: float | None, until_idle_s: float | None,
-    should_stop: Callable[[], bool],
+    should_stop: Callable[[], bool], progress: ProgressOffsets | None = None,
 ) -> str:  # fmt: skip
     while True:
         try:
@@ -187,6 +200,8 @@ def _watch(
                 return "finished"
         except Exception:  # StreamingQueryException: the query died; its checkpoint is intact
             return "failed"
+        if progress is not None:  # the offsets of the batches Spark committed since the last look
+            progress.poll(query)
         if not query.isActive:
             return "failed" if query.exception() is not None else "finished"
         if query.exception() is not None:
