@@ -17,6 +17,7 @@ from millrace.ml import parallel, registry
 from millrace.ml import train as train_module
 from millrace.ml.detectors import Detector, fit_gate, fit_gradient_boosting, fit_kind_model, robust_z_detector
 from millrace.ml.evaluate import ReadOptions, evaluate
+from millrace.ml.follow import load_scorer
 from millrace.ml.kinds import kind_f1s, tune_bias
 from millrace.ml.metrics import best_threshold, binary_metrics, episode_per_kind
 from millrace.ml.parallel import features_by_device, run_tasks
@@ -26,7 +27,6 @@ from millrace.processing.scoring import (
     KIND_FEATURES,
     MODEL_FEATURES,
     Scorer,
-    load_scorer,
     model_matrix,
     unknown_features,
 )

@@ -26,9 +26,10 @@ from millrace.errors import DataError
 from millrace.ml.device import DEFAULT_TARGET_FAR
 from millrace.ml.device import DETECTORS as DEVICE_DETECTORS
 from millrace.ml.device_eval import AlertRule, evaluate_devices, write_rows
+from millrace.ml.follow import load_scorer
 from millrace.ml.metrics import binary_metrics, per_kind
 from millrace.ml.train import featurize, fit_unsupervised, labels_of
-from millrace.processing.scoring import Scorer, load_scorer, model_matrix
+from millrace.processing.scoring import Scorer, model_matrix
 from millrace.records import NORMAL
 
 

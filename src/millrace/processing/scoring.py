@@ -12,18 +12,15 @@ trained on kinds, otherwise from the heuristics, otherwise "model".
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from millrace.config import ProcessingSettings, Settings
+from millrace.config import ProcessingSettings
 from millrace.processing.features import SHORT
 from millrace.records import SENSOR_TYPES
-
-log = logging.getLogger(__name__)
 
 # Model inputs: scale-free features only (raw values and rolling means are in sensor units), and the type.
 MODEL_FEATURES: tuple[str, ...] = (
@@ -75,64 +72,38 @@ _RULE_INPUTS = ("value", "stuck_run", "roll_std", "robust_z", "short_ref_z", "re
                 "pair_resid_mean")  # fmt: skip
 
 
-class Scorer:
-    """Scores featured readings. ``registry`` (a models directory) makes it follow the promoted model: every
-    call looks at the promoted pointer first, so the first batch scored after ``ml promote`` returns uses the
-    new model; ``detector`` fixes one model (evaluation)."""
+# Where a scorer gets its model from, asked before every call: (version, detector), or None for rules only.
+# millrace.ml.follow.PromotedModel follows the promoted model of the registry (the stream job's scorer).
+ModelSource = Callable[[], tuple[str, Any] | None]
 
-    def __init__(self, processing: ProcessingSettings, *, registry: Path | None = None, detector: Any = None) -> None:
+
+class Scorer:
+    """Scores featured readings. ``detector`` fixes one model (evaluation); ``model_source`` is asked for the
+    current model before every call (and once here), so a scorer built by :func:`millrace.ml.follow.load_scorer`
+    scores the first batch after ``ml promote`` returns with the new model. Neither: rules only."""
+
+    def __init__(
+        self, processing: ProcessingSettings, *, detector: Any = None, model_source: ModelSource | None = None
+    ) -> None:
         self.processing = processing
-        self.registry = registry
         self.detector = detector
         self.version: str | None = None
-        self._pointer: tuple[int, int, int] | None = None  # (inode, mtime ns, size) of the pointer last read
+        self.model_source = model_source
         low = {t: r.low for t, r in processing.ranges.items()}
         high = {t: r.high for t, r in processing.ranges.items()}
         self._low, self._high = low, high
+        self._follow()
 
-    # ------------------------------------------------------------------ model hot reload
-    def refresh(self, *, force: bool = False) -> None:
-        """Switch to a newly promoted model if there is one. Cheap when nothing changed: one ``stat`` of the
-        pointer file (promotion replaces it atomically, so a new promotion is a new inode); the pointer is
-        read, and a model loaded, only when it changed."""
-        if self.registry is None:
-            return
-        from millrace.ml.registry import PROMOTED_FILE, load_bundle, promoted_version
-
-        try:
-            st = (self.registry / PROMOTED_FILE).stat()
-            pointer: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            pointer = None
-        if pointer == self._pointer and not force:
-            return
-        self._pointer = pointer  # a model that cannot load is not retried until the next promotion
-        version = promoted_version(self.registry)
-        if version == self.version:
-            return
-        if version is None:
-            self.detector, self.version = None, None
-            return
-        try:
-            detector = load_bundle(self.registry, version)
-        except Exception as exc:  # keep scoring with what we have; say why
-            log.warning("cannot load promoted model %s: %s", version, exc)
-            return
-        unknown = unknown_features(detector)
-        if unknown:
-            log.warning("cannot score with promoted model %s: it needs features this version does not compute "
-                        "(%s); retrain it with `millrace ml train`", version, ", ".join(unknown))  # fmt: skip
-            return
-        self.detector = detector
-        log.info("scoring with model %s (%s)", version, detector.name)
-        self.version = version
+    def _follow(self) -> None:
+        if self.model_source is not None:
+            self.version, self.detector = self.model_source() or (None, None)
 
     # ------------------------------------------------------------------ scoring
     def score(self, features: pd.DataFrame, history: dict[str, Any] | None = None) -> pd.DataFrame:
         """``features`` as returned by device_step / frame_features; returns it with SCORE_COLUMNS added.
         ``history``: per device, the past rows a device-level model needs (the stream job keeps it in its state;
         updated here); per-reading models ignore it."""
-        self.refresh()
+        self._follow()
         if getattr(self.detector, "level", None) == "device":
             added = self.detector.score_readings(features, {} if history is None else history)
             kept = features.drop(columns=[c for c in SCORE_COLUMNS if c in features.columns])
@@ -267,12 +238,3 @@ def unknown_features(detector: Any) -> list[str]:
 
     names = (*model_features(detector)[:-1], *(getattr(detector, "kind_features", None) or ("type_code",))[:-1])
     return list(dict.fromkeys(f for f in names if f not in FEATURE_COLUMNS))
-
-
-def load_scorer(settings: Settings) -> Scorer:
-    """Rules + robust z + the promoted model if any; follows newly promoted models without a restart."""
-    from millrace.ml.registry import registry_root
-
-    scorer = Scorer(settings.processing, registry=registry_root(settings))
-    scorer.refresh(force=True)
-    return scorer

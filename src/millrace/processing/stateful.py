@@ -61,7 +61,8 @@ def _scorer(settings: Settings, factory: Callable[[Settings], Any] | None = None
     key = settings.model_dump_json()
     if key not in _scorers:
         if factory is None:
-            from millrace.processing.scoring import load_scorer
+            # Known exception to the layers (tests/unit/test_layers.py): the job does not inject its scorer yet.
+            from millrace.ml.follow import load_scorer
 
             factory = load_scorer
         _scorers[key] = factory(settings)
@@ -143,7 +144,7 @@ class StatefulStep:
     ) -> None:  # fmt: skip
         self.settings = settings
         self.source = source_topic
-        self.scorer_factory = scorer_factory  # default scoring.load_scorer
+        self.scorer_factory = scorer_factory  # default ml.follow.load_scorer
         # With a sink (sink.worker_sink in the job) readings are written here, in the executor, and leave the
         # step only as window partials; without one they are output rows ("reading").
         self.sink_factory = sink_factory

@@ -7,7 +7,6 @@ ISO 8601 UTC.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from millrace.config import Settings
+from millrace.ml.registry import promoted_info
 from millrace.services.problems import JsonResponse, Problem
 from millrace.services.schemas import (
     PROBLEM_RESPONSES,
@@ -257,11 +257,7 @@ def quality(request: Request) -> Response:
 
 
 def _promoted(settings: Settings) -> dict[str, Any]:
-    try:
-        registry = importlib.import_module("millrace.ml.registry")
-    except ModuleNotFoundError:
-        raise Problem(404, "no model registry in this installation", kind="no-model") from None
-    info = registry.promoted_info(settings)
+    info = promoted_info(settings)
     if not info:
         raise Problem(404, "no model has been promoted yet (see `millrace ml train`)", kind="no-model")
     return dict(info)
