@@ -35,10 +35,7 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
 # Stricter than the layers: pure transforms do no I/O (no Kafka, no managed servers).
 FORBIDDEN: dict[str, set[str]] = {"processing": {"kafka", "runtime"}}
 # Exact (importer, imported) pairs that break a rule today, each with the reason it stays for now.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("millrace.processing.stateful", "millrace.ml.follow"):
-        "default scorer factory while processing/job.py passes none; the job should inject ml.follow.load_scorer",
-}  # fmt: skip
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 DYNAMIC_IMPORTERS: dict[str, str] = {
     "millrace.cli.main": "loads its own command modules (millrace.cli.*) by name",
     "millrace.runtime.stack": "registers optional servers of its own package (millrace.runtime.*) by name",

@@ -10,6 +10,7 @@ import pytest
 
 from millrace.config import load_settings
 from millrace.iot.simulator import FleetConfig, simulate_frame
+from millrace.ml.follow import load_scorer
 from millrace.processing.stateful import StatefulStep
 from millrace.processing.transforms import INVALID_GROUP
 
@@ -75,7 +76,7 @@ def payloads(out: pd.DataFrame, kind: str) -> list[dict[str, Any]]:
 
 
 def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = StatefulStep(settings, source_topic="t")
+    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
     state = FakeState(now_ms=1_800_000_000_000)
     rows = step_input(device_frame)
     first = rows.iloc[:300]
@@ -96,7 +97,7 @@ def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any,
 
 
 def test_gap_interpolated_and_long_gap_reported(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = StatefulStep(settings, source_topic="t")
+    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
     state = FakeState(now_ms=1_800_000_000_000)
     temp = device_frame[device_frame["sensor_type"] == "temperature"].reset_index(drop=True)
     kept = temp.drop(index=[50, 51, 52]).drop(index=range(70, 80))  # 3 missing (filled), 10 missing (gap)
@@ -109,7 +110,7 @@ def test_gap_interpolated_and_long_gap_reported(settings: Any, device_frame: pd.
 
 
 def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = StatefulStep(settings, source_topic="readings")
+    step = StatefulStep(settings, source_topic="readings", scorer_factory=load_scorer)
     state = FakeState(now_ms=1_800_000_000_000)
     temp = device_frame[device_frame["sensor_type"] == "temperature"].reset_index(drop=True)
     rows = step_input(temp)
@@ -124,7 +125,7 @@ def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_f
 
 
 def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> None:
-    step = StatefulStep(settings, source_topic="readings")
+    step = StatefulStep(settings, source_topic="readings", scorer_factory=load_scorer)
     frame = pd.DataFrame({
         "gkey": [INVALID_GROUP] * 2, "reason": ["malformed", "out_of_range"], "raw": [b"\xff{oops", b'{"v":1}'],
         "kafka_partition": [2, 1], "kafka_offset": [7, 8],
@@ -139,7 +140,7 @@ def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> 
 
 
 def test_wall_clock_timeout_reports_sensors_inactive(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = StatefulStep(settings, source_topic="t")
+    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
     state = FakeState(now_ms=1_800_000_000_000)
     run(step, state, "dev-0001", step_input(device_frame))
     state.hasTimedOut = True
@@ -162,7 +163,7 @@ def _chunks(frame: pd.DataFrame, seconds: int) -> list[pd.DataFrame]:
 
 def test_a_bucket_of_devices_gives_each_device_what_it_gets_alone(settings: Any) -> None:
     frame = _fleet(devices=3, seconds=900, anomaly_rate=0.3)
-    step = StatefulStep(settings, source_topic="t")
+    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
     together_state = FakeState(now_ms=1_800_000_000_000)
     together = [run(step, together_state, "b0", step_input(c, first_offset=i * 10_000))
                 for i, c in enumerate(_chunks(frame, 60))]  # fmt: skip
@@ -188,7 +189,7 @@ def test_a_bucket_of_devices_gives_each_device_what_it_gets_alone(settings: Any)
 
 def test_a_silent_device_is_swept_while_its_bucket_keeps_running(settings: Any) -> None:
     frame = _fleet(devices=2, seconds=120)
-    step = StatefulStep(settings, source_topic="t")
+    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
     state = FakeState(now_ms=1_800_000_000_000)
     run(step, state, "b0", step_input(frame[frame["timestamp"] < frame["timestamp"].min() + pd.Timedelta(seconds=60)]))
     rest = frame[frame["timestamp"] >= frame["timestamp"].min() + pd.Timedelta(seconds=60)]
@@ -230,8 +231,10 @@ def test_with_a_sink_readings_and_alerts_leave_through_it_and_windows_as_partial
 
     frame = _fleet(devices=2, seconds=300, anomaly_rate=0.3)
     sink = ListSink()
-    with_sink = StatefulStep(settings, source_topic="t", sink_factory=lambda _settings: sink)
-    plain = StatefulStep(settings, source_topic="t")
+    with_sink = StatefulStep(
+        settings, source_topic="t", scorer_factory=load_scorer, sink_factory=lambda _settings: sink
+    )
+    plain = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
     s1, s2 = FakeState(now_ms=1_800_000_000_000), FakeState(now_ms=1_800_000_000_000)
     outs, plain_outs = [], []
     for i, chunk in enumerate(_chunks(frame, 90)):

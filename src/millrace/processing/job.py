@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from millrace.config import Settings
+from millrace.ml.follow import load_scorer
 from millrace.processing.progress import ProgressOffsets
 from millrace.processing.session import checkpoint_dir
 from millrace.processing.writers import BatchStats, BatchWriter
@@ -28,7 +29,7 @@ class JobOptions:
     trigger_s: float = 1.0
     max_offsets_per_trigger: int = 200_000
     topic: str | None = None  # default settings.topics.readings
-    scorer_factory: Callable[[Settings], Any] | None = None  # default scoring.load_scorer (tests swap it)
+    scorer_factory: Callable[[Settings], Any] = load_scorer  # follows the promoted model (tests swap it)
     executor_writes: bool = True  # readings written by the executors (processing.sink), not the driver
 
 

@@ -57,14 +57,9 @@ STORED_FEATURES: tuple[str, ...] = (
 _scorers: dict[str, Any] = {}  # one Scorer per Python worker process (workers are reused across batches)
 
 
-def _scorer(settings: Settings, factory: Callable[[Settings], Any] | None = None) -> Any:
+def _scorer(settings: Settings, factory: Callable[[Settings], Any]) -> Any:
     key = settings.model_dump_json()
     if key not in _scorers:
-        if factory is None:
-            # Known exception to the layers (tests/unit/test_layers.py): the job does not inject its scorer yet.
-            from millrace.ml.follow import load_scorer
-
-            factory = load_scorer
         _scorers[key] = factory(settings)
     return _scorers[key]
 
@@ -139,12 +134,12 @@ class StatefulStep:
     """The function handed to applyInPandasWithState (picklable: holds only the settings)."""
 
     def __init__(
-        self, settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None,
+        self, settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any],
         sink_factory: Callable[[Settings], Any] | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.source = source_topic
-        self.scorer_factory = scorer_factory  # default ml.follow.load_scorer
+        self.scorer_factory = scorer_factory  # the job injects ml.follow.load_scorer (a Scorer per worker)
         # With a sink (sink.worker_sink in the job) readings are written here, in the executor, and leave the
         # step only as window partials; without one they are output rows ("reading").
         self.sink_factory = sink_factory
@@ -430,7 +425,7 @@ def _json_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def make_step(
-    settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any] | None = None,
+    settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any],
     sink_factory: Callable[[Settings], Any] | None = None,
 ) -> Callable[..., Iterator[pd.DataFrame]]:  # fmt: skip
     return StatefulStep(settings, source_topic=source_topic, scorer_factory=scorer_factory, sink_factory=sink_factory)
