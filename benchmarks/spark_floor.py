@@ -44,8 +44,8 @@ from stream_throughput import (  # noqa: E402
     settings_for,
 )  # fmt: skip
 
-from millrace.processing.job import kafka_source_options  # noqa: E402
-from millrace.processing.session import build_session  # noqa: E402
+from millrace.jobs.iot_stream import bucket_labels, kafka_source_options  # noqa: E402
+from millrace.jobs.session import build_session  # noqa: E402
 from millrace.runtime.process import free_port  # noqa: E402
 from millrace.runtime.stack import Stack  # noqa: E402
 
@@ -67,7 +67,7 @@ def group_frame(spark: Any, settings: Any, starting: str, max_offsets: int) -> A
     """The job's own Kafka source, parse, validation and shuffle into a counting ``applyInPandasWithState``."""
     from pyspark.sql.streaming.state import GroupStateTimeout
 
-    from millrace.processing.transforms import bucket_labels, parse, to_step_input, validate
+    from millrace.processing.transforms import parse, to_step_input, validate
 
     source = (
         spark.readStream.format("kafka").options(**kafka_source_options(settings))
@@ -83,7 +83,7 @@ def group_frame(spark: Any, settings: Any, starting: str, max_offsets: int) -> A
 
 
 def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_offsets: int) -> dict[str, Any]:
-    from millrace.processing.transforms import INVALID_GROUP, bucket_labels, parse, to_step_input, validate
+    from millrace.processing.transforms import INVALID_GROUP, parse, to_step_input, validate
 
     source = (
         spark.readStream.format("kafka").options(**kafka_source_options(settings))

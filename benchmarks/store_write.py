@@ -39,10 +39,10 @@ import pandas as pd
 import pyarrow as pa
 
 from millrace.config import load_settings
-from millrace.records import SENSOR_TYPES
+from millrace.records import SENSOR_TYPES, WINDOW_COLUMNS
 from millrace.runtime.mongodb import mongodb_spec
 from millrace.runtime.process import ProcessManager, free_port
-from millrace.stores.base import WINDOW_COLUMNS, Store
+from millrace.stores.base import Store
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 STORED_FEATURES = ("dt_s", "rate", "roll_mean", "roll_std", "z", "robust_z", "dev_max_abs_z", "pair_resid_z")

@@ -32,9 +32,9 @@ import psutil
 
 from millrace.config import Settings, load_settings
 from millrace.iot.simulator import FleetConfig, Simulator
+from millrace.jobs.iot_stream import default_options, run
+from millrace.jobs.writers import BatchStats
 from millrace.kafka.producer import make_producer
-from millrace.processing.job import default_options, run
-from millrace.processing.writers import BatchStats
 from millrace.runtime.process import free_port
 from millrace.runtime.stack import Stack
 from millrace.stores.sqlite import SqliteStore

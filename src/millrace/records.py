@@ -6,7 +6,7 @@ timezone-aware UTC datetimes in memory and ISO 8601 strings with a ``Z`` suffix 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -181,3 +181,7 @@ class WindowMetric:
         data["window_start"] = to_iso(self.window_start)
         data["window_end"] = to_iso(self.window_end)
         return data
+
+
+# The columns of a window row in the store (windowed_metrics) and of the job's finished windows.
+WINDOW_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(WindowMetric))

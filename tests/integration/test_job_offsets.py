@@ -34,7 +34,7 @@ def group_of(client: TestClient, group: str, topic: str) -> tuple[dict[str, Any]
 
 
 def test_the_jobs_lag_shows_in_the_cluster_view(job: Settings, tmp_path: Path) -> None:  # noqa: F811
-    from millrace.processing.job import default_options, run
+    from millrace.jobs.iot_stream import default_options, run
 
     group, topic = job.spark.consumer_group, job.topics.readings
     assert group == "millrace-iot-process"

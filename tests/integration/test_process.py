@@ -185,7 +185,7 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_every_fault_kind_lands_where_it_should(
     job: Settings, backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    from millrace.processing.job import default_options, run
+    from millrace.jobs.iot_stream import default_options, run
 
     if backend == "mongodb":
         uri = request.getfixturevalue("mongo_uri")
@@ -328,7 +328,7 @@ def test_a_replayed_recording_in_other_units_is_stored_whole(job: Settings, tmp_
     from millrace.iot.replay import replay
     from millrace.iot.sinks import KafkaSink
     from millrace.iot.tabular import read_table
-    from millrace.processing.job import default_options, run
+    from millrace.jobs.iot_stream import default_options, run
 
     rows = 60
     rng = np.random.default_rng(9)
@@ -362,8 +362,8 @@ def test_a_replayed_recording_in_other_units_is_stored_whole(job: Settings, tmp_
 BUCKETS_SCRIPT = """
 import json, sys
 from millrace.config import load_settings
-from millrace.processing.session import build_session
-from millrace.processing.transforms import bucket_labels
+from millrace.jobs.iot_stream import bucket_labels
+from millrace.jobs.session import build_session
 spark = build_session(load_settings(state_dir=sys.argv[1], spark={"driver_memory": "512m"}))
 labels = bucket_labels(spark, 4, 2)
 frame = spark.createDataFrame([(label,) for label in labels], "gkey string").repartition(2, "gkey")

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from millrace.jobs.progress import ProgressOffsets, end_offsets
 from millrace.kafka.group_offsets import WARN_AFTER, GroupOffsetCommitter
-from millrace.processing.progress import ProgressOffsets, end_offsets
 
 
 def test_end_offsets_of_the_kafka_source() -> None:

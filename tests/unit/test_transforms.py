@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from millrace.jobs.window_ledger import WindowLedger
 from millrace.processing import episodes, gaps
 from millrace.processing.transforms import drop_duplicates_and_late, finish_windows, window_partials
-from millrace.processing.windows import WindowLedger
 
 T0 = 1_800_000_000_000  # epoch ms
 

@@ -39,8 +39,8 @@ def process(
     Exactly one row per reading, alert episode and window in the store, also after a crash and restart
     (checkpoint + idempotent upserts). Prints one line of statistics per micro-batch.
     """
-    from millrace.processing.job import default_options, run
-    from millrace.processing.writers import BatchStats
+    from millrace.jobs.iot_stream import default_options, run
+    from millrace.jobs.writers import BatchStats
 
     settings = settings_of(ctx)
     if starting_offsets not in ("earliest", "latest"):

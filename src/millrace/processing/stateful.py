@@ -7,7 +7,7 @@ the fixed cost of a call (pandas, Arrow, state (de)serialisation) is paid per bu
 In order: dead letters for invalid rows; duplicates and late events (per-sensor watermark = newest event time -
 allowed lateness); gaps (interpolation / inactivity); features.devices_step; Scorer.score; alert episodes per
 device; sensor status; data-quality counters. Everything a batch produces leaves as rows of schema.STEP_OUTPUT,
-told apart by ``out``. When the job gives a sink (processing.sink), alerts and readings leave from here instead —
+told apart by ``out``. When the job gives a sink (jobs.sink), alerts and readings leave from here instead —
 alerts first, to the store and the alerts topic, so an alert is visible as soon as its bucket is computed rather
 than when the whole micro-batch is; then the readings, to the store and the predictions topic — and the driver gets
 the alerts back only to count them ("alert_sent"). The bucket's state is one JSON document: per sensor the newest

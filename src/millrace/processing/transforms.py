@@ -1,5 +1,6 @@
-"""Pure transforms of the streaming job: Spark column logic (parse, validate) and pandas logic (dedup, late
-events, window partials). No I/O and no SparkSession here; job.py wires them."""
+"""Pure transforms of the streaming job: Spark column expressions (parse, validate, step input) and pandas logic
+(dedup, late events, window partials). They build query plans and frames but run no Spark job, create no
+SparkSession and do no I/O; jobs.iot_stream wires them into the query."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from millrace.config import ProcessingSettings
-from millrace.records import GENERIC_TYPE
+from millrace.records import GENERIC_TYPE, WINDOW_COLUMNS
 
 # Dead-letter reasons produced by validation, in the order they are checked (the first failing one is kept).
 REASONS: tuple[str, ...] = (
@@ -110,10 +111,10 @@ def validate(parsed, cfg: ProcessingSettings, now=None):  # noqa: ANN001, ANN201
 
 def to_step_input(validated, labels: list[str]):  # noqa: ANN001, ANN201
     """The columns the stateful step needs, grouped by state bucket: ``labels[hash(device_id) mod len(labels)]``
-    (see :func:`bucket_labels`). ``raw`` is the original message bytes (binary: it need not be valid UTF-8) of
-    invalid rows only: shipping every reading's bytes through the shuffle costs a quarter of Spark's own CPU
-    time here, and a valid reading that turns out late is dead-lettered re-encoded from its fields, with its
-    source position."""
+    (the job picks the labels: ``jobs.iot_stream.bucket_labels``). ``raw`` is the original message bytes
+    (binary: it need not be valid UTF-8) of invalid rows only: shipping every reading's bytes through the
+    shuffle costs a quarter of Spark's own CPU time here, and a valid reading that turns out late is
+    dead-lettered re-encoded from its fields, with its source position."""
     from pyspark.sql import functions as F
 
     ok = F.col("reason").isNull()
@@ -135,23 +136,6 @@ def to_step_input(validated, labels: list[str]):  # noqa: ANN001, ANN201
         "timestamp",
         "ground_truth",
     )
-
-
-def bucket_labels(spark, buckets: int, partitions: int) -> list[str]:  # noqa: ANN001
-    """Group keys for ``buckets`` state buckets that fall into distinct shuffle partitions (as far as there are
-    partitions), so that the buckets' Python calls run in parallel. Spark places a group key in partition
-    ``pmod(hash(key), partitions)`` — the same Murmur3 hash as SQL ``hash()`` — so this asks Spark itself."""
-    rows = spark.range(0, 64 * buckets).selectExpr(
-        "concat('b', cast(id AS string)) AS label", f"pmod(hash(concat('b', cast(id AS string))), {partitions}) AS p"
-    ).collect()  # fmt: skip
-    free: dict[int, list[str]] = {}
-    for row in rows:
-        free.setdefault(int(row["p"]), []).append(str(row["label"]))
-    labels = []
-    for i in range(buckets):
-        wanted = free.get(i % partitions) or next(v for v in free.values() if v)
-        labels.append(wanted.pop(0))
-    return labels
 
 
 # --------------------------------------------------------------------------------------------- pandas side
@@ -277,7 +261,7 @@ def merge_partials(rows: list[dict]) -> pd.DataFrame:
 
 
 def finish_windows(merged: pd.DataFrame, window_s: int) -> pd.DataFrame:
-    """Merged partials (summed count/sum/sumsq, min of min, max of max) -> store.base.WINDOW_COLUMNS rows."""
+    """Merged partials (summed count/sum/sumsq, min of min, max of max) -> records.WINDOW_COLUMNS rows."""
     out = merged.copy()
     count = out["count"].astype("float64")
     mean = out["sum"] / count
@@ -290,6 +274,4 @@ def finish_windows(merged: pd.DataFrame, window_s: int) -> pd.DataFrame:
     out["window_end"] = start + pd.Timedelta(seconds=window_s)
     out["count"] = out["count"].astype("int64")
     out["anomaly_count"] = out["anomaly_count"].astype("int64")
-    from millrace.stores.base import WINDOW_COLUMNS
-
     return out[list(WINDOW_COLUMNS)].reset_index(drop=True)

@@ -33,11 +33,6 @@ READING_COLUMNS: tuple[str, ...] = (
     "ingested_at",       # datetime: when the job processed it
 )  # fmt: skip
 
-WINDOW_COLUMNS: tuple[str, ...] = (
-    "scope", "key", "sensor_type", "location", "window_start", "window_end",
-    "count", "mean", "min", "max", "stddev", "anomaly_count",
-)  # fmt: skip
-
 ALERT_FIELDS: tuple[str, ...] = (
     "alert_id", "device_id", "sensor_ids", "kind", "severity", "score", "reason", "location",
     "opened_at", "updated_at", "closed_at", "status", "readings", "top_features",
@@ -64,7 +59,7 @@ class Store(Protocol):
         ...
 
     def upsert_windows(self, rows: pd.DataFrame) -> int:
-        """Insert or replace by (scope, key, window_start). ``rows`` has WINDOW_COLUMNS."""
+        """Insert or replace by (scope, key, window_start). ``rows`` has records.WINDOW_COLUMNS."""
         ...
 
     def upsert_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> int:

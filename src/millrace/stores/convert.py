@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS, WINDOW_COLUMNS
+from millrace.records import WINDOW_COLUMNS
+from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The missing value of columns shaped for sqlite3 binding (frame_columns(sqlite=True)): SQLite binds a NaN

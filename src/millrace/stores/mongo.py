@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from millrace.errors import StoreUnavailable, missing_extra
+from millrace.records import WINDOW_COLUMNS
 from millrace.stores import convert
-from millrace.stores.base import ALERT_FIELDS, READING_COLUMNS, WINDOW_COLUMNS, AlertLifecycle
+from millrace.stores.base import ALERT_FIELDS, READING_COLUMNS, AlertLifecycle
 
 try:
     import pymongo

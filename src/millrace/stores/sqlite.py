@@ -23,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from millrace.errors import StoreUnavailable
+from millrace.records import WINDOW_COLUMNS
 from millrace.stores import convert
-from millrace.stores.base import ALERT_FIELDS, READING_COLUMNS, WINDOW_COLUMNS, AlertLifecycle
+from millrace.stores.base import ALERT_FIELDS, READING_COLUMNS, AlertLifecycle
 
 log = logging.getLogger(__name__)
 

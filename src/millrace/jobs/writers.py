@@ -1,7 +1,7 @@
 """The foreachBatch writer of the streaming job: one micro-batch's output into the store and Kafka topics.
 
 The batch is collected once (Arrow) — foreachBatch would otherwise recompute the stateful step per action. In the
-job the readings and alerts were already written by the executors (processing.sink; alerts come back as
+job the readings and alerts were already written by the executors (jobs.sink; alerts come back as
 "alert_sent" rows, only counted here); what reaches the driver is small: window partials, sensor status, quality
 counters and dead letters (and reading and alert rows when the step runs without a sink). Window partials of all
 buckets are merged per window and recorded in the ledger under the batch id, so a replayed batch gives the same
@@ -27,9 +27,9 @@ import pandas as pd
 
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
-from millrace.processing.sink import produce_predictions
+from millrace.jobs.sink import produce_predictions
+from millrace.jobs.window_ledger import WindowLedger
 from millrace.processing.transforms import finish_windows, merge_partials
-from millrace.processing.windows import WindowLedger
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from millrace.config import Settings
+from millrace.jobs.progress import ProgressOffsets
+from millrace.jobs.session import checkpoint_dir
+from millrace.jobs.writers import BatchStats, BatchWriter
 from millrace.ml.follow import load_scorer
-from millrace.processing.progress import ProgressOffsets
-from millrace.processing.session import checkpoint_dir
-from millrace.processing.writers import BatchStats, BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class JobOptions:
     max_offsets_per_trigger: int = 200_000
     topic: str | None = None  # default settings.topics.readings
     scorer_factory: Callable[[Settings], Any] = load_scorer  # follows the promoted model (tests swap it)
-    executor_writes: bool = True  # readings written by the executors (processing.sink), not the driver
+    executor_writes: bool = True  # readings written by the executors (jobs.sink), not the driver
 
 
 def default_options(settings: Settings, **overrides: Any) -> JobOptions:
@@ -59,13 +59,31 @@ def kafka_source_options(settings: Settings) -> dict[str, str]:
     return opts
 
 
+def bucket_labels(spark: Any, buckets: int, partitions: int) -> list[str]:
+    """Group keys for ``buckets`` state buckets that fall into distinct shuffle partitions (as far as there are
+    partitions), so that the buckets' Python calls run in parallel. Spark places a group key in partition
+    ``pmod(hash(key), partitions)`` — the same Murmur3 hash as SQL ``hash()`` — so this asks Spark itself (one
+    small job on ``spark``)."""
+    rows = spark.range(0, 64 * buckets).selectExpr(
+        "concat('b', cast(id AS string)) AS label", f"pmod(hash(concat('b', cast(id AS string))), {partitions}) AS p"
+    ).collect()  # fmt: skip
+    free: dict[int, list[str]] = {}
+    for row in rows:
+        free.setdefault(int(row["p"]), []).append(str(row["label"]))
+    labels = []
+    for i in range(buckets):
+        wanted = free.get(i % partitions) or next(v for v in free.values() if v)
+        labels.append(wanted.pop(0))
+    return labels
+
+
 def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Callable[[Any, int], None]) -> Any:
     """Build and start the streaming query; returns the StreamingQuery."""
     from pyspark.sql.streaming.state import GroupStateTimeout
 
     from millrace.processing.schema import STEP_OUTPUT, STEP_STATE
     from millrace.processing.stateful import make_step
-    from millrace.processing.transforms import bucket_labels, parse, to_step_input, validate
+    from millrace.processing.transforms import parse, to_step_input, validate
 
     topic = options.topic or settings.topics.readings
     reader = (
@@ -80,7 +98,8 @@ def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Cal
     partitions = settings.spark.shuffle_partitions
     labels = bucket_labels(spark, settings.spark.state_buckets or partitions, partitions)
     steps = to_step_input(validate(parse(reader.load()), settings.processing), labels)
-    from millrace.processing.sink import worker_sink
+    # Shipped to the Python workers by pickle as a reference to this module path (jobs.sink.worker_sink).
+    from millrace.jobs.sink import worker_sink
 
     sink = worker_sink if options.executor_writes else None
     out = steps.groupBy("gkey").applyInPandasWithState(
@@ -143,7 +162,7 @@ def run(
     batch), ``should_stop()`` turns true, or forever. A query that fails (a broker restart outlasting the
     client retries, say) is restarted from its checkpoint up to ``max_restarts`` times in a row."""
     from millrace.errors import MillraceError
-    from millrace.processing.session import build_session
+    from millrace.jobs.session import build_session
 
     spark = build_session(settings, master=master, app_name="millrace-iot-process")
     batches = 0
