@@ -8,11 +8,16 @@ setup:
 demo: setup
 	.venv/bin/millrace demo $(DEMO_ARGS)
 
-test: setup
+# Lint first (ruff check, ruff format --check, mypy), then every test.
+test: setup lint
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
 	.venv/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
-lint:
-	.venv/bin/ruff check src tests benchmarks
+LINT_PATHS = src tests benchmarks examples
+
+lint: setup
+	.venv/bin/ruff check $(LINT_PATHS)
+	.venv/bin/ruff format --check $(LINT_PATHS)
+	.venv/bin/mypy src/millrace

@@ -62,19 +62,45 @@ def fill(store: SqliteStore, sensors: int, readings: int) -> list[str]:
         sensor_id = f"{device}-{kind}"
         ids.append(sensor_id)
         ts = pd.date_range(T0, periods=readings, freq="1s", tz="UTC")
-        store.upsert_readings(pd.DataFrame({
-            "sensor_id": sensor_id, "device_id": device, "sensor_type": kind, "location": f"loc-{n % 4 + 1:02d}",
-            "unit": "", "timestamp": ts, "value": rng.normal(20, 1, readings), "status": "ok",
-            "interpolated": False, "score": rng.random(readings), "is_anomaly": rng.random(readings) < 0.01,
-            "features": "{}",
-        }))  # fmt: skip
-    store.upsert_alerts([
-        {"alert_id": f"al-{i}", "device_id": "dev-0001", "sensor_ids": [ids[i % len(ids)]], "kind": "spike",
-         "severity": "warning", "score": 5.0, "reason": "spike", "location": "loc-01",
-         "opened_at": T0 + timedelta(seconds=i), "updated_at": T0 + timedelta(seconds=i + 5), "closed_at": None,
-         "status": "open", "readings": 3, "top_features": []}
-        for i in range(200)
-    ])  # fmt: skip
+        store.upsert_readings(
+            pd.DataFrame(
+                {
+                    "sensor_id": sensor_id,
+                    "device_id": device,
+                    "sensor_type": kind,
+                    "location": f"loc-{n % 4 + 1:02d}",
+                    "unit": "",
+                    "timestamp": ts,
+                    "value": rng.normal(20, 1, readings),
+                    "status": "ok",
+                    "interpolated": False,
+                    "score": rng.random(readings),
+                    "is_anomaly": rng.random(readings) < 0.01,
+                    "features": "{}",
+                }
+            )
+        )
+    store.upsert_alerts(
+        [
+            {
+                "alert_id": f"al-{i}",
+                "device_id": "dev-0001",
+                "sensor_ids": [ids[i % len(ids)]],
+                "kind": "spike",
+                "severity": "warning",
+                "score": 5.0,
+                "reason": "spike",
+                "location": "loc-01",
+                "opened_at": T0 + timedelta(seconds=i),
+                "updated_at": T0 + timedelta(seconds=i + 5),
+                "closed_at": None,
+                "status": "open",
+                "readings": 3,
+                "top_features": [],
+            }
+            for i in range(200)
+        ]
+    )
     return ids
 
 

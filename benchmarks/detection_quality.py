@@ -52,12 +52,14 @@ DEVELOPMENT_SEEDS = (201, 202)
 SPARSE_DEVELOPMENT_SEEDS = (203, 204)
 
 
-def _test_features(settings: Any, devices: int, hours: float, rate: float, seeds: tuple[int, ...] = TEST_SEEDS,
-                   month: int = 3) -> pd.DataFrame:  # fmt: skip
+def _test_features(
+    settings: Any, devices: int, hours: float, rate: float, seeds: tuple[int, ...] = TEST_SEEDS, month: int = 3
+) -> pd.DataFrame:
     parts = []
     for i, seed in enumerate(seeds):
-        cfg = FleetConfig(devices=devices, seed=seed, anomaly_rate=rate,
-                          start=datetime(2026, month, 10 + 5 * i, tzinfo=UTC))  # fmt: skip
+        cfg = FleetConfig(
+            devices=devices, seed=seed, anomaly_rate=rate, start=datetime(2026, month, 10 + 5 * i, tzinfo=UTC)
+        )
         feats = featurize(simulate_frame(cfg, duration_s=hours * 3600), settings.processing)
         feats["sensor_id"] = feats["sensor_id"] + f"-s{seed}"
         parts.append(feats)
@@ -76,7 +78,7 @@ def _measure(feats: pd.DataFrame, scorer: Scorer) -> dict[str, Any]:
         "per_kind": per_kind(labels, flag, kinds),
         "episodes": episode_per_kind(
             scored["sensor_id"].to_numpy(dtype=object), ts, labels, flag, kinds, scored["score"].to_numpy(dtype=float)
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -84,19 +86,25 @@ def _print(title: str, runs: dict[str, dict[str, Any]]) -> None:
     m, d, r = runs["namer"], runs["detector"], runs["rules"]
     o = m["overall"]
     print(f"\n### {title}: {o['readings']:,} readings, {o['anomalies']:,} anomalous\n")
-    print("| kind | readings | detection recall | kind precision | kind recall | kind F1 | kind F1 (detector "
-          "own naming) | episodes | episode F1 | episode F1 (detector's own naming) | rules recall |")  # fmt: skip
+    print(
+        "| kind | readings | detection recall | kind precision | kind recall | kind F1 | kind F1 (detector "
+        "own naming) | episodes | episode F1 | episode F1 (detector's own naming) | rules recall |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind, row in m["per_kind"].items():
         ep, ep_d = m["episodes"].get(kind, {}), d["episodes"].get(kind, {})
-        print(f"| {kind} | {row['readings']:,} | {row['recall']:.3f} | {row['kind_precision']:.3f} | "
-              f"{row['kind_recall']:.3f} | **{row['kind_f1']:.3f}** | {d['per_kind'][kind]['kind_f1']:.3f} | "
-              f"{ep.get('episodes', 0)} | {ep.get('f1', 0):.3f} | {ep_d.get('f1', 0):.3f} | "
-              f"{r['per_kind'][kind]['recall']:.3f} |")  # fmt: skip
+        print(
+            f"| {kind} | {row['readings']:,} | {row['recall']:.3f} | {row['kind_precision']:.3f} | "
+            f"{row['kind_recall']:.3f} | **{row['kind_f1']:.3f}** | {d['per_kind'][kind]['kind_f1']:.3f} | "
+            f"{ep.get('episodes', 0)} | {ep.get('f1', 0):.3f} | {ep_d.get('f1', 0):.3f} | "
+            f"{r['per_kind'][kind]['recall']:.3f} |"
+        )
     for name, run in (("model", m), ("rules", r)):
         x = run["overall"]
-        print(f"| **all ({name})** | {x['anomalies']:,} | recall {x['recall']:.3f} | precision {x['precision']:.3f} "
-              f"| F1 {x['f1']:.3f} | false alarms {x['false_alarm_rate']:.3%} | | | | | |")  # fmt: skip
+        print(
+            f"| **all ({name})** | {x['anomalies']:,} | recall {x['recall']:.3f} | precision {x['precision']:.3f} "
+            f"| F1 {x['f1']:.3f} | false alarms {x['false_alarm_rate']:.3%} | | | | | |"
+        )
 
 
 def main() -> None:
@@ -109,11 +117,20 @@ def main() -> None:
     parser.add_argument("--rich-rate", type=float, default=0.15)
     parser.add_argument("--skip-development", action="store_true", help="leave out the development sets")
     parser.add_argument("--skip-tests", action="store_true", help="leave out the test sets (for choices)")
-    parser.add_argument("--fit-seed", type=int, default=0,
-                        help="seed of the training's sampling and fits (the data stay the same): runs with "
-                             "several show how much a number moves from one training to the next")  # fmt: skip
-    parser.add_argument("--train-rates", type=float, nargs="+", default=[0.15] * 6,
-                        help="anomaly rate of each training seed (seeds 101, 102, ... one per rate)")
+    parser.add_argument(
+        "--fit-seed",
+        type=int,
+        default=0,
+        help="seed of the training's sampling and fits (the data stay the same): runs with "
+        "several show how much a number moves from one training to the next",
+    )
+    parser.add_argument(
+        "--train-rates",
+        type=float,
+        nargs="+",
+        default=[0.15] * 6,
+        help="anomaly rate of each training seed (seeds 101, 102, ... one per rate)",
+    )
     parser.add_argument("--json", type=Path, default=Path("detection_quality.json"))
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="millrace-quality-"))
@@ -123,8 +140,9 @@ def main() -> None:
     frames = []
     train_seeds = tuple(TRAIN_SEED0 + i for i in range(len(args.train_rates)))
     for i, (seed, rate) in enumerate(zip(train_seeds, args.train_rates, strict=True)):
-        cfg = FleetConfig(devices=args.devices, seed=seed, anomaly_rate=rate,
-                          start=datetime(2026, 1, 1 + 3 * i, tzinfo=UTC))  # fmt: skip
+        cfg = FleetConfig(
+            devices=args.devices, seed=seed, anomaly_rate=rate, start=datetime(2026, 1, 1 + 3 * i, tzinfo=UTC)
+        )
         frame = simulate_frame(cfg, duration_s=args.train_hours * 3600)
         frame["device_id"] = frame["device_id"] + f"-s{seed}"
         frame["sensor_id"] = frame["device_id"] + "-" + frame["sensor_type"]
@@ -154,20 +172,29 @@ def main() -> None:
             "detector": _measure(feats, Scorer(settings.processing, detector=without_namer)),
             "rules": _measure(
                 feats.drop(columns=[c for c in SCORE_COLUMNS if c in feats]), Scorer(settings.processing)
-            ),  # fmt: skip
+            ),
         }
         del feats
         kind = "set (for choices; never trained on)" if "development" in name else "test"
-        _print(f"{name} {kind} ({devices} devices x {len(seeds)} seeds, {hours:g} h, anomaly rate {rate:g})",
-               runs)  # fmt: skip
+        _print(f"{name} {kind} ({devices} devices x {len(seeds)} seeds, {hours:g} h, anomaly rate {rate:g})", runs)
         print(f"\n({time.monotonic() - t1:.0f} s)")
         results[name] = {"devices": devices, "hours": hours, "anomaly_rate": rate, **runs}
-    args.json.write_text(json.dumps({
-        "detector": info["detector"], "train_seconds": train_s, "train_readings": len(readings),
-        "compared": info["metrics"]["compared"], "development": results.pop("development", None),
-        "sparse_development": results.pop("sparse_development", None),
-        "tests": results, "args": vars(args) | {"json": str(args.json)},
-    }, indent=2, default=float))  # fmt: skip
+    args.json.write_text(
+        json.dumps(
+            {
+                "detector": info["detector"],
+                "train_seconds": train_s,
+                "train_readings": len(readings),
+                "compared": info["metrics"]["compared"],
+                "development": results.pop("development", None),
+                "sparse_development": results.pop("sparse_development", None),
+                "tests": results,
+                "args": vars(args) | {"json": str(args.json)},
+            },
+            indent=2,
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -38,11 +38,15 @@ def _settings(state_dir: Path) -> Settings:
     kafka_port, mqtt_port = free_port(), free_port()
     return load_settings(
         state_dir=state_dir,
-        runtime={"kafka_port": kafka_port, "controller_port": free_port(), "kafka_heap": "512m",
-                 "mqtt_port": mqtt_port},
+        runtime={
+            "kafka_port": kafka_port,
+            "controller_port": free_port(),
+            "kafka_heap": "512m",
+            "mqtt_port": mqtt_port,
+        },
         kafka={"bootstrap_servers": f"127.0.0.1:{kafka_port}"},
         mqtt={"port": mqtt_port},
-    )  # fmt: skip
+    )
 
 
 class _Cpu:
@@ -77,17 +81,29 @@ def _publish(settings: Settings, messages: list[Any]) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     sink.close()
     snap = sink.stats.snapshot()
-    return {"messages": len(messages), "unacked": left, "seconds": round(elapsed, 2),
-            "rate_per_s": round(len(messages) / elapsed), "puback_latency_ms": snap["latency_ms"],
-            "cpu_percent": cpu.percent(), "cpu_ms_per_message": cpu.per_message_ms(len(messages))}  # fmt: skip
+    return {
+        "messages": len(messages),
+        "unacked": left,
+        "seconds": round(elapsed, 2),
+        "rate_per_s": round(len(messages) / elapsed),
+        "puback_latency_ms": snap["latency_ms"],
+        "cpu_percent": cpu.percent(),
+        "cpu_ms_per_message": cpu.per_message_ms(len(messages)),
+    }
 
 
 def _bridge_result(bridge: MqttBridge, elapsed: float, cpu: _Cpu) -> dict[str, Any]:
     counters, snap = bridge.counters, bridge.stats.snapshot()
-    return {"received": counters.received, "acked": counters.acked, "seconds": round(elapsed, 2),
-            "rate_per_s": round(counters.acked / elapsed), "kafka_latency_ms": snap["latency_ms"],
-            "cpu_percent": cpu.percent(), "cpu_ms_per_message": cpu.per_message_ms(counters.acked),
-            "rss_mb": round(psutil.Process().memory_info().rss / 2**20)}  # fmt: skip
+    return {
+        "received": counters.received,
+        "acked": counters.acked,
+        "seconds": round(elapsed, 2),
+        "rate_per_s": round(counters.acked / elapsed),
+        "kafka_latency_ms": snap["latency_ms"],
+        "cpu_percent": cpu.percent(),
+        "cpu_ms_per_message": cpu.per_message_ms(counters.acked),
+        "rss_mb": round(psutil.Process().memory_info().rss / 2**20),
+    }
 
 
 def run(count: int) -> dict[str, Any]:
@@ -125,8 +141,14 @@ def run(count: int) -> dict[str, Any]:
             live = _bridge_result(live_bridge, time.monotonic() - started, cpu)
         finally:
             stack.down()
-    return {"count": count, "publish": published, "drain": drain, "live": live, "load_average": os.getloadavg(),
-            "machine": f"{psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB"}  # fmt: skip
+    return {
+        "count": count,
+        "publish": published,
+        "drain": drain,
+        "live": live,
+        "load_average": os.getloadavg(),
+        "machine": f"{psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB",
+    }
 
 
 def main() -> None:
@@ -141,9 +163,11 @@ def main() -> None:
     for phase in ("publish", "drain", "live"):
         data = result[phase]
         lat = data.get("puback_latency_ms") or data.get("kafka_latency_ms")
-        print(f"{phase:8s} {data['rate_per_s']:>8,} msg/s in {data['seconds']:6.2f} s  "
-              f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms  cpu {data['cpu_percent']}% "
-              f"({data['cpu_ms_per_message']} ms/msg)")  # fmt: skip
+        print(
+            f"{phase:8s} {data['rate_per_s']:>8,} msg/s in {data['seconds']:6.2f} s  "
+            f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms  cpu {data['cpu_percent']}% "
+            f"({data['cpu_ms_per_message']} ms/msg)"
+        )
 
 
 if __name__ == "__main__":

@@ -91,8 +91,10 @@ def _monitor(argv: list[str], env: dict[str, str]) -> tuple[str, str, float, flo
     def drain(stream: object, parts: list[str]) -> None:
         parts.append(stream.read())  # type: ignore[attr-defined]
 
-    readers = [threading.Thread(target=drain, args=(proc.stdout, out_parts)),
-               threading.Thread(target=drain, args=(proc.stderr, err_parts))]  # fmt: skip
+    readers = [
+        threading.Thread(target=drain, args=(proc.stdout, out_parts)),
+        threading.Thread(target=drain, args=(proc.stderr, err_parts)),
+    ]
     for reader in readers:
         reader.start()
     while proc.poll() is None:
@@ -226,28 +228,49 @@ def main() -> None:
         finally:
             stack.down()
 
-    table = Table(title=f"{args.records:,} records of {record_size:.0f} B, acks=all, idempotence, "
-                        f"{settings.kafka.compression}, {args.partitions} partitions, 1 broker")  # fmt: skip
+    table = Table(
+        title=f"{args.records:,} records of {record_size:.0f} B, acks=all, idempotence, "
+        f"{settings.kafka.compression}, {args.partitions} partitions, 1 broker"
+    )
     for column in ("producer", "round", "records/s", "MB/s", "lat avg ms", "lat p99 ms", "CPU s", "CPU %",
                    "peak RSS MiB"):  # fmt: skip
         table.add_column(column, justify="right")
     for name, rounds in results.items():
         for i, r in enumerate(rounds, 1):
             busy = r["records"] / r["rate"] if r["rate"] else r["wall_s"]
-            table.add_row(name, str(i), f"{r['rate']:,.0f}", f"{r['rate'] * record_size / 1e6:.1f}",
-                          f"{r['lat_avg_ms']:.1f}", f"{r['lat_p99_ms']:.1f}", f"{r['cpu_s']:.1f}",
-                          f"{100 * r['cpu_s'] / busy:.0f}", f"{r['rss_mb']:.0f}")  # fmt: skip
+            table.add_row(
+                name,
+                str(i),
+                f"{r['rate']:,.0f}",
+                f"{r['rate'] * record_size / 1e6:.1f}",
+                f"{r['lat_avg_ms']:.1f}",
+                f"{r['lat_p99_ms']:.1f}",
+                f"{r['cpu_s']:.1f}",
+                f"{100 * r['cpu_s'] / busy:.0f}",
+                f"{r['rss_mb']:.0f}",
+            )
     console.print(table)
     theirs = statistics.median(r["rate"] for r in results["ProducerPerformance"])
     medians = {name: statistics.median(r["rate"] for r in rounds) for name, rounds in results.items()}
     for name in variants:
         console.print(f"median {name}: {medians[name]:,.0f}/s = {medians[name] / theirs:.2f} x ProducerPerformance")
-    console.print(f"median ProducerPerformance {theirs:,.0f}/s; simulator alone {encoded:,.0f}/s; "
-                  f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    console.print(
+        f"median ProducerPerformance {theirs:,.0f}/s; simulator alone {encoded:,.0f}/s; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     if args.json_out:
-        args.json_out.write_text(json.dumps({"args": vars(args) | {"json_out": str(args.json_out)},
-                                             "record_size": record_size, "results": results, "encode_only": encoded,
-                                             "median": medians}, indent=2))  # fmt: skip
+        args.json_out.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"json_out": str(args.json_out)},
+                    "record_size": record_size,
+                    "results": results,
+                    "encode_only": encoded,
+                    "median": medians,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

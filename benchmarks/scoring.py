@@ -45,8 +45,9 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=2.0)
     args = parser.parse_args()
     cfg = ProcessingSettings()
-    frame = simulate_frame(FleetConfig(devices=args.devices, seed=5, start=datetime(2026, 1, 1, tzinfo=UTC)),
-                           duration_s=args.hours * 3600)  # fmt: skip
+    frame = simulate_frame(
+        FleetConfig(devices=args.devices, seed=5, start=datetime(2026, 1, 1, tzinfo=UTC)), duration_s=args.hours * 3600
+    )
     frame["interpolated"] = False
     n = len(frame)
     print("| step | readings | wall s | readings/s (wall) | readings/s per CPU-second |")
@@ -67,8 +68,11 @@ def main() -> None:
         timed(f"device_step, one device, {span} micro-batches ({per} readings each)", len(one), stream)
         scorer = Scorer(cfg)
         featured = [device_step(b, empty_state(), cfg)[0] for b in batches[:200]]
-        timed(f"Scorer.score, {per} readings per call", sum(map(len, featured)),
-              lambda featured=featured, scorer=scorer: [scorer.score(f) for f in featured])  # fmt: skip
+        timed(
+            f"Scorer.score, {per} readings per call",
+            sum(map(len, featured)),
+            lambda featured=featured, scorer=scorer: [scorer.score(f) for f in featured],
+        )
     timed("Scorer: rules + robust z", n, lambda: Scorer(cfg).score(feats))
     X = model_matrix(feats)
     warm = np.isfinite(X[:, 1])
@@ -84,16 +88,25 @@ def main() -> None:
     # the only ones the multi-class model names - is what a trained model flags.
     truth = labels[rows] != NORMAL
     hgb.threshold = best_threshold(hgb.score(X[rows]), truth, max_false_alarm=MAX_FALSE_ALARM)
-    scored = timed("Scorer: gradient_boosting model (binary gate + kinds of flagged readings)", n,
-                   lambda: Scorer(cfg, detector=hgb).score(feats))  # fmt: skip
-    timed("frame_features + Scorer with gradient_boosting (the whole batch path)", n,
-          lambda: Scorer(cfg, detector=hgb).score(frame_features(frame, cfg, chunk=None)))  # fmt: skip
+    scored = timed(
+        "Scorer: gradient_boosting model (binary gate + kinds of flagged readings)",
+        n,
+        lambda: Scorer(cfg, detector=hgb).score(feats),
+    )
+    timed(
+        "frame_features + Scorer with gradient_boosting (the whole batch path)",
+        n,
+        lambda: Scorer(cfg, detector=hgb).score(frame_features(frame, cfg, chunk=None)),
+    )
     gate_trees = hgb.gate.n_iter_
     # As models saved before the gate score: 1 - P(normal) of a multi-class model on the detector's inputs.
     old = fit_gradient_boosting(X[rows], labels[rows], MODEL_FEATURES, 0)
     old.gate, old.threshold = None, hgb.threshold
-    timed("Scorer: gradient_boosting, multi-class model only (before the gate)", n,
-          lambda: Scorer(cfg, detector=old).score(feats))  # fmt: skip
+    timed(
+        "Scorer: gradient_boosting, multi-class model only (before the gate)",
+        n,
+        lambda: Scorer(cfg, detector=old).score(feats),
+    )
     flagged = float(scored["is_anomaly"].mean())
     rounds, classes = hgb.estimator.n_iter_, len(hgb.classes or ())
     print(

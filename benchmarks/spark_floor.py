@@ -42,7 +42,7 @@ from stream_throughput import (  # noqa: E402
     produce_backlog,
     query_progress,
     settings_for,
-)  # fmt: skip
+)
 
 from millrace.jobs.iot_stream import bucket_labels, kafka_source_options  # noqa: E402
 from millrace.jobs.session import build_session  # noqa: E402
@@ -70,26 +70,39 @@ def group_frame(spark: Any, settings: Any, starting: str, max_offsets: int) -> A
     from millrace.processing.transforms import parse, to_step_input, validate
 
     source = (
-        spark.readStream.format("kafka").options(**kafka_source_options(settings))
-        .option("subscribe", settings.topics.readings).option("startingOffsets", starting)
-        .option("maxOffsetsPerTrigger", str(max_offsets)).load()
-    )  # fmt: skip
+        spark.readStream.format("kafka")
+        .options(**kafka_source_options(settings))
+        .option("subscribe", settings.topics.readings)
+        .option("startingOffsets", starting)
+        .option("maxOffsetsPerTrigger", str(max_offsets))
+        .load()
+    )
     partitions = settings.spark.shuffle_partitions
     labels = bucket_labels(spark, partitions, partitions)
-    return to_step_input(validate(parse(source), settings.processing), labels).groupBy("gkey").applyInPandasWithState(
-        count_group, outputStructType="gkey string, n long, bins array<long>, counts array<long>",
-        stateStructType="total long", outputMode="append", timeoutConf=GroupStateTimeout.NoTimeout,
-    )  # fmt: skip
+    return (
+        to_step_input(validate(parse(source), settings.processing), labels)
+        .groupBy("gkey")
+        .applyInPandasWithState(
+            count_group,
+            outputStructType="gkey string, n long, bins array<long>, counts array<long>",
+            stateStructType="total long",
+            outputMode="append",
+            timeoutConf=GroupStateTimeout.NoTimeout,
+        )
+    )
 
 
 def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_offsets: int) -> dict[str, Any]:
     from millrace.processing.transforms import INVALID_GROUP, parse, to_step_input, validate
 
     source = (
-        spark.readStream.format("kafka").options(**kafka_source_options(settings))
-        .option("subscribe", settings.topics.readings).option("startingOffsets", "earliest")
-        .option("maxOffsetsPerTrigger", str(max_offsets)).load()
-    )  # fmt: skip
+        spark.readStream.format("kafka")
+        .options(**kafka_source_options(settings))
+        .option("subscribe", settings.topics.readings)
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", str(max_offsets))
+        .load()
+    )
     partitions = settings.spark.shuffle_partitions
     labels = bucket_labels(spark, partitions, partitions)
     frame = to_step_input(validate(parse(source), settings.processing), labels)
@@ -101,9 +114,12 @@ def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_o
         from pyspark.sql.streaming.state import GroupStateTimeout
 
         frame = frame.groupBy("gkey").applyInPandasWithState(
-            count_group, outputStructType="gkey string, n long, bins array<long>, counts array<long>",
-            stateStructType="total long", outputMode="append", timeoutConf=GroupStateTimeout.NoTimeout,
-        )  # fmt: skip
+            count_group,
+            outputStructType="gkey string, n long, bins array<long>, counts array<long>",
+            stateStructType="total long",
+            outputMode="append",
+            timeoutConf=GroupStateTimeout.NoTimeout,
+        )
     marks: list[tuple[float, int, dict[str, float]]] = []
 
     def on_batch(df: Any, batch_id: int) -> None:
@@ -114,9 +130,11 @@ def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_o
         marks.append((time.monotonic(), int(n), cpu_by_part()))
 
     query = (
-        frame.writeStream.foreachBatch(on_batch).option("checkpointLocation", str(root / f"ck-{stage}"))
-        .trigger(processingTime="1 second").start()
-    )  # fmt: skip
+        frame.writeStream.foreachBatch(on_batch)
+        .option("checkpointLocation", str(root / f"ck-{stage}"))
+        .trigger(processingTime="1 second")
+        .start()
+    )
     deadline = time.monotonic() + 1800
     while sum(n for _, n, _ in marks) < backlog and time.monotonic() < deadline:
         query.awaitTermination(0.5)
@@ -152,15 +170,18 @@ def latency(spark: Any, settings: Any, root: Path, args: argparse.Namespace) -> 
         batches.append(sum(r["n"] for r in rows))
 
     query = (
-        frame.writeStream.foreachBatch(on_batch).option("checkpointLocation", str(root / "ck-latency"))
-        .trigger(processingTime=f"{args.trigger} seconds").start()
-    )  # fmt: skip
+        frame.writeStream.foreachBatch(on_batch)
+        .option("checkpointLocation", str(root / "ck-latency"))
+        .trigger(processingTime=f"{args.trigger} seconds")
+        .start()
+    )
     deadline = time.monotonic() + 120
     while not batches and time.monotonic() < deadline:  # started, with its starting offsets
         query.awaitTermination(0.2)
     measure_from[0] = (time.time() + args.warmup) * 1000
-    sent = produce_at_rate(settings, live_fleet(args.rate, args.devices), args.rate, args.warmup + args.seconds,
-                           lambda key, value: None)  # fmt: skip
+    sent = produce_at_rate(
+        settings, live_fleet(args.rate, args.devices), args.rate, args.warmup + args.seconds, lambda key, value: None
+    )
     done = len(batches)
     deadline = time.monotonic() + 60
     while (len(batches) <= done or batches[-1]) and time.monotonic() < deadline:  # caught up: a batch without input
@@ -169,12 +190,15 @@ def latency(spark: Any, settings: Any, root: Path, args: argparse.Namespace) -> 
     query.stop()
     lat = np.repeat(np.array(sorted(hist), dtype=float) * HIST_MS / 1000, [hist[k] for k in sorted(hist)])
     return {
-        "rate": args.rate, "trigger_s": args.trigger, "sent": sent, "readings_measured": int(lat.size),
+        "rate": args.rate,
+        "trigger_s": args.trigger,
+        "sent": sent,
+        "readings_measured": int(lat.size),
         "latency_p50_s": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
         "latency_p99_s": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
         "latency_max_s": round(float(lat.max()), 2) if lat.size else None,
         "batch_parts_ms_p50": parts,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

@@ -128,12 +128,20 @@ def window_frame(rows: int, start: datetime) -> pd.DataFrame:
     window_start = pd.Timestamp(start) + pd.to_timedelta((idx // keys) * 60, unit="s")
     frame = pd.DataFrame(
         {
-            "scope": scope, "key": key, "sensor_type": "temperature", "location": "loc-01",
-            "window_start": window_start, "window_end": window_start + pd.Timedelta(seconds=60),
-            "count": rng.integers(1, 60, rows), "mean": rng.normal(20, 2, rows), "min": rng.normal(15, 1, rows),
-            "max": rng.normal(25, 1, rows), "stddev": rng.random(rows), "anomaly_count": rng.integers(0, 3, rows),
+            "scope": scope,
+            "key": key,
+            "sensor_type": "temperature",
+            "location": "loc-01",
+            "window_start": window_start,
+            "window_end": window_start + pd.Timedelta(seconds=60),
+            "count": rng.integers(1, 60, rows),
+            "mean": rng.normal(20, 2, rows),
+            "min": rng.normal(15, 1, rows),
+            "max": rng.normal(25, 1, rows),
+            "stddev": rng.random(rows),
+            "anomaly_count": rng.integers(0, 3, rows),
         }
-    )  # fmt: skip
+    )
     return frame[list(WINDOW_COLUMNS)]
 
 
@@ -153,7 +161,7 @@ def status_rows(rows: int, at: datetime) -> list[dict[str, Any]]:
             "state": "active",
             "expected_interval_s": 1.0,
             "updated_at": iso(at + timedelta(hours=1)),
-        }  # fmt: skip
+        }
         for i in range(rows)
     ]
 

@@ -146,8 +146,9 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
 
 def live_fleet(rate: int, devices: int) -> FleetConfig:
     """A fleet whose event time advances with the wall clock when produced at ``rate`` readings/s."""
-    return FleetConfig(devices=devices, interval_s=devices * 6 / rate, seed=9, anomaly_rate=0.02,
-                       start=datetime.now(UTC))  # fmt: skip
+    return FleetConfig(
+        devices=devices, interval_s=devices * 6 / rate, seed=9, anomaly_rate=0.02, start=datetime.now(UTC)
+    )
 
 
 def produce_at_rate(
@@ -179,8 +180,12 @@ def latency(settings: Settings, rate: int, seconds: float, devices: int, warmup_
 
     def job() -> None:
         try:
-            run(settings, default_options(settings, starting_offsets="latest"), on_batch=batches.append,
-                should_stop=stop.is_set)  # fmt: skip
+            run(
+                settings,
+                default_options(settings, starting_offsets="latest"),
+                on_batch=batches.append,
+                should_stop=stop.is_set,
+            )
         finally:
             job_done.set()
 
@@ -266,11 +271,13 @@ def stored_latency(settings: Settings, produced: dict[tuple[str, str], float], s
         stored = pd.DataFrame(rows.fetchall(), columns=["sensor_id", "ts", "ingested_ms"])
     keys = list(produced)
     times = pd.to_datetime([k[1] for k in keys], format="%Y-%m-%dT%H:%M:%S.%f", utc=True)
-    sent = pd.DataFrame({
-        "sensor_id": [k[0] for k in keys],
-        "ts": times.to_numpy(dtype="datetime64[ms]").astype("int64"),
-        "produced_s": list(produced.values()),
-    })  # fmt: skip
+    sent = pd.DataFrame(
+        {
+            "sensor_id": [k[0] for k in keys],
+            "ts": times.to_numpy(dtype="datetime64[ms]").astype("int64"),
+            "produced_s": list(produced.values()),
+        }
+    )
     both = sent[sent["produced_s"] >= since].merge(stored, on=["sensor_id", "ts"])
     return (both["ingested_ms"] / 1000 - both["produced_s"]).to_numpy()
 
@@ -318,8 +325,11 @@ def main() -> None:
     base = settings_for(root, kp, cp, "stack", args.max_offsets)
     stack = Stack(base)
     stack.up()
-    out: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": psutil.cpu_count(),
-                           "load_avg_start": [round(x, 1) for x in psutil.getloadavg()]}  # fmt: skip
+    out: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": psutil.cpu_count(),
+        "load_avg_start": [round(x, 1) for x in psutil.getloadavg()],
+    }
     try:
         if "throughput" not in args.skip:
             s = settings_for(root, kp, cp, "throughput", args.max_offsets, spark)

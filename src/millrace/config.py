@@ -182,8 +182,10 @@ class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
     @classmethod
     def _over_defaults(cls, ranges: dict[str, SensorRange]) -> dict[str, SensorRange]:
         if GENERIC_TYPE in ranges:
-            raise ValueError(f"{GENERIC_TYPE!r} is the type without a physical range; give such sensors a type of "
-                             "their own and the range to that type")  # fmt: skip
+            raise ValueError(
+                f"{GENERIC_TYPE!r} is the type without a physical range; give such sensors a type of "
+                "their own and the range to that type"
+            )
         return {**DEFAULT_RANGES, **ranges}
 
 

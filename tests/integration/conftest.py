@@ -21,8 +21,12 @@ def _settings(state_dir: Path, **overrides: object) -> Settings:
     controller_port = free_port()
     return load_settings(
         state_dir=state_dir,
-        runtime={"kafka_port": kafka_port, "controller_port": controller_port, "kafka_heap": "512m",
-                 "mqtt_port": free_port()},
+        runtime={
+            "kafka_port": kafka_port,
+            "controller_port": controller_port,
+            "kafka_heap": "512m",
+            "mqtt_port": free_port(),
+        },
         kafka={"bootstrap_servers": f"127.0.0.1:{kafka_port}"},
         **overrides,
     )

@@ -60,9 +60,7 @@ def mqtt_settings(stack: Stack, mosquitto: ProcessRecord) -> Settings:
     return base.model_copy(update={"topics": topics, "mqtt": mqtt})
 
 
-def reading(
-    i: int, *, device: int = 1, sensor_type: str = "temperature", location: str = "loc-01"
-) -> SensorReading:
+def reading(i: int, *, device: int = 1, sensor_type: str = "temperature", location: str = "loc-01") -> SensorReading:
     device_id = f"dev-{device:04d}"
     return SensorReading(
         sensor_id=f"{device_id}-{sensor_type}",

@@ -18,18 +18,37 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(960
 def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
-    env.update({
-        "MILLRACE_RUNTIME__KAFKA_PORT": str(kafka_port := free_port()),
-        "MILLRACE_RUNTIME__CONTROLLER_PORT": str(free_port()),
-        "MILLRACE_RUNTIME__KAFKA_HEAP": "512m",
-        "MILLRACE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
-        "MILLRACE_API__PORT": str(free_port()),
-        "COLUMNS": "160",
-    })
+    env.update(
+        {
+            "MILLRACE_RUNTIME__KAFKA_PORT": str(kafka_port := free_port()),
+            "MILLRACE_RUNTIME__CONTROLLER_PORT": str(free_port()),
+            "MILLRACE_RUNTIME__KAFKA_HEAP": "512m",
+            "MILLRACE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
+            "MILLRACE_API__PORT": str(free_port()),
+            "COLUMNS": "160",
+        }
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "millrace.cli.main", "--state-dir", str(state), "demo", "--duration", "45",
-         "--devices", "10", "--backfill", "180"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900, check=False,
+        [
+            sys.executable,
+            "-m",
+            "millrace.cli.main",
+            "--state-dir",
+            str(state),
+            "demo",
+            "--duration",
+            "45",
+            "--devices",
+            "10",
+            "--backfill",
+            "180",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+        check=False,
     )
     logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in (state / "logs").glob("*.log"))
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{logs}"

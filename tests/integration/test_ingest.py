@@ -156,16 +156,32 @@ def _cli(settings: Settings, *args: str) -> dict:
     env = {**os.environ, "MILLRACE_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers}
     done = subprocess.run(
         [sys.executable, "-m", "millrace.cli.main", "--state-dir", str(settings.state_dir), *args],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def test_cli_simulate_and_replay_json(settings: Settings, client_config: dict, tmp_path: Path) -> None:
     topic = create_topic(client_config)
-    summary = _cli(settings, "iot", "simulate", "--count", "3000", "--devices", "5", "--topic", topic,
-                   "--fault-rate", "duplicate=0.01", "--json")  # fmt: skip
+    summary = _cli(
+        settings,
+        "iot",
+        "simulate",
+        "--count",
+        "3000",
+        "--devices",
+        "5",
+        "--topic",
+        topic,
+        "--fault-rate",
+        "duplicate=0.01",
+        "--json",
+    )
     duplicates = summary["by_kind"].get("fault:duplicate", 0)
     assert summary["sent"] == summary["delivered"] == 3000 + duplicates and summary["failed"] == 0
     assert sum(summary["by_sensor_type"].values()) == summary["sent"]
@@ -181,14 +197,17 @@ def test_cli_simulate_and_replay_json(settings: Settings, client_config: dict, t
 
     # A long file declares its types in a type column; a mapping file gives a wide file's columns theirs.
     long = tmp_path / "long.csv"
-    long.write_text("ts,sensor,type,value\n2026-01-01T00:00:00Z,m1-t,temperature,21.5\n"
-                    "2026-01-01T00:00:00Z,m1-h,humidity,40\n2026-01-01T00:00:01Z,m1-t,temperature,21.6\n")  # fmt: skip
+    long.write_text(
+        "ts,sensor,type,value\n2026-01-01T00:00:00Z,m1-t,temperature,21.5\n"
+        "2026-01-01T00:00:00Z,m1-h,humidity,40\n2026-01-01T00:00:01Z,m1-t,temperature,21.6\n"
+    )
     summary = _cli(settings, "iot", "replay", str(long), "--speed", "0", "--topic", replay_topic, "--json")
     assert summary["delivered"] == 3 and summary["by_sensor_type"] == {"temperature": 2, "humidity": 1}
     types = tmp_path / "types.csv"
     types.write_text("column,type\nTemperature,temperature\n", encoding="utf-8")
-    summary = _cli(settings, "iot", "replay", str(path), "--speed", "0", "--topic", replay_topic, "--types",
-                   str(types), "--json")  # fmt: skip
+    summary = _cli(
+        settings, "iot", "replay", str(path), "--speed", "0", "--topic", replay_topic, "--types", str(types), "--json"
+    )
     assert summary["by_sensor_type"] == {"temperature": 4, "generic": 4, "(bad row)": 1}
 
 

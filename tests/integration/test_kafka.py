@@ -31,8 +31,11 @@ def consume_exactly(client_config: dict[str, object], topic: str, expected: int,
     consumer.subscribe([topic])
     got = []
     try:
-        wait_for(lambda: got.extend(m for m in consumer.consume(1000, 0.5) if m.error() is None)
-                 or len(got) >= expected, timeout_s=timeout_s, what=f"{expected} messages on {topic}")
+        wait_for(
+            lambda: got.extend(m for m in consumer.consume(1000, 0.5) if m.error() is None) or len(got) >= expected,
+            timeout_s=timeout_s,
+            what=f"{expected} messages on {topic}",
+        )
         got.extend(m for m in consumer.consume(1000, 1.0) if m.error() is None)
     finally:
         consumer.close()

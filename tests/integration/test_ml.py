@@ -29,8 +29,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def millrace(state: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")} | {"COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "millrace.cli.main", "--state-dir", str(state), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "millrace.cli.main", "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_train_list_show_promote_explain_evaluate(tmp_path: Path) -> None:
@@ -45,8 +51,14 @@ def test_train_list_show_promote_explain_evaluate(tmp_path: Path) -> None:
     assert info["detector"] == max(info["metrics"]["compared"], key=lambda n: info["metrics"]["compared"][n]["f1"])
     naming = info["metrics"]["validation"]["naming"]  # labelled kinds: naming chosen on validation
     assert naming["chosen"] in naming["mean_kind_f1"] and set(naming["namer_classes"]) <= set(ANOMALY_KINDS)
-    assert set(info["importance"]["sensors"]) <= {"temperature", "humidity", "pressure", "vibration", "voltage",
-                                                  "current"}  # fmt: skip
+    assert set(info["importance"]["sensors"]) <= {
+        "temperature",
+        "humidity",
+        "pressure",
+        "vibration",
+        "voltage",
+        "current",
+    }
 
     listed = json.loads(millrace(state, "ml", "list", "--json").stdout)
     assert [(m["version"], m["promoted"]) for m in listed] == [("v0001", False)]
@@ -72,8 +84,19 @@ def test_train_list_show_promote_explain_evaluate(tmp_path: Path) -> None:
     path = tmp_path / "wide.csv"
     wide.to_csv(path, index=False, sep="\t")
     out = tmp_path / "scores.parquet"
-    done = millrace(state, "ml", "evaluate", str(path), "--label-column", "label", "--time-column", "timestamp",
-                    "--output", str(out), "--json")  # fmt: skip
+    done = millrace(
+        state,
+        "ml",
+        "evaluate",
+        str(path),
+        "--label-column",
+        "label",
+        "--time-column",
+        "timestamp",
+        "--output",
+        str(out),
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["mode"] == "promoted model v0001"
@@ -108,8 +131,10 @@ def test_notebook_trains_on_the_store_and_plots(tmp_path: Path) -> None:
         del os.environ["MILLRACE_STATE_DIR"]
     text = "\n".join(
         out.get("text", "") + json.dumps(out.get("data", {}))
-        for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-    )  # fmt: skip
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
     assert f"store sqlite {len(frame)} readings from 12 sensors" in text
     assert (state / "models" / "v0001" / "model.json").is_file()
     assert (state / "notebook-importance.png").is_file() and (state / "notebook-anomalies.png").is_file()

@@ -131,10 +131,25 @@ def test_bridge_killed_before_acknowledging_gets_everything_redelivered(
         "MILLRACE_TOPICS__DEAD_LETTER": mqtt_settings.topics.dead_letter,
     }
     result = subprocess.run(
-        [sys.executable, "-m", "millrace.cli.main", "iot", "mqtt-bridge", "--client-id", client_id,
-         "--count", str(total), "--no-commands", "--json"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "millrace.cli.main",
+            "iot",
+            "mqtt-bridge",
+            "--client-id",
+            client_id,
+            "--count",
+            str(total),
+            "--no-commands",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["bridge"]["received"] == total

@@ -78,10 +78,14 @@ def secured(tmp_path: Path) -> Iterator[Settings]:
     tls_port = free_port()
     settings = load_settings(
         state_dir=tmp_path / "state",
-        runtime={"mqtt_port": free_port(), "mqtt_tls_port": tls_port, "mqtt_tls_certfile": str(certs["cert"]),
-                 "mqtt_tls_keyfile": str(certs["key"])},
+        runtime={
+            "mqtt_port": free_port(),
+            "mqtt_tls_port": tls_port,
+            "mqtt_tls_certfile": str(certs["cert"]),
+            "mqtt_tls_keyfile": str(certs["key"]),
+        },
         mqtt={"port": tls_port, "username": "millrace", "password": "s3cret-Pa55", "tls_cafile": str(certs["ca"])},
-    )  # fmt: skip
+    )
     manager = ProcessManager(settings.state_dir)
     manager.start(mqtt_spec(settings))
     yield settings

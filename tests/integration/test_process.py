@@ -49,12 +49,16 @@ def job_settings(base: Settings, tmp: Path) -> Settings:
 
 def env_of(s: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
-    env.update({
-        "MILLRACE_STATE_DIR": str(s.state_dir), "MILLRACE_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
-        "MILLRACE_STORE__SQLITE_PATH": str(s.sqlite_path), "MILLRACE_SPARK__DRIVER_MEMORY": s.spark.driver_memory,
-        "MILLRACE_SPARK__MAX_OFFSETS_PER_TRIGGER": str(s.spark.max_offsets_per_trigger),
-        "MILLRACE_CACHE_DIR": str(s.cache_dir),
-    })  # fmt: skip
+    env.update(
+        {
+            "MILLRACE_STATE_DIR": str(s.state_dir),
+            "MILLRACE_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+            "MILLRACE_STORE__SQLITE_PATH": str(s.sqlite_path),
+            "MILLRACE_SPARK__DRIVER_MEMORY": s.spark.driver_memory,
+            "MILLRACE_SPARK__MAX_OFFSETS_PER_TRIGGER": str(s.spark.max_offsets_per_trigger),
+            "MILLRACE_CACHE_DIR": str(s.cache_dir),
+        }
+    )
     for name in TopicSettings.model_fields:
         if name not in ("replication_factor", "min_insync_replicas"):
             env[f"MILLRACE_TOPICS__{name.upper()}"] = str(getattr(s.topics, name))
@@ -147,8 +151,9 @@ def check_store(s: Settings, expected: Expected) -> pd.DataFrame:
         windows = pd.DataFrame(store.windows(scope="sensor", limit=10**6))
         ws = s.processing.window_s * 1000
         counts = measured.assign(w=(measured["ts_ms"] // ws) * ws).groupby(["sensor_id", "w"]).size()
-        got = windows.assign(w=pd.to_datetime(windows["window_start"], utc=True).astype("datetime64[ms, UTC]")
-                             .astype("int64")).set_index(["key", "w"])["count"]  # fmt: skip
+        got = windows.assign(
+            w=pd.to_datetime(windows["window_start"], utc=True).astype("datetime64[ms, UTC]").astype("int64")
+        ).set_index(["key", "w"])["count"]
         assert got.sort_index().tolist() == counts.sort_index().tolist()
         # One alert per episode: every anomalous reading is counted in exactly one alert.
         alerts = store.alerts(limit=10**6)
@@ -256,8 +261,12 @@ def test_broker_restart_under_the_running_job(job: Settings, stack: Stack, tmp_p
     log = tmp_path / "job.log"
     proc = start_job(job, log, "--until-idle", "20")
     try:
-        wait_for(lambda: job.sqlite_path.exists() and SqliteStore(job.sqlite_path).count("sensor_metrics") > 0,
-                 timeout_s=180, interval_s=0.5, what="the job to store its first readings")  # fmt: skip
+        wait_for(
+            lambda: job.sqlite_path.exists() and SqliteStore(job.sqlite_path).count("sensor_metrics") > 0,
+            timeout_s=180,
+            interval_s=0.5,
+            what="the job to store its first readings",
+        )
         for rec in stack.manager.records():
             if rec.kind == "kafka":
                 stack.manager.stop(rec.name, timeout_s=30)
@@ -291,15 +300,24 @@ def test_a_model_promoted_under_the_running_job_scores_its_next_readings(job: Se
                 return set()
             return set(zip(*(stored_frame(job)[c] for c in ("sensor_id", "ts_ms")), strict=True))
 
-        wait_for(lambda: before.stored <= stored_keys(), timeout_s=240, interval_s=0.5,
-                 what="the job to store the readings produced before the promotion")  # fmt: skip
+        wait_for(
+            lambda: before.stored <= stored_keys(),
+            timeout_s=240,
+            interval_s=0.5,
+            what="the job to store the readings produced before the promotion",
+        )
         # A model that flags every reading with features (the statistical baseline at a threshold of 1e-6):
         # which readings it scored is plain in the store.
         strict = robust_z_detector(MODEL_FEATURES)
         strict.threshold = 1e-6
-        info = {"detector": "robust_z", "metrics": {"validation": {"alarm_rate": 1.0}}, "thresholds": {},
-                "features": list(MODEL_FEATURES), "importance": {"sensors": {}, "features": {}},
-                "training": {"readings": 0}}  # fmt: skip
+        info = {
+            "detector": "robust_z",
+            "metrics": {"validation": {"alarm_rate": 1.0}},
+            "thresholds": {},
+            "features": list(MODEL_FEATURES),
+            "importance": {"sensors": {}, "features": {}},
+            "training": {"readings": 0},
+        }
         root = registry.registry_root(job)
         registry.promote(root, registry.save_model(root, strict, info))
         produce(job, messages[half:])
@@ -374,8 +392,9 @@ print(json.dumps({"labels": labels, "placed": placed}))
 
 def test_state_buckets_fall_into_distinct_shuffle_partitions(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
-    done = subprocess.run([sys.executable, "-c", BUCKETS_SCRIPT, str(tmp_path)], capture_output=True, env=env,
-                          timeout=300, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", BUCKETS_SCRIPT, str(tmp_path)], capture_output=True, env=env, timeout=300, check=True
+    )
     result = orjson.loads(done.stdout.strip().splitlines()[-1])
     labels = result["labels"]
     assert len(set(labels)) == 4

@@ -52,8 +52,10 @@ def test_up_twice_is_harmless(stack: Stack) -> None:
     assert {name: s.pid for name, s in status.items()} == before  # nothing restarted
     kafka = status["kafka-1"]
     assert (kafka.running, kafka.healthy) == (True, True)
-    assert kafka.ports == {"client": stack.settings.runtime.kafka_port,
-                           "controller": stack.settings.runtime.controller_port}
+    assert kafka.ports == {
+        "client": stack.settings.runtime.kafka_port,
+        "controller": stack.settings.runtime.controller_port,
+    }
     assert kafka.uptime_s is not None and kafka.uptime_s > 0
 
 
@@ -83,7 +85,11 @@ def test_cli_taken_port_is_one_red_line(tmp_path: Path) -> None:
     try:
         result = subprocess.run(
             [sys.executable, "-m", "millrace.cli.main", "--state-dir", str(tmp_path / "s"), "stack", "up"],
-            capture_output=True, text=True, env=env, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
         )
     finally:
         holder.close()

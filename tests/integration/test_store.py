@@ -82,13 +82,25 @@ def readings(sensors: list[str], times: list[datetime], *, value: float = 1.0, *
         for i, ts in enumerate(times):
             rows.append(
                 {
-                    "sensor_id": s, "device_id": s.rsplit("-", 1)[0], "sensor_type": s.rsplit("-", 1)[1],
-                    "location": "loc-01", "unit": "°C", "timestamp": ts, "value": value + i, "status": "ok",
-                    "interpolated": False, "score": 0.5, "is_anomaly": False, "anomaly_kind": None,
-                    "features": "{}", "ground_truth": "normal", "kafka_partition": 0, "kafka_offset": i,
+                    "sensor_id": s,
+                    "device_id": s.rsplit("-", 1)[0],
+                    "sensor_type": s.rsplit("-", 1)[1],
+                    "location": "loc-01",
+                    "unit": "°C",
+                    "timestamp": ts,
+                    "value": value + i,
+                    "status": "ok",
+                    "interpolated": False,
+                    "score": 0.5,
+                    "is_anomaly": False,
+                    "anomaly_kind": None,
+                    "features": "{}",
+                    "ground_truth": "normal",
+                    "kafka_partition": 0,
+                    "kafka_offset": i,
                     "ingested_at": T0,
                 }
-            )  # fmt: skip
+            )
     frame = pd.DataFrame(rows)
     for key, val in extra.items():
         frame[key] = val
@@ -101,10 +113,21 @@ def seconds(n: int, start: datetime = T0, step_s: float = 1.0) -> list[datetime]
 
 def alert(alert_id: str, **fields: Any) -> dict[str, Any]:
     base = {
-        "alert_id": alert_id, "device_id": "dev-0001", "sensor_ids": ["dev-0001-temperature"], "kind": "spike",
-        "severity": "warning", "score": 7.0, "reason": "value jumped", "location": "loc-01", "opened_at": T0,
-        "updated_at": T0, "closed_at": None, "status": "open", "readings": 1, "top_features": ["robust_z"],
-    }  # fmt: skip
+        "alert_id": alert_id,
+        "device_id": "dev-0001",
+        "sensor_ids": ["dev-0001-temperature"],
+        "kind": "spike",
+        "severity": "warning",
+        "score": 7.0,
+        "reason": "value jumped",
+        "location": "loc-01",
+        "opened_at": T0,
+        "updated_at": T0,
+        "closed_at": None,
+        "status": "open",
+        "readings": 1,
+        "top_features": ["robust_z"],
+    }
     base.update(fields)
     return base
 
@@ -130,8 +153,9 @@ def test_upsert_twice_keeps_one_row_per_key_with_latest_values(store: Store) -> 
 
 
 def test_duplicate_keys_within_one_batch_keep_the_last(store: Store) -> None:
-    frame = pd.concat([readings(["dev-0001-current"], seconds(3), value=1.0),
-                       readings(["dev-0001-current"], seconds(3), value=10.0)])  # fmt: skip
+    frame = pd.concat(
+        [readings(["dev-0001-current"], seconds(3), value=1.0), readings(["dev-0001-current"], seconds(3), value=10.0)]
+    )
     assert store.upsert_readings(frame) == 3
     assert [r["value"] for r in store.readings("dev-0001-current")] == [10.0, 11.0, 12.0]
 
@@ -173,9 +197,12 @@ def test_reading_fields_round_trip(store: Store) -> None:
 
 def test_missing_optional_columns_are_null_and_iso_strings_are_accepted(store: Store) -> None:
     frame = pd.DataFrame(
-        {"sensor_id": ["dev-0005-vibration"] * 2, "timestamp": ["2026-03-01T12:00:00Z", "2026-03-01T12:00:01.5Z"],
-         "value": [0.5, 0.7]}
-    )  # fmt: skip
+        {
+            "sensor_id": ["dev-0005-vibration"] * 2,
+            "timestamp": ["2026-03-01T12:00:00Z", "2026-03-01T12:00:01.5Z"],
+            "value": [0.5, 0.7],
+        }
+    )
     assert store.upsert_readings(frame) == 2
     got = store.readings("dev-0005-vibration")
     assert [r["timestamp"] for r in got] == [T0, T0 + timedelta(seconds=1.5)]
@@ -201,10 +228,21 @@ def window_frame(keys: list[tuple[str, str]], starts: list[datetime], *, mean: f
     for scope, key in keys:
         for i, start in enumerate(starts):
             rows.append(
-                {"scope": scope, "key": key, "sensor_type": "temperature", "location": "loc-01",
-                 "window_start": start, "window_end": start + timedelta(minutes=1), "count": 60 + i,
-                 "mean": mean + i, "min": 0.0, "max": 2.0 * (mean + i), "stddev": 0.1, "anomaly_count": i % 2}
-            )  # fmt: skip
+                {
+                    "scope": scope,
+                    "key": key,
+                    "sensor_type": "temperature",
+                    "location": "loc-01",
+                    "window_start": start,
+                    "window_end": start + timedelta(minutes=1),
+                    "count": 60 + i,
+                    "mean": mean + i,
+                    "min": 0.0,
+                    "max": 2.0 * (mean + i),
+                    "stddev": 0.1,
+                    "anomaly_count": i % 2,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -231,11 +269,17 @@ def test_windows_upsert_filters_and_pages(store: Store) -> None:
 
 def test_alert_filters_newest_first_and_pagination(store: Store) -> None:
     alerts = [
-        alert(f"a{i:02d}", kind="spike" if i % 2 else "drift", severity="critical" if i % 3 == 0 else "warning",
-              location=f"loc-0{i % 2 + 1}", sensor_ids=[f"dev-000{i % 4}-temperature", "dev-0009-current"],
-              opened_at=T0 + timedelta(minutes=i), updated_at=T0 + timedelta(minutes=i, seconds=30))
+        alert(
+            f"a{i:02d}",
+            kind="spike" if i % 2 else "drift",
+            severity="critical" if i % 3 == 0 else "warning",
+            location=f"loc-0{i % 2 + 1}",
+            sensor_ids=[f"dev-000{i % 4}-temperature", "dev-0009-current"],
+            opened_at=T0 + timedelta(minutes=i),
+            updated_at=T0 + timedelta(minutes=i, seconds=30),
+        )
         for i in range(12)
-    ]  # fmt: skip
+    ]
     assert store.upsert_alerts(alerts) == 12
     assert store.count("anomaly_alerts") == 12
     everything = store.alerts(limit=100)
@@ -270,8 +314,10 @@ def test_alert_lifecycle_is_recorded_and_never_moves_backwards(store: Store) -> 
         store.set_alert_status("life", "open", by="x")  # type: ignore[arg-type]
     events = store.alert_events("life")
     assert [(e["event"], e["by"], e["note"]) for e in events] == [
-        ("opened", "millrace", ""), ("acknowledged", "оператор", "смотрю"), ("resolved", "ops", "replaced bearing"),
-    ]  # fmt: skip
+        ("opened", "millrace", ""),
+        ("acknowledged", "оператор", "смотрю"),
+        ("resolved", "ops", "replaced bearing"),
+    ]
     assert events[0]["at"] == T0
     assert all(e["at"].tzinfo is not None for e in events)
     assert store.alerts(status="resolved")[0]["alert_id"] == "life"
@@ -281,14 +327,19 @@ def test_operator_status_survives_job_updates(store: Store) -> None:
     store.upsert_alerts([alert("ack"), alert("plain")])
     store.set_alert_status("ack", "acknowledged", by="ops")
     later = T0 + timedelta(minutes=2)
-    store.upsert_alerts([alert("ack", status="open", updated_at=later, readings=7, score=9.0),
-                         alert("plain", status="open", updated_at=later, readings=3)])  # fmt: skip
+    store.upsert_alerts(
+        [
+            alert("ack", status="open", updated_at=later, readings=7, score=9.0),
+            alert("plain", status="open", updated_at=later, readings=3),
+        ]
+    )
     ack = store.alert("ack")
     assert ack is not None and ack["status"] == "acknowledged"
     assert (ack["readings"], ack["score"], ack["updated_at"]) == (7, 9.0, later)
     end = T0 + timedelta(minutes=3)
-    store.upsert_alerts([alert("ack", status="closed", updated_at=end, closed_at=end),
-                         alert("plain", status="closed", updated_at=end)])  # fmt: skip
+    store.upsert_alerts(
+        [alert("ack", status="closed", updated_at=end, closed_at=end), alert("plain", status="closed", updated_at=end)]
+    )
     ack, plain = store.alert("ack"), store.alert("plain")
     assert ack is not None and plain is not None
     assert (ack["status"], ack["closed_at"]) == ("acknowledged", end)
@@ -324,16 +375,24 @@ def test_quality_totals_sum_batches_and_a_replayed_batch_replaces(store: Store) 
 
 
 def test_sensor_status_newest_report_wins(store: Store) -> None:
-    row = {"sensor_id": "dev-0001-temperature", "device_id": "dev-0001", "sensor_type": "temperature",
-           "location": "loc-01", "last_event_time": T0, "state": "active", "expected_interval_s": 1.0,
-           "updated_at": T0 + timedelta(seconds=5)}  # fmt: skip
+    row = {
+        "sensor_id": "dev-0001-temperature",
+        "device_id": "dev-0001",
+        "sensor_type": "temperature",
+        "location": "loc-01",
+        "last_event_time": T0,
+        "state": "active",
+        "expected_interval_s": 1.0,
+        "updated_at": T0 + timedelta(seconds=5),
+    }
     assert store.upsert_sensor_status([row, dict(row, sensor_id="dev-0002-temperature")]) == 2
     store.upsert_sensor_status([dict(row, state="inactive", updated_at=T0 + timedelta(seconds=90))])
     store.upsert_sensor_status([dict(row, state="active", updated_at=T0 + timedelta(seconds=1))])  # stale replay
     got = store.sensor_status()
     assert [(s["sensor_id"], s["state"]) for s in got] == [
-        ("dev-0001-temperature", "inactive"), ("dev-0002-temperature", "active"),
-    ]  # fmt: skip
+        ("dev-0001-temperature", "inactive"),
+        ("dev-0002-temperature", "active"),
+    ]
     assert got[0]["updated_at"] == T0 + timedelta(seconds=90) and got[0]["last_event_time"] == T0
     assert got[1]["expected_interval_s"] == 1.0
 
@@ -353,8 +412,14 @@ def test_retention_deletes_only_old_rows(store: Store) -> None:
     store.upsert_sensor_status([status, dict(status, sensor_id="s-new", last_event_time=new, updated_at=new)])
     store.record_quality(1, {"valid": 5})  # recorded now (wall clock): newer than any cutoff here
     deleted = store.apply_retention(now, 7.0)
-    assert deleted == {"sensor_metrics": 5, "anomaly_alerts": 1, "alert_events": 2, "windowed_metrics": 1,
-                       "data_quality": 0, "sensor_status": 1}  # fmt: skip
+    assert deleted == {
+        "sensor_metrics": 5,
+        "anomaly_alerts": 1,
+        "alert_events": 2,
+        "windowed_metrics": 1,
+        "data_quality": 0,
+        "sensor_status": 1,
+    }
     assert [r["timestamp"] for r in store.readings("dev-0001-temperature")] == seconds(3, start=new)
     assert [a["alert_id"] for a in store.alerts()] == ["new"]
     assert store.alert_events("old") == []

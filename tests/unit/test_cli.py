@@ -15,8 +15,13 @@ MILLRACE = [sys.executable, "-m", "millrace.cli.main"]
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
     return subprocess.run(
-        [*MILLRACE, *args], capture_output=True, text=True, env={**clean, **(env or {}), "COLUMNS": "200"},
-        cwd=cwd, timeout=120, check=False,
+        [*MILLRACE, *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {}), "COLUMNS": "200"},
+        cwd=cwd,
+        timeout=120,
+        check=False,
     )
 
 
@@ -78,8 +83,9 @@ def test_a_bad_type_mapping_file_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_replay_refuses_types_the_stream_job_would_dead_letter(tmp_path: Path) -> None:
     (tmp_path / "rig.csv").write_text(RIG, encoding="utf-8")
     (tmp_path / "types.toml").write_text('Current = "current_ma"\nPressure = "pressure"\n', encoding="utf-8")
-    result = run("--state-dir", str(tmp_path / "state"), "iot", "replay", "rig.csv", "--types", "types.toml",
-                 cwd=tmp_path)  # fmt: skip
+    result = run(
+        "--state-dir", str(tmp_path / "state"), "iot", "replay", "rig.csv", "--types", "types.toml", cwd=tmp_path
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: rig.csv: sensor types current_ma have no range in processing.ranges, so the stream job would "

@@ -126,11 +126,15 @@ def wide_file(path: Path, rows: int, *, seed: int, fault_from: int | None = None
     label = np.zeros(rows, dtype=int)
     if fault_from is not None:
         label[fault_from:] = 1
-    pd.DataFrame({
-        "time": pd.date_range("2026-01-01", periods=rows, freq="1min", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "Pressure": 2.5 + 0.02 * values[:, 0], "Temperature": 350 + 0.3 * values[:, 1],
-        "Current": 4000 + 15 * values[:, 2], "label": label,
-    }).to_csv(path, index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "time": pd.date_range("2026-01-01", periods=rows, freq="1min", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Pressure": 2.5 + 0.02 * values[:, 0],
+            "Temperature": 350 + 0.3 * values[:, 1],
+            "Current": 4000 + 15 * values[:, 2],
+            "label": label,
+        }
+    ).to_csv(path, index=False)
     return path
 
 
@@ -140,9 +144,13 @@ def test_evaluate_a_wide_file_whose_names_collide_with_built_in_types(tmp_path: 
     path = wide_file(tmp_path / "plant.csv", 3000, seed=12, fault_from=2500)
     out = tmp_path / "scores.csv"
     result = evaluate(
-        load_settings(state_dir=tmp_path), [path], opts=ReadOptions(label_column="label"), train_rows=2000,
-        output=out, per_sensor=True,
-    )  # fmt: skip
+        load_settings(state_dir=tmp_path),
+        [path],
+        opts=ReadOptions(label_column="label"),
+        train_rows=2000,
+        output=out,
+        per_sensor=True,
+    )
     assert result["unit"] == "device row" and result["model"]["detector"] == "mcd"
     assert result["readings"] == 1000 and result["anomalies"] == 500
     assert result["false_alarm_rate"] <= 0.03 and result["recall"] >= 0.95
@@ -163,8 +171,13 @@ def test_evaluate_a_single_sensor_file(tmp_path: Path) -> None:
     series[2000:2100] += 5 * series[:2000].std()
     label[2000:2100] = 1
     path = tmp_path / "flow.csv"
-    pd.DataFrame({"timestamp": pd.date_range("2026-01-01", periods=len(series), freq="5min", tz="UTC"),
-                  "flow": series, "label": label}).to_csv(path, index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2026-01-01", periods=len(series), freq="5min", tz="UTC"),
+            "flow": series,
+            "label": label,
+        }
+    ).to_csv(path, index=False)
     result = evaluate(
         load_settings(state_dir=tmp_path), [path], opts=ReadOptions(label_column="label"), train_rows=1500
     )

@@ -22,8 +22,7 @@ from millrace.processing.features import (
 from millrace.processing.steps import LOCAL, SHIFT_STEP, STEP_SPAN
 
 TYPES = ("temperature", "humidity", "pressure", "vibration", "voltage", "current")
-BASE = {"temperature": 25.0, "humidity": 50.0, "pressure": 1013.0, "vibration": 1.0, "voltage": 230.0,
-        "current": 10.0}  # fmt: skip
+BASE = {"temperature": 25.0, "humidity": 50.0, "pressure": 1013.0, "vibration": 1.0, "voltage": 230.0, "current": 10.0}
 
 
 def fleet_frame(devices: int = 2, steps: int = 400, seed: int = 7) -> pd.DataFrame:
@@ -38,10 +37,19 @@ def fleet_frame(devices: int = 2, steps: int = 400, seed: int = 7) -> pd.DataFra
             coupled = load * 5 if typ in ("current", "vibration") else 0.0
             values = np.round(BASE[typ] + coupled + noise, 3)
             times = start + pd.to_timedelta(np.arange(steps) + d * 0.25, unit="s")
-            rows.append(pd.DataFrame({
-                "sensor_id": f"{device}-{typ}", "device_id": device, "sensor_type": typ,
-                "location": "loc-01", "timestamp": times, "value": values, "interpolated": False,
-            }))  # fmt: skip
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "sensor_id": f"{device}-{typ}",
+                        "device_id": device,
+                        "sensor_type": typ,
+                        "location": "loc-01",
+                        "timestamp": times,
+                        "value": values,
+                        "interpolated": False,
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -221,7 +229,7 @@ def test_step_features_see_a_level_shift_keep_it_and_see_a_spike_return() -> Non
     frame.loc[voltage[250], "value"] += 4.5  # a one-reading spike of 15 sigmas
     out = frame_features(frame, ProcessingSettings(), chunk=None)
     p = out[out["sensor_type"] == "pressure"].reset_index(drop=True)
-    assert p["step_z"].iloc[:LOCAL + 1].isna().all() and p["step_z"].iloc[LOCAL + 1 :].notna().all()
+    assert p["step_z"].iloc[: LOCAL + 1].isna().all() and p["step_z"].iloc[LOCAL + 1 :].notna().all()
     # Reading 304 is the first whose last STEP values all follow the shift: the largest step, just found.
     assert p["step_z"].iloc[280:300].abs().max() < 4 and p["step_z"].iloc[304] > 12
     assert p["step_age"].iloc[304] == 0 and p["step_age"].iloc[330] == 26

@@ -34,8 +34,14 @@ from tests.unit.test_features import fleet_frame
 
 
 def _info(name: str) -> dict:
-    return {"detector": name, "metrics": {"validation": {"alarm_rate": 0.0}}, "thresholds": {}, "features": [],
-            "importance": {"sensors": {}, "features": {}}, "training": {"readings": 1}}  # fmt: skip
+    return {
+        "detector": name,
+        "metrics": {"validation": {"alarm_rate": 0.0}},
+        "thresholds": {},
+        "features": [],
+        "importance": {"sensors": {}, "features": {}},
+        "training": {"readings": 1},
+    }
 
 
 def test_registry_round_trip(tmp_path: Path) -> None:
@@ -77,8 +83,15 @@ def test_a_scorer_built_earlier_switches_to_a_newly_promoted_model(tmp_path: Pat
     assert scorer.version == "v0001"
     warm = feats["robust_z"].notna()
     assert first.loc[warm, "is_anomaly"].all() and not rules.loc[warm, "is_anomaly"].all()
-    assert set(first.loc[warm, "anomaly_kind"]) <= {"model", "spike", "level_shift", "drift", "stuck",
-                                                    "noise_burst", "correlation_break"}  # fmt: skip
+    assert set(first.loc[warm, "anomaly_kind"]) <= {
+        "model",
+        "spike",
+        "level_shift",
+        "drift",
+        "stuck",
+        "noise_burst",
+        "correlation_break",
+    }
 
     lax = robust_z_detector(MODEL_FEATURES)
     lax.threshold = 1e9
@@ -87,8 +100,9 @@ def test_a_scorer_built_earlier_switches_to_a_newly_promoted_model(tmp_path: Pat
     assert scorer.version == "v0002" and not second["is_anomaly"].any()
 
     # A model that needs a feature this version does not compute is refused; the running one stays.
-    alien = robust_z_detector(("z", "robust_z", "diff_z", "short_ref_z", "trend_z", "pair_resid_mean",
-                               "no_such_feature", "type_code"))  # fmt: skip
+    alien = robust_z_detector(
+        ("z", "robust_z", "diff_z", "short_ref_z", "trend_z", "pair_resid_mean", "no_such_feature", "type_code")
+    )
     registry.promote(root, registry.save_model(root, alien, _info("robust_z")))
     third = scorer.score(feats)
     assert scorer.version == "v0002" and not third["is_anomaly"].any()
@@ -96,8 +110,9 @@ def test_a_scorer_built_earlier_switches_to_a_newly_promoted_model(tmp_path: Pat
 
 def test_a_model_trained_on_fewer_features_scores_with_its_own_list() -> None:
     # A model saved before features were added: its inputs are a subset of today's feature columns.
-    frame = simulate_frame(FleetConfig(devices=2, seed=12, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)),
-                           duration_s=1800)  # fmt: skip
+    frame = simulate_frame(
+        FleetConfig(devices=2, seed=12, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)), duration_s=1800
+    )
     frame["interpolated"] = False
     cfg = load_settings().processing
     feats = frame_features(frame, cfg, chunk=None)
@@ -132,14 +147,22 @@ def labelled_csv(path: Path, *, seed: int, hours: float = 2.0, kinds: bool = Fal
         duration_s=hours * 3600,
     )
     label = frame["ground_truth"] if kinds else (frame["ground_truth"] != "normal").astype(int)
-    out = pd.DataFrame({"ts": frame["timestamp"], "sensor": frame["sensor_id"], "type": frame["sensor_type"],
-                        "reading": frame["value"], "is_bad": label})  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "ts": frame["timestamp"],
+            "sensor": frame["sensor_id"],
+            "type": frame["sensor_type"],
+            "reading": frame["value"],
+            "is_bad": label,
+        }
+    )
     out.to_csv(path, index=False, sep=";")
     return out
 
 
-OPTS = ReadOptions(time_column="ts", label_column="is_bad", sensor_column="sensor", value_column="reading",
-                   type_column="type")  # fmt: skip
+OPTS = ReadOptions(
+    time_column="ts", label_column="is_bad", sensor_column="sensor", value_column="reading", type_column="type"
+)
 
 
 def test_evaluate_matches_metrics_computed_independently(tmp_path: Path) -> None:
@@ -147,8 +170,7 @@ def test_evaluate_matches_metrics_computed_independently(tmp_path: Path) -> None
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     rows = len(labelled_csv(a, seed=5)) + len(labelled_csv(b, seed=6))
     output = tmp_path / "scores.csv"
-    result = evaluate(settings, [a, b], opts=OPTS, train_rows=3 * 3600, output=output,
-                      detector="reading:mahalanobis")  # fmt: skip
+    result = evaluate(settings, [a, b], opts=OPTS, train_rows=3 * 3600, output=output, detector="reading:mahalanobis")
     scores = pd.read_csv(output)
     assert len(scores) == rows - 2 * 3 * 3600  # the first 3 * 3600 rows of each file are for fitting
     assert list(scores.columns[:1]) == ["time"] and {"score", "flag"} <= set(scores.columns)
@@ -167,11 +189,19 @@ def test_evaluate_matches_metrics_computed_independently(tmp_path: Path) -> None
 
 def test_evaluate_with_train_file_reports_recall_per_kind(tmp_path: Path) -> None:
     settings = load_settings(state_dir=tmp_path)
-    clean = simulate_frame(FleetConfig(devices=1, seed=9, anomaly_rate=0.0,
-                                       start=datetime(2026, 2, 1, tzinfo=UTC)), duration_s=1800)  # fmt: skip
+    clean = simulate_frame(
+        FleetConfig(devices=1, seed=9, anomaly_rate=0.0, start=datetime(2026, 2, 1, tzinfo=UTC)), duration_s=1800
+    )
     train_file = tmp_path / "clean.parquet"
-    pd.DataFrame({"ts": clean["timestamp"], "sensor": clean["sensor_id"], "type": clean["sensor_type"],
-                  "reading": clean["value"], "is_bad": 0}).to_parquet(train_file)  # fmt: skip
+    pd.DataFrame(
+        {
+            "ts": clean["timestamp"],
+            "sensor": clean["sensor_id"],
+            "type": clean["sensor_type"],
+            "reading": clean["value"],
+            "is_bad": 0,
+        }
+    ).to_parquet(train_file)
     test_file = tmp_path / "kinds.csv"
     written = labelled_csv(test_file, seed=7, kinds=True)
     result = evaluate(settings, [test_file], opts=OPTS, train_file=train_file, detector="reading:mahalanobis")
@@ -231,16 +261,23 @@ def test_episode_per_kind_counts_episodes_and_flagged_events() -> None:
     sensor = np.array(list("aaaaaaaa") + list("bbbb"))
     ts = np.r_[np.arange(8), np.arange(4)]
     shift = "level_shift"
-    labels = np.array(["normal", "spike", "normal", shift, shift, shift, shift, "normal", shift, shift, shift,
-                       "normal"], dtype=object)  # fmt: skip
+    labels = np.array(
+        ["normal", "spike", "normal", shift, shift, shift, shift, "normal", shift, shift, shift, "normal"], dtype=object
+    )
     flag = np.array([0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 1], dtype=bool)
-    kinds = np.array([None, "spike", None, "spike", shift, None, shift, shift, None, None, None, "spike"],
-                     dtype=object)  # fmt: skip
+    kinds = np.array([None, "spike", None, "spike", shift, None, shift, shift, None, None, None, "spike"], dtype=object)
     score = np.array([0, 5, 0, 9, 3, 0, 2, 1, 0, 0, 0, 4.0])
     out = episode_per_kind(sensor, ts, labels, flag, kinds, score, merge=0)
     # Events: a{1} spike (right), a{3,4} named spike by its top score (wrong), a{6,7} shift (right), b{3} spike.
-    assert out["spike"] | {} == {"episodes": 1, "found": 1, "events_named": 3, "events_correct": 1,
-                                 "precision": 1 / 3, "recall": 1.0, "f1": 0.5}  # fmt: skip
+    assert out["spike"] | {} == {
+        "episodes": 1,
+        "found": 1,
+        "events_named": 3,
+        "events_correct": 1,
+        "precision": 1 / 3,
+        "recall": 1.0,
+        "f1": 0.5,
+    }
     assert (out[shift]["episodes"], out[shift]["found"], out[shift]["events_named"]) == (2, 0, 1)
     merged = episode_per_kind(sensor, ts, labels, flag, kinds, score, merge=5)  # a{1..7} is one event
     assert (merged["spike"]["events_named"], merged["spike"]["events_correct"]) == (2, 1)
@@ -253,8 +290,9 @@ def test_run_tasks_returns_results_in_task_order() -> None:
 
 
 def test_training_in_worker_processes_gives_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    frame = simulate_frame(FleetConfig(devices=2, seed=11, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)),
-                           duration_s=1800)  # fmt: skip
+    frame = simulate_frame(
+        FleetConfig(devices=2, seed=11, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)), duration_s=1800
+    )
     settings = load_settings(state_dir=tmp_path)
     monkeypatch.setattr(train_module, "PARALLEL_FIT_ROWS", 10**12)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_ROWS", 10**12)
@@ -267,7 +305,8 @@ def test_training_in_worker_processes_gives_the_same_model(tmp_path: Path, monke
     for name, metrics in one["metrics"]["compared"].items():
         other = many["metrics"]["compared"][name]
         assert {k: v for k, v in other.items() if "seconds" not in k and k != "naming"} == {
-            k: v for k, v in metrics.items() if "seconds" not in k and k != "naming"}  # fmt: skip
+            k: v for k, v in metrics.items() if "seconds" not in k and k != "naming"
+        }
     naming = [
         {k: v for k, v in m["metrics"]["validation"]["naming"].items() if k != "namer_seconds"} for m in (one, many)
     ]
@@ -325,7 +364,8 @@ def test_weighted_metrics_count_a_row_as_many_readings() -> None:
     scores = np.array([0.9, 0.5, 0.8, 0.2, 0.1])
     for limit in (0.0, 0.34, 1.0):
         assert best_threshold(scores, truth, max_false_alarm=limit, weight=weight) == best_threshold(
-            scores[repeated], truth[repeated], max_false_alarm=limit)  # fmt: skip
+            scores[repeated], truth[repeated], max_false_alarm=limit
+        )
 
 
 def test_validation_sample_keeps_every_anomaly_and_weights_the_normal_readings() -> None:
@@ -341,8 +381,9 @@ def test_validation_sample_keeps_every_anomaly_and_weights_the_normal_readings()
 
 
 def test_gradient_boosting_scores_with_its_gate_and_names_flagged_readings_with_the_kind_model() -> None:
-    frame = simulate_frame(FleetConfig(devices=2, seed=12, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)),
-                           duration_s=1800)  # fmt: skip
+    frame = simulate_frame(
+        FleetConfig(devices=2, seed=12, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)), duration_s=1800
+    )
     frame["interpolated"] = False
     feats = frame_features(frame, load_settings().processing, chunk=None)
     X = model_matrix(feats)
@@ -374,8 +415,9 @@ def test_gradient_boosting_scores_with_its_gate_and_names_flagged_readings_with_
 
 
 def test_a_kind_model_on_the_kind_features_names_from_them_in_the_scorer() -> None:
-    frame = simulate_frame(FleetConfig(devices=2, seed=13, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)),
-                           duration_s=1800)  # fmt: skip
+    frame = simulate_frame(
+        FleetConfig(devices=2, seed=13, anomaly_rate=0.15, start=datetime(2026, 2, 1, tzinfo=UTC)), duration_s=1800
+    )
     frame["interpolated"] = False
     feats = frame_features(frame, load_settings().processing, chunk=None)
     X, K = model_matrix(feats), model_matrix(feats, KIND_FEATURES)

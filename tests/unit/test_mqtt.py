@@ -21,10 +21,19 @@ TOPIC = "sensors/loc-01/dev-0001/temperature"
 
 def test_full_json_reading_round_trips_unchanged() -> None:
     original = SensorReading(
-        sensor_id="dev-0009-vibration", device_id="dev-0009", sensor_type="vibration", value=0.42, unit="g",
-        location="loc-02", timestamp=datetime(2026, 1, 1, 12, tzinfo=UTC), status="ok", sensor_model="ADXL-355",
-        battery_level=55.0, seq=17, ground_truth="spike",
-    )  # fmt: skip
+        sensor_id="dev-0009-vibration",
+        device_id="dev-0009",
+        sensor_type="vibration",
+        value=0.42,
+        unit="g",
+        location="loc-02",
+        timestamp=datetime(2026, 1, 1, 12, tzinfo=UTC),
+        status="ok",
+        sensor_model="ADXL-355",
+        battery_level=55.0,
+        seq=17,
+        ground_truth="spike",
+    )
     got = reading_from_mqtt("sensors/loc-02/dev-0009/vibration", orjson.dumps(original.to_dict()), received_at=NOW)
     assert got == original
 
@@ -32,9 +41,14 @@ def test_full_json_reading_round_trips_unchanged() -> None:
 def test_bare_number_takes_the_rest_from_the_topic() -> None:
     got = reading_from_mqtt(TOPIC, b" 21.5\n", received_at=NOW)
     assert got == SensorReading(
-        sensor_id="dev-0001-temperature", device_id="dev-0001", sensor_type="temperature", value=21.5, unit="°C",
-        location="loc-01", timestamp=NOW,
-    )  # fmt: skip
+        sensor_id="dev-0001-temperature",
+        device_id="dev-0001",
+        sensor_type="temperature",
+        value=21.5,
+        unit="°C",
+        location="loc-01",
+        timestamp=NOW,
+    )
 
 
 def test_value_object_with_epoch_timestamps() -> None:

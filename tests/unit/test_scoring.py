@@ -109,12 +109,14 @@ def _rig(tmp_path: Path, rows: int = 400) -> Path:
     """A wide recording in units unlike the simulator's: pressure in bar, temperature in kelvin, current in
     mA - every value outside the built-in range of the type its column is named after."""
     rng = np.random.default_rng(5)
-    frame = pd.DataFrame({
-        "time": pd.date_range("2026-01-01", periods=rows, freq="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "Pressure": np.round(2.5 + rng.normal(0, 0.02, rows), 4),
-        "Temperature": np.round(350.0 + rng.normal(0, 0.3, rows), 3),
-        "Current": np.round(4000.0 + rng.normal(0, 15.0, rows), 2),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "time": pd.date_range("2026-01-01", periods=rows, freq="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Pressure": np.round(2.5 + rng.normal(0, 0.02, rows), 4),
+            "Temperature": np.round(350.0 + rng.normal(0, 0.3, rows), 3),
+            "Current": np.round(4000.0 + rng.normal(0, 15.0, rows), 2),
+        }
+    )
     path = tmp_path / "rig.csv"
     frame.to_csv(path, index=False)
     return path

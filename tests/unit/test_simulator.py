@@ -79,8 +79,11 @@ def test_messages_match_frame_and_the_reading_contract() -> None:
         )
         assert data["value"] == row.value and data["seq"] == row.seq
         assert data["timestamp"] == row.timestamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        assert data["metadata"] == {"unit": row.unit, "sensor_model": row.sensor_model,
-                                    "battery_level": row.battery_level}  # fmt: skip
+        assert data["metadata"] == {
+            "unit": row.unit,
+            "sensor_model": row.sensor_model,
+            "battery_level": row.battery_level,
+        }
 
 
 def test_normal_behaviour_correlations_and_noise() -> None:

@@ -70,9 +70,14 @@ def test_ms_column_accepts_strings_naive_aware_and_nulls() -> None:
 
 def test_reading_columns_fill_missing_nullify_nan_and_keep_the_last_duplicate() -> None:
     rows = pd.DataFrame(
-        {"sensor_id": ["a", "a", "b"], "timestamp": [T0, T0, T0], "value": [1.0, 2.0, np.nan],
-         "is_anomaly": [True, False, pd.NA], "kafka_offset": [1, 2, None]}
-    )  # fmt: skip
+        {
+            "sensor_id": ["a", "a", "b"],
+            "timestamp": [T0, T0, T0],
+            "value": [1.0, 2.0, np.nan],
+            "is_anomaly": [True, False, pd.NA],
+            "kafka_offset": [1, 2, None],
+        }
+    )
     cols = convert.reading_columns(rows)
     assert cols["value"] == [2.0, None]
     assert cols["is_anomaly"] == [False, None]
@@ -98,9 +103,16 @@ def test_rows_repeating_a_key_keep_the_last_one_wherever_they_are() -> None:
 
 def test_sqlite_shaped_columns_bind_nulls_as_nan_and_booleans_as_ints() -> None:
     rows = pd.DataFrame(
-        {"sensor_id": ["a", "b"], "timestamp": [T0, T0], "value": [1.5, np.nan], "is_anomaly": [True, None],
-         "interpolated": [False, True], "kafka_offset": [7, None], "anomaly_kind": [None, "spike"]}
-    )  # fmt: skip
+        {
+            "sensor_id": ["a", "b"],
+            "timestamp": [T0, T0],
+            "value": [1.5, np.nan],
+            "is_anomaly": [True, None],
+            "interpolated": [False, True],
+            "kafka_offset": [7, None],
+            "anomaly_kind": [None, "spike"],
+        }
+    )
     cols = convert.reading_columns(rows, sqlite=True)
     null = convert.SQLITE_NULL
     assert cols["interpolated"] == [0, 1] and all(type(v) is int for v in cols["interpolated"])
@@ -116,9 +128,12 @@ def test_sqlite_shaped_columns_bind_nulls_as_nan_and_booleans_as_ints() -> None:
 def test_nulls_and_booleans_are_stored_as_sql_null_and_integers(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     rows = frame(2).assign(
-        value=[1.5, np.nan], is_anomaly=pd.array([True, None], dtype=object), interpolated=[False, True],
-        kafka_offset=[7.0, np.nan], anomaly_kind=pd.array([None, "spike"], dtype="str"),
-    )  # fmt: skip
+        value=[1.5, np.nan],
+        is_anomaly=pd.array([True, None], dtype=object),
+        interpolated=[False, True],
+        kafka_offset=[7.0, np.nan],
+        anomaly_kind=pd.array([None, "spike"], dtype="str"),
+    )
     assert store.upsert_readings(rows) == 2
     conn = sqlite3.connect(tmp_path / "s.db")
     stored = conn.execute(
@@ -132,8 +147,9 @@ def test_nulls_and_booleans_are_stored_as_sql_null_and_integers(tmp_path: Path) 
     conn.close()
     got = store.readings("dev-0001-temperature")
     assert [(r["value"], r["is_anomaly"], r["interpolated"], r["kafka_offset"], r["anomaly_kind"]) for r in got] == [
-        (1.5, True, False, 7, None), (None, None, True, None, "spike"),
-    ]  # fmt: skip
+        (1.5, True, False, 7, None),
+        (None, None, True, None, "spike"),
+    ]
     store.close()
 
 
@@ -251,8 +267,9 @@ def test_timestamps_are_stored_as_epoch_milliseconds(tmp_path: Path) -> None:
     store.upsert_readings(frame(2))
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("SELECT timestamp FROM sensor_metrics ORDER BY timestamp").fetchall() == [
-        (1772366400000,), (1772366401000,)
-    ]  # fmt: skip
+        (1772366400000,),
+        (1772366401000,),
+    ]
     conn.close()
     store.close()
 

@@ -106,9 +106,7 @@ def test_errors_are_clear(tmp_path: Path) -> None:
         read_table(_write(tmp_path, "d.csv", "time,temp\n"))
     with pytest.raises(DataError, match="no such file"):
         read_table(tmp_path / "missing.csv")
-    table = read_table(
-        _write(tmp_path, "e.csv", "time,temp,status\n2026-01-01,1,on\n"), ignore_columns=["status"]
-    )
+    table = read_table(_write(tmp_path, "e.csv", "time,temp,status\n2026-01-01,1,on\n"), ignore_columns=["status"])
     assert list(table.frame["value"]) == [1.0]
 
 
@@ -117,8 +115,13 @@ def test_helpers() -> None:
     assert sniff_separator("a|b\n1|2\n") == "|"
     assert sniff_separator("single\n1\n") == ","
     assert [normalize_label(v) for v in (0, "1", "true", "Level Shift", "NORMAL", None)] == [
-        "normal", "anomaly", "anomaly", "level_shift", "normal", "normal",
-    ]  # fmt: skip
+        "normal",
+        "anomaly",
+        "anomaly",
+        "level_shift",
+        "normal",
+        "normal",
+    ]
 
 
 # A test rig recorded in units unlike the simulator's: bar, kelvin, milliampere. Every value is outside the
@@ -162,8 +165,10 @@ def test_a_mapping_file_gives_the_types(tmp_path: Path, name: str, text: str) ->
     assert mapping == {"Pressure": "pressure_bar", "Current": "current"}
     frame = read_table(_write(tmp_path, "rig.csv", RIG), types=mapping).frame
     assert dict(zip(frame["sensor_id"], frame["sensor_type"], strict=True)) == {
-        "rig-pressure": "pressure_bar", "rig-temperature": GENERIC_TYPE, "rig-current": "current",
-    }  # fmt: skip
+        "rig-pressure": "pressure_bar",
+        "rig-temperature": GENERIC_TYPE,
+        "rig-current": "current",
+    }
 
 
 @pytest.mark.parametrize(

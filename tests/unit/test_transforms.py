@@ -15,8 +15,14 @@ T0 = 1_800_000_000_000  # epoch ms
 
 
 def rows(items: list[tuple[str, int]]) -> pd.DataFrame:
-    return pd.DataFrame({"sensor_id": [s for s, _ in items], "ts_ms": [T0 + t * 1000 for _, t in items],
-                         "kafka_partition": 0, "kafka_offset": range(len(items))})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "sensor_id": [s for s, _ in items],
+            "ts_ms": [T0 + t * 1000 for _, t in items],
+            "kafka_partition": 0,
+            "kafka_offset": range(len(items)),
+        }
+    )
 
 
 def test_duplicates_in_batch_and_seen_before_are_dropped_first_copy_kept() -> None:
@@ -39,8 +45,16 @@ def test_late_is_judged_per_sensor_in_kafka_order_not_per_batch() -> None:
 
 def sensor_rows(times: list[float], values: list[float] | None = None) -> pd.DataFrame:
     values = values or [float(t) for t in times]
-    return pd.DataFrame({"sensor_id": "s", "sensor_type": "temperature", "location": "l", "unit": "C",
-                         "ts_ms": [T0 + int(t * 1000) for t in times], "value": values})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "sensor_id": "s",
+            "sensor_type": "temperature",
+            "location": "l",
+            "unit": "C",
+            "ts_ms": [T0 + int(t * 1000) for t in times],
+            "value": values,
+        }
+    )
 
 
 def test_short_gap_filled_on_the_grid_long_gap_reported() -> None:
@@ -69,15 +83,28 @@ def test_silent_sensor_goes_inactive_by_event_time() -> None:
 
 
 def scored(items: list[tuple[str, int, bool, float, str | None]]) -> pd.DataFrame:
-    return pd.DataFrame({"sensor_id": [i[0] for i in items], "ts_ms": [T0 + i[1] * 1000 for i in items],
-                         "is_anomaly": [i[2] for i in items], "score": [i[3] for i in items],
-                         "anomaly_kind": [i[4] for i in items], "reason": "r",
-                         "top_features": [["z"]] * len(items)})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "sensor_id": [i[0] for i in items],
+            "ts_ms": [T0 + i[1] * 1000 for i in items],
+            "is_anomaly": [i[2] for i in items],
+            "score": [i[3] for i in items],
+            "anomaly_kind": [i[4] for i in items],
+            "reason": "r",
+            "top_features": [["z"]] * len(items),
+        }
+    )
 
 
 def test_one_alert_per_episode_even_with_many_readings_in_one_batch() -> None:
-    batch = scored([("a", 1, True, 7.0, "spike"), ("b", 2, True, 9.0, "level_shift"), ("a", 3, False, 0.1, None),
-                    ("a", 4, True, 6.5, "spike")])  # fmt: skip
+    batch = scored(
+        [
+            ("a", 1, True, 7.0, "spike"),
+            ("b", 2, True, 9.0, "level_shift"),
+            ("a", 3, False, 0.1, None),
+            ("a", 4, True, 6.5, "spike"),
+        ]
+    )
     touched, open_ep = episodes.update(batch, None, device_id="d", location="l", newest_ms=T0 + 4000, quiet_s=30)
     assert len(touched) == 1 and open_ep is touched[0]
     alert = episodes.to_alert(touched[0], device_id="d", zscore_threshold=6.0)
@@ -92,10 +119,17 @@ def test_one_alert_per_episode_even_with_many_readings_in_one_batch() -> None:
 
 def readings_frame() -> pd.DataFrame:
     ts = pd.to_datetime([T0, T0 + 10_000, T0 + 59_999, T0 + 60_000, T0 + 5_000], unit="ms", utc=True)
-    return pd.DataFrame({"sensor_id": ["a", "a", "a", "a", "b"], "sensor_type": "temperature", "location": "l1",
-                         "timestamp": ts, "value": [1.0, 3.0, 5.0, 10.0, 7.0],
-                         "is_anomaly": [False, True, False, False, True],
-                         "interpolated": [False, False, False, False, False]})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "sensor_id": ["a", "a", "a", "a", "b"],
+            "sensor_type": "temperature",
+            "location": "l1",
+            "timestamp": ts,
+            "value": [1.0, 3.0, 5.0, 10.0, 7.0],
+            "is_anomaly": [False, True, False, False, True],
+            "interpolated": [False, False, False, False, False],
+        }
+    )
 
 
 def test_windows_per_sensor_and_type_location() -> None:

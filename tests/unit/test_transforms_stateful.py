@@ -45,15 +45,24 @@ class FakeState:
 
 def step_input(frame: pd.DataFrame, first_offset: int = 0) -> pd.DataFrame:
     n = len(frame)
-    return pd.DataFrame({
-        "gkey": frame["device_id"].to_numpy(), "reason": [None] * n,
-        "raw": [orjson.dumps({"sensor_id": s}) for s in frame["sensor_id"]],
-        "kafka_partition": [0] * n, "kafka_offset": list(range(first_offset, first_offset + n)),
-        "sensor_id": frame["sensor_id"].to_numpy(), "device_id": frame["device_id"].to_numpy(),
-        "sensor_type": frame["sensor_type"].to_numpy(), "location": frame["location"].to_numpy(),
-        "unit": frame["unit"].to_numpy(), "status": ["ok"] * n, "value": frame["value"].to_numpy(),
-        "timestamp": frame["timestamp"].dt.tz_localize(None).to_numpy(), "ground_truth": frame["ground_truth"],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "gkey": frame["device_id"].to_numpy(),
+            "reason": [None] * n,
+            "raw": [orjson.dumps({"sensor_id": s}) for s in frame["sensor_id"]],
+            "kafka_partition": [0] * n,
+            "kafka_offset": list(range(first_offset, first_offset + n)),
+            "sensor_id": frame["sensor_id"].to_numpy(),
+            "device_id": frame["device_id"].to_numpy(),
+            "sensor_type": frame["sensor_type"].to_numpy(),
+            "location": frame["location"].to_numpy(),
+            "unit": frame["unit"].to_numpy(),
+            "status": ["ok"] * n,
+            "value": frame["value"].to_numpy(),
+            "timestamp": frame["timestamp"].dt.tz_localize(None).to_numpy(),
+            "ground_truth": frame["ground_truth"],
+        }
+    )
 
 
 @pytest.fixture
@@ -126,10 +135,15 @@ def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_f
 
 def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> None:
     step = StatefulStep(settings, source_topic="readings", scorer_factory=load_scorer)
-    frame = pd.DataFrame({
-        "gkey": [INVALID_GROUP] * 2, "reason": ["malformed", "out_of_range"], "raw": [b"\xff{oops", b'{"v":1}'],
-        "kafka_partition": [2, 1], "kafka_offset": [7, 8],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "gkey": [INVALID_GROUP] * 2,
+            "reason": ["malformed", "out_of_range"],
+            "raw": [b"\xff{oops", b'{"v":1}'],
+            "kafka_partition": [2, 1],
+            "kafka_offset": [7, 8],
+        }
+    )
     out = run(step, FakeState(now_ms=0), INVALID_GROUP, frame)
     dead = payloads(out, "dead")
     assert [(d["reason"], d["position"], d["raw"]) for d in dead] == [
@@ -151,8 +165,12 @@ def test_wall_clock_timeout_reports_sensors_inactive(settings: Any, device_frame
 
 
 def _fleet(devices: int, seconds: int, anomaly_rate: float = 0.0, seed: int = 11) -> pd.DataFrame:
-    cfg = FleetConfig(devices=devices, seed=seed, anomaly_rate=anomaly_rate,
-                      start=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime())  # fmt: skip
+    cfg = FleetConfig(
+        devices=devices,
+        seed=seed,
+        anomaly_rate=anomaly_rate,
+        start=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime(),
+    )
     return simulate_frame(cfg, duration_s=seconds).sort_values(["timestamp", "sensor_id"]).reset_index(drop=True)
 
 
@@ -165,13 +183,16 @@ def test_a_bucket_of_devices_gives_each_device_what_it_gets_alone(settings: Any)
     frame = _fleet(devices=3, seconds=900, anomaly_rate=0.3)
     step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
     together_state = FakeState(now_ms=1_800_000_000_000)
-    together = [run(step, together_state, "b0", step_input(c, first_offset=i * 10_000))
-                for i, c in enumerate(_chunks(frame, 60))]  # fmt: skip
+    together = [
+        run(step, together_state, "b0", step_input(c, first_offset=i * 10_000))
+        for i, c in enumerate(_chunks(frame, 60))
+    ]
     alone = []
     for _, device in frame.groupby("device_id"):
         state = FakeState(now_ms=1_800_000_000_000)
-        alone += [run(step, state, "b0", step_input(c, first_offset=i * 10_000))
-                  for i, c in enumerate(_chunks(device, 60))]  # fmt: skip
+        alone += [
+            run(step, state, "b0", step_input(c, first_offset=i * 10_000)) for i, c in enumerate(_chunks(device, 60))
+        ]
     a, b = pd.concat(together, ignore_index=True), pd.concat(alone, ignore_index=True)
     cols = ["sensor_id", "timestamp", "value", "interpolated", "score", "is_anomaly", "anomaly_kind", "features"]
     key = ["sensor_id", "timestamp"]
@@ -254,9 +275,10 @@ def test_with_a_sink_readings_and_alerts_leave_through_it_and_windows_as_partial
     whole = finish_windows(window_partials(expected, 60), 60)
     key = ["scope", "key", "window_start"]
     pd.testing.assert_frame_equal(
-        windows.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True),
+        windows.sort_values(key).reset_index(drop=True),
+        whole.sort_values(key).reset_index(drop=True),
         check_dtype=False,
-    )  # fmt: skip
+    )
     assert windows["count"].sum() == 2 * len(frame)  # per sensor and per type x location
     # Alerts: the same episodes as without a sink, written by the sink before the call's readings; the driver
     # only counts them.

@@ -139,8 +139,18 @@ def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds
     """Produce ``seconds`` of history ending now; returns the event time where the history ends."""
     start = datetime.now(UTC) - timedelta(seconds=seconds)
     steps = max(1, math.ceil(seconds / fleet.interval_s))
-    argv = millrace_argv(settings, config_path, "iot", "simulate", *fleet.args(), "--duration", str(seconds),
-                         "--start", to_iso(start), "--json")  # fmt: skip
+    argv = millrace_argv(
+        settings,
+        config_path,
+        "iot",
+        "simulate",
+        *fleet.args(),
+        "--duration",
+        str(seconds),
+        "--start",
+        to_iso(start),
+        "--json",
+    )
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         raise MillraceError(f"the history simulator failed: {result.stderr.strip()[-500:]}")

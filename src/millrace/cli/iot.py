@@ -136,9 +136,14 @@ def simulate(
     else:
         start_at = None
     options: dict[str, Any] = {
-        "devices": devices, "locations": locations, "interval_s": interval_s, "start": start_at, "seed": seed,
-        "anomaly_rate": anomaly_rate, **_fault_rates(fault_rate or []),
-    }  # fmt: skip
+        "devices": devices,
+        "locations": locations,
+        "interval_s": interval_s,
+        "start": start_at,
+        "seed": seed,
+        "anomaly_rate": anomaly_rate,
+        **_fault_rates(fault_rate or []),
+    }
     try:
         cfg = FleetConfig(**options)
     except ValueError as exc:
@@ -182,9 +187,16 @@ def _simulate_parallel(
     live = LiveStats(DeliveryStats(), title=f"{title} ({workers} workers)", console=err_console)
     with live.live(enabled=not (quiet or json_)):
         undelivered = run_workers(
-            settings, cfg, live, workers=workers, duration_s=duration_s, count=count, rate=rate, topic=topic,
+            settings,
+            cfg,
+            live,
+            workers=workers,
+            duration_s=duration_s,
+            count=count,
+            rate=rate,
+            topic=topic,
             stop=stop,
-        )  # fmt: skip
+        )
     live.finish(undelivered)
     _report(live, json_=json_, quiet=quiet)
 
@@ -246,11 +258,19 @@ def replay(
     if layout not in ("auto", "long", "wide"):
         raise UsageError("expected auto, long or wide", param_hint="--layout")
     table = read_table(
-        file, sep=sep, time_column=time_column, label_column=label_column, layout=layout,  # type: ignore[arg-type]
-        sensor_column=sensor_column, value_column=value_column, type_column=type_column,
-        ignore_columns=ignore_column or [], device=device, location=location,
+        file,
+        sep=sep,
+        time_column=time_column,
+        label_column=label_column,
+        layout=layout,  # type: ignore[arg-type]
+        sensor_column=sensor_column,
+        value_column=value_column,
+        type_column=type_column,
+        ignore_columns=ignore_column or [],
+        device=device,
+        location=location,
         types=read_type_mapping(types) if types is not None else None,
-    )  # fmt: skip
+    )
     unknown = types_without_range(table, settings.processing.ranges)
     if unknown:  # sending them would only fill the dead-letter topic
         raise DataError(

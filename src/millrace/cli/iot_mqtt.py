@@ -32,9 +32,7 @@ def mqtt_bridge(
     command_group: Annotated[str, typer.Option(help="Kafka consumer group of the command relay.")] = (
         "millrace-mqtt-commands"
     ),
-    json_: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary at the end, no live display.")
-    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary at the end, no live display.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display and no summary.")] = False,
 ) -> None:
     """Subscribe to mqtt.readings_topic (sensors/<location>/<device>/<type>) and produce readings to Kafka.

@@ -46,9 +46,13 @@ def process(
     if starting_offsets not in ("earliest", "latest"):
         raise typer.BadParameter("use earliest or latest", param_hint="--starting-offsets")
     options = default_options(
-        settings, checkpoint=checkpoint_dir, starting_offsets=starting_offsets, trigger_s=trigger,
-        max_offsets_per_trigger=max_offsets, topic=topic,
-    )  # fmt: skip
+        settings,
+        checkpoint=checkpoint_dir,
+        starting_offsets=starting_offsets,
+        trigger_s=trigger,
+        max_offsets_per_trigger=max_offsets,
+        topic=topic,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -69,12 +73,20 @@ def process(
             highlight=False,
         )
 
-    err_console.print(f"processing {options.topic or settings.topics.readings} -> {settings.store.backend} store; "
-                      f"checkpoint {options.checkpoint}", highlight=False)  # fmt: skip
+    err_console.print(
+        f"processing {options.topic or settings.topics.readings} -> {settings.store.backend} store; "
+        f"checkpoint {options.checkpoint}",
+        highlight=False,
+    )
     result = run(
-        settings, options, master=master, duration_s=duration, until_idle_s=until_idle, on_batch=show,
+        settings,
+        options,
+        master=master,
+        duration_s=duration,
+        until_idle_s=until_idle,
+        on_batch=show,
         should_stop=stop.is_set,
-    )  # fmt: skip
+    )
     err_console.print(
         f"done: {result.batches} micro-batches, {result.input_rows} input records in {result.elapsed_s:.1f} s"
         + (f", {result.restarts} query restarts" if result.restarts else ""),

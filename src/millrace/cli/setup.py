@@ -38,8 +38,11 @@ def setup(
         jars = len(list(lib.glob("*.jar")))
         table.add_row(name, version, str(jars), str(lib), f"{time.monotonic() - started:.1f} s")
     console.print(table)
-    for tool, why in (("mosquitto", "MQTT bridge (stack up --with mqtt)"), ("chromium", "dashboard browser tests"),
-                      ("go", "MongoDB-wire test server (stack up --with mongodb)")):
+    for tool, why in (
+        ("mosquitto", "MQTT bridge (stack up --with mqtt)"),
+        ("chromium", "dashboard browser tests"),
+        ("go", "MongoDB-wire test server (stack up --with mongodb)"),
+    ):
         found = shutil.which(tool) or (shutil.which(f"/usr/sbin/{tool}") if tool == "mosquitto" else None)
         mark = "[green]found[/]" if found else "[yellow]missing[/]"
         console.print(f"{mark} {tool}: {why}")

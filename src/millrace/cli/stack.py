@@ -13,8 +13,9 @@ from millrace.cli.common import console, human_duration, print_json, settings_of
 from millrace.runtime.process import tail
 from millrace.runtime.stack import Stack
 
-app = typer.Typer(help="Start, stop and inspect the local servers (Kafka, and optional MQTT, MongoDB-wire).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Start, stop and inspect the local servers (Kafka, and optional MQTT, MongoDB-wire).", no_args_is_help=True
+)
 
 
 @app.command()

@@ -24,9 +24,15 @@ def apply(ctx: typer.Context) -> None:
     for column in ("topic", "partitions", "rf", "retention", "cleanup", "min isr", "result"):
         table.add_column(column)
     for spec in specs:
-        table.add_row(spec.name, str(spec.partitions), str(spec.replication_factor),
-                      f"{spec.retention_ms / 86_400_000:g} d", spec.cleanup_policy, str(spec.min_insync_replicas),
-                      result[spec.name])
+        table.add_row(
+            spec.name,
+            str(spec.partitions),
+            str(spec.replication_factor),
+            f"{spec.retention_ms / 86_400_000:g} d",
+            spec.cleanup_policy,
+            str(spec.min_insync_replicas),
+            result[spec.name],
+        )
     console.print(table)
 
 
@@ -49,15 +55,28 @@ def describe(
     """Partitions with leader, replicas, ISR and offsets; the topic's main configs."""
     info = describe_topic(settings_of(ctx).kafka.client_config(), name)
     if json_:
-        print_json({"name": info.name, "messages": info.messages, "configs": info.configs,
-                    "partitions": [p.__dict__ | {"messages": p.messages} for p in info.partitions]})
+        print_json(
+            {
+                "name": info.name,
+                "messages": info.messages,
+                "configs": info.configs,
+                "partitions": [p.__dict__ | {"messages": p.messages} for p in info.partitions],
+            }
+        )
         return
     table = Table(title=f"{info.name}: {len(info.partitions)} partitions, {info.messages} messages")
     for column in ("partition", "leader", "replicas", "isr", "low", "high", "messages"):
         table.add_column(column, justify="right")
     for p in info.partitions:
-        table.add_row(str(p.partition), str(p.leader), ",".join(map(str, p.replicas)), ",".join(map(str, p.isr)),
-                      str(p.low), str(p.high), str(p.messages))
+        table.add_row(
+            str(p.partition),
+            str(p.leader),
+            ",".join(map(str, p.replicas)),
+            ",".join(map(str, p.isr)),
+            str(p.low),
+            str(p.high),
+            str(p.messages),
+        )
     console.print(table)
     keys = ("retention.ms", "cleanup.policy", "min.insync.replicas", "compression.type")
     console.print("  ".join(f"{k}={info.configs.get(k)}" for k in keys))

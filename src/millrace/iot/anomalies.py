@@ -45,9 +45,7 @@ class AnomalySchedule:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         cfg = fleet.cfg
-        self.kinds = [
-            k for k in cfg.anomaly_kinds if k != "correlation_break" or "temperature" in fleet.types
-        ]
+        self.kinds = [k for k in cfg.anomaly_kinds if k != "correlation_break" or "temperature" in fleet.types]
         self.temperature_k = fleet.types.index("temperature") if "temperature" in fleet.types else -1
         steps = {k: self._steps(cfg.durations_s[k]) for k in self.kinds}
         mean_steps = float(np.mean([(lo + hi) / 2 for lo, hi in steps.values()])) if self.kinds else 1.0
@@ -88,9 +86,7 @@ class AnomalySchedule:
                 self.busy_until[target] = start + length + 1
                 self.active.append(Episode(target, kind, start, start + length, magnitude))
 
-    def apply(
-        self, step0: int, values: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def apply(self, step0: int, values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Modify ``values`` (steps, sensors) in place; return (labels int8, emitted bool), same shape."""
         steps = values.shape[0]
         stop = step0 + steps

@@ -179,8 +179,7 @@ class Fleet:
         hour = (t % 86400.0) / 3600.0
         daily = np.sin(2 * np.pi * (hour - 9.0) / 24.0)  # +1 at 15:00 UTC, -1 at 03:00
         slow = (
-            self.load_amps[None]
-            * np.sin(2 * np.pi * t[..., None] / self.load_periods[None] + self.load_phases[None])
+            self.load_amps[None] * np.sin(2 * np.pi * t[..., None] / self.load_periods[None] + self.load_phases[None])
         ).sum(axis=2)
         load = np.clip(0.5 + 0.25 * daily + self.load_bias[None] + slow, 0.05, 1.0)
         loc = self.device_location

@@ -43,9 +43,7 @@ def process_usage() -> dict[str, float]:
 class LiveStats:
     """Counts sent messages by label and renders them with a sink's delivery statistics."""
 
-    def __init__(
-        self, stats: DeliveryStats, *, title: str = "producer", console: Console | None = None
-    ) -> None:
+    def __init__(self, stats: DeliveryStats, *, title: str = "producer", console: Console | None = None) -> None:
         self.stats = stats
         self.title = title
         self.console = console or Console(stderr=True)

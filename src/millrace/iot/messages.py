@@ -36,9 +36,7 @@ class MessageBatch:
         return len(self.keys)
 
     def __iter__(self) -> Iterator[Message]:
-        return map(
-            Message, self.keys, self.values, self.sensor_types, self.kinds, self.locations, self.device_ids
-        )
+        return map(Message, self.keys, self.values, self.sensor_types, self.kinds, self.locations, self.device_ids)
 
     def append(self, msg: Message) -> None:
         self.key_bytes = None

@@ -59,9 +59,15 @@ def reading_messages(frame: pd.DataFrame) -> list[Message]:
             ground_truth=gt,
         )
         out.append(
-            Message(row.sensor_id, orjson.dumps(reading.to_dict()), row.sensor_type, gt or UNLABELLED,
-                    row.location, row.device_id)
-        )  # fmt: skip
+            Message(
+                row.sensor_id,
+                orjson.dumps(reading.to_dict()),
+                row.sensor_type,
+                gt or UNLABELLED,
+                row.location,
+                row.device_id,
+            )
+        )
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from queue import Empty, Full, Queue
 from typing import Any, Protocol, TypeVar
 
@@ -109,7 +109,7 @@ class KafkaSink:
     def send_batch(self, batch: MessageBatch) -> None:
         produce, poll = self._producer.produce, self._producer.poll
         topic, callback = self.topic, self._on_delivery
-        keys: list[bytes] | list[str] = batch.key_bytes if batch.key_bytes is not None else batch.keys
+        keys: Sequence[bytes | str] = batch.key_bytes if batch.key_bytes is not None else batch.keys
         for i, (key, value) in enumerate(zip(keys, batch.values, strict=True)):
             try:
                 produce(topic, value, key, on_delivery=callback)
@@ -174,9 +174,9 @@ def pump(
     for batch in batches:
         if stop.is_set():
             break
-        parts = [batch] if not slice_size else [
-            batch.slice(i, i + slice_size) for i in range(0, len(batch), slice_size)
-        ]  # fmt: skip
+        parts = (
+            [batch] if not slice_size else [batch.slice(i, i + slice_size) for i in range(0, len(batch), slice_size)]
+        )
         for part in parts:
             if rate > 0:
                 while (ahead := started + sent / rate - time.monotonic()) > 0 and not stop.is_set():

@@ -129,9 +129,7 @@ def read_table(
             raise DataError(f"{path}: no {role} column {given!r}; columns are {', '.join(map(str, columns))}")
     time_col = time_column or _find(columns, _TIME_NAMES)
     if time_col is None:
-        raise DataError(
-            f"{path}: no time column found (tried {', '.join(_TIME_NAMES)}); name it with --time-column"
-        )
+        raise DataError(f"{path}: no time column found (tried {', '.join(_TIME_NAMES)}); name it with --time-column")
     label_col = label_column or _find(columns, _LABEL_NAMES)
     value_col = value_column or _find(columns, _VALUE_NAMES)
     sensor_col = sensor_column or _find(columns, _SENSOR_NAMES)
@@ -144,10 +142,19 @@ def read_table(
             raise DataError(f"{path}: long layout needs a value column and a sensor or type column")
         names = set(raw[sensor_col or type_col].astype(str).str.strip())  # type: ignore[index]
         frame, bad, used = _long(
-            raw, numbers, time_col, value_col, sensor_col, type_col, label_col,
+            raw,
+            numbers,
+            time_col,
+            value_col,
+            sensor_col,
+            type_col,
+            label_col,
             device_column or _find(columns, _DEVICE_NAMES),
-            location_column or _find(columns, _LOCATION_NAMES), base_device, location, types or {},
-        )  # fmt: skip
+            location_column or _find(columns, _LOCATION_NAMES),
+            base_device,
+            location,
+            types or {},
+        )
     else:
         skip = {time_col, label_col, *ignore_columns}
         names = {str(c) for c in columns if c not in skip}
@@ -164,8 +171,12 @@ def read_table(
         )
     unused = [name for name in types or {} if name not in names]
     if unused:  # most likely a typo, and the sensor it meant is then of the generic type
-        log.warning("%s: the type mapping names no %s of the file: %s", path,
-                    "sensor" if layout == "long" else "sensor column", ", ".join(map(repr, unused)))  # fmt: skip
+        log.warning(
+            "%s: the type mapping names no %s of the file: %s",
+            path,
+            "sensor" if layout == "long" else "sensor column",
+            ", ".join(map(repr, unused)),
+        )
     used = {"time": time_col, "label": label_col, **used}
     return TableReadings(frame, bad, layout, used, separator, len(raw) + len(raw.attrs.get("bad_width", [])))
 
@@ -290,10 +301,19 @@ def _labels(raw: pd.DataFrame, label_col: str | None) -> pd.Series | None:
 
 
 def _long(
-    raw: pd.DataFrame, numbers: pd.Series, time_col: str, value_col: str, sensor_col: str | None,
-    type_col: str | None, label_col: str | None, device_col: str | None, location_col: str | None,
-    device: str, location: str, mapping: Mapping[str, str],
-) -> tuple[pd.DataFrame, list[BadRow], dict[str, str | None]]:  # fmt: skip
+    raw: pd.DataFrame,
+    numbers: pd.Series,
+    time_col: str,
+    value_col: str,
+    sensor_col: str | None,
+    type_col: str | None,
+    label_col: str | None,
+    device_col: str | None,
+    location_col: str | None,
+    device: str,
+    location: str,
+    mapping: Mapping[str, str],
+) -> tuple[pd.DataFrame, list[BadRow], dict[str, str | None]]:
     times = _times(raw[time_col])
     values, empty, bad_value = _numbers(raw[value_col])
     ident = raw[sensor_col if sensor_col is not None else type_col].astype(str).str.strip()
@@ -301,9 +321,7 @@ def _long(
     reasons[ident.isin(["", "nan", "None"])] = f"empty sensor in column {sensor_col or type_col!r}"
     reasons[empty] = f"empty value in column {value_col!r}"
     reasons[bad_value] = (
-        "non-numeric value "
-        + raw[value_col].astype(str).str.slice(0, 40).map(repr)
-        + f" in column {value_col!r}"
+        "non-numeric value " + raw[value_col].astype(str).str.slice(0, 40).map(repr) + f" in column {value_col!r}"
     )
     reasons[times.isna()] = "unparseable time " + raw[time_col].astype(str).str.slice(0, 60).map(repr)
     good = reasons.isna().to_numpy()
@@ -343,9 +361,16 @@ def _long(
 
 
 def _wide(
-    path: Path, raw: pd.DataFrame, numbers: pd.Series, time_col: str, sensor_cols: list[str],
-    label_col: str | None, device: str, location: str, mapping: Mapping[str, str],
-) -> tuple[pd.DataFrame, list[BadRow], dict[str, str | None]]:  # fmt: skip
+    path: Path,
+    raw: pd.DataFrame,
+    numbers: pd.Series,
+    time_col: str,
+    sensor_cols: list[str],
+    label_col: str | None,
+    device: str,
+    location: str,
+    mapping: Mapping[str, str],
+) -> tuple[pd.DataFrame, list[BadRow], dict[str, str | None]]:
     if not sensor_cols:
         raise DataError(f"{path}: no sensor columns besides the time and label columns")
     times = _times(raw[time_col])

@@ -49,8 +49,11 @@ def kafka_source_options(settings: Settings) -> dict[str, str]:
     opts = {"kafka.bootstrap.servers": k.bootstrap_servers, "kafka.security.protocol": k.security_protocol}
     if k.sasl_mechanism:
         opts["kafka.sasl.mechanism"] = k.sasl_mechanism
-        module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if k.sasl_mechanism == "PLAIN"
-                  else "org.apache.kafka.common.security.scram.ScramLoginModule")  # fmt: skip
+        module = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule"
+            if k.sasl_mechanism == "PLAIN"
+            else "org.apache.kafka.common.security.scram.ScramLoginModule"
+        )
         password = k.sasl_password.get_secret_value() if k.sasl_password else ""
         opts["kafka.sasl.jaas.config"] = f'{module} required username="{k.sasl_username}" password="{password}";'
     if k.ssl_cafile:
@@ -64,9 +67,14 @@ def bucket_labels(spark: Any, buckets: int, partitions: int) -> list[str]:
     partitions), so that the buckets' Python calls run in parallel. Spark places a group key in partition
     ``pmod(hash(key), partitions)`` — the same Murmur3 hash as SQL ``hash()`` — so this asks Spark itself (one
     small job on ``spark``)."""
-    rows = spark.range(0, 64 * buckets).selectExpr(
-        "concat('b', cast(id AS string)) AS label", f"pmod(hash(concat('b', cast(id AS string))), {partitions}) AS p"
-    ).collect()  # fmt: skip
+    rows = (
+        spark.range(0, 64 * buckets)
+        .selectExpr(
+            "concat('b', cast(id AS string)) AS label",
+            f"pmod(hash(concat('b', cast(id AS string))), {partitions}) AS p",
+        )
+        .collect()
+    )
     free: dict[int, list[str]] = {}
     for row in rows:
         free.setdefault(int(row["p"]), []).append(str(row["label"]))
@@ -211,9 +219,14 @@ def progress_offsets(settings: Settings) -> ProgressOffsets | None:
 
 
 def _watch(
-    query: Any, writer: BatchWriter, started: float, duration_s: float | None, until_idle_s: float | None,
-    should_stop: Callable[[], bool], progress: ProgressOffsets | None = None,
-) -> str:  # fmt: skip
+    query: Any,
+    writer: BatchWriter,
+    started: float,
+    duration_s: float | None,
+    until_idle_s: float | None,
+    should_stop: Callable[[], bool],
+    progress: ProgressOffsets | None = None,
+) -> str:
     while True:
         try:
             if query.awaitTermination(0.5):

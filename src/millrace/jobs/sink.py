@@ -38,9 +38,12 @@ class ReadingSink:
         # Delivery reports for failures only: one Python callback per reading would cost more than the rest of
         # producing; a failure still counts in stats.failed and fails the batch (Spark replays it).
         self.producer = make_producer(
-            k.client_config(), compression=k.compression, linger_ms=k.linger_ms, batch_size=k.batch_size,
+            k.client_config(),
+            compression=k.compression,
+            linger_ms=k.linger_ms,
+            batch_size=k.batch_size,
             extra={"delivery.report.only.error": True},
-        )  # fmt: skip
+        )
 
     def write(self, readings: pd.DataFrame) -> None:
         """Upsert ``readings`` (rows of schema.STEP_OUTPUT) and produce their predictions; returns once every
@@ -74,18 +77,20 @@ def produce_predictions(producer: Any, topic: str, readings: pd.DataFrame) -> No
     """One JSON message per reading (a ReliableProducer's bulk path): its identity, value, score and verdict,
     keyed by sensor_id."""
     ms = pd.to_datetime(readings["timestamp"], utc=True).to_numpy(dtype="datetime64[ms]")
-    preds = pd.DataFrame({
-        "sensor_id": readings["sensor_id"].to_numpy(dtype=object),
-        "timestamp": np.char.add(np.datetime_as_string(ms, unit="ms"), "Z"),
-        "device_id": readings["device_id"].to_numpy(dtype=object),
-        "sensor_type": readings["sensor_type"].to_numpy(dtype=object),
-        "location": readings["location"].to_numpy(dtype=object),
-        "value": readings["value"].to_numpy(dtype="float64"),
-        "score": readings["score"].to_numpy(dtype="float64"),
-        "is_anomaly": readings["is_anomaly"].fillna(False).astype(bool).to_numpy(),
-        "anomaly_kind": readings["anomaly_kind"].to_numpy(dtype=object),
-        "interpolated": readings["interpolated"].astype(bool).to_numpy(),
-    })  # fmt: skip
+    preds = pd.DataFrame(
+        {
+            "sensor_id": readings["sensor_id"].to_numpy(dtype=object),
+            "timestamp": np.char.add(np.datetime_as_string(ms, unit="ms"), "Z"),
+            "device_id": readings["device_id"].to_numpy(dtype=object),
+            "sensor_type": readings["sensor_type"].to_numpy(dtype=object),
+            "location": readings["location"].to_numpy(dtype=object),
+            "value": readings["value"].to_numpy(dtype="float64"),
+            "score": readings["score"].to_numpy(dtype="float64"),
+            "is_anomaly": readings["is_anomaly"].fillna(False).astype(bool).to_numpy(),
+            "anomaly_kind": readings["anomaly_kind"].to_numpy(dtype=object),
+            "interpolated": readings["interpolated"].astype(bool).to_numpy(),
+        }
+    )
     lines = preds.to_json(orient="records", lines=True).rstrip("\n").split("\n")
     producer.produce_batch(topic, (line.encode() for line in lines), preds["sensor_id"])
 

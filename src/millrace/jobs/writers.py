@@ -58,9 +58,13 @@ class BatchWriter:
     """Callable for ``writeStream.foreachBatch``. Owns the store, a Kafka producer and the window ledger."""
 
     def __init__(
-        self, settings: Settings, *, ledger_path: Path, on_batch: Callable[[BatchStats], None] | None = None,
+        self,
+        settings: Settings,
+        *,
+        ledger_path: Path,
+        on_batch: Callable[[BatchStats], None] | None = None,
         store: Any = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         from millrace.kafka.producer import make_producer
         from millrace.stores.factory import open_store
 
@@ -125,10 +129,17 @@ class BatchWriter:
 
         self._produce(readings, alerts, windows, dead, quality, batch_id)
         return BatchStats(
-            batch_id=batch_id, input_rows=quality["input"], readings=quality.get("valid", 0),
-            interpolated=quality.get("interpolated", 0), dead_letters=len(dead),
-            alerts=len(alerts) + alerts_sent, windows=len(windows), duration_s=0.0, collect_s=0.0, quality=quality,
-        )  # fmt: skip
+            batch_id=batch_id,
+            input_rows=quality["input"],
+            readings=quality.get("valid", 0),
+            interpolated=quality.get("interpolated", 0),
+            dead_letters=len(dead),
+            alerts=len(alerts) + alerts_sent,
+            windows=len(windows),
+            duration_s=0.0,
+            collect_s=0.0,
+            quality=quality,
+        )
 
     def _windows(self, partials: pd.DataFrame, batch_id: int) -> pd.DataFrame:
         window_s = self.settings.processing.window_s
@@ -140,9 +151,14 @@ class BatchWriter:
         return finish_windows(merged, window_s) if len(merged) else pd.DataFrame()
 
     def _produce(
-        self, readings: pd.DataFrame, alerts: list[dict[str, Any]], windows: pd.DataFrame, dead: list[str],
-        quality: dict[str, int], batch_id: int,
-    ) -> None:  # fmt: skip
+        self,
+        readings: pd.DataFrame,
+        alerts: list[dict[str, Any]],
+        windows: pd.DataFrame,
+        dead: list[str],
+        quality: dict[str, int],
+        batch_id: int,
+    ) -> None:
         topics, produce = self.topics, self.producer.produce
         for alert in alerts:
             produce(topics.alerts, orjson.dumps(alert), alert["alert_id"])

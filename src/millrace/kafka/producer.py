@@ -67,7 +67,7 @@ class ReliableProducer:
         value: bytes,
         key: bytes | str | None = None,
         *,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
         on_delivery: OnDelivery | None = None,
     ) -> None:
         callback = self._delivered if on_delivery is None else self._chain(on_delivery)

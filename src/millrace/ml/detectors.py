@@ -147,9 +147,12 @@ def fit_mahalanobis(X: np.ndarray, features: tuple[str, ...], seed: int) -> Dete
 
 
 def fit_gradient_boosting(
-    X: np.ndarray, labels: np.ndarray, features: tuple[str, ...], seed: int,
+    X: np.ndarray,
+    labels: np.ndarray,
+    features: tuple[str, ...],
+    seed: int,
     kinds: tuple[np.ndarray, tuple[str, ...]] | None = None,
-) -> Detector:  # fmt: skip
+) -> Detector:
     """The supervised detector: the gate and the kind model (training fits the two in separate workers).
     ``kinds``: the kind model's own (matrix, feature names), same rows as X; default: X and ``features``."""
     det = fit_gate(X, labels, features, seed)
@@ -219,10 +222,15 @@ def _boosting(features: tuple[str, ...], seed: int, *, rounds: int, learning_rat
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(
-        max_iter=rounds, learning_rate=learning_rate, max_leaf_nodes=31, early_stopping=True,
-        validation_fraction=0.1, random_state=seed, categorical_features=[len(features) - 1],
+        max_iter=rounds,
+        learning_rate=learning_rate,
+        max_leaf_nodes=31,
+        early_stopping=True,
+        validation_fraction=0.1,
+        random_state=seed,
+        categorical_features=[len(features) - 1],
         l2_regularization=l2,
-    )  # fmt: skip
+    )
 
 
 def robust_z_detector(features: tuple[str, ...]) -> Detector:

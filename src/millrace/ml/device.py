@@ -148,9 +148,13 @@ class DeviceModel:
         with np.errstate(invalid="ignore"):
             out_of_range = np.less(V, self.low) | np.greater(V, self.high)
         return DeviceScores(
-            raw=stat, score=self.calibration.score(stat), tail=self.calibration.tail(stat),
-            flag=stat >= self.calibration.threshold, contributions=contrib, out_of_range=out_of_range,
-        )  # fmt: skip
+            raw=stat,
+            score=self.calibration.score(stat),
+            tail=self.calibration.tail(stat),
+            flag=stat >= self.calibration.threshold,
+            contributions=contrib,
+            out_of_range=out_of_range,
+        )
 
     def _combined(self, stat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The largest over windows of the smoothed statistic's calibrated score, and which window gave it."""
@@ -166,10 +170,15 @@ class DeviceModel:
     def summary(self) -> dict[str, Any]:
         """What model.json and ``ml evaluate`` say about the detector."""
         info: dict[str, Any] = {
-            "detector": self.name, "sensors": list(self.sensors), "windows": list(self.windows), "lags": self.core.lags,
-            "target_far": self.calibration.target_far, "threshold": self.calibration.threshold,
-            "held_back_rows": self.calibration.held_back, "why": self.why,
-        }  # fmt: skip
+            "detector": self.name,
+            "sensors": list(self.sensors),
+            "windows": list(self.windows),
+            "lags": self.core.lags,
+            "target_far": self.calibration.target_far,
+            "threshold": self.calibration.threshold,
+            "held_back_rows": self.calibration.held_back,
+            "why": self.why,
+        }
         if "components" in self.core.params:
             info["components"] = int(self.core.params["components"].shape[1])
         return {**info, **self.metrics}
@@ -187,9 +196,15 @@ class DeviceScores:
 
 # ---------------------------------------------------------------------------------------------- fitting
 def fit_device_model(
-    V: np.ndarray, sensors: Sequence[str], *, detector: str = "auto", target_far: float = DEFAULT_TARGET_FAR,
-    windows: Sequence[int] | None = None, lags: int = DEFAULT_LAGS, seed: int = 0,
-) -> DeviceModel:  # fmt: skip
+    V: np.ndarray,
+    sensors: Sequence[str],
+    *,
+    detector: str = "auto",
+    target_far: float = DEFAULT_TARGET_FAR,
+    windows: Sequence[int] | None = None,
+    lags: int = DEFAULT_LAGS,
+    seed: int = 0,
+) -> DeviceModel:
     """Fit ``detector`` on normal training rows V (n × sensors, time order) and calibrate it to
     ``target_far`` on out-of-fold rows. ``windows``: moving-mean windows of the statistic (default: the
     row alone); several are combined as the largest of their calibrated scores, calibrated again. ``auto``

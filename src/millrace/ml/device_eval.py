@@ -48,10 +48,16 @@ class AlertRule:
 
 
 def evaluate_devices(
-    tables: Sequence[tuple[str, pd.DataFrame]], *, train_rows: int | None = None,
-    train: pd.DataFrame | None = None, model: DeviceModel | None = None, detector: str = "auto",
-    target_far: float = DEFAULT_TARGET_FAR, alerts: AlertRule | None = None, seed: int = 0,
-) -> tuple[dict[str, Any], pd.DataFrame, DeviceModel]:  # fmt: skip
+    tables: Sequence[tuple[str, pd.DataFrame]],
+    *,
+    train_rows: int | None = None,
+    train: pd.DataFrame | None = None,
+    model: DeviceModel | None = None,
+    detector: str = "auto",
+    target_far: float = DEFAULT_TARGET_FAR,
+    alerts: AlertRule | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, Any], pd.DataFrame, DeviceModel]:
     """Metrics over ``tables`` ((name, readings) per file), the scored rows, and the model. Exactly one of
     ``train_rows`` (fit per file on its first rows), ``train`` (readings to fit on) or ``model``."""
     scored: list[pd.DataFrame] = []
@@ -133,8 +139,11 @@ def summarize(scored: pd.DataFrame, model: DeviceModel, rule: AlertRule) -> dict
     scored["alert"] = alert_rows
     result["events"] = _pooled_events(event_parts)
     result["nab"] = {p: _nab_dict(ev.nab_total(scores)) for p, scores in nab.items() if scores}
-    result["alert_rule"] = {"min_run": rule.min_run, "quiet_rows": sorted(set(quiet_rows)),
-                            "quiet_s": None if rule.quiet is not None else rule.quiet_s}  # fmt: skip
+    result["alert_rule"] = {
+        "min_run": rule.min_run,
+        "quiet_rows": sorted(set(quiet_rows)),
+        "quiet_s": None if rule.quiet is not None else rule.quiet_s,
+    }
     return result
 
 
@@ -148,12 +157,13 @@ def _pooled_events(parts: list[dict[str, Any]]) -> dict[str, Any]:
     delay_rows = sum((p["detection_delay_mean_rows"] or 0.0) * p["events_detected"] for p in parts)
     medians = [p["detection_delay_median_s"] for p in parts if p["detection_delay_median_s"] is not None]
     return {
-        **total, "event_recall": detected / total["events"] if total["events"] else None,
+        **total,
+        "event_recall": detected / total["events"] if total["events"] else None,
         "false_alerts_per_day": total["false_alerts"] / days if days > 0 else None,
         "detection_delay_mean_s": delay / detected if detected else None,
         "detection_delay_mean_rows": delay_rows / detected if detected else None,
         "detection_delay_median_s": float(np.median(medians)) if len(parts) == 1 and medians else None,
-    }  # fmt: skip
+    }
 
 
 def _nab_dict(score: ev.NabScore) -> dict[str, Any]:

@@ -66,9 +66,10 @@ def score_readings(model: Any, readings: pd.DataFrame, history: dict[str, list[l
         known = frame[frame["key"].isin(model.sensors)]
         values = (
             known.drop_duplicates(["device_id", "timestamp", "key"], keep="last")
-            .set_index(["device_id", "timestamp", "key"])["value"].unstack("key")
+            .set_index(["device_id", "timestamp", "key"])["value"]
+            .unstack("key")
             .reindex(columns=list(model.sensors))
-        )  # fmt: skip
+        )
         row_of = pd.Series(np.arange(len(values)), index=values.index)
         matrix = values.to_numpy(dtype=float)
         row_score = np.zeros(len(values))
@@ -96,7 +97,8 @@ def score_readings(model: Any, readings: pd.DataFrame, history: dict[str, list[l
             reasons[pos] = f"{model.name} score {score[pos]:.2f} on {frame['device_id'].iat[pos]}: " + (
                 ", ".join(names) if names else "no single sensor stands out"
             )
-    kind = np.where(flag, "model", None).astype(object)
+    kind = np.full(len(flag), None, dtype=object)
+    kind[flag] = "model"
     return pd.DataFrame(
         {"score": score, "is_anomaly": flag, "anomaly_kind": kind, "reason": reasons, "top_features": tops},
         index=readings.index,

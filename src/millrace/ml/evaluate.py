@@ -52,11 +52,17 @@ def read_readings(path: Path, opts: ReadOptions, *, need_labels: bool) -> pd.Dat
     from millrace.iot.tabular import read_table
 
     table = read_table(
-        path, sep=opts.sep, time_column=opts.time_column, label_column=opts.label_column,
+        path,
+        sep=opts.sep,
+        time_column=opts.time_column,
+        label_column=opts.label_column,
         layout=opts.layout,  # type: ignore[arg-type]
-        sensor_column=opts.sensor_column, value_column=opts.value_column, type_column=opts.type_column,
-        ignore_columns=opts.ignore_columns, types=opts.types,
-    )  # fmt: skip
+        sensor_column=opts.sensor_column,
+        value_column=opts.value_column,
+        type_column=opts.type_column,
+        ignore_columns=opts.ignore_columns,
+        types=opts.types,
+    )
     frame = table.frame
     if frame.empty:
         raise DataError(f"{path}: no usable readings ({len(table.bad_rows)} bad rows)")
@@ -69,10 +75,19 @@ READING_DETECTORS = {f"reading:{name}": name for name in ("robust_z", "isolation
 
 
 def evaluate(
-    settings: Settings, files: Sequence[Path], *, opts: ReadOptions, train_rows: int | None = None,
-    train_file: Path | None = None, detector: str = "auto", output: Path | None = None, seed: int = 0,
-    target_far: float = DEFAULT_TARGET_FAR, alerts: AlertRule | None = None, per_sensor: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    settings: Settings,
+    files: Sequence[Path],
+    *,
+    opts: ReadOptions,
+    train_rows: int | None = None,
+    train_file: Path | None = None,
+    detector: str = "auto",
+    output: Path | None = None,
+    seed: int = 0,
+    target_far: float = DEFAULT_TARGET_FAR,
+    alerts: AlertRule | None = None,
+    per_sensor: bool = False,
+) -> dict[str, Any]:
     """Pooled metrics over ``files`` (see the module docstring); writes the scores to ``output``.
 
     ``detector``: ``auto`` or a device-level detector (pca, dpca, mcd, iforest, univariate) scores device rows
@@ -92,11 +107,19 @@ def evaluate(
     if detector not in READING_DETECTORS and (promoted is None or getattr(promoted.detector, "level", "") == "device"):
         rule = alerts or AlertRule(quiet_s=settings.processing.episode_quiet_s)
         return _evaluate_devices(
-            files, opts=opts, train_rows=train_rows, train_file=train_file, detector=detector, seed=seed,
-            target_far=target_far, alerts=rule, output=output, per_sensor=per_sensor,
+            files,
+            opts=opts,
+            train_rows=train_rows,
+            train_file=train_file,
+            detector=detector,
+            seed=seed,
+            target_far=target_far,
+            alerts=rule,
+            output=output,
+            per_sensor=per_sensor,
             model=promoted.detector if promoted is not None else None,
             version=promoted.version if promoted is not None else None,
-        )  # fmt: skip
+        )
     detector = READING_DETECTORS.get(detector, "mahalanobis")
     fixed: Scorer | None = None
     mode = "current scorer"
@@ -152,10 +175,20 @@ def evaluate(
 
 
 def _evaluate_devices(
-    files: Sequence[Path], *, opts: ReadOptions, train_rows: int | None, train_file: Path | None, detector: str,
-    seed: int, target_far: float, alerts: AlertRule, output: Path | None, per_sensor: bool, model: Any,
+    files: Sequence[Path],
+    *,
+    opts: ReadOptions,
+    train_rows: int | None,
+    train_file: Path | None,
+    detector: str,
+    seed: int,
+    target_far: float,
+    alerts: AlertRule,
+    output: Path | None,
+    per_sensor: bool,
+    model: Any,
     version: str | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     tables = [(str(p), read_readings(p, opts, need_labels=True)) for p in files]
     # The training recording needs no label column (a column named like one is still recognised as such).
     train = read_readings(train_file, replace(opts, label_column=None), need_labels=False) if train_file else None
@@ -168,9 +201,15 @@ def _evaluate_devices(
             raise DataError("no model is promoted: give --train-rows N or --train-file FILE to fit one")
         mode = f"promoted model {version}"
     result, scored, fitted = evaluate_devices(
-        tables, train_rows=train_rows, train=train, model=model, detector=detector, target_far=target_far,
-        alerts=alerts, seed=seed,
-    )  # fmt: skip
+        tables,
+        train_rows=train_rows,
+        train=train,
+        model=model,
+        detector=detector,
+        target_far=target_far,
+        alerts=alerts,
+        seed=seed,
+    )
     result = {"mode": mode, "files": [str(f) for f in files], **result}
     if len(files) > 1:
         result["per_file"] = {
@@ -186,12 +225,19 @@ def _evaluate_devices(
 def write_scores(scored: pd.DataFrame, path: Path) -> None:
     """One row per scored reading: time, file, row, sensor_id, value, label, score, flag, kind. Scores are cut
     (not rounded) to 6 decimals, so a score just under the threshold 1.0 is not written as 1.0."""
-    table = pd.DataFrame({
-        "time": scored["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "file": scored["file"], "row": scored["row"], "sensor_id": scored["sensor_id"],
-        "value": scored["value"], "label": scored["ground_truth"], "score": np.floor(scored["score"] * 1e6) / 1e6,
-        "flag": scored["is_anomaly"].astype(int), "kind": scored["anomaly_kind"],
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "time": scored["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "file": scored["file"],
+            "row": scored["row"],
+            "sensor_id": scored["sensor_id"],
+            "value": scored["value"],
+            "label": scored["ground_truth"],
+            "score": np.floor(scored["score"] * 1e6) / 1e6,
+            "flag": scored["is_anomaly"].astype(int),
+            "kind": scored["anomaly_kind"],
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".parquet", ".pq"):
         table.to_parquet(path, index=False)

@@ -199,14 +199,20 @@ def event_metrics(
         mean_s, median_s = _mean_median(elapsed[det_row] - elapsed[ev_start[detected]])
     mean_rows, median_rows = _mean_median(delay_rows)
     return {
-        "events": len(events), "events_detected": int(detected.sum()),
+        "events": len(events),
+        "events_detected": int(detected.sum()),
         "event_recall": float(detected.mean()) if len(events) else None,
-        "alerts": len(order), "false_alerts": false_alerts, "false_alerts_per_day": per_day,
+        "alerts": len(order),
+        "false_alerts": false_alerts,
+        "false_alerts_per_day": per_day,
         "false_alerts_per_1000_rows": 1000.0 * false_alerts / n if n else None,
-        "span_days": span_days, "time_basis": basis,
-        "detection_delay_mean_s": mean_s, "detection_delay_median_s": median_s,
-        "detection_delay_mean_rows": mean_rows, "detection_delay_median_rows": median_rows,
-    }  # fmt: skip
+        "span_days": span_days,
+        "time_basis": basis,
+        "detection_delay_mean_s": mean_s,
+        "detection_delay_median_s": median_s,
+        "detection_delay_mean_rows": mean_rows,
+        "detection_delay_median_rows": median_rows,
+    }
 
 
 @dataclass(frozen=True)
@@ -312,9 +318,15 @@ def nab_score(
     null = -weights.a_fn * len(w) if len(w) else 0.0
     perfect = float(weights.a_tp * nab_sigmoid(-1.0)) * len(w)
     return NabScore(
-        profile=profile, raw=raw, normalised=_normalise(raw, null, perfect), tp=len(hit), fp=len(fp_rows),
-        fn=fn, null=null, perfect=perfect,
-    )  # fmt: skip
+        profile=profile,
+        raw=raw,
+        normalised=_normalise(raw, null, perfect),
+        tp=len(hit),
+        fp=len(fp_rows),
+        fn=fn,
+        null=null,
+        perfect=perfect,
+    )
 
 
 def _normalise(raw: float, null: float, perfect: float) -> float | None:
@@ -334,6 +346,12 @@ def nab_total(scores: Sequence[NabScore]) -> NabScore:
         raise ValueError(f"need scores of exactly one profile, got {sorted(profiles)}")
     raw, null, perfect = (float(sum(getattr(s, f) for s in scores)) for f in ("raw", "null", "perfect"))
     return NabScore(
-        profile=profiles.pop(), raw=raw, normalised=_normalise(raw, null, perfect), tp=sum(s.tp for s in scores),
-        fp=sum(s.fp for s in scores), fn=sum(s.fn for s in scores), null=null, perfect=perfect,
-    )  # fmt: skip
+        profile=profiles.pop(),
+        raw=raw,
+        normalised=_normalise(raw, null, perfect),
+        tp=sum(s.tp for s in scores),
+        fp=sum(s.fp for s in scores),
+        fn=sum(s.fn for s in scores),
+        null=null,
+        perfect=perfect,
+    )

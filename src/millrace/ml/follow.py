@@ -56,8 +56,12 @@ class PromotedModel:
             return
         unknown = unknown_features(detector)
         if unknown:
-            log.warning("cannot score with promoted model %s: it needs features this version does not compute "
-                        "(%s); retrain it with `millrace ml train`", version, ", ".join(unknown))  # fmt: skip
+            log.warning(
+                "cannot score with promoted model %s: it needs features this version does not compute "
+                "(%s); retrain it with `millrace ml train`",
+                version,
+                ", ".join(unknown),
+            )
             return
         self.detector = detector
         log.info("scoring with model %s (%s)", version, detector.name)

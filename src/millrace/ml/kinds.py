@@ -58,17 +58,28 @@ def fit_namer(X: np.ndarray, labels: np.ndarray, *, seed: int, max_rows: int = M
     classes = tuple(sorted(known))
     y = np.searchsorted(np.array(classes), labels[rows].astype(str))
     model = HistGradientBoostingClassifier(
-        max_iter=200, learning_rate=0.1, max_leaf_nodes=31, early_stopping=True, validation_fraction=0.1,
-        random_state=seed, categorical_features=[X.shape[1] - 1],
-    )  # fmt: skip
+        max_iter=200,
+        learning_rate=0.1,
+        max_leaf_nodes=31,
+        early_stopping=True,
+        validation_fraction=0.1,
+        random_state=seed,
+        categorical_features=[X.shape[1] - 1],
+    )
     model.fit(fit_ready(X[rows]), y)
     return KindNamer(model, classes)
 
 
 def tune_bias(
-    proba: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], totals: dict[str, int], *,
-    grid: np.ndarray | None = None, rounds: int = 3, weight: np.ndarray | None = None,
-) -> tuple[np.ndarray, float]:  # fmt: skip
+    proba: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    totals: dict[str, int],
+    *,
+    grid: np.ndarray | None = None,
+    rounds: int = 3,
+    weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
     """Per-kind multipliers on the kind probabilities of flagged validation readings that maximise the mean
     per-kind F1 (a reading counts for kind k when it is flagged and named k; recall over ``totals[k]``, every
     validation reading of that kind, flagged or not; ``weight``: readings each row stands for). Coordinate
@@ -109,9 +120,13 @@ def tune_bias(
 
 
 def kind_f1s(
-    proba: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], totals: dict[str, int],
-    bias: np.ndarray | None = None, weight: np.ndarray | None = None,
-) -> dict[str, float]:  # fmt: skip
+    proba: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    totals: dict[str, int],
+    bias: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+) -> dict[str, float]:
     """Per-kind F1 of naming flagged readings by ``argmax(proba * bias)``, for the kinds with ``MIN_KIND``
     readings in ``totals`` (every validation reading of the kind, flagged or not). ``labels`` may be given
     as their indices in ``classes`` already (an int array: what tune_bias does once, not per trial)."""
@@ -122,8 +137,12 @@ def kind_f1s(
 
 
 def _named_f1s(
-    named: np.ndarray, truth: np.ndarray, classes: tuple[str, ...], totals: dict[str, int], w: np.ndarray | None,
-) -> dict[str, float]:  # fmt: skip
+    named: np.ndarray,
+    truth: np.ndarray,
+    classes: tuple[str, ...],
+    totals: dict[str, int],
+    w: np.ndarray | None,
+) -> dict[str, float]:
     """kind_f1s of readings named ``named`` whose labels are ``truth`` (both indices into ``classes``)."""
     n = len(classes)
     # One weighted count of (named, truth) pairs; truth -1 (a label outside classes) counts as named only.

@@ -23,11 +23,18 @@ def binary_metrics(truth: np.ndarray, flag: np.ndarray, weight: np.ndarray | Non
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "readings": round(tp + fp + fn + tn), "anomalies": round(tp + fn), "tp": round(tp), "fp": round(fp),
-        "fn": round(fn), "tn": round(tn), "precision": precision, "recall": recall, "f1": f1,
+        "readings": round(tp + fp + fn + tn),
+        "anomalies": round(tp + fn),
+        "tp": round(tp),
+        "fp": round(fp),
+        "fn": round(fn),
+        "tn": round(tn),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,
         "missed_alarm_rate": fn / (tp + fn) if tp + fn else 0.0,
-    }  # fmt: skip
+    }
 
 
 def per_kind(
@@ -50,9 +57,10 @@ def per_kind(
             precision = tp / named if named else 0.0
             recall = tp / n
             row.update(
-                kind_precision=float(precision), kind_recall=float(recall),
+                kind_precision=float(precision),
+                kind_recall=float(recall),
                 kind_f1=float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0,
-            )  # fmt: skip
+            )
             # Detection F1 of this kind: its readings against the normal ones (other kinds left out).
             scope = actual | (labels == NORMAL)
             row["detection_f1"] = binary_metrics(actual[scope], flag[scope], w[scope])["f1"]
@@ -85,9 +93,15 @@ def best_threshold(
 
 
 def episode_per_kind(
-    sensor: np.ndarray, ts: np.ndarray, labels: np.ndarray, flag: np.ndarray, kinds: np.ndarray, score: np.ndarray,
-    *, merge: int = 5,
-) -> dict[str, dict[str, Any]]:  # fmt: skip
+    sensor: np.ndarray,
+    ts: np.ndarray,
+    labels: np.ndarray,
+    flag: np.ndarray,
+    kinds: np.ndarray,
+    score: np.ndarray,
+    *,
+    merge: int = 5,
+) -> dict[str, dict[str, Any]]:
     """Event-level (episode) precision, recall and F1 per kind, next to the per-reading numbers.
 
     - a *true episode* is a maximal run of consecutive readings of one sensor with the same anomaly label;
@@ -130,10 +144,14 @@ def episode_per_kind(
         precision = right / len(named) if named else 0.0
         recall = found / len(episodes)
         out[kind] = {
-            "episodes": len(episodes), "found": found, "events_named": len(named), "events_correct": right,
-            "precision": precision, "recall": recall,
+            "episodes": len(episodes),
+            "found": found,
+            "events_named": len(named),
+            "events_correct": right,
+            "precision": precision,
+            "recall": recall,
             "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        }  # fmt: skip
+        }
     return out
 
 

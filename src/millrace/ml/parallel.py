@@ -33,9 +33,12 @@ def default_workers() -> int:
 
 
 def features_by_device(
-    frame: pd.DataFrame, processing: ProcessingSettings, *, workers: int | None = None,
+    frame: pd.DataFrame,
+    processing: ProcessingSettings,
+    *,
+    workers: int | None = None,
     min_rows: int | None = None,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """``frame_features(frame, processing, chunk=None)``, computed by ``workers`` processes (default: the
     usable cores) when the frame is large enough and the platform can fork."""
     n = default_workers() if workers is None else workers

@@ -149,17 +149,29 @@ def _validation_sample(
     bad_kept = _sample(bad, limit // 2, rng)
     good_kept = _sample(good, limit - len(bad_kept), rng)
     kept = np.concatenate([bad_kept, good_kept])
-    weight = np.concatenate([np.full(len(bad_kept), len(bad) / max(len(bad_kept), 1)),
-                             np.full(len(good_kept), len(good) / max(len(good_kept), 1))])  # fmt: skip
+    weight = np.concatenate(
+        [
+            np.full(len(bad_kept), len(bad) / max(len(bad_kept), 1)),
+            np.full(len(good_kept), len(good) / max(len(good_kept), 1)),
+        ]
+    )
     order = np.argsort(kept, kind="stable")
     return kept[order], weight[order]
 
 
 def train(
-    settings: Settings, readings: pd.DataFrame, *, source: str, detectors: Sequence[str] | None = None,
-    seed: int = 0, validation_fraction: float = 0.3, max_fit_rows: int = 100_000,
-    max_validation_rows: int = 400_000, make_promoted: bool = False, progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    settings: Settings,
+    readings: pd.DataFrame,
+    *,
+    source: str,
+    detectors: Sequence[str] | None = None,
+    seed: int = 0,
+    validation_fraction: float = 0.3,
+    max_fit_rows: int = 100_000,
+    max_validation_rows: int = 400_000,
+    make_promoted: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Fit, compare, register (and optionally promote) a detector; returns the registered model.json."""
     try:
         import sklearn  # noqa: F401
@@ -170,17 +182,33 @@ def train(
     # One native thread per fit: on a shared machine OpenMP teams spinning at barriers cost far more than
     # they gain (measured: a 2-device training went from minutes to seconds of wall time).
     with threadpool_limits(limits=1):
-        return _train(settings, readings, source=source, detectors=detectors, seed=seed,
-                      validation_fraction=validation_fraction, max_fit_rows=max_fit_rows,
-                      max_validation_rows=max_validation_rows, make_promoted=make_promoted,
-                      progress=progress)  # fmt: skip
+        return _train(
+            settings,
+            readings,
+            source=source,
+            detectors=detectors,
+            seed=seed,
+            validation_fraction=validation_fraction,
+            max_fit_rows=max_fit_rows,
+            max_validation_rows=max_validation_rows,
+            make_promoted=make_promoted,
+            progress=progress,
+        )
 
 
 def _train(
-    settings: Settings, readings: pd.DataFrame, *, source: str, detectors: Sequence[str] | None, seed: int,
-    validation_fraction: float, max_fit_rows: int, max_validation_rows: int, make_promoted: bool,
+    settings: Settings,
+    readings: pd.DataFrame,
+    *,
+    source: str,
+    detectors: Sequence[str] | None,
+    seed: int,
+    validation_fraction: float,
+    max_fit_rows: int,
+    max_validation_rows: int,
+    make_promoted: bool,
     progress: Callable[[str], None] | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     say = progress or (lambda _msg: None)
     started = time.monotonic()
     rng = np.random.default_rng(seed)
@@ -197,12 +225,13 @@ def _train(
     cutoff = validation_cutoffs(feats["device_id"].to_numpy(), ts, warm, 1.0 - validation_fraction)
     fit_rows = np.flatnonzero(warm & (ts < cutoff))
     truth = None if labels is None else labels != NORMAL
-    val_rows, val_weight = _validation_sample(np.flatnonzero(warm & (ts >= cutoff)), truth, max_validation_rows,
-                                              np.random.default_rng(seed + 1))  # fmt: skip
+    val_rows, val_weight = _validation_sample(
+        np.flatnonzero(warm & (ts >= cutoff)), truth, max_validation_rows, np.random.default_rng(seed + 1)
+    )
     normal_fit = fit_rows if truth is None else fit_rows[~truth[fit_rows]]
     unsup_rows = _sample(normal_fit, max_fit_rows, rng)
     supervised_rows = kind_rows = None
-    if truth is not None and "gradient_boosting" in names:
+    if truth is not None and labels is not None and "gradient_boosting" in names:
         per_kind_rows = _per_kind_sample(fit_rows[truth[fit_rows]], labels, rng)
         supervised_normal = _sample(normal_fit, max_fit_rows, rng)
         supervised_rows = np.sort(np.concatenate([supervised_normal, *per_kind_rows]))
@@ -212,8 +241,9 @@ def _train(
     # need a model matrix: with dense anomalies, all of them would be most of it.
     anomalous_fit = fit_rows[truth[fit_rows]] if truth is not None else fit_rows[:0]
     anomalous_fit = _sample(anomalous_fit, NAMER_MAX_ROWS, rng)
-    needed = np.unique(np.concatenate([unsup_rows, val_rows, anomalous_fit,
-                                       *([] if supervised_rows is None else [supervised_rows])]))  # fmt: skip
+    needed = np.unique(
+        np.concatenate([unsup_rows, val_rows, anomalous_fit, *([] if supervised_rows is None else [supervised_rows])])
+    )
     matrix = model_matrix(feats[[*MODEL_FEATURES[:-1], "sensor_type"]].take(needed))  # only the columns it reads
 
     def X_of(rows: np.ndarray) -> np.ndarray:  # noqa: N802 - the model matrix of these feature rows
@@ -243,8 +273,9 @@ def _train(
         X_val = X_of(val_rows)
         raw_val = det.score(X_val)
         if truth is not None:
-            det.threshold = max(best_threshold(raw_val, truth[val_rows], max_false_alarm=MAX_FALSE_ALARM,
-                                               weight=val_weight), 1e-9)  # fmt: skip
+            det.threshold = max(
+                best_threshold(raw_val, truth[val_rows], max_false_alarm=MAX_FALSE_ALARM, weight=val_weight), 1e-9
+            )
             flag = raw_val >= det.threshold
             metrics = binary_metrics(truth[val_rows], flag, val_weight)
             # Recall per kind; the supervised detector's kind precision/F1 come once its kind model is in.
@@ -270,9 +301,11 @@ def _train(
     # Independent fits, the slowest first, on every core for large inputs (the same models either way): the
     # supervised kind model, the detectors (the supervised one is its gate), the kind namer.
     supervised = supervised_rows is not None
-    tasks: list[Callable[[], Any]] = [*([fit_kind_model] if supervised else []),
-                                      *(partial(fit_one, n) for n in sorted(names, key=_SLOWEST_FIRST.index)),
-                                      *([fit_kinds] if labels is not None else [])]  # fmt: skip
+    tasks: list[Callable[[], Any]] = [
+        *([fit_kind_model] if supervised else []),
+        *(partial(fit_one, n) for n in sorted(names, key=_SLOWEST_FIRST.index)),
+        *([fit_kinds] if labels is not None else []),
+    ]
     outputs = run_tasks(tasks, workers=None if len(needed) >= PARALLEL_FIT_ROWS else 1)
     kind_model = outputs.pop(0) if supervised else None
     namer_fit = outputs.pop() if labels is not None else None
@@ -286,24 +319,44 @@ def _train(
         metrics = results[name]
         if name == "gradient_boosting" and kind_model is not None:
             assert labels is not None
-            kind_proba = _attach_kind_model(fitted[name], metrics, kind_model, labels[val_rows], K_of(val_rows),
-                                            raw_of[name], val_weight)  # fmt: skip
-        say(f"{name}: " + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}")
-            + f" ({metrics['fit_seconds']:.0f} s)")  # fmt: skip
+            kind_proba = _attach_kind_model(
+                fitted[name], metrics, kind_model, labels[val_rows], K_of(val_rows), raw_of[name], val_weight
+            )
+        say(
+            f"{name}: "
+            + (f"F1 {metrics['f1']:.3f}" if "f1" in metrics else f"alarms {metrics['alarm_rate']:.2%}")
+            + f" ({metrics['fit_seconds']:.0f} s)"
+        )
 
-    best = max(names, key=lambda n: results[n]["f1"]) if truth is not None else (
-        UNLABELLED_CHOICE if UNLABELLED_CHOICE in names else names[0])  # fmt: skip
+    best = (
+        max(names, key=lambda n: results[n]["f1"])
+        if truth is not None
+        else (UNLABELLED_CHOICE if UNLABELLED_CHOICE in names else names[0])
+    )
     det = fitted[best]
     _describe_normal(det, X_of(unsup_rows))
     if truth is not None and labels is not None:
         assert namer_fit is not None
-        _choose_naming(det, results[best], namer_fit, labels, K_of, val_rows, val_weight, raw_of[best],
-                       len(anomalous_fit), kind_proba if best == "gradient_boosting" else None)  # fmt: skip
+        _choose_naming(
+            det,
+            results[best],
+            namer_fit,
+            labels,
+            K_of,
+            val_rows,
+            val_weight,
+            raw_of[best],
+            len(anomalous_fit),
+            kind_proba if best == "gradient_boosting" else None,
+        )
         say(f"kinds named by: {results[best].get('naming', {}).get('chosen', 'the detector')}")
     # Importance on a validation sample rich in anomalies.
     val_truth = None if truth is None else truth[val_rows]
-    pick = val_rows if val_truth is None else np.concatenate(
-        [_sample(val_rows[val_truth], 4000, rng), _sample(val_rows[~val_truth], 8000, rng)])  # fmt: skip
+    pick = (
+        val_rows
+        if val_truth is None
+        else np.concatenate([_sample(val_rows[val_truth], 4000, rng), _sample(val_rows[~val_truth], 8000, rng)])
+    )
     pick = _sample(pick, 12000, rng)
     importance = permutation_importance(det, X_of(pick), None if truth is None else truth[pick], seed=seed)
     weights = np.array([importance["features"].get(f, 0.0) for f in MODEL_FEATURES])
@@ -323,7 +376,7 @@ def _train(
             seconds=time.monotonic() - started,
             fit_rows=len(fit_rows),
             validation_rows=len(val_rows),
-        ),  # fmt: skip
+        ),
     }
     root = registry_root(settings)
     version = save_model(root, det, info)
@@ -335,9 +388,14 @@ def _train(
 
 
 def _attach_kind_model(
-    det: D.Detector, metrics: dict[str, Any], kind_model: tuple[Any, float], val_labels: np.ndarray,
-    K_val: np.ndarray, raw_val: np.ndarray, val_weight: np.ndarray,
-) -> np.ndarray:  # fmt: skip
+    det: D.Detector,
+    metrics: dict[str, Any],
+    kind_model: tuple[Any, float],
+    val_labels: np.ndarray,
+    K_val: np.ndarray,
+    raw_val: np.ndarray,
+    val_weight: np.ndarray,
+) -> np.ndarray:
     """Give the supervised detector its kind model (on the kind matrix, KIND_FEATURES) and its validation kind
     precision/F1 (flagged readings named by the kind model, as the Scorer names them). Returns the kind model's
     probabilities of the flagged validation readings (the naming choice needs them again)."""
@@ -364,9 +422,14 @@ def _kind_totals(labels: np.ndarray, weight: np.ndarray) -> dict[str, int]:
 
 
 def _cross_fitted(
-    p: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], weight: np.ndarray, folds: list[np.ndarray],
-    fold_totals: list[dict[str, int]], rounds: int,
-) -> float:  # fmt: skip
+    p: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    weight: np.ndarray,
+    folds: list[np.ndarray],
+    fold_totals: list[dict[str, int]],
+    rounds: int,
+) -> float:
     """Mean per-kind F1 of a naming on each half of the flagged validation readings, with multipliers tuned on
     the other half (none when ``rounds`` is 0), averaged over the halves (kinds too rare in a half skipped)."""
     scores = []
@@ -385,10 +448,17 @@ def pick_naming(scores: dict[str, float]) -> str:
 
 
 def _choose_naming(
-    det: D.Detector, metrics: dict[str, Any], namer_fit: tuple[KindNamer | None, float], labels: np.ndarray,
-    K_of: Callable[[np.ndarray], np.ndarray], val_rows: np.ndarray, val_weight: np.ndarray,
-    raw: np.ndarray, rows: int, kind_proba: np.ndarray | None = None,
-) -> None:  # fmt: skip
+    det: D.Detector,
+    metrics: dict[str, Any],
+    namer_fit: tuple[KindNamer | None, float],
+    labels: np.ndarray,
+    K_of: Callable[[np.ndarray], np.ndarray],
+    val_rows: np.ndarray,
+    val_weight: np.ndarray,
+    raw: np.ndarray,
+    rows: int,
+    kind_proba: np.ndarray | None = None,
+) -> None:
     """How flagged readings get their kind, chosen on validation by the mean per-kind F1: the supervised
     detector's own classes or the kind namer, each as fitted or with per-kind multipliers (tune_bias). Sets
     ``det.namer`` / ``det.kind_bias``; re-measures per-kind validation numbers (the detector's own stay as
@@ -450,19 +520,26 @@ def _choose_naming(
     metrics["per_kind"] = per_kind(val_labels, flag, kinds, val_weight)
     classes = (det.namer.classes if det.namer is not None else det.classes) or ()
     metrics["naming"] = {
-        "chosen": chosen, "mean_kind_f1": {k: round(v[0], 4) for k, v in options.items()},
+        "chosen": chosen,
+        "mean_kind_f1": {k: round(v[0], 4) for k, v in options.items()},
         "cross_fitted_mean_kind_f1": {k: round(v, 4) for k, v in cross.items()},
         "kind_f1": {o: {k: round(f, 4) for k, f in v.items()} for o, v in per_kind_f1.items()},
         "bias": None if chosen_bias is None else dict(zip(classes, np.round(chosen_bias, 3).tolist(), strict=True)),
-        "namer_rows": rows, "namer_seconds": round(seconds, 2),
+        "namer_rows": rows,
+        "namer_seconds": round(seconds, 2),
         "namer_classes": None if namer is None else list(namer.classes),
-    }  # fmt: skip
+    }
 
 
 def summarize(
-    feats: pd.DataFrame, labels: np.ndarray | None, *, source: str, seconds: float, fit_rows: int,
+    feats: pd.DataFrame,
+    labels: np.ndarray | None,
+    *,
+    source: str,
+    seconds: float,
+    fit_rows: int,
     validation_rows: int,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     counts = {} if labels is None else pd.Series(labels).value_counts().to_dict()
     return {
         "source": source,

@@ -37,10 +37,17 @@ def wants_supervised(readings: pd.DataFrame) -> tuple[bool, str]:
 
 
 def train_device(
-    settings: Settings, readings: pd.DataFrame, *, source: str, detector: str = "auto",
-    target_far: float = DEFAULT_TARGET_FAR, seed: int = 0, make_promoted: bool = False, why: str = "",
+    settings: Settings,
+    readings: pd.DataFrame,
+    *,
+    source: str,
+    detector: str = "auto",
+    target_far: float = DEFAULT_TARGET_FAR,
+    seed: int = 0,
+    make_promoted: bool = False,
+    why: str = "",
     progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Fit a device-level detector on the (normal) readings, register it (and promote it); model.json."""
     from millrace.ml.registry import promote, registry_root, save_model
 
@@ -63,18 +70,30 @@ def train_device(
     scores = model.score(V)
     alarm_rate = float(np.mean(scores.flag)) if len(V) else 0.0
     info: dict[str, Any] = {
-        "detector": model.name, "level": "device", "why": " ; ".join(w for w in (why, model.why) if w),
-        "features": list(sensors), "thresholds": {"raw": model.threshold, "score": 1.0},
+        "detector": model.name,
+        "level": "device",
+        "why": " ; ".join(w for w in (why, model.why) if w),
+        "features": list(sensors),
+        "thresholds": {"raw": model.threshold, "score": 1.0},
         "metrics": {
-            "validation": {"alarm_rate": alarm_rate, "target_far": target_far,
-                           "held_back_rows": model.calibration.held_back},
+            "validation": {
+                "alarm_rate": alarm_rate,
+                "target_far": target_far,
+                "held_back_rows": model.calibration.held_back,
+            },
             "compared": {model.name: {"alarm_rate": alarm_rate, "fit_seconds": round(fit_s, 2)}},
         },
-        "training": {"source": source, "readings": int(np.isfinite(V).sum()), "rows": len(V),
-                     "devices": int(rows["device_id"].nunique()), "sensors": list(sensors), "seed": seed},
+        "training": {
+            "source": source,
+            "readings": int(np.isfinite(V).sum()),
+            "rows": len(V),
+            "devices": int(rows["device_id"].nunique()),
+            "sensors": list(sensors),
+            "seed": seed,
+        },
         "importance": sensor_shares(scores.raw, scores.contributions, sensors),
         "model": model.summary(),
-    }  # fmt: skip
+    }
     root = registry_root(settings)
     version = save_model(root, model, info)
     if make_promoted:
@@ -90,5 +109,8 @@ def sensor_shares(raw: np.ndarray, contributions: np.ndarray, sensors: tuple[str
     total = positive.sum()
     share = positive.sum(axis=0) / total if total > 0 else np.zeros(len(sensors))
     ranked = dict(sorted(zip(sensors, (round(float(v), 6) for v in share), strict=True), key=lambda kv: -kv[1]))
-    return {"baseline": {"metric": "share of the statistic, top 1 % of training rows"}, "sensors": ranked,
-            "features": ranked}  # fmt: skip
+    return {
+        "baseline": {"metric": "share of the statistic, top 1 % of training rows"},
+        "sensors": ranked,
+        "features": ranked,
+    }

@@ -27,9 +27,19 @@ def alert_id(device_id: str, opened_ms: int) -> str:
 
 
 def _open(row: Any, device_id: str, location: str) -> Episode:
-    return {"id": alert_id(device_id, int(row.ts_ms)), "opened": int(row.ts_ms), "updated": int(row.ts_ms),
-            "sensors": [], "kind": None, "score": -np.inf, "reason": "", "top": [], "n": 0, "loc": location,
-            "closed": None}  # fmt: skip
+    return {
+        "id": alert_id(device_id, int(row.ts_ms)),
+        "opened": int(row.ts_ms),
+        "updated": int(row.ts_ms),
+        "sensors": [],
+        "kind": None,
+        "score": -np.inf,
+        "reason": "",
+        "top": [],
+        "n": 0,
+        "loc": location,
+        "closed": None,
+    }
 
 
 def _add(ep: Episode, row: Any) -> None:

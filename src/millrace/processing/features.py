@@ -148,6 +148,11 @@ def empty_state() -> dict[str, Any]:
     return {"v": STATE_VERSION, "sensors": {}, "device": None}
 
 
+def _current_state(state: dict[str, Any] | None) -> dict[str, Any]:
+    """``state`` if it is of this STATE_VERSION; otherwise (none yet, or an older version) a fresh one."""
+    return state if state is not None and state.get("v") == STATE_VERSION else empty_state()
+
+
 # ---------------------------------------------------------------------------------------------- per sensor
 def _new_sensor() -> dict[str, Any]:
     return {"x": [], "n": 0, "t": None, "run": 0, "b0": 0, "blocks": []}
@@ -171,8 +176,9 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
     if j1 > j0:
         start = j0 * BLOCK - (n0 - h)
         seg = x[:, start : start + (j1 - j0) * BLOCK].reshape(S, j1 - j0, BLOCK)  # each row reduced alone
-        blocks = np.concatenate([blocks, np.stack([np.median(seg, axis=-1), seg.std(axis=-1, ddof=1)], axis=-1)],
-                                axis=1)  # fmt: skip
+        blocks = np.concatenate(
+            [blocks, np.stack([np.median(seg, axis=-1), seg.std(axis=-1, ddof=1)], axis=-1)], axis=1
+        )
     ref_med, ref_scale = _reference(blocks, n0, m, b0)
 
     pos0 = h  # batch index i sits at x position h + i
@@ -275,8 +281,8 @@ def _reference(blocks: np.ndarray, n0: int, m: int, b0: int) -> tuple[np.ndarray
     scale_of = np.full((S, len(rvs)), np.nan)
     full = rvs - b0 >= REF_BLOCKS  # a full reference window (the usual case): all at once
     if full.any():
-        lo = rvs[full] - REF_BLOCKS - b0
-        win = sliding_window_view(blocks, REF_BLOCKS, axis=1)[:, lo[0] : lo[-1] + 1]  # S x r x 2 x k
+        starts = rvs[full] - REF_BLOCKS - b0
+        win = sliding_window_view(blocks, REF_BLOCKS, axis=1)[:, starts[0] : starts[-1] + 1]  # S x r x 2 x k
         med_of[:, full] = np.median(win[:, :, 0], axis=-1)
         scale_of[:, full] = np.median(win[:, :, 1], axis=-1)
     for i in np.flatnonzero(~full & (rvs - b0 > 0)):  # the first REF_BLOCKS blocks of a sensor's life
@@ -333,14 +339,30 @@ def _pair_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
     # Element-wise products, not dot(): BLAS kernels may round differently with alignment.
-    return np.stack([ok.sum(axis=1).astype(float), x.sum(axis=1), y.sum(axis=1), (x * x).sum(axis=1),
-                     (y * y).sum(axis=1), (x * y).sum(axis=1)], axis=1)  # fmt: skip
+    return np.stack(
+        [
+            ok.sum(axis=1).astype(float),
+            x.sum(axis=1),
+            y.sum(axis=1),
+            (x * x).sum(axis=1),
+            (y * y).sum(axis=1),
+            (x * y).sum(axis=1),
+        ],
+        axis=1,
+    )
 
 
 def _device_step(
-    sids: np.ndarray, codes: np.ndarray, cols: list[str], types: dict[str, str], ts: np.ndarray,
-    values: np.ndarray, ref_z: np.ndarray, step_z: np.ndarray, dev: dict[str, Any],
-) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    sids: np.ndarray,
+    codes: np.ndarray,
+    cols: list[str],
+    types: dict[str, str],
+    ts: np.ndarray,
+    values: np.ndarray,
+    ref_z: np.ndarray,
+    step_z: np.ndarray,
+    dev: dict[str, Any],
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Device-context features for readings sorted by (timestamp, sensor_id); ``codes`` index ``cols``."""
     del sids
     ncol = len(cols)
@@ -499,8 +521,11 @@ def _device_step(
         "best": {s: _nums(best_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
         "tail": {s: _nums(v_hist[-_TAIL:, i]) for i, s in enumerate(cols)},
         "dtail": {s: _nums(dz_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
-        "grams": {"cols": cols, "b0": g0 + max(0, len(grams) - REF_BLOCKS), "g": [_nums(np.asarray(g)) for g in
-                                                                                  grams[-REF_BLOCKS:]]},
+        "grams": {
+            "cols": cols,
+            "b0": g0 + max(0, len(grams) - REF_BLOCKS),
+            "g": [_nums(np.asarray(g)) for g in grams[-REF_BLOCKS:]],
+        },
         "held": {"cols": cols, "s": held},
     }
     return out, new_dev
@@ -535,8 +560,19 @@ def _num(value: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- public API
-_EMPTY_DEVICE: dict[str, Any] = {"types": {}, "origin": {}, "last_v": {}, "last_absz": {}, "rows": {}, "n": 0,
-                                 "b0": 0, "blocks": {}, "resid": {}, "best": {}, "tail": {}}  # fmt: skip
+_EMPTY_DEVICE: dict[str, Any] = {
+    "types": {},
+    "origin": {},
+    "last_v": {},
+    "last_absz": {},
+    "rows": {},
+    "n": 0,
+    "b0": 0,
+    "blocks": {},
+    "resid": {},
+    "best": {},
+    "tail": {},
+}
 
 
 def device_step(
@@ -583,7 +619,7 @@ def devices_step(
     ts, inv, dev = raw_ts[order], pair_codes[order], dev_codes[order]
     values = frame["value"].to_numpy(dtype=float)
     dev_names = [str(d) for d in dev_names]
-    olds = {d: states.get(d) if (states.get(d) or {}).get("v") == STATE_VERSION else empty_state() for d in dev_names}
+    olds = {d: _current_state(states.get(d)) for d in dev_names}
 
     feats = np.full((len(frame), len(FEATURE_COLUMNS)), np.nan)
     nf = len(SENSOR_FEATURES)
@@ -622,9 +658,16 @@ def devices_step(
         local = np.array([col_of[str(sid)] for sid in pair_sid[first_pair : pair_bounds[d + 1]]], dtype=np.int64)
         codes = local[inv[lo:hi] - first_pair]
         feats[lo:hi, nf:], device = _device_step(
-            pair_sid[inv[lo:hi]], codes, cols, types, ts[lo:hi], values[lo:hi], ref_z[lo:hi], step_z[lo:hi],
+            pair_sid[inv[lo:hi]],
+            codes,
+            cols,
+            types,
+            ts[lo:hi],
+            values[lo:hi],
+            ref_z[lo:hi],
+            step_z[lo:hi],
             prev_dev,
-        )  # fmt: skip
+        )
         new[name] = {"v": STATE_VERSION, "sensors": sensors[name], "device": device}
     frame = pd.concat([frame, pd.DataFrame(feats, columns=list(FEATURE_COLUMNS))], axis=1)
     return frame, new

@@ -31,8 +31,16 @@ class GapResult:
 
 
 def new_track(sensor_type: str, location: str, unit: str, device_id: str = "") -> Track:
-    return {"type": sensor_type, "loc": location, "unit": unit, "dev": device_id, "last_ts": None, "last_v": None,
-            "interval_s": None, "active": True}  # fmt: skip
+    return {
+        "type": sensor_type,
+        "loc": location,
+        "unit": unit,
+        "dev": device_id,
+        "last_ts": None,
+        "last_v": None,
+        "interval_s": None,
+        "active": True,
+    }
 
 
 def fill_gaps(
@@ -72,7 +80,7 @@ def fill_gaps(
             dev = str(devices[first]) if devices is not None else ""
             track = tracks[sid] = new_track(
                 str(columns["sensor_type"][first]), str(columns["location"][first]), str(columns["unit"][first]), dev
-            )  # fmt: skip
+            )
         ts, values = all_ts[rows], all_values[rows]  # in event-time order
         last_ts = track["last_ts"]
         if last_ts is not None:
@@ -91,9 +99,7 @@ def fill_gaps(
             usable = usable[usable > 0]
             if len(usable):
                 median = float(np.median(usable))
-                interval = (
-                    median if not interval else (1 - INTERVAL_WEIGHT) * interval + INTERVAL_WEIGHT * median
-                )
+                interval = median if not interval else (1 - INTERVAL_WEIGHT) * interval + INTERVAL_WEIGHT * median
             reference = track["interval_s"] or interval
             if reference:
                 gap_at = np.nonzero(steps > GAP_FACTOR * reference)[0]

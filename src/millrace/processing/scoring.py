@@ -133,14 +133,16 @@ class Scorer:
         # Heuristic components, each scaled so that 1.0 is its threshold.
         stuck_run = _col(out, "stuck_run")
         noisy = _col(out, "roll_std") > 0  # a sensor that was alive before it froze
-        comps = np.column_stack([
-            np.abs(_col(out, "robust_z")) / thr,
-            np.abs(_col(out, "short_ref_z")) / (SHIFT_FRACTION * thr),
-            np.abs(_col(out, "trend_z")) / (TREND_FRACTION * thr),
-            np.where(noisy | (stuck_run > STUCK_RUN), stuck_run / STUCK_RUN, 0.0),
-            _col(out, "noise_ratio") / NOISE_RATIO,
-            np.abs(_col(out, "pair_resid_mean")) / (PAIR_FRACTION * thr),
-        ])  # fmt: skip
+        comps = np.column_stack(
+            [
+                np.abs(_col(out, "robust_z")) / thr,
+                np.abs(_col(out, "short_ref_z")) / (SHIFT_FRACTION * thr),
+                np.abs(_col(out, "trend_z")) / (TREND_FRACTION * thr),
+                np.where(noisy | (stuck_run > STUCK_RUN), stuck_run / STUCK_RUN, 0.0),
+                _col(out, "noise_ratio") / NOISE_RATIO,
+                np.abs(_col(out, "pair_resid_mean")) / (PAIR_FRACTION * thr),
+            ]
+        )
         heur_kinds = np.array(["spike", "level_shift", "drift", "stuck", "noise_burst", "correlation_break"])
         best = comps.argmax(axis=1)
         heur_score = comps[np.arange(n), best]
@@ -189,10 +191,15 @@ class Scorer:
         if len(idx):
             reasons[idx], tops[idx] = self._explain(out.iloc[idx], kind[idx], low[idx], high[idx])
         added = pd.DataFrame(
-            {"score": score.astype(float), "is_anomaly": flag, "anomaly_kind": kind, "reason": reasons,
-             "top_features": tops},
+            {
+                "score": score.astype(float),
+                "is_anomaly": flag,
+                "anomaly_kind": kind,
+                "reason": reasons,
+                "top_features": tops,
+            },
             index=out.index,
-        )  # fmt: skip
+        )
         return pd.concat([out.drop(columns=[c for c in SCORE_COLUMNS if c in out.columns]), added], axis=1)
 
     def _explain(

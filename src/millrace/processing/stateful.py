@@ -103,7 +103,7 @@ def dead_letters(rows: pd.DataFrame, reasons: pd.Series, *, source: str, at_ms: 
             "position": f"{int(p)}:{int(o)}",
             "raw": _text(raw),
             "at": at,
-        }  # fmt: skip
+        }
         for reason, raw, p, o in zip(reasons, rows["raw"], rows["kafka_partition"], rows["kafka_offset"], strict=True)
     ]
     return _payload_rows("dead", payloads)
@@ -134,9 +134,13 @@ class StatefulStep:
     """The function handed to applyInPandasWithState (picklable: holds only the settings)."""
 
     def __init__(
-        self, settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any],
+        self,
+        settings: Settings,
+        *,
+        source_topic: str,
+        scorer_factory: Callable[[Settings], Any],
         sink_factory: Callable[[Settings], Any] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.settings = settings
         self.source = source_topic
         self.scorer_factory = scorer_factory  # the job injects ml.follow.load_scorer (a Scorer per worker)
@@ -231,8 +235,11 @@ class StatefulStep:
         behind = fresh["ts_ms"].to_numpy(dtype="float64") <= _lookup(fresh["sensor_id"], last_ts)
         ahead = fresh[~behind]
         gap = gaps.fill_gaps(
-            ahead, doc["tracks"], max_interpolated_gap=cfg.max_interpolated_gap, inactive_after_s=cfg.inactive_after_s,
-        )  # fmt: skip
+            ahead,
+            doc["tracks"],
+            max_interpolated_gap=cfg.max_interpolated_gap,
+            inactive_after_s=cfg.inactive_after_s,
+        )
 
         present: set[str] = set()
         if len(fresh):
@@ -250,9 +257,13 @@ class StatefulStep:
         filled = gap.interpolated
         if len(filled):
             filled = filled.assign(
-                device_id=filled["sensor_id"].map(lambda s: doc["tracks"][s]["dev"]), interpolated=True,
-                status="interpolated", ground_truth=None, kafka_partition=None, kafka_offset=None,
-            )  # fmt: skip
+                device_id=filled["sensor_id"].map(lambda s: doc["tracks"][s]["dev"]),
+                interpolated=True,
+                status="interpolated",
+                ground_truth=None,
+                kafka_partition=None,
+                kafka_offset=None,
+            )
             measured = ahead.assign(interpolated=False)
             batch = pd.concat([measured, filled], ignore_index=True)
         else:
@@ -289,7 +300,7 @@ class StatefulStep:
 
     def _remember(
         self, doc: dict[str, Any], seen: dict[str, np.ndarray], fresh: pd.DataFrame, lateness_ms: int
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Keep per sensor the event times inside its lateness horizon, for dedup across batches."""
         new_ts = fresh.groupby("sensor_id", sort=False)["ts_ms"].agg(list).to_dict() if len(fresh) else {}
         for sid, ts_list in new_ts.items():
@@ -302,8 +313,9 @@ class StatefulStep:
         from millrace.processing.features import FEATURE_COLUMNS, devices_step
 
         if batch.empty:
-            return batch.assign(score=np.nan, is_anomaly=False, anomaly_kind=None, reason=None, top_features=None,
-                                features="{}")  # fmt: skip
+            return batch.assign(
+                score=np.nan, is_anomaly=False, anomaly_kind=None, reason=None, top_features=None, features="{}"
+            )
         batch = batch.assign(
             timestamp=pd.to_datetime(batch["ts_ms"], unit="ms", utc=True).astype("datetime64[ns, UTC]"),
         )
@@ -336,9 +348,13 @@ class StatefulStep:
             rows = by_device.get(device_id)
             if rows is not None:
                 eps, dev["ep"] = episodes.update(
-                    rows, dev["ep"], device_id=device_id, location=dev["loc"], newest_ms=dev["wm"],
+                    rows,
+                    dev["ep"],
+                    device_id=device_id,
+                    location=dev["loc"],
+                    newest_ms=dev["wm"],
                     quiet_s=self.quiet_s,
-                )  # fmt: skip
+                )
                 touched.extend((device_id, ep) for ep in eps)
             else:
                 closed = episodes.expire(dev["ep"], dev["wm"], self.quiet_s)
@@ -353,8 +369,15 @@ class StatefulStep:
 
     @staticmethod
     def _unscored(rows: pd.DataFrame) -> pd.DataFrame:
-        return rows.assign(interpolated=False, score=np.nan, is_anomaly=False, anomaly_kind=None, reason=None,
-                           top_features=None, features="{}")  # fmt: skip
+        return rows.assign(
+            interpolated=False,
+            score=np.nan,
+            is_anomaly=False,
+            anomaly_kind=None,
+            reason=None,
+            top_features=None,
+            features="{}",
+        )
 
     @staticmethod
     def _reading_rows(readings: pd.DataFrame) -> pd.DataFrame:
@@ -387,12 +410,18 @@ class StatefulStep:
         payloads, devices = [], []
         for sid in sensor_ids:
             track = doc["tracks"][sid]
-            payloads.append({
-                "sensor_id": sid, "device_id": track["dev"], "sensor_type": track["type"], "location": track["loc"],
-                "last_event_time": _iso_ms(track["last_ts"]) if track["last_ts"] is not None else None,
-                "state": "active" if track["active"] else "inactive", "expected_interval_s": track["interval_s"],
-                "updated_at": updated,
-            })  # fmt: skip
+            payloads.append(
+                {
+                    "sensor_id": sid,
+                    "device_id": track["dev"],
+                    "sensor_type": track["type"],
+                    "location": track["loc"],
+                    "last_event_time": _iso_ms(track["last_ts"]) if track["last_ts"] is not None else None,
+                    "state": "active" if track["active"] else "inactive",
+                    "expected_interval_s": track["interval_s"],
+                    "updated_at": updated,
+                }
+            )
             devices.append(track["dev"])
         return _payload_rows("status", payloads, devices)
 
@@ -425,7 +454,10 @@ def _json_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def make_step(
-    settings: Settings, *, source_topic: str, scorer_factory: Callable[[Settings], Any],
+    settings: Settings,
+    *,
+    source_topic: str,
+    scorer_factory: Callable[[Settings], Any],
     sink_factory: Callable[[Settings], Any] | None = None,
-) -> Callable[..., Iterator[pd.DataFrame]]:  # fmt: skip
+) -> Callable[..., Iterator[pd.DataFrame]]:
     return StatefulStep(settings, source_topic=source_topic, scorer_factory=scorer_factory, sink_factory=sink_factory)

@@ -100,8 +100,9 @@ def shift_features(
     at = np.maximum(last_shift, 0)
     fresh = last_shift >= 0
     carried_age = np.array([st.get("sage", cap) for st in states], dtype=float)[:, None]
-    carried_before = np.array([np.nan if st.get("sbefore") is None else st["sbefore"] for st in states],
-                              dtype=float)[:, None]  # fmt: skip
+    carried_before = np.array([np.nan if st.get("sbefore") is None else st["sbefore"] for st in states], dtype=float)[
+        :, None
+    ]
     carried_sign = np.array([st.get("ssign", 0.0) for st in states], dtype=float)[:, None]
     before = np.where(fresh, np.take_along_axis(levels["before"], at, axis=1), carried_before)
     sign = np.where(fresh, np.sign(np.take_along_axis(step_z, at, axis=1)), carried_sign)

@@ -181,8 +181,9 @@ def drop_duplicates_and_late(
         code_of = {sid: i for i, sid in enumerate(names)}
         codes = pd.Series(candidates["sensor_id"].to_numpy(dtype=object)).map(code_of).to_numpy("float64", na_value=-1)
         known = codes >= 0
-        seen_keys = np.concatenate([_keys(np.full(len(seen[sid]), i), np.asarray(seen[sid], dtype="int64"))
-                                    for i, sid in enumerate(names)])  # fmt: skip
+        seen_keys = np.concatenate(
+            [_keys(np.full(len(seen[sid]), i), np.asarray(seen[sid], dtype="int64")) for i, sid in enumerate(names)]
+        )
         cts = candidates["ts_ms"].to_numpy(dtype="int64")
         dup_seen[known] = np.isin(_keys(codes[known].astype("int64"), cts[known]), seen_keys)
     dup = dup_in_batch | dup_seen
@@ -231,7 +232,7 @@ def window_partials(readings: pd.DataFrame, window_s: int) -> pd.DataFrame:
                 min=("value", "min"),
                 max=("value", "max"),
                 anomaly_count=("anomaly", "sum"),
-            )  # fmt: skip
+            )
             .reset_index()
         )
         if scope == "sensor":
@@ -253,10 +254,15 @@ def merge_partials(rows: list[dict]) -> pd.DataFrame:
         return pd.DataFrame(columns=list(_PARTIAL_COLUMNS))
     frame = pd.DataFrame(rows, columns=list(_PARTIAL_COLUMNS))
     merged = frame.groupby(["scope", "key", "window_start"], sort=True, as_index=False).agg(
-        sensor_type=("sensor_type", "first"), location=("location", "first"), count=("count", "sum"),
-        sum=("sum", "sum"), sumsq=("sumsq", "sum"), min=("min", "min"), max=("max", "max"),
+        sensor_type=("sensor_type", "first"),
+        location=("location", "first"),
+        count=("count", "sum"),
+        sum=("sum", "sum"),
+        sumsq=("sumsq", "sum"),
+        min=("min", "min"),
+        max=("max", "max"),
         anomaly_count=("anomaly_count", "sum"),
-    )  # fmt: skip
+    )
     return merged[list(_PARTIAL_COLUMNS)]
 
 

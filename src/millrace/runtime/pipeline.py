@@ -113,6 +113,4 @@ def api_spec(settings: Settings, config_path: Path | None) -> ServerSpec:
         with urllib.request.urlopen(health, timeout=2) as response:  # noqa: S310 (loopback URL we built)
             return bool(response.status == 200)
 
-    return _spec(
-        settings, "api", argv, ports={"http": settings.api.port}, ready=ready, host=settings.api.host
-    )
+    return _spec(settings, "api", argv, ports={"http": settings.api.port}, ready=ready, host=settings.api.host)

@@ -211,8 +211,10 @@ class ProcessManager:
         if not self._wait_ready(spec, rec, deadline=time.monotonic() + spec.start_timeout_s, popen=proc):
             exited = proc.poll()
             self.stop(spec.name, timeout_s=spec.stop_timeout_s)
-            why = f"exited with code {exited}" if exited is not None else (
-                f"was not ready within {spec.start_timeout_s:.0f} s"
+            why = (
+                f"exited with code {exited}"
+                if exited is not None
+                else (f"was not ready within {spec.start_timeout_s:.0f} s")
             )
             raise ServerStartError(f"{spec.name} {why}; last lines of {log_path}:\n{tail(log_path)}")
         log.info("%s ready (pid %d, ports %s)", spec.name, rec.pid, rec.ports)

@@ -90,21 +90,40 @@ class Store(Protocol):
         ...
 
     def readings(
-        self, sensor_id: str, *, start: datetime | None = None, end: datetime | None = None,
-        limit: int = 1000, offset: int = 0,
+        self,
+        sensor_id: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 1000,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         """A sensor's readings ordered by event time."""
         ...
 
     def windows(
-        self, *, scope: str | None = None, key: str | None = None, start: datetime | None = None,
-        end: datetime | None = None, limit: int = 1000, offset: int = 0,
+        self,
+        *,
+        scope: str | None = None,
+        key: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 1000,
+        offset: int = 0,
     ) -> list[dict[str, Any]]: ...
 
     def alerts(
-        self, *, severity: str | None = None, kind: str | None = None, sensor_id: str | None = None,
-        location: str | None = None, status: str | None = None, start: datetime | None = None,
-        end: datetime | None = None, limit: int = 100, offset: int = 0,
+        self,
+        *,
+        severity: str | None = None,
+        kind: str | None = None,
+        sensor_id: str | None = None,
+        location: str | None = None,
+        status: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         """Newest first (by updated_at)."""
         ...

@@ -221,16 +221,27 @@ def _repeated(keys: list[Any]) -> np.ndarray | None:
 
 def reading_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, list[Any]]:
     return frame_columns(
-        rows, READING_COLUMNS, key=("sensor_id", "timestamp"), times=READING_TIME_COLUMNS,
-        ints=READING_INT_COLUMNS, floats=READING_FLOAT_COLUMNS, bools=READING_BOOL_COLUMNS, sqlite=sqlite,
-    )  # fmt: skip
+        rows,
+        READING_COLUMNS,
+        key=("sensor_id", "timestamp"),
+        times=READING_TIME_COLUMNS,
+        ints=READING_INT_COLUMNS,
+        floats=READING_FLOAT_COLUMNS,
+        bools=READING_BOOL_COLUMNS,
+        sqlite=sqlite,
+    )
 
 
 def window_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, list[Any]]:
     return frame_columns(
-        rows, WINDOW_COLUMNS, key=("scope", "key", "window_start"), times=WINDOW_TIME_COLUMNS,
-        ints=WINDOW_INT_COLUMNS, floats=WINDOW_FLOAT_COLUMNS, sqlite=sqlite,
-    )  # fmt: skip
+        rows,
+        WINDOW_COLUMNS,
+        key=("scope", "key", "window_start"),
+        times=WINDOW_TIME_COLUMNS,
+        ints=WINDOW_INT_COLUMNS,
+        floats=WINDOW_FLOAT_COLUMNS,
+        sqlite=sqlite,
+    )
 
 
 def alert_values(alert: Mapping[str, Any]) -> dict[str, Any]:
@@ -245,17 +256,13 @@ def alert_values(alert: Mapping[str, Any]) -> dict[str, Any]:
         elif name in ("sensor_ids", "top_features"):
             value = [str(v) for v in (value or ())]
         elif name == "score":
-            value = (
-                None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-            )
+            value = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
         elif name == "readings":
             value = 1 if value is None else int(value)
         out[name] = value
     status = out["status"] or "open"
     if status not in JOB_STATUSES:
-        raise ValueError(
-            f"alert {out['alert_id']}: the job may only set status open or closed, not {status!r}"
-        )
+        raise ValueError(f"alert {out['alert_id']}: the job may only set status open or closed, not {status!r}")
     out["status"] = status
     if out["opened_at"] is None:
         raise ValueError(f"alert {out['alert_id']} has no opened_at")
@@ -299,9 +306,7 @@ def status_values(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def cutoffs(
-    now: datetime, retention_days: float, per_collection: Mapping[str, float] | None
-) -> dict[str, int]:
+def cutoffs(now: datetime, retention_days: float, per_collection: Mapping[str, float] | None) -> dict[str, int]:
     """The retention cutoff (epoch ms) per collection; alert_events follow their alerts."""
     overrides = dict(per_collection or {})
     for name in overrides:

@@ -200,11 +200,14 @@ class MongoStore:
             ops.append(
                 UpdateOne(
                     {"_id": aid},
-                    {"$set": job, "$min": {"opened_at": doc["opened_at"]},
-                     "$setOnInsert": {"alert_id": aid, "status": "open", "closed_at": None}},
+                    {
+                        "$set": job,
+                        "$min": {"opened_at": doc["opened_at"]},
+                        "$setOnInsert": {"alert_id": aid, "status": "open", "closed_at": None},
+                    },
                     upsert=True,
                 )
-            )  # fmt: skip
+            )
             if doc["closed_at"] is not None:
                 ops.append(UpdateOne({"_id": aid, "closed_at": None}, {"$set": {"closed_at": doc["closed_at"]}}))
             if v["status"] == "closed":
@@ -292,27 +295,46 @@ class MongoStore:
         return self._call("reading the latest readings", query)
 
     def readings(
-        self, sensor_id: str, *, start: datetime | None = None, end: datetime | None = None,
-        limit: int = 1000, offset: int = 0,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+        self,
+        sensor_id: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         flt: dict[str, Any] = {"sensor_id": sensor_id}
         _time_range(flt, "timestamp", start, end)
         return self._find("sensor_metrics", flt, [("timestamp", ASCENDING)], limit, offset, _reading)
 
     def windows(
-        self, *, scope: str | None = None, key: str | None = None, start: datetime | None = None,
-        end: datetime | None = None, limit: int = 1000, offset: int = 0,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+        self,
+        *,
+        scope: str | None = None,
+        key: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         flt: dict[str, Any] = {k: v for k, v in (("scope", scope), ("key", key)) if v is not None}
         _time_range(flt, "window_start", start, end)
         order = [("window_start", ASCENDING), ("scope", ASCENDING), ("key", ASCENDING)]
         return self._find("windowed_metrics", flt, order, limit, offset, _window)
 
     def alerts(
-        self, *, severity: str | None = None, kind: str | None = None, sensor_id: str | None = None,
-        location: str | None = None, status: str | None = None, start: datetime | None = None,
-        end: datetime | None = None, limit: int = 100, offset: int = 0,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+        self,
+        *,
+        severity: str | None = None,
+        kind: str | None = None,
+        sensor_id: str | None = None,
+        location: str | None = None,
+        status: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         pairs = (("severity", severity), ("kind", kind), ("location", location), ("status", status))
         flt: dict[str, Any] = {k: v for k, v in pairs if v is not None}
         if sensor_id is not None:
@@ -342,9 +364,14 @@ class MongoStore:
         return self._find("sensor_status", {}, [("sensor_id", ASCENDING)], 0, 0, _status)
 
     def _find(
-        self, collection: str, flt: Mapping[str, Any], order: list[tuple[str, int]], limit: int, offset: int,
+        self,
+        collection: str,
+        flt: Mapping[str, Any],
+        order: list[tuple[str, int]],
+        limit: int,
+        offset: int,
         shape: Callable[[Mapping[str, Any]], dict[str, Any]],
-    ) -> list[dict[str, Any]]:  # fmt: skip
+    ) -> list[dict[str, Any]]:
         def query(db: Any) -> list[dict[str, Any]]:
             cursor = db[collection].find(flt).sort(order).skip(offset)
             if limit:
@@ -467,9 +494,13 @@ def _alert(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _event(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "alert_id": doc["alert_id"], "event": doc["event"], "status": doc["status"], "by": doc.get("by"),
-        "at": _utc(doc.get("at")), "note": doc.get("note") or "",
-    }  # fmt: skip
+        "alert_id": doc["alert_id"],
+        "event": doc["event"],
+        "status": doc["status"],
+        "by": doc.get("by"),
+        "at": _utc(doc.get("at")),
+        "note": doc.get("note") or "",
+    }
 
 
 def _status(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -115,8 +115,10 @@ ALERTS_SQL = (
     + ", closed_at = coalesce(closed_at, excluded.closed_at)"
     + ", status = CASE WHEN status = 'open' AND excluded.status = 'closed' THEN 'closed' ELSE status END"
 )
-EVENT_SQL = "INSERT INTO alert_events (alert_id, event, status, by, at, note) VALUES (?, ?, ?, ?, ?, ?) " \
-    "ON CONFLICT (alert_id, event) DO NOTHING"  # fmt: skip
+EVENT_SQL = (
+    "INSERT INTO alert_events (alert_id, event, status, by, at, note) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (alert_id, event) DO NOTHING"
+)
 LATEST_SQL = """
 WITH RECURSIVE ids(id) AS (
     SELECT min(sensor_id) FROM sensor_metrics
@@ -252,9 +254,7 @@ class SqliteStore:
             conn.executemany(STATUS_SQL, params)
         return len(params)
 
-    def set_alert_status(
-        self, alert_id: str, status: AlertLifecycle, *, by: str, note: str = ""
-    ) -> Mapping[str, Any]:
+    def set_alert_status(self, alert_id: str, status: AlertLifecycle, *, by: str, note: str = "") -> Mapping[str, Any]:
         with self._write() as conn:
             row = conn.execute("SELECT status FROM anomaly_alerts WHERE alert_id = ?", (alert_id,)).fetchone()
             if row is None:
@@ -276,18 +276,29 @@ class SqliteStore:
         return [_reading(r) for r in self._read(LATEST_SQL)]
 
     def readings(
-        self, sensor_id: str, *, start: datetime | None = None, end: datetime | None = None,
-        limit: int = 1000, offset: int = 0,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+        self,
+        sensor_id: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         where, params = ["sensor_id = ?"], [sensor_id]
         _time_range(where, params, "timestamp", start, end)
         sql = f"SELECT * FROM sensor_metrics WHERE {' AND '.join(where)} ORDER BY timestamp LIMIT ? OFFSET ?"
         return [_reading(r) for r in self._read(sql, [*params, limit, offset])]
 
     def windows(
-        self, *, scope: str | None = None, key: str | None = None, start: datetime | None = None,
-        end: datetime | None = None, limit: int = 1000, offset: int = 0,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+        self,
+        *,
+        scope: str | None = None,
+        key: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("scope", scope), ("key", key)):
@@ -300,10 +311,18 @@ class SqliteStore:
         return [_window(r) for r in self._read(sql, [*params, limit, offset])]
 
     def alerts(
-        self, *, severity: str | None = None, kind: str | None = None, sensor_id: str | None = None,
-        location: str | None = None, status: str | None = None, start: datetime | None = None,
-        end: datetime | None = None, limit: int = 100, offset: int = 0,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+        self,
+        *,
+        severity: str | None = None,
+        kind: str | None = None,
+        sensor_id: str | None = None,
+        location: str | None = None,
+        status: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         where: list[str] = []
         params: list[Any] = []
         for column, value in (
@@ -356,9 +375,7 @@ class SqliteStore:
                 field = convert.RETENTION_FIELDS[name]
                 cur = conn.execute(f"DELETE FROM {name} WHERE {field} < ?", (cutoff,))
                 deleted[name] = cur.rowcount
-            cur = conn.execute(
-                "DELETE FROM alert_events WHERE alert_id NOT IN (SELECT alert_id FROM anomaly_alerts)"
-            )
+            cur = conn.execute("DELETE FROM alert_events WHERE alert_id NOT IN (SELECT alert_id FROM anomaly_alerts)")
             deleted["alert_events"] = cur.rowcount
         return deleted
 
@@ -381,9 +398,7 @@ def _clustered_readings(conn: sqlite3.Connection) -> bool:
     return row is not None and "WITHOUT ROWID" in row[0].upper()
 
 
-def _time_range(
-    where: list[str], params: list[Any], column: str, start: datetime | None, end: datetime | None
-) -> None:
+def _time_range(where: list[str], params: list[Any], column: str, start: datetime | None, end: datetime | None) -> None:
     """[start, end): start inclusive, end exclusive."""
     if start is not None:
         where.append(f"{column} >= ?")
@@ -420,9 +435,13 @@ def _alert(row: sqlite3.Row) -> dict[str, Any]:
 
 def _event(row: sqlite3.Row) -> dict[str, Any]:
     return {
-        "alert_id": row["alert_id"], "event": row["event"], "status": row["status"], "by": row["by"],
-        "at": convert.dt_of(row["at"]), "note": row["note"] or "",
-    }  # fmt: skip
+        "alert_id": row["alert_id"],
+        "event": row["event"],
+        "status": row["status"],
+        "by": row["by"],
+        "at": convert.dt_of(row["at"]),
+        "note": row["note"] or "",
+    }
 
 
 def _status(row: sqlite3.Row) -> dict[str, Any]:
