@@ -1,4 +1,5 @@
-"""The per-device stateful step without Spark: a fake GroupState drives stateful.StatefulStep over batches."""
+"""The per-device stateful step without Spark: a fake GroupState drives stateful.StatefulStep over batches, and
+a MemorySink (processing.output) keeps the alerts and readings it writes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from millrace.config import load_settings
 from millrace.iot.simulator import FleetConfig, simulate_frame
 from millrace.ml.follow import load_scorer
+from millrace.processing.output import MemorySink
 from millrace.processing.stateful import StatefulStep
 from millrace.processing.transforms import INVALID_GROUP
 
@@ -84,8 +86,15 @@ def payloads(out: pd.DataFrame, kind: str) -> list[dict[str, Any]]:
     return [orjson.loads(p) for p in out.loc[out["out"] == kind, "payload"]]
 
 
+def make_step(settings: Any, source_topic: str = "t") -> tuple[StatefulStep, MemorySink]:
+    sink = MemorySink()
+    return StatefulStep(
+        settings, source_topic=source_topic, scorer_factory=load_scorer, sink_factory=sink.factory
+    ), sink
+
+
 def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
+    step, sink = make_step(settings)
     state = FakeState(now_ms=1_800_000_000_000)
     rows = step_input(device_frame)
     first = rows.iloc[:300]
@@ -94,9 +103,9 @@ def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any,
     resent = rows.iloc[290:300].assign(kafka_offset=range(1000, 1010))
     again = rows.iloc[700:710].assign(kafka_offset=range(2000, 2010))
     second = pd.concat([resent, rows.iloc[300:].assign(kafka_offset=range(1010, 1430)), again])
-    out1 = run(step, state, "dev-0001", first)
+    run(step, state, "dev-0001", first)
     out2 = run(step, state, "dev-0001", second)
-    readings = pd.concat([out1[out1["out"] == "reading"], out2[out2["out"] == "reading"]])
+    readings = sink.readings
     assert len(readings) == len(device_frame) == 720
     assert not readings["interpolated"].any()
     assert readings[["sensor_id", "timestamp"]].duplicated().sum() == 0
@@ -106,12 +115,12 @@ def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any,
 
 
 def test_gap_interpolated_and_long_gap_reported(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
+    step, sink = make_step(settings)
     state = FakeState(now_ms=1_800_000_000_000)
     temp = device_frame[device_frame["sensor_type"] == "temperature"].reset_index(drop=True)
     kept = temp.drop(index=[50, 51, 52]).drop(index=range(70, 80))  # 3 missing (filled), 10 missing (gap)
     out = run(step, state, "dev-0001", step_input(kept))
-    readings = out[out["out"] == "reading"]
+    readings = sink.readings
     filled = readings[readings["interpolated"]]
     assert sorted(filled["timestamp"]) == sorted(temp.loc[[50, 51, 52], "timestamp"])
     quality = payloads(out, "quality")[0]
@@ -119,7 +128,7 @@ def test_gap_interpolated_and_long_gap_reported(settings: Any, device_frame: pd.
 
 
 def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = StatefulStep(settings, source_topic="readings", scorer_factory=load_scorer)
+    step, _ = make_step(settings, "readings")
     state = FakeState(now_ms=1_800_000_000_000)
     temp = device_frame[device_frame["sensor_type"] == "temperature"].reset_index(drop=True)
     rows = step_input(temp)
@@ -134,7 +143,7 @@ def test_late_reading_is_a_dead_letter_with_its_position(settings: Any, device_f
 
 
 def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> None:
-    step = StatefulStep(settings, source_topic="readings", scorer_factory=load_scorer)
+    step, sink = make_step(settings, "readings")
     frame = pd.DataFrame(
         {
             "gkey": [INVALID_GROUP] * 2,
@@ -151,10 +160,11 @@ def test_invalid_rows_become_dead_letters_with_original_bytes(settings: Any) -> 
         ("out_of_range", "1:8", '{"v":1}'),
     ]
     assert payloads(out, "quality") == [{"invalid_malformed": 1, "invalid_out_of_range": 1, "invalid": 2}]
+    assert sink.writes == []
 
 
 def test_wall_clock_timeout_reports_sensors_inactive(settings: Any, device_frame: pd.DataFrame) -> None:
-    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
+    step, _ = make_step(settings)
     state = FakeState(now_ms=1_800_000_000_000)
     run(step, state, "dev-0001", step_input(device_frame))
     state.hasTimedOut = True
@@ -181,7 +191,8 @@ def _chunks(frame: pd.DataFrame, seconds: int) -> list[pd.DataFrame]:
 
 def test_a_bucket_of_devices_gives_each_device_what_it_gets_alone(settings: Any) -> None:
     frame = _fleet(devices=3, seconds=900, anomaly_rate=0.3)
-    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
+    step, together_sink = make_step(settings)
+    alone_step, alone_sink = make_step(settings)
     together_state = FakeState(now_ms=1_800_000_000_000)
     together = [
         run(step, together_state, "b0", step_input(c, first_offset=i * 10_000))
@@ -191,26 +202,28 @@ def test_a_bucket_of_devices_gives_each_device_what_it_gets_alone(settings: Any)
     for _, device in frame.groupby("device_id"):
         state = FakeState(now_ms=1_800_000_000_000)
         alone += [
-            run(step, state, "b0", step_input(c, first_offset=i * 10_000)) for i, c in enumerate(_chunks(device, 60))
+            run(alone_step, state, "b0", step_input(c, first_offset=i * 10_000))
+            for i, c in enumerate(_chunks(device, 60))
         ]
     a, b = pd.concat(together, ignore_index=True), pd.concat(alone, ignore_index=True)
     cols = ["sensor_id", "timestamp", "value", "interpolated", "score", "is_anomaly", "anomaly_kind", "features"]
     key = ["sensor_id", "timestamp"]
-    ra = a[a["out"] == "reading"].sort_values(key)[cols].reset_index(drop=True)
-    rb = b[b["out"] == "reading"].sort_values(key)[cols].reset_index(drop=True)
+    ra = together_sink.readings.sort_values(key)[cols].reset_index(drop=True)
+    rb = alone_sink.readings.sort_values(key)[cols].reset_index(drop=True)
     assert len(ra) == len(frame)
     for part in (ra, rb):
         part["anomaly_kind"] = part["anomaly_kind"].astype(object).where(part["anomaly_kind"].notna(), None)
     pd.testing.assert_frame_equal(ra, rb)
-    alerts_a = sorted(orjson.dumps(p) for p in payloads(a, "alert"))
-    alerts_b = sorted(orjson.dumps(p) for p in payloads(b, "alert"))
+    alerts_a = sorted(orjson.dumps(p) for p in together_sink.alerts)
+    alerts_b = sorted(orjson.dumps(p) for p in alone_sink.alerts)
     assert alerts_a == alerts_b and len(alerts_a) > 0
+    assert sorted(orjson.dumps(p) for p in payloads(b, "alert_sent")) == alerts_b  # counted by the driver
     assert sum(payloads(a, "quality")[i].get("valid", 0) for i in range(len(together))) == len(frame)
 
 
 def test_a_silent_device_is_swept_while_its_bucket_keeps_running(settings: Any) -> None:
     frame = _fleet(devices=2, seconds=120)
-    step = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
+    step, _ = make_step(settings)
     state = FakeState(now_ms=1_800_000_000_000)
     run(step, state, "b0", step_input(frame[frame["timestamp"] < frame["timestamp"].min() + pd.Timedelta(seconds=60)]))
     rest = frame[frame["timestamp"] >= frame["timestamp"].min() + pd.Timedelta(seconds=60)]
@@ -230,49 +243,23 @@ def test_a_silent_device_is_swept_while_its_bucket_keeps_running(settings: Any) 
     assert [s for s in payloads(out, "status") if s["state"] == "inactive"] == []
 
 
-class ListSink:
-    """Collects what the step writes (the job's sink writes the store, the predictions and alerts topics)."""
-
-    def __init__(self) -> None:
-        self.frames: list[pd.DataFrame] = []
-        self.alerts: list[dict[str, Any]] = []
-        self.calls: list[str] = []
-
-    def write(self, readings: pd.DataFrame) -> None:
-        self.frames.append(readings)
-        self.calls.append("readings")
-
-    def write_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        self.alerts.extend(alerts)
-        self.calls.append("alerts")
-
-
-def test_with_a_sink_readings_and_alerts_leave_through_it_and_windows_as_partials(settings: Any) -> None:
+def test_readings_and_alerts_leave_through_the_sink_and_windows_as_partials(settings: Any) -> None:
     from millrace.processing.transforms import finish_windows, merge_partials, window_partials
 
     frame = _fleet(devices=2, seconds=300, anomaly_rate=0.3)
-    sink = ListSink()
-    with_sink = StatefulStep(
-        settings, source_topic="t", scorer_factory=load_scorer, sink_factory=lambda _settings: sink
-    )
-    plain = StatefulStep(settings, source_topic="t", scorer_factory=load_scorer)
-    s1, s2 = FakeState(now_ms=1_800_000_000_000), FakeState(now_ms=1_800_000_000_000)
-    outs, plain_outs = [], []
-    for i, chunk in enumerate(_chunks(frame, 90)):
-        rows = step_input(chunk, first_offset=i * 10_000)
-        outs.append(run(with_sink, s1, "b0", rows))
-        plain_outs.append(run(plain, s2, "b0", rows))
-    out, plain_out = pd.concat(outs, ignore_index=True), pd.concat(plain_outs, ignore_index=True)
-    assert (out["out"] == "reading").sum() == 0
-    written = pd.concat(sink.frames, ignore_index=True)
-    expected = plain_out[plain_out["out"] == "reading"]
-    assert len(written) == len(expected) == len(frame)
+    step, sink = make_step(settings)
+    state = FakeState(now_ms=1_800_000_000_000)
+    outs = [run(step, state, "b0", step_input(c, first_offset=i * 10_000)) for i, c in enumerate(_chunks(frame, 90))]
+    out = pd.concat(outs, ignore_index=True)
+    assert set(out["out"]) <= {"window", "alert_sent", "status", "dead", "quality"}  # no reading rows
+    written = sink.readings
+    assert len(written) == len(frame)
     assert sorted(zip(written["sensor_id"], written["timestamp"], strict=True)) == sorted(
-        zip(expected["sensor_id"], expected["timestamp"], strict=True)
+        zip(frame["sensor_id"], frame["timestamp"], strict=True)
     )
     # Window partials of all calls merge into the windows computed from all readings at once.
     windows = finish_windows(merge_partials(payloads(out, "window")), 60)
-    whole = finish_windows(window_partials(expected, 60), 60)
+    whole = finish_windows(window_partials(written, 60), 60)
     key = ["scope", "key", "window_start"]
     pd.testing.assert_frame_equal(
         windows.sort_values(key).reset_index(drop=True),
@@ -280,14 +267,12 @@ def test_with_a_sink_readings_and_alerts_leave_through_it_and_windows_as_partial
         check_dtype=False,
     )
     assert windows["count"].sum() == 2 * len(frame)  # per sensor and per type x location
-    # Alerts: the same episodes as without a sink, written by the sink before the call's readings; the driver
-    # only counts them.
-    expected_alerts = sorted(orjson.dumps(p) for p in payloads(plain_out, "alert"))
-    assert len(expected_alerts) > 0 and (out["out"] == "alert").sum() == 0
-    assert sorted(orjson.dumps(a) for a in sink.alerts) == expected_alerts
-    assert sorted(orjson.dumps(p) for p in payloads(out, "alert_sent")) == expected_alerts
-    first_alerts = sink.calls.index("alerts")
-    assert sink.calls[first_alerts + 1] == "readings" and sink.calls.count("readings") == len(outs)
+    # Alerts: written by the sink before the call's readings; the driver gets them back only to count them.
+    alerts = sorted(orjson.dumps(a) for a in sink.alerts)
+    assert len(alerts) > 0 and (out["out"] == "alert").sum() == 0
+    assert sorted(orjson.dumps(p) for p in payloads(out, "alert_sent")) == alerts
+    first_alerts = sink.order.index("alerts")
+    assert sink.order[first_alerts + 1] == "readings" and sink.order.count("readings") == len(outs)
 
 
 def test_dedup_horizon_is_packed_small_and_round_trips() -> None:
@@ -300,3 +285,24 @@ def test_dedup_horizon_is_packed_small_and_round_trips() -> None:
     assert len(text) < 1_000 and (unpack_times(text) == regular).all()
     for ts in (np.empty(0, dtype="int64"), np.array([-86_400_000, 0, 7, 1_800_000_000_000], dtype="int64")):
         assert (unpack_times(pack_times(ts)) == ts).all()
+
+
+def test_a_replayed_call_writes_the_same_alerts_and_readings(settings: Any) -> None:
+    """A micro-batch replayed after a crash runs from the same state and batch time: the sink is given the same
+    alerts and readings, which its upserts make a no-op."""
+    chunks = _chunks(_fleet(devices=2, seconds=180, anomaly_rate=0.3), 90)
+    step, sink = make_step(settings)
+    state = FakeState(now_ms=1_800_000_000_000)
+    run(step, state, "b0", step_input(chunks[0]))
+    committed = state.doc
+    rows = step_input(chunks[1], first_offset=10_000)
+    before = len(sink.writes)
+    first = run(step, state, "b0", rows)
+    written = sink.writes[before:]
+    state.doc = committed  # the state Spark had committed before the batch failed
+    again = run(step, state, "b0", rows)
+    replayed = sink.writes[before + len(written) :]
+    pd.testing.assert_frame_equal(first, again)
+    assert [kind for kind, _ in written] == [kind for kind, _ in replayed] == ["alerts", "readings"]
+    assert written[0][1] == replayed[0][1]
+    pd.testing.assert_frame_equal(written[1][1], replayed[1][1])

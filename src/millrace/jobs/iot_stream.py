@@ -1,5 +1,6 @@
 """The streaming query graph of ``millrace iot process``: Kafka -> parse/validate -> stateful step per bucket of
-devices (dedup, lateness, gaps, features, scoring, episodes) -> foreachBatch writer (store + Kafka topics)."""
+devices (dedup, lateness, gaps, features, scoring, episodes; alerts and readings written by its sink,
+jobs.sink, in the executors) -> foreachBatch writer (windows, status, quality, dead letters: store + Kafka)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ class JobOptions:
     max_offsets_per_trigger: int = 200_000
     topic: str | None = None  # default settings.topics.readings
     scorer_factory: Callable[[Settings], Any] = load_scorer  # follows the promoted model (tests swap it)
-    executor_writes: bool = True  # readings written by the executors (jobs.sink), not the driver
 
 
 def default_options(settings: Settings, **overrides: Any) -> JobOptions:
@@ -109,9 +109,8 @@ def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Cal
     # Shipped to the Python workers by pickle as a reference to this module path (jobs.sink.worker_sink).
     from millrace.jobs.sink import worker_sink
 
-    sink = worker_sink if options.executor_writes else None
     out = steps.groupBy("gkey").applyInPandasWithState(
-        make_step(settings, source_topic=topic, scorer_factory=options.scorer_factory, sink_factory=sink),
+        make_step(settings, source_topic=topic, scorer_factory=options.scorer_factory, sink_factory=worker_sink),
         outputStructType=STEP_OUTPUT,
         stateStructType=STEP_STATE,
         outputMode="append",

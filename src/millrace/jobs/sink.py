@@ -1,4 +1,5 @@
-"""Where the stateful step puts its alerts and readings: the store and the output topics, from the executors.
+"""The job's StepSink (processing.output): the stateful step's alerts and readings into the store and the output
+topics, from the executors.
 
 Readings are the bulk of the job's output (one row per reading, and its features); sending them back to the driver
 would pass every row through the JVM twice more and write them from one process. Instead each Python worker writes
@@ -13,6 +14,7 @@ letters.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,12 +23,13 @@ import pandas as pd
 
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
+from millrace.processing.output import StepSink
 
 _sinks: dict[str, ReadingSink] = {}  # one per Python worker process (workers are reused across batches)
 
 
-class ReadingSink:
-    """A store and a Kafka producer, opened once per process."""
+class ReadingSink(StepSink):
+    """A StepSink on a store and a Kafka producer, opened once per process."""
 
     def __init__(self, settings: Settings) -> None:
         from millrace.kafka.producer import make_producer
@@ -45,8 +48,8 @@ class ReadingSink:
             extra={"delivery.report.only.error": True},
         )
 
-    def write(self, readings: pd.DataFrame) -> None:
-        """Upsert ``readings`` (rows of schema.STEP_OUTPUT) and produce their predictions; returns once every
+    def write_readings(self, readings: pd.DataFrame) -> None:
+        """Upsert ``readings`` (stamped with ``ingested_at``) and produce their predictions; returns once every
         message is delivered (raises KafkaUnavailable otherwise, which fails the batch: Spark replays it)."""
         if readings.empty:
             return
@@ -55,7 +58,7 @@ class ReadingSink:
         produce_predictions(self.producer, self.settings.topics.predictions, readings)
         self._delivered(self.producer.flush(60.0), failed, "predictions")
 
-    def write_alerts(self, alerts: list[dict[str, Any]]) -> None:
+    def write_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         """Upsert alert episodes (records.Alert dicts) and produce them to the alerts topic, keyed by alert_id;
         returns once delivered (raises KafkaUnavailable otherwise)."""
         if not alerts:

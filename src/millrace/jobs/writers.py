@@ -1,16 +1,14 @@
-"""The foreachBatch writer of the streaming job: one micro-batch's output into the store and Kafka topics.
+"""The foreachBatch writer of the streaming job: what a micro-batch leaves for the driver, into the store and Kafka.
 
-The batch is collected once (Arrow) — foreachBatch would otherwise recompute the stateful step per action. In the
-job the readings and alerts were already written by the executors (jobs.sink; alerts come back as
-"alert_sent" rows, only counted here); what reaches the driver is small: window partials, sensor status, quality
-counters and dead letters (and reading and alert rows when the step runs without a sink). Window partials of all
-buckets are merged per window and recorded in the ledger under the batch id, so a replayed batch gives the same
-windows.
-Writes happen in this order: alerts, readings, windows, sensor status, quality into the store (idempotent
-upserts on natural keys, so a replayed batch changes nothing), then alerts, predictions, windowed metrics,
-quality and dead letters to Kafka (at-least-once: a replayed batch may repeat messages, which consumers
-key by alert_id / sensor_id+timestamp / window). Only after everything is written and flushed does Spark
-commit the batch.
+Alerts and readings are not here: the stateful step's sink (jobs.sink, processing.output.StepSink) wrote them in
+the executors, and the alerts come back only as "alert_sent" rows, counted. What reaches the driver is small:
+window partials, sensor status, quality counters and dead letters. The batch is collected once (Arrow) —
+foreachBatch would otherwise recompute the stateful step per action. Window partials of all buckets are merged per
+window and recorded in the ledger under the batch id, so a replayed batch gives the same windows.
+Writes happen in this order: windows, sensor status, quality into the store (idempotent upserts on natural keys,
+so a replayed batch changes nothing), then windowed metrics, dead letters and quality to Kafka (at-least-once: a
+replayed batch may repeat messages, which consumers key by window / position / batch). Only after everything is
+written and flushed does Spark commit the batch.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import pandas as pd
 
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
-from millrace.jobs.sink import produce_predictions
 from millrace.jobs.window_ledger import WindowLedger
 from millrace.processing.transforms import finish_windows, merge_partials
 
@@ -100,26 +97,15 @@ class BatchWriter:
     def write(self, out: pd.DataFrame, batch_id: int) -> BatchStats:
         if out.empty:  # a no-data batch (run for timeouts) that changed nothing: nothing to record or send
             return BatchStats(batch_id, 0, 0, 0, 0, 0, 0, 0.0, 0.0, {"input": 0})
-        kind = out["out"] if len(out) else pd.Series(dtype=object)
-        readings = out[kind == "reading"]
-        alerts = [orjson.loads(p) for p in out.loc[kind == "alert", "payload"]]
-        alerts_sent = int((kind == "alert_sent").sum())  # written by the executors
+        kind = out["out"]
+        alerts_sent = int((kind == "alert_sent").sum())  # written by the step's sink, in the executors
         statuses = [orjson.loads(p) for p in out.loc[kind == "status", "payload"]]
         dead = out.loc[kind == "dead", "payload"].tolist()
         partials = merge_partials([orjson.loads(p) for p in out.loc[kind == "window", "payload"]])
         quality = _sum_counters(out.loc[kind == "quality", "payload"])
         quality["input"] = sum(quality.get(k, 0) for k in ("valid", "duplicates", "late", "invalid"))
 
-        if len(readings):
-            readings = readings.assign(
-                timestamp=pd.to_datetime(readings["timestamp"], utc=True),
-                ingested_at=pd.Timestamp(time.time(), unit="s", tz="UTC"),
-            )
         store = self.store
-        if alerts:
-            store.upsert_alerts(alerts)
-        if len(readings):
-            store.upsert_readings(readings)
         windows = self._windows(partials, batch_id)
         if len(windows):
             store.upsert_windows(windows)
@@ -127,14 +113,14 @@ class BatchWriter:
             store.upsert_sensor_status(statuses)
         store.record_quality(batch_id, quality)
 
-        self._produce(readings, alerts, windows, dead, quality, batch_id)
+        self._produce(windows, dead, quality, batch_id)
         return BatchStats(
             batch_id=batch_id,
             input_rows=quality["input"],
             readings=quality.get("valid", 0),
             interpolated=quality.get("interpolated", 0),
             dead_letters=len(dead),
-            alerts=len(alerts) + alerts_sent,
+            alerts=alerts_sent,
             windows=len(windows),
             duration_s=0.0,
             collect_s=0.0,
@@ -150,20 +136,8 @@ class BatchWriter:
             self.ledger.prune(horizon - window_s * 1000)
         return finish_windows(merged, window_s) if len(merged) else pd.DataFrame()
 
-    def _produce(
-        self,
-        readings: pd.DataFrame,
-        alerts: list[dict[str, Any]],
-        windows: pd.DataFrame,
-        dead: list[str],
-        quality: dict[str, int],
-        batch_id: int,
-    ) -> None:
+    def _produce(self, windows: pd.DataFrame, dead: list[str], quality: dict[str, int], batch_id: int) -> None:
         topics, produce = self.topics, self.producer.produce
-        for alert in alerts:
-            produce(topics.alerts, orjson.dumps(alert), alert["alert_id"])
-        if len(readings):
-            produce_predictions(self.producer, topics.predictions, readings)
         if len(windows):
             wins = windows.assign(
                 window_start=windows["window_start"].dt.strftime("%Y-%m-%dT%H:%M:%S.000Z"),

@@ -46,10 +46,10 @@ STEP_INPUT_COLUMNS: tuple[str, ...] = (
     "location", "unit", "status", "value", "timestamp", "ground_truth",
 )  # fmt: skip
 
-# One output row of the stateful step. ``out`` says what it is: "reading" (a cleaned, scored reading, possibly
-# interpolated; only when the step has no sink), "window" (a tumbling-window partial), "alert" ("alert_sent"
-# when the step's sink already wrote it), "status", "dead" (dead letter) or "quality" (counters); all but
-# "reading" carry their content as JSON in ``payload``.
+# One output row of the stateful step. ``out`` says what it is: "window" (a tumbling-window partial),
+# "alert_sent" (an alert episode the step's sink already wrote; the driver counts it), "status", "dead" (dead
+# letter) or "quality" (counters), each with its content as JSON in ``payload``. Readings leave through the
+# step's sink (processing.output.StepSink), not as rows; the reading columns name what the sink is given.
 STEP_OUTPUT = StructType(
     [
         StructField("out", StringType(), False),

@@ -6,18 +6,21 @@ the fixed cost of a call (pandas, Arrow, state (de)serialisation) is paid per bu
 
 In order: dead letters for invalid rows; duplicates and late events (per-sensor watermark = newest event time -
 allowed lateness); gaps (interpolation / inactivity); features.devices_step; Scorer.score; alert episodes per
-device; sensor status; data-quality counters. Everything a batch produces leaves as rows of schema.STEP_OUTPUT,
-told apart by ``out``. When the job gives a sink (jobs.sink), alerts and readings leave from here instead —
-alerts first, to the store and the alerts topic, so an alert is visible as soon as its bucket is computed rather
-than when the whole micro-batch is; then the readings, to the store and the predictions topic — and the driver gets
-the alerts back only to count them ("alert_sent"). The bucket's state is one JSON document: per sensor the newest
-event time, the event times inside the lateness horizon and the gap track; per device its feature state, open
-episode and the wall-clock time of its last readings. A device silent for ``inactive_after_s`` of wall-clock time
-is swept (its sensors reported inactive, its episode closed) by the next call of its bucket, or by the bucket's
-processing-time timeout when the whole bucket went silent.
+device; sensor status; data-quality counters. Alerts and readings leave through the injected sink
+(processing.output.StepSink; in the job jobs.sink, to the store and the alerts and predictions topics) — alerts
+first, so an alert is visible as soon as its bucket is computed rather than when the whole micro-batch is. The
+rest leaves as rows of schema.STEP_OUTPUT, told apart by ``out``, for the driver: window partials, sensor status,
+quality counters, dead letters, and the alerts again as "alert_sent" rows, only counted.
+
+The bucket's state is one JSON document: per sensor the newest event time, the event times inside the lateness
+horizon and the gap track; per device its feature state, open episode and the wall-clock time of its last
+readings. A device silent for ``inactive_after_s`` of wall-clock time is swept (its sensors reported inactive,
+its episode closed) by the next call of its bucket, or by the bucket's processing-time timeout when the whole
+bucket went silent.
 
 Determinism: the only clock read is the micro-batch time Spark fixes (``getCurrentProcessingTimeMs``), so a
-batch replayed after a crash yields the same rows and the store's upserts change nothing.
+batch replayed after a crash yields the same rows and writes the same alerts and readings to the sink, whose
+upserts change nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import pandas as pd
 
 from millrace.config import Settings
 from millrace.processing import episodes, gaps
+from millrace.processing.output import SinkFactory
 from millrace.processing.schema import STEP_OUTPUT_COLUMNS
 from millrace.processing.transforms import (
     INVALID_GROUP,
@@ -139,13 +143,13 @@ class StatefulStep:
         *,
         source_topic: str,
         scorer_factory: Callable[[Settings], Any],
-        sink_factory: Callable[[Settings], Any] | None = None,
+        sink_factory: SinkFactory,
     ) -> None:
         self.settings = settings
         self.source = source_topic
         self.scorer_factory = scorer_factory  # the job injects ml.follow.load_scorer (a Scorer per worker)
-        # With a sink (sink.worker_sink in the job) readings are written here, in the executor, and leave the
-        # step only as window partials; without one they are output rows ("reading").
+        # The job injects jobs.sink.worker_sink (a sink per worker): readings are written here, in the executor,
+        # and reach the driver only as window partials.
         self.sink_factory = sink_factory
         self.inactive_ms = int(settings.processing.inactive_after_s * 1000)
         self.quiet_s = settings.processing.episode_quiet_s
@@ -171,17 +175,16 @@ class StatefulStep:
         yield out
 
     def _send(self, out: pd.DataFrame) -> pd.DataFrame:
-        """With a sink: write the call's alerts, then its readings (kept aside by ``_bucket``), from here."""
+        """Write the call's alerts, then its readings (kept aside by ``_bucket``), to the sink; the alert rows
+        stay in ``out`` as "alert_sent", for the driver to count."""
         readings, self._readings = self._readings, None
-        if self.sink_factory is None:
-            return out
         sink = self.sink_factory(self.settings)
         is_alert = (out["out"] == "alert").to_numpy()
         if is_alert.any():
             sink.write_alerts([orjson.loads(p) for p in out.loc[is_alert, "payload"]])
             out.loc[is_alert, "out"] = "alert_sent"
-        if readings is not None:
-            sink.write(readings)
+        if readings is not None and len(readings):
+            sink.write_readings(readings)
         return out
 
     # ------------------------------------------------------------------------------------------ invalid rows
@@ -271,14 +274,10 @@ class StatefulStep:
         readings = self._score(batch, doc)
         if behind.any():
             readings = pd.concat([readings, self._unscored(fresh[behind])], ignore_index=True)
-        if self.sink_factory is not None:
-            # The same columns, without rebuilding a frame of output rows (strings would be converted again).
-            keep = [col for col in STEP_OUTPUT_COLUMNS if col in readings.columns]
-            rows = readings[keep].assign(timestamp=pd.to_datetime(readings["ts_ms"].to_numpy(), unit="ms", utc=True))
-            self._readings = rows  # written by _send, after the alerts
-        else:
-            rows = self._reading_rows(readings)
-            parts.append(rows)
+        # The stored columns (the reading columns of schema.STEP_OUTPUT), the timestamp from the event-time ms.
+        keep = [col for col in STEP_OUTPUT_COLUMNS if col in readings.columns]
+        rows = readings[keep].assign(timestamp=pd.to_datetime(readings["ts_ms"].to_numpy(), unit="ms", utc=True))
+        self._readings = rows  # written by _send, after the alerts
         parts.append(self._window_rows(rows))
         parts.extend(self._episodes(readings, doc, present))
 
@@ -379,18 +378,6 @@ class StatefulStep:
             features="{}",
         )
 
-    @staticmethod
-    def _reading_rows(readings: pd.DataFrame) -> pd.DataFrame:
-        n = len(readings)
-        if n == 0:
-            return _frame({}, 0)
-        rows = {col: readings[col].to_numpy() for col in STEP_OUTPUT_COLUMNS if col in readings.columns}
-        rows["out"] = np.full(n, "reading", dtype=object)
-        rows["timestamp"] = pd.to_datetime(readings["ts_ms"].to_numpy(), unit="ms", utc=True)
-        rows["score"] = readings["score"].to_numpy(dtype="float64")
-        rows["payload"] = [None] * n
-        return _frame(rows, n)
-
     def _window_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
         """The batch's tumbling-window partials (transforms.window_partials) as "window" output rows."""
         partials = window_partials(rows, self.settings.processing.window_s) if len(rows) else rows
@@ -458,6 +445,6 @@ def make_step(
     *,
     source_topic: str,
     scorer_factory: Callable[[Settings], Any],
-    sink_factory: Callable[[Settings], Any] | None = None,
+    sink_factory: SinkFactory,
 ) -> Callable[..., Iterator[pd.DataFrame]]:
     return StatefulStep(settings, source_topic=source_topic, scorer_factory=scorer_factory, sink_factory=sink_factory)
