@@ -23,7 +23,7 @@ from millrace.iot.anomalies import LABELS, AnomalySchedule
 from millrace.iot.faults import FaultInjector
 from millrace.iot.fleet import Fleet, FleetConfig
 from millrace.iot.messages import Message, MessageBatch
-from millrace.records import UNITS
+from millrace.records import GROUND_TRUTH_FIELD, READING_WIRE, UNITS, WireField, wire_leaves
 
 __all__ = ["FleetConfig", "Message", "MessageBatch", "Simulator", "simulate_frame"]
 
@@ -205,21 +205,17 @@ class Simulator:
         sensor = pa.array(chunk.sensor)
         # All sensors of a device share a time: format the (step, device) grid once, then take.
         grid = np.datetime_as_string(chunk.grid_ms.astype("datetime64[ms]"), unit="ms")
-        ts = pc.take(pa.array(grid, type=pa.string()), pa.array(chunk.time_index))
-        low = chunk.battery < _LOW_BATTERY
+        row_values = {
+            "value": pc.cast(pa.array(chunk.value), pa.string()),
+            "timestamp": pc.take(pa.array(grid, type=pa.string()), pa.array(chunk.time_index)),
+            "status": pc.if_else(pa.array(chunk.battery < _LOW_BATTERY), *st.statuses),
+            "battery_level": pc.cast(pa.array(chunk.battery), pa.string()),
+            "seq": pc.cast(pa.array(chunk.step), pa.string()),
+            GROUND_TRUTH_FIELD: pc.take(st.labels, pa.array(chunk.label)),
+        }
         parts = [
-            pc.take(st.prefix, sensor),
-            pc.cast(pa.array(chunk.value), pa.string()),
-            pc.take(st.middle, sensor),
-            ts,
-            pc.if_else(pa.array(low), st.status_low, st.status_ok),
-            pc.take(st.metadata, sensor),
-            pc.cast(pa.array(chunk.battery), pa.string()),
-            _SEQ,
-            pc.cast(pa.array(chunk.step), pa.string()),
-            _GT,
-            pc.take(st.labels, pa.array(chunk.label)),
-            _END,
+            row_values[part] if isinstance(part, str) else pc.take(part, sensor) if isinstance(part, pa.Array) else part
+            for part in st.layout
         ]
         joined = pc.binary_join_element_wise(*parts, "").cast(pa.binary())
         # Per-sensor strings come from object arrays (fancy indexing + tolist is far cheaper than Arrow's
@@ -235,48 +231,90 @@ class Simulator:
         )
 
 
-_SEQ = pa.scalar('},"seq":')
-_GT = pa.scalar(',"ground_truth":"')
-_END = pa.scalar('"}')
+# The wire fields whose text _encode computes per reading; every other field of records.READING_WIRE is a
+# constant of its sensor (_StaticParts).
+_ROW_FIELDS = ("value", "timestamp", "status", "battery_level", "seq", GROUND_TRUTH_FIELD)
+
+
+def _json_quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _wire_tokens(spec: tuple[WireField, ...]) -> list[str | WireField]:
+    """The JSON text of a record as literal pieces and value slots (a leaf field), in wire order: string and
+    timestamp slots sit between quotes, a timestamp's Z outside the slot. Every field is written (the
+    simulator always has a value for each)."""
+    out: list[str | WireField] = ["{"]
+    for i, f in enumerate(spec):
+        out.append(f'{"," if i else ""}"{f.name}":')
+        if f.fields:
+            out += _wire_tokens(f.fields)
+        elif f.value_type is str:
+            out += ['"', f, '"']
+        elif f.value_type is datetime:
+            out += ['"', f, 'Z"']
+        else:
+            out.append(f)
+    out.append("}")
+    return out
 
 
 class _StaticParts:
-    """Per-sensor constant strings and JSON fragments (the wire layout of SensorReading.to_dict)."""
+    """Per-sensor constants and the encoder's layout of records.READING_WIRE.
+
+    ``layout`` is the message as consecutive parts joined per reading: the name of a per-reading field
+    (``_ROW_FIELDS``), a scalar (text the same for every reading) or an array indexed by sensor (text holding
+    constants of the sensor: its id, device, type, unit, location, model)."""
 
     def __init__(self, fleet: Fleet) -> None:
-        def q(text: str) -> str:
-            return text.replace("\\", "\\\\").replace('"', '\\"')
-
-        rows = list(
-            zip(
-                fleet.sensor_ids,
-                fleet.sensor_devices,
-                fleet.sensor_types,
-                fleet.sensor_locations,
-                fleet.models,
-                strict=True,
-            )
-        )
-        self.prefix = pa.array(
-            [f'{{"sensor_id":"{q(s)}","device_id":"{q(d)}","sensor_type":"{t}","value":' for s, d, t, _, _ in rows]
-        )
-        self.middle = pa.array(
-            [f',"unit":"{UNITS[t]}","location":"{q(loc)}","timestamp":"' for _, _, t, loc, _ in rows]
-        )
-        self.metadata = pa.array(
-            [f'","metadata":{{"unit":"{UNITS[t]}","sensor_model":"{m}","battery_level":' for _, _, t, _, m in rows]
-        )
-        self.status_ok = pa.scalar('Z","status":"ok')
-        self.status_low = pa.scalar('Z","status":"low_battery')
+        constants: dict[str, list[str]] = {
+            "sensor_id": list(fleet.sensor_ids),
+            "device_id": list(fleet.sensor_devices),
+            "sensor_type": list(fleet.sensor_types),
+            "unit": [UNITS[t] for t in fleet.sensor_types],
+            "location": list(fleet.sensor_locations),
+            "sensor_model": list(fleet.models),
+        }
+        unknown = [f.name for f in wire_leaves(READING_WIRE) if f.name not in constants and f.name not in _ROW_FIELDS]
+        if unknown:
+            raise ValueError(f"the simulator has no value for the reading's wire fields {unknown}")
+        n = len(fleet.sensor_ids)
+        self.layout: list[str | pa.Scalar | pa.Array] = []
+        texts: list[str] | None = None  # the literal text being collected, per sensor
+        for token in _wire_tokens(READING_WIRE):
+            if isinstance(token, WireField) and token.name in _ROW_FIELDS:
+                if texts is not None:
+                    self.layout.append(self._literal(texts))
+                    texts = None
+                self.layout.append(token.name)
+                continue
+            texts = texts or [""] * n
+            if isinstance(token, WireField):
+                texts = [t + _json_quote(v) for t, v in zip(texts, constants[token.name], strict=True)]
+            else:
+                texts = [t + token for t in texts]
+        if texts is not None:
+            self.layout.append(self._literal(texts))
+        # The status is one of two texts: the constant text before it goes into both (one part less to join).
+        status = self.layout.index("status")
+        before = self.layout[status - 1] if status else None
+        prefix = before.as_py() if isinstance(before, pa.Scalar) else ""
+        if prefix:
+            del self.layout[status - 1]
+        self.statuses = (pa.scalar(prefix + "low_battery"), pa.scalar(prefix + "ok"))
         self.labels = pa.array(list(LABELS))
         self.labels_np = np.asarray(LABELS, dtype=object)
         self.sensor_ids_np = np.asarray(fleet.sensor_ids, dtype=object)
         self.key_bytes_np = np.asarray([s.encode() for s in fleet.sensor_ids], dtype=object)
         self.device_ids_np = np.asarray(fleet.sensor_devices, dtype=object)
         self.types_np = np.asarray(fleet.sensor_types, dtype=object)
-        self.units_np = np.asarray([UNITS[t] for t in fleet.sensor_types], dtype=object)
+        self.units_np = np.asarray(constants["unit"], dtype=object)
         self.locations_np = np.asarray(fleet.sensor_locations, dtype=object)
         self.models_np = np.asarray(fleet.models, dtype=object)
+
+    @staticmethod
+    def _literal(texts: list[str]) -> pa.Scalar | pa.Array:
+        return pa.scalar(texts[0]) if len(set(texts)) == 1 else pa.array(texts)
 
 
 def simulate_frame(cfg: FleetConfig, *, duration_s: float | None = None, count: int | None = None) -> pd.DataFrame:

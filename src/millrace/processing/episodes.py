@@ -10,12 +10,13 @@ derives from the device and the opening event time, so a replayed batch upserts 
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from millrace.records import to_iso
+from millrace.records import Alert, Severity
 
 Episode = dict[str, Any]
 CRITICAL_KINDS = frozenset({"out_of_range", "correlation_break"})
@@ -99,31 +100,31 @@ def close(episode: Episode, quiet_s: float) -> Episode:
     return episode
 
 
-def severity(ep: Episode, zscore_threshold: float) -> str:
+def severity(ep: Episode, zscore_threshold: float) -> Severity:
     if ep["kind"] in CRITICAL_KINDS or len(ep["sensors"]) > 1 or ep["score"] >= 2 * zscore_threshold:
         return "critical"
     return "warning"
 
 
 def to_alert(ep: Episode, *, device_id: str, zscore_threshold: float) -> dict[str, Any]:
-    """The episode as an Alert dict (records.Alert.to_dict layout, ISO timestamps)."""
+    """The episode as a records.Alert dict (Alert.to_dict: ISO timestamps, lists for the tuples)."""
 
-    def iso(ms: int | None) -> str | None:
-        return None if ms is None else to_iso(pd.Timestamp(ms, unit="ms", tz="UTC").to_pydatetime())
+    def utc(ms: int) -> datetime:
+        return pd.Timestamp(ms, unit="ms", tz="UTC").to_pydatetime()
 
-    return {
-        "alert_id": ep["id"],
-        "device_id": device_id,
-        "sensor_ids": sorted(ep["sensors"]),
-        "kind": ep["kind"],
-        "severity": severity(ep, zscore_threshold),
-        "score": round(float(ep["score"]), 6),
-        "reason": ep["reason"],
-        "location": ep["loc"],
-        "opened_at": iso(ep["opened"]),
-        "updated_at": iso(ep["updated"]),
-        "closed_at": iso(ep["closed"]),
-        "status": "closed" if ep["closed"] is not None else "open",
-        "readings": int(ep["n"]),
-        "top_features": ep["top"],
-    }
+    return Alert(
+        alert_id=ep["id"],
+        device_id=device_id,
+        sensor_ids=tuple(sorted(ep["sensors"])),
+        kind=ep["kind"],
+        severity=severity(ep, zscore_threshold),
+        score=round(float(ep["score"]), 6),
+        reason=ep["reason"],
+        location=ep["loc"],
+        opened_at=utc(ep["opened"]),
+        updated_at=utc(ep["updated"]),
+        closed_at=None if ep["closed"] is None else utc(ep["closed"]),
+        status="closed" if ep["closed"] is not None else "open",
+        readings=int(ep["n"]),
+        top_features=tuple(ep["top"]),
+    ).to_dict()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pyspark.sql.types import (
     BooleanType,
+    DataType,
     DoubleType,
     IntegerType,
     LongType,
@@ -13,32 +16,30 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-# The JSON of a reading (records.SensorReading.to_dict). Timestamps are parsed separately (try_to_timestamp)
-# so that a bad timestamp is reported as such instead of nulling the whole record.
-READING_JSON = StructType(
-    [
-        StructField("sensor_id", StringType()),
-        StructField("device_id", StringType()),
-        StructField("sensor_type", StringType()),
-        StructField("value", StringType()),  # parsed with try_cast: "abc" is a reason, not a null record
-        StructField("unit", StringType()),
-        StructField("location", StringType()),
-        StructField("timestamp", StringType()),
-        StructField("status", StringType()),
-        StructField("seq", LongType()),
-        StructField("ground_truth", StringType()),
-        StructField(
-            "metadata",
-            StructType(
-                [
-                    StructField("unit", StringType()),
-                    StructField("sensor_model", StringType()),
-                    StructField("battery_level", DoubleType()),
-                ]
-            ),
-        ),
-    ]
-)
+from millrace.records import READING_WIRE, WireField
+
+# The Spark type of a wire field's values (records.WireField.value_type); a timestamp is ISO 8601 text.
+_WIRE_TYPES: dict[type, DataType] = {str: StringType(), float: DoubleType(), int: LongType(), datetime: StringType()}
+# Fields read as text and converted by the job (try_cast, try_to_timestamp), so that a bad value or timestamp is
+# a dead-letter reason ("abc" is bad_value) instead of nulling the whole record.
+READ_AS_TEXT: tuple[str, ...] = ("value", "timestamp")
+
+
+def wire_schema(spec: tuple[WireField, ...], *, as_text: tuple[str, ...] = ()) -> StructType:
+    """The Spark schema of a record's JSON (records.WireField), field for field and in wire order."""
+    return StructType(
+        [
+            StructField(
+                f.name,
+                wire_schema(f.fields) if f.fields else StringType() if f.name in as_text else _WIRE_TYPES[f.value_type],
+            )
+            for f in spec
+        ]
+    )
+
+
+# The JSON of a reading (records.READING_WIRE), parsed with from_json.
+READING_JSON = wire_schema(READING_WIRE, as_text=READ_AS_TEXT)
 
 # What the stateful step receives per device (transforms.to_step_input).
 STEP_INPUT_COLUMNS: tuple[str, ...] = (

@@ -21,22 +21,12 @@ from typing import Any, Literal, Protocol
 
 import pandas as pd
 
-READING_COLUMNS: tuple[str, ...] = (
-    "sensor_id", "device_id", "sensor_type", "location", "unit", "timestamp", "value", "status",
-    "interpolated",      # bool: filled by gap interpolation, not measured
-    "score",             # float: anomaly score (higher = more anomalous)
-    "is_anomaly",        # bool
-    "anomaly_kind",      # str | None: out_of_range, statistical, model, correlation_break, ...
-    "features",          # str: JSON object of feature name -> value
-    "ground_truth",      # str | None: the source's label, kept for evaluation only
-    "kafka_partition", "kafka_offset",  # int | None: where the reading came from (None if interpolated)
-    "ingested_at",       # datetime: when the job processed it
-)  # fmt: skip
+from millrace import records
 
-ALERT_FIELDS: tuple[str, ...] = (
-    "alert_id", "device_id", "sensor_ids", "kind", "severity", "score", "reason", "location",
-    "opened_at", "updated_at", "closed_at", "status", "readings", "top_features",
-)  # fmt: skip
+# The columns of a processed reading (sensor_metrics) and the fields of an alert (anomaly_alerts) are defined
+# with the records they store: records.READING_ROW (column types) and records.Alert.
+READING_COLUMNS = records.READING_COLUMNS
+ALERT_FIELDS = records.ALERT_FIELDS
 
 COLLECTIONS: tuple[str, ...] = (
     "sensor_metrics", "anomaly_alerts", "alert_events", "windowed_metrics", "data_quality", "sensor_status",

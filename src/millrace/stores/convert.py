@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from millrace.records import WINDOW_COLUMNS
+from millrace.records import READING_ROW, WINDOW_COLUMNS, Alert, WindowMetric, field_types
 from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -24,14 +24,20 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SQLITE_NULL = float("nan")
 NAT_I8 = np.iinfo(np.int64).min  # NaT as int64
 
-READING_TIME_COLUMNS = ("timestamp", "ingested_at")
-READING_BOOL_COLUMNS = ("interpolated", "is_anomaly")
-READING_INT_COLUMNS = ("kafka_partition", "kafka_offset")
-READING_FLOAT_COLUMNS = ("value", "score")
-WINDOW_TIME_COLUMNS = ("window_start", "window_end")
-WINDOW_INT_COLUMNS = ("count", "anomaly_count")
-WINDOW_FLOAT_COLUMNS = ("mean", "min", "max", "stddev")
-ALERT_TIME_FIELDS = ("opened_at", "updated_at", "closed_at")
+
+def _of_type(columns: Mapping[str, type], value_type: type) -> tuple[str, ...]:
+    return tuple(name for name, t in columns.items() if t is value_type)
+
+
+# Columns by the type of their values, from the records' definitions.
+READING_TIME_COLUMNS = _of_type(READING_ROW, datetime)  # timestamp, ingested_at
+READING_BOOL_COLUMNS = _of_type(READING_ROW, bool)  # interpolated, is_anomaly
+READING_INT_COLUMNS = _of_type(READING_ROW, int)  # kafka_partition, kafka_offset
+READING_FLOAT_COLUMNS = _of_type(READING_ROW, float)  # value, score
+WINDOW_TIME_COLUMNS = _of_type(field_types(WindowMetric), datetime)  # window_start, window_end
+WINDOW_INT_COLUMNS = _of_type(field_types(WindowMetric), int)  # count, anomaly_count
+WINDOW_FLOAT_COLUMNS = _of_type(field_types(WindowMetric), float)  # mean, min, max, stddev
+ALERT_TIME_FIELDS = _of_type(field_types(Alert), datetime)  # opened_at, updated_at, closed_at
 
 # Operator lifecycle rank: a change to a lower rank is a backwards move. "closed" is the job saying the
 # episode ended; an operator may still acknowledge or resolve a closed alert.
