@@ -160,6 +160,16 @@ def test_duplicate_keys_within_one_batch_keep_the_last(store: Store) -> None:
     assert [r["value"] for r in store.readings("dev-0001-current")] == [10.0, 11.0, 12.0]
 
 
+def test_reading_positions_are_one_per_measured_row(store: Store) -> None:
+    assert store.reading_positions() == []
+    measured = readings(["dev-0001-current"], seconds(4), kafka_partition=2)
+    interpolated = readings(["dev-0001-current"], seconds(2, T0 + timedelta(seconds=10)), interpolated=True)
+    interpolated["kafka_partition"] = interpolated["kafka_offset"] = None
+    repeat = readings(["dev-0002-current"], seconds(1), kafka_partition=2)  # claims (2, 0) as well
+    store.upsert_readings(pd.concat([measured, interpolated, repeat], ignore_index=True))
+    assert sorted(store.reading_positions()) == [(2, 0), (2, 0), (2, 1), (2, 2), (2, 3)]
+
+
 def test_readings_are_ordered_by_event_time_with_filters_and_pages(store: Store) -> None:
     times = seconds(40)
     frame = readings(["dev-0003-pressure"], times).sample(frac=1.0, random_state=7)  # arrival order shuffled

@@ -39,6 +39,7 @@ COMMANDS = {  # name -> (module, function, group or None for the root)
     "setup": ("millrace.cli.setup", "setup", None),
     "demo": ("millrace.cli.demo", "demo", None),
     "serve": ("millrace.cli.serve", "serve", None),
+    "audit": ("millrace.cli.audit", "audit", None),
     "mqtt-bridge": ("millrace.cli.iot_mqtt", "mqtt_bridge", "iot"),
     "process": ("millrace.cli.iot_process", "process", "iot"),
 }

@@ -79,6 +79,15 @@ class Store(Protocol):
         """One row per sensor: its latest reading by *event* time."""
         ...
 
+    def reading_positions(self) -> list[tuple[int, int]]:
+        """``(kafka_partition, kafka_offset)`` of every stored measured reading, in no particular order.
+
+        Reads only these two fields. Interpolated readings (no Kafka position) are left out. A position held
+        by more than one row appears once per row: the store keys rows by (sensor_id, timestamp), not by
+        position, so repeats are possible and are what an audit looks for. Not a snapshot across concurrent
+        writes: rows upserted while it runs may or may not be included."""
+        ...
+
     def readings(
         self,
         sensor_id: str,

@@ -294,6 +294,15 @@ class MongoStore:
 
         return self._call("reading the latest readings", query)
 
+    def reading_positions(self) -> list[tuple[int, int]]:
+        def query(db: Any) -> list[tuple[int, int]]:
+            cursor = db.sensor_metrics.find(
+                {"kafka_offset": {"$ne": None}}, {"_id": 0, "kafka_partition": 1, "kafka_offset": 1}
+            )
+            return [(int(d["kafka_partition"]), int(d["kafka_offset"])) for d in cursor]
+
+        return self._call("reading stored positions", query)
+
     def readings(
         self,
         sensor_id: str,

@@ -275,6 +275,15 @@ class SqliteStore:
     def latest_readings(self) -> list[dict[str, Any]]:
         return [_reading(r) for r in self._read(LATEST_SQL)]
 
+    def reading_positions(self) -> list[tuple[int, int]]:
+        sql = "SELECT kafka_partition, kafka_offset FROM sensor_metrics WHERE kafka_offset IS NOT NULL"
+        try:  # plain tuples: no Row objects for what may be millions of rows
+            cursor = self._conn().execute(sql)
+            cursor.row_factory = None
+            return [(int(p), int(o)) for p, o in cursor.fetchall()]
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"reading the SQLite store {self.path} failed: {exc}") from exc
+
     def readings(
         self,
         sensor_id: str,
