@@ -410,10 +410,11 @@ def test_the_job_scores_readings_with_a_promoted_device_level_model(job: Setting
     from millrace.iot.simulator import simulate_frame
     from millrace.ml.train_device import train_device
 
-    # The same fleet (seed) just before is the normal behaviour the model learns.
+    # The normal behaviour the model learns: the same fleet (seed) over the same hours of the day before - the
+    # simulated load follows the time of day, and ten minutes just before would not cover where it goes next.
     now = datetime.now(UTC).replace(microsecond=0)
     fleet = {"devices": 2, "locations": 1, "seed": 32, "anomaly_rate": 0.0}
-    clean = simulate_frame(FleetConfig(**fleet, start=now - timedelta(seconds=840)), duration_s=600)
+    clean = simulate_frame(FleetConfig(**fleet, start=now - timedelta(days=1, hours=1)), duration_s=2 * 3600)
     info = train_device(job, clean, source="test fleet", detector="auto", make_promoted=True)
     assert info["level"] == "device" and info["detector"] == "mcd", info["why"]
 
@@ -459,7 +460,7 @@ def test_the_job_scores_readings_with_a_promoted_device_level_model(job: Setting
     assert alert["kind"] == "model" and alert["reason"].startswith("mcd score")
     tops = alert["top_features"] if isinstance(alert["top_features"], list) else orjson.loads(alert["top_features"])
     assert tops[0] == "pressure", alert
-    # Elsewhere the model is calibrated to 1 % false alarms (the moving means carry the offset for 10 rows).
-    settled = end + pd.Timedelta(seconds=12)
-    quiet = measured[~inside & ~((measured["device_id"] == "dev-0001") & (ts >= end) & (ts < settled))]
-    assert quiet["is_anomaly"].astype(bool).mean() < 0.05
+    # Before the offset the model is calibrated to 1 % false alarms. (After it, the moving means carry it for
+    # 10 rows; nothing is asserted there.)
+    quiet = measured[ts < start]
+    assert len(quiet) >= 2 * 6 * 80 and quiet["is_anomaly"].astype(bool).mean() < 0.05
