@@ -693,3 +693,14 @@ def frame_features(readings: pd.DataFrame, cfg: ProcessingSettings, *, chunk: st
             frames.append(feats)
     out = pd.concat(frames, ignore_index=True)
     return out.sort_values(["timestamp", "sensor_id"], kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+def dump_state(st: dict[str, Any]) -> Any:
+    """A device's feature state as a JSON-able value (what the stream job keeps in Spark's state store)."""
+    return st
+
+
+def load_state(obj: Any) -> dict[str, Any]:
+    """The feature state :func:`dump_state` wrote (any version: :func:`devices_step` starts an older one afresh)."""
+    return obj
