@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -284,3 +285,73 @@ def test_held_residual_keeps_a_long_shift_that_the_sliding_regression_absorbs() 
     assert c["held_resid_z"].iloc[t0 + HELD_SPAN :].isna().all()
     others = offline[offline["sensor_type"] != "current"]
     assert others["held_resid_z"].isna().all()  # no other sensor stepped
+
+
+# ------------------------------------------------------------------------------ frozen numbers
+# Features of a small fleet recorded from the implementation the stream job ran before the features were
+# written by name; any refactoring must reproduce them. Re-record (python tests/unit/test_features.py)
+# only for an intended change of the numbers, and say so in the commit.
+FROZEN = Path(__file__).parent / "data" / "features_frozen.npz"
+_FROZEN_ROWS = 400  # rows kept whole (sampled); every row enters the per-column checksums
+
+
+def frozen_frame() -> pd.DataFrame:
+    """Two devices for 15 blocks: a level shift held long enough for the held residual, a spike, a stuck run,
+    a gappy sensor and a sensor that joins late, fed in shuffled micro-batches of 23 s."""
+    frame = fleet_frame(devices=2, steps=BLOCK * 15 + 7, seed=11)
+    current = frame.index[(frame["sensor_type"] == "current") & (frame["device_id"] == "dev-0001")]
+    frame.loc[current[BLOCK * 11 :], "value"] += 2.4
+    voltage = frame.index[(frame["sensor_type"] == "voltage") & (frame["device_id"] == "dev-0002")]
+    frame.loc[voltage[BLOCK * 12], "value"] += 4.5
+    pressure = frame.index[frame["sensor_type"] == "pressure"]
+    frame.loc[pressure[500:530], "value"] = frame.loc[pressure[499], "value"]
+    rng = np.random.default_rng(2)
+    gappy = (frame["sensor_type"] == "humidity") & (rng.random(len(frame)) < 0.15)
+    late = (frame["sensor_id"] == "dev-0002-temperature") & (frame["timestamp"] < pd.Timestamp("2026-01-01T00:03Z"))
+    return frame[~gappy & ~late].reset_index(drop=True)
+
+
+def frozen_features() -> pd.DataFrame:
+    from millrace.processing.features import devices_step
+
+    frame = frozen_frame()
+    cfg = ProcessingSettings()
+    states: dict = {}
+    parts = []
+    for _, batch in frame.groupby(frame["timestamp"].dt.floor("23s"), sort=True):
+        out, new = devices_step(batch.sample(frac=1.0, random_state=5), states, cfg)
+        states.update(json.loads(json.dumps(new)))
+        parts.append(out)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _frozen_summary(out: pd.DataFrame) -> dict[str, np.ndarray]:
+    values = out[list(FEATURE_COLUMNS)].to_numpy(dtype=float)
+    rows = np.linspace(0, len(out) - 1, _FROZEN_ROWS).astype(int)
+    finite = np.where(np.isfinite(values), values, 0.0)
+    return {
+        "keys": (out["sensor_id"] + "@" + out["timestamp"].astype(str)).to_numpy(dtype=str)[rows],
+        "rows": values[rows],
+        "sums": finite.sum(axis=0),
+        "abs_sums": np.abs(finite).sum(axis=0),
+        "nans": np.isnan(values).sum(axis=0),
+    }
+
+
+def test_features_equal_the_frozen_numbers() -> None:
+    want = np.load(FROZEN)
+    got = _frozen_summary(frozen_features())
+    assert list(got["keys"]) == list(want["keys"])
+    assert (got["nans"] == want["nans"]).all(), dict(zip(FEATURE_COLUMNS, got["nans"] - want["nans"], strict=True))
+    rows, frozen = got["rows"], want["rows"]
+    assert ((np.abs(rows - frozen) <= 1e-9 * np.fmax(1.0, np.abs(frozen))) | (np.isnan(rows) & np.isnan(frozen))).all()
+    for name in ("sums", "abs_sums"):
+        assert np.allclose(got[name], want[name], rtol=1e-9, atol=1e-9), name
+    # The fixture exercises every feature: each is finite somewhere.
+    assert (want["nans"] < len(frozen_frame())).all()
+
+
+if __name__ == "__main__":
+    FROZEN.parent.mkdir(exist_ok=True)
+    np.savez_compressed(FROZEN, **_frozen_summary(frozen_features()))
+    print(f"recorded {FROZEN}")
