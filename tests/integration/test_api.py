@@ -100,6 +100,42 @@ def test_sensors_filters_and_pagination(client: TestClient) -> None:
     assert body["errors"][0]["location"] == "query.offset"
 
 
+def test_sensors_search(client: TestClient) -> None:
+    def ids(**params: object) -> list[str]:
+        response = client.get("/api/sensors", params=params)
+        assert response.status_code == 200, response.text
+        return [s["sensor_id"] for s in response.json()["items"]]
+
+    assert ids(q="HUMID") == ["dev-0001-humidity", "dev-0002-humidity"]  # type, case-insensitive
+    assert ids(q="dev-0002") == ["dev-0002-humidity", "dev-0002-temperature"]  # device
+    assert ids(q="loc-01", sensor_type="temperature") == ["dev-0001-temperature"]  # location, with a filter
+    page = client.get("/api/sensors", params={"q": "temp", "limit": 1, "offset": 1}).json()
+    assert ([s["sensor_id"] for s in page["items"]], page["total"], page["next_offset"]) == (
+        ["dev-0002-temperature"],
+        2,
+        None,
+    )
+    assert client.get("/api/sensors", params={"q": "nothing"}).json()["total"] == 0
+    _problem(client.get("/api/sensors", params={"q": ""}), 422)
+    _problem(client.get("/api/sensors", params={"q": "x" * 201}), 422)
+
+
+def test_device(client: TestClient) -> None:
+    body = client.get("/api/devices/dev-0002").json()
+    assert body["device_id"] == "dev-0002" and body["locations"] == ["loc-02"]
+    assert [(s["sensor_id"], s["value"], s["state"]) for s in body["sensors"]] == [
+        ("dev-0002-humidity", 60.9, "inactive"),
+        ("dev-0002-temperature", 30.9, "active"),
+    ]
+    assert [a["alert_id"] for a in body["alerts"]] == ["al-3", "al-2"]  # newest first, both sensors'
+    assert body["alert_top_features"] == {"rate": 2, "robust_z": 2}
+    assert body["model"] is None  # nothing promoted in the session's state dir
+    one = client.get("/api/devices/dev-0001").json()
+    assert [a["alert_id"] for a in one["alerts"]] == ["al-1"]
+    assert "features" not in one["sensors"][0]
+    assert "dev-404" in _problem(client.get("/api/devices/dev-404"), 404)["detail"]
+
+
 def test_readings_time_range(client: TestClient) -> None:
     url = "/api/sensors/dev-0002-temperature/readings"
     body = client.get(url, params={"start": "2026-03-01T12:00:05Z", "end": "2026-03-01T12:00:08Z"}).json()
@@ -343,3 +379,9 @@ def test_promoted_model_and_importance(settings: Settings, store: Store, tmp_pat
         assert imp["version"] == version
         assert list(imp["sensors"].items()) == [("vibration", 0.5), ("humidity", 0.3), ("temperature", 0.2)]
         assert list(imp["features"].items()) == [("robust_z", 0.6), ("rate", 0.4)]
+        # the device page maps the model's sensor-type shares onto the device's sensors
+        dev = c.get("/api/devices/dev-0001").json()["model"]
+        assert dev == {
+            "version": version,
+            "contributions": {"dev-0001-humidity": 0.3, "dev-0001-temperature": 0.2},
+        }

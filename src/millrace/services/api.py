@@ -1,4 +1,4 @@
-"""REST routes over the store: sensors, readings, windows, alerts (with lifecycle), quality, model.
+"""REST routes over the store: sensors, devices, readings, windows, alerts (with lifecycle), quality, model.
 
 Views are thin: they validate input, call Store methods (the Store protocol is safe to call from the
 server's worker threads) and shape a page. Store rows are returned as they are, with timestamps in
@@ -22,6 +22,7 @@ from millrace.services.schemas import (
     AlertAction,
     AlertDetail,
     AlertOut,
+    DeviceOut,
     ImportanceOut,
     ModelOut,
     Page,
@@ -43,6 +44,7 @@ Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 Time = Annotated[datetime | None, Query(description="ISO 8601; naive values are taken as UTC.")]
 SensorId = Annotated[str, Path(min_length=1, max_length=200)]
 AlertId = Annotated[str, Path(min_length=1, max_length=200)]
+DeviceId = Annotated[str, Path(min_length=1, max_length=200)]
 Severity = Literal["info", "warning", "critical"]
 Status = Literal["open", "acknowledged", "resolved", "closed"]
 
@@ -100,11 +102,29 @@ def sensors(
     location: Text = None,
     sensor_type: Text = None,
     device_id: Text = None,
+    q: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, description="Case-insensitive text in sensor, device, type or location."),
+    ] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Response:
+    rows = _sensor_rows(request, location=location, sensor_type=sensor_type, device_id=device_id, q=q)
+    return _page(rows[offset : offset + limit], limit, offset, total=len(rows))
+
+
+def _sensor_rows(
+    request: Request,
+    *,
+    location: str | None = None,
+    sensor_type: str | None = None,
+    device_id: str | None = None,
+    q: str | None = None,
+) -> list[dict[str, Any]]:
+    """Each sensor's latest reading with its state, filtered, by sensor_id."""
     latest = _call(request, lambda s: s.latest_readings())
     status = {row["sensor_id"]: row for row in _call(request, lambda s: s.sensor_status())}
+    needle = q.casefold() if q else None
     rows = []
     for row in latest:
         st = status.get(row["sensor_id"], {})
@@ -116,9 +136,58 @@ def sensors(
             continue
         if device_id and merged.get("device_id") != device_id:
             continue
+        if needle is not None and not any(
+            needle in str(merged.get(k) or "").casefold() for k in ("sensor_id", "device_id", "sensor_type", "location")
+        ):
+            continue
         rows.append(merged)
     rows.sort(key=lambda r: str(r["sensor_id"]))
-    return _page(rows[offset : offset + limit], limit, offset, total=len(rows))
+    return rows
+
+
+DEVICE_ALERTS = 200  # per sensor of the device: the device page shows recent history, not all of it
+
+
+@router.get(
+    "/devices/{device_id}",
+    tags=["sensors"],
+    response_model=DeviceOut,
+    responses={404: PROBLEM_RESPONSES[422] | {"description": "Unknown device"}},
+    summary="A device: its sensors, their alerts and the promoted model's sensor contributions",
+)
+def device(request: Request, device_id: DeviceId) -> Response:
+    sensors = _sensor_rows(request, device_id=device_id)
+    if not sensors:
+        raise Problem(404, f"no sensors for device {device_id!r}", kind="not-found")
+    store: Store = request.app.state.store
+    found: dict[str, dict[str, Any]] = {}
+    for sensor in sensors:
+        for row in store.alerts(sensor_id=str(sensor["sensor_id"]), limit=DEVICE_ALERTS):
+            found[str(row["alert_id"])] = row
+    alerts = sorted(found.values(), key=lambda a: (str(a.get("updated_at") or ""), str(a["alert_id"])), reverse=True)
+    top: dict[str, int] = {}
+    for a in alerts:
+        for name in a.get("top_features") or []:
+            top[name] = top.get(name, 0) + 1
+    info = promoted_info(request.app.state.settings)
+    model = None
+    if info:
+        shares = (info.get("importance") or {}).get("sensors") or {}
+        # a device-level model ranks sensor types; a per-sensor one may rank sensor ids
+        contributions = {
+            str(s["sensor_id"]): shares.get(s["sensor_id"], shares.get(s.get("sensor_type"))) for s in sensors
+        }
+        model = {"version": info.get("version"), "contributions": contributions}
+    return JsonResponse(
+        {
+            "device_id": device_id,
+            "locations": sorted({str(s["location"]) for s in sensors if s.get("location")}),
+            "sensors": sensors,
+            "alerts": alerts,
+            "alert_top_features": dict(sorted(top.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "model": model,
+        }
+    )
 
 
 @router.get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,9 +40,9 @@ def _dirs(request: Request) -> list[Path]:
     return local_data_dirs(settings) if local in settings.kafka.bootstrap_servers.split(",") else []
 
 
-@router.get("/brokers", summary="Cluster id, controller and brokers")
+@router.get("/brokers", summary="Cluster id, controller and brokers with their log size")
 def brokers(request: Request) -> Response:
-    return JsonResponse(kafka_view.brokers(_admin(request)))
+    return JsonResponse(kafka_view.brokers(_admin(request), data_dirs=_dirs(request)))
 
 
 @router.get("/topics", summary="Topics with partitions, leaders, ISR, offsets and size")
@@ -75,24 +76,44 @@ def topic(request: Request, name: TopicName) -> Response:
 @router.get(
     "/topics/{name}/messages",
     responses=_NOT_FOUND,
-    summary="The latest messages of a topic, newest first",
+    summary="Browse messages: the newest first, or forward from an offset or a time; key search",
 )
 def messages(
     request: Request,
     name: TopicName,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
     partition: Annotated[int | None, Query(ge=0, le=100_000)] = None,
+    offset: Annotated[int | None, Query(ge=0, description="Read forward from this offset (each partition).")] = None,
+    timestamp: Annotated[
+        datetime | None, Query(description="Read forward from the first message at or after this time (ISO 8601).")
+    ] = None,
+    key: Annotated[str | None, Query(min_length=1, max_length=200, description="Keys containing this text.")] = None,
+    scan: Annotated[int, Query(ge=1, le=100_000, description="Messages per partition a key search reads.")] = 10_000,
 ) -> Response:
     settings: Settings = request.app.state.settings
+    ts_ms = None
+    if timestamp is not None:
+        ts = timestamp.replace(tzinfo=UTC) if timestamp.tzinfo is None else timestamp
+        ts_ms = int(ts.timestamp() * 1000)
+        if ts_ms < 0:
+            raise Problem(422, "timestamp must not be before 1970-01-01T00:00:00Z", kind="validation")
     try:
-        rows = kafka_view.latest_messages(
-            settings.kafka.client_config(), _admin(request), name, limit=limit, partition=partition
+        found = kafka_view.browse(
+            settings.kafka.client_config(),
+            _admin(request),
+            name,
+            limit=limit,
+            partition=partition,
+            offset=offset,
+            timestamp_ms=ts_ms,
+            key=key,
+            scan=scan,
         )
     except kafka_view.TopicError as exc:
         raise Problem(exc.status, str(exc), kind="not-found") from None
-    if rows is None:
+    if found is None:
         raise Problem(404, f"topic {name!r} does not exist", kind="not-found")
-    return JsonResponse({"topic": name, "messages": rows})
+    return JsonResponse({"topic": name, **found})
 
 
 @router.get("/groups", summary="Consumer groups with state, members and lag per partition")

@@ -1,4 +1,4 @@
-"""What a Kafka UI shows, as plain functions: brokers, topics, consumer groups with lag, latest messages.
+"""What a Kafka UI shows, as plain functions: brokers, topics, consumer groups with lag, a message browser.
 
 Built on confluent-kafka's AdminClient and millrace.kafka.admin. Topic sizes come from the local stack's
 log directories when the broker is millrace's own (this confluent-kafka has no describe_log_dirs);
@@ -45,14 +45,34 @@ def _metadata(admin: AdminClient, timeout_s: float) -> Any:
         raise KafkaUnavailable(f"cannot reach Kafka: {exc.args[0]}") from exc
 
 
-def brokers(admin: AdminClient, timeout_s: float = 10.0) -> dict[str, Any]:
+def brokers(admin: AdminClient, timeout_s: float = 10.0, *, data_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """Cluster id, controller and brokers. ``log_size_bytes`` (the .log segments a broker holds) is known
+    for millrace's own nodes, whose data dirs are ``node-<id>/data``; null otherwise."""
     cluster = admin.describe_cluster(request_timeout=timeout_s).result()
     controller = cluster.controller.id if cluster.controller else None
+    sizes = _broker_sizes(data_dirs or [])
     nodes = [
-        {"id": n.id, "host": n.host, "port": n.port, "rack": n.rack, "controller": n.id == controller}
+        {
+            "id": n.id,
+            "host": n.host,
+            "port": n.port,
+            "rack": n.rack,
+            "controller": n.id == controller,
+            "log_size_bytes": sizes.get(n.id),
+        }
         for n in sorted(cluster.nodes, key=lambda n: n.id)
     ]
     return {"cluster_id": cluster.cluster_id, "controller_id": controller, "brokers": nodes}
+
+
+def _broker_sizes(data_dirs: list[Path]) -> dict[int, int]:
+    sizes: dict[int, int] = {}
+    for data_dir in data_dirs:
+        node, sep, num = data_dir.parent.name.rpartition("-")
+        if node != "node" or not sep or not num.isdigit():
+            continue
+        sizes[int(num)] = sum(_log_dir_sizes([data_dir]).values())
+    return sizes
 
 
 def _offsets(
@@ -263,16 +283,26 @@ def pretty_value(value: bytes | None) -> tuple[Any, str]:
         return base64.b64encode(value).decode(), "base64"
 
 
-def latest_messages(
+def browse(
     client_config: dict[str, Any],
     admin: AdminClient,
     name: str,
     *,
     limit: int = 20,
     partition: int | None = None,
+    offset: int | None = None,
+    timestamp_ms: int | None = None,
+    key: str | None = None,
+    scan: int = 10_000,
     timeout_s: float = 10.0,
-) -> list[dict[str, Any]] | None:
-    """The newest ``limit`` messages of a topic (of one partition if given), newest first."""
+) -> dict[str, Any] | None:
+    """Browse a topic (of one partition if given) as a Kafka UI does.
+
+    Without ``offset``/``timestamp_ms`` it reads the newest messages, newest first. With ``offset`` (on every
+    selected partition) or ``timestamp_ms`` (the first offset at or after that time, per partition) it reads
+    forward from there, oldest first. ``key`` keeps messages whose key contains it, looking at up to ``scan``
+    messages per partition from the same starting point. Returns ``{"messages", "scanned", "complete"}``;
+    ``complete`` is false when the deadline cut the read short. None for an unknown topic."""
     meta = _metadata(admin, timeout_s)
     if name not in meta.topics:
         return None
@@ -281,14 +311,54 @@ def latest_messages(
         if partition not in pids:
             raise TopicError(404, f"topic {name} has no partition {partition}")
         pids = [partition]
-    offsets = _offsets(admin, [TopicPartition(name, p) for p in pids], timeout_s)
-    wanted: dict[int, tuple[int, int]] = {}
+    marks = _offsets(admin, [TopicPartition(name, p) for p in pids], timeout_s)
+    forward = offset is not None or timestamp_ms is not None
+    starts: dict[int, int] = {}
+    if timestamp_ms is not None:
+        futures = admin.list_offsets(
+            {TopicPartition(name, p): OffsetSpec.for_timestamp(timestamp_ms) for p in pids},
+            request_timeout=timeout_s,
+        )
+        for tp, future in futures.items():
+            found = future.result().offset
+            if found >= 0:  # -1: no message at or after that time
+                starts[tp.partition] = max(found, offset or 0)
+    elif offset is not None:
+        starts = {p: offset for p in pids}
+    span = scan if key else limit
+    ranges: dict[int, tuple[int, int]] = {}
     for p in pids:
-        marks = offsets.get((name, p))
-        if marks is not None and marks[1] > marks[0]:
-            wanted[p] = marks
-    if not wanted:
-        return []
+        low_high = marks.get((name, p))
+        if low_high is None:
+            continue
+        low, high = low_high
+        if forward:
+            if p not in starts:
+                continue
+            start = max(low, starts[p])
+            end = min(high, start + span)
+        else:
+            start, end = max(low, high - span), high
+        if start < end:
+            ranges[p] = (start, end)
+    needle = key.encode() if key else None
+    rows, scanned, complete = _read(client_config, name, ranges, needle, limit if forward else None, timeout_s)
+    rows.sort(key=lambda r: (r["timestamp_ms"] or 0, r["partition"], r["offset"]), reverse=not forward)
+    return {"messages": rows[:limit], "scanned": scanned, "complete": complete}
+
+
+def _read(
+    client_config: dict[str, Any],
+    name: str,
+    ranges: dict[int, tuple[int, int]],
+    needle: bytes | None,
+    enough: int | None,
+    timeout_s: float,
+) -> tuple[list[dict[str, Any]], int, bool]:
+    """Messages of [start, end) per partition (those whose key contains ``needle``), a partition ending early
+    once it has ``enough`` matches. Returns (rows, messages read, whether every range was read)."""
+    if not ranges:
+        return [], 0, True
     consumer = Consumer(
         {
             **client_config,
@@ -298,25 +368,37 @@ def latest_messages(
         }
     )
     rows: list[dict[str, Any]] = []
+    found: dict[int, int] = dict.fromkeys(ranges, 0)
+    scanned = 0
+    remaining = set(ranges)
     try:
-        consumer.assign([TopicPartition(name, p, max(low, high - limit)) for p, (low, high) in wanted.items()])
-        remaining = set(wanted)
+        consumer.assign([TopicPartition(name, p, start) for p, (start, _end) in ranges.items()])
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
             for msg in consumer.consume(500, 0.5):
                 p = int(msg.partition() or 0)
+                if p not in remaining:
+                    continue
                 err = msg.error()
                 if err is not None:  # partition EOF ends a partition; other errors wait for the deadline
                     if err.code() == KafkaError._PARTITION_EOF:
                         remaining.discard(p)
                     continue
-                if int(msg.offset() or 0) >= wanted[p][1] - 1:
+                off = int(msg.offset() or 0)
+                end = ranges[p][1]
+                if off >= end:
                     remaining.discard(p)
-                rows.append(_row(msg))
+                    continue
+                scanned += 1
+                k = msg.key()
+                if needle is None or (k is not None and needle in k):
+                    rows.append(_row(msg))
+                    found[p] += 1
+                if off >= end - 1 or (enough is not None and found[p] >= enough):
+                    remaining.discard(p)
     finally:
         consumer.close()
-    rows.sort(key=lambda r: (r["timestamp_ms"] or 0, r["partition"], r["offset"]), reverse=True)
-    return rows[:limit]
+    return rows, scanned, not remaining
 
 
 def _row(msg: Any) -> dict[str, Any]:

@@ -78,6 +78,8 @@ class AlertOut(BaseModel):
     status: str
     readings: int | None = None
     top_features: list[str] = []
+    recommendation: str | None = Field(default=None, description="The recommended operator action, when known.")
+    recommendation_id: str | None = None
 
 
 class AlertEventOut(BaseModel):
@@ -99,6 +101,22 @@ class AlertAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
     by: str = Field(min_length=1, max_length=100, pattern=r"\S", examples=["operator-1"])
     note: str = Field(default="", max_length=2000)
+
+
+class DeviceModelOut(BaseModel):
+    version: Any = None
+    contributions: dict[str, float | None] = Field(
+        default={}, description="sensor_id → the promoted model's importance of that sensor (or its type)."
+    )
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    locations: list[str]
+    sensors: list[SensorOut]
+    alerts: list[AlertOut]
+    alert_top_features: dict[str, int] = Field(description="How often each feature/sensor led the device's alerts.")
+    model: DeviceModelOut | None = None
 
 
 class QualityOut(BaseModel):
