@@ -187,7 +187,7 @@ def test_to_alert_has_the_alert_fields() -> None:
         }
     )
     touched, open_ep = episodes.update(scored, None, device_id="d-1", location="loc-01", newest_ms=ms, quiet_s=60)
-    closed = episodes.close(dict(touched[0]), 60)
+    closed = episodes.close(touched[0], 60)
     for ep in (touched[0], closed):
         alert = episodes.to_alert(ep, device_id="d-1", zscore_threshold=3.0)
         assert tuple(alert) == ALERT_FIELDS

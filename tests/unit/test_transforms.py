@@ -58,28 +58,25 @@ def sensor_rows(times: list[float], values: list[float] | None = None) -> pd.Dat
 
 
 def test_short_gap_filled_on_the_grid_long_gap_reported() -> None:
-    tracks: dict[str, gaps.Track] = {}
     times = [0, 1, 2, 3, 6, 7, 8, 20, 21]  # 2 missing (4, 5) then 11 missing (9..19)
-    result = gaps.fill_gaps(sensor_rows(times), tracks, max_interpolated_gap=5, inactive_after_s=60)
+    result, tracks = gaps.fill_gaps(sensor_rows(times), {}, max_interpolated_gap=5, inactive_after_s=60)
     assert result.interpolated["ts_ms"].tolist() == [T0 + 4000, T0 + 5000]
     assert result.interpolated["value"].tolist() == [4.0, 5.0]
     assert (result.gaps_interpolated, result.gaps_inactive) == (1, 1)
-    assert tracks["s"]["last_ts"] == T0 + 21_000 and tracks["s"]["interval_s"] == 1.0
+    assert tracks["s"].last_ms == T0 + 21_000 and tracks["s"].interval_s == 1.0
 
 
 def test_interval_learned_across_batches_and_gap_between_batches() -> None:
-    tracks: dict[str, gaps.Track] = {}
-    gaps.fill_gaps(sensor_rows([0, 2, 4, 6]), tracks, max_interpolated_gap=5, inactive_after_s=60)
-    result = gaps.fill_gaps(sensor_rows([10, 12]), tracks, max_interpolated_gap=5, inactive_after_s=60)
+    _, tracks = gaps.fill_gaps(sensor_rows([0, 2, 4, 6]), {}, max_interpolated_gap=5, inactive_after_s=60)
+    result, _ = gaps.fill_gaps(sensor_rows([10, 12]), tracks, max_interpolated_gap=5, inactive_after_s=60)
     assert result.interpolated["ts_ms"].tolist() == [T0 + 8000]
 
 
 def test_silent_sensor_goes_inactive_by_event_time() -> None:
-    tracks: dict[str, gaps.Track] = {}
     both = pd.concat([sensor_rows([0, 1]), sensor_rows([0, 1, 90]).assign(sensor_id="t")])
-    result = gaps.fill_gaps(both, tracks, max_interpolated_gap=5, inactive_after_s=60)
-    assert result.went_inactive == ["s"] and tracks["t"]["active"]
-    assert gaps.sweep_inactive(tracks) == ["t"]
+    result, tracks = gaps.fill_gaps(both, {}, max_interpolated_gap=5, inactive_after_s=60)
+    assert result.went_inactive == ["s"] and tracks["t"].active
+    assert gaps.sweep_inactive(tracks)[0] == ["t"]
 
 
 def scored(items: list[tuple[str, int, bool, float, str | None]]) -> pd.DataFrame:
@@ -114,7 +111,7 @@ def test_one_alert_per_episode_even_with_many_readings_in_one_batch() -> None:
     later = scored([("a", 40, False, 0.0, None), ("a", 80, True, 8.0, "spike")])
     touched, open_ep = episodes.update(later, open_ep, device_id="d", location="l", newest_ms=T0 + 80_000, quiet_s=30)
     assert [episodes.to_alert(e, device_id="d", zscore_threshold=6.0)["status"] for e in touched] == ["closed", "open"]
-    assert touched[0]["closed"] == T0 + 34_000 and open_ep is touched[1]
+    assert touched[0].closed_ms == T0 + 34_000 and open_ep is touched[1]
 
 
 def readings_frame() -> pd.DataFrame:

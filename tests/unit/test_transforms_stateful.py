@@ -278,7 +278,7 @@ def test_readings_and_alerts_leave_through_the_sink_and_windows_as_partials(sett
 def test_dedup_horizon_is_packed_small_and_round_trips() -> None:
     import numpy as np
 
-    from millrace.processing.stateful import pack_times, unpack_times
+    from millrace.processing.state import pack_times, unpack_times
 
     regular = np.arange(1_800_000_000_000, 1_800_000_060_000, 12, dtype="int64")  # 60 s at 83 readings/s
     text = pack_times(regular)

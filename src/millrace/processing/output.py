@@ -1,9 +1,10 @@
-"""The one way out of the stateful step for alerts and readings: a :class:`StepSink`.
+"""The ways out of the stateful step: a :class:`StepSink` for alerts and readings, output rows for the rest.
 
 The step (processing.stateful) gets a factory of sinks and calls it once per call of the step; the job injects
 jobs.sink.worker_sink (store + alerts and predictions topics, one per Python worker), the tests a
 :class:`MemorySink`. Everything else the step produces — window partials, sensor status, quality counters,
-dead letters, and the alerts again as "alert_sent" rows for the driver to count — leaves as its output rows.
+dead letters, and the alerts again as "alert_sent" rows for the driver to count — leaves as its output rows
+(schema.STEP_OUTPUT, told apart by ``out``, content as JSON in ``payload``), built by the functions below.
 """
 
 from __future__ import annotations
@@ -11,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+import orjson
 import pandas as pd
 
 from millrace.config import Settings
+from millrace.processing import episodes
+from millrace.processing.schema import STEP_OUTPUT_COLUMNS
+from millrace.processing.state import Episode, Track
+from millrace.processing.transforms import window_partials
+from millrace.records import to_iso
+
+STAGE = "validation"  # the dead letters' stage
 
 
 class StepSink(Protocol):
@@ -48,6 +57,7 @@ class StepSink(Protocol):
         ...
 
 
+# The job's sink needs the store and topic settings, so a factory takes the whole Settings.
 SinkFactory = Callable[[Settings], StepSink]
 
 
@@ -82,3 +92,113 @@ class MemorySink:
         """Every reading written, in order, as one frame (empty without columns when none was)."""
         frames = [batch for kind, batch in self.writes if kind == "readings"]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ---------------------------------------------------------------------------------------------- output rows
+def iso_ms(ms: int) -> str:
+    return to_iso(pd.Timestamp(int(ms), unit="ms", tz="UTC").to_pydatetime())
+
+
+def frame(columns: Mapping[str, Any], n: int) -> pd.DataFrame:
+    """``n`` output rows with ``columns``; the other columns of schema.STEP_OUTPUT null."""
+    return pd.DataFrame({col: columns[col] if col in columns else [None] * n for col in STEP_OUTPUT_COLUMNS})
+
+
+def payload_rows(kind: str, payloads: list[dict[str, Any]], device_ids: list[Any] | None = None) -> pd.DataFrame:
+    n = len(payloads)
+    return frame(
+        {
+            "out": [kind] * n,
+            "device_id": device_ids if device_ids is not None else [None] * n,
+            "payload": [orjson.dumps(p).decode() for p in payloads],
+        },
+        n,
+    )
+
+
+def dead_letters(rows: pd.DataFrame, reasons: pd.Series, *, source: str, at_ms: int) -> pd.DataFrame:
+    """records.DeadLetter dicts for ``rows`` (raw, kafka_partition, kafka_offset) as "dead" output rows."""
+    at = iso_ms(at_ms)
+    payloads = [
+        {
+            "reason": str(reason),
+            "stage": STAGE,
+            "source": source,
+            "position": f"{int(p)}:{int(o)}",
+            "raw": _text(raw),
+            "at": at,
+        }
+        for reason, raw, p, o in zip(reasons, rows["raw"], rows["kafka_partition"], rows["kafka_offset"], strict=True)
+    ]
+    return payload_rows("dead", payloads)
+
+
+def _text(raw: object) -> str:
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw).decode("utf-8", errors="replace")
+    return "" if raw is None else str(raw)
+
+
+def reencoded(rows: pd.DataFrame) -> list[str]:
+    """Valid readings as JSON rebuilt from their parsed fields (their original bytes stay in the source topic,
+    at the dead letter's position)."""
+    fields = ("sensor_id", "device_id", "sensor_type", "value", "unit", "location", "status", "ground_truth")
+    records = rows[list(fields)].astype(object).where(rows[list(fields)].notna(), None).to_dict("records")
+    for record, ms in zip(records, rows["ts_ms"], strict=True):
+        record["timestamp"] = iso_ms(ms)
+    return [orjson.dumps(r).decode() for r in records]
+
+
+def status_rows(tracks: Mapping[str, Track], sensor_ids: Sequence[str], now_ms: int) -> pd.DataFrame:
+    """The sensor_status of ``sensor_ids`` (as their ``tracks`` say) as "status" output rows."""
+    updated = iso_ms(now_ms)
+    payloads, devices = [], []
+    for sid in sensor_ids:
+        track = tracks[sid]
+        payloads.append(
+            {
+                "sensor_id": sid,
+                "device_id": track.device_id,
+                "sensor_type": track.sensor_type,
+                "location": track.location,
+                "last_event_time": iso_ms(track.last_ms),
+                "state": "active" if track.active else "inactive",
+                "expected_interval_s": track.interval_s,
+                "updated_at": updated,
+            }
+        )
+        devices.append(track.device_id)
+    return payload_rows("status", payloads, devices)
+
+
+def alert_rows(
+    touched: Sequence[tuple[str, Episode]], tracks: Mapping[str, Track], zscore_threshold: float
+) -> pd.DataFrame:
+    """Episodes touched, as (device_id, episode), as "alert" output rows: records.Alert dicts plus
+    ``sensor_types``, the types of the episode's sensors (``tracks``; in sensor_ids order, None if unknown), from
+    which the sink looks up the recommended action (jobs.sink; it leaves the key out of what it stores)."""
+    alerts = [
+        {
+            **episodes.to_alert(ep, device_id=d, zscore_threshold=zscore_threshold),
+            "sensor_types": [tracks[s].sensor_type if s in tracks else None for s in sorted(ep.sensor_ids)],
+        }
+        for d, ep in touched
+    ]
+    return payload_rows("alert", alerts, [d for d, _ in touched])
+
+
+def window_rows(readings: pd.DataFrame, window_s: int) -> pd.DataFrame:
+    """The readings' tumbling-window partials (transforms.window_partials) as "window" output rows."""
+    partials = window_partials(readings, window_s) if len(readings) else readings
+    if not len(partials):
+        return frame({}, 0)
+    lines = json_lines(partials)
+    return frame({"out": ["window"] * len(lines), "payload": lines}, len(lines))
+
+
+def json_lines(rows: pd.DataFrame) -> list[str]:
+    """One JSON object per row, built by pandas in C rather than a Python loop over rows."""
+    if rows.empty:
+        return []
+    text = rows.to_json(orient="records", lines=True)
+    return text.rstrip("\n").split("\n")
