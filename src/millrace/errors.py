@@ -1,5 +1,5 @@
 """The error types millrace raises. The CLI turns any MillraceError into one red line and its ``exit_code``
-(1 unless the type says otherwise)."""
+(1 unless the type says otherwise: 2 for usage and configuration errors)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,17 @@ class ConfigError(MillraceError):
     """A setting is invalid. The message names the key (exit code 2 in the CLI)."""
 
     exit_code = 2
+
+
+class UsageError(MillraceError):
+    """A command-line option or argument has a value that cannot be used; the message starts with the option
+    (exit code 2, like click's own usage errors)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, param_hint: str | None = None) -> None:
+        super().__init__(f"{param_hint}: {message}" if param_hint else message)
+        self.param_hint = param_hint
 
 
 class MissingToolError(MillraceError):
@@ -38,6 +49,13 @@ class StoreUnavailable(MillraceError):
 
 class DataError(MillraceError):
     """Input data (a file, a column, a value) cannot be used; the message says where."""
+
+
+class ColumnError(DataError):
+    """A column named by an option (``--time-column`` ...) is not in the file, or none could be detected; the
+    message names the option (exit code 2 in the CLI: the command line needs changing, not the data)."""
+
+    exit_code = 2
 
 
 class TypeMappingError(DataError):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
-from millrace.config import Settings
+from millrace.config import Settings, load_settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -18,8 +19,19 @@ err_console = Console(stderr=True)
 
 @dataclass
 class AppState:
-    settings: Settings
+    """What the root command parsed. The settings are built on first use, not by the root command, so that
+    ``--help`` of every command works even when the config file is broken."""
+
     config_path: Path | None = None  # the --config file, so child commands get the same settings
+    overrides: dict[str, object] = field(default_factory=dict)
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path, **self.overrides)
+            logging.getLogger().setLevel(self._settings.log_level)
+        return self._settings
 
 
 def settings_of(ctx: typer.Context) -> Settings:

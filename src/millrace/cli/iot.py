@@ -11,22 +11,19 @@ from typing import Annotated, Any
 import typer
 
 from millrace.cli.common import console, err_console, print_json, settings_of
+from millrace.cli.signals import stopping
 from millrace.config import Settings
-from millrace.errors import DataError, MillraceError, missing_extra
+from millrace.errors import DataError, MillraceError, UsageError, missing_extra
 from millrace.iot.fleet import FAULTS, FleetConfig
 from millrace.iot.live_stats import LiveStats
 from millrace.iot.sinks import KafkaSink, Sink, pump
-from millrace.kafka.consumer import stop_on_signals
+from millrace.kafka.admin import require_kafka
 from millrace.records import parse_iso
 
+# A clean stop flushes what is queued (up to 60 s in _finish); past this the process exits anyway.
+GRACE_S = 75.0
+
 app = typer.Typer(help="IoT ingestion: simulate a device fleet, replay data sets, bridge MQTT.", no_args_is_help=True)
-
-
-class UsageError(MillraceError):
-    """A bad option value (raised in command bodies, where the CLI turns it into one red line)."""
-
-    def __init__(self, message: str, param_hint: str | None = None) -> None:
-        super().__init__(f"{param_hint}: {message}" if param_hint else message)
 
 
 class Via(StrEnum):
@@ -53,6 +50,14 @@ def _fault_rates(items: list[str]) -> dict[str, float]:
             raise UsageError(f"{item!r}: P must be between 0 and 1", param_hint="--fault-rate")
         rates.update(dict.fromkeys(names, rate))
     return rates
+
+
+def _start_time(text: str) -> datetime:
+    try:
+        at = parse_iso(text)
+    except ValueError:
+        raise UsageError(f"expected an ISO 8601 time such as 2026-01-01T00:00:00Z, got {text!r}", "--start") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _finish(live: LiveStats, sink: Sink, *, json_: bool, quiet: bool) -> None:
@@ -124,13 +129,13 @@ def simulate(
     """Simulate a fleet of devices with labelled anomalies (and optional data faults) and produce it."""
     settings = settings_of(ctx)
     if forever and rate <= 0:
-        raise UsageError("--forever needs --rate", param_hint="--forever")
+        raise UsageError("needs --rate (messages per second)", param_hint="--forever")
     if duration is None and count is None and not forever:
         duration = 60.0
     sensors = devices * 6
     interval_s = interval or (sensors / rate if rate > 0 else 1.0)
     if start is not None:
-        start_at: datetime | None = parse_iso(start)
+        start_at: datetime | None = _start_time(start)
     elif rate > 0:
         start_at = datetime.now(UTC)
     else:
@@ -151,21 +156,25 @@ def simulate(
     target = (topic or settings.topics.readings) if via is Via.kafka else settings.mqtt.readings_topic
     title = f"simulate → {via.value} {target}"
     duration_s, count_n = (None, None) if forever else (duration, count)
+    if workers > 1 and via is not Via.kafka:
+        raise UsageError("parallel producers need --via kafka", param_hint="--workers")
     stop = threading.Event()
-    stop_on_signals(stop)
-    if workers > 1:
-        if via is not Via.kafka:
-            raise UsageError("parallel producers need --via kafka", param_hint="--workers")
-        _simulate_parallel(settings, cfg, title, workers, duration_s, count_n, rate, topic, stop, json_, quiet)
-        return
-    from millrace.iot.simulator import Simulator
+    with stopping(stop, grace_s=GRACE_S, what="simulate"):
+        if via is Via.kafka:
+            require_kafka(settings.kafka.client_config())
+        if stop.is_set():  # stopped during start-up: nothing was produced
+            return
+        if workers > 1:
+            _simulate_parallel(settings, cfg, title, workers, duration_s, count_n, rate, topic, stop, json_, quiet)
+            return
+        from millrace.iot.simulator import Simulator
 
-    simulator = Simulator(cfg, duration_s=duration_s, count=count_n)
-    sink = _sink(settings, via, topic)
-    live = LiveStats(sink.stats, title=title, console=err_console)
-    with live.live(enabled=not (quiet or json_)):
-        pump(simulator.batches(), sink, live, rate=rate, stop=stop)
-    _finish(live, sink, json_=json_, quiet=quiet)
+        simulator = Simulator(cfg, duration_s=duration_s, count=count_n)
+        sink = _sink(settings, via, topic)
+        live = LiveStats(sink.stats, title=title, console=err_console)
+        with live.live(enabled=not (quiet or json_)):
+            pump(simulator.batches(), sink, live, rate=rate, stop=stop)
+        _finish(live, sink, json_=json_, quiet=quiet)
 
 
 def _simulate_parallel(
@@ -256,7 +265,7 @@ def replay(
 
     settings = settings_of(ctx)
     if layout not in ("auto", "long", "wide"):
-        raise UsageError("expected auto, long or wide", param_hint="--layout")
+        raise UsageError(f"expected auto, long or wide, got {layout!r}", param_hint="--layout")
     table = read_table(
         file,
         sep=sep,
@@ -283,16 +292,19 @@ def replay(
             f"{file}: {table.layout} layout, {len(table.frame):,} readings from {table.rows:,} rows, "
             f"{len(table.bad_rows)} bad rows; columns {table.columns}"
         )
-    sink = KafkaSink(settings, topic=topic)
-    live = LiveStats(sink.stats, title=f"replay {file.name} → {sink.topic}", console=err_console)
     stop = threading.Event()
-    stop_on_signals(stop)
-    with live.live(enabled=not (quiet or json_)):
-        result = run_replay(table, sink, source=str(file), speed=speed, live=live, stop=stop)
-    if json_:
-        _finish_replay_json(live, sink, result)
-        return
-    _finish(live, sink, json_=False, quiet=quiet)
+    with stopping(stop, grace_s=GRACE_S, what="replay"):
+        require_kafka(settings.kafka.client_config())
+        if stop.is_set():  # stopped during start-up: nothing was produced
+            return
+        sink = KafkaSink(settings, topic=topic)
+        live = LiveStats(sink.stats, title=f"replay {file.name} → {sink.topic}", console=err_console)
+        with live.live(enabled=not (quiet or json_)):
+            result = run_replay(table, sink, source=str(file), speed=speed, live=live, stop=stop)
+        if json_:
+            _finish_replay_json(live, sink, result)
+            return
+        _finish(live, sink, json_=False, quiet=quiet)
     if not quiet:
         console.print(
             f"{result.readings:,} readings and {result.dead_letters} dead letters sent; "

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from millrace.cli.common import console, err_console, print_json, settings_of
+from millrace.cli.signals import stopping
 from millrace.errors import MillraceError, missing_extra
-from millrace.kafka.consumer import stop_on_signals
+from millrace.kafka.admin import require_kafka
 from millrace.kafka.stats import DeliveryStats
 
 
@@ -49,23 +50,26 @@ def mqtt_bridge(
         if exc.name and exc.name.startswith("paho"):
             raise missing_extra("paho-mqtt", "mqtt") from None
         raise
-    stats = DeliveryStats()
-    title = f"mqtt-bridge {settings.mqtt.host}:{settings.mqtt.port} {settings.mqtt.readings_topic} → " + (
-        settings.topics.readings
-    )
-    live = LiveStats(stats, title=title, console=err_console)
-    bridge = MqttBridge(
-        settings,
-        client_id=client_id,
-        commands=commands,
-        command_group=command_group,
-        stats=stats,
-        recorder=live,
-    )
     stop = threading.Event()
-    stop_on_signals(stop)
-    with live.live(enabled=not (quiet or json_)):
-        counters = bridge.run(stop, duration_s=duration, count=count)
+    with stopping(stop, grace_s=60.0, what="the MQTT bridge"):
+        require_kafka(settings.kafka.client_config())
+        if stop.is_set():
+            return
+        stats = DeliveryStats()
+        title = f"mqtt-bridge {settings.mqtt.host}:{settings.mqtt.port} {settings.mqtt.readings_topic} → " + (
+            settings.topics.readings
+        )
+        live = LiveStats(stats, title=title, console=err_console)
+        bridge = MqttBridge(
+            settings,
+            client_id=client_id,
+            commands=commands,
+            command_group=command_group,
+            stats=stats,
+            recorder=live,
+        )
+        with live.live(enabled=not (quiet or json_)):
+            counters = bridge.run(stop, duration_s=duration, count=count)
     undelivered = len(bridge.producer)
     live.finish(undelivered)
     relay = bridge.relay

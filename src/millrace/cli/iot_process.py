@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -10,15 +9,25 @@ from typing import Annotated
 import typer
 
 from millrace.cli.common import console, err_console, settings_of
+from millrace.cli.signals import stopping
+from millrace.errors import UsageError
+from millrace.kafka.admin import require_kafka
+
+# Stopping waits for the running micro-batch (up to 15 s, jobs.iot_stream.stop_gracefully), then the query.
+GRACE_S = 45.0
 
 
 def process(
     ctx: typer.Context,
     master: Annotated[str | None, typer.Option(help="Spark master (default spark.master, e.g. local[2]).")] = None,
-    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    duration: Annotated[float | None, typer.Option(min=0.001, help="Stop after this many seconds.")] = None,
     until_idle: Annotated[
         float | None,
-        typer.Option(help="Stop once no input arrived for this many seconds (after some input)."),
+        typer.Option(
+            min=0.001,
+            help="Stop once no input arrived for this many seconds (counted from the start when there is "
+            "nothing to read).",
+        ),
     ] = None,
     starting_offsets: Annotated[
         str,
@@ -28,9 +37,10 @@ def process(
         Path | None, typer.Option(help="Checkpoint dir (default <state_dir>/checkpoints/iot-process).")
     ] = None,
     trigger: Annotated[
-        float | None, typer.Option(help="Micro-batch interval in seconds (default spark.trigger_seconds).")
+        float | None,
+        typer.Option(help="Micro-batch interval in seconds, > 0 (default spark.trigger_seconds)."),
     ] = None,
-    max_offsets: Annotated[int | None, typer.Option(help="Max Kafka records per micro-batch.")] = None,
+    max_offsets: Annotated[int | None, typer.Option(min=1, help="Max Kafka records per micro-batch.")] = None,
     topic: Annotated[str | None, typer.Option(help="Readings topic (default topics.readings).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-batch statistics.")] = False,
 ) -> None:
@@ -44,7 +54,9 @@ def process(
 
     settings = settings_of(ctx)
     if starting_offsets not in ("earliest", "latest"):
-        raise typer.BadParameter("use earliest or latest", param_hint="--starting-offsets")
+        raise UsageError(f"expected earliest or latest, got {starting_offsets!r}", param_hint="--starting-offsets")
+    if trigger is not None and not trigger > 0:  # also NaN
+        raise UsageError(f"expected a number of seconds > 0, got {trigger:g}", param_hint="--trigger")
     options = default_options(
         settings,
         checkpoint=checkpoint_dir,
@@ -54,13 +66,6 @@ def process(
         topic=topic,
     )
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        err_console.print("[yellow]stopping after the current micro-batch...[/]")
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
 
     def show(stats: BatchStats) -> None:
         if quiet or (stats.input_rows == 0 and not stats.alerts):
@@ -73,20 +78,24 @@ def process(
             highlight=False,
         )
 
-    err_console.print(
-        f"processing {options.topic or settings.topics.readings} -> {settings.store.backend} store; "
-        f"checkpoint {options.checkpoint}",
-        highlight=False,
-    )
-    result = run(
-        settings,
-        options,
-        master=master,
-        duration_s=duration,
-        until_idle_s=until_idle,
-        on_batch=show,
-        should_stop=stop.is_set,
-    )
+    with stopping(stop, grace_s=GRACE_S, what="the stream job"):
+        require_kafka(settings.kafka.client_config())
+        if stop.is_set():
+            return
+        err_console.print(
+            f"processing {options.topic or settings.topics.readings} -> {settings.store.backend} store; "
+            f"checkpoint {options.checkpoint}",
+            highlight=False,
+        )
+        result = run(
+            settings,
+            options,
+            master=master,
+            duration_s=duration,
+            until_idle_s=until_idle,
+            on_batch=show,
+            should_stop=stop.is_set,
+        )
     err_console.print(
         f"done: {result.batches} micro-batches, {result.input_rows} input records in {result.elapsed_s:.1f} s"
         + (f", {result.restarts} query restarts" if result.restarts else ""),

@@ -10,14 +10,20 @@ from typing import Annotated
 
 import click
 import typer
+from confluent_kafka import KafkaException
 from rich.logging import RichHandler
 from rich.markup import escape
 from typer._click.exceptions import ClickException as TyperClickException
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as TyperUsageError
 
 from millrace import __version__
+from millrace.cli import signals
 from millrace.cli.common import AppState, err_console
-from millrace.config import load_settings
-from millrace.errors import MillraceError
+from millrace.errors import MillraceError, UsageError
+from millrace.kafka.admin import kafka_error
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 app = typer.Typer(
     name="millrace",
@@ -32,6 +38,7 @@ app = typer.Typer(
 GROUPS = {
     "stack": "millrace.cli.stack",
     "topics": "millrace.cli.topics",
+    "acl": "millrace.cli.acl",
     "iot": "millrace.cli.iot",
     "ml": "millrace.cli.ml",
 }
@@ -97,35 +104,72 @@ def root(
     if state_dir is not None:
         overrides["state_dir"] = state_dir
     if log_level is not None:
+        if log_level.upper() not in LOG_LEVELS:
+            raise UsageError(f"expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}", param_hint="--log-level")
         overrides["log_level"] = log_level.upper()
-    settings = load_settings(config, **overrides)
-    logging.basicConfig(
-        level=settings.log_level,
+    logging.basicConfig(  # the settings' log_level applies once they are built (AppState.settings)
+        level=log_level.upper() if log_level else "INFO",
         format="%(name)s: %(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    ctx.obj = AppState(settings=settings, config_path=config)
+    ctx.obj = AppState(config_path=config, overrides=overrides)
 
 
 _register()
 
 
-def main() -> None:
+def _error(message: str) -> None:
+    # escaped: messages quote names like "Temp [K]" that are not markup; one line, however long
+    err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _usage_line(exc: click.UsageError | TyperUsageError) -> str:
+    """Click's usage error as one line: its message and where to find help (no usage block)."""
+    message = exc.format_message().replace("\n", " ").strip()
+    if exc.ctx is not None:
+        message += f" (see `{exc.ctx.command_path} --help`)"
+    return message
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code (docs/cli.md):
+    0 success, 1 runtime failure, 2 usage or configuration error, 128 + N interrupted by signal N."""
     try:
-        result = app(standalone_mode=False)
+        result = app(args=argv, prog_name="millrace", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # a group without a command: its help
+        exc.show()
+        return exc.exit_code
+    except (click.UsageError, TyperUsageError) as exc:  # typer vendors its own click
+        _error(_usage_line(exc))
+        return 2
     except (click.exceptions.Abort, typer.Abort):
         err_console.print("[red]aborted[/]")
-        sys.exit(130)
-    except (click.ClickException, TyperClickException) as exc:  # typer vendors its own click
+        return 130
+    except (click.ClickException, TyperClickException) as exc:
         exc.show()
-        sys.exit(exc.exit_code)
-    except MillraceError as exc:  # escaped: messages quote names like "Temp [K]" that are not markup
-        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+    except MillraceError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except KafkaException as exc:  # a Kafka call outside the translated ones: still one line
+        error = kafka_error(exc, "the Kafka operation")
+        _error(str(error))
+        return error.exit_code
     except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(result if isinstance(result, int) else 0)
+        return 130
+    except signals.Terminated as exc:
+        return 128 + exc.signum
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    previous = signals.install_default()
+    try:
+        code = run(argv)
+    finally:
+        signals.restore(previous)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

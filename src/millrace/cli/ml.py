@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from millrace.cli.common import console, err_console, print_json, settings_of
-from millrace.errors import DataError
+from millrace.errors import DataError, UsageError
 
 app = typer.Typer(name="ml", help="Anomaly model: train, explain, registry, evaluate.", no_args_is_help=True)
 
@@ -136,7 +136,7 @@ def train(
         )
     elif source is Source.file:
         if not file:
-            raise DataError("--source file needs --file PATH")
+            raise UsageError("--source file needs --file PATH", param_hint="--file")
         opts = _read_opts(
             sep, time_column, label_column, layout, sensor_column, value_column, type_column, ignore_column, types
         )
@@ -160,9 +160,7 @@ def train(
     chosen = list(detector or ["auto"])
     device_level = [d for d in chosen if d in DEVICE_DETECTORS]
     if device_level and len(chosen) > 1:
-        raise typer.BadParameter(
-            "a device-level detector is trained alone, not compared with others", param_hint="--detector"
-        )
+        raise UsageError("a device-level detector is trained alone, not compared with others", param_hint="--detector")
     why = ""
     if chosen == ["auto"]:
         supervised, why = wants_supervised(readings)

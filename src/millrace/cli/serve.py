@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 import typer
 
 from millrace.cli.common import console, settings_of
+from millrace.cli.signals import stopping
 from millrace.errors import PortInUseError, missing_extra
 from millrace.runtime.process import port_holder, port_is_free
 
@@ -34,10 +36,16 @@ def serve(
     if not port_is_free(host, port):
         holder = port_holder(port)
         raise PortInUseError(f"port {port} on {host} is taken ({holder}); choose another with --port")
-    app = create_app(settings, live=live, queue_size=queue_size)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    console.print(
-        f"dashboard: [bold]http://{shown}:{port}/[/]  API docs: http://{shown}:{port}/docs  "
-        f"store: {type(app.state.store).__name__}  Kafka: {settings.kafka.bootstrap_servers}"
-    )
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    stop = threading.Event()
+    # uvicorn handles SIGINT/SIGTERM itself once it runs (graceful shutdown) and hands the signal back to
+    # this handler when it is done; before that, the handler makes a stop during start-up a clean one too.
+    with stopping(stop, grace_s=30.0, what="the API server"):
+        app = create_app(settings, live=live, queue_size=queue_size)
+        if stop.is_set():
+            return
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        console.print(
+            f"dashboard: [bold]http://{shown}:{port}/[/]  API docs: http://{shown}:{port}/docs  "
+            f"store: {type(app.state.store).__name__}  Kafka: {settings.kafka.bootstrap_servers}"
+        )
+        uvicorn.run(app, host=host, port=port, log_level=log_level)

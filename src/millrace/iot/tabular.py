@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from millrace.errors import DataError
+from millrace.errors import ColumnError, DataError, UsageError
 from millrace.records import ANOMALY_KINDS, GENERIC_TYPE, NORMAL, UNITS
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,9 @@ def read_table(
     that the data lack are logged as a warning. Raises DataError for an empty file, an unknown column, a
     missing label column when one is asked for, or a sensor column with no numbers."""
     path = Path(path)
+    sep = check_separator(sep)
+    if layout not in ("auto", "long", "wide"):
+        raise UsageError(f"expected auto, long or wide, got {layout!r}", param_hint="--layout")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     raw, numbers, separator = _load(path, sep)
@@ -126,10 +129,12 @@ def read_table(
         ("type", type_column), ("device", device_column), ("location", location_column),
     ):  # fmt: skip
         if given is not None and given not in columns:
-            raise DataError(f"{path}: no {role} column {given!r}; columns are {', '.join(map(str, columns))}")
+            raise ColumnError(
+                f"{path}: no {role} column {given!r} (--{role}-column); columns are {', '.join(map(str, columns))}"
+            )
     time_col = time_column or _find(columns, _TIME_NAMES)
     if time_col is None:
-        raise DataError(f"{path}: no time column found (tried {', '.join(_TIME_NAMES)}); name it with --time-column")
+        raise ColumnError(f"{path}: no time column found (tried {', '.join(_TIME_NAMES)}); name it with --time-column")
     label_col = label_column or _find(columns, _LABEL_NAMES)
     value_col = value_column or _find(columns, _VALUE_NAMES)
     sensor_col = sensor_column or _find(columns, _SENSOR_NAMES)
@@ -179,6 +184,17 @@ def read_table(
         )
     used = {"time": time_col, "label": label_col, **used}
     return TableReadings(frame, bad, layout, used, separator, len(raw) + len(raw.attrs.get("bad_width", [])))
+
+
+def check_separator(sep: str | None) -> str | None:
+    """The CSV separator as one character (``\\t`` and ``tab`` mean a tab), or UsageError naming --sep."""
+    if sep is None:
+        return None
+    if sep in ("\\t", "tab"):
+        return "\t"
+    if len(sep) != 1 or sep in ('"', "\n", "\r"):
+        raise UsageError(f"expected one character such as , ; | or \\t, got {sep!r}", param_hint="--sep")
+    return sep
 
 
 def _find(columns: Sequence[str], names: Sequence[str]) -> str | None:

@@ -21,6 +21,7 @@ from millrace.ml.follow import load_scorer
 log = logging.getLogger(__name__)
 
 QUERY_NAME = "iot-process"
+INITIALIZING = "Initializing sources"  # a streaming query's status message until its first trigger
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,11 @@ def default_options(settings: Settings, **overrides: Any) -> JobOptions:
 
 
 def kafka_source_options(settings: Settings) -> dict[str, str]:
-    """Spark Kafka source options (``kafka.*``) equivalent to the librdkafka settings of millrace clients."""
-    k = settings.kafka
-    opts = {"kafka.bootstrap.servers": k.bootstrap_servers, "kafka.security.protocol": k.security_protocol}
-    if k.sasl_mechanism:
-        opts["kafka.sasl.mechanism"] = k.sasl_mechanism
-        module = (
-            "org.apache.kafka.common.security.plain.PlainLoginModule"
-            if k.sasl_mechanism == "PLAIN"
-            else "org.apache.kafka.common.security.scram.ScramLoginModule"
-        )
-        password = k.sasl_password.get_secret_value() if k.sasl_password else ""
-        opts["kafka.sasl.jaas.config"] = f'{module} required username="{k.sasl_username}" password="{password}";'
-    if k.ssl_cafile:
-        opts["kafka.ssl.truststore.type"] = "PEM"
-        opts["kafka.ssl.truststore.location"] = str(k.ssl_cafile)
-    return opts
+    """Spark Kafka source options (``kafka.*``) equivalent to the librdkafka settings of millrace clients
+    (TLS truststore and SASL login included: the job works against a secured cluster by settings alone)."""
+    from millrace.kafka.client_config import java_client_config
+
+    return {f"kafka.{key}": value for key, value in java_client_config(settings.kafka).items()}
 
 
 def bucket_labels(spark: Any, buckets: int, partitions: int) -> list[str]:
@@ -172,6 +162,8 @@ def run(
     from millrace.jobs.session import build_session
 
     spark = build_session(settings, master=master, app_name="millrace-iot-process")
+    if should_stop():  # stopped while the JVM started: nothing to clean up
+        return RunResult(0, 0, 0, 0.0)
     batches = 0
 
     def counted(stats: BatchStats) -> None:
@@ -185,7 +177,7 @@ def run(
     started = time.monotonic()
     restarts = failures = 0
     try:
-        while True:
+        while not should_stop():
             query = start_query(spark, settings, options, writer)
             reason = _watch(query, writer, started, duration_s, until_idle_s, should_stop, progress)
             if reason != "failed" or should_stop():  # Ctrl-C also reaches the JVM: no restart then
@@ -226,6 +218,7 @@ def _watch(
     should_stop: Callable[[], bool],
     progress: ProgressOffsets | None = None,
 ) -> str:
+    watching = time.monotonic()
     while True:
         try:
             if query.awaitTermination(0.5):
@@ -243,12 +236,19 @@ def _watch(
             return "stopped"
         if duration_s is not None and now - started >= duration_s:
             return "duration"
-        if until_idle_s is not None and _idle(writer, now, until_idle_s):
+        if until_idle_s is not None and _idle(writer, now, until_idle_s, watching, lambda: query.status):
             return "idle"
 
 
-def _idle(writer: BatchWriter, now: float, idle_s: float) -> bool:
-    """Some input was processed, the latest micro-batch had none, and none came for ``idle_s`` seconds (a
-    slow batch still running does not count as idle)."""
+def _idle(writer: BatchWriter, now: float, idle_s: float, since: float, status: Callable[[], dict[str, Any]]) -> bool:
+    """No input for ``idle_s`` seconds, counted from the last input or, when there was none, from ``since``
+    (the query's start: a restarted job with nothing left to read stops too); the latest micro-batch, if
+    any, had no input; and the query is neither starting nor inside a micro-batch (a slow batch or a slow
+    start does not count as idle). ``status`` is the query's status, asked only when the rest holds."""
     last = writer.last
-    return writer.total_input > 0 and last is not None and last.input_rows == 0 and now - writer.last_input_at >= idle_s
+    if now - max(since, writer.last_input_at) < idle_s or (last is not None and last.input_rows > 0):
+        return False
+    current = status()
+    return not (
+        current.get("isTriggerActive") or current.get("isDataAvailable") or current.get("message") == INITIALIZING
+    )
