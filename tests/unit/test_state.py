@@ -285,7 +285,7 @@ def test_sweep_reports_a_silent_device_once_and_closes_its_episode() -> None:
     assert [(s["sensor_id"], s["state"]) for s in status] == [("d1-t", "inactive")]
     (alert,) = payloads(out, "alert")
     assert alert["alert_id"] == episode().id and alert["status"] == "closed"
-    assert alert["closed_at"] == "2026-01-01T00:00:34.000Z" and alert["sensor_types"] == [None, "temperature"]
+    assert alert["closed_at"] == "2026-01-01T00:00:34.000Z" and alert["sensor_ids"] == ["d1-p", "d1-t"]
     assert after.devices["d1"] == dataclasses.replace(d1, swept=True, episode=None)
     assert not after.sensors["d1-t"].track.active and after.sensors["d2-t"] == before.sensors["d2-t"]
     # Reported once: the next sweep finds nothing to say.

@@ -171,19 +171,9 @@ def status_rows(tracks: Mapping[str, Track], sensor_ids: Sequence[str], now_ms: 
     return payload_rows("status", payloads, devices)
 
 
-def alert_rows(
-    touched: Sequence[tuple[str, Episode]], tracks: Mapping[str, Track], zscore_threshold: float
-) -> pd.DataFrame:
-    """Episodes touched, as (device_id, episode), as "alert" output rows: records.Alert dicts plus
-    ``sensor_types``, the types of the episode's sensors (``tracks``; in sensor_ids order, None if unknown), from
-    which the sink looks up the recommended action (jobs.sink; it leaves the key out of what it stores)."""
-    alerts = [
-        {
-            **episodes.to_alert(ep, device_id=d, zscore_threshold=zscore_threshold),
-            "sensor_types": [tracks[s].sensor_type if s in tracks else None for s in sorted(ep.sensor_ids)],
-        }
-        for d, ep in touched
-    ]
+def alert_rows(touched: Sequence[tuple[str, Episode]], zscore_threshold: float) -> pd.DataFrame:
+    """Episodes touched, as (device_id, episode), as "alert" output rows (records.Alert dicts)."""
+    alerts = [episodes.to_alert(ep, device_id=d, zscore_threshold=zscore_threshold) for d, ep in touched]
     return payload_rows("alert", alerts, [d for d, _ in touched])
 
 

@@ -197,7 +197,7 @@ def process(
     parts = [
         _late_rows(late, source, now_ms),
         window_rows(stored, cfg.window_s),
-        alert_rows(touched, tracks, cfg.zscore_threshold),
+        alert_rows(touched, cfg.zscore_threshold),
         status_rows(tracks, sorted(set(gap.touched) | set(gap.went_inactive)), now_ms),
         *swept_rows,
         payload_rows("quality", [quality]),
@@ -377,7 +377,7 @@ def sweep(
         rows.append(status_rows(tracks, gone, now_ms))
         if dev.episode is not None:
             closed = episodes.close(dev.episode, cfg.episode_quiet_s)
-            rows.append(alert_rows([(device_id, closed)], tracks, cfg.zscore_threshold))
+            rows.append(alert_rows([(device_id, closed)], cfg.zscore_threshold))
         devices[device_id] = replace(dev, swept=True, episode=None)
     return rows, replace(bucket, devices=devices).with_tracks(tracks), swept
 
