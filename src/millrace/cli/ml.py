@@ -12,6 +12,7 @@ from rich.table import Table
 
 from millrace.cli.common import console, err_console, print_json, settings_of
 from millrace.errors import DataError, UsageError
+from millrace.ml.sources import DEFAULT_WINDOW_HOURS
 
 app = typer.Typer(name="ml", help="Anomaly model: train, explain, registry, evaluate.", no_args_is_help=True)
 
@@ -71,6 +72,14 @@ def train(
     file: Annotated[
         list[Path] | None, typer.Option("--file", "-f", help="--source file: CSV/Parquet (repeatable).")
     ] = None,
+    window: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="--source store: hours of readings to train on, ending at the newest stored reading "
+            "(at most 200,000 per sensor, the newest).",
+        ),
+    ] = DEFAULT_WINDOW_HOURS,
     devices: Annotated[int, typer.Option(min=1, help="--source simulate: devices (6 sensors each).")] = 10,
     hours: Annotated[float, typer.Option(min=0.1, help="--source simulate: hours of data.")] = 6.0,
     seed: Annotated[int, typer.Option(help="--source simulate: fleet seed; also the detectors' seed.")] = 1,
@@ -147,8 +156,9 @@ def train(
     else:
         from millrace.ml.sources import store_readings
 
-        readings = store_readings(settings)
-        described = f"store {settings.store.backend}"
+        readings = store_readings(settings, window_hours=window)
+        first, last = readings["timestamp"].min(), readings["timestamp"].max()
+        described = f"store {settings.store.backend} window={window:g}h ({first.isoformat()} .. {last.isoformat()})"
 
     def say(message: str) -> None:
         if not json_:
