@@ -7,6 +7,9 @@ ISO 8601 UTC.
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -96,6 +99,8 @@ def health(request: Request) -> Response:
     tags=["sensors"],
     response_model=Page[SensorOut],
     summary="Sensors with their latest reading by event time",
+    description="Filter by location, type, device or free text (q); paged by sensor_id. The list is computed "
+    "at most every 2 s and shared by the requests meanwhile, so it may lag the store by that much.",
 )
 def sensors(
     request: Request,
@@ -122,14 +127,12 @@ def _sensor_rows(
     q: str | None = None,
 ) -> list[dict[str, Any]]:
     """Each sensor's latest reading with its state, filtered, by sensor_id."""
-    latest = _call(request, lambda s: s.latest_readings())
-    status = {row["sensor_id"]: row for row in _call(request, lambda s: s.sensor_status())}
+    cache: SensorDirectory | None = getattr(request.app.state, "sensor_directory", None)
+    if cache is None:
+        cache = request.app.state.sensor_directory = SensorDirectory()
     needle = q.casefold() if q else None
     rows = []
-    for row in latest:
-        st = status.get(row["sensor_id"], {})
-        merged = {**row, "state": st.get("state"), "last_event_time": st.get("last_event_time")}
-        merged.pop("features", None)
+    for merged in cache.get(request.app.state.store):
         if location and merged.get("location") != location:
             continue
         if sensor_type and merged.get("sensor_type") != sensor_type:
@@ -143,6 +146,35 @@ def _sensor_rows(
         rows.append(merged)
     rows.sort(key=lambda r: str(r["sensor_id"]))
     return rows
+
+
+class SensorDirectory:
+    """Every sensor's latest reading merged with its state, shared by the requests of a short moment.
+
+    A page of sensors needs all of them (search, sort, total), and on some backends that costs a query per
+    sensor (FerretDB: about 6 ms each, 7 s for 1,200 sensors). One request computes it at a time and the
+    result serves the requests of the next ``ttl_s`` seconds, so a dashboard paging or polling the list
+    costs one computation, not one per request. The list may therefore lag the store by ``ttl_s``."""
+
+    def __init__(self, ttl_s: float = 2.0) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._at = -math.inf
+
+    def get(self, store: Store) -> list[dict[str, Any]]:
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl_s:
+                latest = store.latest_readings()
+                status = {row["sensor_id"]: row for row in store.sensor_status()}
+                rows = []
+                for row in latest:
+                    st = status.get(row["sensor_id"], {})
+                    merged = {**row, "state": st.get("state"), "last_event_time": st.get("last_event_time")}
+                    merged.pop("features", None)
+                    rows.append(merged)
+                self._rows, self._at = rows, time.monotonic()
+            return [dict(r) for r in self._rows]
 
 
 DEVICE_ALERTS = 200  # per sensor of the device: the device page shows recent history, not all of it

@@ -4,9 +4,11 @@
 const MAX_POINTS = 300;          // per sensor in the live time series
 const MAX_ALERTS = 50;
 const MAX_SERIES = 12;           // sensors per type with a history (a chart of more lines is unreadable)
-const HIST_TYPES = ["temperature", "humidity"];
 const HIGHLIGHT_MS = 30000;      // how long a new alert stays highlighted
 const TYPES = ["temperature", "humidity", "pressure", "vibration", "voltage", "current"];
+const HIST_TYPES = TYPES;        // a distribution per sensor type
+const SENSOR_PAGE = 50;          // rows per page of the sensor table (searched and paged by the server)
+const MAX_WINDOWS = 360;         // windows drawn per key (6 hours of 1-minute windows)
 // A fresh layout per call: Plotly writes into layout objects (axis types), so they must not be shared.
 const dark = (extra = {}) => ({ paper_bgcolor: "#171d24", plot_bgcolor: "#171d24",
   font: { color: "#e6e9ed", size: 11 }, margin: { l: 50, r: 10, t: 10, b: 40 },
@@ -22,7 +24,11 @@ const state = {
   lastBatch: null,
   seriesType: null,
   pending: new Map(),   // sensor_id -> earliest event time announced live but not yet fetched
-  dirty: { series: true, tables: true, alerts: true },
+  // the sensor table: the page asked for (q, offset) and the page shown (as the server answered it)
+  table: { q: "", offset: 0, seq: 0, shown: { offset: 0, items: [], total: 0 } },
+  win: { scope: "type_location", key: "", rows: [] },  // the windowed-metrics chart
+  detail: null,         // alert_id shown in the alert detail
+  dirty: { series: true, tables: true, alerts: true, windows: true },
 };
 
 const $ = (sel) => document.querySelector(sel);
@@ -40,9 +46,15 @@ async function api(path, options = {}) {
 
 // ---------- sensors, current metrics, data table ----------
 async function loadSensors() {
-  const page = await api("/api/sensors?limit=1000");
-  for (const row of page.items) state.sensors.set(row.sensor_id, { ...state.sensors.get(row.sensor_id), ...row });
+  await loadTablePage();
+  // every sensor, page by page: current metrics and distributions cover the whole fleet
+  for (let offset = 0; offset !== null;) {
+    const page = await api(`/api/sensors?limit=1000&offset=${offset}`);
+    for (const row of page.items) state.sensors.set(row.sensor_id, { ...state.sensors.get(row.sensor_id), ...row });
+    offset = page.next_offset;
+  }
   state.dirty.tables = true;
+  updateWindowKeys();
   const types = new Set([...state.sensors.values()].map((s) => s.sensor_type));
   const select = $("#series-type");
   const known = new Set([...select.options].map((o) => o.value));
@@ -82,13 +94,42 @@ function renderCurrent() {
   $("#current-metrics").innerHTML = html + "</tbody></table>";
 }
 
+// The sensor table shows one server page (search and paging run in the REST API, so a fleet of any size
+// stays browsable); live updates of the sensors on that page are merged in.
+async function loadTablePage() {
+  const t = state.table;
+  const seq = ++t.seq;  // only the newest request (search, page, poll) updates the table
+  const q = t.q ? `&q=${encodeURIComponent(t.q)}` : "";
+  const page = await api(`/api/sensors?limit=${SENSOR_PAGE}&offset=${t.offset}${q}`);
+  if (seq !== t.seq) return;
+  if (t.offset && !page.items.length && page.total) { t.offset = 0; return loadTablePage(); }
+  t.shown = { offset: page.offset, items: page.items, total: page.total, q: t.q };
+  state.dirty.tables = true;
+}
+
 function renderTable() {
-  const rows = [...state.sensors.values()].sort((a, b) => a.sensor_id.localeCompare(b.sensor_id));
+  const t = state.table.shown;
+  const rows = t.items.map((r) => {
+    const live = state.sensors.get(r.sensor_id);
+    return live && (live.timestamp || "") >= (r.timestamp || "") ? { ...r, ...live } : r;
+  });
   $("#data-table tbody").innerHTML = rows.map((s) => `<tr class="${s.is_anomaly ? "anomaly" : ""}" ` +
-    `data-sensor-id="${esc(s.sensor_id)}"><td>${esc(s.sensor_id)}</td><td>${esc(s.sensor_type)}</td>` +
+    `data-sensor-id="${esc(s.sensor_id)}"><td>${esc(s.sensor_id)}</td>` +
+    `<td><a href="#device/${encodeURIComponent(s.device_id || "")}">${esc(s.device_id)}</a></td>` +
+    `<td>${esc(s.sensor_type)}</td>` +
     `<td>${esc(s.location)}</td><td class="num">${fmt(s.value)} ${esc(s.unit)}</td><td>${time(s.timestamp)}</td>` +
     `<td class="num">${fmt(s.score)}</td><td>${s.is_anomaly ? esc(s.anomaly_kind || "yes") : ""}</td>` +
     `<td>${esc(s.state)}</td></tr>`).join("");
+  $("#sensor-page-info").textContent = t.total
+    ? `${(t.offset + 1).toLocaleString("en")}–${(t.offset + rows.length).toLocaleString("en")} of ` +
+      `${t.total.toLocaleString("en")}` : (t.q ? "no sensor matches" : "no sensors yet");
+  $("#sensor-prev").disabled = t.offset === 0;
+  $("#sensor-next").disabled = t.offset + rows.length >= t.total;
+}
+
+function pageSensors(delta) {
+  state.table.offset = Math.max(0, state.table.shown.offset + delta * SENSOR_PAGE);
+  loadTablePage().then(render).catch(() => {});
 }
 
 // ---------- time series and distributions ----------
@@ -141,6 +182,7 @@ function renderSeries() {
     marker: { color: "#ff4d4f", size: 10, symbol: "circle-open", line: { width: 2 } } });
   Plotly.react("ts-chart", traces, dark({ showlegend: true, legend: { orientation: "h", y: -0.2 } }), CONFIG);
   for (const t of HIST_TYPES) {
+    if (!document.getElementById(`hist-${t}`)) continue;
     const values = [];
     for (const [id, s] of state.series) if (state.sensors.get(id)?.sensor_type === t) values.push(...s.y);
     for (const s of state.sensors.values()) if (s.sensor_type === t && !state.series.has(s.sensor_id) &&
@@ -148,6 +190,66 @@ function renderSeries() {
     Plotly.react(`hist-${t}`, [{ x: values, type: "histogram", nbinsx: 30, marker: { color: "#3fa7ff" } }],
       dark({ bargap: 0.05, xaxis: { gridcolor: "#27303a", type: "linear" } }), CONFIG);
   }
+}
+
+function histPanels() {
+  $("#hists").innerHTML = HIST_TYPES.map((t) => `<div class="hist"><h3>${esc(t)}</h3>` +
+    `<div id="hist-${esc(t)}" class="chart small" data-testid="hist-${esc(t)}"></div></div>`).join("");
+}
+
+// ---------- windowed metrics ----------
+function updateWindowKeys() {
+  const scope = state.win.scope;
+  const keys = [...new Set([...state.sensors.values()].map((s) => scope === "sensor" ? s.sensor_id
+    : `${s.sensor_type}|${s.location}`))].sort();
+  const select = $("#win-key");
+  const have = [...select.options].map((o) => o.value);
+  if (have.join("\n") === keys.join("\n")) return;
+  const current = select.value;
+  select.innerHTML = keys.map((k) => `<option value="${esc(k)}">${esc(k)}</option>`).join("");
+  if (keys.includes(current)) select.value = current;
+  if (select.value !== state.win.key) { state.win.key = select.value; loadWindows().catch(() => {}); }
+}
+
+async function loadWindows() {
+  const { scope, key } = state.win;
+  if (!key) return;
+  let rows = [];
+  for (let offset = 0; offset !== null;) {  // oldest first; keep the newest MAX_WINDOWS
+    const page = await api(`/api/windows?scope=${scope}&key=${encodeURIComponent(key)}&limit=1000&offset=${offset}`);
+    rows = rows.concat(page.items).slice(-MAX_WINDOWS);
+    offset = page.next_offset;
+  }
+  if (scope !== state.win.scope || key !== state.win.key) return;  // the selection changed meanwhile
+  state.win.rows = rows;
+  state.dirty.windows = true;
+}
+
+function addWindow(w) {
+  if (w.scope !== state.win.scope || w.key !== state.win.key) return;
+  const rows = state.win.rows;
+  const i = rows.findIndex((r) => r.window_start === w.window_start);
+  if (i >= 0) rows[i] = w;  // a window is updated while it is open
+  else { rows.push(w); rows.sort((a, b) => a.window_start.localeCompare(b.window_start)); }
+  if (rows.length > MAX_WINDOWS) rows.shift();
+  state.dirty.windows = true;
+}
+
+function renderWindows() {
+  const rows = state.win.rows;
+  const x = rows.map((r) => r.window_start);
+  $("#win-info").textContent = rows.length ? `${rows.length} windows, ` +
+    `${time(rows[0].window_start)} – ${time(rows[rows.length - 1].window_end)}` : "no windows for this key yet";
+  Plotly.react("win-chart", [
+    { x, y: rows.map((r) => r.max), name: "max", mode: "lines", type: "scatter", line: { width: 0.5, color: "#3fa7ff" } },
+    { x, y: rows.map((r) => r.min), name: "min", mode: "lines", type: "scatter", fill: "tonexty",
+      fillcolor: "rgba(63,167,255,0.15)", line: { width: 0.5, color: "#3fa7ff" } },
+    { x, y: rows.map((r) => r.mean), name: "mean", mode: "lines+markers", type: "scatter",
+      line: { width: 2, color: "#3fcf8e" } },
+    { x, y: rows.map((r) => r.anomaly_count), name: "anomalies", type: "bar", yaxis: "y2",
+      marker: { color: "rgba(255,77,79,0.6)" } },
+  ], dark({ showlegend: true, legend: { orientation: "h", y: -0.2 },
+    yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, title: "anomalies" } }), CONFIG);
 }
 
 async function fetchPending() {
@@ -167,9 +269,14 @@ async function fetchPending() {
 // ---------- alerts ----------
 async function loadAlerts() {
   const page = await api(`/api/alerts?limit=${MAX_ALERTS}`);
-  for (const a of page.items) state.alerts.set(a.alert_id, a);
+  // merged: a field only the live message carries (e.g. a recommendation) is kept
+  for (const a of page.items) state.alerts.set(a.alert_id, { ...state.alerts.get(a.alert_id), ...a });
   state.dirty.alerts = true;
 }
+
+const recommendation = (a) => a.recommendation
+  ? `<div class="rec" data-testid="recommendation">${esc(a.recommendation)}` +
+    `${a.recommendation_id ? ` <small class="muted">(${esc(a.recommendation_id)})</small>` : ""}</div>` : "";
 
 function renderAlerts() {
   const now = Date.now();
@@ -180,23 +287,49 @@ function renderAlerts() {
   $("#alerts tbody").innerHTML = rows.map((a) => {
     const fresh = state.fresh.has(a.alert_id) && now - state.fresh.get(a.alert_id) < HIGHLIGHT_MS;
     const canAck = a.status === "open" || a.status === "closed";
-    return `<tr data-alert-id="${esc(a.alert_id)}" class="${fresh ? "alert-new" : ""}">` +
+    const canResolve = a.status !== "resolved";
+    const id = esc(a.alert_id);
+    return `<tr data-alert-id="${id}" class="${fresh ? "alert-new" : ""}">` +
       `<td>${time(a.opened_at)}</td><td><span class="sev sev-${esc(a.severity)}">${esc(a.severity)}</span></td>` +
       `<td>${esc(a.kind)}</td><td>${esc((a.sensor_ids || []).join(", "))}</td><td>${esc(a.location)}</td>` +
-      `<td class="num">${fmt(a.score)}</td><td>${esc(a.reason)}</td>` +
+      `<td class="num">${fmt(a.score)}</td><td class="reason">${esc(a.reason)}${recommendation(a)}</td>` +
       `<td class="status status-${esc(a.status)}">${esc(a.status)}</td>` +
-      `<td>${canAck ? `<button class="ack" data-alert-id="${esc(a.alert_id)}">Acknowledge</button>` : ""}</td></tr>`;
+      `<td>${canAck ? `<button class="ack" data-alert-id="${id}">Acknowledge</button>` : ""}` +
+      `${canResolve ? ` <button class="resolve" data-alert-id="${id}">Resolve</button>` : ""}</td></tr>`;
   }).join("");
 }
 
-async function acknowledge(alertId, button) {
+// One alert with its lifecycle events, under the list (click a row).
+async function showAlert(alertId) {
+  state.detail = alertId;
+  const box = $("#alert-detail");
+  let a;
+  try { a = await api(`/api/alerts/${encodeURIComponent(alertId)}`); }
+  catch (e) { box.hidden = false; box.innerHTML = `<p class="muted">${esc(e.message)}</p>`; return; }
+  a = { ...state.alerts.get(alertId), ...a };
+  const field = (name, value) => `<dt>${esc(name)}</dt><dd data-field="${esc(name)}">${value}</dd>`;
+  box.hidden = false;
+  box.innerHTML = `<h3>Alert ${esc(a.alert_id)} <button class="close-detail">close</button></h3><dl>` +
+    field("device", `<a href="#device/${encodeURIComponent(a.device_id || "")}">${esc(a.device_id)}</a>`) +
+    field("sensors", esc((a.sensor_ids || []).join(", "))) + field("kind", esc(a.kind)) +
+    field("severity", esc(a.severity)) + field("score", fmt(a.score)) + field("reason", esc(a.reason)) +
+    field("recommendation", a.recommendation ? esc(a.recommendation) : '<span class="muted">none</span>') +
+    field("top features", esc((a.top_features || []).join(", "))) + field("status", esc(a.status)) +
+    field("opened", time(a.opened_at)) + field("updated", time(a.updated_at)) + "</dl>" +
+    "<table class=\"events\"><thead><tr><th>at</th><th>status</th><th>by</th><th>note</th></tr></thead><tbody>" +
+    (a.events || []).map((e) => `<tr><td>${time(e.at)}</td><td>${esc(e.status)}</td><td>${esc(e.by)}</td>` +
+      `<td>${esc(e.note)}</td></tr>`).join("") + "</tbody></table>";
+}
+
+async function transition(alertId, action, button) {
   button.disabled = true;
   try {
-    const updated = await api(`/api/alerts/${encodeURIComponent(alertId)}/acknowledge`, {
+    const updated = await api(`/api/alerts/${encodeURIComponent(alertId)}/${action}`, {
       method: "POST", body: JSON.stringify({ by: $("#operator").value.trim() || "operator", note: "dashboard" }),
     });
-    state.alerts.set(alertId, updated);
+    state.alerts.set(alertId, { ...state.alerts.get(alertId), ...updated });
     state.fresh.delete(alertId);
+    if (state.detail === alertId) showAlert(alertId).catch(() => {});
   } catch (e) {
     button.disabled = false;
     button.title = e.message;
@@ -277,6 +410,8 @@ function onMessage(msg) {
   } else if (msg.channel === "quality") {
     state.lastBatch = d;
     scheduleQuality();
+  } else if (msg.channel === "windows") {
+    addWindow(d);
   }
 }
 
@@ -308,20 +443,68 @@ function render() {
   if (state.dirty.series) { state.dirty.series = false; renderSeries(); }
   if (state.dirty.tables) { state.dirty.tables = false; renderCurrent(); renderTable(); }
   if (state.dirty.alerts) { state.dirty.alerts = false; renderAlerts(); }
+  if (state.dirty.windows) { state.dirty.windows = false; renderWindows(); }
   $("#live-counts").textContent = `${state.live.toLocaleString()} live messages`;
 }
 
-function every(ms, fn) { fn().catch(() => {}); setInterval(() => fn().catch(() => {}), ms); }
+// Run fn now and again ms after each run ends: a slow backend is never asked again before it has answered.
+function every(ms, fn) {
+  const run = () => fn().catch(() => {}).finally(() => setTimeout(run, ms));
+  run();
+}
+
+// ---------- tabs ----------
+// Each tab is a <main id="tab-NAME" class="tab"> with a link href="#NAME" in nav#tabs; the hash may carry an
+// argument after a slash (#device/dev-0001). Showing a tab fires "millrace:tab" with {name, arg}.
+function showTab() {
+  const [raw, ...rest] = location.hash.replace(/^#/, "").split("/");
+  const name = raw && document.getElementById(`tab-${raw}`) ? raw : "overview";
+  for (const el of document.querySelectorAll("main.tab")) el.hidden = el.id !== `tab-${name}`;
+  for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.tab === name);
+  const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  window.dispatchEvent(new CustomEvent("millrace:tab", { detail: { name, arg } }));
+  // charts drawn while hidden have no size: let Plotly measure again
+  for (const el of document.querySelectorAll(`#tab-${name} .js-plotly-plot`)) Plotly.Plots.resize(el);
+}
+window.addEventListener("hashchange", showTab);
 
 document.addEventListener("DOMContentLoaded", () => {
+  histPanels();
+  setTimeout(showTab);  // after every script's DOMContentLoaded handler has subscribed to "millrace:tab"
+  $("#win-scope").addEventListener("change", () => {
+    state.win = { scope: $("#win-scope").value, key: "", rows: [] };
+    updateWindowKeys();
+    state.dirty.windows = true;
+  });
+  $("#win-key").addEventListener("change", () => {
+    state.win = { ...state.win, key: $("#win-key").value, rows: [] };
+    loadWindows().catch(() => {});
+    state.dirty.windows = true;
+  });
+  let searchTimer = null;
+  $("#sensor-search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => {
+      state.table.q = $("#sensor-search").value.trim();
+      state.table.offset = 0;
+      loadTablePage().then(render).catch(() => {});
+    }, 250);
+  });
+  $("#sensor-prev").addEventListener("click", () => pageSensors(-1));
+  $("#sensor-next").addEventListener("click", () => pageSensors(1));
   $("#series-type").addEventListener("change", () => {
     state.seriesType = $("#series-type").value;
     loadSeries().catch(() => {});
     state.dirty.series = true;
   });
   $("#alerts").addEventListener("click", (event) => {
-    const button = event.target.closest("button.ack");
-    if (button) acknowledge(button.dataset.alertId, button);
+    const button = event.target.closest("button.ack, button.resolve");
+    if (button) { transition(button.dataset.alertId, button.matches(".ack") ? "acknowledge" : "resolve", button); return; }
+    const row = event.target.closest("tr[data-alert-id]");
+    if (row && !event.target.closest("a")) showAlert(row.dataset.alertId).catch(() => {});
+  });
+  $("#alert-detail").addEventListener("click", (event) => {
+    if (event.target.closest("button.close-detail")) { $("#alert-detail").hidden = true; state.detail = null; }
   });
   every(3000, loadSensors);
   every(15000, loadAlerts);
