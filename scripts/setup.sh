@@ -37,8 +37,12 @@ missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
-  apt_install "${missing[@]}" || say "could not install ${missing[*]} (not root or no apt-get): MQTT and browser tests will be skipped"
+  apt_install "${missing[@]}" || say "could not install ${missing[*]} (not root or no apt-get)"
 fi
+unmet=()  # reported at the end: the MQTT and dashboard browser tests fail without these, they never skip
+for tool in "${missing[@]}"; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || unmet+=("$tool")
+done
 
 # --- Python ---------------------------------------------------------------------------------------
 PY=""
@@ -63,4 +67,5 @@ fi
 # --- jars -----------------------------------------------------------------------------------------
 say "resolving Kafka and Spark connector jars (cached after the first run)"
 "$VENV/bin/millrace" setup
+[ ${#unmet[@]} -eq 0 ] || die "missing ${unmet[*]}: the MQTT and dashboard browser tests fail without it (Debian/Ubuntu: apt-get install ${unmet[*]})"
 say "ready: activate with 'source .venv/bin/activate' or call .venv/bin/millrace"
