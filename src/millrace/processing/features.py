@@ -72,7 +72,7 @@ anomaly inside the 30-minute reference window does not teach the regression or i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -140,7 +140,9 @@ _TREND_C = np.arange(TREND) - (TREND - 1) / 2.0
 _TREND_WEIGHTS = _TREND_C * (TREND - 1) / float((_TREND_C * _TREND_C).sum())
 _LONG_C = np.arange(LONG) - (LONG - 1) / 2.0
 _LONG_WEIGHTS = _LONG_C * (LONG - 1) / float((_LONG_C * _LONG_C).sum())
-_SENSOR_COL = {name: i for i, name in enumerate(SENSOR_FEATURES)}
+
+Columns = dict[str, np.ndarray]
+"""Named feature columns, all of one shape (sensors x readings per sensor, or readings)."""
 
 
 def empty_state() -> dict[str, Any]:
@@ -153,102 +155,38 @@ def _current_state(state: dict[str, Any] | None) -> dict[str, Any]:
     return state if state is not None and state.get("v") == STATE_VERSION else empty_state()
 
 
+def _nan_columns(names: tuple[str, ...], shape: tuple[int, ...]) -> Columns:
+    return {name: np.full(shape, np.nan) for name in names}
+
+
 # ---------------------------------------------------------------------------------------------- per sensor
 def _new_sensor() -> dict[str, Any]:
     return {"x": [], "n": 0, "t": None, "run": 0, "b0": 0, "blocks": []}
 
 
-def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict]]:
-    """Features (S x m x len(SENSOR_FEATURES)) of S sensors' readings (S x m, each row in time order), and their
-    new states. The sensors share history length and reading count (so block boundaries align); every
-    reduction runs over the contiguous last axis of a copy, so the numbers do not depend on S."""
+def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any]]) -> tuple[Columns, list[dict]]:
+    """SENSOR_FEATURES (S x m each) of S sensors' readings (S x m, each row in time order), and their new
+    states. The sensors share history length and reading count (so block boundaries align); every reduction
+    runs over the contiguous last axis of a copy, so the numbers do not depend on S."""
     S, m = values.shape
-    col = _SENSOR_COL
     n0, b0 = int(states[0]["n"]), int(states[0]["b0"])
     hx = np.array([st["x"] for st in states], dtype=float).reshape(S, -1)
-    h = hx.shape[1]
+    h = hx.shape[1]  # batch index i sits at x position h + i
     x = np.concatenate([hx, values], axis=1)
-    out = np.full((S, m, len(SENSOR_FEATURES)), np.nan)
-
-    # Reference baseline from completed blocks (the reading at batch index i has global index n0 + i).
-    blocks = np.array([st["blocks"] for st in states], dtype=float).reshape(S, -1, 2)
-    j0, j1 = n0 // BLOCK, (n0 + m) // BLOCK  # blocks completing inside this batch
-    if j1 > j0:
-        start = j0 * BLOCK - (n0 - h)
-        seg = x[:, start : start + (j1 - j0) * BLOCK].reshape(S, j1 - j0, BLOCK)  # each row reduced alone
-        blocks = np.concatenate(
-            [blocks, np.stack([np.median(seg, axis=-1), seg.std(axis=-1, ddof=1)], axis=-1)], axis=1
-        )
+    blocks = _with_completed_blocks(x, h, n0, m, states)
     ref_med, ref_scale = _reference(blocks, n0, m, b0)
 
-    pos0 = h  # batch index i sits at x position h + i
-    # Window statistics over win = x[p - ROLL : p + 1] (full windows only; rows are a contiguous tail).
-    first_ok = max(0, ROLL - pos0)
-    if first_ok < m:
-        k = m - first_ok
-        win = np.ascontiguousarray(sliding_window_view(x, ROLL + 1, axis=1)[:, pos0 + first_ok - ROLL :][:, :k])
-        past = win[..., :ROLL]
-        v = win[..., ROLL]
-        rmed, rscale = ref_med[:, first_ok:], ref_scale[:, first_ok:]
-        mean = past.mean(axis=-1)
-        std = past.std(axis=-1, ddof=1)
-        med, mad = _median_mad(x, pos0 + first_ok - ROLL, k, mean)
-        floor = np.fmax(np.where(np.isnan(rscale), 0.0, 0.5 * rscale), tiny(med))
-        o = out[:, first_ok:]
-        o[..., col["roll_mean"]] = mean
-        o[..., col["roll_std"]] = std
-        o[..., col["z"]] = (v - mean) / np.fmax(std, floor)
-        o[..., col["robust_z"]] = (v - med) / np.fmax(_MAD_TO_STD * mad, floor)
-        o[..., col["short_ref_z"]] = (np.ascontiguousarray(win[..., -SHORT:]).mean(axis=-1) - rmed) / rscale
-        o[..., col["noise_ratio"]] = np.ascontiguousarray(win[..., -NOISE:]).std(axis=-1, ddof=1) / rscale
-        o[..., col["trend_z"]] = (win[..., -TREND:] * _TREND_WEIGHTS).sum(axis=-1) / rscale
-    first_long = max(0, LONG - 1 - pos0)
-    if first_long < m:
-        k = m - first_long
-        lw = sliding_window_view(x, LONG, axis=1)[:, pos0 + first_long - LONG + 1 :][:, :k]
-        rmed, rscale = ref_med[:, first_long:], ref_scale[:, first_long:]
-        o = out[:, first_long:]
-        o[..., col["mid_ref_z"]] = (np.ascontiguousarray(lw[..., -ROLL:]).mean(axis=-1) - rmed) / rscale
-        o[..., col["trend_long_z"]] = weighted_sum(x, pos0 + first_long - LONG + 1, k, _LONG_WEIGHTS) / rscale
-    steps, levels = step_features(x, pos0, m)
-    for name, feature in steps.items():
-        out[..., col[name]] = feature
-
-    # Previous value and time.
+    feats = _window_features(x, h, m, ref_med, ref_scale)
+    feats.update(_long_window_features(x, h, m, ref_med, ref_scale))
+    steps, levels = step_features(x, h, m)
+    feats.update(steps)
     prev_x = x[:, h - 1 : h - 1 + m] if h else np.concatenate([np.full((S, 1), np.nan), values[:, :-1]], axis=1)
-    last_t = np.array([st["t"] if st["t"] is not None else -1 for st in states], dtype=np.int64)
-    prev_t = np.concatenate([last_t[:, None], ts[:, :-1]], axis=1)
-    dt = np.where(prev_t >= 0, (ts - prev_t) / _NS, np.nan)
-    diff = values - prev_x
-    out[..., col["dt_s"]] = dt
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[..., col["rate"]] = np.where(dt > 0, diff / dt, np.nan)
-    out[..., col["diff_z"]] = diff / ref_scale
-    out[..., col["ref_z"]] = (values - ref_med) / ref_scale
-
-    # Runs of identical values, carried across batches.
-    same = values == prev_x
-    idx = np.broadcast_to(np.arange(m), (S, m))
-    last_reset = np.maximum.accumulate(np.where(same, -1, idx), axis=1)
-    carried = np.array([int(st["run"]) for st in states])[:, None]
-    run = np.where(last_reset < 0, carried + idx + 1, idx - last_reset + 1)
-    out[..., col["stuck_run"]] = run
-
-    # Readings since the last jump, and its size, carried across batches.
-    diff_z = out[..., col["diff_z"]]
-    jump = np.abs(np.nan_to_num(diff_z, nan=0.0)) > JUMP
-    last_jump = np.maximum.accumulate(np.where(jump, idx, -1), axis=1)
-    carried_age = np.array([st.get("jage", JUMP_AGE_CAP) for st in states], dtype=float)[:, None]
-    carried_z = np.array([st.get("jz", 0.0) for st in states], dtype=float)[:, None]
-    age = np.where(last_jump < 0, carried_age + idx + 1, idx - last_jump)
-    out[..., col["jump_age"]] = np.minimum(age, JUMP_AGE_CAP)
-    at = np.take_along_axis(diff_z, np.maximum(last_jump, 0), axis=1)
-    out[..., col["jump_z"]] = np.where(last_jump < 0, carried_z, at)
-
-    # Readings since the last large step, and the level before it, carried across batches.
-    shift_age, shift_level, last = shift_features(out[..., col["step_z"]], levels, states, JUMP_AGE_CAP)
-    out[..., col["shift_age"]] = shift_age
-    out[..., col["shift_level_z"]] = shift_level
+    feats.update(_change_features(values, prev_x, ts, states, ref_med, ref_scale))
+    run = _stuck_runs(values, prev_x, states)
+    feats["stuck_run"] = run.astype(float)
+    feats.update(_jump_features(feats["diff_z"], states))
+    shift_age, shift_level, last = shift_features(feats["step_z"], levels, states, JUMP_AGE_CAP)
+    feats["shift_age"], feats["shift_level_z"] = shift_age, shift_level
 
     cut = max(0, blocks.shape[1] - REF_BLOCKS)
     keep = x[:, -HISTORY:]
@@ -261,13 +199,116 @@ def _sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any
             "run": int(run[i, -1]),
             "b0": b0 + cut,
             "blocks": kept_blocks[i].tolist(),
-            "jage": float(out[i, -1, col["jump_age"]]),
-            "jz": float(out[i, -1, col["jump_z"]]),
+            "jage": float(feats["jump_age"][i, -1]),
+            "jz": float(feats["jump_z"][i, -1]),
             **last[i],
         }
         for i in range(S)
     ]
-    return out, new_states
+    return feats, new_states
+
+
+def _with_completed_blocks(x: np.ndarray, h: int, n0: int, m: int, states: list[dict[str, Any]]) -> np.ndarray:
+    """The sensors' block summaries (S x blocks x (median, std)): the kept ones, then those completing in this
+    batch (the reading at batch index i has global index n0 + i)."""
+    S = x.shape[0]
+    blocks = np.array([st["blocks"] for st in states], dtype=float).reshape(S, -1, 2)
+    j0, j1 = n0 // BLOCK, (n0 + m) // BLOCK
+    if j1 <= j0:
+        return blocks
+    start = j0 * BLOCK - (n0 - h)
+    seg = x[:, start : start + (j1 - j0) * BLOCK].reshape(S, j1 - j0, BLOCK)  # each row reduced alone
+    summaries = np.stack([np.median(seg, axis=-1), seg.std(axis=-1, ddof=1)], axis=-1)
+    return np.concatenate([blocks, summaries], axis=1)
+
+
+def _window_features(x: np.ndarray, h: int, m: int, ref_med: np.ndarray, ref_scale: np.ndarray) -> Columns:
+    """Statistics of the window of ROLL values before each reading (NaN until there is a full one): roll_mean,
+    roll_std, z, robust_z, and over the window's tail short_ref_z, noise_ratio, trend_z."""
+    names = ("roll_mean", "roll_std", "z", "robust_z", "short_ref_z", "noise_ratio", "trend_z")
+    S = x.shape[0]
+    out = _nan_columns(names, (S, m))
+    first = max(0, ROLL - h)
+    if first >= m:
+        return out
+    k = m - first
+    # win = x[p - ROLL : p + 1] per reading p, copied so that every reduction runs on a contiguous last axis.
+    win = np.ascontiguousarray(sliding_window_view(x, ROLL + 1, axis=1)[:, h + first - ROLL :][:, :k])
+    past, v = win[..., :ROLL], win[..., ROLL]
+    rmed, rscale = ref_med[:, first:], ref_scale[:, first:]
+    mean = past.mean(axis=-1)
+    std = past.std(axis=-1, ddof=1)
+    med, mad = _median_mad(x, h + first - ROLL, k, mean)
+    floor = np.fmax(np.where(np.isnan(rscale), 0.0, 0.5 * rscale), tiny(med))
+    values = {
+        "roll_mean": mean,
+        "roll_std": std,
+        "z": (v - mean) / np.fmax(std, floor),
+        "robust_z": (v - med) / np.fmax(_MAD_TO_STD * mad, floor),
+        "short_ref_z": (np.ascontiguousarray(win[..., -SHORT:]).mean(axis=-1) - rmed) / rscale,
+        "noise_ratio": np.ascontiguousarray(win[..., -NOISE:]).std(axis=-1, ddof=1) / rscale,
+        "trend_z": (win[..., -TREND:] * _TREND_WEIGHTS).sum(axis=-1) / rscale,
+    }
+    for name, value in values.items():
+        out[name][:, first:] = value
+    return out
+
+
+def _long_window_features(x: np.ndarray, h: int, m: int, ref_med: np.ndarray, ref_scale: np.ndarray) -> Columns:
+    """Over the last LONG values ending at each reading (NaN until there are as many): mid_ref_z (the mean of
+    the last ROLL of them against the reference) and trend_long_z."""
+    S = x.shape[0]
+    out = _nan_columns(("mid_ref_z", "trend_long_z"), (S, m))
+    first = max(0, LONG - 1 - h)
+    if first >= m:
+        return out
+    k = m - first
+    lw = sliding_window_view(x, LONG, axis=1)[:, h + first - LONG + 1 :][:, :k]
+    rmed, rscale = ref_med[:, first:], ref_scale[:, first:]
+    out["mid_ref_z"][:, first:] = (np.ascontiguousarray(lw[..., -ROLL:]).mean(axis=-1) - rmed) / rscale
+    out["trend_long_z"][:, first:] = weighted_sum(x, h + first - LONG + 1, k, _LONG_WEIGHTS) / rscale
+    return out
+
+
+def _change_features(
+    values: np.ndarray,
+    prev_x: np.ndarray,
+    ts: np.ndarray,
+    states: list[dict[str, Any]],
+    ref_med: np.ndarray,
+    ref_scale: np.ndarray,
+) -> Columns:
+    """dt_s, rate and diff_z against each reading's previous one (the last batch's for the first), ref_z."""
+    last_t = np.array([st["t"] if st["t"] is not None else -1 for st in states], dtype=np.int64)
+    prev_t = np.concatenate([last_t[:, None], ts[:, :-1]], axis=1)
+    dt = np.where(prev_t >= 0, (ts - prev_t) / _NS, np.nan)
+    diff = values - prev_x
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(dt > 0, diff / dt, np.nan)
+    return {"dt_s": dt, "rate": rate, "diff_z": diff / ref_scale, "ref_z": (values - ref_med) / ref_scale}
+
+
+def _stuck_runs(values: np.ndarray, prev_x: np.ndarray, states: list[dict[str, Any]]) -> np.ndarray:
+    """Consecutive identical values ending at each reading (int, S x m), carried across batches."""
+    S, m = values.shape
+    idx = np.broadcast_to(np.arange(m), (S, m))
+    last_reset = np.maximum.accumulate(np.where(values == prev_x, -1, idx), axis=1)
+    carried = np.array([int(st["run"]) for st in states])[:, None]
+    return np.where(last_reset < 0, carried + idx + 1, idx - last_reset + 1)
+
+
+def _jump_features(diff_z: np.ndarray, states: list[dict[str, Any]]) -> Columns:
+    """jump_age (readings since the last |diff_z| > JUMP, capped) and jump_z (its size), carried across
+    batches."""
+    S, m = diff_z.shape
+    idx = np.broadcast_to(np.arange(m), (S, m))
+    jump = np.abs(np.nan_to_num(diff_z, nan=0.0)) > JUMP
+    last_jump = np.maximum.accumulate(np.where(jump, idx, -1), axis=1)
+    carried_age = np.array([st.get("jage", JUMP_AGE_CAP) for st in states], dtype=float)[:, None]
+    carried_z = np.array([st.get("jz", 0.0) for st in states], dtype=float)[:, None]
+    age = np.where(last_jump < 0, carried_age + idx + 1, idx - last_jump)
+    at = np.take_along_axis(diff_z, np.maximum(last_jump, 0), axis=1)
+    return {"jump_age": np.minimum(age, JUMP_AGE_CAP), "jump_z": np.where(last_jump < 0, carried_z, at)}
 
 
 def _reference(blocks: np.ndarray, n0: int, m: int, b0: int) -> tuple[np.ndarray, np.ndarray]:
@@ -352,8 +393,32 @@ def _pair_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     )
 
 
+class _PairFit(NamedTuple):
+    """pairs.pair_fit's regression of a target sensor on its partner, per device row."""
+
+    n: np.ndarray  # readings in the reference blocks
+    my: np.ndarray  # target mean
+    mx: np.ndarray  # partner mean
+    vy: np.ndarray  # target variance
+    vx: np.ndarray  # partner variance
+    cov: np.ndarray
+    bc: np.ndarray  # block-mean regression: intercept,
+    bbeta: np.ndarray  # slope,
+    bres: np.ndarray  # residual variance
+    bratio: np.ndarray  # and unexplained share of the target's block-mean variance
+
+
+class _DeviceRows(NamedTuple):
+    """A device's readings as rows (one per distinct timestamp) x sensor columns."""
+
+    row: np.ndarray  # the row of each reading
+    values: np.ndarray  # values minus each sensor's origin, forward-filled
+    abs_z: np.ndarray  # |ref_z|, forward-filled
+    step_z: np.ndarray  # step_z (not filled)
+    origin: dict[str, float | None]  # each sensor's first finite value
+
+
 def _device_step(
-    sids: np.ndarray,
     codes: np.ndarray,
     cols: list[str],
     types: dict[str, str],
@@ -362,10 +427,77 @@ def _device_step(
     ref_z: np.ndarray,
     step_z: np.ndarray,
     dev: dict[str, Any],
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Device-context features for readings sorted by (timestamp, sensor_id); ``codes`` index ``cols``."""
-    del sids
-    ncol = len(cols)
+) -> tuple[Columns, dict[str, Any]]:
+    """DEVICE_FEATURES (one value per reading) of one device's readings sorted by (timestamp, sensor_id),
+    ``codes`` indexing ``cols``, and the device's new state."""
+    rows = _device_rows(codes, cols, ts, values, ref_z, step_z, dev)
+    V, nrow, ncol = rows.values, len(rows.values), len(cols)
+    n0 = int(dev["n"])
+    r_values, r_index = np.unique((n0 + np.arange(nrow)) // BLOCK, return_inverse=True)  # blocks of the rows
+    full = np.vstack([_tail_rows(dev["rows"], cols, n0 % BLOCK), V])  # the rows of the open block, then V
+    pairs = _pairs(cols, types)
+    blocks = _pair_blocks(full, n0, pairs, cols, dev)
+    grams, g0 = _gram_blocks(full, n0, cols, dev)
+    dev_z, fits = _all_sensor_residuals(V, grams, g0, r_values, r_index)
+    v_hist = np.vstack([_tail_rows(dev.get("tail"), cols, _TAIL), V])
+    means = _window_sum(v_hist[_TAIL - (ROLL - 1) :], ROLL) / ROLL  # of the last ROLL rows, per row
+    pair = _pair_features(V, means, pairs, blocks, int(dev["b0"]), r_values, r_index, cols)
+    resid_hist = np.vstack([_tail_rows(dev["resid"], cols, SHORT - 1), pair["pair_resid_z"]])
+    best_hist = np.vstack([_tail_rows(dev.get("best"), cols, ROLL - 1), pair["pair_best_z"]])
+    dz_hist = np.vstack([_tail_rows(dev.get("dtail"), cols, ROLL - 1), dev_z])
+    old_held = dev.get("held") or {}
+    held = old_held["s"] if old_held.get("cols") == cols else [None] * ncol
+    held_z, held = held_residual(v_hist[_TAIL - HELD_HISTORY :], rows.step_z, fits, r_index, held, SHIFT_STEP)
+    matrices = {
+        "pair_resid_z": pair["pair_resid_z"],
+        "pair_resid_mean": sliding_window_view(resid_hist, SHORT, axis=0).mean(axis=2),
+        "pair_best_z": pair["pair_best_z"],
+        "pair_best_mean": _window_sum(best_hist, ROLL) / ROLL,
+        "pair_mean_z": pair["pair_mean_z"],
+        "pair_min_mean": pair["pair_min_mean"],
+        "dev_resid_mean": _window_sum(dz_hist, ROLL) / np.sqrt(ROLL),
+        "held_resid_z": held_z,
+    }
+    feats = _context_features(rows.abs_z, rows.row, codes)
+    feats.update({name: matrix[rows.row, codes] for name, matrix in matrices.items()})
+
+    keep = (n0 + nrow) % BLOCK
+    longest = max((len(b) for b in blocks.values()), default=0)
+    cut = max(0, longest - REF_BLOCKS)
+    new_dev = {
+        "types": types,
+        "origin": rows.origin,
+        "last_v": {s: _num(V[-1, i]) for i, s in enumerate(cols)},
+        "last_absz": {s: _num(rows.abs_z[-1, i]) for i, s in enumerate(cols)},
+        "rows": _by_sensor(full[len(full) - keep :], cols) if keep else {s: [] for s in cols},
+        "n": n0 + nrow,
+        "b0": int(dev["b0"]) + cut if blocks else (n0 + nrow) // BLOCK,
+        "blocks": {key: blk[cut:] for key, blk in blocks.items()},
+        "resid": _by_sensor(resid_hist[-(SHORT - 1) :], cols),
+        "best": _by_sensor(best_hist[-(ROLL - 1) :], cols),
+        "tail": _by_sensor(v_hist[-_TAIL:], cols),
+        "dtail": _by_sensor(dz_hist[-(ROLL - 1) :], cols),
+        "grams": {
+            "cols": cols,
+            "b0": g0 + max(0, len(grams) - REF_BLOCKS),
+            "g": [_nums(np.asarray(g)) for g in grams[-REF_BLOCKS:]],
+        },
+        "held": {"cols": cols, "s": held},
+    }
+    return feats, new_dev
+
+
+def _device_rows(
+    codes: np.ndarray,
+    cols: list[str],
+    ts: np.ndarray,
+    values: np.ndarray,
+    ref_z: np.ndarray,
+    step_z: np.ndarray,
+    dev: dict[str, Any],
+) -> _DeviceRows:
+    """The readings on the device's grid of rows (timestamps) x sensors; values and |ref_z| carry forward
+    from the last known ones (of this batch, else of the previous)."""
     origin: dict[str, float | None] = {**{sid: None for sid in cols}, **dev["origin"]}
     for j in np.unique(codes):
         if origin[cols[j]] is None:
@@ -374,161 +506,180 @@ def _device_step(
                 origin[cols[j]] = float(finite[0])
     org = np.array([origin[s] if origin[s] is not None else 0.0 for s in cols])
     uts, row = np.unique(ts, return_inverse=True)
-    nrow = len(uts)
+    shape = (len(uts), len(cols))
 
-    vals = np.full((nrow, ncol), np.nan)
-    vals[row, codes] = values - org[codes]
-    absz = np.full((nrow, ncol), np.nan)
-    absz[row, codes] = np.abs(ref_z)
-    steps = np.full((nrow, ncol), np.nan)
-    steps[row, codes] = step_z
-    V = _ffill(vals, np.array([_f(dev["last_v"].get(s)) for s in cols]))
-    A = _ffill(absz, np.array([_f(dev["last_absz"].get(s)) for s in cols]))
+    def grid(column: np.ndarray) -> np.ndarray:
+        out = np.full(shape, np.nan)
+        out[row, codes] = column
+        return out
 
-    out = np.full((len(values), len(DEVICE_FEATURES)), np.nan)
-    A0 = np.where(np.isnan(A), 0.0, A)
+    last_v = np.array([_f(dev["last_v"].get(s)) for s in cols])
+    last_absz = np.array([_f(dev["last_absz"].get(s)) for s in cols])
+    return _DeviceRows(
+        row=row,
+        values=_ffill(grid(values - org[codes]), last_v),
+        abs_z=_ffill(grid(np.abs(ref_z)), last_absz),
+        step_z=grid(step_z),
+        origin=origin,
+    )
+
+
+def _context_features(abs_z: np.ndarray, row: np.ndarray, codes: np.ndarray) -> Columns:
+    """dev_max_abs_z (the largest |ref_z| among the reading's other sensors) and dev_mean_abs_z, per reading."""
+    nrow, ncol = abs_z.shape
+    A0 = np.where(np.isnan(abs_z), 0.0, abs_z)
     if ncol > 1:
         top = np.argmax(A0, axis=1)
         first = A0[np.arange(nrow), top]
         rest = A0.copy()
         rest[np.arange(nrow), top] = -np.inf
         second = rest.max(axis=1)
-        out[:, 0] = np.where(top[row] == codes, second[row], first[row])
+        max_other = np.where(top[row] == codes, second[row], first[row])
     else:
-        out[:, 0] = 0.0
-    counted = np.isfinite(A).sum(axis=1)
-    out[:, 1] = np.where(counted > 0, A0.sum(axis=1) / np.maximum(counted, 1), np.nan)[row]
+        max_other = np.zeros(len(codes))
+    counted = np.isfinite(abs_z).sum(axis=1)
+    mean_abs = np.where(counted > 0, A0.sum(axis=1) / np.maximum(counted, 1), np.nan)[row]
+    return {"dev_max_abs_z": max_other, "dev_mean_abs_z": mean_abs}
 
-    # Regression of each sensor on its partner over the reference blocks of device rows.
-    n0 = int(dev["n"])
-    k = n0 % BLOCK
-    partial = np.array([[_f(v) for v in dev["rows"].get(s, [None] * k)] for s in cols], dtype=float)
-    full = np.vstack([partial.reshape(ncol, k).T, V])
-    ci = {sid: i for i, sid in enumerate(cols)}
-    pairs = sorted({tuple(sorted((a, p))) for a in cols for p in cols if a != p and PARTNERS.get(types[a]) == types[p]})
-    b0 = int(dev["b0"])
-    blocks: dict[str, list[list[float]]] = {f"{a}|{b}": list(dev["blocks"].get(f"{a}|{b}", [])) for a, b in pairs}
-    j0, j1 = n0 // BLOCK, (n0 + nrow) // BLOCK  # blocks completing inside this batch
-    # The all-sensor regression's block Gram matrices since block g0 (afresh when the device's sensors change).
-    old_grams = dev.get("grams") or {}  # absent in states written before this feature
-    same_cols = old_grams.get("cols") == cols
-    g0 = int(old_grams["b0"]) if same_cols else j0
-    grams = [list(g) for g in old_grams.get("g", [])] if same_cols else []
-    if j1 > j0:
-        seg = full[j0 * BLOCK - (n0 - k) : j1 * BLOCK - (n0 - k)].reshape(j1 - j0, BLOCK, ncol)
+
+def _pairs(cols: list[str], types: dict[str, str]) -> list[tuple[str, str]]:
+    """The device's (unordered, sorted) pairs of a sensor and a partner of its type (PARTNERS)."""
+    found = {tuple(sorted((a, p))) for a in cols for p in cols if a != p and PARTNERS.get(types[a]) == types[p]}
+    return sorted((a, b) for a, b in found)
+
+
+def _completing(full: np.ndarray, n0: int) -> np.ndarray | None:
+    """The device blocks (blocks x BLOCK rows x sensors) that complete in this batch, or None. ``full``: the
+    rows of the open block, then the batch's."""
+    j0, j1 = n0 // BLOCK, (n0 + len(full) - n0 % BLOCK) // BLOCK
+    if j1 <= j0:
+        return None
+    return full[: (j1 - j0) * BLOCK].reshape(j1 - j0, BLOCK, full.shape[1])
+
+
+def _pair_blocks(
+    full: np.ndarray, n0: int, pairs: list[tuple[str, str]], cols: list[str], dev: dict[str, Any]
+) -> dict[str, list[list[float]]]:
+    """Per pair "a|b", the regression sums of the device blocks since the device's b0, with the blocks
+    completing in this batch."""
+    b0, j0 = int(dev["b0"]), n0 // BLOCK
+    blocks = {f"{a}|{b}": list(dev["blocks"].get(f"{a}|{b}", [])) for a, b in pairs}
+    seg = _completing(full, n0)
+    if seg is not None:
+        ci = {sid: i for i, sid in enumerate(cols)}
         for a, b in pairs:
             blk = blocks[f"{a}|{b}"]
             blk.extend([[0.0] * 6] * (j0 - b0 - len(blk)))  # a pair that appeared late: empty earlier blocks
             blk.extend(_pair_sums(seg[:, :, ci[a]], seg[:, :, ci[b]]).tolist())
+    return blocks
+
+
+def _gram_blocks(full: np.ndarray, n0: int, cols: list[str], dev: dict[str, Any]) -> tuple[list, int]:
+    """The all-sensor regression's block Gram triangles since block g0, with those completing in this batch,
+    and g0 (afresh when the device's sensors change)."""
+    old = dev.get("grams") or {}
+    same_cols = old.get("cols") == cols
+    g0 = int(old["b0"]) if same_cols else n0 // BLOCK
+    grams = [list(g) for g in old.get("g", [])] if same_cols else []
+    seg = _completing(full, n0)
+    if seg is not None:
         grams.extend(block_grams(seg).tolist())
-    r = (n0 + np.arange(nrow)) // BLOCK
-    r_values, r_index = np.unique(r, return_inverse=True)
-    # Residual against all the other sensors: one regression per block-of-rows, from its REF_BLOCKS blocks.
+    return grams, g0
+
+
+def _all_sensor_residuals(
+    V: np.ndarray, grams: list, g0: int, r_values: np.ndarray, r_index: np.ndarray
+) -> tuple[np.ndarray, list]:
+    """Each sensor's residual against all the others (rows x sensors): one regression per block of rows, from
+    the REF_BLOCKS blocks before it; and those regressions (None where too few blocks)."""
+    nrow, ncol = V.shape
     dev_z = np.full((nrow, ncol), np.nan)
     fits: list = [None] * len(r_values)
-    if ncol > 1:
-        gram_rows = np.asarray(grams, dtype=float).reshape(-1, gram_size(ncol))
-        r_bounds = np.searchsorted(r_index, np.arange(len(r_values) + 1))  # rows come in time order
-        for i, rv in enumerate(r_values):
-            lo, hi = max(0, rv - REF_BLOCKS - g0), max(0, rv - g0)
-            window = gram_rows[lo:hi]
-            window = window[np.isfinite(window).all(axis=1)]
-            fits[i] = residual_fit(window, BLOCK) if len(window) >= MIN_BLOCKS else None
-            if fits[i] is not None:
-                at = slice(r_bounds[i], r_bounds[i + 1])
-                dev_z[at] = residual_z(V[at], fits[i])
-    old_dtail = dev.get("dtail") or {}
-    prev_dz = np.array([[_f(v) for v in old_dtail.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
-    dz_hist = np.vstack([prev_dz.reshape(ncol, ROLL - 1).T, dev_z])
-    resid = np.full((nrow, ncol), np.nan)
-    best = np.full((nrow, ncol), np.nan)  # residual against the partner that explains the sensor best
-    best_ratio = np.full((nrow, ncol), np.inf)
-    # The mean of the last ROLL device rows of every sensor, against the partner's (block-mean regression).
-    old_tail = dev.get("tail") or {}  # absent in states written before this feature
-    tail = np.array([_padded(old_tail.get(s), _TAIL) for s in cols], dtype=float)
-    v_hist = np.vstack([tail.reshape(ncol, _TAIL).T, V])
-    means = _window_sum(v_hist[_TAIL - (ROLL - 1) :], ROLL) / ROLL
-    mean_z = np.full((nrow, ncol), np.nan)
-    mean_ratio = np.full((nrow, ncol), np.inf)
-    min_z = np.full((nrow, ncol), np.nan)
-    for a, b in pairs:
-        pair_blocks = np.asarray(blocks[f"{a}|{b}"], dtype=float).reshape(-1, 6)
-        # The reference window of each block-of-rows: the REF_BLOCKS blocks before it (zero sums before the
-        # first one), as a (r, 6, REF_BLOCKS) array reduced on its last axis, row by row.
-        padded = np.vstack([np.zeros((REF_BLOCKS, 6)), pair_blocks])
-        starts = np.clip(r_values - b0, 0, len(pair_blocks))
-        win = np.ascontiguousarray(sliding_window_view(padded, REF_BLOCKS, axis=0)[starts])
-        va, vb = V[:, ci[a]], V[:, ci[b]]
-        for target, y, x, iy, ix in ((a, va, vb, 0, 1), (b, vb, va, 1, 0)):
-            n, my, mx, vy, vx, cov, bc, bbeta, bres, bratio = (f[r_index] for f in pair_fit(win, iy, ix))
-            ym, xm = means[:, ci[target]], means[:, ci[b if target == a else a]]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                # Scale: the block means' residual spread plus the noise a ROLL-reading mean keeps.
-                bscale = np.sqrt(bres + np.maximum(vy - cov * cov / vx, 0.0) / ROLL) + 1e-9
-                zm = np.where(n >= 2 * BLOCK, (ym - bc - bbeta * xm) / bscale, np.nan)
-            better = np.isfinite(zm) & (bratio < mean_ratio[:, ci[target]])
-            mean_z[:, ci[target]] = np.where(better, zm, mean_z[:, ci[target]])
-            mean_ratio[:, ci[target]] = np.where(better, bratio, mean_ratio[:, ci[target]])
-            # Against every partner that explains most of the sensor's movement, the smallest deviation: an
-            # anomaly on one partner breaks only the pairs it is in.
-            cur = min_z[:, ci[target]]
-            take = np.isfinite(zm) & (bratio < GOOD_FIT) & ~(np.abs(cur) <= np.abs(zm))
-            min_z[:, ci[target]] = np.where(take, zm, cur)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                beta = cov / vx
-                res_var = np.maximum(vy - cov * cov / vx, 0.0)
-                scale = np.fmax(np.sqrt(res_var), 0.05 * np.sqrt(np.maximum(vy, 0.0)) + 1e-9)
-                z = np.where(n >= 2 * BLOCK, (y - (my + beta * (x - mx))) / scale, np.nan)
-                cur = resid[:, ci[target]]
-                keep_cur = np.isfinite(cur) & ~(np.abs(z) > np.abs(cur))
-                resid[:, ci[target]] = np.where(keep_cur, cur, z)
-                # The unexplained share of the sensor's variance: the smaller, the better the partner.
-                ratio = np.where(np.isfinite(z), res_var / np.fmax(vy, 1e-300), np.inf)
-                better = ratio < best_ratio[:, ci[target]]
-                best[:, ci[target]] = np.where(better, z, best[:, ci[target]])
-                best_ratio[:, ci[target]] = np.where(better, ratio, best_ratio[:, ci[target]])
-    out[:, 2] = resid[row, codes]
-    prev = np.array([[_f(v) for v in dev["resid"].get(s) or [None] * (SHORT - 1)] for s in cols], dtype=float)
-    hist = np.vstack([prev.reshape(ncol, SHORT - 1).T, resid])
-    roll = sliding_window_view(hist, SHORT, axis=0).mean(axis=2)  # rows x cols
-    out[:, 3] = roll[row, codes]
-    out[:, 4] = best[row, codes]
-    old_best = dev.get("best") or {}  # absent in states written before this feature
-    prev = np.array([[_f(v) for v in old_best.get(s) or [None] * (ROLL - 1)] for s in cols], dtype=float)
-    best_hist = np.vstack([prev.reshape(ncol, ROLL - 1).T, best])
-    out[:, 5] = (_window_sum(best_hist, ROLL) / ROLL)[row, codes]
-    out[:, 6] = mean_z[row, codes]
-    out[:, 7] = min_z[row, codes]
-    out[:, 8] = (_window_sum(dz_hist, ROLL) / np.sqrt(ROLL))[row, codes]
-    old_held = dev.get("held") or {}  # absent in states written before this feature
-    held = old_held["s"] if old_held.get("cols") == cols else [None] * ncol
-    held_z, held = held_residual(v_hist[_TAIL - HELD_HISTORY :], steps, fits, r_index, held, SHIFT_STEP)
-    out[:, 9] = held_z[row, codes]
+    if ncol < 2:
+        return dev_z, fits
+    gram_rows = np.asarray(grams, dtype=float).reshape(-1, gram_size(ncol))
+    r_bounds = np.searchsorted(r_index, np.arange(len(r_values) + 1))  # rows come in time order
+    for i, rv in enumerate(r_values):
+        window = gram_rows[max(0, rv - REF_BLOCKS - g0) : max(0, rv - g0)]
+        window = window[np.isfinite(window).all(axis=1)]
+        fits[i] = residual_fit(window, BLOCK) if len(window) >= MIN_BLOCKS else None
+        if fits[i] is not None:
+            at = slice(r_bounds[i], r_bounds[i + 1])
+            dev_z[at] = residual_z(V[at], fits[i])
+    return dev_z, fits
 
-    keep = (n0 + nrow) % BLOCK
-    longest = max((len(b) for b in blocks.values()), default=0)
-    cut = max(0, longest - REF_BLOCKS)
-    new_dev = {
-        "types": types,
-        "origin": origin,
-        "last_v": {s: _num(V[-1, i]) for i, s in enumerate(cols)},
-        "last_absz": {s: _num(A[-1, i]) for i, s in enumerate(cols)},
-        "rows": {s: _nums(full[len(full) - keep :, i]) if keep else [] for i, s in enumerate(cols)},
-        "n": n0 + nrow,
-        "b0": b0 + cut if blocks else (n0 + nrow) // BLOCK,
-        "blocks": {key: blk[cut:] for key, blk in blocks.items()},
-        "resid": {s: _nums(hist[-(SHORT - 1) :, i]) for i, s in enumerate(cols)},
-        "best": {s: _nums(best_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
-        "tail": {s: _nums(v_hist[-_TAIL:, i]) for i, s in enumerate(cols)},
-        "dtail": {s: _nums(dz_hist[-(ROLL - 1) :, i]) for i, s in enumerate(cols)},
-        "grams": {
-            "cols": cols,
-            "b0": g0 + max(0, len(grams) - REF_BLOCKS),
-            "g": [_nums(np.asarray(g)) for g in grams[-REF_BLOCKS:]],
-        },
-        "held": {"cols": cols, "s": held},
-    }
-    return out, new_dev
+
+def _pair_features(
+    V: np.ndarray,
+    means: np.ndarray,
+    pairs: list[tuple[str, str]],
+    blocks: dict[str, list[list[float]]],
+    b0: int,
+    r_values: np.ndarray,
+    r_index: np.ndarray,
+    cols: list[str],
+) -> Columns:
+    """pair_resid_z, pair_best_z, pair_mean_z and pair_min_mean (rows x sensors) against each sensor's
+    partners, from regressions over the REF_BLOCKS blocks before each row's block."""
+    shape = V.shape
+    out = _nan_columns(("pair_resid_z", "pair_best_z", "pair_mean_z", "pair_min_mean"), shape)
+    best_ratio, mean_ratio = np.full(shape, np.inf), np.full(shape, np.inf)
+    ci = {sid: i for i, sid in enumerate(cols)}
+    for a, b in pairs:
+        win = _reference_windows(blocks[f"{a}|{b}"], b0, r_values)
+        for t, p, iy, ix in ((ci[a], ci[b], 0, 1), (ci[b], ci[a], 1, 0)):
+            fit = _PairFit(*(f[r_index] for f in pair_fit(win, iy, ix)))
+            _update_mean_deviation(out, mean_ratio, fit, means[:, t], means[:, p], t)
+            _update_residual(out, best_ratio, fit, V[:, t], V[:, p], t)
+    return out
+
+
+def _reference_windows(pair_blocks: list[list[float]], b0: int, r_values: np.ndarray) -> np.ndarray:
+    """The reference window of each block of rows: the REF_BLOCKS blocks of sums before it (zero sums before
+    the first one), as a (r, 6, REF_BLOCKS) array reduced on its last axis, row by row."""
+    sums = np.asarray(pair_blocks, dtype=float).reshape(-1, 6)
+    padded = np.vstack([np.zeros((REF_BLOCKS, 6)), sums])
+    starts = np.clip(r_values - b0, 0, len(sums))
+    return np.ascontiguousarray(sliding_window_view(padded, REF_BLOCKS, axis=0)[starts])
+
+
+def _update_mean_deviation(
+    out: Columns, mean_ratio: np.ndarray, fit: _PairFit, ym: np.ndarray, xm: np.ndarray, t: int
+) -> None:
+    """Sensor ``t``'s mean of the last ROLL rows (``ym``) against what its partner's (``xm``) predicts from the
+    block-mean regression: pair_mean_z keeps the partner that explains the sensor best, pair_min_mean the
+    smallest deviation over the partners that explain most of its movement (an anomaly on one partner breaks
+    only the pairs it is in)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Scale: the block means' residual spread plus the noise a ROLL-reading mean keeps.
+        bscale = np.sqrt(fit.bres + np.maximum(fit.vy - fit.cov * fit.cov / fit.vx, 0.0) / ROLL) + 1e-9
+        zm = np.where(fit.n >= 2 * BLOCK, (ym - fit.bc - fit.bbeta * xm) / bscale, np.nan)
+    mean_z, min_z = out["pair_mean_z"], out["pair_min_mean"]
+    better = np.isfinite(zm) & (fit.bratio < mean_ratio[:, t])
+    mean_z[:, t] = np.where(better, zm, mean_z[:, t])
+    mean_ratio[:, t] = np.where(better, fit.bratio, mean_ratio[:, t])
+    cur = min_z[:, t]
+    take = np.isfinite(zm) & (fit.bratio < GOOD_FIT) & ~(np.abs(cur) <= np.abs(zm))
+    min_z[:, t] = np.where(take, zm, cur)
+
+
+def _update_residual(out: Columns, best_ratio: np.ndarray, fit: _PairFit, y: np.ndarray, x: np.ndarray, t: int) -> None:
+    """Sensor ``t``'s value ``y`` against its partner's ``x`` from the regression of values: pair_resid_z keeps
+    the largest residual over the partners, pair_best_z the one of the partner that explains it best."""
+    resid, best = out["pair_resid_z"], out["pair_best_z"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        beta = fit.cov / fit.vx
+        res_var = np.maximum(fit.vy - fit.cov * fit.cov / fit.vx, 0.0)
+        scale = np.fmax(np.sqrt(res_var), 0.05 * np.sqrt(np.maximum(fit.vy, 0.0)) + 1e-9)
+        z = np.where(fit.n >= 2 * BLOCK, (y - (fit.my + beta * (x - fit.mx))) / scale, np.nan)
+        cur = resid[:, t]
+        keep_cur = np.isfinite(cur) & ~(np.abs(z) > np.abs(cur))
+        resid[:, t] = np.where(keep_cur, cur, z)
+        # The unexplained share of the sensor's variance: the smaller, the better the partner.
+        ratio = np.where(np.isfinite(z), res_var / np.fmax(fit.vy, 1e-300), np.inf)
+        better = ratio < best_ratio[:, t]
+        best[:, t] = np.where(better, z, best[:, t])
+        best_ratio[:, t] = np.where(better, ratio, best_ratio[:, t])
 
 
 def _window_sum(hist: np.ndarray, w: int) -> np.ndarray:
@@ -541,10 +692,21 @@ def _window_sum(hist: np.ndarray, w: int) -> np.ndarray:
     return acc
 
 
+def _tail_rows(stored: dict[str, list] | None, cols: list[str], n: int) -> np.ndarray:
+    """The last ``n`` rows (n x sensors) kept per sensor in a state (NaN where a sensor has fewer or none)."""
+    return np.array([_padded((stored or {}).get(s), n) for s in cols], dtype=float).reshape(len(cols), n).T
+
+
+def _by_sensor(rows: np.ndarray, cols: list[str]) -> dict[str, list[float | None]]:
+    """Rows (rows x sensors) as per-sensor lists for the state (NaN -> None)."""
+    return {s: _nums(rows[:, i]) for i, s in enumerate(cols)}
+
+
 def _padded(values: list | None, n: int) -> list:
-    """The last ``n`` of ``values`` (None-padded in front: a state written with a shorter tail)."""
-    values = list(values or [])[-n:]
-    return [_f(v) for v in [None] * (n - len(values)) + values]
+    """The last ``n`` of ``values`` (NaN-padded in front: a state written with a shorter tail)."""
+    values = list(values or [])
+    values = values[max(0, len(values) - n) :]
+    return [np.nan] * (n - len(values)) + [_f(v) for v in values]
 
 
 def _f(value: float | None) -> float:
@@ -573,6 +735,7 @@ _EMPTY_DEVICE: dict[str, Any] = {
     "best": {},
     "tail": {},
 }
+_COLUMN = {name: i for i, name in enumerate(FEATURE_COLUMNS)}
 
 
 def device_step(
@@ -593,6 +756,20 @@ def device_step(
     return frame, states[device]
 
 
+class _Batch(NamedTuple):
+    """A batch's readings sorted by (device, timestamp, sensor), with its (device, sensor) pairs."""
+
+    frame: pd.DataFrame  # the rows in that order
+    ts: np.ndarray  # int64 ns
+    values: np.ndarray
+    dev: np.ndarray  # device index of each row (into devices)
+    pair: np.ndarray  # pair index of each row
+    devices: list[str]  # sorted
+    pair_dev: np.ndarray  # device index of each pair (pairs sorted by device, then sensor id)
+    pair_sid: np.ndarray  # sensor id of each pair
+    pair_type: np.ndarray  # sensor type of each pair (of its first reading)
+
+
 def devices_step(
     batch: pd.DataFrame, states: dict[str, dict[str, Any]], cfg: ProcessingSettings
 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
@@ -606,71 +783,93 @@ def devices_step(
     del cfg  # window sizes are module constants today
     if batch.empty:
         return batch.assign(**{name: pd.Series(dtype=float) for name in FEATURE_COLUMNS}), {}
+    b = _sorted_batch(batch)
+    olds = {d: _current_state(states.get(d)) for d in b.devices}
+    feats = np.full((len(b.frame), len(FEATURE_COLUMNS)), np.nan)
+    sensors = _sensor_features(b, olds, feats)
+    devices = _device_features(b, olds, feats)
+    new = {d: {"v": STATE_VERSION, "sensors": sensors[d], "device": devices[d]} for d in b.devices}
+    frame = pd.concat([b.frame, pd.DataFrame(feats, columns=list(FEATURE_COLUMNS))], axis=1)
+    return frame, new
+
+
+def _sorted_batch(batch: pd.DataFrame) -> _Batch:
     dev_codes, dev_names = pd.factorize(batch["device_id"], sort=True)
     # Sensors are ordered by name inside a device: rank unique (device, sensor) pairs.
     sid_codes, sid_names = pd.factorize(batch["sensor_id"], sort=True)
     pair_keys, pair_codes = np.unique(dev_codes.astype(np.int64) * len(sid_names) + sid_codes, return_inverse=True)
-    pair_dev = pair_keys // len(sid_names)
-    pair_sid = np.asarray(sid_names, dtype=object)[pair_keys % len(sid_names)]
     raw_ts = batch["timestamp"].to_numpy(dtype="datetime64[ns]").view(np.int64)
     order = np.lexsort((pair_codes, raw_ts, dev_codes))
     in_order = bool((order[1:] > order[:-1]).all())
     frame = batch.reset_index(drop=True) if in_order else batch.take(order).reset_index(drop=True)
-    ts, inv, dev = raw_ts[order], pair_codes[order], dev_codes[order]
-    values = frame["value"].to_numpy(dtype=float)
-    dev_names = [str(d) for d in dev_names]
-    olds = {d: _current_state(states.get(d)) for d in dev_names}
+    first_of_pair = np.unique(pair_codes, return_index=True)[1]
+    return _Batch(
+        frame=frame,
+        ts=raw_ts[order],
+        values=frame["value"].to_numpy(dtype=float),
+        dev=dev_codes[order],
+        pair=pair_codes[order],
+        devices=[str(d) for d in dev_names],
+        pair_dev=pair_keys // len(sid_names),
+        pair_sid=np.asarray(sid_names, dtype=object)[pair_keys % len(sid_names)],
+        pair_type=batch["sensor_type"].to_numpy(dtype=object)[first_of_pair],
+    )
 
-    feats = np.full((len(frame), len(FEATURE_COLUMNS)), np.nan)
-    nf = len(SENSOR_FEATURES)
-    sensors = {d: dict(olds[d]["sensors"]) for d in dev_names}
-    by_pair = np.argsort(inv, kind="stable")
-    bounds = np.searchsorted(inv[by_pair], np.arange(len(pair_sid) + 1))
-    # Sensors (of any device) with the same history length, count so far and batch size go together.
+
+def _sensor_features(
+    b: _Batch, olds: dict[str, dict[str, Any]], feats: np.ndarray
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Writes SENSOR_FEATURES into ``feats``; returns the new sensor states per device. Sensors (of any device)
+    with the same history length, count so far and batch size are computed together."""
+    sensors = {d: dict(olds[d]["sensors"]) for d in b.devices}
+    by_pair = np.argsort(b.pair, kind="stable")
+    bounds = np.searchsorted(b.pair[by_pair], np.arange(len(b.pair_sid) + 1))
+    keys = [(b.devices[b.pair_dev[u]], str(b.pair_sid[u])) for u in range(len(b.pair_sid))]
     groups: dict[tuple[int, int, int], list[int]] = {}
-    for u in range(len(pair_sid)):
-        st = sensors[dev_names[pair_dev[u]]].get(str(pair_sid[u])) or _new_sensor()
+    for u, (d, sid) in enumerate(keys):
+        st = sensors[d].get(sid) or _new_sensor()
         groups.setdefault((len(st["x"]), int(st["n"]), int(bounds[u + 1] - bounds[u])), []).append(u)
     for members in groups.values():
         idx = np.stack([by_pair[bounds[u] : bounds[u + 1]] for u in members])
-        group_states = [sensors[dev_names[pair_dev[u]]].get(str(pair_sid[u])) or _new_sensor() for u in members]
-        out, new_states = _sensors_step(values[idx], ts[idx], group_states)
-        feats[idx.ravel(), :nf] = out.reshape(-1, nf)
+        group_states = [sensors[keys[u][0]].get(keys[u][1]) or _new_sensor() for u in members]
+        out, new_states = _sensors_step(b.values[idx], b.ts[idx], group_states)
+        at = idx.ravel()
+        for name, column in out.items():
+            feats[at, _COLUMN[name]] = column.ravel()
         for u, st in zip(members, new_states, strict=True):
-            sensors[dev_names[pair_dev[u]]][str(pair_sid[u])] = st
+            sensors[keys[u][0]][keys[u][1]] = st
+    return sensors
 
-    ref_z = feats[:, SENSOR_FEATURES.index("ref_z")]
-    step_z = feats[:, SENSOR_FEATURES.index("step_z")]
-    types_in = batch["sensor_type"].to_numpy(dtype=object)
-    first_of_pair = np.unique(pair_codes, return_index=True)[1]
-    dev_bounds = np.searchsorted(dev, np.arange(len(dev_names) + 1))
-    pair_bounds = np.searchsorted(pair_dev, np.arange(len(dev_names) + 1))
+
+def _device_features(b: _Batch, olds: dict[str, dict[str, Any]], feats: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Writes DEVICE_FEATURES into ``feats`` (from the sensor features there); returns the new device states."""
+    ref_z, step_z = feats[:, _COLUMN["ref_z"]], feats[:, _COLUMN["step_z"]]
+    dev_bounds = np.searchsorted(b.dev, np.arange(len(b.devices) + 1))
+    pair_bounds = np.searchsorted(b.pair_dev, np.arange(len(b.devices) + 1))
     new: dict[str, dict[str, Any]] = {}
-    for d, name in enumerate(dev_names):
+    for d, name in enumerate(b.devices):
         lo, hi = dev_bounds[d], dev_bounds[d + 1]
         prev_dev = olds[name]["device"] or _EMPTY_DEVICE
         types: dict[str, str] = dict(prev_dev["types"])
-        for u in range(pair_bounds[d], pair_bounds[d + 1]):
-            types.setdefault(str(pair_sid[u]), str(types_in[first_of_pair[u]]))
+        first_pair, last_pair = pair_bounds[d], pair_bounds[d + 1]
+        for u in range(first_pair, last_pair):
+            types.setdefault(str(b.pair_sid[u]), str(b.pair_type[u]))
         cols = sorted(types)
         col_of = {sid: i for i, sid in enumerate(cols)}
-        first_pair = pair_bounds[d]
-        local = np.array([col_of[str(sid)] for sid in pair_sid[first_pair : pair_bounds[d + 1]]], dtype=np.int64)
-        codes = local[inv[lo:hi] - first_pair]
-        feats[lo:hi, nf:], device = _device_step(
-            pair_sid[inv[lo:hi]],
-            codes,
+        local = np.array([col_of[str(sid)] for sid in b.pair_sid[first_pair:last_pair]], dtype=np.int64)
+        out, new[name] = _device_step(
+            local[b.pair[lo:hi] - first_pair],
             cols,
             types,
-            ts[lo:hi],
-            values[lo:hi],
+            b.ts[lo:hi],
+            b.values[lo:hi],
             ref_z[lo:hi],
             step_z[lo:hi],
             prev_dev,
         )
-        new[name] = {"v": STATE_VERSION, "sensors": sensors[name], "device": device}
-    frame = pd.concat([frame, pd.DataFrame(feats, columns=list(FEATURE_COLUMNS))], axis=1)
-    return frame, new
+        for feature, column in out.items():
+            feats[lo:hi, _COLUMN[feature]] = column
+    return new
 
 
 def frame_features(readings: pd.DataFrame, cfg: ProcessingSettings, *, chunk: str | None = "1min") -> pd.DataFrame:
