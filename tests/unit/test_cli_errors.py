@@ -291,9 +291,12 @@ def test_sigterm_outside_a_long_running_command_raises_terminated() -> None:
 def test_stopping_sets_the_event_and_restores_the_handlers() -> None:
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     stop = threading.Event()
+    signals.received.clear()
     with redirect_stderr(io.StringIO()) as err, signals.stopping(stop, grace_s=30, what="the test"):
         signal.raise_signal(signal.SIGTERM)
         assert stop.is_set()
+    assert signals.received == [signal.SIGTERM]
+    signals.received.clear()
     assert err.getvalue() == "SIGTERM: stopping the test (up to 30 s; send it again to exit at once)\n"
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 

@@ -161,7 +161,7 @@ def simulate(
     stop = threading.Event()
     with stopping(stop, grace_s=GRACE_S, what="simulate"):
         if via is Via.kafka:
-            require_kafka(settings.kafka.client_config())
+            require_kafka(settings.kafka.client_config(), stop=stop.is_set)
         if stop.is_set():  # stopped during start-up: nothing was produced
             return
         if workers > 1:
@@ -294,7 +294,7 @@ def replay(
         )
     stop = threading.Event()
     with stopping(stop, grace_s=GRACE_S, what="replay"):
-        require_kafka(settings.kafka.client_config())
+        require_kafka(settings.kafka.client_config(), stop=stop.is_set)
         if stop.is_set():  # stopped during start-up: nothing was produced
             return
         sink = KafkaSink(settings, topic=topic)

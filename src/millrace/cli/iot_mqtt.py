@@ -52,7 +52,7 @@ def mqtt_bridge(
         raise
     stop = threading.Event()
     with stopping(stop, grace_s=60.0, what="the MQTT bridge"):
-        require_kafka(settings.kafka.client_config())
+        require_kafka(settings.kafka.client_config(), stop=stop.is_set)
         if stop.is_set():
             return
         stats = DeliveryStats()

@@ -79,7 +79,7 @@ def process(
         )
 
     with stopping(stop, grace_s=GRACE_S, what="the stream job"):
-        require_kafka(settings.kafka.client_config())
+        require_kafka(settings.kafka.client_config(), stop=stop.is_set)
         if stop.is_set():
             return
         err_console.print(

@@ -134,7 +134,8 @@ def _usage_line(exc: click.UsageError | TyperUsageError) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code (docs/cli.md):
-    0 success, 1 runtime failure, 2 usage or configuration error, 128 + N interrupted by signal N."""
+    0 success, 1 runtime failure, 2 usage or configuration error, 128 + N interrupted by signal N (a
+    long-running command that stopped cleanly on a signal returns 0 here; :func:`main` makes it 128 + N)."""
     try:
         result = app(args=argv, prog_name="millrace", standalone_mode=False)
     except NoArgsIsHelpError as exc:  # a group without a command: its help
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         code = run(argv)
     finally:
         signals.restore(previous)
+    if code == 0 and signals.received:  # stopped cleanly, but on request: say so in the status
+        code = 128 + signals.received[0]
     sys.exit(code)
 
 

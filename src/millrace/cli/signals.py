@@ -1,11 +1,17 @@
 """How ``millrace`` commands end on SIGTERM and Ctrl-C (SIGINT); docs/cli.md states the exit codes.
 
+A command ended by signal N exits with 128 + N (143 for SIGTERM, 130 for SIGINT), whatever it was doing:
+
 - A short command (``topics list``, ``stack up``, ...) is interrupted where it stands: :class:`Terminated`
-  unwinds it (``finally`` blocks run) and the process exits with 128 + the signal number (143, 130).
-- A long-running command (simulate, replay, mqtt-bridge, process, serve) wraps its whole body, start-up
-  included, in :func:`stopping`: the first signal sets its stop event, the command finishes its current batch,
-  flushes, prints its summary and exits 0. If that takes longer than the command's grace period, or a second
-  signal comes, the process exits at once with 128 + the signal number.
+  unwinds it (``finally`` blocks run).
+- A long-running command (simulate, replay, mqtt-bridge, process, serve) wraps its body, start-up included,
+  in :func:`stopping`: the first signal sets its stop event, the command finishes its current batch, flushes
+  and prints its summary; then the CLI exits 128 + N (:data:`received`). If the clean stop takes longer than
+  the command's grace period, or a second signal comes, the process exits at once, also with 128 + N.
+- A signal that arrives while the interpreter is still importing, before the CLI runs, ends the process the
+  default way (killed by the signal: status 143 / 130 in a shell).
+
+Only a command that ends by itself (its --duration, --count, --until-idle or end of input) exits 0.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+received: list[int] = []  # signals a long-running command stopped on (the CLI exits 128 + the first)
 
 
 class Terminated(BaseException):  # noqa: N818 - like KeyboardInterrupt, which it mirrors for SIGTERM
@@ -72,6 +79,7 @@ def stopping(stop: threading.Event, *, grace_s: float = 30.0, what: str = "the c
         if stop.is_set():
             force_exit(signum, f"{name} again: {what} exits without finishing its clean stop")
         stop.set()
+        received.append(signum)
         sys.stderr.write(f"{name}: stopping {what} (up to {grace_s:.0f} s; send it again to exit at once)\n")
         sys.stderr.flush()
         timer = threading.Timer(

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,22 +85,37 @@ def _metadata(admin: AdminClient, timeout_s: float, servers: str = "") -> Any:
         return admin.list_topics(timeout=timeout_s)
 
 
-def require_kafka(client_config: dict[str, Any], timeout_s: float = 5.0) -> None:
+def require_kafka(
+    client_config: dict[str, Any], timeout_s: float = 5.0, *, stop: Callable[[], bool] | None = None
+) -> None:
     """Raise KafkaUnavailable within about ``timeout_s`` when no broker of ``bootstrap.servers`` answers a
     metadata request; commands call it before they start producing or consuming, so that a cluster that is
-    down shows in seconds rather than after the clients' delivery timeouts."""
+    down shows in seconds rather than after the clients' delivery timeouts. Returns early, without raising,
+    once ``stop()`` is true (checked every ``STEP_S``: a stop request during the check is honoured at once)."""
     servers = client_config.get("bootstrap.servers", "")
     admin = AdminClient(quiet(client_config))
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        error = exc.args[0] if exc.args else exc
-        if isinstance(error, KafkaError) and error.name() not in UNREACHABLE:
-            raise kafka_error(exc, f"connecting to Kafka at {servers}") from exc
-        raise KafkaUnavailable(
-            f"cannot reach Kafka at {servers} within {timeout_s:g} s (kafka.bootstrap_servers); "
-            "is it running? `millrace stack up` starts a local one"
-        ) from exc
+    deadline = time.monotonic() + timeout_s
+    while True:
+        step = min(STEP_S, max(deadline - time.monotonic(), 0.01))
+        try:
+            admin.list_topics(timeout=step)
+            return
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else exc
+            if isinstance(error, KafkaError) and error.name() not in UNREACHABLE:
+                raise kafka_error(exc, f"connecting to Kafka at {servers}") from exc
+            if stop is not None and stop():
+                return
+            if time.monotonic() >= deadline:
+                raise KafkaUnavailable(
+                    f"cannot reach Kafka at {servers} within {timeout_s:g} s (kafka.bootstrap_servers); "
+                    "is it running? `millrace stack up` starts a local one"
+                ) from exc
+            if isinstance(error, KafkaError) and error.name() != "_TIMED_OUT":
+                time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))  # refused at once: do not spin
+
+
+STEP_S = 0.25
 
 
 def apply_topics(client_config: dict[str, Any], specs: Sequence[TopicSpec], timeout_s: float = 30.0) -> dict[str, str]:
