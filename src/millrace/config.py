@@ -91,6 +91,7 @@ class TopicSettings(BaseModel, frozen=True, extra="forbid"):
     windowed_metrics: str = "millrace.iot.windowed-metrics"
     quality: str = "millrace.iot.quality"
     device_commands: str = "millrace.iot.device-commands"
+    recommendations: str = "millrace.iot.recommendations"
     replication_factor: int = Field(default=1, ge=1, le=5)
     min_insync_replicas: int = Field(default=1, ge=1, le=5)
 
@@ -177,6 +178,9 @@ class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
     zscore_threshold: float = Field(default=6.0, gt=0)
     # An alert episode closes after this much event time without an anomalous reading of its device.
     episode_quiet_s: float = Field(default=30.0, gt=0)
+    # A TOML file of operator actions read over the shipped table (entries replace or extend it; see
+    # docs/recommendations.md). Read once when the stream job starts.
+    recommendations_file: Path | None = None
 
     @field_validator("ranges", mode="after")
     @classmethod

@@ -223,6 +223,10 @@ class Alert:
     status: AlertStatus = "open"
     readings: int = 1
     top_features: tuple[str, ...] = ()
+    # The operator's recommended action (processing.recommendations), attached by the job's sink: None in
+    # what the stateful step emits.
+    recommendation: str | None = None
+    recommendation_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

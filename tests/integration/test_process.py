@@ -39,7 +39,10 @@ FAULTS = {"duplicate": 0.02, "out_of_order": 0.02, "late": 0.01, "malformed": 0.
 def job_settings(base: Settings, tmp: Path) -> Settings:
     """The broker of the session; fresh topics, state dir and store for one test."""
     prefix = unique("proc")
-    names = ("readings", "dead_letter", "alerts", "predictions", "windowed_metrics", "quality", "device_commands")
+    names = (
+        "readings", "dead_letter", "alerts", "predictions", "windowed_metrics", "quality", "device_commands",
+        "recommendations",
+    )  # fmt: skip
     topics = TopicSettings(**{name: f"{prefix}.{name}" for name in names})
     apply_topics(base.kafka.client_config(), declared_topics(topics))
     spark = base.spark.model_copy(update={"driver_memory": "1g", "max_offsets_per_trigger": 4000})

@@ -7,8 +7,10 @@ the alerts and then the readings of its bucket itself (alerts first: the time fr
 store is the job's latency that matters) — idempotent upserts on (sensor_id, timestamp), so a micro-batch replayed
 after a crash writes the same rows again and the store still holds one row per reading — and produces their scores
 to the predictions topic (at-least-once, keyed by sensor); alerts are upserted by alert_id and produced to the
-alerts topic. The driver's foreachBatch keeps the other small outputs: windows, sensor status, quality, dead
-letters.
+alerts topic. Each alert leaves with the operator's recommended action for its kind and its sensors' types
+(processing.recommendations, the table read once per process; the types from the readings this process wrote,
+else from the store), stored with it and also produced to the recommendations topic, keyed by alert_id. The
+driver's foreachBatch keeps the other small outputs: windows, sensor status, quality, dead letters.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pandas as pd
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
 from millrace.processing.output import StepSink
+from millrace.processing.recommendations import RecommendationTable, load_table, recommend
 
 _sinks: dict[str, ReadingSink] = {}  # one per Python worker process (workers are reused across batches)
 
@@ -36,6 +39,8 @@ class ReadingSink(StepSink):
         from millrace.stores.factory import open_store
 
         self.settings = settings
+        self.recommendations = load_table(settings.processing.recommendations_file)
+        self.types: dict[str, str] = {}  # sensor_id -> sensor_type, for the recommendations
         self.store = open_store(settings)
         k = settings.kafka
         # Delivery reports for failures only: one Python callback per reading would cost more than the rest of
@@ -57,23 +62,65 @@ class ReadingSink(StepSink):
         failed = self.producer.stats.failed
         produce_predictions(self.producer, self.settings.topics.predictions, readings)
         self._delivered(self.producer.flush(60.0), failed, "predictions")
+        known = readings.drop_duplicates("sensor_id")
+        self.types.update(zip(known["sensor_id"].astype(str), known["sensor_type"].astype(str), strict=True))
 
     def write_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> None:
-        """Upsert alert episodes (records.Alert dicts) and produce them to the alerts topic, keyed by alert_id;
-        returns once delivered (raises KafkaUnavailable otherwise)."""
+        """Upsert alert episodes (records.Alert dicts) with their recommendation, produce them to the alerts
+        topic and their recommendations to the recommendations topic, keyed by alert_id; returns once delivered
+        (raises KafkaUnavailable otherwise)."""
         if not alerts:
             return
-        self.store.upsert_alerts(alerts)
+        recommended = with_recommendations(self.recommendations, alerts, self.sensor_types(alerts))
+        self.store.upsert_alerts(recommended)
         failed = self.producer.stats.failed
-        topic = self.settings.topics.alerts
-        for alert in alerts:
-            self.producer.produce(topic, orjson.dumps(alert), alert["alert_id"])
+        topics = self.settings.topics
+        for alert in recommended:
+            self.producer.produce(topics.alerts, orjson.dumps(alert), alert["alert_id"])
+            self.producer.produce(
+                topics.recommendations, orjson.dumps(recommendation_message(alert)), alert["alert_id"]
+            )
         self._delivered(self.producer.flush(60.0), failed, "alerts")
+
+    def sensor_types(self, alerts: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """The type of each sensor of ``alerts`` that this process has written readings of, or the store holds
+        readings of (asked once per sensor, then kept). A sensor in neither — its first readings are in the
+        call that raised the alert, and the step hands the sink its alerts before its readings — has no type
+        here, and its alert gets its kind's general action until the episode's next update."""
+        for sensor_id in {s for a in alerts for s in a.get("sensor_ids") or ()} - self.types.keys():
+            rows = self.store.readings(sensor_id, limit=1)
+            if rows and rows[0].get("sensor_type"):
+                self.types[sensor_id] = str(rows[0]["sensor_type"])
+        return self.types
 
     def _delivered(self, remaining: int, failed_before: int, what: str) -> None:
         if remaining or self.producer.stats.failed > failed_before:
             lost = remaining + self.producer.stats.failed - failed_before
             raise KafkaUnavailable(f"{lost} {what} not delivered: {self.producer.stats.last_error}")
+
+
+def with_recommendations(
+    table: RecommendationTable, alerts: Sequence[Mapping[str, Any]], types: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The alerts as records.Alert dicts with ``recommendation`` and ``recommendation_id`` set from ``table``
+    by each alert's kind and the types (``types``: sensor_id -> sensor_type) of its sensors."""
+    out = []
+    for alert in alerts:
+        sensor_types = [types[s] for s in alert.get("sensor_ids") or () if s in types]
+        out.append({**alert, **recommend(table, alert, sensor_types).to_dict()})
+    return out
+
+
+def recommendation_message(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """What the recommendations topic carries for an alert: the action and what it is for."""
+    fields = ("alert_id", "recommendation_id", "recommendation", "kind", "severity", "status", "device_id")
+    return {
+        **{f: alert.get(f) for f in fields},
+        "sensor_ids": list(alert.get("sensor_ids") or ()),
+        "location": alert.get("location"),
+        "opened_at": alert.get("opened_at"),
+        "updated_at": alert.get("updated_at"),
+    }
 
 
 def produce_predictions(producer: Any, topic: str, readings: pd.DataFrame) -> None:

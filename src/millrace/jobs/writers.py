@@ -26,6 +26,7 @@ import pandas as pd
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
 from millrace.jobs.window_ledger import WindowLedger
+from millrace.processing.recommendations import load_table
 from millrace.processing.transforms import finish_windows, merge_partials
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class BatchWriter:
 
         self.settings = settings
         self.topics = settings.topics
+        # The executors' sinks read the recommendations table too; a bad user file fails here, at start, with
+        # one line naming the key (exit 2), rather than in a Spark worker.
+        load_table(settings.processing.recommendations_file)
         self.store = store if store is not None else open_store(settings)
         k = settings.kafka
         self.producer = make_producer(

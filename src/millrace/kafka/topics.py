@@ -39,4 +39,7 @@ def declared_topics(topics: TopicSettings) -> list[TopicSpec]:
         TopicSpec(topics.windowed_metrics, 3, rf, 7 * DAY_MS, "delete", isr, "tumbling-window aggregates"),
         TopicSpec(topics.quality, 1, rf, 7 * DAY_MS, "delete", isr, "data-quality counters per micro-batch"),
         TopicSpec(topics.device_commands, 3, rf, 1 * DAY_MS, "delete", isr, "commands for devices via MQTT"),
+        TopicSpec(
+            topics.recommendations, 3, rf, 30 * DAY_MS, "delete", isr, "operator actions per alert, keyed by alert_id"
+        ),
     ]

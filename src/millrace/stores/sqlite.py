@@ -50,7 +50,7 @@ CREATE INDEX IF NOT EXISTS windowed_metrics_start ON windowed_metrics (window_st
 CREATE TABLE IF NOT EXISTS anomaly_alerts (
     alert_id TEXT PRIMARY KEY, device_id TEXT, sensor_ids TEXT, kind TEXT, severity TEXT, score REAL,
     reason TEXT, location TEXT, opened_at INTEGER, updated_at INTEGER, closed_at INTEGER,
-    status TEXT NOT NULL, readings INTEGER, top_features TEXT
+    status TEXT NOT NULL, readings INTEGER, top_features TEXT, recommendation TEXT, recommendation_id TEXT
 );
 CREATE INDEX IF NOT EXISTS anomaly_alerts_kind_time ON anomaly_alerts (kind, updated_at);
 CREATE INDEX IF NOT EXISTS anomaly_alerts_time ON anomaly_alerts (updated_at);
@@ -166,6 +166,7 @@ class SqliteStore:
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the indexes of a busy day in memory
             if not self._schema_ready:
                 conn.executescript(SCHEMA.format(key_index="" if _clustered_readings(conn) else KEY_INDEX))
+                _add_alert_columns(conn)
                 self._schema_ready = True
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the SQLite store {self.path}: {exc}") from exc
@@ -431,6 +432,18 @@ def _window(row: sqlite3.Row) -> dict[str, Any]:
     for c in convert.WINDOW_TIME_COLUMNS:
         out[c] = convert.dt_of(out[c])
     return out
+
+
+def _add_alert_columns(conn: sqlite3.Connection) -> None:
+    """Columns added to anomaly_alerts since a file was created (the recommendation), added to an older file."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(anomaly_alerts)")}
+    for name in ("recommendation", "recommendation_id"):
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE anomaly_alerts ADD COLUMN {name} TEXT")
+            except sqlite3.OperationalError as exc:  # another process (a Spark worker) added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def _alert(row: sqlite3.Row) -> dict[str, Any]:
