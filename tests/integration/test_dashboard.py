@@ -392,9 +392,9 @@ def test_kafka_tab(live: tuple[Settings, str, SqliteStore], page: Any) -> None:
     expect(page.locator("#k-msg-info")).to_have_text("3 messages (3 read)", timeout=15_000)
     assert shown() == [("0", "2"), ("1", "2"), ("0", "3")]
     assert _texts(page.locator("#k-messages .message .meta span:nth-child(2)")) == [
-        "2026-03-01 12:00:02Z",
-        "2026-03-01 12:00:02Z",
-        "2026-03-01 12:00:03Z",
+        "2026-03-01 12:00:02.000Z",
+        "2026-03-01 12:00:02.500Z",
+        "2026-03-01 12:00:03.000Z",
     ]
 
     # a consumer group's lag per partition: committed 2 of 4 on partition 0, 1 of 3 on partition 1

@@ -7,6 +7,7 @@ ISO 8601 UTC.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -37,6 +38,7 @@ from millrace.services.schemas import (
 )
 from millrace.stores.base import Store
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", responses=PROBLEM_RESPONSES)
 
 T = TypeVar("T")
@@ -99,8 +101,9 @@ def health(request: Request) -> Response:
     tags=["sensors"],
     response_model=Page[SensorOut],
     summary="Sensors with their latest reading by event time",
-    description="Filter by location, type, device or free text (q); paged by sensor_id. The list is computed "
-    "at most every 2 s and shared by the requests meanwhile, so it may lag the store by that much.",
+    description="Filter by location, type, device or free text (q); paged by sensor_id. The list is shared by "
+    "the service's requests and refreshed in the background when older than 2 s, so it may lag the store by "
+    "that plus one computation.",
 )
 def sensors(
     request: Request,
@@ -149,32 +152,52 @@ def _sensor_rows(
 
 
 class SensorDirectory:
-    """Every sensor's latest reading merged with its state, shared by the requests of a short moment.
+    """Every sensor's latest reading merged with its state, shared by the requests of the service.
 
     A page of sensors needs all of them (search, sort, total), and on some backends that costs a query per
-    sensor (FerretDB: about 6 ms each, 7 s for 1,200 sensors). One request computes it at a time and the
-    result serves the requests of the next ``ttl_s`` seconds, so a dashboard paging or polling the list
-    costs one computation, not one per request. The list may therefore lag the store by ``ttl_s``."""
+    sensor (FerretDB: about 6 ms each, 7 s for 1,200 sensors). So the list is computed once and then served
+    at once while it is younger than ``max_age_s``: a request that finds it older than ``fresh_s`` starts one
+    refresh in the background. The list may lag the store by ``fresh_s`` plus one computation; after
+    ``max_age_s`` without requests the next one waits for a fresh list."""
 
-    def __init__(self, ttl_s: float = 2.0) -> None:
-        self.ttl_s = ttl_s
+    def __init__(self, fresh_s: float = 2.0, max_age_s: float = 60.0) -> None:
+        self.fresh_s = fresh_s
+        self.max_age_s = max_age_s
         self._lock = threading.Lock()
         self._rows: list[dict[str, Any]] = []
         self._at = -math.inf
+        self._refreshing = False
 
     def get(self, store: Store) -> list[dict[str, Any]]:
         with self._lock:
-            if time.monotonic() - self._at >= self.ttl_s:
-                latest = store.latest_readings()
-                status = {row["sensor_id"]: row for row in store.sensor_status()}
-                rows = []
-                for row in latest:
-                    st = status.get(row["sensor_id"], {})
-                    merged = {**row, "state": st.get("state"), "last_event_time": st.get("last_event_time")}
-                    merged.pop("features", None)
-                    rows.append(merged)
-                self._rows, self._at = rows, time.monotonic()
+            age = time.monotonic() - self._at
+            if age >= self.max_age_s:
+                self._rows, self._at = self._compute(store), time.monotonic()
+            elif age >= self.fresh_s and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, args=(store,), name="millrace-sensor-list", daemon=True).start()
             return [dict(r) for r in self._rows]
+
+    def _refresh(self, store: Store) -> None:
+        try:
+            rows = self._compute(store)
+            with self._lock:
+                self._rows, self._at = rows, time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - the next request tries again (and reports a store error itself)
+            log.warning("refreshing the sensor list: %s", exc)
+        finally:
+            self._refreshing = False
+
+    @staticmethod
+    def _compute(store: Store) -> list[dict[str, Any]]:
+        status = {row["sensor_id"]: row for row in store.sensor_status()}
+        rows = []
+        for row in store.latest_readings():
+            st = status.get(row["sensor_id"], {})
+            merged = {**row, "state": st.get("state"), "last_event_time": st.get("last_event_time")}
+            merged.pop("features", None)
+            rows.append(merged)
+        return rows
 
 
 DEVICE_ALERTS = 200  # per sensor of the device: the device page shows recent history, not all of it

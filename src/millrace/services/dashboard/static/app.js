@@ -50,11 +50,15 @@ async function loadSensors() {
   // every sensor, page by page: current metrics and distributions cover the whole fleet
   for (let offset = 0; offset !== null;) {
     const page = await api(`/api/sensors?limit=1000&offset=${offset}`);
-    for (const row of page.items) state.sensors.set(row.sensor_id, { ...state.sensors.get(row.sensor_id), ...row });
+    for (const row of page.items) {
+      const prev = state.sensors.get(row.sensor_id);
+      // a live message newer than the stored reading keeps its values (the store catches up later)
+      const live = prev && (prev.timestamp || "") > (row.timestamp || "");
+      state.sensors.set(row.sensor_id, live ? { ...row, ...prev, state: row.state } : { ...prev, ...row });
+    }
     offset = page.next_offset;
   }
   state.dirty.tables = true;
-  updateWindowKeys();
   const types = new Set([...state.sensors.values()].map((s) => s.sensor_type));
   const select = $("#series-type");
   const known = new Set([...select.options].map((o) => o.value));
@@ -63,6 +67,7 @@ async function loadSensors() {
     select.value = types.has("temperature") ? "temperature" : select.options[0].value;
     state.seriesType = select.value;
   }
+  updateWindowKeys();
   await loadSeries();  // history for sensors tracked from now on (new ones included)
 }
 
@@ -188,9 +193,15 @@ function renderSeries() {
     for (const s of state.sensors.values()) if (s.sensor_type === t && !state.series.has(s.sensor_id) &&
       s.value !== null && s.value !== undefined) values.push(s.value);
     Plotly.react(`hist-${t}`, [{ x: values, type: "histogram", nbinsx: 30, marker: { color: "#3fa7ff" } }],
-      dark({ bargap: 0.05, xaxis: { gridcolor: "#27303a", type: "linear" } }), CONFIG);
+      dark({ bargap: 0.05, xaxis: { gridcolor: "#27303a", type: "linear" }, ...empty(values, `no ${t} readings yet`) }),
+      CONFIG);
   }
 }
+
+// Layout for a chart without data: a note instead of empty axes.
+const empty = (values, note) => values.length ? {} : { xaxis: { visible: false }, yaxis: { visible: false },
+  annotations: [{ text: note, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
+    font: { color: "#8a94a0", size: 13 } }] };
 
 function histPanels() {
   $("#hists").innerHTML = HIST_TYPES.map((t) => `<div class="hist"><h3>${esc(t)}</h3>` +
@@ -207,7 +218,11 @@ function updateWindowKeys() {
   if (have.join("\n") === keys.join("\n")) return;
   const current = select.value;
   select.innerHTML = keys.map((k) => `<option value="${esc(k)}">${esc(k)}</option>`).join("");
+  // first time: a key of the type the time series shows (the job writes windows for every key)
+  const preferred = keys.find((k) => scope === "type_location" ? k.startsWith(`${state.seriesType}|`)
+    : state.sensors.get(k)?.sensor_type === state.seriesType);
   if (keys.includes(current)) select.value = current;
+  else if (preferred) select.value = preferred;
   if (select.value !== state.win.key) { state.win.key = select.value; loadWindows().catch(() => {}); }
 }
 
@@ -248,8 +263,10 @@ function renderWindows() {
       line: { width: 2, color: "#3fcf8e" } },
     { x, y: rows.map((r) => r.anomaly_count), name: "anomalies", type: "bar", yaxis: "y2",
       marker: { color: "rgba(255,77,79,0.6)" } },
-  ], dark({ showlegend: true, legend: { orientation: "h", y: -0.2 },
-    yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, title: "anomalies" } }), CONFIG);
+  ], dark({ showlegend: rows.length > 0, legend: { orientation: "h", y: -0.2 }, margin: { l: 50, r: 50, t: 10, b: 40 },
+    yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, title: "anomalies",
+      visible: rows.length > 0 },
+    ...empty(rows, "no windows for this key yet") }), CONFIG);
 }
 
 async function fetchPending() {

@@ -103,7 +103,8 @@ function messageCard(m) {
   const value = m.format === "json" ? JSON.stringify(m.value, null, 2) : String(m.value ?? "null");
   const headers = Object.entries(m.headers || {});
   return `<div class="message" data-partition="${m.partition}" data-offset="${m.offset}">` +
-    `<div class="meta"><b>partition ${m.partition} · offset ${m.offset}</b> <span>${time(m.timestamp)}</span> ` +
+    `<div class="meta"><b>partition ${m.partition} · offset ${m.offset}</b> ` +
+    `<span>${m.timestamp ? esc(m.timestamp.replace("T", " ")) : "–"}</span> ` +
     `<span>key <code class="key">${esc(m.key ?? "null")}</code></span> <span class="muted">${esc(m.format)}, ` +
     `${num(m.size)} B</span></div>` +
     (headers.length ? `<table class="headers"><tbody>${headers.map(([k, v]) =>
