@@ -415,6 +415,36 @@ def test_kafka_tab(live: tuple[Settings, str, SqliteStore], page: Any) -> None:
         [name, "1", "1", "3", "2"],
     ]
     expect(page.locator("#k-members tbody")).to_have_text("no active members")
+
+    # a group with a live member: its assignment, and the lag after it read everything
+    live_group = unique("millrace-test-ui-member")
+    member = Consumer(
+        {
+            **s.kafka.client_config(),
+            "group.id": live_group,
+            "client.id": "ui-reader",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    member.subscribe([name])
+    read: list[Any] = []
+    wait_for(
+        lambda: read.extend(m for m in member.consume(10, 0.5) if m.error() is None) or len(read) >= 7,
+        timeout_s=30,
+        what="the member to read the 7 messages",
+    )
+    member.commit(asynchronous=False)
+    try:
+        page.click("#k-refresh")
+        page.locator(f'#k-groups tr[data-group="{live_group}"]').click()
+        expect(page.locator("#k-group-state")).to_have_text("STABLE, total lag 0", timeout=15_000)
+        cells = page.locator("#k-members tbody tr td")
+        expect(cells.nth(1)).to_have_text("ui-reader")
+        expect(cells.nth(3)).to_have_text(f"{name}[0], {name}[1], {name}[2]")
+        expect(page.locator("#k-offsets tbody tr td:nth-child(5)")).to_have_text(["0", "0"])
+    finally:
+        member.close()
     page.screenshot(path=str(ARTIFACTS / "dashboard-kafka.png"), full_page=True)
     assert errors == []
 
