@@ -339,3 +339,115 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.count("sensor_metrics") == 10
     store.close()
+
+
+# ---- browsing: query checks, keys, and the SQLite side ----
+
+
+def test_filters_parse_to_the_kind_of_their_field() -> None:
+    from millrace.stores.base import Filter
+    from millrace.stores.browse import parse_filter
+
+    assert parse_filter("sensor_metrics", "value>=20.5") == Filter("value", ">=", 20.5)
+    assert parse_filter("sensor_metrics", "sensor_id=a=b<c") == Filter("sensor_id", "=", "a=b<c")
+    assert parse_filter("sensor_metrics", "kafka_offset!=-3") == Filter("kafka_offset", "!=", -3)
+    assert parse_filter("sensor_metrics", "is_anomaly=TRUE") == Filter("is_anomaly", "=", True)
+    assert parse_filter("sensor_metrics", "timestamp<2026-03-01T15:00:00+03:00") == Filter("timestamp", "<", T0)
+    assert parse_filter("anomaly_alerts", "sensor_ids=x|y") == Filter("sensor_ids", "=", "x|y")
+    assert parse_filter("sensor_metrics", "unit=°C") == Filter("unit", "=", "°C")
+    for bad, words in [
+        ("value", "field<op>value"),
+        ("value=>1", "takes a number"),
+        ("1value=1", "field<op>value"),
+        ("kafka_offset=99999999999999999999", "whole number"),
+        ("value=inf", "finite"),
+        ("is_anomaly<1", "= and != only"),
+        ("sensor_ids>a", "it takes = .contains. only"),
+        ("timestamp=tomorrow", "ISO 8601"),
+        ("Value=1", "no field 'Value'"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            parse_filter("sensor_metrics" if "sensor_ids" not in bad else "anomaly_alerts", bad)
+
+
+def test_queries_are_checked_and_default_to_newest_first() -> None:
+    from millrace.stores.browse import make_query, sort_keys
+
+    q = make_query("windowed_metrics")
+    assert (q.sort, q.descending, q.limit, q.offset) == ("window_start", True, 50, 0)
+    assert sort_keys("windowed_metrics", q) == [("window_start", True), ("scope", False), ("key", False)]
+    q = make_query("sensor_metrics", sort="sensor_id", time_from="2026-03-01T12:00:00.1239Z")
+    assert sort_keys("sensor_metrics", q) == [("sensor_id", False), ("timestamp", False)]
+    assert q.time_from == T0 + timedelta(milliseconds=123)  # the stores' precision
+    with pytest.raises(KeyError, match="unknown collection 'sensor_latest'"):
+        make_query("sensor_latest")
+    for kwargs, words in [
+        ({"sort": "-nope"}, "no field 'nope'"),
+        ({"time_from": T0 + timedelta(seconds=1), "time_to": T0}, "from must not be after to"),
+        ({"limit": 0}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"filters": ["value>1"] * 21}, "at most 20 filters"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            make_query("sensor_metrics", **kwargs)  # type: ignore[arg-type]
+
+
+def test_row_keys_round_trip_even_with_bars_in_the_free_field() -> None:
+    from millrace.stores.browse import key_of, parse_key
+
+    cases = {
+        "sensor_metrics": ({"sensor_id": "plant|a", "timestamp": T0}, "plant|a|1772366400000"),
+        "anomaly_alerts": ({"alert_id": "al|1"}, "al|1"),
+        "alert_events": ({"alert_id": "al|1", "event": "closed"}, "al|1|closed"),
+        "windowed_metrics": (
+            {"scope": "type_location", "key": "temperature|loc-01", "window_start": T0},
+            "type_location|temperature|loc-01|1772366400000",
+        ),
+        "data_quality": ({"batch_id": 7, "counter": "late|x"}, "7|late|x"),
+        "sensor_status": ({"sensor_id": "s|1"}, "s|1"),
+    }
+    for collection, (row, key) in cases.items():
+        assert key_of(collection, row) == key
+        parsed = parse_key(collection, key)
+        assert parsed == {k: convert.ms_of(v) if isinstance(v, datetime) else v for k, v in row.items()}
+    for collection, key in [("sensor_metrics", "nobar"), ("sensor_metrics", "a|12:00"), ("data_quality", "x|y")]:
+        with pytest.raises(ValueError, match="is not a key of"):
+            parse_key(collection, key)
+
+
+def test_a_hand_built_query_with_a_foreign_name_never_reaches_sql(tmp_path: Path) -> None:
+    from millrace.stores.base import BrowseQuery, Filter
+
+    store = SqliteStore(tmp_path / "s.db")
+    store.upsert_readings(frame(3))
+    evil = [
+        BrowseQuery(filters=(Filter("value = value OR 1", "=", 1),)),
+        BrowseQuery(sort="timestamp; DROP TABLE sensor_metrics"),
+        BrowseQuery(filters=(Filter("value", "= 1 OR 1 =", 1),)),  # type: ignore[arg-type]
+    ]
+    for query in evil:
+        with pytest.raises(ValueError):
+            store.browse("sensor_metrics", query)
+        with pytest.raises(ValueError):
+            store.scan("sensor_metrics", query)
+    with pytest.raises(KeyError):
+        store.browse("sensor_metrics --", BrowseQuery())
+    assert store.count("sensor_metrics") == 3
+    store.close()
+
+
+def test_a_sqlite_export_reads_one_snapshot(tmp_path: Path) -> None:
+    from millrace.stores.browse import make_query
+
+    store = SqliteStore(tmp_path / "s.db")
+    store.upsert_readings(frame(1200))
+    rows = store.scan("sensor_metrics", make_query("sensor_metrics", sort="timestamp"))
+    first = next(rows)
+    store.upsert_readings(frame(5, sensor="dev-0009-current"))  # written while the export runs
+    store.apply_retention(T0 + timedelta(days=7, seconds=600), 7.0)  # and the first 600 s deleted (5 new too)
+    rest = list(rows)
+    assert [r["value"] for r in [first, *rest]] == [float(i) for i in range(1200)]
+    assert first["_key"] == f"dev-0001-temperature|{convert.ms_of(T0)}"
+    assert store.count("sensor_metrics") == 600
+    assert store.ensure_ttl(7.0) == {}  # SQLite cannot expire rows by itself
+    store.close()

@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from millrace import __version__
 from millrace.config import Settings
-from millrace.services import api, cluster, problems, ws
+from millrace.services import api, cluster, problems, store_browser, ws
 from millrace.services.feed import KafkaFeed
 from millrace.services.problems import JsonResponse
 from millrace.stores.base import Store
@@ -89,6 +89,7 @@ def create_app(
     problems.install(app)
     app.include_router(api.router)
     app.include_router(cluster.router)
+    app.include_router(store_browser.router)
     app.include_router(ws.router)
     _dashboard(app)
     return app

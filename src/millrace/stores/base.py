@@ -11,11 +11,16 @@ Collections (MongoDB names; SQLite uses the same names as tables):
 Timestamps cross this interface as timezone-aware UTC datetimes (or pandas datetime64[ns, UTC] columns) and
 come back the same way. Every write is an idempotent upsert on the natural key, so replaying a micro-batch
 after a crash changes nothing.
+
+The browsing part of the contract (``collections``, ``browse``, ``scan``, ``document``) reads any collection
+generically for operators: only names from FIELD_KINDS are accepted (anything else is rejected before a backend
+sees it) and values are always bound as parameters, never spliced into a query.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -33,6 +38,96 @@ COLLECTIONS: tuple[str, ...] = (
 )  # fmt: skip
 
 AlertLifecycle = Literal["acknowledged", "resolved"]
+
+# ---- the browsing contract: what each collection holds, its key and its time field ----
+
+# The kind of a field's values: how a filter value is read, how it is compared and how CSV writes it.
+# "list" is a list of strings (an alert's sensor_ids); it can only be tested for containing a value.
+FieldKind = Literal["str", "int", "float", "bool", "time", "list"]
+_KIND_OF_TYPE: dict[type, FieldKind] = {
+    str: "str", int: "int", float: "float", bool: "bool", datetime: "time", tuple: "list", list: "list",
+}  # fmt: skip
+
+
+def _kinds(types: Mapping[str, type]) -> dict[str, FieldKind]:
+    return {name: _KIND_OF_TYPE[t] for name, t in types.items()}
+
+
+# Every field of every collection, in column order, with its kind. Browsing accepts no other names.
+FIELD_KINDS: dict[str, dict[str, FieldKind]] = {
+    "sensor_metrics": _kinds(records.READING_ROW),
+    "anomaly_alerts": _kinds(records.field_types(records.Alert)),
+    "alert_events": {"alert_id": "str", "event": "str", "status": "str", "by": "str", "at": "time", "note": "str"},
+    "windowed_metrics": _kinds(records.field_types(records.WindowMetric)),
+    "data_quality": {"batch_id": "int", "counter": "str", "value": "int", "recorded_at": "time"},
+    "sensor_status": {
+        "sensor_id": "str", "device_id": "str", "sensor_type": "str", "location": "str", "last_event_time": "time",
+        "state": "str", "expected_interval_s": "float", "updated_at": "time",
+    },
+}  # fmt: skip
+# The natural key of each collection. A row's key as one string (``document``) is these fields joined with
+# "|", times as epoch milliseconds, e.g. ``dev-0001-temperature|1772366400000``: MongoDB's ``_id``.
+KEYS: dict[str, tuple[str, ...]] = {
+    "sensor_metrics": ("sensor_id", "timestamp"),
+    "anomaly_alerts": ("alert_id",),
+    "alert_events": ("alert_id", "event"),
+    "windowed_metrics": ("scope", "key", "window_start"),
+    "data_quality": ("batch_id", "counter"),
+    "sensor_status": ("sensor_id",),
+}
+# The one key field that may itself contain "|" (the others are split off around it).
+FREE_KEY_FIELD: dict[str, str] = {
+    "sensor_metrics": "sensor_id",
+    "anomaly_alerts": "alert_id",
+    "alert_events": "alert_id",
+    "windowed_metrics": "key",
+    "data_quality": "counter",
+    "sensor_status": "sensor_id",
+}
+# The field a time range selects on and a browse sorts by unless told otherwise (newest first).
+TIME_FIELDS: dict[str, str] = {
+    "sensor_metrics": "timestamp",
+    "anomaly_alerts": "updated_at",
+    "alert_events": "at",
+    "windowed_metrics": "window_start",
+    "data_quality": "recorded_at",
+    "sensor_status": "last_event_time",
+}
+
+FilterOp = Literal["=", "!=", "<", "<=", ">", ">="]
+FILTER_OPS: tuple[FilterOp, ...] = ("=", "!=", "<", "<=", ">", ">=")
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """``field op value`` with a value of the field's kind (a ``time`` is an aware datetime). ``!=`` also
+    matches rows where the field is null; the ordering operators never do. A ``list`` field takes ``=`` only
+    (the list contains the value); a ``bool`` field takes ``=`` and ``!=``."""
+
+    field: str
+    op: FilterOp
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BrowseQuery:
+    """What ``browse`` and ``scan`` select: every filter (AND), ``time_from <= time field < time_to``, ordered
+    by ``sort`` (default: the collection's time field) then by the key ascending, so pages are stable.
+    Build it with ``stores.browse.make_query``, which checks every name and value against FIELD_KINDS."""
+
+    filters: tuple[Filter, ...] = ()
+    time_from: datetime | None = None
+    time_to: datetime | None = None
+    sort: str | None = None
+    descending: bool = True
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BrowsePage:
+    rows: list[dict[str, Any]]  # FIELD_KINDS's fields in order, plus "_key" (the row's key string)
+    total: int  # rows matching the query, all pages together
 
 
 class Store(Protocol):
@@ -135,9 +230,41 @@ class Store(Protocol):
 
     def sensor_status(self) -> list[dict[str, Any]]: ...
 
+    # ---- browsing (operators' store browser) ----
+    def collections(self) -> dict[str, int]:
+        """Every collection of FIELD_KINDS with its row count, in FIELD_KINDS's order."""
+        ...
+
+    def browse(self, collection: str, query: BrowseQuery) -> BrowsePage:
+        """One page of ``collection`` (``query.limit`` rows from ``query.offset``) and the total matching.
+        Raises KeyError for a collection not in FIELD_KINDS and ValueError for a query naming unknown fields.
+        Rows have the same values on every backend (times as aware UTC datetimes, lists as lists)."""
+        ...
+
+    def scan(self, collection: str, query: BrowseQuery) -> Iterator[dict[str, Any]]:
+        """Every row matching ``query`` (its limit and offset are ignored), in its order, fetched lazily; for
+        exports. The rows are browse's; SQLite reads them from one snapshot, MongoDB from one cursor."""
+        ...
+
+    def document(self, collection: str, key: str) -> dict[str, Any] | None:
+        """The row whose key string (see KEYS) is ``key``, as browse returns it, or None. KeyError for an
+        unknown collection, ValueError for a key that cannot be one of this collection's."""
+        ...
+
     # ---- housekeeping ----
-    def apply_retention(self, now: datetime, retention_days: float) -> dict[str, int]:
-        """Delete rows older than the retention; returns deleted counts per collection."""
+    def apply_retention(
+        self, now: datetime, retention_days: float, *, per_collection: Mapping[str, float] | None = None
+    ) -> dict[str, int]:
+        """Delete the rows whose time field (stores.convert.RETENTION_FIELDS) is older than ``now`` minus the
+        retention in days (``per_collection`` overrides it by collection name; KeyError for an unknown name);
+        alert_events go with their alert. Returns deleted counts per collection. Idempotent."""
+        ...
+
+    def ensure_ttl(self, retention_days: float, *, per_collection: Mapping[str, float] | None = None) -> dict[str, int]:
+        """Let the server expire rows by itself where it can: MongoDB gets a TTL index on each collection's
+        retention field (alert_events excepted: they go with their alert) and this returns its
+        ``expireAfterSeconds`` per collection. SQLite has no such thing and a server without TTL indexes
+        (FerretDB) neither: they return {} and rely on apply_retention."""
         ...
 
     def close(self) -> None: ...

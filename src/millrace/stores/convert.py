@@ -312,15 +312,18 @@ def status_values(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def cutoffs(now: datetime, retention_days: float, per_collection: Mapping[str, float] | None) -> dict[str, int]:
-    """The retention cutoff (epoch ms) per collection; alert_events follow their alerts."""
+def retention_by_collection(retention_days: float, per_collection: Mapping[str, float] | None) -> dict[str, float]:
+    """The retention in days of each collection with a time limit of its own (alert_events go with their
+    alerts); ``per_collection`` overrides ``retention_days`` by name, KeyError for an unknown name."""
     overrides = dict(per_collection or {})
     for name in overrides:
         check_collection(name)
+    return {name: float(overrides.get(name, retention_days)) for name in COLLECTIONS if name != "alert_events"}
+
+
+def cutoffs(now: datetime, retention_days: float, per_collection: Mapping[str, float] | None) -> dict[str, int]:
+    """The retention cutoff (epoch ms) per collection; alert_events follow their alerts."""
     now_ms = ms_of(now)
     assert now_ms is not None
-    return {
-        name: now_ms - int(overrides.get(name, retention_days) * 86_400_000)
-        for name in COLLECTIONS
-        if name != "alert_events"
-    }
+    days = retention_by_collection(retention_days, per_collection)
+    return {name: now_ms - int(d * 86_400_000) for name, d in days.items()}

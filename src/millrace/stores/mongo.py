@@ -21,8 +21,18 @@ import pandas as pd
 
 from millrace.errors import StoreUnavailable, missing_extra
 from millrace.records import WINDOW_COLUMNS
+from millrace.stores import browse as browsing
 from millrace.stores import convert
-from millrace.stores.base import ALERT_FIELDS, READING_COLUMNS, AlertLifecycle
+from millrace.stores.base import (
+    ALERT_FIELDS,
+    FIELD_KINDS,
+    KEYS,
+    READING_COLUMNS,
+    TIME_FIELDS,
+    AlertLifecycle,
+    BrowsePage,
+    BrowseQuery,
+)
 
 try:
     import pymongo
@@ -84,6 +94,7 @@ class MongoStore:
         self._pid = 0
         self._indexed = False
         self._batch = BATCH
+        self._ferretdb = False
         self._db()  # fail at construction when no server answers
 
     # ---- connection ----
@@ -97,7 +108,8 @@ class MongoStore:
                     )
                     try:
                         info = client.admin.command("buildInfo")
-                        self._batch = FERRETDB_BATCH if "ferretdbVersion" in info else BATCH
+                        self._ferretdb = "ferretdbVersion" in info
+                        self._batch = FERRETDB_BATCH if self._ferretdb else BATCH
                         if not self._indexed:
                             _ensure_indexes(client[self.database])
                             self._indexed = True
@@ -389,7 +401,54 @@ class MongoStore:
 
         return self._call(f"reading {collection}", query)
 
+    # ---- browsing ----
+    def collections(self) -> dict[str, int]:
+        return {name: self.count(name) for name in FIELD_KINDS}
+
+    def browse(self, collection: str, query: BrowseQuery) -> BrowsePage:
+        query = browsing.validate(collection, query)
+        flt = _browse_filter(collection, query)
+        order = _browse_order(collection, query)
+
+        def run(db: Any) -> BrowsePage:
+            cursor = db[collection].find(flt).sort(order).skip(query.offset).limit(query.limit)
+            rows = [_browsed(collection, doc) for doc in cursor]
+            return BrowsePage(rows, int(db[collection].count_documents(flt)))
+
+        return self._call(f"browsing {collection}", run)
+
+    def scan(self, collection: str, query: BrowseQuery) -> Iterator[dict[str, Any]]:
+        query = browsing.validate(collection, query)  # errors now, not at the first row
+        return self._scan(collection, _browse_filter(collection, query), _browse_order(collection, query))
+
+    def _scan(self, collection: str, flt: dict[str, Any], order: list[tuple[str, int]]) -> Iterator[dict[str, Any]]:
+        db = self._db()
+        with self._guard(f"exporting {collection}"):
+            cursor = db[collection].find(flt).sort(order).batch_size(1000)
+            try:
+                for doc in cursor:
+                    yield _browsed(collection, doc)
+            finally:
+                cursor.close()
+
+    def document(self, collection: str, key: str) -> dict[str, Any] | None:
+        browsing.parse_key(collection, key)  # ValueError for what cannot be a key of the collection
+        doc = self._call(f"reading {collection}", lambda db: db[collection].find_one({"_id": key}))
+        return None if doc is None else _browsed(collection, doc)
+
     # ---- housekeeping ----
+    def ensure_ttl(self, retention_days: float, *, per_collection: Mapping[str, float] | None = None) -> dict[str, int]:
+        days = convert.retention_by_collection(retention_days, per_collection)
+        db = self._db()
+        if self._ferretdb:  # FerretDB 1.x answers NotImplemented to expireAfterSeconds
+            log.info("the MongoDB-wire server (FerretDB) has no TTL indexes: the retention task deletes old rows")
+            return {}
+        seconds = {name: max(1, round(d * 86_400)) for name, d in days.items()}
+        with self._guard("creating TTL indexes"):
+            for name, after in seconds.items():
+                _ttl_index(db[name], convert.RETENTION_FIELDS[name], after)
+        return seconds
+
     def apply_retention(
         self, now: datetime, retention_days: float, *, per_collection: Mapping[str, float] | None = None
     ) -> dict[str, int]:
@@ -432,11 +491,74 @@ class MongoStore:
 
 def _ensure_indexes(db: Any) -> None:
     for collection, specs in INDEXES.items():
+        # A key that has an index already keeps it, whatever its options (a TTL index replaces the plain
+        # time index of the same key: see _ttl_index).
+        existing = {tuple(info["key"].items()) for info in db[collection].list_indexes()}
         for keys, unique in specs:
+            if tuple(keys) in existing:
+                continue
             try:
                 db[collection].create_index(keys, unique=unique)
             except OperationFailure as exc:  # an index of the same keys with other options: keep it
                 log.warning("index %s on %s not created: %s", keys, collection, exc)
+
+
+def _ttl_index(coll: Any, field: str, seconds: int) -> None:
+    """A TTL index on ``field`` expiring documents ``seconds`` after its value; it takes the place of a plain
+    index on the same key (one index per key; a TTL index serves the same range queries)."""
+    for info in coll.list_indexes():
+        if dict(info["key"]) != {field: ASCENDING}:
+            continue
+        if info.get("expireAfterSeconds") == seconds:
+            return
+        if "expireAfterSeconds" in info:
+            coll.database.command(
+                {"collMod": coll.name, "index": {"name": info["name"], "expireAfterSeconds": seconds}}
+            )
+            return
+        coll.drop_index(info["name"])
+        break
+    coll.create_index([(field, ASCENDING)], expireAfterSeconds=seconds)
+    log.info("TTL index on %s.%s: documents expire %d s after it", coll.name, field, seconds)
+
+
+OPERATORS = {"=": "$eq", "!=": "$ne", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+
+
+def _browse_filter(collection: str, query: BrowseQuery) -> dict[str, Any]:
+    """The find() filter of a validated query; values go in as values, never as operators or names."""
+    conditions: list[dict[str, Any]] = []
+    for flt in query.filters:
+        if FIELD_KINDS[collection][flt.field] == "list":
+            conditions.append({flt.field: {"$eq": flt.value}})  # an array field: one element equals it
+        else:
+            conditions.append({flt.field: {OPERATORS[flt.op]: flt.value}})
+    span: dict[str, Any] = {}
+    _time_range(span, TIME_FIELDS[collection], query.time_from, query.time_to)
+    if span:
+        conditions.append(span)
+    if not conditions:
+        return {}
+    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+
+
+def _browse_order(collection: str, query: BrowseQuery) -> list[tuple[str, int]]:
+    return [(f, DESCENDING if desc else ASCENDING) for f, desc in browsing.sort_keys(collection, query)]
+
+
+def _browsed(collection: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    out = SHAPES[collection](doc)
+    out["_key"] = str(doc["_id"])
+    return out
+
+
+def _quality(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "batch_id": doc.get("batch_id"),
+        "counter": doc.get("counter"),
+        "value": doc.get("value"),
+        "recorded_at": _utc(doc.get("recorded_at")),
+    }
 
 
 def _records(cols: dict[str, list[Any]], names: Sequence[str]) -> Iterator[dict[str, Any]]:
@@ -517,3 +639,14 @@ def _status(doc: Mapping[str, Any]) -> dict[str, Any]:
     out["last_event_time"] = _utc(out["last_event_time"])
     out["updated_at"] = _utc(out["updated_at"])
     return out
+
+
+SHAPES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "sensor_metrics": _reading,
+    "anomaly_alerts": _alert,
+    "alert_events": _event,
+    "windowed_metrics": _window,
+    "data_quality": _quality,
+    "sensor_status": _status,
+}
+assert set(SHAPES) == set(KEYS), "every collection has a row shape"

@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +24,18 @@ import pandas as pd
 
 from millrace.errors import StoreUnavailable
 from millrace.records import WINDOW_COLUMNS
+from millrace.stores import browse as browsing
 from millrace.stores import convert
-from millrace.stores.base import ALERT_FIELDS, READING_COLUMNS, AlertLifecycle
+from millrace.stores.base import (
+    ALERT_FIELDS,
+    FIELD_KINDS,
+    KEYS,
+    READING_COLUMNS,
+    TIME_FIELDS,
+    AlertLifecycle,
+    BrowsePage,
+    BrowseQuery,
+)
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +384,62 @@ class SqliteStore:
         rows = self._read("SELECT * FROM sensor_status ORDER BY sensor_id")
         return [_status(r) for r in rows]
 
+    # ---- browsing ----
+    def collections(self) -> dict[str, int]:
+        return {name: self.count(name) for name in FIELD_KINDS}
+
+    def browse(self, collection: str, query: BrowseQuery) -> BrowsePage:
+        query = browsing.validate(collection, query)
+        where, params = _browse_where(collection, query)
+        order = _browse_order(collection, query)
+        sql = f"SELECT * FROM {collection}{where} ORDER BY {order} LIMIT ? OFFSET ?"
+        rows = self._read(sql, [*params, query.limit, query.offset])
+        total = int(self._read(f"SELECT count(*) FROM {collection}{where}", params)[0][0])
+        return BrowsePage([_browsed(collection, r) for r in rows], total)
+
+    def scan(self, collection: str, query: BrowseQuery) -> Iterator[dict[str, Any]]:
+        query = browsing.validate(collection, query)  # errors now, not at the first row
+        where, params = _browse_where(collection, query)
+        sql = f"SELECT * FROM {collection}{where} ORDER BY {_browse_order(collection, query)}"
+        return self._scan(collection, sql, params)
+
+    def _scan(self, collection: str, sql: str, params: Sequence[Any]) -> Iterator[dict[str, Any]]:
+        # A connection of its own, read-only, in one read transaction: the export is one snapshot of the
+        # file however long the client takes, and the thread-local connections stay free for other calls
+        # (a streamed response advances this generator from whichever worker thread is at hand).
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store {self.path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("BEGIN")
+            cursor = conn.execute(sql, params)
+            while batch := cursor.fetchmany(500):
+                for row in batch:
+                    yield _browsed(collection, row)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"reading the SQLite store {self.path} failed: {exc}") from exc
+        finally:
+            conn.close()
+
+    def document(self, collection: str, key: str) -> dict[str, Any] | None:
+        fields = browsing.parse_key(collection, key)  # times as epoch ms, as stored
+        where = " AND ".join(f'"{name}" = ?' for name in fields)
+        rows = self._read(f"SELECT * FROM {collection} WHERE {where}", list(fields.values()))
+        return _browsed(collection, rows[0]) if rows else None
+
     # ---- housekeeping ----
+    def ensure_ttl(self, retention_days: float, *, per_collection: Mapping[str, float] | None = None) -> dict[str, int]:
+        convert.cutoffs(datetime.now(UTC), retention_days, per_collection)  # the same checks as apply_retention
+        return {}  # SQLite cannot expire rows by itself: apply_retention does it
+
     def apply_retention(
         self, now: datetime, retention_days: float, *, per_collection: Mapping[str, float] | None = None
     ) -> dict[str, int]:
@@ -416,6 +481,52 @@ def _time_range(where: list[str], params: list[Any], column: str, start: datetim
     if end is not None:
         where.append(f"{column} < ?")
         params.append(convert.ms_of(end))
+
+
+def _browse_where(collection: str, query: BrowseQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause of a validated query (names from FIELD_KINDS only, quoted) and its bound values."""
+    kinds = FIELD_KINDS[collection]
+    where: list[str] = []
+    params: list[Any] = []
+    for flt in query.filters:
+        column = f'"{flt.field}"'
+        kind = kinds[flt.field]
+        if kind == "list":  # JSON text: the list contains the value
+            where.append(f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)")
+        elif flt.op == "!=":
+            where.append(f"{column} IS NOT ?")  # null-safe: a null field differs from any value (as MongoDB)
+        else:
+            where.append(f"{column} {flt.op} ?")
+        params.append(_bound(kind, flt.value))
+    _time_range(where, params, f'"{TIME_FIELDS[collection]}"', query.time_from, query.time_to)
+    return (f" WHERE {' AND '.join(where)}" if where else ""), params
+
+
+def _bound(kind: str, value: Any) -> Any:
+    if kind == "time":
+        return convert.ms_of(value)
+    if kind == "bool":
+        return int(bool(value))
+    return value
+
+
+def _browse_order(collection: str, query: BrowseQuery) -> str:
+    return ", ".join(f'"{f}" {"DESC" if desc else "ASC"}' for f, desc in browsing.sort_keys(collection, query))
+
+
+def _browsed(collection: str, row: sqlite3.Row) -> dict[str, Any]:
+    out = SHAPES[collection](row)
+    out["_key"] = browsing.key_of(collection, out)
+    return out
+
+
+def _quality(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "batch_id": row["batch_id"],
+        "counter": row["counter"],
+        "value": row["value"],
+        "recorded_at": convert.dt_of(row["recorded_at"]),
+    }
 
 
 def _reading(row: sqlite3.Row) -> dict[str, Any]:
@@ -471,3 +582,14 @@ def _status(row: sqlite3.Row) -> dict[str, Any]:
     out["last_event_time"] = convert.dt_of(out["last_event_time"])
     out["updated_at"] = convert.dt_of(out["updated_at"])
     return out
+
+
+SHAPES: dict[str, Callable[[sqlite3.Row], dict[str, Any]]] = {
+    "sensor_metrics": _reading,
+    "anomaly_alerts": _alert,
+    "alert_events": _event,
+    "windowed_metrics": _window,
+    "data_quality": _quality,
+    "sensor_status": _status,
+}
+assert set(SHAPES) == set(KEYS), "every collection has a row shape"
