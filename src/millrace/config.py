@@ -135,12 +135,31 @@ class SparkSettings(BaseModel, frozen=True, extra="forbid"):
         return conf
 
 
+# The store's collections with a retention of their own (stores.convert.RETENTION_FIELDS but alert_events).
+RETAINED_COLLECTIONS = ("sensor_metrics", "anomaly_alerts", "windowed_metrics", "data_quality", "sensor_status")
+
+
 class StoreSettings(BaseModel, frozen=True, extra="forbid"):
     backend: Literal["sqlite", "mongodb"] = "sqlite"
     sqlite_path: Path | None = None  # default: <state_dir>/millrace.db
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "millrace"
     retention_days: float = Field(default=7.0, gt=0)
+    # Days kept per collection over retention_days ([store.retention] sensor_metrics = 2, ...); alert_events
+    # go with their alerts. The stream job deletes older rows every retention_interval_s (0: never) and, on
+    # MongoDB, sets TTL indexes to match.
+    retention: dict[str, float] = Field(default_factory=dict)
+    retention_interval_s: float = Field(default=3600.0, ge=0)
+
+    @field_validator("retention", mode="after")
+    @classmethod
+    def _retained_collections(cls, retention: dict[str, float]) -> dict[str, float]:
+        for name, days in retention.items():
+            if name not in RETAINED_COLLECTIONS:
+                raise ValueError(f"no retention for {name!r}: collections are {', '.join(RETAINED_COLLECTIONS)}")
+            if not days > 0:
+                raise ValueError(f"the retention of {name} must be more than 0 days")
+        return retention
 
 
 class SensorRange(BaseModel, frozen=True, extra="forbid"):

@@ -451,3 +451,18 @@ def test_a_sqlite_export_reads_one_snapshot(tmp_path: Path) -> None:
     assert store.count("sensor_metrics") == 600
     assert store.ensure_ttl(7.0) == {}  # SQLite cannot expire rows by itself
     store.close()
+
+
+def test_retention_settings_name_the_stores_collections() -> None:
+    from millrace.config import RETAINED_COLLECTIONS
+    from millrace.errors import ConfigError
+
+    assert set(RETAINED_COLLECTIONS) == set(convert.RETENTION_FIELDS) - {"alert_events"}
+    s = load_settings(store={"retention": {"sensor_metrics": 2.5}, "retention_interval_s": 60})
+    assert s.store.retention == {"sensor_metrics": 2.5} and s.store.retention_interval_s == 60.0
+    with pytest.raises(ConfigError, match=r"store.retention: .*no retention for 'alert_events'"):
+        load_settings(store={"retention": {"alert_events": 1.0}})
+    with pytest.raises(ConfigError, match="more than 0 days"):
+        load_settings(store={"retention": {"data_quality": 0}})
+    with pytest.raises(ConfigError, match="store.retention_interval_s"):
+        load_settings(store={"retention_interval_s": -1})

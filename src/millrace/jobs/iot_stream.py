@@ -14,6 +14,7 @@ from typing import Any
 
 from millrace.config import Settings
 from millrace.jobs.progress import ProgressOffsets
+from millrace.jobs.retention import start_retention
 from millrace.jobs.session import checkpoint_dir
 from millrace.jobs.writers import BatchStats, BatchWriter
 from millrace.ml.follow import load_scorer
@@ -174,6 +175,7 @@ def run(
 
     writer = make_writer(settings, options, counted)
     progress = progress_offsets(settings)
+    retention = start_retention(settings)  # deletes expired rows every store.retention_interval_s
     started = time.monotonic()
     restarts = failures = 0
     try:
@@ -197,6 +199,8 @@ def run(
                 failures = 0
     finally:
         writer.close()
+        if retention is not None:
+            retention.stop()
     return RunResult(batches, writer.total_input, restarts, time.monotonic() - started)
 
 
