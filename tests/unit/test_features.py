@@ -355,3 +355,17 @@ if __name__ == "__main__":
     FROZEN.parent.mkdir(exist_ok=True)
     np.savez_compressed(FROZEN, **_frozen_summary(frozen_features()))
     print(f"recorded {FROZEN}")
+
+
+def test_pairs_nanmedian_equals_numpy() -> None:
+    from millrace.processing.pairs import nanmedian
+
+    rng = np.random.default_rng(3)
+    for width in (1, 2, 29, 30):
+        a = np.round(rng.normal(0, 1, (200, width)), 1)  # ties
+        a[rng.random(a.shape) < 0.3] = np.nan
+        a[0] = np.nan  # a row without any value
+        with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+            want = np.nanmedian(a, axis=-1)
+        got = nanmedian(a)
+        assert ((got == want) | (np.isnan(got) & np.isnan(want))).all(), width
