@@ -21,6 +21,7 @@ from millrace.runtime.mongodb import mongodb_spec
 from millrace.runtime.process import ProcessManager, free_port
 from millrace.services.app import create_app
 from millrace.stores.base import Store
+from millrace.stores.browse import make_query
 from millrace.stores.convert import ms_of
 from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique
@@ -312,3 +313,107 @@ def test_values_are_never_code(client: TestClient) -> None:
         assert rows(client, "sensor_metrics", filter=f"sensor_id>={value}")["total"] == at_or_after
     assert rows(client, "sensor_metrics", filter="sensor_id!=x' OR '1'='1")["total"] == 40
     assert {c["name"]: c["count"] for c in client.get("/api/store/collections").json()["collections"]} == COUNTS
+
+
+# ---- the dashboard's Store tab in headless Chromium ----
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser_page(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """The dashboard served over the seeded store, in headless Debian Chromium. A missing Chromium or
+    Playwright is a setup error: the test fails, it does not skip."""
+    assert CHROMIUM.exists(), "Debian chromium is not installed (/usr/bin/chromium): apt-get install chromium"
+    from playwright import sync_api  # millrace[dev]; an ImportError fails the test
+
+    from tests.integration.fixtures_service import served
+
+    settings = load_settings(
+        state_dir=tmp_path_factory.mktemp("browser-ui"), kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"}
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    with served(create_app(settings, store=store, live=False)) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        yield page, url
+        browser.close()
+
+
+def test_store_tab_in_chromium(browser_page: tuple[Any, str], store: Store) -> None:
+    from playwright.sync_api import expect
+
+    page, url = browser_page
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack or ''}"))
+    page.goto(url + "/#store/sensor_metrics")
+    expect(page.locator('#tabs a[data-tab="store"]')).to_have_class("active", timeout=15_000)
+    expect(page.locator("#tab-store")).to_be_visible()
+    expect(page.locator("#st-backend")).to_have_text(type(store).__name__)
+    expect(page.locator("#st-collections tbody tr")).to_have_count(6)
+    for name, count in COUNTS.items():
+        expect(page.locator(f'#st-collections tr[data-collection="{name}"] td.num')).to_have_text(str(count))
+    # first page: newest first, 25 rows of 40
+    expect(page.locator("#st-info")).to_have_text("rows 1–25 of 40")
+    shown = page.locator("#st-rows tbody tr").evaluate_all("rows => rows.map(r => r.dataset.key)")
+    assert shown == [r["_key"] for r in store.browse("sensor_metrics", make_query("sensor_metrics", limit=25)).rows]
+    expect(page.locator("#st-rows thead th").first).to_have_text("sensor_id")
+
+    # filters, sort ascending by value
+    page.fill("#st-filters", "sensor_id=dev-0002-temperature; value>25")
+    page.select_option("#st-sort", "value")
+    page.select_option("#st-dir", "")
+    page.click("#st-query button[type=submit]")
+    expect(page.locator("#st-info")).to_have_text("rows 1–10 of 10")
+    keys = page.locator("#st-rows tbody tr").evaluate_all("rows => rows.map(r => r.dataset.key)")
+    assert keys == [key("dev-0002-temperature", i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9, 7)]
+    # one row as pretty JSON
+    page.click(f'#st-rows tr[data-key="{key("dev-0002-temperature", 7)}"]')
+    expect(page.locator("#st-doc")).to_be_visible()
+    expect(page.locator("#st-doc")).to_contain_text('"anomaly_kind": "spike"')
+    expect(page.locator("#st-doc")).to_contain_text('"value": 125')
+    expect(page.locator("#st-doc")).to_contain_text('"unit": "°C"')
+    # the CSV link exports the same selection
+    href = page.locator("#st-csv").get_attribute("href")
+    assert href is not None and "/export.csv?" in href
+    lines = page.request.get(url + href).text().splitlines()
+    assert len(lines) == 11 and lines[0].startswith("sensor_id,") and lines[-1].split(",")[6] == "125.0"
+    page.screenshot(path=str(ARTIFACTS / f"store-tab-{type(store).__name__}.png"), full_page=True)
+
+    # a time range, then pages of 10
+    page.fill("#st-filters", "")
+    page.fill("#st-from", "2026-03-01T12:00:02Z")
+    page.fill("#st-to", "2026-03-01T12:00:05Z")
+    page.click("#st-query button[type=submit]")
+    expect(page.locator("#st-info")).to_have_text("rows 1–12 of 12")
+    page.fill("#st-from", "")
+    page.fill("#st-to", "")
+    page.fill("#st-limit", "10")
+    page.click("#st-query button[type=submit]")
+    expect(page.locator("#st-info")).to_have_text("rows 1–10 of 40")
+    page.click("#st-next")
+    expect(page.locator("#st-info")).to_have_text("rows 11–20 of 40")
+    second = page.locator("#st-rows tbody tr").evaluate_all("rows => rows.map(r => r.dataset.key)")
+    query = make_query("sensor_metrics", sort="value", limit=10, offset=10)
+    assert second == [r["_key"] for r in store.browse("sensor_metrics", query).rows]
+
+    # a bad filter is shown, not thrown
+    page.fill("#st-filters", "nope=1")
+    page.click("#st-query button[type=submit]")
+    expect(page.locator("#st-error")).to_contain_text("no field 'nope'")
+    expect(page.locator("#st-rows tbody tr")).to_have_count(0)
+
+    # another collection from the picker: alerts, with their lists
+    page.select_option("#st-collection", "anomaly_alerts")
+    expect(page.locator("#st-info")).to_have_text("rows 1–3 of 3")
+    expect(page.locator("#st-error")).to_have_text("")
+    keys = page.locator("#st-rows tbody tr").evaluate_all("rows => rows.map(r => r.dataset.key)")
+    assert keys == ["al-3", "al-2", "al-1"]
+    page.click('#st-rows tr[data-key="al-3"]')
+    expect(page.locator("#st-doc")).to_contain_text('"sensor_ids": [\n    "dev-0002-humidity"\n  ]')
+    assert not [e for e in errors if "store.js" in e], errors
