@@ -694,7 +694,10 @@ def _window_sum(hist: np.ndarray, w: int) -> np.ndarray:
 
 def _tail_rows(stored: dict[str, list] | None, cols: list[str], n: int) -> np.ndarray:
     """The last ``n`` rows (n x sensors) kept per sensor in a state (NaN where a sensor has fewer or none)."""
-    return np.array([_padded((stored or {}).get(s), n) for s in cols], dtype=float).reshape(len(cols), n).T
+    lists = [(stored or {}).get(s) for s in cols]
+    if all(v is not None and len(v) == n for v in lists):  # the usual case: numpy reads None as NaN
+        return np.array(lists, dtype=float).reshape(len(cols), n).T
+    return np.array([_padded(v, n) for v in lists], dtype=float).reshape(len(cols), n).T
 
 
 def _by_sensor(rows: np.ndarray, cols: list[str]) -> dict[str, list[float | None]]:
