@@ -4,6 +4,7 @@ from an offset, from a time, key search, headers, formats)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ from millrace.records import to_iso
 from millrace.services.app import create_app
 from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique
-from tests.integration.fixtures_service import T0
 
 pytestmark = pytest.mark.integration
 
-BASE_MS = int(T0.timestamp() * 1000)
-# partition, key, value, milliseconds after T0, headers
+# Message times: recent, or the broker's retention (7 days by default, by message time) may delete them.
+BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+BASE_MS = int(BASE.timestamp() * 1000)
+# partition, key, value, milliseconds after BASE, headers
 MESSAGES: tuple[tuple[int, str, Any, int, list[tuple[str, bytes]]], ...] = (
     (0, "alpha-1", {"n": 0}, 0, []),
     (0, "beta-1", {"n": 1}, 1000, []),
@@ -61,6 +63,11 @@ def topic(client: TestClient, settings: Settings) -> str:
     return name
 
 
+def at(ms: int) -> str:
+    """The time ``ms`` after BASE as the API writes it."""
+    return to_iso(BASE + timedelta(milliseconds=ms))
+
+
 def _positions(body: dict[str, Any]) -> list[tuple[int, int]]:
     return [(m["partition"], m["offset"]) for m in body["messages"]]
 
@@ -83,17 +90,17 @@ def test_browse_newest_offset_and_time(client: TestClient, topic: str) -> None:
     both = client.get(url, params={"offset": 2}).json()
     assert _positions(both) == [(0, 2), (1, 2), (0, 3)]  # oldest first by timestamp
     assert _positions(client.get(url, params={"offset": 1, "limit": 2}).json()) == [(0, 1), (1, 1)]
-    timed = client.get(url, params={"timestamp": to_iso(T0.replace(second=1, microsecond=200_000))}).json()
+    timed = client.get(url, params={"timestamp": at(1200)}).json()
     assert _positions(timed) == [(1, 1), (0, 2), (1, 2), (0, 3)]
     assert [m["timestamp"] for m in timed["messages"]] == [
-        "2026-03-01T12:00:01.500Z",
-        "2026-03-01T12:00:02.000Z",
-        "2026-03-01T12:00:02.500Z",
-        "2026-03-01T12:00:03.000Z",
+        at(1500),
+        at(2000),
+        at(2500),
+        at(3000),
     ]
-    naive = client.get(url, params={"timestamp": "2026-03-01T12:00:02.5", "partition": 1}).json()
+    naive = client.get(url, params={"timestamp": at(2500).removesuffix("Z"), "partition": 1}).json()
     assert _positions(naive) == [(1, 2)]
-    assert client.get(url, params={"timestamp": "2026-03-02T00:00:00Z"}).json()["messages"] == []
+    assert client.get(url, params={"timestamp": at(3001)}).json()["messages"] == []
     assert client.get(url, params={"offset": 99}).json()["messages"] == []
 
 
