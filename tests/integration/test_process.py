@@ -167,6 +167,24 @@ def check_store(s: Settings, expected: Expected) -> pd.DataFrame:
     return frame
 
 
+def check_audit(s: Settings, messages: list[Any], expected: Expected) -> dict[str, Any]:
+    """`millrace audit --json` on the job's topics and store: exit 0 and every record accounted for, exactly."""
+    argv = [sys.executable, "-m", "millrace.cli.main", "audit", "--json"]
+    done = subprocess.run(argv, env=env_of(s), capture_output=True, timeout=180, check=False)
+    assert done.returncode == 0, (done.stdout.decode()[-3000:], done.stderr.decode()[-2000:])
+    report: dict[str, Any] = orjson.loads(done.stdout)
+    assert report["ok"] and report["totals"] == {
+        "produced": len(messages),
+        "stored": len(expected.stored),
+        "dead_lettered": expected.dead + expected.late,
+        "deduplicated": expected.duplicates,
+        "missing": 0,
+        "duplicated": 0,
+        "outside": 0,
+    }, report
+    return report
+
+
 @pytest.fixture
 def job(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     yield job_settings(settings, tmp_path)
@@ -254,6 +272,7 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(job: Settings, tmp_path
     restarted = start_job(job, log, "--until-idle", "6")
     assert restarted.wait(300) == 0, log.read_text()[-3000:]
     check_store(job, expected)
+    check_audit(job, messages, expected)
 
 
 def test_broker_restart_under_the_running_job(job: Settings, stack: Stack, tmp_path: Path) -> None:
@@ -280,6 +299,7 @@ def test_broker_restart_under_the_running_job(job: Settings, stack: Stack, tmp_p
         if proc.poll() is None:
             proc.kill()
     check_store(job, expected)
+    check_audit(job, messages, expected)
 
 
 def test_a_model_promoted_under_the_running_job_scores_its_next_readings(job: Settings, tmp_path: Path) -> None:
