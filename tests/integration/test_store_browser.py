@@ -269,12 +269,12 @@ def test_csv_export_streams_more_rows_than_a_chunk(store: Store, tmp_path: Path)
 
 BAD = [
     # (path, params, status, words in the detail)
-    ("/api/store/collections/nope/rows", {}, 404, "unknown collection 'nope'"),
-    ("/api/store/collections/sensor_latest/rows", {}, 404, "unknown collection"),  # MongoDB-internal
-    ("/api/store/collections/sqlite_master/rows", {}, 404, "unknown collection"),
-    ("/api/store/collections/sensor_metrics; DROP TABLE sensor_metrics/rows", {}, 404, "unknown collection"),
-    ("/api/store/collections/nope/export.csv", {}, 404, "unknown collection"),
-    ("/api/store/collections/nope/rows/x", {}, 404, "unknown collection"),
+    ("/api/store/collections/nope/rows", {}, 422, "path.collection: Input should be 'sensor_metrics'"),
+    ("/api/store/collections/sensor_latest/rows", {}, 422, "path.collection"),  # MongoDB-internal
+    ("/api/store/collections/sqlite_master/rows", {}, 422, "path.collection"),
+    ("/api/store/collections/sensor_metrics; DROP TABLE sensor_metrics/rows", {}, 422, "path.collection"),
+    ("/api/store/collections/nope/export.csv", {}, 422, "path.collection"),
+    ("/api/store/collections/nope/rows/x", {}, 422, "path.collection"),
     (ROWS.format("sensor_metrics"), {"filter": "nope=1"}, 422, "no field 'nope'"),
     (ROWS.format("sensor_metrics"), {"filter": "value>abc"}, 422, "value takes a number"),
     (ROWS.format("sensor_metrics"), {"filter": "kafka_offset=1.5"}, 422, "kafka_offset takes a whole number"),

@@ -2,7 +2,8 @@
 sorted and paged, one row as JSON, and a streamed CSV export.
 
 Views are thin: stores.browse checks every name and value against the store's schema and the backend runs
-the query. An unknown collection or row is a 404 problem, any other bad input a 422 problem naming it.
+the query. An unknown row is a 404 problem; an unknown collection, field or a bad value a 422 problem naming
+it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
@@ -29,7 +30,11 @@ router = APIRouter(prefix="/api/store", tags=["store"], responses=PROBLEM_RESPON
 T = TypeVar("T")
 MAX_LIMIT = 1000
 CSV_ROWS_PER_CHUNK = 500
-Collection = Annotated[str, Path(min_length=1, max_length=100, description="A collection (table) name.")]
+CollectionName = Literal[
+    "sensor_metrics", "anomaly_alerts", "alert_events", "windowed_metrics", "data_quality", "sensor_status"
+]
+assert get_args(CollectionName) == tuple(FIELD_KINDS), "the path's names are the store's collections"
+Collection = Annotated[CollectionName, Path(description="A collection (table) of the store.")]
 Filters = Annotated[
     list[str],
     Query(

@@ -79,10 +79,9 @@ def coerce(collection: str, field: str, raw: str) -> Any:
 def parse_time(name: str, text: str) -> datetime:
     """An aware UTC datetime from ISO 8601 text (naive = UTC), at the stores' millisecond precision."""
     try:
-        ms = convert.ms_of(text)
+        value = convert.dt_of(convert.ms_of(text))
     except (ValueError, TypeError, OverflowError):
         raise ValueError(f"{name} takes an ISO 8601 time such as 2026-03-01T12:00:00Z, not {text!r}") from None
-    value = convert.dt_of(ms)
     if value is None:
         raise ValueError(f"{name} takes an ISO 8601 time, not {text!r}")
     return value
@@ -205,5 +204,8 @@ def parse_key(collection: str, key: str) -> dict[str, Any]:
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return convert.dt_of(convert.ms_of(aware))
+    try:
+        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return convert.dt_of(convert.ms_of(aware))
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00 is before datetime.min in UTC
+        raise ValueError(f"time {value.isoformat()} is out of range") from None
