@@ -73,6 +73,12 @@ class RuntimeSettings(BaseModel, frozen=True, extra="forbid"):
     kafka_port: int = Field(default=9092, ge=1, le=65535)
     controller_port: int = Field(default=9097, ge=1, le=65535)
     kafka_heap: str = "768m"
+    # Kafka nodes (combined broker+controller, static voters when more than one). Node i (from 0) listens on
+    # kafka_port + i * port_step for clients and controller_port + i * port_step for the quorum.
+    brokers: int = Field(default=1, ge=1, le=5)
+    port_step: int = Field(default=10, ge=1, le=1000)
+    # "sasl_ssl": a local CA and node certificates, SASL_SSL (SCRAM-SHA-512) listeners, ACLs enforced.
+    security: Literal["none", "sasl_ssl"] = "none"
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
     # Optional TLS listener of the managed Mosquitto (server certificate and key); clients verify it with
     # mqtt.tls_cafile and connect to mqtt.port = this port.
@@ -92,8 +98,9 @@ class TopicSettings(BaseModel, frozen=True, extra="forbid"):
     quality: str = "millrace.iot.quality"
     device_commands: str = "millrace.iot.device-commands"
     recommendations: str = "millrace.iot.recommendations"
-    replication_factor: int = Field(default=1, ge=1, le=5)
-    min_insync_replicas: int = Field(default=1, ge=1, le=5)
+    # None: fit the cluster (1 broker: 1 and 1; 3 or more: 3 and 2).
+    replication_factor: int | None = Field(default=None, ge=1, le=5)
+    min_insync_replicas: int | None = Field(default=None, ge=1, le=5)
 
 
 class MqttSettings(BaseModel, frozen=True, extra="forbid"):
@@ -288,10 +295,23 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         Settings._toml_file = None
 
 
+# A key holding one of these words is a secret: its value never appears in a message.
+SECRET_WORDS = ("password", "secret", "token", "jaas", "credential", "api_key", "private")
+
+
+def is_secret_key(key: str) -> bool:
+    return any(word in key.lower() for word in SECRET_WORDS)
+
+
 def _describe(exc: ValidationError) -> str:
+    """One line naming the key. The input is quoted only when it is a plain value of a key that is not secret:
+    a section's raw input (a dict) may hold a password, so it is never printed."""
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "settings"
     message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown setting"
-    return f"invalid setting {key}: {message} (got {first.get('input')!r})"
+    if first["type"] == "extra_forbidden":  # its value is of no help, and a misspelt secret key is still secret
+        return f"invalid setting {key}: unknown setting"
+    value = first.get("input")
+    if isinstance(value, dict | list | tuple | set) or is_secret_key(key) or isinstance(value, SecretStr):
+        return f"invalid setting {key}: {message}"
+    return f"invalid setting {key}: {message} (got {value!r})"

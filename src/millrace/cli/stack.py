@@ -11,6 +11,7 @@ from rich.table import Table
 
 from millrace.cli.common import console, human_duration, print_json, settings_of
 from millrace.runtime.process import tail
+from millrace.runtime.security import security_dir
 from millrace.runtime.stack import Stack
 
 app = typer.Typer(
@@ -22,16 +23,38 @@ app = typer.Typer(
 def up(
     ctx: typer.Context,
     with_: Annotated[list[str] | None, typer.Option("--with", help="Also start: mqtt, mongodb.")] = None,
+    brokers: Annotated[
+        int | None, typer.Option(min=1, max=5, help="Kafka nodes (default: runtime.brokers, 1).")
+    ] = None,
+    secure: Annotated[
+        bool | None, typer.Option("--secure/--plaintext", help="TLS + SASL/SCRAM + ACLs (runtime.security).")
+    ] = None,
 ) -> None:
-    """Start Kafka (KRaft, one node) and apply the topic list. Safe to run again: running servers are kept."""
+    """Start Kafka (KRaft) and apply the topic list (and, secured, the ACLs). Safe to run again: running
+    servers are kept."""
     settings = settings_of(ctx)
+    changes: dict[str, object] = {}
+    if brokers is not None:
+        changes["brokers"] = brokers
+    if secure is not None:
+        changes["security"] = "sasl_ssl" if secure else "none"
+    if changes:
+        settings = settings.model_copy(update={"runtime": settings.runtime.model_copy(update=changes)})
     started = time.monotonic()
+    stack = Stack(settings)
     with console.status("starting the stack (the first run downloads Kafka from Maven Central)..."):
-        records = Stack(settings).up(with_ or [])
+        records = stack.up(with_ or [])
     for rec in records:
         ports = ", ".join(f"{role} {port}" for role, port in rec.ports.items())
         console.print(f"[green]✓[/] {rec.name} pid {rec.pid} ({ports})")
-    console.print(f"stack ready in {time.monotonic() - started:.1f} s; bootstrap {settings.kafka.bootstrap_servers}")
+    bootstrap = stack.kafka_cluster().bootstrap_servers
+    console.print(f"stack ready in {time.monotonic() - started:.1f} s; bootstrap {bootstrap}")
+    if settings.runtime.security != "none":
+        clients = security_dir(settings.state_dir) / "clients"
+        console.print(
+            f"secured (SASL_SSL, SCRAM-SHA-512, ACLs): client settings per principal in {clients}/<principal>.env; "
+            f"e.g. set -a; . {clients}/admin.env; set +a"
+        )
 
 
 @app.command()

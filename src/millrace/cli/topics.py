@@ -9,7 +9,7 @@ from rich.table import Table
 
 from millrace.cli.common import console, print_json, settings_of
 from millrace.kafka.admin import apply_topics, describe_topic, list_topics
-from millrace.kafka.topics import declared_topics
+from millrace.kafka.topics import plan_topics
 
 app = typer.Typer(help="Apply the declared topic list, list and describe topics.", no_args_is_help=True)
 
@@ -18,7 +18,8 @@ app = typer.Typer(help="Apply the declared topic list, list and describe topics.
 def apply(ctx: typer.Context) -> None:
     """Create missing topics and fix configs that differ from the declared list (idempotent)."""
     settings = settings_of(ctx)
-    specs = declared_topics(settings.topics)
+    plan = plan_topics(settings.kafka.client_config(), settings.topics)  # sized for the cluster's brokers
+    specs = plan.specs
     result = apply_topics(settings.kafka.client_config(), specs)
     table = Table(title="topics")
     for column in ("topic", "partitions", "rf", "retention", "cleanup", "min isr", "result"):
@@ -34,6 +35,8 @@ def apply(ctx: typer.Context) -> None:
             result[spec.name],
         )
     console.print(table)
+    for name, notes in plan.cannot_change.items():
+        console.print(f"[yellow]cannot change[/] {name}: {'; '.join(notes)}", highlight=False)
 
 
 @app.command("list")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from millrace.config import TopicSettings
 
@@ -29,8 +30,11 @@ class TopicSpec:
         }
 
 
-def declared_topics(topics: TopicSettings) -> list[TopicSpec]:
-    rf, isr = topics.replication_factor, topics.min_insync_replicas
+def declared_topics(topics: TopicSettings, *, brokers: int = 1) -> list[TopicSpec]:
+    """The topics, replicated to fit ``brokers`` unless the settings fix it: RF 3 and min ISR 2 from three
+    brokers (acks=all then survives one broker down), RF 1 and min ISR 1 on one."""
+    rf = topics.replication_factor or min(3, brokers)
+    isr = topics.min_insync_replicas or (2 if rf >= 3 else 1)
     return [
         TopicSpec(topics.readings, 3, rf, 7 * DAY_MS, "delete", isr, "sensor readings, keyed by sensor_id"),
         TopicSpec(topics.dead_letter, 1, rf, 30 * DAY_MS, "delete", isr, "unusable input with reason and source"),
@@ -43,3 +47,56 @@ def declared_topics(topics: TopicSettings) -> list[TopicSpec]:
             topics.recommendations, 3, rf, 30 * DAY_MS, "delete", isr, "operator actions per alert, keyed by alert_id"
         ),
     ]
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    """The declared topics fitted to a cluster: what ``apply_topics`` should set, and what it cannot change."""
+
+    specs: list[TopicSpec]
+    brokers: int
+    cannot_change: dict[str, list[str]] = field(default_factory=dict)
+
+
+def fit_existing(spec: TopicSpec, partitions: int, replication_factor: int) -> tuple[TopicSpec, list[str]]:
+    """``spec`` as far as it can be applied to a topic that exists with ``partitions`` and
+    ``replication_factor``; the rest said in words. Partitions can only grow, and a replication factor changes
+    only by a partition reassignment, which millrace does not do; a min ISR above the replication factor the
+    topic really has would refuse every acks=all write, so it is capped (and said)."""
+    notes = []
+    if partitions > spec.partitions:
+        notes.append(f"has {partitions} partitions, declared {spec.partitions}: partitions cannot be removed")
+    if replication_factor != spec.replication_factor:
+        notes.append(
+            f"replication factor {replication_factor}, declared {spec.replication_factor}: changing it needs a "
+            "partition reassignment (kafka-reassign-partitions), or delete and re-create the topic"
+        )
+        if spec.min_insync_replicas > replication_factor:
+            capped = max(1, replication_factor - 1)
+            notes.append(f"min.insync.replicas kept at {capped} (declared {spec.min_insync_replicas})")
+            spec = replace(spec, min_insync_replicas=capped)
+    return spec, notes
+
+
+def plan_topics(client_config: dict[str, Any], topics: TopicSettings, *, timeout_s: float = 15.0) -> TopicPlan:
+    """Declared topics sized for the cluster at ``client_config`` (its broker count), fitted to what exists."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from millrace.kafka.client_config import kafka_failure
+
+    try:
+        meta = AdminClient(dict(client_config)).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise kafka_failure("reading the cluster metadata", exc) from exc
+    brokers = max(1, len(meta.brokers))
+    specs, notes = [], {}
+    for spec in declared_topics(topics, brokers=brokers):
+        existing = meta.topics.get(spec.name)
+        if existing is not None and existing.partitions:
+            rf = min(len(p.replicas) for p in existing.partitions.values())
+            spec, said = fit_existing(spec, len(existing.partitions), rf)
+            if said:
+                notes[spec.name] = said
+        specs.append(spec)
+    return TopicPlan(specs, brokers, notes)

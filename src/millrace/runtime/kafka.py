@@ -1,8 +1,9 @@
 """Apache Kafka in KRaft mode as local JVM processes.
 
-One combined broker+controller node now. The layout types already describe several nodes with their own
-ports and data dirs, so a three-node cluster (and TLS/SASL listeners) is a matter of more ``KafkaNode``
-entries and listener settings, not of new process code.
+Combined broker+controller nodes, each with its own ports and data dir: one node with a dynamic quorum
+(``format --standalone``), or several with static voters (``controller.quorum.voters``). With a
+:class:`~millrace.runtime.security.ClusterSecurity` the listeners are SASL_SSL (see
+:func:`secure_properties`); runtime.cluster builds and starts such clusters.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from millrace.errors import MillraceError
+from millrace.kafka.acls import SUPER_USERS
 from millrace.runtime.distribution import resolve_jars
 from millrace.runtime.process import ServerSpec, tcp_probe
+from millrace.runtime.security import SCRAM_MECHANISM, ClusterSecurity
 from millrace.runtime.tools import require
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,7 @@ class KafkaCluster:
     nodes: tuple[KafkaNode, ...]
     lib_dir: Path
     heap: str = "768m"
+    security: ClusterSecurity | None = None  # None: plaintext listeners, no authorizer
 
     @property
     def bootstrap_servers(self) -> str:
@@ -66,6 +71,15 @@ class KafkaCluster:
     @property
     def quorum_bootstrap(self) -> str:
         return ",".join(f"{n.host}:{n.controller_port}" for n in self.nodes)
+
+    @property
+    def quorum_voters(self) -> str:
+        return ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.nodes)
+
+    @property
+    def client_role(self) -> str:
+        """The name of the client port in the process records ("sasl_ssl" tells health checks to log in)."""
+        return "client" if self.security is None else "sasl_ssl"
 
 
 def single_node(
@@ -79,6 +93,7 @@ def single_node(
 
 def server_properties(cluster: KafkaCluster, node: KafkaNode) -> str:
     replicas = min(3, len(cluster.nodes))
+    min_isr = 2 if replicas >= 3 else 1
     props = {
         "process.roles": "broker,controller",
         "node.id": str(node.node_id),
@@ -88,19 +103,67 @@ def server_properties(cluster: KafkaCluster, node: KafkaNode) -> str:
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "controller.quorum.bootstrap.servers": cluster.quorum_bootstrap,
+        "controller.quorum.voters": cluster.quorum_voters,
         "log.dirs": str(node.data_dir.resolve()),
         "num.partitions": "3",
         "default.replication.factor": str(replicas),
         "offsets.topic.replication.factor": str(replicas),
         "transaction.state.log.replication.factor": str(replicas),
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.min.isr": str(min_isr),
         "share.coordinator.state.topic.replication.factor": str(replicas),
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.min.isr": str(min_isr),
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
         "log.retention.check.interval.ms": "60000",
     }
+    if len(cluster.nodes) == 1:
+        del props["controller.quorum.voters"]  # one node: a dynamic quorum, formatted --standalone
+    else:
+        del props["controller.quorum.bootstrap.servers"]  # several: static voters, the same list everywhere
+    if cluster.security is not None:
+        props.update(secure_properties(cluster.security, node))
     return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def _jaas(module: str, **options: str) -> str:
+    quoted = " ".join(f'{key}="{value}"' for key, value in options.items())
+    return f"{module} required {quoted};"
+
+
+def secure_properties(security: ClusterSecurity, node: KafkaNode) -> dict[str, str]:
+    """SASL_SSL everywhere: SCRAM-SHA-512 for clients and between brokers, PLAIN on the controller listener
+    (KRaft controllers cannot check SCRAM credentials: they live in the metadata the quorum serves), TLS with
+    the local CA, the StandardAuthorizer denying whatever no ACL allows."""
+    internal = "controller"
+    password = security.password(internal)
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    keystore, ca = str(security.keystore(node.node_id).resolve()), str(security.ca_file.resolve())
+    return {
+        "listeners": f"SASL_SSL://{node.host}:{node.client_port},CONTROLLER://{node.host}:{node.controller_port}",
+        "advertised.listeners": f"SASL_SSL://{node.host}:{node.client_port}",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": _jaas(
+            scram, username=internal, password=password
+        ),
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": _jaas(
+            plain, username=internal, password=password, **{f"user_{internal}": password}
+        ),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": keystore,
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": ca,
+        "ssl.endpoint.identification.algorithm": "https",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": ";".join(f"User:{name}" for name in SUPER_USERS),
+    }
 
 
 def new_cluster_id() -> str:
@@ -129,6 +192,7 @@ def prepare(cluster: KafkaCluster, node: KafkaNode) -> None:
     """Write the node's config and format its storage the first time (data survives restarts)."""
     node.home.mkdir(parents=True, exist_ok=True)
     node.config_path.write_text(server_properties(cluster, node), encoding="utf-8")
+    node.config_path.chmod(0o600)  # holds the internal principal's password when secure
     if (node.data_dir / "meta.properties").is_file():
         return
     id_file = node.home.parent / "cluster.id"
@@ -138,36 +202,50 @@ def prepare(cluster: KafkaCluster, node: KafkaNode) -> None:
     argv = [*_java_base(cluster, heap="256m"), STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(node.config_path)]
     if len(cluster.nodes) == 1:
         argv.insert(argv.index("-t"), "--standalone")
+    if cluster.security is not None:
+        # SCRAM users are bootstrap metadata records: the same list on every node.
+        for principal, password in sorted(cluster.security.passwords.items()):
+            argv += ["--add-scram", f"{SCRAM_MECHANISM}=[name={principal},password={password.get_secret_value()}]"]
     log.info("formatting KRaft storage for %s", node.name)
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise MillraceError(
-            f"formatting Kafka storage in {node.data_dir} failed (exit {result.returncode}):\n"
-            + (result.stdout + result.stderr).strip()[-2000:]
-        )
+        output = (result.stdout + result.stderr).strip()[-2000:]
+        for password in cluster.security.passwords.values() if cluster.security else ():
+            output = output.replace(password.get_secret_value(), "**********")
+        raise MillraceError(f"formatting Kafka storage in {node.data_dir} failed (exit {result.returncode}):\n{output}")
 
 
-def metadata_probe(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True when a broker at ``bootstrap`` answers a metadata request with at least one broker."""
+def metadata_probe(
+    bootstrap: str, timeout_s: float = 2.0, *, client_config: dict[str, object] | None = None, brokers: int = 1
+) -> bool:
+    """True when a broker at ``bootstrap`` answers a metadata request with at least ``brokers`` brokers
+    (``client_config``: the security settings of a secured cluster)."""
     from confluent_kafka.admin import AdminClient
 
     host, _, port = bootstrap.rpartition(":")
     if not tcp_probe(host, int(port)):
         return False
     # log_level 0: "connection refused" while the broker boots is expected, not worth a line on stderr.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 0})
+    conf: dict[str, Any] = {**(client_config or {}), "bootstrap.servers": bootstrap}
+    admin = AdminClient({**conf, "socket.connection.setup.timeout.ms": 1000, "log_level": 0})
     meta = admin.list_topics(timeout=timeout_s)
-    return bool(meta.brokers)
+    return len(meta.brokers) >= brokers
 
 
 def node_spec(cluster: KafkaCluster, node: KafkaNode, *, start_timeout_s: float, stop_timeout_s: float) -> ServerSpec:
+    """One node's process. With several nodes a node alone cannot serve (the quorum needs a majority): its
+    readiness is its controller port listening, and runtime.cluster waits for the whole cluster after."""
+    if len(cluster.nodes) == 1 and cluster.security is None:
+        ready = lambda: metadata_probe(node.bootstrap)  # noqa: E731
+    else:
+        ready = lambda: tcp_probe(node.host, node.controller_port)  # noqa: E731
     return ServerSpec(
         name=node.name,
         kind="kafka",
         argv=[*_java_base(cluster), KAFKA_MAIN, str(node.config_path)],
-        ports={"client": node.client_port, "controller": node.controller_port},
+        ports={cluster.client_role: node.client_port, "controller": node.controller_port},
         host=node.host,
-        ready=lambda: metadata_probe(node.bootstrap),
+        ready=ready,
         start_timeout_s=start_timeout_s,
         stop_timeout_s=stop_timeout_s,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from millrace.config import Settings
 from millrace.errors import MillraceError
-from millrace.runtime import kafka
+from millrace.runtime import cluster, kafka
 from millrace.runtime.process import ProcessManager, ProcessRecord, ServerSpec, tcp_probe
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,12 @@ class Stack:
         self.manager = ProcessManager(settings.state_dir)
 
     def kafka_cluster(self) -> kafka.KafkaCluster:
-        rt = self.settings.runtime
-        return kafka.single_node(
-            self.settings.state_dir,
-            self.settings.cache_dir,
-            version=rt.kafka_version,
-            host=rt.host,
-            client_port=rt.kafka_port,
-            controller_port=rt.controller_port,
-            heap=rt.kafka_heap,
-        )
+        """The nodes runtime.brokers and runtime.security ask for (security material made on first use)."""
+        return cluster.describe(self.settings.state_dir, self.settings.cache_dir, self.settings.runtime)
+
+    def admin_config(self) -> dict[str, object]:
+        """Client settings of the admin principal on the managed cluster (plaintext when not secured)."""
+        return cluster.admin_config(self.kafka_cluster())
 
     def up(self, with_: Sequence[str] = (), *, apply_topics: bool = True) -> list[ProcessRecord]:
         """Start Kafka (and the named extras), apply the topic list; a no-op for what already runs."""
@@ -82,36 +78,40 @@ class Stack:
         started = self.start_kafka()
         if apply_topics:
             from millrace.kafka.admin import apply_topics as apply
-            from millrace.kafka.topics import declared_topics
+            from millrace.kafka.topics import plan_topics
 
-            apply(self.settings.kafka.client_config(), declared_topics(self.settings.topics))
+            secure = self.settings.runtime.security != "none"
+            conf = self.admin_config() if secure else self.settings.kafka.client_config()
+            plan = plan_topics(conf, self.settings.topics)
+            apply(conf, plan.specs)
+            for topic, notes in plan.cannot_change.items():
+                log.warning("topic %s: %s", topic, "; ".join(notes))
+            if secure:
+                from millrace.kafka.acls import apply_acls, declared_acls
+                from millrace.kafka.admin import admin_client
+
+                acls = declared_acls(self.settings.topics, stream_job_group=self.settings.spark.consumer_group)
+                apply_acls(admin_client(conf), acls)
         for name in with_:
             started.append(self.manager.start(EXTRA_SERVERS[name](self.settings)))
         return started
 
     def start_kafka(self) -> list[ProcessRecord]:
-        cluster = self.kafka_cluster()
-        records = []
-        for node in cluster.nodes:
-            if self.manager.running(node.name) is None:
-                kafka.prepare(cluster, node)
-            spec = kafka.node_spec(
-                cluster,
-                node,
-                start_timeout_s=self.settings.runtime.start_timeout_s,
-                stop_timeout_s=self.settings.runtime.stop_timeout_s,
-            )
-            records.append(self.manager.start(spec))
-        return records
+        rt = self.settings.runtime
+        cluster.check_layout(self.settings.state_dir, rt)
+        return cluster.start(
+            self.manager, self.kafka_cluster(), start_timeout_s=rt.start_timeout_s, stop_timeout_s=rt.stop_timeout_s
+        )
 
     def down(self) -> list[str]:
         """Stop every managed server, extras first, Kafka last. Returns the names that were running."""
-        records = sorted(self.manager.records(), key=lambda r: r.kind == "kafka")
+        timeout_s = self.settings.runtime.stop_timeout_s
         stopped = []
-        for rec in records:
-            if self.manager.stop(rec.name, timeout_s=self.settings.runtime.stop_timeout_s):
+        for rec in self.manager.records():
+            if rec.kind != "kafka" and self.manager.stop(rec.name, timeout_s=timeout_s):
                 stopped.append(rec.name)
-        return stopped
+        nodes = [rec.name for rec in self.manager.records() if rec.kind == "kafka"]
+        return stopped + cluster.stop_all(self.manager, nodes, timeout_s=timeout_s)
 
     def status(self) -> list[ServerStatus]:
         out = []
@@ -125,15 +125,25 @@ class Stack:
                     ports=rec.ports,
                     uptime_s=rec.uptime_s if running else None,
                     running=running,
-                    healthy=running and _healthy(rec),
+                    healthy=running and _healthy(rec, self.settings),
                     log_path=rec.log_path,
                 )
             )
         return out
 
 
-def _healthy(rec: ProcessRecord) -> bool:
+def _healthy(rec: ProcessRecord, settings: Settings) -> bool:
     try:
+        if rec.kind == "kafka" and "sasl_ssl" in rec.ports:  # a secured node: ask as the admin principal
+            from millrace.kafka.acls import ADMIN
+            from millrace.runtime.security import load_security
+
+            bootstrap = f"{rec.host}:{rec.ports['sasl_ssl']}"
+            security = load_security(settings.state_dir)
+            if security is None:
+                return False
+            conf = security.client_settings(ADMIN, bootstrap).client_config()
+            return kafka.metadata_probe(bootstrap, client_config=conf)
         if rec.kind == "kafka":
             return kafka.metadata_probe(f"{rec.host}:{rec.ports['client']}")
         return all(tcp_probe(rec.host, port) for port in rec.ports.values())

@@ -1,0 +1,218 @@
+"""The one declarative list of who may do what on a secured cluster, and its idempotent application.
+
+One principal per millrace service, each with the least it needs. ``admin`` and the cluster's own
+``controller`` principal are super users (broker setting ``super.users``) and have no ACLs here. The cluster
+denies everything else (``allow.everyone.if.no.acl.found=false``).
+
+``millrace acl apply`` makes the cluster's ACLs of the *managed* principals (those declared here) equal to
+this list: it adds what is missing and removes what is extra. ACLs of other principals are listed but never
+touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from millrace.config import TopicSettings
+
+INGEST = "ingest"  # the simulator and file/replay ingestion (iot simulate, iot replay)
+MQTT_BRIDGE = "mqtt-bridge"
+STREAM_JOB = "stream-job"  # the Spark job (iot process) and its driver-side producers
+API = "api"  # millrace serve: live feed and cluster view
+ADMIN = "admin"  # millrace stack/topics/acl: a super user
+INTERNAL_PRINCIPAL = "controller"  # controllers (PLAIN) and inter-broker traffic (SCRAM); a super user
+SUPER_USERS = (ADMIN, INTERNAL_PRINCIPAL)
+SERVICES = (INGEST, MQTT_BRIDGE, STREAM_JOB, API, ADMIN)
+
+# Consumer groups the services use (their defaults; a different group needs an ACL of its own).
+MQTT_COMMAND_GROUP = "millrace-mqtt-commands"
+API_FEED_GROUP_PREFIX = "millrace-serve"  # one group per API process: millrace-serve-<random>
+SPARK_SOURCE_GROUP_PREFIX = "spark-kafka-source-"  # the groups Spark's Kafka source names for itself
+
+
+def all_principals() -> tuple[str, ...]:
+    return SERVICES
+
+
+@dataclass(frozen=True, order=True)
+class Acl:
+    """One ALLOW rule, in the vocabulary of ``kafka-acls.sh``: principal (without ``User:``), resource type
+    (TOPIC, GROUP, CLUSTER), resource name, pattern (LITERAL, PREFIXED) and operation."""
+
+    principal: str
+    resource: str
+    name: str
+    operation: str
+    pattern: str = "LITERAL"
+    host: str = "*"
+
+    def __str__(self) -> str:
+        pattern = "" if self.pattern == "LITERAL" else f" ({self.pattern.lower()})"
+        return f"User:{self.principal} {self.operation} {self.resource.lower()} {self.name}{pattern}"
+
+
+def declared_acls(topics: TopicSettings, *, stream_job_group: str = "millrace-iot-process") -> list[Acl]:
+    """Every ACL of the managed principals, for the topic names in ``topics``."""
+
+    def topic(principal: str, name: str, *operations: str) -> list[Acl]:
+        return [Acl(principal, "TOPIC", name, op) for op in operations]
+
+    def group(principal: str, name: str, op: str = "READ", pattern: str = "LITERAL") -> Acl:
+        return Acl(principal, "GROUP", name, op, pattern)
+
+    acls: list[Acl] = []
+    # Producers: WRITE (idempotent producers need nothing more since Kafka 2.8) and DESCRIBE for metadata.
+    for name in (topics.readings, topics.dead_letter):
+        acls += topic(INGEST, name, "WRITE", "DESCRIBE")
+        acls += topic(MQTT_BRIDGE, name, "WRITE", "DESCRIBE")
+    # The bridge relays device commands from Kafka to MQTT, committing as its own group.
+    acls += topic(MQTT_BRIDGE, topics.device_commands, "READ", "DESCRIBE")
+    acls.append(group(MQTT_BRIDGE, MQTT_COMMAND_GROUP))
+    # The stream job reads readings; writes its outputs; mirrors its progress into its consumer group.
+    acls += topic(STREAM_JOB, topics.readings, "READ", "DESCRIBE")
+    outputs = (topics.predictions, topics.alerts, topics.windowed_metrics, topics.quality, topics.recommendations)
+    for name in (*outputs, topics.dead_letter):
+        acls += topic(STREAM_JOB, name, "WRITE", "DESCRIBE")
+    if stream_job_group:
+        acls.append(group(STREAM_JOB, stream_job_group))
+    acls.append(group(STREAM_JOB, SPARK_SOURCE_GROUP_PREFIX, pattern="PREFIXED"))
+    # The API follows the output topics for its live feed and shows the cluster (topics, configs, groups, lag).
+    for name in outputs:
+        acls += topic(API, name, "READ", "DESCRIBE")
+    for name in (topics.readings, topics.dead_letter, topics.device_commands):
+        acls += topic(API, name, "DESCRIBE")
+    for name in _all_topics(topics):
+        acls += topic(API, name, "DESCRIBE_CONFIGS")
+    acls.append(group(API, API_FEED_GROUP_PREFIX, pattern="PREFIXED"))
+    acls.append(group(API, "*", "DESCRIBE"))  # the cluster view lists every group's lag (read-only)
+    acls.append(Acl(API, "CLUSTER", "kafka-cluster", "DESCRIBE"))
+    return sorted(set(acls))
+
+
+def _all_topics(topics: TopicSettings) -> list[str]:
+    return [
+        topics.readings,
+        topics.dead_letter,
+        topics.alerts,
+        topics.predictions,
+        topics.windowed_metrics,
+        topics.quality,
+        topics.device_commands,
+        topics.recommendations,
+    ]
+
+
+@dataclass(frozen=True)
+class AclDiff:
+    """What ``apply`` would do: ``missing`` to add, ``extra`` to remove (managed principals only);
+    ``unmanaged``: ACLs of principals not declared here, left alone."""
+
+    missing: tuple[Acl, ...] = ()
+    extra: tuple[Acl, ...] = ()
+    unmanaged: tuple[Acl, ...] = field(default=())
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.missing and not self.extra
+
+
+def diff_acls(declared: Iterable[Acl], current: Iterable[Acl], managed: Sequence[str] = SERVICES) -> AclDiff:
+    """Compare declared with current ACLs. Pure: the unit tests cover it without a broker."""
+    want, have = set(declared), set(current)
+    managed_set = set(managed) | {a.principal for a in want}
+    return AclDiff(
+        missing=tuple(sorted(want - have)),
+        extra=tuple(sorted(a for a in have - want if a.principal in managed_set)),
+        unmanaged=tuple(sorted(a for a in have if a.principal not in managed_set)),
+    )
+
+
+# --- the cluster side (confluent-kafka's AdminClient) --------------------------------------------------------
+
+
+# librdkafka calls Kafka's CLUSTER resource type (4) BROKER.
+_TO_LIBRDKAFKA = {"CLUSTER": "BROKER"}
+_FROM_LIBRDKAFKA = {"BROKER": "CLUSTER"}
+
+
+def _binding(acl: Acl) -> Any:
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    return AclBinding(
+        ResourceType[_TO_LIBRDKAFKA.get(acl.resource, acl.resource)],
+        acl.name,
+        ResourcePatternType[acl.pattern],
+        f"User:{acl.principal}",
+        acl.host,
+        AclOperation[acl.operation],
+        AclPermissionType.ALLOW,
+    )
+
+
+def _acl(binding: Any) -> Acl | None:
+    principal = str(binding.principal)
+    if not principal.startswith("User:") or binding.permission_type.name != "ALLOW":
+        return None  # DENY rules and non-user principals are not ours to manage
+    return Acl(
+        principal.removeprefix("User:"),
+        _FROM_LIBRDKAFKA.get(binding.restype.name, binding.restype.name),
+        binding.name,
+        binding.operation.name,
+        binding.resource_pattern_type.name,
+        binding.host,
+    )
+
+
+def current_acls(admin: Any, timeout_s: float = 15.0) -> list[Acl]:
+    """Every ALLOW ACL of a user principal on the cluster."""
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    from millrace.kafka.client_config import kafka_failure
+
+    anything: Any = None  # the filter's "any name, principal, host" (the stubs say str)
+    flt = AclBindingFilter(
+        ResourceType.ANY, anything, ResourcePatternType.ANY, anything, anything, AclOperation.ANY, AclPermissionType.ANY
+    )
+    try:
+        bindings = admin.describe_acls(flt, request_timeout=timeout_s).result()
+    except Exception as exc:
+        raise kafka_failure("listing ACLs", exc) from exc
+    return sorted(a for a in map(_acl, bindings) if a is not None)
+
+
+def apply_acls(admin: Any, declared: Sequence[Acl], *, timeout_s: float = 15.0) -> AclDiff:
+    """Add the missing ACLs and remove the extra ones of managed principals; returns what was changed.
+
+    Idempotent: a second run finds nothing to do.
+    """
+    from confluent_kafka.admin import AclBindingFilter
+
+    from millrace.kafka.client_config import kafka_failure
+
+    plan = diff_acls(declared, current_acls(admin, timeout_s))
+    try:
+        if plan.missing:
+            for future in admin.create_acls([_binding(a) for a in plan.missing], request_timeout=timeout_s).values():
+                future.result()
+        if plan.extra:
+            filters = []
+            for acl in plan.extra:
+                b = _binding(acl)
+                filters.append(
+                    AclBindingFilter(
+                        b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation, b.permission_type
+                    )
+                )
+            for future in admin.delete_acls(filters, request_timeout=timeout_s).values():
+                future.result()
+    except Exception as exc:
+        raise kafka_failure("applying ACLs", exc) from exc
+    return plan
