@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time (and re-runnable) set-up of everything millrace needs on a fresh Linux machine:
 #   - checks Java 17+ and Maven, installs them with apt-get when run as root and they are missing;
-#   - installs Mosquitto (MQTT broker) and Chromium (dashboard browser tests) from Debian when possible;
+#   - installs Mosquitto (MQTT broker), Chromium (dashboard browser tests) and OpenSSL (the local CA of the
+#     secured Kafka cluster) from Debian when possible;
 #   - creates .venv with Python >= 3.11 and installs millrace with all extras;
 #   - resolves the Kafka and Spark connector jars from Maven Central into the cache dir.
 # Idempotent: a second run only checks. Set MILLRACE_SETUP_QUIET=1 for less output.
@@ -36,10 +37,11 @@ fi
 missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v openssl >/dev/null || missing+=(openssl)  # the local CA of `stack up --secure`
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}" || say "could not install ${missing[*]} (not root or no apt-get)"
 fi
-unmet=()  # reported at the end: the MQTT and dashboard browser tests fail without these, they never skip
+unmet=()  # reported at the end: the MQTT, dashboard browser and secure-cluster tests fail without these, they never skip
 for tool in "${missing[@]}"; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || unmet+=("$tool")
 done
