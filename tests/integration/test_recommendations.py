@@ -4,7 +4,7 @@ table with a user file over it."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,11 @@ from millrace.kafka.reader import read_all
 from millrace.processing.recommendations import load_table, shipped_table
 from millrace.records import ANOMALY_KINDS, to_iso
 from millrace.services.app import create_app
+from millrace.stores.base import Store
 from millrace.stores.factory import open_store
 from tests.integration.test_process import job_settings, produce
+from tests.integration.test_store import T0, backend, mongo_settings, store  # noqa: F401 - fixtures
+from tests.integration.test_store import alert as make_alert
 
 pytestmark = pytest.mark.integration
 
@@ -77,11 +80,11 @@ def test_alerts_carry_the_recommendation_in_the_store_the_api_and_the_topic(sett
     produce(job, [m for m in messages if pd.Timestamp(orjson.loads(m.value)["timestamp"]) >= second])
     run(job, default_options(job), until_idle_s=6.0, duration_s=240)
 
-    store = open_store(job)
+    db = open_store(job)
     try:
-        alerts = store.alerts(limit=10**6)
+        alerts = db.alerts(limit=10**6)
     finally:
-        store.close()
+        db.close()
     assert alerts
     # Every alert raised in the second run: the action of the most specific entry for its kind and its sensors'
     # types. One raised in the first run's first micro-batch may have its kind's general action (the Limit).
@@ -153,3 +156,24 @@ def test_alerts_carry_the_recommendation_in_the_store_the_api_and_the_topic(sett
         for m in read_all(job.kafka.client_config(), job.topics.alerts)
     }
     assert on_alerts[current["alert_id"]]["recommendation"] == current["recommendation"]
+
+
+def test_the_recommendation_is_stored_with_the_alert_on_both_backends(store: Store) -> None:  # noqa: F811
+    """SQLite and MongoDB keep the two fields and replace them with the job's next update of the episode; an
+    operator's acknowledgement keeps them."""
+    action = shipped_table().entries[("drift", "temperature")]
+    first = make_alert("al-r", kind="spike", recommendation="check the probe", recommendation_id="spike.any")
+    assert store.upsert_alerts([first]) == 1
+    got = store.alert("al-r")
+    assert got is not None and (got["recommendation"], got["recommendation_id"]) == ("check the probe", "spike.any")
+    later = make_alert("al-r", kind="drift", recommendation=action, recommendation_id="drift.temperature")
+    store.upsert_alerts([later])
+    store.set_alert_status("al-r", "acknowledged", by="operator")
+    got = store.alert("al-r")
+    assert got is not None and got["status"] == "acknowledged"
+    assert (got["recommendation"], got["recommendation_id"]) == (action, "drift.temperature")
+    assert [(a["alert_id"], a["recommendation_id"]) for a in store.alerts()] == [("al-r", "drift.temperature")]
+    # An alert written without one (by an older job) reads back with None.
+    store.upsert_alerts([make_alert("al-old", opened_at=T0 - timedelta(hours=1), updated_at=T0 - timedelta(hours=1))])
+    old = store.alert("al-old")
+    assert old is not None and (old["recommendation"], old["recommendation_id"]) == (None, None)

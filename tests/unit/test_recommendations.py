@@ -190,3 +190,45 @@ def test_the_job_refuses_a_bad_file_at_start(tmp_path: Path) -> None:
     assert caught.value.exit_code == 2
     assert str(caught.value) == f"invalid recommendations file {bad}: spike.pressure must be a non-empty text (got 3)"
     assert not (tmp_path / "ledger.db").exists()  # refused before it opened anything
+
+
+def test_an_older_sqlite_store_gets_the_recommendation_columns(tmp_path: Path) -> None:
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from millrace.stores.sqlite import SqliteStore
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # anomaly_alerts as files created before recommendations have it
+        conn.execute(
+            "CREATE TABLE anomaly_alerts (alert_id TEXT PRIMARY KEY, device_id TEXT, sensor_ids TEXT, kind TEXT, "
+            "severity TEXT, score REAL, reason TEXT, location TEXT, opened_at INTEGER, updated_at INTEGER, "
+            "closed_at INTEGER, status TEXT NOT NULL, readings INTEGER, top_features TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO anomaly_alerts VALUES ('al-0', 'd', '[]', 'spike', 'warning', 1.0, '', 'l', 0, 0, NULL, "
+            "'open', 1, '[]')"
+        )
+    store = SqliteStore(path)
+    try:
+        old = store.alert("al-0")
+        assert old is not None and (old["recommendation"], old["recommendation_id"]) == (None, None)
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        store.upsert_alerts(
+            [
+                {
+                    "alert_id": "al-1",
+                    "kind": "drift",
+                    "status": "open",
+                    "opened_at": at,
+                    "updated_at": at,
+                    "recommendation": "recalibrate",
+                    "recommendation_id": "drift.any",
+                }
+            ]
+        )
+        new = store.alert("al-1")
+        assert new is not None and (new["recommendation"], new["recommendation_id"]) == ("recalibrate", "drift.any")
+    finally:
+        store.close()
+    SqliteStore(path).close()  # opening it again adds nothing twice
