@@ -132,6 +132,17 @@ def test_sort_by_any_field_both_ways(client: TestClient) -> None:
     # ties broken by the key: all four sensors have readings at every second
     ties = rows(client, "sensor_metrics", sort="timestamp", limit=5)["items"]
     assert [r["_key"] for r in ties] == [key(s, 0) for s in SENSOR_IDS] + [key(SENSOR_IDS[0], 1)]
+    # nulls first ascending, last descending, on both backends
+    nulls = rows(client, "sensor_metrics", sort="anomaly_kind", limit=2)["items"]
+    assert [(r["anomaly_kind"], r["_key"]) for r in nulls] == [
+        (None, key(SENSOR_IDS[0], 0)),
+        (None, key(SENSOR_IDS[0], 1)),
+    ]
+    spike = rows(client, "sensor_metrics", sort="-anomaly_kind", limit=2)["items"]
+    assert [(r["anomaly_kind"], r["_key"]) for r in spike] == [
+        ("spike", key("dev-0002-temperature", 7)),
+        (None, key(SENSOR_IDS[0], 0)),
+    ]
     windows = rows(client, "windowed_metrics", sort="-mean", limit=2)["items"]
     assert [(w["key"], w["mean"]) for w in windows] == [("dev-0002-humidity", 62.0), ("dev-0002-humidity", 61.0)]
 
