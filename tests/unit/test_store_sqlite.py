@@ -466,3 +466,47 @@ def test_retention_settings_name_the_stores_collections() -> None:
         load_settings(store={"retention": {"data_quality": 0}})
     with pytest.raises(ConfigError, match="store.retention_interval_s"):
         load_settings(store={"retention_interval_s": -1})
+
+
+def test_mongodb_ttl_index_takes_the_place_of_the_plain_index() -> None:
+    """The commands _ttl_index sends for each state a collection's indexes can be in (a recording stand-in for
+    a pymongo collection; the real server's answers are tested in tests/integration/test_retention.py)."""
+    from millrace.stores.mongo import _ttl_index
+
+    class Recorder:
+        name = "sensor_metrics"
+
+        def __init__(self, indexes: list[dict[str, object]]) -> None:
+            self.indexes = indexes
+            self.calls: list[tuple[object, ...]] = []
+            self.database = self
+
+        def list_indexes(self) -> list[dict[str, object]]:
+            return self.indexes
+
+        def command(self, cmd: dict[str, object]) -> None:
+            self.calls.append(("command", cmd))
+
+        def drop_index(self, name: str) -> None:
+            self.calls.append(("drop_index", name))
+
+        def create_index(self, keys: list[tuple[str, int]], **options: object) -> None:
+            self.calls.append(("create_index", keys, options))
+
+    ident = {"key": {"_id": 1}, "name": "_id_"}
+    plain = {"key": {"timestamp": 1}, "name": "timestamp_1"}
+    create = ("create_index", [("timestamp", 1)], {"expireAfterSeconds": 600})
+    cases = [
+        ([ident], [create]),
+        ([ident, plain], [("drop_index", "timestamp_1"), create]),
+        ([ident, {**plain, "expireAfterSeconds": 600}], []),
+        (
+            [ident, {**plain, "expireAfterSeconds": 60}],
+            [("command", {"collMod": "sensor_metrics", "index": {"name": "timestamp_1", "expireAfterSeconds": 600}})],
+        ),
+        ([ident, {"key": {"timestamp": -1}, "name": "timestamp_-1"}], [create]),  # another key: left alone
+    ]
+    for indexes, expected in cases:
+        coll = Recorder(indexes)
+        _ttl_index(coll, "timestamp", 600)
+        assert coll.calls == expected, indexes
