@@ -136,6 +136,8 @@ BAD_INPUTS: list[tuple[tuple[str, ...], str]] = [
     (("iot", "mqtt-bridge", "--duration", "-1"), "--duration"),
     (("topics", "describe"), "Missing argument 'name'"),
     (("stack", "logs", "nope"), "no log for nope"),
+    (("stack", "up", "--with", "kafka-ui"), "--with: unknown server kafka-ui"),
+    (("stack", "up", "--brokers", "9"), "--brokers"),
     (("serve", "--port", "70000"), "--port"),
     (("serve", "--queue-size", "0"), "--queue-size"),
     (("audit", "--max-listed", "-1"), "--max-listed"),

@@ -10,9 +10,10 @@ import typer
 from rich.table import Table
 
 from millrace.cli.common import console, human_duration, print_json, settings_of
+from millrace.errors import UsageError
 from millrace.runtime.process import tail
 from millrace.runtime.security import security_dir
-from millrace.runtime.stack import Stack
+from millrace.runtime.stack import EXTRA_SERVERS, Stack, _load_extras
 
 app = typer.Typer(
     help="Start, stop and inspect the local servers (Kafka, and optional MQTT, MongoDB-wire).", no_args_is_help=True
@@ -33,6 +34,11 @@ def up(
     """Start Kafka (KRaft) and apply the topic list (and, secured, the ACLs). Safe to run again: running
     servers are kept."""
     settings = settings_of(ctx)
+    _load_extras()  # the optional servers register themselves on import
+    unknown = [name for name in with_ or [] if name not in EXTRA_SERVERS]
+    if unknown:  # refused before anything starts, as a usage error
+        known = ", ".join(sorted(EXTRA_SERVERS)) or "none"
+        raise UsageError(f"unknown server {', '.join(unknown)} (known: {known})", param_hint="--with")
     changes: dict[str, object] = {}
     if brokers is not None:
         changes["brokers"] = brokers
