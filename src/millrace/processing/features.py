@@ -36,7 +36,7 @@ Per sensor (own history):
   shift_age     readings since the last step of at least ``SHIFT_STEP`` local noise units (|step_z|), carried
                 across batches without limit (capped at ``JUMP_AGE_CAP``): a level shift stepped once, however
                 long ago; a drift never did. NaN while that step is within the last ``STEP_SPAN`` readings
-                (the step_* features describe it then; measured: naming spikes suffered when both did)
+                (the step_* features describe it then; both at once made spikes be named worse)
   shift_level_z the mean of the last ``STEP`` values minus the mean of the ``STEP`` values ending 2 * STEP
                 readings before that step, along its sign, in local noise units (NaN like shift_age, and
                 before any large step)

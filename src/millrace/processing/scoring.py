@@ -30,10 +30,9 @@ MODEL_FEATURES: tuple[str, ...] = (
     "type_code",
 )  # fmt: skip
 # The kind models' inputs (the supervised detector's kind model and millrace.ml.kinds): the model inputs plus the
-# jump and step counters, type last. The step features are no detector inputs: as gate inputs they lowered its
-# validation F1 (0.860 -> 0.811 with all six), while they name level shifts, drifts and spikes much better (see
-# docs/detection-quality.md). The partner-conditioned deviations (pair_best_*, pair_mean_z, pair_min_mean) are
-# detector inputs since the kind model names from the step features: validation F1 0.843 -> 0.860.
+# jump and step counters, type last. The step features tell level shifts, drifts and spikes apart, so they name
+# kinds; as detector inputs they made the gate worse. The partner-conditioned deviations (pair_best_*,
+# pair_mean_z, pair_min_mean) are detector inputs. The measurements: docs/anomaly-model.md.
 KIND_EXTRA: tuple[str, ...] = (
     "jump_age", "jump_z", "step_z", "step_max_z", "step_age", "step_level_z", "shift_age", "shift_level_z",
 )  # fmt: skip
