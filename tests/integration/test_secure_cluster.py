@@ -235,13 +235,13 @@ def test_wrong_ca_and_wrong_password_fail_clearly(secure_stack: Stack, tmp_path:
     ensure_ca(tmp_path / "other")
     conf = {**conf_of(secure_stack, INGEST), "ssl.ca.location": str(tmp_path / "other" / "ca.pem")}
     with pytest.raises(KafkaUnavailable) as info:
-        check_connection(conf, timeout_s=10)
+        check_connection(conf, timeout_s=5)
     message = _one_line(str(info.value))
     assert message.startswith("cannot connect to Kafka at 127.0.0.1:")
     assert "certificate verify failed" in message
     bad = {**conf_of(secure_stack, INGEST), "sasl.password": "not-the-password"}
     with pytest.raises(KafkaUnavailable) as info:
-        check_connection(bad, timeout_s=10)
+        check_connection(bad, timeout_s=5)
     assert "Authentication failed" in _one_line(str(info.value))
     assert check_connection(conf_of(secure_stack, INGEST)) == BROKERS
 

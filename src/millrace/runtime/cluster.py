@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,18 @@ def start(
     """Start every node that is not running, then wait (until ``start_timeout_s``) for all of them to be
     registered brokers answering the admin principal. A cluster that is not ready is stopped again."""
     deadline = time.monotonic() + start_timeout_s
+    # Formatting is a JVM per node (seconds each on a busy machine): format the nodes side by side, with the
+    # cluster id every node shares written first.
+    id_file = cluster.nodes[0].home.parent / "cluster.id"
+    if not id_file.is_file():
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(kafka.new_cluster_id(), encoding="utf-8")
+    with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
+        todo = [n for n in cluster.nodes if manager.running(n.name) is None]
+        for future in [pool.submit(kafka.prepare, cluster, node) for node in todo]:
+            future.result()
     records = []
     for node in cluster.nodes:
-        if manager.running(node.name) is None:
-            kafka.prepare(cluster, node)
         spec = kafka.node_spec(cluster, node, start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s)
         records.append(manager.start(spec))
     if len(cluster.nodes) == 1 and cluster.security is None:
