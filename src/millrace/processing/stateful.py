@@ -91,8 +91,8 @@ class StepResult:
 
 
 class StatefulStep:
-    """The function handed to applyInPandasWithState (picklable: holds the settings and two module-level
-    factories).
+    """The function handed to applyInPandasWithState (picklable, as long as its factories are: the job's are
+    module-level functions).
 
     The whole ``settings`` is kept for the injected factories only: the job builds the scorer (which follows the
     model registry) and the sink (store, topics) from it. The step itself reads ``settings.processing``.
