@@ -320,7 +320,11 @@ def browse(
             request_timeout=timeout_s,
         )
         for tp, future in futures.items():
-            found = future.result().offset
+            try:
+                found = future.result().offset
+            except KafkaException as exc:  # its leader cannot answer now: like a partition without offsets
+                log.debug("offset for time of %s[%d]: %s", tp.topic, tp.partition, exc)
+                continue
             if found >= 0:  # -1: no message at or after that time
                 starts[tp.partition] = max(found, offset or 0)
     elif offset is not None:
