@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from millrace.iot.audit import dead_letter_positions, reading_key, reconcile, unaccounted
+from millrace.iot.audit import dead_letter_positions, reading_key, recheck, reconcile, unaccounted
 from tests.unit.test_cli import run
 
 
@@ -80,3 +80,18 @@ def test_cli_unreachable_kafka_is_one_line_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip() and "error:" in line]
     assert len(lines) == 1 and "Kafka" in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_record_stored_after_the_positions_were_read_is_stored_not_deduplicated() -> None:
+    """The audit reads the stored positions, then looks the unaccounted records up by key: a job still writing
+    may have stored one meanwhile, under its own position (stored); a key held under another position is a
+    repeat the job dropped (deduplicated); a key not held, or no key, stays unaccounted (missing)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    held = {("s-1", at): {(0, 5)}, ("s-2", at): {(1, 2)}}
+    stored, dedup = recheck(
+        [((0, 5), ("s-1", at)), ((1, 7), ("s-2", at)), ((2, 3), ("s-3", at)), ((2, 4), None)],
+        lambda sensor_id, ts: held.get((sensor_id, ts), set()),
+    )
+    assert (stored, dedup) == ([(0, 5)], {(1, 7)})
+    report = reconcile({0: (5, 6), 1: (7, 8), 2: (3, 5)}, stored, [], dedup)
+    assert [(p.stored, p.deduplicated, p.missing) for p in report.partitions] == [(1, 0, 0), (0, 1, 0), (0, 0, 2)]

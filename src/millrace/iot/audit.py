@@ -168,15 +168,37 @@ def reading_key(payload: bytes | None) -> tuple[str, datetime] | None:
     return sensor_id, stamp.floor("ms").to_pydatetime()
 
 
-def stored_elsewhere(store: Store) -> Callable[[str, datetime], bool]:
-    """Whether the store holds a *measured* reading at (sensor_id, timestamp): an interpolated point at that
-    key does not make a lost reading a duplicate."""
+def stored_at(store: Store) -> Callable[[str, datetime], set[Position]]:
+    """The positions of the *measured* readings the store holds at (sensor_id, timestamp) — at most one, the
+    store keeps one row per key; an interpolated point at that key does not make a lost reading a duplicate."""
 
-    def check(sensor_id: str, at: datetime) -> bool:
+    def check(sensor_id: str, at: datetime) -> set[Position]:
         rows = store.readings(sensor_id, start=at, end=at + timedelta(milliseconds=1), limit=1)
-        return any(r.get("kafka_offset") is not None for r in rows)
+        return {
+            (int(r["kafka_partition"]), int(r["kafka_offset"]))
+            for r in rows
+            if r.get("kafka_offset") is not None and r.get("kafka_partition") is not None
+        }
 
     return check
+
+
+def recheck(
+    records: Iterable[tuple[Position, tuple[str, datetime] | None]],
+    held: Callable[[str, datetime], set[Position]],
+) -> tuple[list[Position], set[Position]]:
+    """The unaccounted records (position, store key) looked up by key: (stored, deduplicated). A record whose
+    key is held under its *own* position was stored after the positions were read — a job still writing — and
+    counts as stored; under another position, it is a repeat the job dropped (deduplicated)."""
+    stored: list[Position] = []
+    dedup: set[Position] = set()
+    for position, key in records:
+        found = held(*key) if key is not None else set()
+        if position in found:
+            stored.append(position)
+        elif found:
+            dedup.add(position)
+    return stored, dedup
 
 
 def run_audit(settings: Settings, store: Store, *, max_listed: int = 10) -> AuditReport:
@@ -192,11 +214,10 @@ def run_audit(settings: Settings, store: Store, *, max_listed: int = 10) -> Audi
     dead = dead_letter_positions((m.value() for m in read_all(client, settings.topics.dead_letter)), topic)
     candidates = unaccounted(ranges, positions, dead)
     log.info("audit: %d stored positions, %d dead letters", len(positions), len(dead))
-    is_stored = stored_elsewhere(store)
-    dedup: set[Position] = set()
-    for partition, offsets in candidates.items():
-        for msg in read_offsets(client, topic, {partition: offsets}):
-            key = reading_key(msg.value())
-            if key is not None and is_stored(*key):
-                dedup.add((partition, int(msg.offset() or 0)))
-    return reconcile(ranges, positions, dead, dedup, topic=topic, max_listed=max_listed)
+    records = (
+        ((partition, int(msg.offset() or 0)), reading_key(msg.value()))
+        for partition, offsets in candidates.items()
+        for msg in read_offsets(client, topic, {partition: offsets})
+    )
+    stored_since, dedup = recheck(records, stored_at(store))
+    return reconcile(ranges, [*positions, *stored_since], dead, dedup, topic=topic, max_listed=max_listed)
