@@ -1,8 +1,11 @@
-"""The README's main command, bounded: `millrace demo --duration N` exits 0 with readings and alerts stored."""
+"""The README's main command, bounded: `millrace demo --duration N` exits 0 with readings and alerts stored, and
+its summary shows the audit of the readings topic against the store: every record accounted for."""
 
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +66,18 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path) -> None:
         assert f"{stored:,}" in result.stdout  # the summary shows the true figure
     finally:
         store.close()
+    # The audit in the summary: the job drained the topic before it stopped, so nothing is missing, and its
+    # stored count is the store's measured readings (those with a Kafka position).
+    with sqlite3.connect(state / "millrace.db") as conn:
+        measured = conn.execute("SELECT count(*) FROM sensor_metrics WHERE kafka_offset IS NOT NULL").fetchone()[0]
+    assert "audit of millrace.iot.readings" in result.stdout
+    totals = re.search(
+        r"audit totals: produced (\d+), stored (\d+), dead-lettered (\d+), deduplicated (\d+), missing (\d+), "
+        r"duplicated (\d+)",
+        result.stdout,
+    )
+    assert totals is not None, result.stdout[-3000:]
+    produced, audited, dead, dedup, missing, duplicated = map(int, totals.groups())
+    assert (missing, duplicated) == (0, 0) and audited == measured
+    assert produced == audited + dead + dedup
+    assert f"ok: all {produced} records of millrace.iot.readings accounted for" in result.stdout

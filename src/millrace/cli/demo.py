@@ -2,7 +2,8 @@
 
 Kafka, the Spark job, the API/dashboard and a simulated fleet with anomalies run as managed processes (logs
 in ``<state_dir>/logs``); this command shows live figures until Ctrl-C or ``--duration``, then stops what it
-started.
+started. Before the job stops, the simulator is stopped and the job left to drain, so the closing summary can
+show ``millrace audit``'s reconciliation of the readings topic with the store (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.table import Table
 from millrace.cli.common import app_state, console, err_console
 from millrace.config import Settings
 from millrace.errors import MillraceError
+from millrace.iot.audit import AuditReport, run_audit
 from millrace.kafka.admin import describe_topic
 from millrace.records import to_iso
 from millrace.runtime.pipeline import (
@@ -38,6 +40,8 @@ from millrace.runtime.process import ProcessRecord, ServerSpec, tail
 from millrace.runtime.stack import Stack
 
 PIPELINE = ("iot-simulate", "iot-process", "api")  # stopped in this order: source first, service last
+SOURCE = "iot-simulate"
+SETTLE_S = 120.0  # how long the job may take to drain what the simulator produced before it stopped
 
 
 def demo(
@@ -73,6 +77,7 @@ def demo(
     started: list[str] = []
     monitor: _Monitor | None = None
     figures: dict[str, Any] | None = None
+    audit: AuditReport | None = None
     try:
         with console.status("starting Kafka (the first run downloads it from Maven Central)..."):
             stack.up()
@@ -123,6 +128,10 @@ def demo(
     finally:
         signal.signal(signal.SIGTERM, previous)
         if not keep:
+            if SOURCE in started:
+                with err_console.status("stopping the simulator..."):
+                    manager.stop(SOURCE, timeout_s=30.0)
+            audit = _settled_audit(settings, manager, running_job="iot-process" in started)
             _stop_pipeline(stack, started)
         # Read the figures after the job finished its last micro-batch, before Kafka goes away.
         figures = monitor.figures() if monitor is not None else None
@@ -131,8 +140,16 @@ def demo(
                 stack.down()
     if figures is not None:
         console.print(_summary(figures))
+        if audit is not None:
+            console.print(_audit_table(audit))
+            console.print(_audit_totals(audit), highlight=False)
+            console.print(f"[green]{audit.verdict()}[/]" if audit.ok else f"[red]{audit.verdict()}[/]")
+        elif keep:
+            console.print("the pipeline keeps running: `millrace audit` reconciles it once it is idle")
         if figures["stored"] == 0:
             raise MillraceError(f"the pipeline stored no readings; see {manager.log_path('iot-process')}")
+        if audit is not None and not audit.ok:
+            raise MillraceError(f"the audit found readings lost or duplicated: {audit.verdict()}")
 
 
 def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds: float) -> datetime:
@@ -155,6 +172,33 @@ def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds
     if result.returncode != 0:
         raise MillraceError(f"the history simulator failed: {result.stderr.strip()[-500:]}")
     return start + timedelta(seconds=steps * fleet.interval_s)
+
+
+def _settled_audit(settings: Settings, manager: Any, *, running_job: bool) -> AuditReport | None:
+    """``millrace audit`` once the job has drained the readings topic: repeated while the job still runs and
+    records are unaccounted for (the job has not reached them yet), until ``SETTLE_S``. None, with one line on
+    stderr, when Kafka or the store cannot be read."""
+    from millrace.stores.factory import open_store
+
+    deadline = time.monotonic() + SETTLE_S
+    try:
+        with err_console.status("waiting for the job to drain the readings topic, then auditing..."):
+            while True:
+                store = open_store(settings)
+                try:
+                    report = run_audit(settings, store)
+                finally:
+                    store.close()
+                job_alive = running_job and manager.running("iot-process") is not None
+                if report.ok or not job_alive or time.monotonic() > deadline:
+                    return report
+                time.sleep(2.0)  # the job runs a micro-batch per second
+    except KeyboardInterrupt:  # a second Ctrl-C: skip the audit, not the clean stop
+        err_console.print("[yellow]audit skipped[/]", highlight=False)
+        return None
+    except Exception as exc:  # whatever happens here, the caller still stops the pipeline and Kafka
+        err_console.print(f"[yellow]no audit: {exc}[/]", highlight=False)
+        return None
 
 
 def _stop_pipeline(stack: Stack, started: list[str]) -> None:
@@ -255,3 +299,29 @@ def _summary(figures: dict[str, Any]) -> Table:
     for key, value in sorted(figures["quality"].items()):
         table.add_row(f"quality: {key}", f"{value:,}")
     return table
+
+
+def _audit_table(report: AuditReport) -> Table:
+    """The audit per partition of the readings topic (the columns of `millrace audit`)."""
+    table = Table(title=f"audit of {report.topic}")
+    columns = ("partition", "offsets", "produced", "stored", "dead-lettered", "deduplicated", "missing")
+    for column in (*columns, "duplicated", "outside"):
+        table.add_column(column, justify="right")
+    for p in report.partitions:
+        table.add_row(
+            str(p.partition),
+            f"{p.low}-{p.high}",
+            f"{p.produced:,}",
+            f"{p.stored:,}",
+            f"{p.dead_lettered:,}",
+            f"{p.deduplicated:,}",
+            f"[red]{p.missing:,}[/]" if p.missing else "0",
+            f"[red]{p.duplicated:,}[/]" if p.duplicated else "0",
+            f"{p.outside:,}",
+        )
+    return table
+
+
+def _audit_totals(report: AuditReport) -> str:
+    names = ("produced", "stored", "dead_lettered", "deduplicated", "missing", "duplicated", "outside")
+    return "audit totals: " + ", ".join(f"{n.replace('_', '-')} {report.total(n)}" for n in names)
