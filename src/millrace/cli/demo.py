@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from millrace.cli import signals
 from millrace.cli.common import app_state, console, err_console
 from millrace.config import Settings
 from millrace.errors import MillraceError
@@ -73,11 +74,12 @@ def demo(
     manager = stack.manager
     kafka_was_running = manager.running("kafka-1") is not None
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops it like Ctrl-C, start-up included
     started: list[str] = []
     monitor: _Monitor | None = None
     figures: dict[str, Any] | None = None
     audit: AuditReport | None = None
+    interrupted: BaseException | None = None
     try:
         with console.status("starting Kafka (the first run downloads it from Maven Central)..."):
             stack.up()
@@ -123,10 +125,12 @@ def demo(
                     raise MillraceError(
                         f"{dead[0]} exited; last lines of its log:\n{tail(manager.log_path(dead[0]), 20)}"
                     )
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        interrupted = exc
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if isinstance(interrupted, KeyboardInterrupt) and not signals.received:
+            signals.received.append(signal.SIGINT)  # the CLI exits 130 after the clean stop (docs/cli.md)
         if not keep:
             if SOURCE in started:
                 with err_console.status("stopping the simulator..."):
@@ -146,10 +150,15 @@ def demo(
             console.print(f"[green]{audit.verdict()}[/]" if audit.ok else f"[red]{audit.verdict()}[/]")
         elif keep:
             console.print("the pipeline keeps running: `millrace audit` reconciles it once it is idle")
-        if figures["stored"] == 0:
+        if figures["stored"] == 0 and interrupted is None:  # stopped before the job stored anything: no failure
             raise MillraceError(f"the pipeline stored no readings; see {manager.log_path('iot-process')}")
         if audit is not None and not audit.ok:
             raise MillraceError(f"the audit found readings lost or duplicated: {audit.verdict()}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    signals.received.append(signum)  # the CLI exits 143 after the clean stop (docs/cli.md)
+    raise KeyboardInterrupt
 
 
 def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds: float) -> datetime:
