@@ -145,35 +145,22 @@ def test_the_sink_attaches_the_recommendation_by_the_sensors_types() -> None:
     assert unknown["recommendation_id"] == "drift.any"
 
 
-def test_the_sink_learns_sensor_types_from_the_store(tmp_path: Path) -> None:
-    """A sensor the sink's process has not written readings of: its type from the store, asked once."""
-    import pandas as pd
-
+def test_the_step_hands_the_sink_the_type_of_every_sensor_of_its_alerts(tmp_path: Path) -> None:
+    """An alert record names its sensors, not their types: the stateful step hands them over from its state,
+    so even an alert of a sensor's first micro-batch gets its type's action."""
     from millrace.config import load_settings
-    from millrace.jobs.sink import ReadingSink
+    from tests.unit.test_transforms_stateful import FakeState, _chunks, _fleet, make_step, run, step_input
 
-    settings = load_settings(state_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:9"})  # never contacted
-    sink = ReadingSink(settings)
-    try:
-        alerts = [{"alert_id": "al-1", "sensor_ids": ["d-1-humidity", "d-1-current"], "kind": "drift"}]
-        assert sink.sensor_types(alerts) == {}
-        row = {
-            "sensor_id": "d-1-humidity",
-            "device_id": "d-1",
-            "sensor_type": "humidity",
-            "location": "loc-01",
-            "unit": "%",
-            "timestamp": pd.Timestamp("2026-01-01", tz="UTC"),
-            "value": 40.0,
-            "status": "ok",
-            "interpolated": False,
-        }
-        sink.store.upsert_readings(pd.DataFrame([row]))
-        assert sink.sensor_types(alerts) == {"d-1-humidity": "humidity"}
-        (out,) = with_recommendations(sink.recommendations, alerts, sink.types)
-        assert out["recommendation_id"] == "drift.humidity"
-    finally:
-        sink.store.close()
+    step, sink = make_step(load_settings(state_dir=tmp_path))
+    state = FakeState(now_ms=1_800_000_000_000)
+    fleet = _fleet(devices=3, seconds=300, anomaly_rate=0.3)
+    for i, chunk in enumerate(_chunks(fleet, 60)):
+        state.now_ms += 60_000
+        run(step, state, "b0", step_input(chunk, first_offset=i * 10_000))
+    alerted = {s for kind, alerts in sink.writes if kind == "alerts" for a in alerts for s in a["sensor_ids"]}
+    truth = dict(zip(fleet["sensor_id"], fleet["sensor_type"], strict=True))
+    assert alerted, "the fleet raised no alert"
+    assert sink.sensor_types == {s: truth[s] for s in alerted}
 
 
 def test_the_job_refuses_a_bad_file_at_start(tmp_path: Path) -> None:

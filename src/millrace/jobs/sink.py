@@ -8,8 +8,8 @@ store is the job's latency that matters) — idempotent upserts on (sensor_id, t
 after a crash writes the same rows again and the store still holds one row per reading — and produces their scores
 to the predictions topic (at-least-once, keyed by sensor); alerts are upserted by alert_id and produced to the
 alerts topic. Each alert leaves with the operator's recommended action for its kind and its sensors' types
-(processing.recommendations, the table read once per process; the types from the readings this process wrote,
-else from the store), stored with it and also produced to the recommendations topic, keyed by alert_id. The
+(processing.recommendations, the table read once per process; the types handed over by the step, from its
+state), stored with it and also produced to the recommendations topic, keyed by alert_id. The
 driver's foreachBatch keeps the other small outputs: windows, sensor status, quality, dead letters.
 """
 
@@ -40,7 +40,6 @@ class ReadingSink(StepSink):
 
         self.settings = settings
         self.recommendations = load_table(settings.processing.recommendations_file)
-        self.types: dict[str, str] = {}  # sensor_id -> sensor_type, for the recommendations
         self.store = open_store(settings)
         k = settings.kafka
         # Delivery reports for failures only: one Python callback per reading would cost more than the rest of
@@ -62,16 +61,14 @@ class ReadingSink(StepSink):
         failed = self.producer.stats.failed
         produce_predictions(self.producer, self.settings.topics.predictions, readings)
         self._delivered(self.producer.flush(60.0), failed, "predictions")
-        known = readings.drop_duplicates("sensor_id")
-        self.types.update(zip(known["sensor_id"].astype(str), known["sensor_type"].astype(str), strict=True))
 
-    def write_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> None:
+    def write_alerts(self, alerts: Sequence[Mapping[str, Any]], sensor_types: Mapping[str, str]) -> None:
         """Upsert alert episodes (records.Alert dicts) with their recommendation, produce them to the alerts
         topic and their recommendations to the recommendations topic, keyed by alert_id; returns once delivered
         (raises KafkaUnavailable otherwise)."""
         if not alerts:
             return
-        recommended = with_recommendations(self.recommendations, alerts, self.sensor_types(alerts))
+        recommended = with_recommendations(self.recommendations, alerts, sensor_types)
         self.store.upsert_alerts(recommended)
         failed = self.producer.stats.failed
         topics = self.settings.topics
@@ -81,17 +78,6 @@ class ReadingSink(StepSink):
                 topics.recommendations, orjson.dumps(recommendation_message(alert)), alert["alert_id"]
             )
         self._delivered(self.producer.flush(60.0), failed, "alerts")
-
-    def sensor_types(self, alerts: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-        """The type of each sensor of ``alerts`` that this process has written readings of, or the store holds
-        readings of (asked once per sensor, then kept). A sensor in neither — its first readings are in the
-        call that raised the alert, and the step hands the sink its alerts before its readings — has no type
-        here, and its alert gets its kind's general action until the episode's next update."""
-        for sensor_id in {s for a in alerts for s in a.get("sensor_ids") or ()} - self.types.keys():
-            rows = self.store.readings(sensor_id, limit=1)
-            if rows and rows[0].get("sensor_type"):
-                self.types[sensor_id] = str(rows[0]["sensor_type"])
-        return self.types
 
     def _delivered(self, remaining: int, failed_before: int, what: str) -> None:
         if remaining or self.producer.stats.failed > failed_before:

@@ -45,9 +45,11 @@ class StepSink(Protocol):
     it the micro-batch (Spark replays it). It never drops rows silently.
     """
 
-    def write_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> None:
+    def write_alerts(self, alerts: Sequence[Mapping[str, Any]], sensor_types: Mapping[str, str]) -> None:
         """Alert episodes touched by the call (records.Alert dicts, stores.base.ALERT_FIELDS), each the
-        episode's state at the end of the call."""
+        episode's state at the end of the call; ``sensor_types`` maps each of their sensors to its type, from
+        the bucket's state (an alert record names its sensors, not their types, which the recommendations
+        need)."""
         ...
 
     def write_readings(self, readings: pd.DataFrame) -> None:
@@ -67,9 +69,11 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.writes: list[tuple[Literal["alerts", "readings"], Any]] = []
+        self.sensor_types: dict[str, str] = {}  # every type the step handed over with its alerts
 
-    def write_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> None:
+    def write_alerts(self, alerts: Sequence[Mapping[str, Any]], sensor_types: Mapping[str, str]) -> None:
         self.writes.append(("alerts", [dict(a) for a in alerts]))
+        self.sensor_types.update(sensor_types)
 
     def write_readings(self, readings: pd.DataFrame) -> None:
         self.writes.append(("readings", readings.copy()))

@@ -138,7 +138,10 @@ class StatefulStep:
         sink = self.sink_factory(self.settings)
         is_alert = (out["out"] == "alert").to_numpy()
         if is_alert.any():
-            sink.write_alerts([orjson.loads(p) for p in out.loc[is_alert, "payload"]])
+            alerts = [orjson.loads(p) for p in out.loc[is_alert, "payload"]]
+            sensors = result.state.sensors
+            ids = {s for alert in alerts for s in alert.get("sensor_ids") or ()}
+            sink.write_alerts(alerts, {s: sensors[s].track.sensor_type for s in sorted(ids) if s in sensors})
             out = out.assign(out=out["out"].mask(is_alert, "alert_sent"))
         if result.readings is not None and len(result.readings):
             sink.write_readings(result.readings)
