@@ -219,9 +219,32 @@ class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
         return {**DEFAULT_RANGES, **ranges}
 
 
+ApiRole = Literal["viewer", "operator", "admin"]
+
+
+class ApiToken(BaseModel, frozen=True, extra="forbid"):
+    """One API token as the SHA-256 (hex) of the token: the token itself is shown once by
+    ``millrace token create`` and never stored."""
+
+    name: str = Field(min_length=1, max_length=100)
+    role: ApiRole
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class ApiSettings(BaseModel, frozen=True, extra="forbid"):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # "token": every route but /api/health and the static dashboard needs a bearer token; "none": open.
+    auth: Literal["token", "none"] = "token"
+    tokens: tuple[ApiToken, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
 
 
 class Settings(BaseSettings):

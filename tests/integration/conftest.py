@@ -15,6 +15,10 @@ from millrace.config import Settings, load_settings
 from millrace.runtime.process import free_port
 from millrace.runtime.stack import Stack
 
+# The service tests build apps from these settings and call them without a token; test_api_auth.py turns
+# authentication on explicitly for the apps it builds.
+os.environ["MILLRACE_API__AUTH"] = "none"
+
 
 def _settings(state_dir: Path, **overrides: object) -> Settings:
     kafka_port = free_port()

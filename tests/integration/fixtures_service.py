@@ -32,15 +32,19 @@ READINGS_PER_SENSOR = 10
 
 
 @contextmanager
-def served(app: FastAPI, *, timeout_s: float = 30.0) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on a free port; yields the base URL."""
+def served(
+    app: FastAPI, *, timeout_s: float = 30.0, log_level: str = "warning", tls: tuple[Path, Path] | None = None
+) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread on a free port; yields the base URL (https with ``tls``: the
+    certificate and key files, as ``millrace serve`` passes api.tls_cert and api.tls_key)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, **ssl))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started, timeout_s=timeout_s, what="uvicorn to start")
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout_s)

@@ -8,6 +8,8 @@ show ``millrace audit``'s reconciliation of the readings topic with the store (d
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import signal
 import subprocess
@@ -43,6 +45,18 @@ from millrace.runtime.stack import Stack
 PIPELINE = ("iot-simulate", "iot-process", "api")  # stopped in this order: source first, service last
 SOURCE = "iot-simulate"
 SETTLE_S = 120.0  # how long the job may take to drain what the simulator produced before it stopped
+
+
+def _api_with_token(settings: Settings, spec: ServerSpec) -> tuple[ServerSpec, str | None]:
+    """With auth on and no api.tokens configured, an admin token for this run: its hash goes to the API server
+    through the environment (never the token), the token comes back to be printed with the dashboard URL."""
+    if settings.api.auth != "token" or settings.api.tokens:
+        return spec, None
+    from millrace.services.auth import new_token, token_hash
+
+    token = new_token()
+    entry = {"name": "demo-admin", "role": "admin", "sha256": token_hash(token)}
+    return dataclasses.replace(spec, env={**spec.env, "MILLRACE_API__TOKENS": json.dumps([entry])}), token
 
 
 def demo(
@@ -96,11 +110,18 @@ def demo(
         if backfill > 0:
             with console.status(f"producing {backfill:.0f} s of fleet history ({fleet.sensors} sensors)..."):
                 live_start = _backfill(settings, state.config_path, fleet, backfill)
-        start(api_spec(settings, state.config_path))
+        api, token = _api_with_token(settings, api_spec(settings, state.config_path))
+        start(api)
         # The live stream continues the history's event time without a gap (it runs at the wall-clock pace).
         start(simulator_spec(settings, state.config_path, fleet, start=to_iso(live_start)))
         url = api_url(settings)
-        console.print(f"[bold green]dashboard:[/] {url}/   API docs: {url}/docs   (Ctrl-C to stop)")
+        # Shown once, here: the server gets only the token's hash, so its log never holds the token.
+        dashboard = f"{url}/#token={token}" if token else f"{url}/"
+        console.print(
+            f"[bold green]dashboard:[/] {dashboard}   API docs: {url}/docs   (Ctrl-C to stop)",
+            highlight=False,
+            soft_wrap=True,
+        )
         # --duration counts from the first stored reading: Spark's start-up time varies a lot with the machine.
         startup_deadline = time.monotonic() + startup_timeout
         live_since: float | None = None

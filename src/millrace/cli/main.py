@@ -41,6 +41,7 @@ GROUPS = {
     "acl": "millrace.cli.acl",
     "iot": "millrace.cli.iot",
     "ml": "millrace.cli.ml",
+    "token": "millrace.cli.token",
 }
 COMMANDS = {  # name -> (module, function, group or None for the root)
     "setup": ("millrace.cli.setup", "setup", None),
@@ -49,6 +50,7 @@ COMMANDS = {  # name -> (module, function, group or None for the root)
     "audit": ("millrace.cli.audit", "audit", None),
     "mqtt-bridge": ("millrace.cli.iot_mqtt", "mqtt_bridge", "iot"),
     "process": ("millrace.cli.iot_process", "process", "iot"),
+    "create": ("millrace.cli.token", "create", "token"),
 }
 
 

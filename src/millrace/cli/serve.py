@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from millrace.cli.common import console, settings_of
 from millrace.cli.signals import stopping
-from millrace.errors import PortInUseError, missing_extra
+from millrace.config import ApiToken, Settings
+from millrace.errors import ConfigError, PortInUseError, missing_extra
 from millrace.runtime.process import port_holder, port_is_free
 
 
@@ -39,13 +41,48 @@ def serve(
     stop = threading.Event()
     # uvicorn handles SIGINT/SIGTERM itself once it runs (graceful shutdown) and hands the signal back to
     # this handler when it is done; before that, the handler makes a stop during start-up a clean one too.
+    tls = tls_files(settings)
+    settings, token = with_generated_token(settings)
     with stopping(stop, grace_s=30.0, what="the API server"):
         app = create_app(settings, live=live, queue_size=queue_size)
         if stop.is_set():
             return
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        base = f"{'https' if tls else 'http'}://{shown}:{port}"
+        # The token goes in the URL fragment: browsers never send a fragment to the server, so it stays out of
+        # access logs; the dashboard moves it to sessionStorage and clears it from the address bar.
         console.print(
-            f"dashboard: [bold]http://{shown}:{port}/[/]  API docs: http://{shown}:{port}/docs  "
-            f"store: {type(app.state.store).__name__}  Kafka: {settings.kafka.bootstrap_servers}"
+            f"dashboard: [bold]{base}/{'#token=' + token if token else ''}[/]  API docs: {base}/docs  "
+            f"store: {type(app.state.store).__name__}  Kafka: {settings.kafka.bootstrap_servers}",
+            highlight=False,
+            soft_wrap=True,
         )
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        if token:
+            console.print("a new admin token was generated for this run (no api.tokens configured)")
+        elif settings.api.auth == "none":
+            console.print("[yellow]authentication is off (api.auth = none): anyone who reaches the port can act[/]")
+        ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
+        uvicorn.run(app, host=host, port=port, log_level=log_level, **ssl)  # type: ignore[arg-type]
+
+
+def tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """api.tls_cert and api.tls_key, checked to be readable files (a missing one is a settings error)."""
+    cert, key = settings.api.tls_cert, settings.api.tls_key
+    if cert is None or key is None:
+        return None
+    for name, path in (("api.tls_cert", cert), ("api.tls_key", key)):
+        if not path.is_file():
+            raise ConfigError(f"invalid setting {name}: no such file {path}")
+    return cert, key
+
+
+def with_generated_token(settings: Settings) -> tuple[Settings, str | None]:
+    """With auth on and no token configured, a fresh admin token for this run only (its hash in the returned
+    settings, the token returned to be shown once). Otherwise the settings unchanged and None."""
+    if settings.api.auth != "token" or settings.api.tokens:
+        return settings, None
+    from millrace.services.auth import new_token, token_hash
+
+    token = new_token()
+    entry = ApiToken(name="generated-admin", role="admin", sha256=token_hash(token))
+    return settings.model_copy(update={"api": settings.api.model_copy(update={"tokens": (entry,)})}), token

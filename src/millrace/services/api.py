@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from millrace.config import Settings
 from millrace.ml.registry import promoted_info
+from millrace.services.auth import AUTH_RESPONSES, OPERATOR, VIEWER
 from millrace.services.problems import JsonResponse, Problem
 from millrace.services.schemas import (
     PROBLEM_RESPONSES,
@@ -39,7 +40,9 @@ from millrace.services.schemas import (
 from millrace.stores.base import Store
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api", responses=PROBLEM_RESPONSES)
+# Every route needs a viewer token (when api.auth is "token"), except the liveness probe on `public`.
+router = APIRouter(prefix="/api", responses=PROBLEM_RESPONSES | AUTH_RESPONSES, dependencies=[VIEWER])
+public = APIRouter(prefix="/api", responses=PROBLEM_RESPONSES)
 
 T = TypeVar("T")
 MAX_LIMIT = 1000
@@ -87,7 +90,7 @@ def _page(items: list[Any], limit: int, offset: int, total: int | None = None) -
     )
 
 
-@router.get("/health", tags=["service"], summary="Liveness, store backend and live-feed state")
+@public.get("/health", tags=["service"], summary="Liveness, store backend and live-feed state")
 def health(request: Request) -> Response:
     state = request.app.state
     feed = state.feed.stats() if state.feed is not None else None
@@ -358,7 +361,8 @@ _LIFECYCLE: Responses = {
     tags=["alerts"],
     response_model=AlertDetail,
     responses=_LIFECYCLE,
-    summary="open → acknowledged, recorded with who/when",
+    dependencies=[OPERATOR],
+    summary="open → acknowledged, recorded with who/when (operator role)",
 )
 def acknowledge(request: Request, alert_id: AlertId, action: AlertAction) -> Response:
     return _transition(request, alert_id, "acknowledged", action)
@@ -369,7 +373,8 @@ def acknowledge(request: Request, alert_id: AlertId, action: AlertAction) -> Res
     tags=["alerts"],
     response_model=AlertDetail,
     responses=_LIFECYCLE,
-    summary="open/acknowledged → resolved, recorded with who/when",
+    dependencies=[OPERATOR],
+    summary="open/acknowledged → resolved, recorded with who/when (operator role)",
 )
 def resolve(request: Request, alert_id: AlertId, action: AlertAction) -> Response:
     return _transition(request, alert_id, "resolved", action)

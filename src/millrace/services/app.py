@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from millrace import __version__
 from millrace.config import Settings
-from millrace.services import api, cluster, problems, store_browser, ws
+from millrace.services import api, auth, cluster, problems, store_browser, ws
 from millrace.services.feed import KafkaFeed
 from millrace.services.problems import JsonResponse
 from millrace.stores.base import Store
@@ -86,7 +86,10 @@ def create_app(
         app.state.feed = KafkaFeed(
             settings.kafka.client_config(), settings.topics, hub, directory=lambda: _directory(app)
         )
+    app.state.auth = auth.Authenticator(settings.api.auth, settings.api.tokens)
+    auth.install_log_redaction()
     problems.install(app)
+    app.include_router(api.public)
     app.include_router(api.router)
     app.include_router(cluster.router)
     app.include_router(store_browser.router)

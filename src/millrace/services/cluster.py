@@ -13,10 +13,13 @@ from starlette.responses import Response
 
 from millrace.config import Settings
 from millrace.services import kafka_view
+from millrace.services.auth import ADMIN, AUTH_RESPONSES, VIEWER
 from millrace.services.problems import JsonResponse, Problem
 from millrace.services.schemas import PROBLEM_RESPONSES, Responses, TopicCreate
 
-router = APIRouter(prefix="/api/kafka", tags=["kafka"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/api/kafka", tags=["kafka"], responses=PROBLEM_RESPONSES | AUTH_RESPONSES, dependencies=[VIEWER]
+)
 
 TopicName = Annotated[str, PathParam(min_length=1, max_length=249)]
 GroupId = Annotated[str, PathParam(min_length=1, max_length=255)]
@@ -54,7 +57,8 @@ def topics(request: Request, internal: bool = False) -> Response:
     "/topics",
     status_code=201,
     responses=_CREATE,
-    summary="Create a topic (name pattern, partitions 1..100, RF ≤ brokers)",
+    dependencies=[ADMIN],
+    summary="Create a topic (name pattern, partitions 1..100, RF ≤ brokers; admin role)",
 )
 def create_topic(request: Request, body: TopicCreate) -> Response:
     try:

@@ -75,11 +75,14 @@ class JsonResponse(Response):
 class Problem(Exception):
     """Raise to answer with a problem document. ``kind`` becomes the type URI's last segment."""
 
-    def __init__(self, status: int, detail: str, *, kind: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, status: int, detail: str, *, kind: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.kind = kind
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -105,7 +108,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
-        return problem_response(exc.status, exc.detail, kind=exc.kind, instance=request.url.path, **exc.extra)
+        response = problem_response(exc.status, exc.detail, kind=exc.kind, instance=request.url.path, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -20,12 +20,15 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from millrace.records import to_iso
+from millrace.services.auth import AUTH_RESPONSES, VIEWER
 from millrace.services.problems import JsonResponse, Problem
 from millrace.services.schemas import PROBLEM_RESPONSES, Responses
 from millrace.stores import browse
 from millrace.stores.base import FIELD_KINDS, KEYS, TIME_FIELDS, BrowseQuery, Store
 
-router = APIRouter(prefix="/api/store", tags=["store"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/api/store", tags=["store"], responses=PROBLEM_RESPONSES | AUTH_RESPONSES, dependencies=[VIEWER]
+)
 
 T = TypeVar("T")
 MAX_LIMIT = 1000

@@ -2,6 +2,10 @@
 
 Protocol (JSON text frames):
 
+- authentication (when ``api.auth`` is "token"): the handshake's ``Authorization: Bearer`` header, or a first
+  message ``{"type": "auth", "token": "..."}`` answered with ``{"type": "authenticated", "role": ...}``;
+  a missing or unknown token closes the socket with 1008 (see services/auth.py).
+
 - client → server: ``{"subscribe": ["sensors", "alerts", "quality", "windows"],
   "filters": {"location": "loc-01", "sensor_type": "temperature"}}`` (replaces the previous subscription;
   filters are optional; ``quality`` messages are not filtered).
@@ -28,6 +32,7 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from millrace.records import SENSOR_TYPES
+from millrace.services.auth import authenticate_ws
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +202,8 @@ async def websocket(ws: WebSocket) -> None:
     """Live channels: sensors (predictions), alerts, quality, windows. See the module doc for the protocol."""
     hub: Hub = ws.app.state.hub
     await ws.accept()
+    if await authenticate_ws(ws) is None:  # closed with 1008
+        return
     client = hub.connect(asyncio.get_running_loop())
     sender = asyncio.create_task(_sender(ws, client))
     try:

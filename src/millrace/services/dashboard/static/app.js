@@ -37,9 +37,33 @@ const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : Number(v).toFixed(d);
 const time = (iso) => iso ? iso.replace("T", " ").replace(/\.\d+Z$/, "Z") : "–";
 
+// ---------- API token ----------
+// `millrace serve` / `millrace demo` print the dashboard URL with #token=...: keep it in sessionStorage (this
+// tab only, gone when it closes) and clear it from the address bar before the tab router reads the hash.
+const TOKEN_KEY = "millrace.token";
+(() => {
+  const m = location.hash.match(/^#token=([^&]+)$/);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+})();
+const authToken = () => sessionStorage.getItem(TOKEN_KEY);
+const authHeaders = () => (authToken() ? { authorization: `Bearer ${authToken()}` } : {});
+let asked = false;
+// A 401 asks once per page for a token (the login box), then reloads with it.
+function askToken() {
+  if (asked) return;
+  asked = true;
+  const token = window.prompt("This millrace API needs a token (`millrace token create`):");
+  if (token) { sessionStorage.setItem(TOKEN_KEY, token.trim()); location.reload(); }
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, { headers: { "content-type": "application/json" }, ...options });
+  const response = await fetch(path, { ...options,
+    headers: { "content-type": "application/json", ...authHeaders(), ...(options.headers || {}) } });
   const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (response.status === 401) askToken();
   if (!response.ok) { const e = new Error(body?.detail || response.statusText); e.status = response.status; throw e; }
   return body;
 }
@@ -441,6 +465,8 @@ function scheduleQuality() {
 function connect(delay = 1000) {
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   ws.onopen = () => {
+    // Browsers cannot set headers on a WebSocket: the token goes in the first message instead.
+    if (authToken()) ws.send(JSON.stringify({ type: "auth", token: authToken() }));
     ws.send(JSON.stringify({ subscribe: ["sensors", "alerts", "quality", "windows"] }));
     delay = 1000;
   };

@@ -12,7 +12,7 @@
   const MAX_CELL = 80;  // characters of a cell shown in the table (the row view has everything)
 
   async function get(path) {
-    const response = await fetch(path);
+    const response = await fetch(path, { headers: authHeaders() });  // authHeaders: app.js
     const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
     if (!response.ok) throw new Error(body?.detail || response.statusText);
     return body;
@@ -146,6 +146,19 @@
     for (const sel of ["#st-sort", "#st-dir"]) {
       $(sel).addEventListener("change", () => { st.offset = 0; loadRows().catch(() => {}); });
     }
+    // A link cannot carry the Authorization header: with a token, fetch the CSV and save it as a blob.
+    $("#st-csv").addEventListener("click", async (ev) => {
+      if (!authToken()) return;
+      ev.preventDefault();
+      const link = ev.currentTarget;
+      const response = await fetch(link.href, { headers: authHeaders() });
+      if (!response.ok) return;
+      const save = document.createElement("a");
+      save.href = URL.createObjectURL(await response.blob());
+      save.download = `${st.name}.csv`;
+      save.click();
+      setTimeout(() => URL.revokeObjectURL(save.href), 10000);
+    });
     $("#st-prev").addEventListener("click", () => {
       st.offset = Math.max(0, st.offset - (Number($("#st-limit").value) || 25));
       loadRows().catch(() => {});
