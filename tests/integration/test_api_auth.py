@@ -7,6 +7,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -187,3 +188,35 @@ def test_tls_with_the_local_ca(settings: Settings, store: SqliteStore, tmp_path:
             httpx.get(base + "/api/sensors", headers=_auth("viewer"))  # the system CAs do not know ours
         with pytest.raises(httpx.TransportError):  # plain HTTP is not answered
             httpx.get(base.replace("https://", "http://") + "/api/sensors", headers=_auth("viewer"))
+
+
+def test_dashboard_with_the_token_in_the_url_fragment(settings: Settings, store: SqliteStore, tmp_path: Path) -> None:
+    from playwright import sync_api
+
+    from tests.integration.test_dashboard import _chromium
+
+    own = auth_settings(settings, tmp_path)
+    with served(create_app(own, store=store, live=False)) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(_chromium()), headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/#token={TOKENS['viewer']}")
+            sync_api.expect(page.locator("#ws-status")).to_have_text("live", timeout=15_000)  # WebSocket in
+            sync_api.expect(page.locator("#data-table tbody tr")).to_have_count(4, timeout=15_000)
+            assert page.url == base + "/"  # the token left the address bar
+            assert page.evaluate("sessionStorage.getItem('millrace.token')") == TOKENS["viewer"]
+            # a fresh tab without a token: the first 401 asks for one, then the page loads with it
+            fresh = browser.new_page()
+            asked: list[str] = []
+
+            def answer(dialog: Any) -> None:
+                asked.append(dialog.type)
+                dialog.accept(TOKENS["viewer"])
+
+            fresh.on("dialog", answer)
+            fresh.goto(base + "/")
+            sync_api.expect(fresh.locator("#data-table tbody tr")).to_have_count(4, timeout=15_000)
+            sync_api.expect(fresh.locator("#ws-status")).to_have_text("live", timeout=15_000)
+            assert asked == ["prompt"]
+        finally:
+            browser.close()
