@@ -89,6 +89,31 @@ class RuntimeSettings(BaseModel, frozen=True, extra="forbid"):
     stop_timeout_s: float = Field(default=20.0, gt=0)
 
 
+class MirrorSettings(BaseModel, frozen=True, extra="forbid"):
+    """The backup cluster and MirrorMaker 2 of ``millrace stack up --mirror`` (docs/mirror.md)."""
+
+    # Topics copied to the backup under the same names (IdentityReplicationPolicy). Empty: the IoT topics.
+    topics: tuple[str, ...] = ()
+    groups: str = ".*"  # consumer groups whose offsets are translated (a Java regex, as MM2's `groups`)
+    brokers: int = Field(default=1, ge=1, le=5)  # backup nodes; node i on kafka_port + i * runtime.port_step
+    kafka_port: int = Field(default=19092, ge=1, le=65535)
+    controller_port: int = Field(default=19097, ge=1, le=65535)
+    kafka_heap: str = "512m"
+    heap: str = "512m"  # MirrorMaker's JVM
+    # Checkpoints, group offset sync, MM2's offset flush and topic/group refresh, in seconds.
+    sync_interval_s: int = Field(default=5, ge=1, le=3600)
+    offset_lag_max: int = Field(default=100, ge=0)  # MM2's offset.lag.max: offset syncs at least this often
+    start_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("topics", mode="after")
+    @classmethod
+    def _topic_names(cls, topics: tuple[str, ...]) -> tuple[str, ...]:
+        for name in topics:
+            if not name or len(name) > 249 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in name):
+                raise ValueError(f"{name!r} is not a Kafka topic name (letters, digits, '.', '_', '-')")
+        return topics
+
+
 class TopicSettings(BaseModel, frozen=True, extra="forbid"):
     readings: str = "millrace.iot.readings"
     dead_letter: str = "millrace.iot.dead-letter"
@@ -98,6 +123,14 @@ class TopicSettings(BaseModel, frozen=True, extra="forbid"):
     quality: str = "millrace.iot.quality"
     device_commands: str = "millrace.iot.device-commands"
     recommendations: str = "millrace.iot.recommendations"
+    # The marketplace (shop) domain's topics, on the same cluster.
+    shop_items: str = "millrace.shop.items"
+    shop_filtered_items: str = "millrace.shop.filtered-items"
+    shop_orders: str = "millrace.shop.orders"
+    shop_client_search: str = "millrace.shop.client-search"
+    shop_stop_list: str = "millrace.shop.stop-list"
+    shop_recommendations: str = "millrace.shop.recommendations"
+    shop_dead_letter: str = "millrace.shop.dead-letter"
     # None: fit the cluster (1 broker: 1 and 1; 3 or more: 3 and 2).
     replication_factor: int | None = Field(default=None, ge=1, le=5)
     min_insync_replicas: int | None = Field(default=None, ge=1, le=5)
@@ -219,6 +252,51 @@ class ProcessingSettings(BaseModel, frozen=True, extra="forbid"):
         return {**DEFAULT_RANGES, **ranges}
 
 
+class MonitoringSettings(BaseModel, frozen=True, extra="forbid"):
+    """Prometheus and Alertmanager (``stack up --with monitoring``) and the alert thresholds; see
+    docs/monitoring.md. Durations are seconds."""
+
+    host: str = "127.0.0.1"
+    prometheus_port: int = Field(default=9090, ge=1, le=65535)
+    # Not Alertmanager's defaults 9093/9094, which sit among Kafka's ports; its cluster (gossip) port is off.
+    alertmanager_port: int = Field(default=9095, ge=1, le=65535)
+    # Kafka node i serves its JMX exporter on jmx_port + i * runtime.port_step. broker_metrics: load the
+    # exporter into the brokers (None: when the stack is started with --with monitoring).
+    jmx_port: int = Field(default=9404, ge=1, le=65535)
+    broker_metrics: bool | None = None
+    # millrace's own exporter of what no JMX bean holds: disk space of the state dir, certificate expiry.
+    exporter_port: int = Field(default=9402, ge=1, le=65535)
+    scrape_interval_s: float = Field(default=15.0, ge=0.1)
+    evaluation_interval_s: float = Field(default=15.0, ge=0.1)
+    retention: str = Field(default="7d", pattern=r"^\d+[smhdwy]$")
+    # Alertmanager's notification timing (its defaults: 30 s, 5 min, 4 h).
+    group_wait_s: float = Field(default=30.0, ge=0)
+    group_interval_s: float = Field(default=300.0, ge=0.1)
+    repeat_interval_s: float = Field(default=4 * 3600.0, ge=1)
+    # Where Alertmanager sends notifications: a user webhook, and millrace's own alert list
+    # (POST /api/monitoring/alerts with an operator token read from api_token_file).
+    webhook_url: str | None = None
+    api_alerts_url: str | None = None
+    api_token_file: Path | None = None
+    # Alert thresholds (docs/monitoring.md lists the rules).
+    broker_down_for_s: float = Field(default=30.0, ge=0)
+    partitions_for_s: float = Field(default=60.0, ge=0)
+    rate_window_s: float = Field(default=300.0, ge=1)
+    consumer_lag_max: int = Field(default=100_000, ge=0)
+    consumer_lag_for_s: float = Field(default=300.0, ge=0)
+    stalled_after_s: float = Field(default=300.0, ge=1)
+    dead_letter_rate_max: float = Field(default=1.0, ge=0)
+    quality_ratio_max: float = Field(default=0.05, ge=0)
+    anomaly_spike_factor: float = Field(default=5.0, gt=0)
+    anomaly_rate_min: float = Field(default=0.1, ge=0)
+    disk_free_ratio_min: float = Field(default=0.1, ge=0, le=1)
+    cert_expiry_days: float = Field(default=14.0, ge=0)
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
+
 ApiRole = Literal["viewer", "operator", "admin"]
 
 
@@ -247,6 +325,29 @@ class ApiSettings(BaseModel, frozen=True, extra="forbid"):
         return self
 
 
+class ShopSettings(BaseModel, frozen=True, extra="forbid"):
+    """The marketplace domain: its schema registry and catalog (its topics are in [topics], shop_*)."""
+
+    # Apicurio Registry's Confluent-compatible API; the managed registry (stack up --with registry) listens on
+    # registry_port of runtime.host.
+    registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    registry_port: int = Field(default=8081, ge=1, le=65535)
+    # Set on the registry by `shop schemas apply` (Apicurio's own default is NONE).
+    compatibility: Literal["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FULL", "NONE"] = "BACKWARD"
+    catalog_path: Path | None = None  # default: the sample catalog shipped with millrace
+
+
+class MetricsSettings(BaseModel, frozen=True, extra="forbid"):
+    """Prometheus endpoints of millrace's processes (docs/metrics.md); a port of 0 takes an ephemeral one,
+    written to the process's file_sd target file. The API serves /metrics on api.port."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    stream_port: int = Field(default=0, ge=0, le=65535)
+    ingest_port: int = Field(default=0, ge=0, le=65535)
+    mqtt_bridge_port: int = Field(default=0, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     """The whole millrace configuration."""
 
@@ -263,7 +364,11 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     store: StoreSettings = StoreSettings()
     processing: ProcessingSettings = ProcessingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     api: ApiSettings = ApiSettings()
+    mirror: MirrorSettings = MirrorSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    shop: ShopSettings = ShopSettings()
 
     @field_validator("state_dir", "cache_dir")
     @classmethod
@@ -311,11 +416,33 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         config_path = Path(DEFAULT_CONFIG_FILE)
     Settings._toml_file = config_path
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     finally:
         Settings._toml_file = None
+    return settings if "kafka" in overrides else _with_failover(settings)
+
+
+def failover_path(state_dir: Path) -> Path:
+    """The overlay ``millrace mirror failover`` writes: while it exists, clients connect to the backup."""
+    return state_dir / "mirror" / "failover.toml"
+
+
+def _with_failover(settings: Settings) -> Settings:
+    """Apply the failover overlay over the file and the environment (explicit ``kafka=`` overrides win). Its
+    ``[kafka]`` table is the whole connection: connection keys it leaves out take their defaults (the backup
+    is plaintext), the producer tuning (client_id, compression, linger_ms, batch_size) is kept."""
+    path = failover_path(settings.state_dir)
+    if not path.is_file():
+        return settings
+    try:
+        connection = tomllib.loads(path.read_text(encoding="utf-8")).get("kafka", {})
+        tuning = settings.kafka.model_dump(include={"client_id", "compression", "linger_ms", "batch_size"})
+        kafka = KafkaSettings(**{**tuning, **connection})
+    except (tomllib.TOMLDecodeError, ValidationError, TypeError) as exc:
+        raise ConfigError(f"invalid failover overlay {path}: {str(exc).splitlines()[0]}") from None
+    return settings.model_copy(update={"kafka": kafka})
 
 
 # A key holding one of these words is a secret: its value never appears in a message.

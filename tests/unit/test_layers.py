@@ -20,10 +20,12 @@ ROOT = "millrace"
 # Bottom to top. A module may import its own component and the components of lower layers; the components of
 # one layer are independent of each other. A module belongs to the component of its longest prefix here.
 LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
-    {"contracts": (ROOT, "millrace.config", "millrace.errors", "millrace.records")},
+    # telemetry: the metric objects every layer records into (docs/metrics.md)
+    {"contracts": (ROOT, "millrace.config", "millrace.errors", "millrace.records", "millrace.telemetry")},
     {"kafka": ("millrace.kafka",), "stores": ("millrace.stores",)},
     {"runtime": ("millrace.runtime",)},  # managed servers; readiness and topics through the kafka client
-    {"iot": ("millrace.iot",), "processing": ("millrace.processing",)},  # processing: pure transforms
+    # the domains; processing: pure transforms
+    {"iot": ("millrace.iot",), "processing": ("millrace.processing",), "shop": ("millrace.shop",)},
     {"ml": ("millrace.ml",)},  # trains, evaluates and follows models on processing's features
     {"jobs": ("millrace.jobs",)},  # Spark jobs and their I/O: session, query, sinks, window ledger
     {"services": ("millrace.services",)},

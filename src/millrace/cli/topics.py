@@ -29,7 +29,7 @@ def apply(ctx: typer.Context) -> None:
             spec.name,
             str(spec.partitions),
             str(spec.replication_factor),
-            f"{spec.retention_ms / 86_400_000:g} d",
+            f"{spec.retention_ms / 86_400_000:g} d" if spec.retention_ms >= 0 else "forever",
             spec.cleanup_policy,
             str(spec.min_insync_replicas),
             result[spec.name],

@@ -46,6 +46,14 @@ def declared_topics(topics: TopicSettings, *, brokers: int = 1) -> list[TopicSpe
         TopicSpec(
             topics.recommendations, 3, rf, 30 * DAY_MS, "delete", isr, "operator actions per alert, keyed by alert_id"
         ),
+        # the marketplace (shop) domain
+        TopicSpec(topics.shop_items, 3, rf, 30 * DAY_MS, "delete", isr, "catalog products, keyed by product id"),
+        TopicSpec(topics.shop_filtered_items, 3, rf, 30 * DAY_MS, "delete", isr, "products not on the stop list"),
+        TopicSpec(topics.shop_orders, 3, rf, 30 * DAY_MS, "delete", isr, "orders, keyed by customer_id"),
+        TopicSpec(topics.shop_client_search, 3, rf, 7 * DAY_MS, "delete", isr, "client queries, keyed by user"),
+        TopicSpec(topics.shop_stop_list, 1, rf, -1, "compact", isr, "blocked product ids (compacted)"),
+        TopicSpec(topics.shop_recommendations, 3, rf, 7 * DAY_MS, "delete", isr, "product recommendations per user"),
+        TopicSpec(topics.shop_dead_letter, 1, rf, 30 * DAY_MS, "delete", isr, "shop input failing its schema"),
     ]
 
 
