@@ -21,8 +21,9 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from millrace import __version__
 from millrace.config import Settings
-from millrace.services import api, auth, cluster, problems, store_browser, ws
+from millrace.services import api, auth, cluster, monitoring, problems, store_browser, ws
 from millrace.services.feed import KafkaFeed
+from millrace.services.metrics import install as install_metrics
 from millrace.services.problems import JsonResponse
 from millrace.stores.base import Store
 
@@ -89,10 +90,12 @@ def create_app(
     app.state.auth = auth.Authenticator(settings.api.auth, settings.api.tokens)
     auth.install_log_redaction()
     problems.install(app)
+    install_metrics(app)  # GET /metrics (no token) and the request-latency histogram
     app.include_router(api.public)
     app.include_router(api.router)
     app.include_router(cluster.router)
     app.include_router(store_browser.router)
+    app.include_router(monitoring.router)
     app.include_router(ws.router)
     _dashboard(app)
     return app
