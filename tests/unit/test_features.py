@@ -173,7 +173,7 @@ def test_many_devices_at_once_equal_one_device_at_a_time() -> None:
 def test_window_medians_and_mads_equal_numpy_median_nan_included() -> None:
     from numpy.lib.stride_tricks import sliding_window_view
 
-    from millrace.processing.features import _median_mad
+    from millrace.processing.features_sensor import _median_mad
 
     rng = np.random.default_rng(5)
     x = np.round(rng.normal(0, 1, (3, 200)), 1)  # ties, like rounded sensor values

@@ -1,0 +1,151 @@
+"""The partner features (pair_resid_z, pair_best_z, pair_mean_z, pair_min_mean): each sensor regressed on the
+sensors of its partner types (PARTNERS), from regression sums kept per block of device rows."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from millrace.processing.features_spec import (
+    BLOCK,
+    PARTNERS,
+    REF_BLOCKS,
+    ROLL,
+    Columns,
+    completing_blocks,
+    nan_columns,
+)
+from millrace.processing.pairs import GOOD_FIT, pair_fit
+
+
+def _pair_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Regression sums (n, sum x, sum y, sum x^2, sum y^2, sum xy) over the pairs where both are finite, one
+    row per block (rows of ``x``/``y``; each row is reduced on its own, so the numbers do not depend on how
+    many blocks a batch completes)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
+    # Element-wise products, not dot(): BLAS kernels may round differently with alignment.
+    return np.stack(
+        [
+            ok.sum(axis=1).astype(float),
+            x.sum(axis=1),
+            y.sum(axis=1),
+            (x * x).sum(axis=1),
+            (y * y).sum(axis=1),
+            (x * y).sum(axis=1),
+        ],
+        axis=1,
+    )
+
+
+class _PairFit(NamedTuple):
+    """pairs.pair_fit's regression of a target sensor on its partner, per device row."""
+
+    n: np.ndarray  # readings in the reference blocks
+    my: np.ndarray  # target mean
+    mx: np.ndarray  # partner mean
+    vy: np.ndarray  # target variance
+    vx: np.ndarray  # partner variance
+    cov: np.ndarray
+    bc: np.ndarray  # block-mean regression: intercept,
+    bbeta: np.ndarray  # slope,
+    bres: np.ndarray  # residual variance
+    bratio: np.ndarray  # and unexplained share of the target's block-mean variance
+
+
+def partner_pairs(cols: list[str], types: dict[str, str]) -> list[tuple[str, str]]:
+    """The device's (unordered, sorted) pairs of a sensor and a partner of its type (PARTNERS)."""
+    found = {tuple(sorted((a, p))) for a in cols for p in cols if a != p and PARTNERS.get(types[a]) == types[p]}
+    return sorted((a, b) for a, b in found)
+
+
+def pair_blocks(
+    full: np.ndarray, n0: int, pairs: list[tuple[str, str]], cols: list[str], dev: dict[str, Any]
+) -> dict[str, list[list[float]]]:
+    """Per pair "a|b", the regression sums of the device blocks since the device's b0, with the blocks
+    completing in this batch."""
+    b0, j0 = int(dev["b0"]), n0 // BLOCK
+    blocks = {f"{a}|{b}": list(dev["blocks"].get(f"{a}|{b}", [])) for a, b in pairs}
+    seg = completing_blocks(full, n0)
+    if seg is not None:
+        ci = {sid: i for i, sid in enumerate(cols)}
+        for a, b in pairs:
+            blk = blocks[f"{a}|{b}"]
+            blk.extend([[0.0] * 6] * (j0 - b0 - len(blk)))  # a pair that appeared late: empty earlier blocks
+            blk.extend(_pair_sums(seg[:, :, ci[a]], seg[:, :, ci[b]]).tolist())
+    return blocks
+
+
+def pair_features(
+    V: np.ndarray,
+    means: np.ndarray,
+    pairs: list[tuple[str, str]],
+    blocks: dict[str, list[list[float]]],
+    b0: int,
+    r_values: np.ndarray,
+    r_index: np.ndarray,
+    cols: list[str],
+) -> Columns:
+    """pair_resid_z, pair_best_z, pair_mean_z and pair_min_mean (rows x sensors) against each sensor's
+    partners, from regressions over the REF_BLOCKS blocks before each row's block."""
+    shape = V.shape
+    out = nan_columns(("pair_resid_z", "pair_best_z", "pair_mean_z", "pair_min_mean"), shape)
+    best_ratio, mean_ratio = np.full(shape, np.inf), np.full(shape, np.inf)
+    ci = {sid: i for i, sid in enumerate(cols)}
+    for a, b in pairs:
+        win = _reference_windows(blocks[f"{a}|{b}"], b0, r_values)
+        for t, p, iy, ix in ((ci[a], ci[b], 0, 1), (ci[b], ci[a], 1, 0)):
+            fit = _PairFit(*(f[r_index] for f in pair_fit(win, iy, ix)))
+            _update_mean_deviation(out, mean_ratio, fit, means[:, t], means[:, p], t)
+            _update_residual(out, best_ratio, fit, V[:, t], V[:, p], t)
+    return out
+
+
+def _reference_windows(pair_blocks: list[list[float]], b0: int, r_values: np.ndarray) -> np.ndarray:
+    """The reference window of each block of rows: the REF_BLOCKS blocks of sums before it (zero sums before
+    the first one), as a (r, 6, REF_BLOCKS) array reduced on its last axis, row by row."""
+    sums = np.asarray(pair_blocks, dtype=float).reshape(-1, 6)
+    padded = np.vstack([np.zeros((REF_BLOCKS, 6)), sums])
+    starts = np.clip(r_values - b0, 0, len(sums))
+    return np.ascontiguousarray(sliding_window_view(padded, REF_BLOCKS, axis=0)[starts])
+
+
+def _update_mean_deviation(
+    out: Columns, mean_ratio: np.ndarray, fit: _PairFit, ym: np.ndarray, xm: np.ndarray, t: int
+) -> None:
+    """Sensor ``t``'s mean of the last ROLL rows (``ym``) against what its partner's (``xm``) predicts from the
+    block-mean regression: pair_mean_z keeps the partner that explains the sensor best, pair_min_mean the
+    smallest deviation over the partners that explain most of its movement (an anomaly on one partner breaks
+    only the pairs it is in)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Scale: the block means' residual spread plus the noise a ROLL-reading mean keeps.
+        bscale = np.sqrt(fit.bres + np.maximum(fit.vy - fit.cov * fit.cov / fit.vx, 0.0) / ROLL) + 1e-9
+        zm = np.where(fit.n >= 2 * BLOCK, (ym - fit.bc - fit.bbeta * xm) / bscale, np.nan)
+    mean_z, min_z = out["pair_mean_z"], out["pair_min_mean"]
+    better = np.isfinite(zm) & (fit.bratio < mean_ratio[:, t])
+    mean_z[:, t] = np.where(better, zm, mean_z[:, t])
+    mean_ratio[:, t] = np.where(better, fit.bratio, mean_ratio[:, t])
+    cur = min_z[:, t]
+    take = np.isfinite(zm) & (fit.bratio < GOOD_FIT) & ~(np.abs(cur) <= np.abs(zm))
+    min_z[:, t] = np.where(take, zm, cur)
+
+
+def _update_residual(out: Columns, best_ratio: np.ndarray, fit: _PairFit, y: np.ndarray, x: np.ndarray, t: int) -> None:
+    """Sensor ``t``'s value ``y`` against its partner's ``x`` from the regression of values: pair_resid_z keeps
+    the largest residual over the partners, pair_best_z the one of the partner that explains it best."""
+    resid, best = out["pair_resid_z"], out["pair_best_z"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        beta = fit.cov / fit.vx
+        res_var = np.maximum(fit.vy - fit.cov * fit.cov / fit.vx, 0.0)
+        scale = np.fmax(np.sqrt(res_var), 0.05 * np.sqrt(np.maximum(fit.vy, 0.0)) + 1e-9)
+        z = np.where(fit.n >= 2 * BLOCK, (y - (fit.my + beta * (x - fit.mx))) / scale, np.nan)
+        cur = resid[:, t]
+        keep_cur = np.isfinite(cur) & ~(np.abs(z) > np.abs(cur))
+        resid[:, t] = np.where(keep_cur, cur, z)
+        # The unexplained share of the sensor's variance: the smaller, the better the partner.
+        ratio = np.where(np.isfinite(z), res_var / np.fmax(fit.vy, 1e-300), np.inf)
+        better = ratio < best_ratio[:, t]
+        best[:, t] = np.where(better, z, best[:, t])
+        best_ratio[:, t] = np.where(better, ratio, best_ratio[:, t])
