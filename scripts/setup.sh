@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-time (and re-runnable) set-up of everything millrace needs on a fresh Linux machine:
 #   - checks Java 17+ and Maven, installs them with apt-get when run as root and they are missing;
-#   - installs Mosquitto (MQTT broker), Chromium (dashboard browser tests) and OpenSSL (the local CA of the
-#     secured Kafka cluster) from Debian when possible;
+#   - installs Mosquitto (MQTT broker), Chromium (dashboard browser tests), OpenSSL (the local CA of the
+#     secured Kafka cluster) and Prometheus + Alertmanager (`stack up --with monitoring`) from Debian when possible;
 #   - creates .venv with Python >= 3.11 and installs millrace with all extras;
 #   - resolves the Kafka and Spark connector jars from Maven Central into the cache dir.
 # Idempotent: a second run only checks. Set MILLRACE_SETUP_QUIET=1 for less output.
@@ -38,10 +38,12 @@ missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v openssl >/dev/null || missing+=(openssl)  # the local CA of `stack up --secure`
+command -v prometheus >/dev/null || missing+=(prometheus)  # with promtool; `stack up --with monitoring`
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)  # with amtool
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}" || say "could not install ${missing[*]} (not root or no apt-get)"
 fi
-unmet=()  # reported at the end: the MQTT, dashboard browser and secure-cluster tests fail without these, they never skip
+unmet=()  # reported at the end: the MQTT, dashboard browser, secure-cluster and monitoring tests fail without these, they never skip
 for tool in "${missing[@]}"; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || unmet+=("$tool")
 done
@@ -69,5 +71,5 @@ fi
 # --- jars -----------------------------------------------------------------------------------------
 say "resolving Kafka and Spark connector jars (cached after the first run)"
 "$VENV/bin/millrace" setup
-[ ${#unmet[@]} -eq 0 ] || die "missing ${unmet[*]}: the MQTT and dashboard browser tests fail without it (Debian/Ubuntu: apt-get install ${unmet[*]})"
+[ ${#unmet[@]} -eq 0 ] || die "missing ${unmet[*]}: the MQTT, dashboard browser and monitoring tests fail without it (Debian/Ubuntu: apt-get install ${unmet[*]})"
 say "ready: activate with 'source .venv/bin/activate' or call .venv/bin/millrace"

@@ -42,9 +42,10 @@ def cluster_home(state_dir: Path) -> Path:
 
 
 def describe(
-    state_dir: Path, cache_dir: Path, rt: RuntimeSettings, *, make_security: bool = True
+    state_dir: Path, cache_dir: Path, rt: RuntimeSettings, *, make_security: bool = True, jmx_port: int | None = None
 ) -> kafka.KafkaCluster:
-    """The cluster ``rt`` asks for under ``state_dir`` (jars resolved once; security material made once)."""
+    """The cluster ``rt`` asks for under ``state_dir`` (jars resolved once; security material made once). With
+    ``jmx_port`` node i loads the Prometheus JMX exporter on ``jmx_port + i * rt.port_step``."""
     home = cluster_home(state_dir)
     nodes = tuple(
         kafka.KafkaNode(
@@ -53,6 +54,7 @@ def describe(
             rt.kafka_port + i * rt.port_step,
             rt.controller_port + i * rt.port_step,
             home / f"node-{i + 1}",
+            jmx_port=None if jmx_port is None else jmx_port + i * rt.port_step,
         )
         for i in range(rt.brokers)
     )
@@ -64,7 +66,8 @@ def describe(
             else load_security(state_dir)
         )
     lib = resolve_jars("kafka", rt.kafka_version, cache_dir)
-    return kafka.KafkaCluster(nodes=nodes, lib_dir=lib, heap=rt.kafka_heap, security=security)
+    agent = kafka.jmx_agent_jar(cache_dir) if jmx_port is not None else None
+    return kafka.KafkaCluster(nodes=nodes, lib_dir=lib, heap=rt.kafka_heap, security=security, jmx_agent=agent)
 
 
 def check_layout(state_dir: Path, rt: RuntimeSettings) -> None:

@@ -27,6 +27,7 @@ from millrace.runtime.tools import require
 log = logging.getLogger(__name__)
 
 KAFKA_MAIN = "kafka.Kafka"
+JMX_EXPORTER_VERSION = "1.0.1"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 
 
@@ -37,6 +38,7 @@ class KafkaNode:
     client_port: int
     controller_port: int
     home: Path  # holds server.properties and data/
+    jmx_port: int | None = None  # the Prometheus JMX exporter's port when the cluster loads it
 
     @property
     def name(self) -> str:
@@ -63,6 +65,7 @@ class KafkaCluster:
     lib_dir: Path
     heap: str = "768m"
     security: ClusterSecurity | None = None  # None: plaintext listeners, no authorizer
+    jmx_agent: Path | None = None  # jmx_prometheus_javaagent jar: nodes with a jmx_port serve metrics
 
     @property
     def bootstrap_servers(self) -> str:
@@ -215,6 +218,18 @@ def prepare(cluster: KafkaCluster, node: KafkaNode) -> None:
         raise MillraceError(f"formatting Kafka storage in {node.data_dir} failed (exit {result.returncode}):\n{output}")
 
 
+def jmx_agent_jar(cache_dir: Path) -> Path:
+    """The Prometheus JMX exporter agent jar (resources/maven/jmx, resolved once into ``cache_dir``)."""
+    lib = resolve_jars("jmx", JMX_EXPORTER_VERSION, cache_dir)
+    return lib / f"jmx_prometheus_javaagent-{JMX_EXPORTER_VERSION}.jar"
+
+
+def jmx_agent_option(jar: Path, host: str, port: int) -> str:
+    """``-javaagent:`` serving the broker metrics of resources/monitoring/kafka-jmx.yaml on host:port."""
+    rules = Path(str(resources.files("millrace") / "resources" / "monitoring" / "kafka-jmx.yaml"))
+    return f"-javaagent:{jar}={host}:{port}:{rules}"
+
+
 def metadata_probe(
     bootstrap: str, timeout_s: float = 2.0, *, client_config: dict[str, object] | None = None, brokers: int = 1
 ) -> bool:
@@ -239,11 +254,16 @@ def node_spec(cluster: KafkaCluster, node: KafkaNode, *, start_timeout_s: float,
         ready = lambda: metadata_probe(node.bootstrap)  # noqa: E731
     else:
         ready = lambda: True  # noqa: E731
+    java, *options = _java_base(cluster)
+    ports = {cluster.client_role: node.client_port, "controller": node.controller_port}
+    if cluster.jmx_agent is not None and node.jmx_port is not None:
+        options.insert(0, jmx_agent_option(cluster.jmx_agent, node.host, node.jmx_port))
+        ports["jmx"] = node.jmx_port
     return ServerSpec(
         name=node.name,
         kind="kafka",
-        argv=[*_java_base(cluster), KAFKA_MAIN, str(node.config_path)],
-        ports={cluster.client_role: node.client_port, "controller": node.controller_port},
+        argv=[java, *options, KAFKA_MAIN, str(node.config_path)],
+        ports=ports,
         host=node.host,
         ready=ready,
         start_timeout_s=start_timeout_s,

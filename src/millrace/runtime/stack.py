@@ -1,7 +1,8 @@
 """The local stack behind ``millrace stack up | down | status | logs``: Kafka plus optional servers.
 
 Optional servers (``--with mqtt``, ``--with mongodb``, ...) register a factory in ``EXTRA_SERVERS``; each
-returns a :class:`ServerSpec` run by the same :class:`ProcessManager` as the Kafka nodes.
+returns a :class:`ServerSpec` (or several, started in order) run by the same :class:`ProcessManager` as the
+Kafka nodes. With ``--with monitoring`` (or ``monitoring.broker_metrics = true``) the brokers serve JMX metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from millrace.runtime.process import ProcessManager, ProcessRecord, ServerSpec, 
 
 log = logging.getLogger(__name__)
 
-ExtraFactory = Callable[[Settings], ServerSpec]
+ExtraFactory = Callable[[Settings], ServerSpec | Sequence[ServerSpec]]
 EXTRA_SERVERS: dict[str, ExtraFactory] = {}
 
 
@@ -33,7 +34,7 @@ def _load_extras() -> None:
     # Importing a runtime module registers its server; each import is optional until its issue lands.
     import importlib
 
-    for module in ("millrace.runtime.mqtt", "millrace.runtime.mongodb"):
+    for module in ("millrace.runtime.mqtt", "millrace.runtime.mongodb", "millrace.runtime.monitoring"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -60,9 +61,12 @@ class Stack:
         self.settings = settings
         self.manager = ProcessManager(settings.state_dir)
 
-    def kafka_cluster(self) -> kafka.KafkaCluster:
+    def kafka_cluster(self, *, broker_metrics: bool = False) -> kafka.KafkaCluster:
         """The nodes runtime.brokers and runtime.security ask for (security material made on first use)."""
-        return cluster.describe(self.settings.state_dir, self.settings.cache_dir, self.settings.runtime)
+        jmx_port = self.settings.monitoring.jmx_port if broker_metrics else None
+        return cluster.describe(
+            self.settings.state_dir, self.settings.cache_dir, self.settings.runtime, jmx_port=jmx_port
+        )
 
     def admin_config(self) -> dict[str, object]:
         """Client settings of the admin principal on the managed cluster (plaintext when not secured)."""
@@ -75,7 +79,8 @@ class Stack:
         if unknown:
             known = ", ".join(sorted(EXTRA_SERVERS)) or "none"
             raise MillraceError(f"unknown server {', '.join(unknown)} for --with (known: {known})")
-        started = self.start_kafka()
+        metrics = self.settings.monitoring.broker_metrics
+        started = self.start_kafka(broker_metrics="monitoring" in with_ if metrics is None else metrics)
         if apply_topics:
             from millrace.kafka.admin import apply_topics as apply
             from millrace.kafka.topics import plan_topics
@@ -93,15 +98,16 @@ class Stack:
                 acls = declared_acls(self.settings.topics, stream_job_group=self.settings.spark.consumer_group)
                 apply_acls(admin_client(conf), acls)
         for name in with_:
-            started.append(self.manager.start(EXTRA_SERVERS[name](self.settings)))
+            specs = EXTRA_SERVERS[name](self.settings)
+            for spec in [specs] if isinstance(specs, ServerSpec) else specs:
+                started.append(self.manager.start(spec))
         return started
 
-    def start_kafka(self) -> list[ProcessRecord]:
+    def start_kafka(self, *, broker_metrics: bool = False) -> list[ProcessRecord]:
         rt = self.settings.runtime
         cluster.check_layout(self.settings.state_dir, rt)
-        return cluster.start(
-            self.manager, self.kafka_cluster(), start_timeout_s=rt.start_timeout_s, stop_timeout_s=rt.stop_timeout_s
-        )
+        nodes = self.kafka_cluster(broker_metrics=broker_metrics)
+        return cluster.start(self.manager, nodes, start_timeout_s=rt.start_timeout_s, stop_timeout_s=rt.stop_timeout_s)
 
     def down(self) -> list[str]:
         """Stop every managed server, extras first, Kafka last. Returns the names that were running."""

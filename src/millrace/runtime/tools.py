@@ -11,6 +11,10 @@ INSTALL_HINTS: dict[str, str] = {
     "mvn": "install Apache Maven, e.g. `apt-get install maven`",
     "mosquitto": "install Mosquitto, e.g. `apt-get install mosquitto`",
     "go": "install Go 1.22+, e.g. `apt-get install golang` or from go.dev",
+    "prometheus": "install Prometheus, e.g. `apt-get install prometheus`",
+    "promtool": "install Prometheus (it brings promtool), e.g. `apt-get install prometheus`",
+    "prometheus-alertmanager": "install Alertmanager, e.g. `apt-get install prometheus-alertmanager`",
+    "amtool": "install Alertmanager (it brings amtool), e.g. `apt-get install prometheus-alertmanager`",
 }
 
 
