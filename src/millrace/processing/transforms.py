@@ -199,48 +199,63 @@ def window_partials(readings: pd.DataFrame, window_s: int) -> pd.DataFrame:
     """Mergeable tumbling-window partial aggregates of one micro-batch, per sensor and per type x location.
 
     Columns: scope, key, sensor_type, location, window_start (epoch ms), count, sum, sumsq, min, max,
-    anomaly_count. Interpolated points are not measurements and are left out.
+    anomaly_count; rows sorted by their group keys within each scope. Interpolated points are not measurements
+    and are left out.
     """
-    columns = ["scope", "key", "sensor_type", "location", "window_start", "count", "sum", "sumsq", "min", "max",
-               "anomaly_count"]  # fmt: skip
     measured = readings[~readings["interpolated"].astype(bool)] if len(readings) else readings
     if measured.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=list(_PARTIAL_COLUMNS))
     width = window_s * 1000
+    # Each key column factorized (sorted) once, and each scope's keys folded into one int64 group code whose
+    # order is the keys' lexicographic order: one groupby on an integer instead of three on strings, with the
+    # same groups, the same row order inside each group (pandas' sums are order-compensated, so the same
+    # numbers) and the same sorted output.
+    sid_c, sids = pd.factorize(measured["sensor_id"].to_numpy(dtype=object), sort=True)
+    typ_c, types = pd.factorize(measured["sensor_type"].to_numpy(dtype=object), sort=True)
+    loc_c, locs = pd.factorize(measured["location"].fillna("").to_numpy(dtype=object), sort=True)
+    win_c, starts = pd.factorize((timestamps_ms(measured["timestamp"]) // width) * width, sort=True)
+    value = measured["value"].astype("float64").to_numpy()
     base = pd.DataFrame(
         {
-            "sensor_id": measured["sensor_id"].to_numpy(),
-            "sensor_type": measured["sensor_type"].to_numpy(),
-            "location": measured["location"].fillna("").to_numpy(),
-            "window_start": (timestamps_ms(measured["timestamp"]) // width) * width,
-            "value": measured["value"].astype("float64").to_numpy(),
+            "value": value,
+            "sq": value * value,
             "anomaly": measured["is_anomaly"].fillna(False).astype(bool).astype("int64").to_numpy(),
         }
     )
-    base["sq"] = base["value"] * base["value"]
+    nt, nl, nw = len(types), len(locs), len(starts)
+    type_loc = typ_c.astype("int64") * nl + loc_c
     parts = []
-    for scope, keys in (
-        ("sensor", ["sensor_id", "sensor_type", "location"]),
-        ("type_location", ["sensor_type", "location"]),
+    for scope, code in (
+        ("sensor", (sid_c.astype("int64") * (nt * nl) + type_loc) * nw + win_c),
+        ("type_location", type_loc * nw + win_c),
     ):
-        agg = (
-            base.groupby(keys + ["window_start"], sort=True)
-            .agg(
-                count=("value", "size"),
-                sum=("value", "sum"),
-                sumsq=("sq", "sum"),
-                min=("value", "min"),
-                max=("value", "max"),
-                anomaly_count=("anomaly", "sum"),
-            )
-            .reset_index()
-        )
+        by = base.groupby(code, sort=True)
+        sums = by.sum()  # value, sq, anomaly: one pass
+        group = sums.index.to_numpy(dtype="int64")
+        tl = (group // nw) % (nt * nl)
+        sensor_type = np.asarray(types, dtype=object)[tl // nl]
+        location = np.asarray(locs, dtype=object)[tl % nl]
         if scope == "sensor":
-            agg["key"] = agg["sensor_id"]
+            key = np.asarray(sids, dtype=object)[group // (nw * nt * nl)]
         else:
-            agg["key"] = agg["sensor_type"] + "|" + agg["location"]
-        agg["scope"] = scope
-        parts.append(agg[columns])
+            key = np.char.add(np.char.add(sensor_type.astype(str), "|"), location.astype(str)).astype(object)
+        head = {
+            "scope": scope,
+            "key": key,
+            "sensor_type": sensor_type,
+            "location": location,
+            "window_start": np.asarray(starts, dtype="int64")[group % nw],
+        }
+        value_by = by["value"]
+        stats = {
+            "count": by.size().to_numpy(),
+            "sum": sums["value"].to_numpy(),
+            "sumsq": sums["sq"].to_numpy(),
+            "min": value_by.min().to_numpy(),
+            "max": value_by.max().to_numpy(),
+            "anomaly_count": sums["anomaly"].to_numpy(),
+        }
+        parts.append(pd.DataFrame({**head, **stats}))
     return pd.concat(parts, ignore_index=True)
 
 
