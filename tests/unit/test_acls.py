@@ -4,7 +4,17 @@ applies them to real brokers)."""
 from __future__ import annotations
 
 from millrace.config import TopicSettings
-from millrace.kafka.acls import API, INGEST, MQTT_BRIDGE, SERVICES, STREAM_JOB, Acl, declared_acls, diff_acls
+from millrace.kafka.acls import (
+    API,
+    INGEST,
+    MIRROR,
+    MQTT_BRIDGE,
+    SERVICES,
+    STREAM_JOB,
+    Acl,
+    declared_acls,
+    diff_acls,
+)
 
 TOPICS = TopicSettings()
 
@@ -26,7 +36,7 @@ def test_least_privilege_per_service() -> None:
     assert "WRITE" not in {a.operation for a in acls if a.principal == API}
     # nobody but the super users may create, delete or alter anything
     assert not [a for a in acls if a.operation in {"CREATE", "DELETE", "ALTER", "ALTER_CONFIGS", "ALL"}]
-    assert {a.principal for a in acls} == {INGEST, MQTT_BRIDGE, STREAM_JOB, API}
+    assert {a.principal for a in acls} == {INGEST, MQTT_BRIDGE, STREAM_JOB, API, MIRROR}  # MIRROR: read-only
     assert acls == sorted(set(acls))  # no duplicates, stable order
 
 

@@ -19,7 +19,9 @@ app = typer.Typer(
 
 
 def _declared(settings: Settings) -> list[Acl]:
-    return declared_acls(settings.topics, stream_job_group=settings.spark.consumer_group)
+    return declared_acls(
+        settings.topics, stream_job_group=settings.spark.consumer_group, mirror_topics=settings.mirror.topics
+    )
 
 
 def _table(title: str, acls: list[Acl] | tuple[Acl, ...], mark: str = "") -> Table:

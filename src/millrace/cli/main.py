@@ -42,6 +42,7 @@ GROUPS = {
     "iot": "millrace.cli.iot",
     "ml": "millrace.cli.ml",
     "token": "millrace.cli.token",
+    "mirror": "millrace.cli.mirror",
     "shop": "millrace.cli.shop",
 }
 COMMANDS = {  # name -> (module, function, group or None for the root)

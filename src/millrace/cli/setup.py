@@ -28,6 +28,7 @@ def setup(
     require("java", "to run Kafka and Spark")
     require("mvn", "to download Kafka from Maven Central")
     wanted = [("kafka", settings.runtime.kafka_version)]
+    wanted.append(("mirror", settings.runtime.kafka_version))  # MirrorMaker 2 (stack up --mirror)
     if spark and has_pom("spark"):
         wanted.append(("spark", SPARK_VERSION))
     table = Table("distribution", "version", "jars", "location", "took")

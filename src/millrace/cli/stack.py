@@ -30,6 +30,9 @@ def up(
     secure: Annotated[
         bool | None, typer.Option("--secure/--plaintext", help="TLS + SASL/SCRAM + ACLs (runtime.security).")
     ] = None,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also a backup cluster fed by MirrorMaker 2 ([mirror], docs/mirror.md).")
+    ] = False,
 ) -> None:
     """Start Kafka (KRaft) and apply the topic list (and, secured, the ACLs). Safe to run again: running
     servers are kept."""
@@ -49,7 +52,7 @@ def up(
     started = time.monotonic()
     stack = Stack(settings)
     with console.status("starting the stack (the first run downloads Kafka from Maven Central)..."):
-        records = stack.up(with_ or [])
+        records = stack.up(with_ or [], mirror=mirror)
     for rec in records:
         ports = ", ".join(f"{role} {port}" for role, port in rec.ports.items())
         console.print(f"[green]✓[/] {rec.name} pid {rec.pid} ({ports})")

@@ -22,9 +22,10 @@ MQTT_BRIDGE = "mqtt-bridge"
 STREAM_JOB = "stream-job"  # the Spark job (iot process) and its driver-side producers
 API = "api"  # millrace serve: live feed and cluster view
 ADMIN = "admin"  # millrace stack/topics/acl: a super user
+MIRROR = "mirrormaker"  # MirrorMaker 2 reading the primary for the backup (stack up --mirror)
 INTERNAL_PRINCIPAL = "controller"  # controllers (PLAIN) and inter-broker traffic (SCRAM); a super user
 SUPER_USERS = (ADMIN, INTERNAL_PRINCIPAL)
-SERVICES = (INGEST, MQTT_BRIDGE, STREAM_JOB, API, ADMIN)
+SERVICES = (INGEST, MQTT_BRIDGE, STREAM_JOB, API, ADMIN, MIRROR)
 
 # Consumer groups the services use (their defaults; a different group needs an ACL of its own).
 MQTT_COMMAND_GROUP = "millrace-mqtt-commands"
@@ -53,8 +54,11 @@ class Acl:
         return f"User:{self.principal} {self.operation} {self.resource.lower()} {self.name}{pattern}"
 
 
-def declared_acls(topics: TopicSettings, *, stream_job_group: str = "millrace-iot-process") -> list[Acl]:
-    """Every ACL of the managed principals, for the topic names in ``topics``."""
+def declared_acls(
+    topics: TopicSettings, *, stream_job_group: str = "millrace-iot-process", mirror_topics: Sequence[str] = ()
+) -> list[Acl]:
+    """Every ACL of the managed principals, for the topic names in ``topics`` (``mirror_topics``: those
+    MirrorMaker copies to the backup, mirror.topics; empty: the IoT topics, its default)."""
 
     def topic(principal: str, name: str, *operations: str) -> list[Acl]:
         return [Acl(principal, "TOPIC", name, op) for op in operations]
@@ -88,6 +92,12 @@ def declared_acls(topics: TopicSettings, *, stream_job_group: str = "millrace-io
     acls.append(group(API, API_FEED_GROUP_PREFIX, pattern="PREFIXED"))
     acls.append(group(API, "*", "DESCRIBE"))  # the cluster view lists every group's lag (read-only)
     acls.append(Acl(API, "CLUSTER", "kafka-cluster", "DESCRIBE"))
+    # MirrorMaker reads the topics it mirrors (with their configs) and every group's offsets to translate
+    # them; its own state and offset syncs live on the backup.
+    for name in mirror_topics or _all_topics(topics):
+        acls += topic(MIRROR, name, "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
+    acls.append(group(MIRROR, "*", "DESCRIBE"))
+    acls.append(Acl(MIRROR, "CLUSTER", "kafka-cluster", "DESCRIBE"))
     return sorted(set(acls))
 
 

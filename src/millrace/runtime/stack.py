@@ -72,8 +72,9 @@ class Stack:
         """Client settings of the admin principal on the managed cluster (plaintext when not secured)."""
         return cluster.admin_config(self.kafka_cluster())
 
-    def up(self, with_: Sequence[str] = (), *, apply_topics: bool = True) -> list[ProcessRecord]:
-        """Start Kafka (and the named extras), apply the topic list; a no-op for what already runs."""
+    def up(self, with_: Sequence[str] = (), *, apply_topics: bool = True, mirror: bool = False) -> list[ProcessRecord]:
+        """Start Kafka (and the named extras), apply the topic list; a no-op for what already runs. ``mirror``:
+        also the backup cluster and MirrorMaker 2 ([mirror], runtime.mirror)."""
         _load_extras()
         unknown = [name for name in with_ if name not in EXTRA_SERVERS]
         if unknown:
@@ -95,8 +96,16 @@ class Stack:
                 from millrace.kafka.acls import apply_acls, declared_acls
                 from millrace.kafka.admin import admin_client
 
-                acls = declared_acls(self.settings.topics, stream_job_group=self.settings.spark.consumer_group)
+                acls = declared_acls(
+                    self.settings.topics,
+                    stream_job_group=self.settings.spark.consumer_group,
+                    mirror_topics=self.settings.mirror.topics,
+                )
                 apply_acls(admin_client(conf), acls)
+        if mirror:
+            from millrace.runtime import mirror as backup
+
+            started += backup.start(self.manager, self.settings)
         for name in with_:
             specs = EXTRA_SERVERS[name](self.settings)
             for spec in [specs] if isinstance(specs, ServerSpec) else specs:
@@ -110,7 +119,8 @@ class Stack:
         return cluster.start(self.manager, nodes, start_timeout_s=rt.start_timeout_s, stop_timeout_s=rt.stop_timeout_s)
 
     def down(self) -> list[str]:
-        """Stop every managed server, extras first, Kafka last. Returns the names that were running."""
+        """Stop every managed server, extras first (MirrorMaker among them: it would wait ~30 s for brokers
+        gone before it), Kafka (primary and backup nodes) last. Returns the names that were running."""
         timeout_s = self.settings.runtime.stop_timeout_s
         stopped = []
         for rec in self.manager.records():

@@ -1,0 +1,61 @@
+"""A primary (one plaintext node), a backup (one node) and MirrorMaker 2 between them, started once per module
+through ``Stack.up(mirror=True)``, with test topics of their own mirrored beside the IoT topics.
+
+The settings are written to a TOML file so the CLI (``--config``) sees exactly what the fixture started."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from millrace.config import Settings, load_settings
+from millrace.kafka.admin import admin_client
+from millrace.runtime.process import free_port
+from millrace.runtime.stack import Stack
+from tests.helpers import unique
+
+SYNC_INTERVAL_S = 2
+
+
+@dataclass(frozen=True)
+class MirrorStack:
+    stack: Stack
+    config_path: Path
+    topics: dict[str, str]  # role -> a test topic of its own, mirrored
+
+    @property
+    def settings(self) -> Settings:
+        return self.stack.settings
+
+
+@pytest.fixture(scope="module")
+def mirror_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorStack]:
+    state_dir = tmp_path_factory.mktemp("mirror")
+    topics = {role: unique(f"mirror-{role}") for role in ("copy", "groups", "drill")}
+    kafka_port = free_port()
+    config_path = state_dir / "millrace.toml"
+    mirrored = ", ".join(f'"{t}"' for t in ["millrace.iot.readings", *topics.values()])
+    config_path.write_text(
+        f'state_dir = "{state_dir}"\n'
+        f'[runtime]\nkafka_port = {kafka_port}\ncontroller_port = {free_port()}\nkafka_heap = "512m"\n'
+        "start_timeout_s = 120\n"
+        f'[kafka]\nbootstrap_servers = "127.0.0.1:{kafka_port}"\n'
+        f"[mirror]\nkafka_port = {free_port()}\ncontroller_port = {free_port()}\ntopics = [{mirrored}]\n"
+        f"sync_interval_s = {SYNC_INTERVAL_S}\nstart_timeout_s = 180\n",
+        encoding="utf-8",
+    )
+    stack = Stack(load_settings(config_path))
+    try:
+        stack.up()  # the primary first, so the test topics exist before MirrorMaker starts
+        from confluent_kafka.admin import NewTopic
+
+        admin = admin_client(stack.settings.kafka.client_config())
+        for future in admin.create_topics([NewTopic(t, 3, 1) for t in topics.values()]).values():
+            future.result(timeout=30)
+        stack.up(mirror=True)
+        yield MirrorStack(stack, config_path, topics)
+    finally:
+        stack.down()
