@@ -3,8 +3,10 @@ prometheus-alertmanager: missing tools fail these tests, they never skip)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,14 +111,16 @@ def test_jmx_targets_name_the_job_by_kind_and_skip_servers_without_jmx() -> None
     records = [
         _record("kafka-2", "kafka", {"client": 9102, "jmx": 9414}),
         _record("kafka-1", "kafka", {"client": 9092, "jmx": 9404}),
-        _record("backup-1", "kafka-backup", {"client": 19092, "jmx": 19404}),
+        _record("backup-kafka-1", "kafka", {"client": 19092, "jmx": 19404}),
+        _record("mirrormaker", "mirror", {"jmx": 19405}),
         _record("kafka-3", "kafka", {"client": 9112}),  # started without the exporter
         _record("mqtt", "mqtt", {"mqtt": 1883}),
     ]
     assert monitoring.jmx_targets(records) == [
-        {"targets": ["127.0.0.1:19404"], "labels": {"job": "kafka-backup", "instance": "backup-1"}},
+        {"targets": ["127.0.0.1:19404"], "labels": {"job": "kafka-backup", "instance": "backup-kafka-1"}},
         {"targets": ["127.0.0.1:9404"], "labels": {"job": "kafka", "instance": "kafka-1"}},
         {"targets": ["127.0.0.1:9414"], "labels": {"job": "kafka", "instance": "kafka-2"}},
+        {"targets": ["127.0.0.1:19405"], "labels": {"job": "mirrormaker", "instance": "mirrormaker"}},
     ]
 
 
@@ -205,3 +209,24 @@ def test_jmx_rules_file_is_valid_yaml_with_the_broker_metrics() -> None:
     for needed in ("brokertopicmetrics_$1", "requestmetrics_requests", "replicamanager_$1", "kafkacontroller_$1"):
         assert needed in names
     assert config["lowercaseOutputName"] is True
+
+
+def _cli(tmp_path: Path, *env: tuple[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
+    environ = {**clean, "COLUMNS": "200", "MILLRACE_STATE_DIR": str(tmp_path / "state"), **dict(env)}
+    argv = [sys.executable, "-m", "millrace.cli.main", "monitoring", "check"]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, env=environ, cwd=tmp_path, timeout=60)
+
+
+def test_cli_check_passes_and_names_what_fails(tmp_path: Path) -> None:
+    ok = _cli(tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.splitlines()[:3] == ["✓ prometheus config", "✓ alert rules", "✓ alertmanager config"]
+    assert (tmp_path / "state" / "monitoring" / "rules" / "alerts.yml").is_file()
+    bad = _cli(tmp_path, ("MILLRACE_MONITORING__WEBHOOK_URL", "hooks.example/no-scheme"))
+    assert bad.returncode == 1
+    assert "✗ alertmanager config" in bad.stdout and 'unsupported scheme "" for URL' in bad.stdout
+    assert bad.stderr.strip().splitlines() == ["error: monitoring check failed: alertmanager config"]
+    wrong = _cli(tmp_path, ("MILLRACE_MONITORING__EVALUATION_INTERVAL_S", "0"))
+    assert wrong.returncode == 2
+    assert "monitoring.evaluation_interval_s" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -44,6 +44,7 @@ GROUPS = {
     "token": "millrace.cli.token",
     "mirror": "millrace.cli.mirror",
     "shop": "millrace.cli.shop",
+    "monitoring": "millrace.cli.monitoring",
 }
 COMMANDS = {  # name -> (module, function, group or None for the root)
     "setup": ("millrace.cli.setup", "setup", None),

@@ -23,7 +23,13 @@ app = typer.Typer(
 @app.command()
 def up(
     ctx: typer.Context,
-    with_: Annotated[list[str] | None, typer.Option("--with", help="Also start: mqtt, mongodb.")] = None,
+    with_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--with",
+            help="Also start: mqtt, mongodb, monitoring (Prometheus, Alertmanager; brokers export JMX metrics).",
+        ),
+    ] = None,
     brokers: Annotated[
         int | None, typer.Option(min=1, max=5, help="Kafka nodes (default: runtime.brokers, 1).")
     ] = None,

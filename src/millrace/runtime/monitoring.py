@@ -45,8 +45,10 @@ ALERTMANAGER = "alertmanager"
 EXPORTER = "metrics-exporter"
 # Debian names the Alertmanager binary prometheus-alertmanager; upstream tarballs call it alertmanager.
 _ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
-# Managed-process kinds whose "jmx" port is scraped, and the job each is scraped as.
-JMX_JOBS = {"kafka": "kafka", "kafka-backup": "kafka-backup", "mirrormaker": "mirrormaker"}
+# Managed-process kinds whose "jmx" port is scraped, and the job each is scraped as. The mirror runtime records
+# the backup cluster's nodes as kind "kafka" named backup-kafka-<id> (runtime.mirror), MirrorMaker 2 as "mirror".
+JMX_JOBS = {"kafka": "kafka", "mirror": "mirrormaker"}
+BACKUP_PREFIX = "backup-"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
@@ -180,6 +182,8 @@ def jmx_targets(records: list[ProcessRecord]) -> list[dict[str, Any]]:
     groups = []
     for rec in sorted(records, key=lambda r: r.name):
         job = JMX_JOBS.get(rec.kind)
+        if job == "kafka" and rec.name.startswith(BACKUP_PREFIX):
+            job = "kafka-backup"
         if job is not None and "jmx" in rec.ports:
             groups.append({"targets": [f"{rec.host}:{rec.ports['jmx']}"], "labels": {"job": job, "instance": rec.name}})
     return groups
