@@ -216,7 +216,12 @@ def _auth(role: str) -> dict[str, str]:
 def client(tmp_path: Path) -> Any:
     tokens = tuple(ApiToken(name=f"am-{r}", role=r, sha256=token_hash(t)) for r, t in TOKENS.items())  # type: ignore[arg-type]
     base = Settings(state_dir=tmp_path)
-    settings = base.model_copy(update={"api": base.api.model_copy(update={"auth": "token", "tokens": tokens})})
+    settings = base.model_copy(
+        update={
+            "api": base.api.model_copy(update={"auth": "token", "tokens": tokens}),
+            "monitoring": base.monitoring.model_copy(update={"prometheus_port": free_port()}),  # nothing there
+        }
+    )
     store = SqliteStore(tmp_path / "millrace.db")
     with TestClient(create_app(settings, store=store, live=False)) as c:
         yield c
@@ -286,9 +291,8 @@ def test_a_payload_that_is_not_alertmanagers_is_a_422_naming_the_field(client: T
     assert client.get("/api/alerts", headers=_auth("viewer")).json()["items"] == []
 
 
-def test_queries_answer_503_when_prometheus_is_not_running(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    monkeypatch.setattr(monitoring, "prometheus_url", lambda settings: url)
+def test_queries_answer_503_when_prometheus_is_not_running(client: TestClient) -> None:
+    url = client.app.state.settings.monitoring.prometheus_url  # type: ignore[attr-defined]  # nothing listens
     for path in ("/api/monitoring/query?q=up", "/api/monitoring/panels"):
         answer = client.get(path, headers=_auth("viewer"))
         assert answer.status_code == 503, answer.text

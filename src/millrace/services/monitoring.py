@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/monitoring", tags=["monitoring"], responses=PROBLEM_RESPONSES | AUTH_RESPONSES)
 
-DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 PROMETHEUS_TIMEOUT_S = 5.0
 MAX_RANGE_S = 7 * 86400
 MAX_POINTS = 240  # per series of a range query: enough for a chart, small for the browser
@@ -104,10 +103,8 @@ PANELS: tuple[Panel, ...] = (
 
 
 def prometheus_url(settings: Settings) -> str:
-    """Where Prometheus' HTTP API is (``monitoring.prometheus_url``)."""
-    monitoring = getattr(settings, "monitoring", None)
-    url = getattr(monitoring, "prometheus_url", None) or DEFAULT_PROMETHEUS_URL
-    return str(url).rstrip("/")
+    """Where Prometheus' HTTP API is: [monitoring] host and prometheus_port."""
+    return settings.monitoring.prometheus_url
 
 
 class Prometheus:
