@@ -1,17 +1,16 @@
 """A secured three-node KRaft cluster started by millrace's runtime (`stack up --brokers 3 --secure`): TLS with
 the local CA, SASL/SCRAM principals per service, ACLs enforced; RF 3 / min ISR 2; fault drills with kill -9.
 
-The cluster starts once for this module (three JVMs at 512 MB heap), only when one of these tests runs."""
+The cluster is the session's (tests/integration/fixtures_secure.py): three JVMs at 512 MB heap, started once, only
+when a test that needs it runs; a broker a drill killed is restarted before the next test gets the cluster."""
 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from millrace.config import Settings, load_settings
 from millrace.errors import KafkaUnavailable, MillraceError
 from millrace.kafka.acls import (
     ADMIN,
@@ -38,63 +36,12 @@ from millrace.kafka.admin import apply_topics, describe_topic
 from millrace.kafka.client_config import check_connection, java_client_config, kafka_failure
 from millrace.kafka.producer import make_producer
 from millrace.kafka.topics import plan_topics
-from millrace.runtime import cluster as runtime_cluster
-from millrace.runtime import kafka as runtime_kafka
-from millrace.runtime.process import port_is_free
 from millrace.runtime.security import ensure_ca, load_security, security_dir
 from millrace.runtime.stack import Stack
 from tests.helpers import unique, wait_for
+from tests.integration.fixtures_secure import BROKERS, conf_of, full_isr, principal_settings, restart
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-
-BROKERS = 3
-STEP = 3  # node i: client base + 3 i, controller base + 3 i
-
-
-def _free_bases() -> tuple[int, int]:
-    """Two port bases whose three nodes' ports are all free (random, so parallel sessions do not collide)."""
-    for _ in range(200):
-        client, controller = random.randrange(20_000, 40_000), random.randrange(40_000, 60_000)
-        ports = [base + i * STEP for base in (client, controller) for i in range(BROKERS)]
-        if all(port_is_free("127.0.0.1", p) for p in ports):
-            return client, controller
-    raise AssertionError("no free ports for three Kafka nodes")
-
-
-@pytest.fixture(scope="module")
-def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    client, controller = _free_bases()
-    settings = load_settings(
-        state_dir=tmp_path_factory.mktemp("secure"),
-        runtime={
-            "brokers": BROKERS,
-            "security": "sasl_ssl",
-            "kafka_port": client,
-            "controller_port": controller,
-            "port_step": STEP,
-            "kafka_heap": "512m",
-            "start_timeout_s": 180,
-        },
-    )
-    stack = Stack(settings)
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down()
-
-
-def principal_settings(stack: Stack, principal: str) -> Settings:
-    """The whole settings tree of a client running as ``principal`` (as a service would be configured)."""
-    security = load_security(stack.settings.state_dir)
-    assert security is not None
-    bootstrap = stack.kafka_cluster().bootstrap_servers
-    kafka = security.client_settings(principal, bootstrap)
-    return stack.settings.model_copy(update={"kafka": kafka})
-
-
-def conf_of(stack: Stack, principal: str) -> dict[str, Any]:
-    return {**principal_settings(stack, principal).kafka.client_config(), "log_level": 0}
 
 
 def read_all(conf: dict[str, Any], topic: str, group: str, expected: int, timeout_s: float = 60.0) -> list[Any]:
@@ -281,28 +228,6 @@ def _create_replicated_topic(conf: dict[str, Any], partitions: int = 3) -> str:
     return name
 
 
-def _node(stack: Stack, name: str) -> runtime_kafka.KafkaNode:
-    return next(n for n in stack.kafka_cluster().nodes if n.name == name)
-
-
-def _restart(stack: Stack, *names: str) -> None:
-    cluster = stack.kafka_cluster()
-    rt = stack.settings.runtime
-    for name in names:
-        spec = runtime_kafka.node_spec(
-            cluster, _node(stack, name), start_timeout_s=rt.start_timeout_s, stop_timeout_s=rt.stop_timeout_s
-        )
-        stack.manager.start(spec)
-    runtime_cluster.wait_ready(cluster, deadline=time.monotonic() + 120)
-
-
-def _full_isr(conf: dict[str, Any], topic: str) -> bool:
-    """Every partition has a leader and three in-sync replicas (metadata only: while leaders move after a
-    restart, offset requests may answer NOT_LEADER_FOR_PARTITION)."""
-    meta = AdminClient(conf).list_topics(topic, timeout=10).topics[topic]
-    return bool(meta.partitions) and all(p.leader >= 0 and len(p.isrs) == 3 for p in meta.partitions.values())
-
-
 def test_kill_9_one_broker_mid_produce_loses_no_acknowledged_record(secure_stack: Stack) -> None:
     conf = conf_of(secure_stack, ADMIN)
     topic = _create_replicated_topic(conf)
@@ -333,8 +258,8 @@ def test_kill_9_one_broker_mid_produce_loses_no_acknowledged_record(secure_stack
     for i in range(total, total + 100):
         producer.produce(topic, str(i).encode(), "k")
     assert producer.flush(60) == 0 and producer.stats.delivered == total + 100
-    _restart(secure_stack, "kafka-2")
-    wait_for(lambda: _full_isr(conf, topic), timeout_s=120, interval_s=1, what="the ISR back to 3")
+    restart(secure_stack, "kafka-2")
+    wait_for(lambda: full_isr(conf, topic), timeout_s=120, interval_s=1, what="the ISR back to 3")
 
 
 def test_two_brokers_down_acks_all_errors_then_recovers(secure_stack: Stack) -> None:
@@ -365,9 +290,9 @@ def test_two_brokers_down_acks_all_errors_then_recovers(secure_stack: Stack) -> 
         }
         acked = sorted(i for i, e in outcome.items() if e is None)
     finally:
-        _restart(secure_stack, "kafka-2", "kafka-3")
+        restart(secure_stack, "kafka-2", "kafka-3")
     # Recovered: the same producer delivers again, and every acknowledged record is there.
-    wait_for(lambda: _full_isr(conf, topic), timeout_s=120, interval_s=1, what="the ISR back to 3")
+    wait_for(lambda: full_isr(conf, topic), timeout_s=120, interval_s=1, what="the ISR back to 3")
     outcome.clear()
     for i in range(1000, 1200):
         producer.produce(topic, str(i).encode(), f"k{i}", on_delivery=report)
