@@ -332,6 +332,11 @@ class ShopSettings(BaseModel, frozen=True, extra="forbid"):
     # registry_port of runtime.host.
     registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
     registry_port: int = Field(default=8081, ge=1, le=65535)
+    # Apicurio Registry from Maven Central: 3.x needs Java 21+ (registry_java, else the newest Java 21+ found
+    # on PATH or under /usr/lib/jvm); 2.6.x runs on Java 17.
+    registry_version: str = Field(default="3.3.3", pattern=r"^\d+\.\d+\.\d+(\.Final)?$")
+    registry_java: Path | None = None
+    registry_heap: str = "512m"
     # Set on the registry by `shop schemas apply` (Apicurio's own default is NONE).
     compatibility: Literal["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FULL", "NONE"] = "BACKWARD"
     catalog_path: Path | None = None  # default: the sample catalog shipped with millrace

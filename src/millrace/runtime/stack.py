@@ -34,7 +34,8 @@ def _load_extras() -> None:
     # Importing a runtime module registers its server; each import is optional until its issue lands.
     import importlib
 
-    for module in ("millrace.runtime.mqtt", "millrace.runtime.mongodb", "millrace.runtime.monitoring"):
+    extras = ("mqtt", "mongodb", "monitoring", "registry")
+    for module in (f"millrace.runtime.{name}" for name in extras):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
