@@ -60,8 +60,9 @@ def with_monitoring(settings: Settings, **overrides: Any) -> Settings:
     return settings.model_copy(update={"monitoring": settings.monitoring.model_copy(update=update)})
 
 
-def routed_to(settings: Settings, api_url: str, token_file: Path) -> Settings:
-    """``settings`` with Alertmanager routed to the alert list of the API at ``api_url``."""
+def routed_to(settings: Settings, api_url: str, token_file: Path | None) -> Settings:
+    """``settings`` with Alertmanager routed to the alert list of the API at ``api_url`` (with the token in
+    ``token_file``; None: no token, for an API with api.auth = "none")."""
     update = {"api_alerts_url": f"{api_url}/api/monitoring/alerts", "api_token_file": token_file}
     return settings.model_copy(update={"monitoring": settings.monitoring.model_copy(update=update)})
 
