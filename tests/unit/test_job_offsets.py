@@ -48,6 +48,9 @@ class FakeCommitter:
         self.flushed.append(dict(offsets))
         return True
 
+    def request_lag(self, on_lag: Any, timeout_s: float = 5.0) -> bool:
+        return False  # lag is tested on GroupOffsetCommitter itself
+
 
 def test_progress_offsets_follow_the_last_progress() -> None:
     query, committer = FakeQuery(), FakeCommitter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +20,7 @@ from millrace.iot.live_stats import LiveStats
 from millrace.iot.sinks import KafkaSink, Sink, pump
 from millrace.kafka.admin import require_kafka
 from millrace.records import parse_iso
+from millrace.telemetry import MetricsServer, serving
 
 # A clean stop flushes what is queued (up to 60 s in _finish); past this the process exits anyway.
 GRACE_S = 75.0
@@ -159,13 +161,16 @@ def simulate(
     if workers > 1 and via is not Via.kafka:
         raise UsageError("parallel producers need --via kafka", param_hint="--workers")
     stop = threading.Event()
-    with stopping(stop, grace_s=GRACE_S, what="simulate"):
+    with stopping(stop, grace_s=GRACE_S, what="simulate"), _metrics(settings, workers > 1) as metrics:
         if via is Via.kafka:
             require_kafka(settings.kafka.client_config(), stop=stop.is_set)
         if stop.is_set():  # stopped during start-up: nothing was produced
             return
         if workers > 1:
-            _simulate_parallel(settings, cfg, title, workers, duration_s, count_n, rate, topic, stop, json_, quiet)
+            metrics_dir = metrics.multiproc_dir if metrics is not None else None
+            _simulate_parallel(
+                settings, cfg, title, workers, duration_s, count_n, rate, topic, stop, json_, quiet, metrics_dir
+            )
             return
         from millrace.iot.simulator import Simulator
 
@@ -189,6 +194,7 @@ def _simulate_parallel(
     stop: threading.Event,
     json_: bool,
     quiet: bool,
+    metrics_dir: Path | None = None,
 ) -> None:
     from millrace.iot.parallel import run_workers
     from millrace.kafka.stats import DeliveryStats
@@ -205,9 +211,18 @@ def _simulate_parallel(
             rate=rate,
             topic=topic,
             stop=stop,
+            metrics_dir=metrics_dir,
         )
     live.finish(undelivered)
     _report(live, json_=json_, quiet=quiet)
+
+
+def _metrics(settings: Settings, multiprocess: bool = False) -> AbstractContextManager[MetricsServer | None]:
+    """The ingest process's metrics endpoint (docs/metrics.md), with a multiprocess directory for workers."""
+    m = settings.metrics
+    return serving(
+        "ingest", settings.state_dir, m.ingest_port, host=m.host, enabled=m.enabled, multiprocess=multiprocess
+    )
 
 
 def _sink(settings: Settings, via: Via, topic: str | None) -> Sink:
@@ -293,7 +308,7 @@ def replay(
             f"{len(table.bad_rows)} bad rows; columns {table.columns}"
         )
     stop = threading.Event()
-    with stopping(stop, grace_s=GRACE_S, what="replay"):
+    with stopping(stop, grace_s=GRACE_S, what="replay"), _metrics(settings):
         require_kafka(settings.kafka.client_config(), stop=stop.is_set)
         if stop.is_set():  # stopped during start-up: nothing was produced
             return

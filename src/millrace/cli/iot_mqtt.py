@@ -12,6 +12,7 @@ from millrace.cli.signals import stopping
 from millrace.errors import MillraceError, missing_extra
 from millrace.kafka.admin import require_kafka
 from millrace.kafka.stats import DeliveryStats
+from millrace.telemetry import serving
 
 
 def mqtt_bridge(
@@ -51,7 +52,9 @@ def mqtt_bridge(
             raise missing_extra("paho-mqtt", "mqtt") from None
         raise
     stop = threading.Event()
-    with stopping(stop, grace_s=60.0, what="the MQTT bridge"):
+    m = settings.metrics
+    metrics = serving("mqtt-bridge", settings.state_dir, m.mqtt_bridge_port, host=m.host, enabled=m.enabled)
+    with stopping(stop, grace_s=60.0, what="the MQTT bridge"), metrics:
         require_kafka(settings.kafka.client_config(), stop=stop.is_set)
         if stop.is_set():
             return

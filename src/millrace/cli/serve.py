@@ -62,7 +62,22 @@ def serve(
         elif settings.api.auth == "none":
             console.print("[yellow]authentication is off (api.auth = none): anyone who reaches the port can act[/]")
         ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
-        uvicorn.run(app, host=host, port=port, log_level=log_level, **ssl)  # type: ignore[arg-type]
+        target = register_api_target(settings, host, port, tls=tls is not None)
+        try:
+            uvicorn.run(app, host=host, port=port, log_level=log_level, **ssl)  # type: ignore[arg-type]
+        finally:
+            if target is not None:
+                target.unlink(missing_ok=True)
+
+
+def register_api_target(settings: Settings, host: str, port: int, *, tls: bool) -> Path | None:
+    """The API's file_sd target (it serves /metrics on its own port; docs/metrics.md), None with metrics off."""
+    if not settings.metrics.enabled:
+        return None
+    from millrace.telemetry import register_target
+
+    labels = {"__scheme__": "https"} if tls else None
+    return register_target("api", settings.state_dir, host, port, labels=labels)
 
 
 def tls_files(settings: Settings) -> tuple[Path, Path] | None:

@@ -21,9 +21,10 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer
 
+from millrace import telemetry
 from millrace.config import Settings
 from millrace.iot.mqtt_client import Connection
-from millrace.kafka.consumer import make_consumer
+from millrace.kafka.consumer import count_consumed, make_consumer
 from millrace.kafka.producer import ReliableProducer
 from millrace.records import DeadLetter, to_iso
 
@@ -126,6 +127,7 @@ class CommandRelay:
         while not stop.is_set():
             batch = self._consumer.consume(100, 0.2)
             messages = [m for m in batch if m.error() is None]
+            count_consumed(messages, self.group_id)
             for m in batch:
                 if m.error() is not None:
                     log.warning("command consumer: %s", m.error())
@@ -167,6 +169,8 @@ class CommandRelay:
                 self._acked.clear()
         self.published += len(mids)
         self.dead_letters += len(letters)
+        if letters:
+            telemetry.DEAD_LETTERS.labels("bad_command").inc(len(letters))
         return True
 
     def _dead_letters(self, letters: list[tuple[bytes, str]], stop: threading.Event) -> bool:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import orjson
 from confluent_kafka import KafkaError, Message
 
+from millrace import telemetry
 from millrace.config import Settings
 from millrace.errors import MillraceError
 from millrace.iot.mqtt_client import Connection
@@ -79,6 +80,7 @@ class _Pending:
     label: str
     sensor_type: str  # for live statistics
     kind: str  # ground truth of the reading ("unlabelled" without one) or "dead-letter"
+    reason: str = ""  # a dead letter's countable reason (millrace_dead_letters_total)
 
 
 class Recorder(Protocol):  # millrace.iot.live_stats.LiveStats
@@ -180,6 +182,7 @@ class MqttBridge:
                 "dead-letter",
                 "(dead letter)",
                 "dead-letter",
+                _reason_kind(str(exc)),
             )
             with self._lock:
                 self.counters.by_reason[_reason_kind(str(exc))] += 1
@@ -222,6 +225,7 @@ class MqttBridge:
             self.stats.by_label[pending.label] += 1
             if pending.label == "dead-letter":
                 self.counters.dead_letters += 1
+                telemetry.DEAD_LETTERS.labels(pending.reason).inc()
             else:
                 self.counters.readings += 1
                 self.counters.by_type[pending.label.removeprefix("type:")] += 1

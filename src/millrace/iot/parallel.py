@@ -17,12 +17,14 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from millrace.config import Settings
 from millrace.iot.fleet import FleetConfig
 from millrace.iot.live_stats import LiveStats
 from millrace.kafka.stats import DeliveryStats, LatencyHistogram
+from millrace.telemetry import worker_environment
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +105,13 @@ def run_workers(
     rate: float = 0.0,
     topic: str | None = None,
     stop: threading.Event | None = None,
+    metrics_dir: Path | None = None,
 ) -> int:
     """Run ``workers`` producer processes; merge their statistics into ``live`` (whose ``stats`` are
-    replaced by the sums) until all finish. Returns the number of messages still undelivered."""
+    replaced by the sums) until all finish. Returns the number of messages still undelivered.
+
+    ``metrics_dir``: the workers record their metrics there (prometheus_client's multiprocess mode), for the
+    endpoint of this process to serve (telemetry.serve_metrics with multiprocess=True)."""
     stop = stop or threading.Event()
     ctx = mp.get_context("spawn")  # no inherited threads or Kafka handles
     reports = ctx.Queue()
@@ -119,8 +125,9 @@ def run_workers(
         )
         for i in range(workers)
     ]
-    for proc in procs:
-        proc.start()
+    with worker_environment(metrics_dir):  # spawned workers take the environment at start
+        for proc in procs:
+            proc.start()
     latest: dict[int, dict] = {}
     errors: list[str] = []
     while len([r for r in latest.values() if r["done"]]) < workers:

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from millrace import telemetry
 from millrace.iot.live_stats import LiveStats
 from millrace.iot.messages import Message
 from millrace.iot.sinks import KafkaSink
@@ -102,6 +103,7 @@ def replay(
             if live is not None:
                 live.record(Message(position, b"", "(bad row)", DEAD_LETTER_KIND, "", ""))
             result.dead_letters += 1
+            telemetry.DEAD_LETTERS.labels("bad_row").inc()  # the row's own reason text names columns
             next_bad += 1
 
     for begin in range(0, len(frame), chunk):

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka import Message as KafkaMessage
 
+from millrace import telemetry
 from millrace.config import Settings
 from millrace.iot.messages import Message, MessageBatch
 from millrace.kafka.producer import producer_config
@@ -81,23 +82,37 @@ class KafkaSink:
         self._producer = Producer(self.config)
         self.stats = DeliveryStats()
         self._seen = 0
-        self._on_delivery = self._make_callback()
+        self._callbacks: dict[str, Any] = {}
+        self._on_delivery = self._callback(self.topic)
 
-    def _make_callback(self) -> Any:
+    def _callback(self, topic: str) -> Any:
+        """The delivery callback of ``topic`` (one per topic: its metric children are looked up once)."""
+        found = self._callbacks.get(topic)
+        if found is None:
+            found = self._callbacks[topic] = self._make_callback(topic)
+        return found
+
+    def _make_callback(self, topic: str) -> Any:
         stats = self.stats
         hist = stats.latency
         counter = [0]
+        produced = telemetry.PRODUCED.labels(topic)
+        failed = telemetry.PRODUCE_FAILED.labels(topic)
+        latencies = telemetry.DELIVERY_LATENCY.labels(topic)
 
         def delivered(err: KafkaError | None, msg: KafkaMessage) -> None:
             if err is None:
                 stats.delivered += 1
+                produced.inc()
                 counter[0] += 1
-                if counter[0] % LATENCY_SAMPLE == 0:
+                if counter[0] % LATENCY_SAMPLE == 0:  # sampled: msg.latency() per message costs
                     latency = msg.latency()
                     if latency is not None:
                         hist.add(latency)
+                        latencies.observe(latency)
             else:
                 stats.failed += 1
+                failed.inc()
                 stats.last_error = str(err)
                 log.warning("delivery to %s failed: %s", msg.topic(), err)
 
@@ -122,7 +137,7 @@ class KafkaSink:
     def produce(self, topic: str, value: bytes, key: str | bytes | None) -> None:
         """Produce to any topic (e.g. the dead-letter topic) with delivery counted in :attr:`stats`."""
         try:
-            self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+            self._producer.produce(topic, value, key, on_delivery=self._callback(topic))
         except BufferError:
             self._produce_blocking(topic, value, key)
         self._producer.poll(0)
@@ -131,7 +146,7 @@ class KafkaSink:
         while True:
             self._producer.poll(0.05)  # local queue full: let deliveries drain, then retry
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, on_delivery=self._callback(topic))
                 return
             except BufferError:
                 continue

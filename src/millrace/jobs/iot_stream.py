@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from millrace import telemetry
 from millrace.config import Settings
 from millrace.jobs.progress import ProgressOffsets
 from millrace.jobs.retention import start_retention
 from millrace.jobs.session import checkpoint_dir
 from millrace.jobs.writers import BatchStats, BatchWriter
 from millrace.ml.follow import load_scorer
+from millrace.telemetry import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +180,9 @@ def run(
     retention = start_retention(settings)  # deletes expired rows every store.retention_interval_s
     started = time.monotonic()
     restarts = failures = 0
+    metrics = None
     try:
+        metrics = start_metrics(settings, spark)
         while not should_stop():
             query = start_query(spark, settings, options, writer)
             reason = _watch(query, writer, started, duration_s, until_idle_s, should_stop, progress)
@@ -201,7 +205,30 @@ def run(
         writer.close()
         if retention is not None:
             retention.stop()
+        if metrics is not None:
+            stop_metrics(metrics, spark)
     return RunResult(batches, writer.total_input, restarts, time.monotonic() - started)
+
+
+def start_metrics(settings: Settings, spark: Any) -> MetricsServer | None:
+    """The driver's metrics endpoint (component ``stream``, docs/metrics.md). The Python workers store and
+    produce too: they record into the endpoint's multiprocess directory, handed to them as
+    PROMETHEUS_MULTIPROC_DIR through the SparkContext's executor environment (Spark starts a worker daemon per
+    distinct environment, so a run's workers never write into another run's directory)."""
+    environment = spark.sparkContext.environment
+    environment.pop(telemetry.MULTIPROC_ENV, None)
+    if not settings.metrics.enabled:
+        return None
+    m = settings.metrics
+    server = telemetry.serve_metrics("stream", settings.state_dir, m.stream_port, host=m.host, multiprocess=True)
+    environment[telemetry.MULTIPROC_ENV] = str(server.multiproc_dir)
+    return server
+
+
+def stop_metrics(server: MetricsServer, spark: Any) -> None:
+    with contextlib.suppress(Exception):  # the session may be gone already
+        spark.sparkContext.environment.pop(telemetry.MULTIPROC_ENV, None)
+    server.close()
 
 
 def progress_offsets(settings: Settings) -> ProgressOffsets | None:

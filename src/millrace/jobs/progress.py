@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
+
+from millrace import telemetry
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,16 @@ class OffsetCommitter(Protocol):
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
 
     def flush(self, offsets: Mapping[tuple[str, int], int], timeout_s: float = 5.0) -> bool: ...
+
+    def request_lag(self, on_lag: Callable[[dict[str, int]], None], timeout_s: float = 5.0) -> bool: ...
+
+
+LAG_EVERY_S = 2.0  # how often the group's lag is measured for millrace_stream_lag_records
+
+
+def record_lag(lag: Mapping[str, int]) -> None:
+    for topic, records in lag.items():
+        telemetry.STREAM_LAG.labels(topic).set(records)
 
 
 def end_offsets(sources: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], int]:
@@ -53,6 +66,7 @@ class ProgressOffsets:
     def __init__(self, committer: OffsetCommitter) -> None:
         self.committer = committer
         self.offsets: dict[tuple[str, int], int] = {}
+        self._lag_asked = float("-inf")
 
     def poll(self, query: Any) -> None:
         try:
@@ -64,6 +78,9 @@ class ProgressOffsets:
             self.offsets.update(end_offsets(progress["sources"]))
         if self.offsets:
             self.committer.commit(self.offsets)
+        now = time.monotonic()
+        if now - self._lag_asked >= LAG_EVERY_S and self.committer.request_lag(record_lag):
+            self._lag_asked = now
 
     def finish(self, query: Any, timeout_s: float = 5.0) -> bool:
         """Commit the end offsets of the query's last batch, waiting up to ``timeout_s``."""

@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from millrace import telemetry
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
 from millrace.processing.output import StepSink
@@ -57,10 +58,15 @@ class ReadingSink(StepSink):
         message is delivered (raises KafkaUnavailable otherwise, which fails the batch: Spark replays it)."""
         if readings.empty:
             return
-        self.store.upsert_readings(readings.assign(ingested_at=pd.Timestamp(time.time(), unit="s", tz="UTC")))
+        stamped = readings.assign(ingested_at=pd.Timestamp(time.time(), unit="s", tz="UTC"))
+        with telemetry.STORE_WRITE.labels(self.settings.store.backend, "sensor_metrics").time():
+            self.store.upsert_readings(stamped)
         failed = self.producer.stats.failed
-        produce_predictions(self.producer, self.settings.topics.predictions, readings)
+        topic = self.settings.topics.predictions
+        produce_predictions(self.producer, topic, readings)
         self._delivered(self.producer.flush(60.0), failed, "predictions")
+        # Delivery reports come for failures only (see __init__): all of them were acknowledged here.
+        telemetry.PRODUCED.labels(topic).inc(len(readings))
 
     def write_alerts(self, alerts: Sequence[Mapping[str, Any]], sensor_types: Mapping[str, str]) -> None:
         """Upsert alert episodes (records.Alert dicts) with their recommendation, produce them to the alerts
@@ -69,7 +75,8 @@ class ReadingSink(StepSink):
         if not alerts:
             return
         recommended = with_recommendations(self.recommendations, alerts, sensor_types)
-        self.store.upsert_alerts(recommended)
+        with telemetry.STORE_WRITE.labels(self.settings.store.backend, "anomaly_alerts").time():
+            self.store.upsert_alerts(recommended)
         failed = self.producer.stats.failed
         topics = self.settings.topics
         for alert in recommended:
@@ -78,6 +85,8 @@ class ReadingSink(StepSink):
                 topics.recommendations, orjson.dumps(recommendation_message(alert)), alert["alert_id"]
             )
         self._delivered(self.producer.flush(60.0), failed, "alerts")
+        telemetry.PRODUCED.labels(topics.alerts).inc(len(recommended))
+        telemetry.PRODUCED.labels(topics.recommendations).inc(len(recommended))
 
     def _delivered(self, remaining: int, failed_before: int, what: str) -> None:
         if remaining or self.producer.stats.failed > failed_before:

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from millrace import telemetry
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
 from millrace.jobs.window_ledger import WindowLedger
@@ -93,6 +94,7 @@ class BatchWriter:
         self.last = stats
         self.batches += 1
         self.total_input += stats.input_rows
+        record_batch(stats)
         if stats.input_rows:
             self.last_input_at = time.monotonic()
         if self.on_batch is not None:
@@ -109,15 +111,19 @@ class BatchWriter:
         quality = _sum_counters(out.loc[kind == "quality", "payload"])
         quality["input"] = sum(quality.get(k, 0) for k in ("valid", "duplicates", "late", "invalid"))
 
-        store = self.store
+        store, timed = self.store, self._store_write
         windows = self._windows(partials, batch_id)
         if len(windows):
-            store.upsert_windows(windows)
+            with timed("windowed_metrics"):
+                store.upsert_windows(windows)
         if statuses:
-            store.upsert_sensor_status(statuses)
-        store.record_quality(batch_id, quality)
+            with timed("sensor_status"):
+                store.upsert_sensor_status(statuses)
+        with timed("data_quality"):
+            store.record_quality(batch_id, quality)
 
         self._produce(windows, dead, quality, batch_id)
+        record_outputs(dead, quality, out.loc[kind == "alert_sent", "payload"])
         return BatchStats(
             batch_id=batch_id,
             input_rows=quality["input"],
@@ -130,6 +136,9 @@ class BatchWriter:
             collect_s=0.0,
             quality=quality,
         )
+
+    def _store_write(self, collection: str) -> Any:
+        return telemetry.STORE_WRITE.labels(self.settings.store.backend, collection).time()
 
     def _windows(self, partials: pd.DataFrame, batch_id: int) -> pd.DataFrame:
         window_s = self.settings.processing.window_s
@@ -161,6 +170,48 @@ class BatchWriter:
         self.producer.flush(30.0)
         self.ledger.close()
         self.store.close()
+
+
+def record_batch(stats: BatchStats) -> None:
+    """A finished micro-batch in the stream_* metrics."""
+    telemetry.STREAM_BATCHES.inc()
+    telemetry.STREAM_BATCH_DURATION.observe(stats.duration_s)
+    telemetry.STREAM_INPUT_ROWS.inc(stats.input_rows)
+    telemetry.STREAM_ROWS_PROCESSED.inc(stats.readings)
+    telemetry.STREAM_LAST_BATCH.set(time.time())
+
+
+# millrace_data_quality_total{problem} from the step's quality counters. An invalid reading counts as
+# "invalid" whatever its reason (out_of_range included, which also counts on its own).
+QUALITY_PROBLEMS = {
+    "gap": ("gaps_interpolated", "gaps_inactive"),
+    "late": ("late",),
+    "duplicate": ("duplicates",),
+    "out_of_range": ("invalid_out_of_range",),
+    "invalid": ("invalid",),
+}
+CROSS_SENSOR_KIND = "correlation_break"  # an alert episode of a device whose sensors stopped agreeing
+
+
+def record_outputs(dead: list[str], quality: dict[str, int], alerts: pd.Series) -> None:
+    """A written micro-batch's dead letters (by reason), data-quality problems and alerts (by kind and
+    severity; cross-sensor alerts also as the data-quality problem ``cross_sensor``)."""
+    reasons: dict[str, int] = {}
+    for payload in dead:
+        reason = str(orjson.loads(payload).get("reason") or "unknown")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, n in reasons.items():
+        telemetry.DEAD_LETTERS.labels(reason).inc(n)
+    for problem, keys in QUALITY_PROBLEMS.items():
+        n = sum(quality.get(k, 0) for k in keys)
+        if n:
+            telemetry.DATA_QUALITY.labels(problem).inc(n)
+    for payload in alerts:
+        alert = orjson.loads(payload)
+        kind = str(alert.get("kind") or "unknown")
+        telemetry.ALERTS.labels(kind, str(alert.get("severity") or "unknown")).inc()
+        if kind == CROSS_SENSOR_KIND:
+            telemetry.DATA_QUALITY.labels("cross_sensor").inc()
 
 
 def _sum_counters(payloads: pd.Series) -> dict[str, int]:

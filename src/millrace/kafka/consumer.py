@@ -11,6 +11,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
+from millrace import telemetry
+
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[list[Message]], None]
@@ -35,6 +37,17 @@ def make_consumer(
     )
 
 
+def count_consumed(messages: Sequence[Message], group: str) -> None:
+    """Count good ``messages`` (no error) in millrace_consumed_total{topic, group}."""
+    by_topic: dict[str, int] = {}
+    for msg in messages:
+        if msg.error() is None:
+            topic = msg.topic() or ""
+            by_topic[topic] = by_topic.get(topic, 0) + 1
+    for topic, n in by_topic.items():
+        telemetry.CONSUMED.labels(topic, group).inc(n)
+
+
 def stop_on_signals(stop: threading.Event) -> None:
     """Set ``stop`` on SIGINT/SIGTERM (main thread only) so loops finish their batch and close cleanly."""
     if threading.current_thread() is not threading.main_thread():
@@ -56,6 +69,7 @@ def consume_loop(
     stop: threading.Event,
     batch_size: int = 1000,
     poll_timeout_s: float = 0.5,
+    group: str = "",
 ) -> int:
     """Subscribe and hand batches to ``handle`` until ``stop`` is set; commit after each handled batch.
 
@@ -79,6 +93,7 @@ def consume_loop(
                         raise KafkaException(err)
                     log.warning("consumer error: %s", err)
             if good:
+                count_consumed(good, group)
                 handle(good)
                 handled += len(good)
                 consumer.commit(asynchronous=False)

@@ -8,15 +8,16 @@ never reads it back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class GroupOffsetCommitter:
         self._in_flight: Future[Any] | None = None
         self._failures = 0
         self._warned = False
+        self._lag_pending = False
         self.commits = 0  # successful commits
 
     @property
@@ -102,6 +104,50 @@ class GroupOffsetCommitter:
         self._warned = self._warned or warn
         level = logging.WARNING if warn else logging.DEBUG
         log.log(level, "committing the offsets of consumer group %s failed (monitoring only): %s", self.group_id, error)
+
+    def request_lag(self, on_lag: Callable[[dict[str, int]], None], timeout_s: float = 5.0) -> bool:
+        """Ask Kafka for the end offsets of the committed partitions; once all have answered, call ``on_lag``
+        (on the client's thread) with ``topic -> sum over partitions of (end offset - committed)``. Returns at
+        once; False when nothing is committed yet or a request is still out. A failed request is logged at
+        debug level and skipped: the next call asks again."""
+        with self._lock:
+            committed = dict(self._committed)
+            if not committed or self._lag_pending:
+                return False
+            self._lag_pending = True
+        try:
+            futures = self._admin.list_offsets(
+                {TopicPartition(t, p): OffsetSpec.latest() for t, p in committed}, request_timeout=timeout_s
+            )
+        except (KafkaException, ValueError, TypeError) as exc:
+            log.debug("end offsets of %s: %s", self.group_id, exc)
+            with self._lock:
+                self._lag_pending = False
+            return False
+        answers: dict[tuple[str, int], int | None] = {}
+
+        def answered(tp: TopicPartition, future: Future[Any]) -> None:
+            try:
+                end: int | None = int(future.result().offset)
+            except Exception as exc:  # KafkaException, a timeout
+                log.debug("end offset of %s[%d]: %s", tp.topic, tp.partition, exc)
+                end = None
+            with self._lock:
+                answers[(tp.topic, tp.partition)] = end
+                if len(answers) < len(futures):
+                    return
+                self._lag_pending = False
+            if any(v is None for v in answers.values()):
+                return
+            lag: dict[str, int] = {}
+            for (topic, partition), end_offset in answers.items():
+                assert end_offset is not None
+                lag[topic] = lag.get(topic, 0) + max(0, end_offset - committed[(topic, partition)])
+            on_lag(lag)
+
+        for tp, future in futures.items():
+            future.add_done_callback(functools.partial(answered, tp))
+        return True
 
     def flush(self, offsets: Offsets, timeout_s: float = 5.0) -> bool:
         """Commit ``offsets`` and wait up to ``timeout_s`` until they are committed (retrying failures);

@@ -8,6 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from millrace import telemetry
 from millrace.kafka.stats import DeliveryStats
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,31 @@ class ReliableProducer:
     def __init__(self, config: dict[str, Any], *, stats: DeliveryStats | None = None) -> None:
         self._producer = Producer(config)
         self.stats = stats or DeliveryStats()
+        self._metrics: dict[str, tuple[Any, Any, Any]] = {}  # topic -> its metric children, looked up once
+
+    def _topic_metrics(self, topic: str) -> tuple[Any, Any, Any]:
+        found = self._metrics.get(topic)
+        if found is None:
+            found = self._metrics[topic] = (
+                telemetry.PRODUCED.labels(topic),
+                telemetry.PRODUCE_FAILED.labels(topic),
+                telemetry.DELIVERY_LATENCY.labels(topic),
+            )
+        return found
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         stats = self.stats
+        produced, failed, latencies = self._topic_metrics(msg.topic() or "")
         if err is None:
             stats.delivered += 1
+            produced.inc()
             latency = msg.latency()
             if latency is not None:
                 stats.latency.add(latency)
+                latencies.observe(latency)
         else:
             stats.failed += 1
+            failed.inc()
             stats.last_error = str(err)
             log.warning("delivery to %s failed: %s", msg.topic(), err)
 

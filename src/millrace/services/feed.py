@@ -19,7 +19,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from millrace.config import TopicSettings
-from millrace.kafka.consumer import make_consumer
+from millrace.kafka.consumer import count_consumed, make_consumer
 from millrace.services.ws import Hub, sensor_type_of
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,9 @@ class KafkaFeed:
         consumer.subscribe(list(self._channels), on_assign=self._on_assign)
         try:
             while not self._stop.is_set():
-                for msg in consumer.consume(500, 0.2):
+                batch = consumer.consume(500, 0.2)
+                count_consumed(batch, self.group_id)
+                for msg in batch:
                     err = msg.error()
                     if err is not None:
                         if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):

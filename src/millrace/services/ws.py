@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from millrace import telemetry
 from millrace.records import SENSOR_TYPES
 from millrace.services.auth import authenticate_ws
 
@@ -91,6 +92,7 @@ class Client:
         with self.lock:
             if len(self.outbox) == self.maxlen:
                 self.dropped += 1
+                telemetry.WS_DROPPED.inc()
             self.outbox.append(frame)
             if self._notified:
                 return
@@ -132,12 +134,16 @@ class Hub:
         client = Client(loop=loop, maxlen=self.queue_size, id=next(self._ids))
         with self._lock:
             self._clients.add(client)
+        telemetry.WS_CLIENTS.inc()
         return client
 
     def disconnect(self, client: Client) -> None:
         with self._lock:
+            if client not in self._clients:
+                return
             self._clients.discard(client)
             self.dropped_total += client.dropped
+        telemetry.WS_CLIENTS.dec()
 
     def publish(self, channel: str, data: dict[str, Any]) -> int:
         """Offer one message to every matching subscriber; returns how many clients it was queued for."""
