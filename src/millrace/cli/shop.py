@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from millrace.cli import shop_stream
 from rich.markup import escape
 from rich.table import Table
 
@@ -175,3 +177,4 @@ def orders(
     console.print(table)
     if producer.stats.failed or remaining:
         raise MillraceError(f"{producer.stats.failed + remaining} order events were not delivered to Kafka")
+shop_stream.register(app)  # filter, block, unblock, blocked, index, search

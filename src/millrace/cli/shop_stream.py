@@ -1,0 +1,187 @@
+"""``millrace shop filter | block | unblock | blocked | index | search``: the stop-list filter and search."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from millrace.cli.common import console, print_json, settings_of
+from millrace.cli.signals import stopping
+from millrace.config import Settings
+from millrace.errors import MillraceError, UsageError
+from millrace.kafka.admin import require_kafka
+from millrace.shop import stoplist
+from millrace.shop.filter import StopListFilter
+from millrace.shop.search import SearchRequest, plural_goods, price_range_of
+
+FILTER_GROUP = "millrace-shop-filter"
+INDEX_GROUP = "millrace-shop-index"
+
+
+def search_dir(settings: Settings) -> Path:
+    return settings.state_dir / "search"
+
+
+def filter_(
+    ctx: typer.Context,
+    instance: Annotated[
+        str, typer.Option(help="This instance's stable name: its transactional id and group member id.")
+    ] = "0",
+    group: Annotated[str, typer.Option(help="Consumer group of the filter instances.")] = FILTER_GROUP,
+) -> None:
+    """Copy items to filtered-items, leaving out blocked products, exactly once (Kafka transactions)."""
+    settings = settings_of(ctx)
+    if not instance.strip() or any(c.isspace() for c in instance):
+        raise UsageError("an instance name without spaces", param_hint="--instance")
+    topics, conf = settings.topics, settings.kafka.client_config()
+    stop = threading.Event()
+    with stopping(stop, what="the filter"):
+        require_kafka(conf, stop=stop.is_set)
+        if stop.is_set():
+            return
+        worker = StopListFilter(
+            conf,
+            items_topic=topics.shop_items,
+            filtered_topic=topics.shop_filtered_items,
+            stop_topic=topics.shop_stop_list,
+            group=group,
+            instance=instance,
+        )
+
+        def ready() -> None:
+            console.print(
+                f"filter {worker.txn_id}: {topics.shop_items} -> {topics.shop_filtered_items}, "
+                f"{len(worker.state.stop.blocked())} blocked",
+                highlight=False,
+            )
+
+        stats = worker.run(stop, on_ready=ready)
+    console.print(
+        f"filter stopped: {stats.consumed} items read, {stats.passed} passed, {stats.dropped} blocked, "
+        f"{stats.stop_list_records} stop-list records, {stats.transactions} transactions ({stats.aborted} aborted)",
+        highlight=False,
+    )
+
+
+def block(
+    ctx: typer.Context,
+    product_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Product ids.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the stop list).")] = "",
+) -> None:
+    """Put products on the stop list: filters drop them and remove them downstream within seconds."""
+    settings = settings_of(ctx)
+    entries = stoplist.block(settings.kafka.client_config(), settings.topics.shop_stop_list, product_ids, reason)
+    console.print(f"blocked {', '.join(e.product_id for e in entries)}", highlight=False)
+
+
+def unblock(
+    ctx: typer.Context,
+    product_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Product ids.")],
+) -> None:
+    """Take products off the stop list: filters publish their latest versions again."""
+    settings = settings_of(ctx)
+    entries = stoplist.unblock(settings.kafka.client_config(), settings.topics.shop_stop_list, product_ids)
+    console.print(f"unblocked {', '.join(e.product_id for e in entries)}", highlight=False)
+
+
+def blocked(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+    """The products on the stop list, as the filters see it."""
+    settings = settings_of(ctx)
+    entries = stoplist.load_stop_list(settings.kafka.client_config(), settings.topics.shop_stop_list).blocked()
+    if json_:
+        print_json([e.__dict__ for e in entries])
+        return
+    for e in entries:
+        typer.echo(f"{e.product_id}\t{e.at}\t{e.reason}")
+    console.print(f"{len(entries)} blocked", highlight=False, style="dim")
+
+
+def index(
+    ctx: typer.Context,
+    group: Annotated[str, typer.Option(help="Consumer group of the indexer.")] = INDEX_GROUP,
+) -> None:
+    """Index filtered-items (products) and client-search (queries) into the search index of the state dir."""
+    from millrace.shop.indexer import run_indexer
+    from millrace.shop.search_tantivy import TantivyBackend
+
+    settings = settings_of(ctx)
+    conf, topics = settings.kafka.client_config(), settings.topics
+    stop = threading.Event()
+    with stopping(stop, what="the indexer"):
+        require_kafka(conf, stop=stop.is_set)
+        if stop.is_set():
+            return
+        backend = TantivyBackend(search_dir(settings))
+        try:
+            console.print(
+                f"indexing {topics.shop_filtered_items} and {topics.shop_client_search} into {search_dir(settings)}",
+                highlight=False,
+            )
+            stats = run_indexer(
+                conf,
+                backend,
+                products_topic=topics.shop_filtered_items,
+                queries_topic=topics.shop_client_search,
+                group=group,
+                stop=stop,
+            )
+        finally:
+            backend.close()
+    console.print(
+        f"indexer stopped: {stats.upserted} products indexed, {stats.deleted} removed, {stats.queries} queries, "
+        f"{stats.skipped} skipped",
+        highlight=False,
+    )
+
+
+def search(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Argument(help='What to look for, e.g. "умные часы".')],
+    user: Annotated[str, typer.Option(help="Who is searching (recorded in client-search).")] = "anonymous",
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    brand: Annotated[str | None, typer.Option(help="Only this brand.")] = None,
+    price: Annotated[str | None, typer.Option(help="Price range LOW-HIGH, LOW- or -HIGH.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many products.")] = 10,
+    json_: Annotated[bool, typer.Option("--json", help="JSON output with highlights and facets.")] = False,
+) -> None:
+    """Search the products; the query is recorded in client-search."""
+    from millrace.shop.client import search as client_search
+    from millrace.shop.search_tantivy import TantivyBackend
+
+    settings = settings_of(ctx)
+    if not user.strip():
+        raise UsageError("a user name", param_hint="--user")
+    try:
+        price_range = price_range_of(price) if price is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc), param_hint="--price") from None
+    directory = search_dir(settings)
+    if not (directory / "products" / "meta.json").is_file():
+        raise MillraceError(f"no search index in {directory}: run `millrace shop index` first")
+    request = SearchRequest(text, category=category, brand=brand, price=price_range, limit=limit)
+    result = client_search(
+        TantivyBackend(directory, writer=False),
+        request,
+        client_config=settings.kafka.client_config(),
+        topic=settings.topics.shop_client_search,
+        user=user,
+    )
+    if json_:
+        print_json({"total": result.total, "hits": [h.__dict__ for h in result.hits], "facets": result.facets})
+        return
+    typer.echo(f"{plural_goods(result.total)}:")
+    for hit in result.hits:
+        typer.echo(f"{hit.category} -> {hit.name}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the ``shop`` group."""
+    app.command("filter")(filter_)
+    app.command("block")(block)
+    app.command("unblock")(unblock)
+    app.command("blocked")(blocked)
+    app.command("index")(index)
+    app.command("search")(search)
