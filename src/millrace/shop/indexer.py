@@ -81,5 +81,5 @@ def run_indexer(
         if on_batch is not None:
             on_batch(stats)
 
-    consume_loop(consumer, [products_topic, queries_topic], handle, stop=stop, batch_size=batch_size)
+    consume_loop(consumer, [products_topic, queries_topic], handle, stop=stop, batch_size=batch_size, group=group)
     return stats
