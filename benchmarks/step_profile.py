@@ -46,7 +46,7 @@ from millrace.config import Settings, load_settings  # noqa: E402
 from millrace.iot.simulator import FleetConfig, simulate_frame  # noqa: E402
 from millrace.ml.follow import load_scorer  # noqa: E402
 from millrace.processing.output import MemorySink  # noqa: E402
-from millrace.processing.stateful import StatefulStep  # noqa: E402
+from millrace.processing.stateful import make_step  # noqa: E402
 
 # Phases: (label, functions as (file name ending, function name)); a phase's time is the sum of the
 # cumulative times of its functions (none of them calls another phase's function). Names of both layouts of
@@ -125,7 +125,7 @@ class Bench:
 
     def __init__(self, settings: Settings, readings: pd.DataFrame, buckets: int) -> None:
         self.sink = MemorySink()
-        self.step = StatefulStep(
+        self.step = make_step(
             settings, source_topic="readings", scorer_factory=load_scorer, sink_factory=self.sink.factory
         )
         devices = sorted(readings["device_id"].unique())

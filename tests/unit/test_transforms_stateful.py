@@ -12,6 +12,7 @@ import pytest
 from millrace.config import load_settings
 from millrace.iot.simulator import FleetConfig, simulate_frame
 from millrace.ml.follow import load_scorer
+from millrace.processing import stateful
 from millrace.processing.output import MemorySink
 from millrace.processing.stateful import StatefulStep
 from millrace.processing.transforms import INVALID_GROUP
@@ -88,9 +89,10 @@ def payloads(out: pd.DataFrame, kind: str) -> list[dict[str, Any]]:
 
 def make_step(settings: Any, source_topic: str = "t") -> tuple[StatefulStep, MemorySink]:
     sink = MemorySink()
-    return StatefulStep(
+    step = stateful.make_step(
         settings, source_topic=source_topic, scorer_factory=load_scorer, sink_factory=sink.factory
-    ), sink
+    )
+    return step, sink
 
 
 def test_every_reading_once_and_duplicates_dropped_across_batches(settings: Any, device_frame: pd.DataFrame) -> None:

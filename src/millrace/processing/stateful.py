@@ -26,6 +26,7 @@ the same alerts and readings to the sink, whose upserts change nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -41,6 +42,7 @@ from millrace.processing import state as bucket_state
 from millrace.processing.features import FEATURE_COLUMNS, devices_step
 from millrace.processing.output import (
     SinkFactory,
+    StepSink,
     alert_rows,
     dead_letters,
     json_lines,
@@ -92,27 +94,26 @@ class StepResult:
 
 class StatefulStep:
     """The function handed to applyInPandasWithState (picklable, as long as its factories are: the job's are
-    module-level functions).
+    module-level functions, bound to the settings by :func:`make_step`).
 
-    The whole ``settings`` is kept for the injected factories only: the job builds the scorer (which follows the
-    model registry) and the sink (store, topics) from it. The step itself reads ``settings.processing``.
+    The step reads only the processing settings; ``scorer`` and ``sink`` return the process's scorer and sink
+    (built on first use in each Python worker and kept: workers are reused across batches).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        cfg: ProcessingSettings,
         *,
         source_topic: str,
-        scorer_factory: ScorerFactory,
-        sink_factory: SinkFactory,
+        scorer: Callable[[], StepScorer],
+        sink: Callable[[], StepSink],
     ) -> None:
-        self.settings = settings
-        self.cfg = settings.processing
+        self.cfg = cfg
         self.source = source_topic
-        self.scorer_factory = scorer_factory  # the job injects ml.follow.load_scorer (a Scorer per worker)
-        # The job injects jobs.sink.worker_sink (a sink per worker): readings are written here, in the executor,
-        # and reach the driver only as window partials.
-        self.sink_factory = sink_factory
+        self.scorer = scorer  # the job's follows the model registry (ml.follow.load_scorer, one per worker)
+        # The job's writes to the store and the output topics (jobs.sink.worker_sink, one per worker): readings
+        # are written here, in the executor, and reach the driver only as window partials.
+        self.sink = sink
 
     def __call__(self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
         now_ms = int(state.getCurrentProcessingTimeMs())
@@ -123,8 +124,7 @@ class StatefulStep:
             if str(key[0]) == INVALID_GROUP:
                 yield invalid_rows(frame, source=self.source, now_ms=now_ms)
                 return
-            scorer = _scorer(self.settings, self.scorer_factory)
-            result = process(frame, _load(state), now_ms, cfg=self.cfg, source=self.source, scorer=scorer)
+            result = process(frame, _load(state), now_ms, cfg=self.cfg, source=self.source, scorer=self.scorer())
         out = self._send(result)
         state.update((bucket_state.dumps(result.state),))
         if not state.hasTimedOut:
@@ -135,7 +135,7 @@ class StatefulStep:
         """Write the call's alerts, then its readings, to the sink; returns the output rows with the alerts
         marked "alert_sent", for the driver to count."""
         out = result.rows
-        sink = self.sink_factory(self.settings)
+        sink = self.sink()
         is_alert = (out["out"] == "alert").to_numpy()
         if is_alert.any():
             alerts = [orjson.loads(p) for p in out.loc[is_alert, "payload"]]
@@ -406,4 +406,11 @@ def make_step(
     scorer_factory: ScorerFactory,
     sink_factory: SinkFactory,
 ) -> Callable[..., Iterator[pd.DataFrame]]:
-    return StatefulStep(settings, source_topic=source_topic, scorer_factory=scorer_factory, sink_factory=sink_factory)
+    """The job's step: the processing settings, and the scorer and sink factories bound to ``settings`` (they
+    need the registry, the store and the topics)."""
+    return StatefulStep(
+        settings.processing,
+        source_topic=source_topic,
+        scorer=functools.partial(_scorer, settings, scorer_factory),
+        sink=functools.partial(sink_factory, settings),
+    )
