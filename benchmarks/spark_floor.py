@@ -71,7 +71,7 @@ def group_frame(spark: Any, settings: Any, starting: str, max_offsets: int) -> A
 
     source = (
         spark.readStream.format("kafka")
-        .options(**kafka_source_options(settings))
+        .options(**kafka_source_options(settings.kafka))
         .option("subscribe", settings.topics.readings)
         .option("startingOffsets", starting)
         .option("maxOffsetsPerTrigger", str(max_offsets))
@@ -97,7 +97,7 @@ def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_o
 
     source = (
         spark.readStream.format("kafka")
-        .options(**kafka_source_options(settings))
+        .options(**kafka_source_options(settings.kafka))
         .option("subscribe", settings.topics.readings)
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", str(max_offsets))
@@ -187,6 +187,7 @@ def latency(spark: Any, settings: Any, root: Path, args: argparse.Namespace) -> 
     while (len(batches) <= done or batches[-1]) and time.monotonic() < deadline:  # caught up: a batch without input
         query.awaitTermination(0.2)
     parts = query_progress()
+    parts_p90 = query_progress(90.0)
     query.stop()
     lat = np.repeat(np.array(sorted(hist), dtype=float) * HIST_MS / 1000, [hist[k] for k in sorted(hist)])
     return {
@@ -198,6 +199,8 @@ def latency(spark: Any, settings: Any, root: Path, args: argparse.Namespace) -> 
         "latency_p99_s": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
         "latency_max_s": round(float(lat.max()), 2) if lat.size else None,
         "batch_parts_ms_p50": parts,
+        "batch_parts_ms_p90": parts_p90,
+        "batch_rows": batches,
     }
 
 

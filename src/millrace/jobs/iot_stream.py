@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from millrace import telemetry
-from millrace.config import Settings
+from millrace.config import KafkaSettings, Settings
 from millrace.jobs.progress import ProgressOffsets
 from millrace.jobs.retention import start_retention
 from millrace.jobs.session import checkpoint_dir
@@ -39,7 +39,7 @@ class JobOptions:
 
 def default_options(settings: Settings, **overrides: Any) -> JobOptions:
     base: dict[str, Any] = {
-        "checkpoint": checkpoint_dir(settings, QUERY_NAME),
+        "checkpoint": checkpoint_dir(settings.state_dir, QUERY_NAME),
         "trigger_s": settings.spark.trigger_seconds,
         "max_offsets_per_trigger": settings.spark.max_offsets_per_trigger,
     }
@@ -47,12 +47,12 @@ def default_options(settings: Settings, **overrides: Any) -> JobOptions:
     return JobOptions(**base)
 
 
-def kafka_source_options(settings: Settings) -> dict[str, str]:
+def kafka_source_options(kafka: KafkaSettings) -> dict[str, str]:
     """Spark Kafka source options (``kafka.*``) equivalent to the librdkafka settings of millrace clients
     (TLS truststore and SASL login included: the job works against a secured cluster by settings alone)."""
     from millrace.kafka.client_config import java_client_config
 
-    return {f"kafka.{key}": value for key, value in java_client_config(settings.kafka).items()}
+    return {f"kafka.{key}": value for key, value in java_client_config(kafka).items()}
 
 
 def bucket_labels(spark: Any, buckets: int, partitions: int) -> list[str]:
@@ -89,7 +89,7 @@ def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Cal
     topic = options.topic or settings.topics.readings
     reader = (
         spark.readStream.format("kafka")
-        .options(**kafka_source_options(settings))
+        .options(**kafka_source_options(settings.kafka))
         .option("subscribe", topic)
         .option("startingOffsets", options.starting_offsets)
         .option("maxOffsetsPerTrigger", str(options.max_offsets_per_trigger))

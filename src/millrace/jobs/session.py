@@ -21,17 +21,17 @@ def quiet_pandas_warning() -> None:
     warnings.filterwarnings("ignore", message=PANDAS_WARNING, category=FutureWarning)
 
 
-def connector_jars(settings: Settings) -> list[Path]:
+def connector_jars(cache_dir: Path) -> list[Path]:
     """The four Kafka connector jars for pyspark, resolved with Maven once into the cache dir."""
     from millrace.runtime.distribution import resolve_jars
 
-    lib = resolve_jars("spark", SPARK_VERSION, settings.cache_dir)
+    lib = resolve_jars("spark", SPARK_VERSION, cache_dir)
     return sorted(lib.glob("*.jar"))
 
 
-def checkpoint_dir(settings: Settings, query: str) -> Path:
+def checkpoint_dir(state_dir: Path, query: str) -> Path:
     """Where query ``query`` keeps its offsets and state: <state_dir>/checkpoints/<query>."""
-    return (settings.state_dir / "checkpoints" / query).resolve()
+    return (state_dir / "checkpoints" / query).resolve()
 
 
 def build_session(settings: Settings, *, master: str | None = None, app_name: str = "millrace"):  # noqa: ANN201
@@ -52,7 +52,7 @@ def build_session(settings: Settings, *, master: str | None = None, app_name: st
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark_cfg = settings.spark
-    jars = ",".join(str(p) for p in connector_jars(settings))
+    jars = ",".join(str(p) for p in connector_jars(settings.cache_dir))
     local_dir = (settings.state_dir / "spark-tmp").resolve()
     local_dir.mkdir(parents=True, exist_ok=True)
     builder = (
