@@ -26,7 +26,7 @@ FAST = {
     "group_wait_s": 1.0,
     "group_interval_s": 2.0,
     "repeat_interval_s": 3600.0,
-    "rate_window_s": 10.0,
+    "rate_window_s": 20.0,
     "stalled_after_s": 10.0,
     "broker_down_for_s": 2.0,
     "dead_letter_rate_max": 1.0,
