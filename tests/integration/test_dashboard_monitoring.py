@@ -2,7 +2,7 @@
 Prometheus and Alertmanager running (as `stack up --with monitoring` starts them) and a simulator producing
 while no stream job runs, the throughput chart draws the produced series, PipelineStalled shows as firing in
 Prometheus and, delivered by Alertmanager, in the infrastructure alert list; without Prometheus the tab says
-monitoring is not running."""
+monitoring is not running. The query route passes Prometheus' answers (instant, range) and its parse errors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from millrace.config import Settings
@@ -119,3 +120,22 @@ def test_the_monitoring_tab_says_when_monitoring_is_not_running(settings: Settin
             sync_api.expect(page.locator("#mon-infra tbody td")).to_have_text("Alertmanager has delivered no alert")
     finally:
         store.close()
+
+
+def test_the_query_route_answers_with_prometheus_data_and_errors(monitored: tuple[Settings, str]) -> None:
+    s, url = monitored
+    instant = httpx.get(f"{url}/api/monitoring/query", params={"q": 'up{job="prometheus"}'}, timeout=30).json()
+    assert (instant["range"], instant["step"], instant["data"]["resultType"]) == (None, None, "vector")
+    ((metric, value),) = [(r["metric"], r["value"]) for r in instant["data"]["result"]]
+    assert metric["instance"] == f"{s.monitoring.host}:{s.monitoring.prometheus_port}" and value[1] == "1"
+    ranged = httpx.get(
+        f"{url}/api/monitoring/query", params={"q": 'up{job="prometheus"}', "range": "60"}, timeout=30
+    ).json()
+    assert (ranged["range"], ranged["step"], ranged["data"]["resultType"]) == (60, 1.0, "matrix")
+    points = ranged["data"]["result"][0]["values"]
+    assert 1 <= len(points) <= 61 and {v for _, v in points} == {"1"}
+    bad = httpx.get(f"{url}/api/monitoring/query", params={"q": "sum("}, timeout=30)
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    assert bad.json()["detail"].startswith("Prometheus: ") and "parse error" in bad.json()["detail"]
+    no_range = httpx.get(f"{url}/api/monitoring/query", params={"q": "up", "range": "0"}, timeout=30)
+    assert no_range.status_code == 422 and no_range.json()["detail"].startswith("query.range: ")
