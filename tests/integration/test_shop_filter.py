@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from millrace.config import Settings
+from millrace.errors import MillraceError
 from millrace.kafka.admin import apply_topics
 from millrace.kafka.topics import TopicSpec
 from millrace.shop import stoplist
@@ -236,3 +237,41 @@ def test_block_and_unblock_apply_downstream_without_a_restart(
     )
     assert block_s < 10
     assert [e.product_id for e in stoplist.load_stop_list(conf, shop_topics.stop_list).blocked()] == []
+
+
+def test_a_second_process_of_the_same_instance_fences_the_first(settings: Settings, shop_topics: ShopTopics) -> None:
+    conf = settings.kafka.client_config()
+    group = unique("filter")
+
+    def start() -> tuple[StopListFilter, threading.Event, list[BaseException]]:
+        worker = StopListFilter(
+            conf,
+            items_topic=shop_topics.items,
+            filtered_topic=shop_topics.filtered,
+            stop_topic=shop_topics.stop_list,
+            group=group,
+            instance="same",
+        )
+        stop, failed = threading.Event(), []
+
+        def run() -> None:
+            try:
+                worker.run(stop)
+            except MillraceError as exc:
+                failed.append(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        return worker, stop, failed
+
+    old, old_stop, old_failed = start()
+    produce_items(conf, shop_topics.items, [("a", item("a"))])
+    wait_for(lambda: old.stats.passed == 1, timeout_s=30, what="the first instance at work")
+    new, new_stop, new_failed = start()
+    produce_items(conf, shop_topics.items, [("b", item("b"))])
+    wait_for(lambda: old_failed, timeout_s=30, what="the first instance fenced")
+    assert "same --instance" in str(old_failed[0]) or "FENCED" in str(old_failed[0])
+    wait_for(lambda: versions(conf, shop_topics.filtered, "b") == [item("b")], timeout_s=30, what="b from the new one")
+    new_stop.set()
+    old_stop.set()
+    assert new_failed == []
+    assert versions(conf, shop_topics.filtered, "a") == [item("a")]
