@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from millrace.kafka.admin import admin_client
 from millrace.kafka.producer import make_producer
 from millrace.runtime.monitoring import targets_dir, write_targets
 from millrace.runtime.process import free_port
+from millrace.runtime.stack import Stack
 from tests.helpers import unique, wait_for
 from tests.integration.fixtures_monitored_stack import API_TOKEN, Monitored, monitored_stack
 
@@ -67,8 +69,11 @@ def test_prometheus_scrapes_the_broker_jmx_exporter(monitored: Monitored) -> Non
     )
     size = monitored.query(f'sum(kafka_log_size_bytes{{job="kafka", topic="{topic}"}})')
     assert _value(size) > 0  # lz4-compressed batches: much less than 250 x 100 bytes
-    produce_requests = monitored.query('sum(kafka_network_requestmetrics_requests_total{request="Produce"})')
-    assert _value(produce_requests) >= 1
+    wait_for(
+        lambda: monitored.query('sum(kafka_network_requestmetrics_requests_total{request="Produce"}) > 0'),
+        timeout_s=30,
+        what="the broker's Produce request count in Prometheus",
+    )
 
 
 def test_host_exporter_reports_the_state_dir_disk(monitored: Monitored) -> None:
@@ -112,16 +117,46 @@ def test_a_registered_process_is_scraped_and_dropped_when_its_file_goes(monitore
         thread.join(5)
 
 
+def test_stack_up_again_keeps_the_servers_and_reloads_changed_rules(monitored: Monitored) -> None:
+    before = {r.name: r.pid for r in monitored.stack.manager.records()}
+    m = monitored.settings.monitoring.model_copy(update={"consumer_lag_max": 777})
+    again = Stack(monitored.settings.model_copy(update={"monitoring": m}))
+    records = again.up(["monitoring"], apply_topics=False)
+    assert {r.name: r.pid for r in records} == before  # nothing restarted
+
+    def lag_rule() -> str:
+        url = f"{m.prometheus_url}/api/v1/rules?type=alert"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            groups = json.load(response)["data"]["groups"]
+        return next(r["query"] for g in groups for r in g["rules"] if r["name"] == "ConsumerLagHigh")
+
+    wait_for(lambda: lag_rule().endswith("> 777"), timeout_s=30, what="Prometheus to load the changed rule")
+
+
 def test_broker_kill_alerts_through_alertmanager_and_resolves(monitored: Monitored, tmp_path: Path) -> None:
     stack = monitored.stack
     wait_for(lambda: monitored.query('up{job="kafka"} == 1'), timeout_s=60, what="the broker scraped before the kill")
     killed_at = time.monotonic()
     stack.manager.kill("kafka-1")
-    firing = wait_for(
-        lambda: monitored.webhook.alerts("KafkaBrokerDown", "firing", since=killed_at),
-        timeout_s=60,
-        what="KafkaBrokerDown at the webhook",
-    )
+    try:
+        firing = wait_for(
+            lambda: monitored.webhook.alerts("KafkaBrokerDown", "firing", since=killed_at),
+            timeout_s=60,
+            what="KafkaBrokerDown at the webhook",
+        )
+    except AssertionError as exc:  # say what Prometheus and Alertmanager saw
+        seen = {
+            expr: [(r["metric"], r["value"][1]) for r in monitored.query(expr)]
+            for expr in (
+                'up{job="kafka"}',
+                "ALERTS",
+                "prometheus_notifications_sent_total",
+                "prometheus_notifications_dropped_total",
+                "sum(alertmanager_alerts_received_total)",
+                'alertmanager_notifications_failed_total{integration="webhook"}',
+            )
+        }
+        raise AssertionError(f"{exc}; {seen}") from None
     fire_latency = firing[0][0].received_at - killed_at
     note, alert = firing[0]
     assert note.path == "/hook"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from millrace.config import MonitoringSettings, Settings
 from millrace.errors import MillraceError
 from millrace.runtime import kafka, monitoring
+from millrace.runtime.host_exporter import HostCollector
 from millrace.runtime.process import ProcessRecord
 from millrace.runtime.tools import require
 
@@ -63,6 +65,10 @@ def test_rules_carry_the_thresholds_from_settings(tmp_path: Path) -> None:
 def test_prometheus_config_discovers_targets_from_the_state_dir(tmp_path: Path) -> None:
     settings = _settings(tmp_path, scrape_interval_s=1, evaluation_interval_s=2, alertmanager_port=19095)
     files = monitoring.write_configs(settings)
+    assert files.changed == ("prometheus", "alertmanager")
+    assert monitoring.write_configs(settings).changed == ()  # the same settings: nothing to reload
+    lag = settings.model_copy(update={"monitoring": settings.monitoring.model_copy(update={"consumer_lag_max": 5})})
+    assert monitoring.write_configs(lag).changed == ("prometheus",)
     config = yaml.safe_load(files.prometheus.read_text(encoding="utf-8"))
     assert config["global"] == {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "2s"}
     assert config["rule_files"] == [str(files.rules.resolve())]
@@ -230,3 +236,21 @@ def test_cli_check_passes_and_names_what_fails(tmp_path: Path) -> None:
     wrong = _cli(tmp_path, ("MILLRACE_MONITORING__EVALUATION_INTERVAL_S", "0"))
     assert wrong.returncode == 2
     assert "monitoring.evaluation_interval_s" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_host_exporter_reads_disk_and_certificate_expiry(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    openssl = require("openssl", "for the certificate test")
+    made = _run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "10", "-subj", "/CN=t"]
+        + ["-keyout", str(key), "-out", str(cert)]
+    )
+    assert made.returncode == 0, made.stderr
+    collector = HostCollector([tmp_path], {"api": cert, "gone": tmp_path / "missing.pem"})
+    families = {f.name: f for f in collector.collect()}
+    free = families["millrace_disk_free_bytes"].samples
+    size = families["millrace_disk_size_bytes"].samples
+    assert [s.labels for s in free] == [{"path": str(tmp_path)}] and 0 < free[0].value <= size[0].value
+    expiry = families["millrace_certificate_expiry_timestamp_seconds"].samples
+    assert [s.labels for s in expiry] == [{"name": "api", "path": str(cert)}]  # the unreadable one is left out
+    assert abs(expiry[0].value - (time.time() + 10 * 86400)) < 120

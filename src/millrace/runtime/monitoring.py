@@ -163,18 +163,32 @@ class Files:
     prometheus: Path
     rules: Path
     alertmanager: Path
+    changed: tuple[str, ...] = ()  # which of them differ from what was there before ("prometheus", ...)
 
 
 def write_configs(settings: Settings) -> Files:
     """Write the three generated files under ``<state_dir>/monitoring``."""
     home = monitoring_dir(settings.state_dir)
-    files = Files(home / "prometheus.yml", home / "rules" / "alerts.yml", home / "alertmanager.yml")
-    files.rules.parent.mkdir(parents=True, exist_ok=True)
+    prometheus, rules, alertmanager = home / "prometheus.yml", home / "rules" / "alerts.yml", home / "alertmanager.yml"
+    rules.parent.mkdir(parents=True, exist_ok=True)
     targets_dir(settings.state_dir).mkdir(parents=True, exist_ok=True)
-    files.rules.write_text(render_rules(settings), encoding="utf-8")
-    files.prometheus.write_text(render_prometheus_config(settings, rules_file=files.rules), encoding="utf-8")
-    files.alertmanager.write_text(render_alertmanager_config(settings.monitoring), encoding="utf-8")
-    return files
+    changed = []
+    if _write(rules, render_rules(settings)) | _write(prometheus, render_prometheus_config(settings, rules_file=rules)):
+        changed.append(PROMETHEUS)
+    if _write(alertmanager, render_alertmanager_config(settings.monitoring)):
+        changed.append(ALERTMANAGER)
+    return Files(prometheus, rules, alertmanager, tuple(changed))
+
+
+def _write(path: Path, text: str) -> bool:
+    """Write ``text`` unless ``path`` holds it already; True when it changed."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    path.write_text(text, encoding="utf-8")
+    return True
 
 
 def jmx_targets(records: list[ProcessRecord]) -> list[dict[str, Any]]:
@@ -233,6 +247,27 @@ def alertmanager_binary() -> str:
     return require("prometheus-alertmanager", "to run Alertmanager (`stack up --with monitoring`)")
 
 
+def reload_running(settings: Settings, names: tuple[str, ...]) -> list[str]:
+    """Ask a Prometheus and Alertmanager (of ``names``) that already run to re-read their regenerated files:
+    ``stack up`` keeps running servers, so without this a changed threshold or webhook would wait for a restart.
+    Only changed files are reloaded: a reload drops Prometheus' Alertmanager list until its discovery refreshes
+    it (up to ~5 s), and an alert that fires then waits for the next resend."""
+    m = settings.monitoring
+    manager = ProcessManager(settings.state_dir)
+    reloaded = []
+    for name, port in ((PROMETHEUS, m.prometheus_port), (ALERTMANAGER, m.alertmanager_port)):
+        if name not in names or manager.running(name) is None:
+            continue
+        request = urllib.request.Request(f"http://{m.host}:{port}/-/reload", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http on localhost)
+                if response.status == 200:
+                    reloaded.append(name)
+        except OSError as exc:
+            log.warning("%s did not reload its config: %s", name, exc)
+    return reloaded
+
+
 def http_ready(url: str, timeout_s: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http on localhost)
@@ -247,6 +282,7 @@ def specs(settings: Settings) -> list[ServerSpec]:
     prometheus = require("prometheus", "to run Prometheus (`stack up --with monitoring`)")
     alertmanager = alertmanager_binary()
     files = write_configs(settings)
+    reload_running(settings, files.changed)
     home = monitoring_dir(settings.state_dir)
     count = register_jmx_targets(settings.state_dir)
     if count == 0:
@@ -293,6 +329,9 @@ def specs(settings: Settings) -> list[ServerSpec]:
                 f"--storage.tsdb.retention.time={m.retention}",
                 f"--web.listen-address={m.host}:{m.prometheus_port}",
                 "--web.enable-lifecycle",  # POST /-/reload after the config is regenerated
+                # A firing alert Alertmanager did not get (not reachable, or not yet rediscovered after a
+                # reload) is sent again after this; Prometheus' default is 1 min.
+                f"--rules.alert.resend-delay={duration(min(60.0, m.evaluation_interval_s))}",
             ],
             ports={"http": m.prometheus_port},
             ready=lambda: http_ready(f"{m.prometheus_url}/-/ready"),
