@@ -23,7 +23,7 @@ SYNC_INTERVAL_S = 2
 @dataclass(frozen=True)
 class MirrorStack:
     stack: Stack
-    config_path: Path
+    config_path: Path | None  # the settings file the CLI is given (None: built in code)
     topics: dict[str, str]  # role -> a test topic of its own, mirrored
 
     @property
@@ -57,5 +57,42 @@ def mirror_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorSta
             future.result(timeout=30)
         stack.up(mirror=True)
         yield MirrorStack(stack, config_path, topics)
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="module")
+def secure_mirror_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorStack]:
+    """A secured primary (one node, SASL_SSL, ACLs enforced), a plaintext backup and MirrorMaker 2 reading the
+    primary as its own principal with only the rights kafka/acls.py declares for it."""
+    state_dir = tmp_path_factory.mktemp("mirror-secure")
+    topics = {"secure": unique("mirror-secure")}
+    settings = load_settings(
+        state_dir=state_dir,
+        runtime={
+            "kafka_port": free_port(),
+            "controller_port": free_port(),
+            "kafka_heap": "512m",
+            "security": "sasl_ssl",
+            "start_timeout_s": 180,
+        },
+        mirror={
+            "kafka_port": free_port(),
+            "controller_port": free_port(),
+            "topics": list(topics.values()),
+            "sync_interval_s": SYNC_INTERVAL_S,
+            "start_timeout_s": 180,
+        },
+    )
+    stack = Stack(settings)
+    try:
+        stack.up()  # the primary with its ACLs (MirrorMaker's READ on the mirrored topic included)
+        from confluent_kafka.admin import NewTopic
+
+        admin = admin_client(stack.admin_config())
+        for future in admin.create_topics([NewTopic(t, 3, 1) for t in topics.values()]).values():
+            future.result(timeout=30)
+        stack.up(mirror=True)
+        yield MirrorStack(stack, None, topics)
     finally:
         stack.down()

@@ -13,14 +13,15 @@ import json
 import time
 from typing import Any
 
+import psutil
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
 
 from millrace.cli.main import app
 from millrace.config import failover_path, load_settings
-from millrace.kafka.reader import read_all
-from millrace.runtime import mirror
+from millrace.kafka.reader import watermarks
+from millrace.runtime import failover, mirror
 from tests.helpers import unique, wait_for
 from tests.integration.fixtures_mirror import MirrorStack, mirror_stack  # noqa: F401  (fixture)
 
@@ -44,14 +45,28 @@ def produce(conf: dict[str, Any], topic: str, records: list[tuple[bytes, bytes]]
 
 
 def contents(conf: dict[str, Any], topic: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
-    return sorted((m.partition(), m.offset(), m.key(), m.value()) for m in read_all(conf, topic))
+    """Every record of ``topic`` up to its high watermarks as (partition, offset, key, value), sorted."""
+    marks = watermarks(conf, topic)
+    consumer = Consumer({**conf, "group.id": unique("read"), "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, low) for p, (low, _high) in marks.items()])
+    wanted = sum(high - low for low, high in marks.values())
+    got: list[Any] = []
+    try:
+        wait_for(
+            lambda: got.extend(m for m in consumer.consume(500, 0.2) if m.error() is None) or len(got) >= wanted,
+            timeout_s=60,
+            what=f"{wanted} records of {topic}",
+        )
+    finally:
+        consumer.close()
+    return sorted((m.partition(), m.offset(), m.key(), m.value()) for m in got)
 
 
-def wait_lag_zero(ms: MirrorStack, topic: str) -> tuple[mirror.MirrorStatus, float]:
+def wait_lag_zero(ms: MirrorStack, topic: str) -> tuple[failover.MirrorStatus, float]:
     started = time.monotonic()
 
-    def caught_up() -> mirror.MirrorStatus | None:
-        report = mirror.status(ms.settings)
+    def caught_up() -> failover.MirrorStatus | None:
+        report = failover.status(ms.settings)
         rows = [r for r in report.partitions if r.topic == topic]
         return report if rows and all(r.lag == 0 for r in rows) else None
 
@@ -81,12 +96,12 @@ def consume_and_commit(conf: dict[str, Any], topic: str, group: str, expected: i
 
 
 def primary_committed(ms: MirrorStack, topic: str, group: str) -> dict[int, int]:
-    offsets = mirror.committed_offsets(ms.settings.kafka.client_config(), [topic])
+    offsets = failover.committed_offsets(ms.settings.kafka.client_config(), [topic])
     return {p: off for (g, t, p), off in offsets.items() if g == group and t == topic}
 
 
 def backup_committed(ms: MirrorStack, topic: str, group: str) -> dict[int, int]:
-    offsets = mirror.committed_offsets(mirror.backup_config(ms.settings), [topic])
+    offsets = failover.committed_offsets(mirror.backup_config(ms.settings), [topic])
     return {p: off for (g, t, p), off in offsets.items() if g == group and t == topic}
 
 
@@ -97,7 +112,9 @@ def records(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
 def test_every_record_reaches_the_backup_at_the_same_offset(mirror_stack: MirrorStack) -> None:
     ms, topic = mirror_stack, mirror_stack.topics["copy"]
     primary = ms.settings.kafka.client_config()
+    started = time.monotonic()
     assert produce(primary, topic, records("copy", 600)) == 600
+    produced_in = time.monotonic() - started
     report, took = wait_lag_zero(ms, topic)
     rows = [r for r in report.partitions if r.topic == topic]
     assert sum(r.primary_end or 0 for r in rows) == 600 and [r.partition for r in rows] == [0, 1, 2]
@@ -105,7 +122,10 @@ def test_every_record_reaches_the_backup_at_the_same_offset(mirror_stack: Mirror
     assert len(on_primary) == 600
     assert contents(mirror.backup_config(ms.settings), topic) == on_primary  # same partition, offset, key, value
     assert took < LAG_BOUND_S
-    print(f"600 records on the backup {took:.1f} s after the last was acknowledged")
+    mm2 = ms.stack.manager.running("mirrormaker")
+    assert mm2 is not None
+    rss_mb = psutil.Process(mm2.pid).memory_info().rss / 2**20
+    print(f"600 records acked in {produced_in:.1f} s, all on the backup {took:.1f} s later; MM2 RSS {rss_mb:.0f} MB")
 
 
 def test_consumer_group_offsets_are_translated_on_the_backup(mirror_stack: MirrorStack) -> None:
@@ -192,7 +212,7 @@ def test_failover_drill_loses_nothing_and_resumes_at_the_translated_offsets(mirr
         consumer.close()
     assert sorted(m.value() for m in got) == sorted(value for _key, value in rest)
     # Per partition: exactly the offsets from the translated commit to the primary's last acknowledged end.
-    ends = {r.partition: r.primary_end for r in mirror.status(ms.settings).partitions if r.topic == topic}
+    ends = {r.partition: r.primary_end for r in failover.status(ms.settings).partitions if r.topic == topic}
     for p in range(3):
         offsets = sorted(m.offset() for m in got if m.partition() == p)
         assert offsets == list(range(committed[p], ends[p] or 0)), p

@@ -12,7 +12,7 @@ from millrace.config import KafkaSettings, TopicSettings, failover_path, load_se
 from millrace.errors import ConfigError
 from millrace.kafka.acls import MIRROR, Acl, declared_acls
 from millrace.kafka.client_config import java_client_config
-from millrace.runtime import mirror
+from millrace.runtime import failover, mirror
 
 
 def java_properties(text: str) -> dict[str, str]:
@@ -54,6 +54,7 @@ def test_properties_one_flow_with_identity_names_checkpoints_and_group_sync() ->
     assert p["emit.checkpoints.interval.seconds"] == p["sync.group.offsets.interval.seconds"] == "5"
     assert p["backup.offset.flush.interval.ms"] == "5000"
     assert p["offset-syncs.topic.location"] == "target" and p["sync.topic.acls.enabled"] == "false"
+    assert p["plugin.discovery"] == "service_load"
     factors = [v for k, v in p.items() if k.endswith("replication.factor")]
     assert len(factors) == 7 and set(factors) == {"2"}  # the backup's size, MM2's own topics included
 
@@ -103,27 +104,27 @@ def test_lost_records_per_topic() -> None:
     primary = {("a", 0): 100, ("a", 1): 50, ("b", 0): 7, ("c", 0): 0}
     backup = {("a", 0): 100, ("a", 1): 45, ("c", 0): 0, ("x", 0): 9}
     # a: 0 + 5; b: never reached the backup, all 7; c: empty; x: not on the primary, not reported
-    assert mirror.lost_records(primary, backup) == {"a": 5, "b": 7, "c": 0}
-    assert mirror.lost_records({("a", 0): 10}, {("a", 0): 12}) == {"a": 0}  # backup ahead: nothing lost
-    assert mirror.lost_records({}, backup) == {}
+    assert failover.lost_records(primary, backup) == {"a": 5, "b": 7, "c": 0}
+    assert failover.lost_records({("a", 0): 10}, {("a", 0): 12}) == {"a": 0}  # backup ahead: nothing lost
+    assert failover.lost_records({}, backup) == {}
 
 
 def test_lag_rows() -> None:
-    rows = mirror.lag_rows({("t", 1): 10, ("t", 0): 5}, {("t", 0): 5, ("t", 1): 4, ("u", 0): 3})
+    rows = failover.lag_rows({("t", 1): 10, ("t", 0): 5}, {("t", 0): 5, ("t", 1): 4, ("u", 0): 3})
     assert [(r.topic, r.partition, r.primary_end, r.backup_end, r.lag) for r in rows] == [
         ("t", 0, 5, 5, 0),
         ("t", 1, 10, 4, 6),
         ("u", 0, None, 3, None),
     ]
-    status = mirror.MirrorStatus(rows[:2], [], True, None)
+    status = failover.MirrorStatus(rows[:2], [], True, None)
     assert status.total_lag == 6
-    assert mirror.MirrorStatus(rows, [], True, None).total_lag is None
+    assert failover.MirrorStatus(rows, [], True, None).total_lag is None
 
 
 def test_primary_offsets_are_recorded_and_read_back(tmp_path: Path) -> None:
-    assert mirror.load_primary_offsets(tmp_path) == ({}, None)
-    mirror.save_primary_offsets(tmp_path, {("a.b", 2): 40, ("a.b", 0): 3}, "2026-12-05T07:00:00+00:00")
-    assert mirror.load_primary_offsets(tmp_path) == ({("a.b", 0): 3, ("a.b", 2): 40}, "2026-12-05T07:00:00+00:00")
+    assert failover.load_primary_offsets(tmp_path) == ({}, None)
+    failover.save_primary_offsets(tmp_path, {("a.b", 2): 40, ("a.b", 0): 3}, "2026-12-05T07:00:00+00:00")
+    assert failover.load_primary_offsets(tmp_path) == ({("a.b", 0): 3, ("a.b", 2): 40}, "2026-12-05T07:00:00+00:00")
 
 
 def test_the_failover_overlay_switches_clients_until_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,3 +170,35 @@ def test_mirrormaker_acls_read_what_it_mirrors() -> None:
         a for a in declared_acls(topics, mirror_topics=["only"]) if a.principal == MIRROR and a.resource == "TOPIC"
     ]
     assert {a.name for a in chosen} == {"only"}
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from millrace.cli.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = run(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_without_a_backup_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from millrace.runtime.process import free_port
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("MILLRACE_MIRROR__KAFKA_PORT", str(free_port()))  # nothing listens there
+    for command in ("status", "failover"):
+        code, _out, err = cli("--state-dir", str(tmp_path), "mirror", command)
+        assert code == 1, err
+        assert len(err.strip().splitlines()) == 1 and "the backup cluster is not reachable" in err
+    assert not failover_path(tmp_path).exists()  # a failover that failed switched nothing
+    code, out, _err = cli("--state-dir", str(tmp_path), "mirror", "failback")
+    assert code == 0 and "not failed over" in out
+
+
+def test_cli_bad_mirror_setting_exits_2_naming_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MILLRACE_MIRROR__SYNC_INTERVAL_S", "0")
+    code, _out, err = cli("--state-dir", str(tmp_path), "mirror", "status")
+    assert code == 2 and "mirror.sync_interval_s" in err and len(err.strip().splitlines()) == 1

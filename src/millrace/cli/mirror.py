@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from millrace.cli.common import console, print_json, settings_of
-from millrace.runtime import mirror
+from millrace.runtime import failover as mirroring
+from millrace.runtime.mirror import primary_cluster
 from millrace.runtime.process import ProcessManager
 
 app = typer.Typer(
@@ -21,7 +22,7 @@ def _num(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def _status_json(report: mirror.MirrorStatus) -> dict[str, Any]:
+def _status_json(report: mirroring.MirrorStatus) -> dict[str, Any]:
     return {
         "primary_reachable": report.primary_reachable,
         "primary_seen_at": report.primary_seen_at,
@@ -31,7 +32,7 @@ def _status_json(report: mirror.MirrorStatus) -> dict[str, Any]:
     }
 
 
-def _print_status(report: mirror.MirrorStatus) -> None:
+def _print_status(report: mirroring.MirrorStatus) -> None:
     if not report.primary_reachable:
         seen = report.primary_seen_at or "never"
         console.print(f"[yellow]the primary is unreachable:[/] its end offsets as last seen at {seen}")
@@ -57,7 +58,7 @@ def _print_status(report: mirror.MirrorStatus) -> None:
 def status(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
     """Per mirrored partition: the primary's and the backup's end offsets and the lag; the consumer groups'
     committed offsets and their translation on the backup. Records the primary's end offsets for a failover."""
-    report = mirror.status(settings_of(ctx))
+    report = mirroring.status(settings_of(ctx))
     if json_:
         print_json(_status_json(report))
     else:
@@ -69,7 +70,7 @@ def failover(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", h
     """Switch every client of this state dir to the backup (an overlay of the [kafka] settings), stop
     MirrorMaker, and report per topic the records acknowledged on the primary that the backup lacks."""
     settings = settings_of(ctx)
-    report = mirror.failover(ProcessManager(settings.state_dir), settings)
+    report = mirroring.failover(ProcessManager(settings.state_dir), settings)
     total = sum(report.lost.values())
     if json_:
         print_json(
@@ -103,9 +104,9 @@ def failback(ctx: typer.Context) -> None:
     """Point the clients at the primary again (remove the failover overlay). Records written to the backup
     meanwhile stay there: nothing copies them back."""
     settings = settings_of(ctx)
-    if mirror.failback(settings):
+    if mirroring.failback(settings):
         console.print(
-            f"clients connect to the primary again ({mirror.primary_cluster(settings).bootstrap_servers}); "
+            f"clients connect to the primary again ({primary_cluster(settings).bootstrap_servers}); "
             "restart MirrorMaker with `millrace stack up --mirror`"
         )
     else:
