@@ -239,7 +239,7 @@ def test_block_and_unblock_apply_downstream_without_a_restart(
     assert [e.product_id for e in stoplist.load_stop_list(conf, shop_topics.stop_list).blocked()] == []
 
 
-def test_a_second_process_of_the_same_instance_fences_the_first(settings: Settings, shop_topics: ShopTopics) -> None:
+def test_a_second_filter_of_the_same_instance_fences_the_first(settings: Settings, shop_topics: ShopTopics) -> None:
     conf = settings.kafka.client_config()
     group = unique("filter")
 

@@ -12,13 +12,18 @@ from millrace.errors import KafkaUnavailable
 from millrace.shop.search import SearchBackend, SearchRequest, SearchResult
 
 
-def query_record(*, user: str, text: str, kind: str = "search", at: datetime | None = None) -> dict[str, str]:
-    """What ``client-search`` holds for one query (keyed by user)."""
+def query_record(
+    *, user: str, text: str, kind: str = "search", results: int | None = None, at: datetime | None = None
+) -> dict[str, Any]:
+    """What ``client-search`` holds for one query (keyed by user; the client-query schema's fields)."""
     timestamp = (at or datetime.now(UTC)).isoformat(timespec="milliseconds")
-    return {"type": kind, "user": user, "query": text, "timestamp": timestamp}
+    record: dict[str, Any] = {"type": kind, "user": user, "query": text, "timestamp": timestamp}
+    if results is not None:
+        record["results"] = results
+    return record
 
 
-def record_query(client_config: dict[str, Any], topic: str, record: dict[str, str], *, timeout_s: float = 15.0) -> None:
+def record_query(client_config: dict[str, Any], topic: str, record: dict[str, Any], *, timeout_s: float = 15.0) -> None:
     """Produce ``record`` to ``topic`` and wait for its delivery."""
     producer = Producer({**client_config, "acks": "all", "enable.idempotence": True, "log_level": 0})
     failed: list[KafkaError] = []
@@ -37,6 +42,7 @@ def record_query(client_config: dict[str, Any], topic: str, record: dict[str, st
 def search(
     backend: SearchBackend, request: SearchRequest, *, client_config: dict[str, Any], topic: str, user: str
 ) -> SearchResult:
-    """Record the query, then answer it."""
-    record_query(client_config, topic, query_record(user=user, text=request.text))
-    return backend.search(request)
+    """Answer the query and record it with the number of products found."""
+    result = backend.search(request)
+    record_query(client_config, topic, query_record(user=user, text=request.text, results=result.total))
+    return result
