@@ -160,10 +160,14 @@ def drop_duplicates_and_late(
     """
     if rows.empty:
         return rows, rows, 0
-    ordered = rows.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
+    order = np.lexsort((rows["kafka_offset"].to_numpy(), rows["kafka_partition"].to_numpy()))
+    # Usually already in Kafka order (the shuffle keeps each source partition's rows in offset order): then the
+    # frame is kept as it is (a stable sort would return it unchanged, index included).
+    ordered = rows if bool((order[1:] > order[:-1]).all()) else rows.take(order)
     ts = ordered["ts_ms"].to_numpy(dtype="int64")
-    by_sensor = ordered.groupby("sensor_id", sort=False)["ts_ms"]
-    before = by_sensor.cummax().groupby(ordered["sensor_id"], sort=False).shift(1)
+    # Sensors as integer codes: the same groups as the strings, without grouping on strings.
+    sensor = pd.factorize(ordered["sensor_id"].to_numpy(dtype=object))[0]
+    before = pd.Series(ts).groupby(sensor, sort=False).cummax().groupby(sensor, sort=False).shift(1)
     previous = np.full(len(ordered), np.nan)
     if newest:
         previous = (
@@ -173,7 +177,7 @@ def drop_duplicates_and_late(
     late_mask = ts < (prior - lateness_ms)  # NaN (first reading of a sensor) compares False
     late = ordered[late_mask]
     candidates = ordered[~late_mask]
-    dup_in_batch = candidates.duplicated(["sensor_id", "ts_ms"], keep="first").to_numpy()
+    dup_in_batch = pd.Series(_keys(sensor[~late_mask], ts[~late_mask])).duplicated(keep="first").to_numpy()
     dup_seen = np.zeros(len(candidates), dtype=bool)
     names = [sid for sid, previous_ts in seen.items() if len(previous_ts)]
     if names:
