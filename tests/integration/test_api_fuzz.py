@@ -24,6 +24,7 @@ from schemathesis.checks import not_a_server_error
 from millrace.config import Settings
 from millrace.services.app import create_app
 from millrace.stores.sqlite import SqliteStore
+from tests.integration.fixtures_alerting import monitoring_servers, with_monitoring
 from tests.integration.fixtures_service import seeded_store
 
 pytestmark = pytest.mark.integration
@@ -42,8 +43,16 @@ def fuzz_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteStore
     store.close()
 
 
-def test_no_server_errors(settings: Settings, fuzz_store: SqliteStore) -> None:
-    app = create_app(settings, store=fuzz_store, live=False)
+@pytest.fixture(scope="module")
+def monitored(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The session's settings with Prometheus running: the /api/monitoring routes query it."""
+    s = with_monitoring(settings.model_copy(update={"state_dir": Path(tmp_path_factory.mktemp("fuzz-state"))}))
+    with monitoring_servers(s):
+        yield s
+
+
+def test_no_server_errors(monitored: Settings, fuzz_store: SqliteStore) -> None:
+    app = create_app(monitored, store=fuzz_store, live=False)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 17
