@@ -160,12 +160,14 @@ def test_the_api_serves_metrics_without_a_token_and_labels_requests_by_route_tem
         for sensor in ("dev-1-temperature", "dev-2-humidity"):
             assert client.get(f"/api/sensors/{sensor}/readings").status_code == 401
         assert client.get("/no/such/path").status_code == 404
+        assert client.get("/static/index.html").status_code == 200
         response = client.get("/metrics")
     store.close()
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     assert count("401") == before + 2
     text = response.text
     assert 'route="/no/such/path"' not in text and 'route="unmatched",status="404"' in text
+    assert 'route="/static",status="200"' in text and 'route="unmatched",status="200"' not in text
     assert 'route="/metrics"' not in text
     openapi = create_app(settings, store=SqliteStore(tmp_path / "s2.db"), live=False).openapi()
     assert "/metrics" not in openapi["paths"]

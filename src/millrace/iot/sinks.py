@@ -83,6 +83,10 @@ class KafkaSink:
         self.stats = DeliveryStats()
         self._seen = 0
         self._callbacks: dict[str, Any] = {}
+        # Per topic: [delivered, failed] counted by the callback, and what was already added to the Prometheus
+        # counters. A counter's inc() costs microseconds (more in multiprocess mode) — too much per message on
+        # this path — so the counts reach it in sums after each poll, batch and flush.
+        self._tallies: dict[str, tuple[list[int], list[int]]] = {}
         self._on_delivery = self._callback(self.topic)
 
     def _callback(self, topic: str) -> Any:
@@ -96,14 +100,14 @@ class KafkaSink:
         stats = self.stats
         hist = stats.latency
         counter = [0]
-        produced = telemetry.PRODUCED.labels(topic)
-        failed = telemetry.PRODUCE_FAILED.labels(topic)
+        tally = [0, 0]
+        self._tallies[topic] = (tally, [0, 0])
         latencies = telemetry.DELIVERY_LATENCY.labels(topic)
 
         def delivered(err: KafkaError | None, msg: KafkaMessage) -> None:
             if err is None:
                 stats.delivered += 1
-                produced.inc()
+                tally[0] += 1
                 counter[0] += 1
                 if counter[0] % LATENCY_SAMPLE == 0:  # sampled: msg.latency() per message costs
                     latency = msg.latency()
@@ -112,11 +116,21 @@ class KafkaSink:
                         latencies.observe(latency)
             else:
                 stats.failed += 1
-                failed.inc()
+                tally[1] += 1
                 stats.last_error = str(err)
                 log.warning("delivery to %s failed: %s", msg.topic(), err)
 
         return delivered
+
+    def _publish_counts(self) -> None:
+        """Add the deliveries and failures counted since the last call to the Prometheus counters."""
+        for topic, (tally, published) in self._tallies.items():
+            if tally[0] != published[0]:
+                telemetry.PRODUCED.labels(topic).inc(tally[0] - published[0])
+                published[0] = tally[0]
+            if tally[1] != published[1]:
+                telemetry.PRODUCE_FAILED.labels(topic).inc(tally[1] - published[1])
+                published[1] = tally[1]
 
     def send(self, msg: Message) -> None:
         self.produce(self.topic, msg.value, msg.key)
@@ -133,6 +147,7 @@ class KafkaSink:
             if i % POLL_EVERY == 0:
                 poll(0)
         poll(0)
+        self._publish_counts()
 
     def produce(self, topic: str, value: bytes, key: str | bytes | None) -> None:
         """Produce to any topic (e.g. the dead-letter topic) with delivery counted in :attr:`stats`."""
@@ -141,6 +156,9 @@ class KafkaSink:
         except BufferError:
             self._produce_blocking(topic, value, key)
         self._producer.poll(0)
+        self._seen += 1
+        if self._seen % POLL_EVERY == 0:
+            self._publish_counts()
 
     def _produce_blocking(self, topic: str, value: bytes, key: str | bytes | None) -> None:
         while True:
@@ -153,9 +171,11 @@ class KafkaSink:
 
     def poll(self) -> None:
         self._producer.poll(0)
+        self._publish_counts()
 
     def flush(self, timeout_s: float = 60.0) -> int:
         remaining = int(self._producer.flush(timeout_s))
+        self._publish_counts()
         if remaining:
             log.error("%d messages still undelivered after %.0f s", remaining, timeout_s)
         return remaining

@@ -59,9 +59,12 @@ class RequestMetrics:
 
 def route_template(scope: dict[str, Any] | Scope) -> str:
     """The path template of the route that handled the request (a mount's prefix for static files)."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return str(path) if path else "unmatched"
+    path = getattr(scope.get("route"), "path", None)
+    if path:
+        return str(path)
+    if scope.get("endpoint") is not None and scope.get("root_path"):  # a Mount: its prefix is the root path
+        return str(scope["root_path"])
+    return "unmatched"
 
 
 def install(app: FastAPI) -> None:
