@@ -192,7 +192,12 @@ def serve_metrics(
     taken."""
     multiproc_dir = None
     if multiprocess:
-        multiproc_dir = state_dir / "metrics" / "multiproc" / f"{component}-{os.getpid()}"
+        parent = state_dir / "metrics" / "multiproc"
+        for stale in parent.glob("*-*"):  # left by a killed run: its counts were served by nobody since
+            pid = stale.name.rpartition("-")[2]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        multiproc_dir = parent / f"{component}-{os.getpid()}"
         shutil.rmtree(multiproc_dir, ignore_errors=True)
         multiproc_dir.mkdir(parents=True)
     registry = CollectorRegistry(auto_describe=False)

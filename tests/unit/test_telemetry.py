@@ -78,6 +78,42 @@ def test_targets_of_dead_processes_are_removed_when_another_registers(tmp_path: 
     }
 
 
+def test_multiprocess_directories_of_dead_runs_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    parent = tmp_path / "metrics" / "multiproc"
+    stale = parent / f"stream-{int(dead.stdout)}"
+    stale.mkdir(parents=True)
+    (stale / "counter_1.db").write_bytes(b"")
+    other = parent / f"ingest-{os.getppid()}"
+    other.mkdir()
+    with telemetry.serving("stream", tmp_path, 0, host="127.0.0.1", multiprocess=True) as server:
+        assert server is not None
+        assert sorted(p.name for p in parent.iterdir()) == sorted([other.name, f"stream-{os.getpid()}"])
+
+
+def test_websocket_clients_and_drops(tmp_path: Path) -> None:
+    import asyncio
+
+    from millrace.services.ws import Hub
+
+    loop = asyncio.new_event_loop()
+    try:
+        clients, dropped = telemetry.WS_CLIENTS._value.get(), telemetry.WS_DROPPED._value.get()
+        hub = Hub(queue_size=2)
+        a, b = hub.connect(loop), hub.connect(loop)
+        assert telemetry.WS_CLIENTS._value.get() == clients + 2
+        a.channels = frozenset({"alerts"})
+        for i in range(5):
+            hub.publish("alerts", {"i": i})
+        assert telemetry.WS_DROPPED._value.get() == dropped + 3  # 5 offered to a queue of 2
+        hub.disconnect(a)
+        hub.disconnect(a)  # twice: counted once
+        hub.disconnect(b)
+        assert telemetry.WS_CLIENTS._value.get() == clients
+    finally:
+        loop.close()
+
+
 def _record_in_worker(topic: str, n: int) -> None:
     from millrace import telemetry as worker_telemetry
 
