@@ -4,6 +4,10 @@ Kafka, the Spark job, the API/dashboard and a simulated fleet with anomalies run
 in ``<state_dir>/logs``); this command shows live figures until Ctrl-C or ``--duration``, then stops what it
 started. Before the job stops, the simulator is stopped and the job left to drain, so the closing summary can
 show ``millrace audit``'s reconciliation of the readings topic with the store (docs/audit.md).
+
+``--secure`` runs it on the secured cluster of ``stack up --brokers 3 --secure`` (docs/secure-cluster.md): TLS,
+SASL/SCRAM, ACLs, and each process as its own principal — the simulator as ``ingest``, the Spark job as
+``stream-job``, the API as ``api`` — while the demo itself watches and audits as ``admin``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import subprocess
 import threading
@@ -29,6 +34,7 @@ from millrace.cli.common import app_state, console, err_console
 from millrace.config import Settings
 from millrace.errors import MillraceError
 from millrace.iot.audit import AuditReport, run_audit
+from millrace.kafka.acls import ADMIN, API, INGEST, STREAM_JOB
 from millrace.kafka.admin import describe_topic
 from millrace.records import to_iso
 from millrace.runtime.pipeline import (
@@ -40,6 +46,7 @@ from millrace.runtime.pipeline import (
     simulator_spec,
 )
 from millrace.runtime.process import ProcessRecord, ServerSpec, tail
+from millrace.runtime.security import client_env, load_security
 from millrace.runtime.stack import Stack
 
 PIPELINE = ("iot-simulate", "iot-process", "api")  # stopped in this order: source first, service last
@@ -76,13 +83,24 @@ def demo(
         float, typer.Option(min=10, help="Deadline for the Spark job's first stored readings, seconds.")
     ] = 600.0,
     keep: Annotated[bool, typer.Option(help="Leave everything running at the end (stop with `stack down`).")] = False,
+    secure: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure/--plaintext",
+            help="On the secured cluster (TLS, SASL/SCRAM, ACLs; 3 brokers unless --brokers), each process as its "
+            "own principal (runtime.security).",
+        ),
+    ] = None,
+    brokers: Annotated[
+        int | None, typer.Option(min=1, max=5, help="Kafka nodes (default: runtime.brokers; 3 with --secure).")
+    ] = None,
 ) -> None:
     """Run the IoT pipeline end to end: Kafka, simulator with anomalies, Spark job, store, dashboard.
 
     Open the printed URL for the live dashboard. Ctrl-C stops everything cleanly; data stays in the state dir.
     """
     state = app_state(ctx)
-    settings = state.settings
+    settings = _layout(state.settings, secure=secure, brokers=brokers)
     fleet = FleetOptions(devices=devices, locations=locations, anomaly_rate=anomaly_rate, seed=seed)
     stack = Stack(settings)
     manager = stack.manager
@@ -95,25 +113,35 @@ def demo(
     audit: AuditReport | None = None
     interrupted: BaseException | None = None
     try:
-        with console.status("starting Kafka (the first run downloads it from Maven Central)..."):
+        what = "a secured Kafka cluster" if settings.runtime.security != "none" else "Kafka"
+        with console.status(f"starting {what} (the first run downloads it from Maven Central)..."):
             stack.up()
+        principals = _Principals(stack)
+        settings = principals.settings_of(ADMIN)  # the demo's own figures and audit: as the admin principal
         monitor = _Monitor(settings)
 
-        def start(spec: ServerSpec) -> None:
+        def start(spec: ServerSpec, principal: str) -> None:
+            spec = dataclasses.replace(spec, env={**spec.env, **principals.env(principal)})
             with console.status(f"starting {spec.name}..."):
                 manager.start(spec)
             started.append(spec.name)
 
         # The Spark job first: its JVM start-up overlaps with producing the history.
-        start(process_spec(settings, state.config_path, "--max-offsets", "20000"))
+        start(process_spec(settings, state.config_path, "--max-offsets", "20000"), STREAM_JOB)
         live_start = datetime.now(UTC)
         if backfill > 0:
             with console.status(f"producing {backfill:.0f} s of fleet history ({fleet.sensors} sensors)..."):
-                live_start = _backfill(settings, state.config_path, fleet, backfill)
+                live_start = _backfill(settings, state.config_path, fleet, backfill, env=principals.env(INGEST))
         api, token = _api_with_token(settings, api_spec(settings, state.config_path))
-        start(api)
+        start(api, API)
         # The live stream continues the history's event time without a gap (it runs at the wall-clock pace).
-        start(simulator_spec(settings, state.config_path, fleet, start=to_iso(live_start)))
+        start(simulator_spec(settings, state.config_path, fleet, start=to_iso(live_start)), INGEST)
+        if principals.secured:
+            console.print(
+                f"secured cluster ({settings.runtime.brokers} brokers, SASL_SSL): the simulator runs as {INGEST}, "
+                f"the Spark job as {STREAM_JOB}, the API as {API}",
+                highlight=False,
+            )
         url = api_url(settings)
         # Shown once, here: the server gets only the token's hash, so its log never holds the token.
         dashboard = f"{url}/#token={token}" if token else f"{url}/"
@@ -182,7 +210,51 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds: float) -> datetime:
+def _layout(settings: Settings, *, secure: bool | None, brokers: int | None) -> Settings:
+    """The settings with --secure / --brokers applied: --secure alone means the three-broker secured layout."""
+    changes: dict[str, object] = {}
+    if secure is not None:
+        changes["security"] = "sasl_ssl" if secure else "none"
+    if brokers is not None:
+        changes["brokers"] = brokers
+    elif secure and settings.runtime.brokers == 1:
+        changes["brokers"] = 3
+    if not changes:
+        return settings
+    return settings.model_copy(update={"runtime": settings.runtime.model_copy(update=changes)})
+
+
+class _Principals:
+    """Per-process Kafka settings: on a secured cluster each principal's (as in its client env file), passed to
+    the child through its environment (never its command line); on a plaintext one, nothing changes."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.settings = stack.settings
+        self.security = load_security(stack.settings.state_dir) if stack.settings.runtime.security != "none" else None
+        self.bootstrap = stack.kafka_cluster().bootstrap_servers
+
+    @property
+    def secured(self) -> bool:
+        return self.security is not None
+
+    def settings_of(self, principal: str) -> Settings:
+        if self.security is None:
+            return self.settings
+        kafka = self.security.client_settings(principal, self.bootstrap)
+        return self.settings.model_copy(update={"kafka": kafka})
+
+    def env(self, principal: str) -> dict[str, str]:
+        rt = self.settings.runtime  # the children see the cluster's layout as the demo does (stack views)
+        layout = {"MILLRACE_RUNTIME__BROKERS": str(rt.brokers), "MILLRACE_RUNTIME__SECURITY": rt.security}
+        if self.security is None:
+            return layout
+        lines = client_env(self.security.client_settings(principal, self.bootstrap)).splitlines()
+        return {**layout, **dict(line.split("=", 1) for line in lines)}
+
+
+def _backfill(
+    settings: Settings, config_path: Any, fleet: FleetOptions, seconds: float, *, env: dict[str, str]
+) -> datetime:
     """Produce ``seconds`` of history ending now; returns the event time where the history ends."""
     start = datetime.now(UTC) - timedelta(seconds=seconds)
     steps = max(1, math.ceil(seconds / fleet.interval_s))
@@ -198,7 +270,8 @@ def _backfill(settings: Settings, config_path: Any, fleet: FleetOptions, seconds
         to_iso(start),
         "--json",
     )
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    child = {**os.environ, **env}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=child)
     if result.returncode != 0:
         raise MillraceError(f"the history simulator failed: {result.stderr.strip()[-500:]}")
     return start + timedelta(seconds=steps * fleet.interval_s)
