@@ -15,6 +15,7 @@ from millrace.config import Settings, load_settings
 from millrace.runtime.process import free_port
 from millrace.runtime.stack import Stack
 from tests.integration.fixtures_secure import secure_cluster, secure_stack  # noqa: F401  (session fixtures)
+from tests.integration.fixtures_shop import registry, shop_settings  # noqa: F401  (shop fixtures)
 
 # The service tests build apps from these settings and call them without a token; test_api_auth.py turns
 # authentication on explicitly for the apps it builds.
