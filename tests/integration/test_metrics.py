@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_mqtt are parameters here)
 """Prometheus endpoints of real millrace processes, found through their file_sd target files and scraped over
 HTTP during a run: exact counters where the input fixes them (docs/metrics.md)."""
 
@@ -28,7 +29,8 @@ from millrace.kafka.producer import make_producer
 from millrace.kafka.stats import DeliveryStats
 from millrace.records import SensorReading
 from millrace.runtime.process import free_port
-from tests.helpers import wait_for
+from tests.helpers import unique, wait_for
+from tests.integration.fixtures_mqtt import mosquitto, mqtt_settings  # noqa: F401  (fixtures)
 from tests.integration.fixtures_service import fresh_topics
 from tests.integration.test_process import job_settings, start_job
 
@@ -206,7 +208,7 @@ def test_an_ingest_processs_endpoint_is_discovered_and_unregistered(settings: Se
     }
     argv = [sys.executable, "-m", "millrace.cli.main", "iot", "simulate", "--devices", "2", "--rate", "40"]
     argv += ["--duration", "120", "--quiet"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         target, entry = discovered(tmp_path / "state", "ingest", proc.pid, timeout_s=60)
         url = f"http://{entry['targets'][0]}/metrics"
@@ -242,3 +244,58 @@ def test_parallel_producers_counts_reach_the_parents_endpoint_exactly(settings: 
     assert value(samples, "millrace_produce_failed_total", topic=topic) == 0
     # Latencies are sampled one delivery in eight per worker.
     assert 0 < value(samples, "millrace_delivery_latency_seconds_count", topic=topic) <= count / 8 + 2
+
+
+def test_the_mqtt_bridges_endpoint_counts_dead_letters_by_reason(mqtt_settings: Settings, tmp_path: Path) -> None:
+    from tests.integration.test_mqtt_bridge import publish_raw
+
+    s = mqtt_settings
+    prefix = s.mqtt.readings_topic.split("/")[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
+    env |= {
+        "MILLRACE_STATE_DIR": str(tmp_path / "state"),
+        "MILLRACE_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+        "MILLRACE_MQTT__PORT": str(s.mqtt.port),
+        "MILLRACE_MQTT__READINGS_TOPIC": s.mqtt.readings_topic,
+        "MILLRACE_TOPICS__READINGS": s.topics.readings,
+        "MILLRACE_TOPICS__DEAD_LETTER": s.topics.dead_letter,
+    }
+    argv = [sys.executable, "-m", "millrace.cli.main", "iot", "mqtt-bridge", "--no-commands", "--quiet"]
+    log = (tmp_path / "bridge.log").open("wb")
+    proc = subprocess.Popen([*argv, "--client-id", unique("bridge")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    topic = f"{prefix}/loc-01/dev-0001/temperature"
+    try:
+        target, entry = discovered(tmp_path / "state", "mqtt-bridge", proc.pid, timeout_s=60)
+        url = f"http://{entry['targets'][0]}/metrics"
+
+        def subscribed() -> bool:  # a probe reading until one reaches Kafka: the subscription is in place
+            publish_raw(s, [(topic, b"21.5")])
+            return wait_for_value(url, "millrace_produced_total", 1, timeout_s=2.0, topic=s.topics.readings)
+
+        wait_for(subscribed, timeout_s=60, interval_s=0, what="the bridge's subscription")
+        bad = [b"{not json", b"{still not json", b"", b'{"temperature": 21.5}']
+        publish_raw(s, [(topic, payload) for payload in bad])
+        assert wait_for_value(url, "millrace_produced_total", len(bad), timeout_s=60, topic=s.topics.dead_letter)
+        samples = scrape(url)
+        assert value(samples, "millrace_dead_letters_total", reason="invalid JSON") == 2
+        assert value(samples, "millrace_dead_letters_total", reason="empty payload") == 1
+        assert value(samples, "millrace_dead_letters_total", reason="missing field") == 1
+        assert sum(v for (name, _), v in samples.items() if name == "millrace_dead_letters_total") == len(bad)
+        assert value(samples, "millrace_produced_total", topic=s.topics.dead_letter) == len(bad)
+        assert value(samples, "millrace_delivery_latency_seconds_count", topic=s.topics.dead_letter) == len(bad)
+        stop(proc, 90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        log.close()
+    assert not target.exists()
+
+
+def wait_for_value(url: str, name: str, at_least: float, *, timeout_s: float, **labels: str) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value(scrape(url), name, **labels) >= at_least:
+            return True
+        time.sleep(0.1)
+    return False
