@@ -213,3 +213,25 @@ def test_metrics_off_means_no_endpoint_and_no_target(tmp_path: Path) -> None:
     with telemetry.serving("ingest", tmp_path, 0, host="127.0.0.1", enabled=False) as server:
         assert server is None
     assert not (tmp_path / "metrics").exists()
+
+
+class _Msg:
+    def __init__(self, topic: str, error: object = None) -> None:
+        self._topic, self._error = topic, error
+
+    def topic(self) -> str:
+        return self._topic
+
+    def error(self) -> object:
+        return self._error
+
+
+def test_consumed_counts_good_messages_per_topic_and_group() -> None:
+    from millrace.kafka.consumer import count_consumed
+
+    def consumed(topic: str) -> float:
+        return telemetry.CONSUMED.labels(topic, "unit-group")._value.get()
+
+    before = consumed("unit.a"), consumed("unit.b")
+    count_consumed([_Msg("unit.a"), _Msg("unit.b"), _Msg("unit.a"), _Msg("unit.a", error="EOF")], "unit-group")
+    assert (consumed("unit.a"), consumed("unit.b")) == (before[0] + 2, before[1] + 1)
