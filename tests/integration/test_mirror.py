@@ -165,6 +165,20 @@ def test_status_cli_shows_lag_and_translated_offsets(mirror_stack: MirrorStack) 
     assert table.exit_code == 0, table.output
     assert "total lag: 0 records" in table.output and ms.topics["copy"] in table.output
 
+    # `stack up --mirror` again keeps what runs (same pids) and names the backup.
+    pids = {r.name: r.pid for r in ms.stack.manager.records()}
+    again = runner.invoke(app, ["--config", str(ms.config_path), "stack", "up", "--mirror"])
+    assert again.exit_code == 0, again.output
+    assert f"mirrormaker pid {pids['mirrormaker']}\n" in again.output
+    assert f"backup-kafka-1 pid {pids['backup-kafka-1']} (client {ms.settings.mirror.kafka_port}" in again.output
+    assert f"backup 127.0.0.1:{ms.settings.mirror.kafka_port} fed by MirrorMaker 2" in again.output
+    rows = json.loads(runner.invoke(app, ["--config", str(ms.config_path), "stack", "status", "--json"]).output)
+    assert {(r["name"], r["kind"], r["healthy"]) for r in rows} == {
+        ("kafka-1", "kafka", True),
+        ("backup-kafka-1", "kafka", True),
+        ("mirrormaker", "mirror", True),
+    }
+
 
 def test_failover_drill_loses_nothing_and_resumes_at_the_translated_offsets(mirror_stack: MirrorStack) -> None:
     ms, topic = mirror_stack, mirror_stack.topics["drill"]

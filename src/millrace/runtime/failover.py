@@ -198,14 +198,19 @@ class FailoverReport:
 
 def failover(manager: ProcessManager, settings: Settings) -> FailoverReport:
     """Stop MirrorMaker (clients now write to the backup: copying on would mix both histories), report what
-    the backup lacks, and write the overlay that points every client at the backup."""
-    report = status(settings)
+    the backup lacks, and write the overlay that points every client at the backup.
+
+    With a live primary (a planned switch) the loss is counted after MirrorMaker stopped, so it is what the
+    backup will never get; stop the producers first and wait for lag 0 in ``status`` to lose nothing."""
+    report = status(settings)  # refuses before anything changes when the backup is unreachable
     if not report.primary_reachable and report.primary_seen_at is None:
         raise MillraceError(
             "the primary is unreachable and its end offsets were never recorded (`millrace mirror status` records "
-            "them): cannot tell what was lost; remove nothing, investigate the primary first"
+            "them), so what was lost cannot be told; nothing was switched"
         )
     stopped = manager.stop(MM2_NAME, timeout_s=settings.runtime.stop_timeout_s)
+    if report.primary_reachable:
+        report = status(settings)
     primary = {(r.topic, r.partition): r.primary_end for r in report.partitions if r.primary_end is not None}
     backup = {(r.topic, r.partition): r.backup_end for r in report.partitions if r.backup_end is not None}
     bootstrap = backup_cluster(settings).bootstrap_servers
