@@ -27,8 +27,7 @@ def up(
         list[str] | None,
         typer.Option(
             "--with",
-            help="Also start: mqtt, mongodb, monitoring (Prometheus, Alertmanager; brokers export JMX metrics), "
-            "registry (Apicurio schema registry for the shop).",
+            help="Also start: mqtt, mongodb, monitoring (Prometheus, Alertmanager; brokers export JMX metrics).",
         ),
     ] = None,
     brokers: Annotated[
