@@ -254,3 +254,23 @@ def test_host_exporter_reads_disk_and_certificate_expiry(tmp_path: Path) -> None
     expiry = families["millrace_certificate_expiry_timestamp_seconds"].samples
     assert [s.labels for s in expiry] == [{"name": "api", "path": str(cert)}]  # the unreadable one is left out
     assert abs(expiry[0].value - (time.time() + 10 * 86400)) < 120
+
+
+def test_backup_nodes_serve_jmx_after_the_primary_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from millrace.runtime import cluster, mirror
+
+    # No jar downloads here: the jar paths are only put on the command line.
+    monkeypatch.setattr(cluster, "resolve_jars", lambda name, version, cache_dir: tmp_path / name)
+    monkeypatch.setattr(kafka, "jmx_agent_jar", lambda cache_dir: tmp_path / "agent.jar")
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        runtime={"brokers": 3, "port_step": 10},  # type: ignore[arg-type]
+        mirror={"brokers": 2},  # type: ignore[arg-type]
+        monitoring=MonitoringSettings(jmx_port=9404),
+    )
+    primary = cluster.describe(settings.state_dir, tmp_path, settings.runtime, jmx_port=settings.monitoring.jmx_port)
+    backup = mirror.backup_cluster(settings, broker_metrics=True)
+    assert [n.jmx_port for n in primary.nodes] == [9404, 9414, 9424]
+    assert [n.jmx_port for n in backup.nodes] == [9434, 9444]
+    assert backup.jmx_agent == tmp_path / "agent.jar"
+    assert [n.jmx_port for n in mirror.backup_cluster(settings).nodes] == [None, None]

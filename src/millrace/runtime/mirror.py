@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from millrace.config import KafkaSettings, RuntimeSettings, Settings, TopicSettings
+from millrace.config import KafkaSettings, RuntimeSettings, Settings, TopicSettings, failover_path
 from millrace.kafka.acls import MIRROR
 from millrace.kafka.client_config import java_client_config, kafka_failure
 from millrace.runtime import cluster, kafka
@@ -77,8 +77,13 @@ def backup_runtime(settings: Settings) -> RuntimeSettings:
     return settings.runtime.model_copy(update=changes)
 
 
-def backup_cluster(settings: Settings) -> kafka.KafkaCluster:
-    return cluster.describe(mirror_home(settings.state_dir), settings.cache_dir, backup_runtime(settings))
+def backup_cluster(settings: Settings, *, broker_metrics: bool = False) -> kafka.KafkaCluster:
+    """The backup nodes; with ``broker_metrics`` node i serves JMX metrics (runtime.monitoring scrapes them as job
+    kafka-backup) on monitoring.jmx_port + (runtime.brokers + i) * runtime.port_step, after the primary's."""
+    rt = settings.runtime
+    jmx_port = settings.monitoring.jmx_port + rt.brokers * rt.port_step if broker_metrics else None
+    home, backup_rt = mirror_home(settings.state_dir), backup_runtime(settings)
+    return cluster.describe(home, settings.cache_dir, backup_rt, jmx_port=jmx_port)
 
 
 def backup_config(settings: Settings) -> dict[str, Any]:
@@ -158,18 +163,22 @@ def mm2_properties(
 # --- starting ------------------------------------------------------------------------------------------------
 
 
-def start(manager: ProcessManager, settings: Settings) -> list[ProcessRecord]:
+def start(manager: ProcessManager, settings: Settings, *, broker_metrics: bool = False) -> list[ProcessRecord]:
     """Start the backup nodes and MirrorMaker (what runs already is kept); ready once every mirrored topic
-    present on the primary exists on the backup."""
-    records = start_backup(manager, settings)
+    present on the primary exists on the backup. While failed over the backup is what clients use, and
+    MirrorMaker stays stopped: it would copy the primary into topics the clients now write on the backup."""
+    records = start_backup(manager, settings, broker_metrics=broker_metrics)
+    if failover_path(settings.state_dir).is_file():
+        log.warning("failed over to the backup: MirrorMaker not started (`millrace mirror failback` first)")
+        return records
     records.append(start_mirrormaker(manager, settings))
     return records
 
 
-def start_backup(manager: ProcessManager, settings: Settings) -> list[ProcessRecord]:
+def start_backup(manager: ProcessManager, settings: Settings, *, broker_metrics: bool = False) -> list[ProcessRecord]:
     home, rt = mirror_home(settings.state_dir), backup_runtime(settings)
     cluster.check_layout(home, rt)
-    backup = backup_cluster(settings)
+    backup = backup_cluster(settings, broker_metrics=broker_metrics)
     deadline = time.monotonic() + rt.start_timeout_s
     id_file = cluster.cluster_home(home) / "cluster.id"
     if not id_file.is_file():

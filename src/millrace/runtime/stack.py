@@ -82,7 +82,8 @@ class Stack:
             known = ", ".join(sorted(EXTRA_SERVERS)) or "none"
             raise MillraceError(f"unknown server {', '.join(unknown)} for --with (known: {known})")
         metrics = self.settings.monitoring.broker_metrics
-        started = self.start_kafka(broker_metrics="monitoring" in with_ if metrics is None else metrics)
+        broker_metrics = "monitoring" in with_ if metrics is None else metrics
+        started = self.start_kafka(broker_metrics=broker_metrics)
         if apply_topics:
             from millrace.kafka.admin import apply_topics as apply
             from millrace.kafka.topics import plan_topics
@@ -106,7 +107,7 @@ class Stack:
         if mirror:
             from millrace.runtime import mirror as backup
 
-            started += backup.start(self.manager, self.settings)
+            started += backup.start(self.manager, self.settings, broker_metrics=broker_metrics)
         for name in with_:
             specs = EXTRA_SERVERS[name](self.settings)
             for spec in [specs] if isinstance(specs, ServerSpec) else specs:
