@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from millrace.cli import shop_stream
 from rich.markup import escape
 from rich.table import Table
 
+from millrace.cli import shop_stream
 from millrace.cli.common import console, err_console, settings_of
 from millrace.cli.signals import stopping
 from millrace.config import Settings
@@ -25,6 +24,7 @@ app = typer.Typer(
     help="Marketplace: publish the catalog, generate orders, manage schemas, filter and search products.",
     no_args_is_help=True,
 )
+shop_stream.register(app)  # filter, block, unblock, blocked, index, search
 
 schemas_app = typer.Typer(help="The shop's JSON Schemas in the schema registry.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
@@ -177,4 +177,3 @@ def orders(
     console.print(table)
     if producer.stats.failed or remaining:
         raise MillraceError(f"{producer.stats.failed + remaining} order events were not delivered to Kafka")
-shop_stream.register(app)  # filter, block, unblock, blocked, index, search

@@ -27,7 +27,8 @@ def up(
         list[str] | None,
         typer.Option(
             "--with",
-            help="Also start: mqtt, mongodb, monitoring (Prometheus, Alertmanager; brokers export JMX metrics).",
+            help="Also start: mqtt, mongodb, monitoring (Prometheus, Alertmanager; brokers export JMX metrics), "
+            "registry (Apicurio schema registry for the shop).",
         ),
     ] = None,
     brokers: Annotated[
@@ -61,14 +62,9 @@ def up(
         records = stack.up(with_ or [], mirror=mirror)
     for rec in records:
         ports = ", ".join(f"{role} {port}" for role, port in rec.ports.items())
-        console.print(f"[green]✓[/] {rec.name} pid {rec.pid}" + (f" ({ports})" if ports else ""))
+        console.print(f"[green]✓[/] {rec.name} pid {rec.pid} ({ports})")
     bootstrap = stack.kafka_cluster().bootstrap_servers
     console.print(f"stack ready in {time.monotonic() - started:.1f} s; bootstrap {bootstrap}")
-    if mirror:
-        from millrace.runtime.mirror import backup_cluster
-
-        backup = backup_cluster(settings).bootstrap_servers
-        console.print(f"backup {backup} fed by MirrorMaker 2; lag: `millrace mirror status` (docs/mirror.md)")
     if settings.runtime.security != "none":
         clients = security_dir(settings.state_dir) / "clients"
         console.print(
