@@ -62,9 +62,14 @@ def up(
         records = stack.up(with_ or [], mirror=mirror)
     for rec in records:
         ports = ", ".join(f"{role} {port}" for role, port in rec.ports.items())
-        console.print(f"[green]✓[/] {rec.name} pid {rec.pid} ({ports})")
+        console.print(f"[green]✓[/] {rec.name} pid {rec.pid}" + (f" ({ports})" if ports else ""))
     bootstrap = stack.kafka_cluster().bootstrap_servers
     console.print(f"stack ready in {time.monotonic() - started:.1f} s; bootstrap {bootstrap}")
+    if mirror:
+        from millrace.runtime.mirror import backup_cluster
+
+        backup = backup_cluster(settings).bootstrap_servers
+        console.print(f"backup {backup} fed by MirrorMaker 2; lag: `millrace mirror status` (docs/mirror.md)")
     if settings.runtime.security != "none":
         clients = security_dir(settings.state_dir) / "clients"
         console.print(
