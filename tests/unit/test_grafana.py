@@ -1,7 +1,7 @@
 """The Grafana provisioning shipped in resources/grafana (Grafana itself is not obtainable here): the
 datasource and dashboard providers, the dashboard's structure (ids, grid, datasources, targets), every
-metric it names (millrace's from docs/metrics.md, Kafka's from the JMX exporter rules), and every query
-parsed by promtool."""
+metric it names (millrace's from docs/metrics.md and the host exporter, Kafka's from the JMX exporter rules),
+and every query parsed by promtool."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import yaml
 GRAFANA = Path(str(resources.files("millrace") / "resources" / "grafana"))
 JMX_RULES = Path(str(resources.files("millrace") / "resources" / "monitoring" / "kafka-jmx.yaml"))
 METRICS_DOC = Path(__file__).parents[2] / "docs" / "metrics.md"
+HOST_EXPORTER = Path(str(resources.files("millrace") / "runtime" / "host_exporter.py"))
 DATASOURCE_UID = "millrace-prometheus"
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Series every Prometheus has: scrape health and its own alerts.
@@ -45,6 +46,11 @@ def contract_metrics() -> dict[str, str]:
         if m:
             found[m[1]] = m[2]
     return found
+
+
+def host_metrics() -> set[str]:
+    """The gauges of millrace's host exporter (disk space, certificate expiry), from its source."""
+    return set(re.findall(r'GaugeMetricFamily\(\s*"(millrace_[a-z0-9_]+)"', HOST_EXPORTER.read_text(encoding="utf-8")))
 
 
 def jmx_metrics() -> set[str]:
@@ -126,12 +132,12 @@ def test_the_dashboard_has_unique_ids_and_a_grid_without_overlaps() -> None:
         cells |= mine
     titles = [p["title"] for p in board["panels"]]
     assert len(titles) == len(set(titles))
-    assert [p["title"] for p in board["panels"] if p["type"] == "row"] == ["Pipeline", "Alerts", "API", "Kafka"]
+    assert [p["title"] for p in board["panels"] if p["type"] == "row"] == ["Pipeline", "Alerts", "API", "Kafka", "Host"]
 
 
 def test_every_panel_has_the_datasource_and_targets_with_expr() -> None:
     panels = query_panels()
-    assert len(panels) == 23
+    assert len(panels) == 25
     for p in panels:
         assert p["type"] in {"timeseries", "stat", "table"}, p["title"]
         assert p["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, p["title"]
@@ -146,19 +152,25 @@ def test_every_panel_has_the_datasource_and_targets_with_expr() -> None:
 def test_every_metric_exists_in_the_contract_or_the_jmx_rules() -> None:
     contract = contract_metrics()
     jmx = jmx_metrics()
+    host = host_metrics()
     assert len(contract) >= 17  # the metrics contract's table was read
+    assert host == {
+        "millrace_disk_free_bytes",
+        "millrace_disk_size_bytes",
+        "millrace_certificate_expiry_timestamp_seconds",
+    }
     assert "kafka_server_brokertopicmetrics_messagesin_total" in jmx
     used: set[str] = set()
     for expr in exprs():
         used |= metric_names(expr)
     for name in sorted(used):
-        if name in BUILTIN or name in jmx:
+        if name in BUILTIN or name in jmx or name in host:
             continue
         base = next((name[: -len(s)] for s in HISTOGRAM_SUFFIXES if name.endswith(s)), name)
         if base != name:
             assert contract.get(base) == "histogram", f"{name}: {base} is not a histogram of docs/metrics.md"
         else:
-            assert name in contract, f"{name} is neither in docs/metrics.md nor served by the JMX rules"
+            assert name in contract, f"{name} is not in docs/metrics.md, the JMX rules or the host exporter"
             assert contract[name] != "histogram", f"{name} is a histogram: query its _bucket/_sum/_count"
     # the dashboard covers the whole contract
     covered = {next((n[: -len(s)] for s in HISTOGRAM_SUFFIXES if n.endswith(s)), n) for n in used}
