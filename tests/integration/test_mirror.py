@@ -236,6 +236,9 @@ def test_failover_drill_loses_nothing_and_resumes_at_the_translated_offsets(mirr
     table = runner.invoke(app, ["--config", str(ms.config_path), "mirror", "failover"])
     assert table.exit_code == 0, table.output
     assert "nothing lost" in table.output and "mirror failback" in table.output
+    # The stack comes back up while failed over (the killed primary restarts): MirrorMaker stays stopped.
+    names = [r.name for r in ms.stack.up(mirror=True)]
+    assert names == ["kafka-1", "backup-kafka-1"] and ms.stack.manager.running("mirrormaker") is None
     back = runner.invoke(app, ["--config", str(ms.config_path), "mirror", "failback"])
     assert back.exit_code == 0 and "primary again" in back.output
     assert not failover_path(ms.settings.state_dir).exists()
