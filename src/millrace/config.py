@@ -340,6 +340,14 @@ class ShopSettings(BaseModel, frozen=True, extra="forbid"):
     # Set on the registry by `shop schemas apply` (Apicurio's own default is NONE).
     compatibility: Literal["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FULL", "NONE"] = "BACKWARD"
     catalog_path: Path | None = None  # default: the sample catalog shipped with millrace
+    # Product search: the embedded tantivy index in the state dir (one indexer), or OpenSearch at
+    # opensearch_url (the managed node of `stack up --with search` serves HTTP on search_port; its runner takes
+    # no HTTP port above 9299).
+    search_backend: Literal["tantivy", "opensearch"] = "tantivy"
+    opensearch_url: str = "http://127.0.0.1:9200"
+    search_port: int = Field(default=9200, ge=2, le=9299)
+    search_version: str = Field(default="2.19.1.0", pattern=r"^\d+\.\d+\.\d+\.\d+$")
+    search_heap: str = "512m"
 
 
 class MetricsSettings(BaseModel, frozen=True, extra="forbid"):

@@ -15,7 +15,7 @@ from millrace.errors import MillraceError, UsageError
 from millrace.kafka.admin import require_kafka
 from millrace.shop import stoplist
 from millrace.shop.filter import StopListFilter
-from millrace.shop.search import SearchRequest, plural_goods, price_range_of
+from millrace.shop.search import SearchBackend, SearchRequest, plural_goods, price_range_of
 
 FILTER_GROUP = "millrace-shop-filter"
 INDEX_GROUP = "millrace-shop-index"
@@ -23,6 +23,26 @@ INDEX_GROUP = "millrace-shop-index"
 
 def search_dir(settings: Settings) -> Path:
     return settings.state_dir / "search"
+
+
+def open_backend(settings: Settings, *, writer: bool) -> SearchBackend:
+    """The configured backend (shop.search_backend): OpenSearch, or the embedded index of the state dir."""
+    if settings.shop.search_backend == "opensearch":
+        from millrace.shop.search_opensearch import OpenSearchBackend
+
+        return OpenSearchBackend(settings.shop.opensearch_url)
+    from millrace.shop.search_tantivy import TantivyBackend
+
+    directory = search_dir(settings)
+    if not writer and not (directory / "products" / "meta.json").is_file():
+        raise MillraceError(f"no search index in {directory}: run `millrace shop index` first")
+    return TantivyBackend(directory, writer=writer)
+
+
+def where(settings: Settings) -> str:
+    if settings.shop.search_backend == "opensearch":
+        return f"OpenSearch at {settings.shop.opensearch_url}"
+    return str(search_dir(settings))
 
 
 def filter_(
@@ -103,9 +123,9 @@ def index(
     ctx: typer.Context,
     group: Annotated[str, typer.Option(help="Consumer group of the indexer.")] = INDEX_GROUP,
 ) -> None:
-    """Index filtered-items (products) and client-search (queries) into the search index of the state dir."""
+    """Index filtered-items (products) and client-search (queries) into the search backend (shop.search_backend:
+    the embedded index of the state dir, one instance; or OpenSearch, any number of instances)."""
     from millrace.shop.indexer import run_indexer
-    from millrace.shop.search_tantivy import TantivyBackend
 
     settings = settings_of(ctx)
     conf, topics = settings.kafka.client_config(), settings.topics
@@ -114,10 +134,10 @@ def index(
         require_kafka(conf, stop=stop.is_set)
         if stop.is_set():
             return
-        backend = TantivyBackend(search_dir(settings))
+        backend = open_backend(settings, writer=True)
         try:
             console.print(
-                f"indexing {topics.shop_filtered_items} and {topics.shop_client_search} into {search_dir(settings)}",
+                f"indexing {topics.shop_filtered_items} and {topics.shop_client_search} into {where(settings)}",
                 highlight=False,
             )
             stats = run_indexer(
@@ -149,7 +169,6 @@ def search(
 ) -> None:
     """Search the products; the query is recorded in client-search."""
     from millrace.shop.client import search as client_search
-    from millrace.shop.search_tantivy import TantivyBackend
 
     settings = settings_of(ctx)
     if not user.strip():
@@ -158,12 +177,9 @@ def search(
         price_range = price_range_of(price) if price is not None else None
     except ValueError as exc:
         raise UsageError(str(exc), param_hint="--price") from None
-    directory = search_dir(settings)
-    if not (directory / "products" / "meta.json").is_file():
-        raise MillraceError(f"no search index in {directory}: run `millrace shop index` first")
     request = SearchRequest(text, category=category, brand=brand, price=price_range, limit=limit)
     result = client_search(
-        TantivyBackend(directory, writer=False),
+        open_backend(settings, writer=False),
         request,
         client_config=settings.kafka.client_config(),
         topic=settings.topics.shop_client_search,
