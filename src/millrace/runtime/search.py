@@ -110,6 +110,6 @@ def search_spec(settings: Settings) -> ServerSpec:
         host=host,
         ready=lambda: healthy(url),
         cwd=home,
-        start_timeout_s=max(settings.runtime.start_timeout_s, 90.0),
+        start_timeout_s=max(settings.runtime.start_timeout_s, 180.0),  # ~40 s on a quiet 2-core machine, 90 s busy
         stop_timeout_s=settings.runtime.stop_timeout_s,
     )
