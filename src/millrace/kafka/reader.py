@@ -6,6 +6,7 @@ uses its own assigned consumer and closes it.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -16,6 +17,8 @@ from millrace.errors import KafkaUnavailable, MillraceError
 
 # A wanted offset further than this past the read position is reached by seeking rather than reading through.
 SEEK_GAP = 5000
+# Longest single wait inside a read (see _next_batch).
+POLL_S = 0.25
 
 
 def _consumer(client_config: dict[str, Any]) -> Consumer:
@@ -90,6 +93,18 @@ def _read(
         consumer.close()
 
 
+def _next_batch(consumer: Consumer, timeout_s: float) -> list[Message]:
+    """Up to 1000 records, or [] when nothing came within ``timeout_s``.
+
+    ``consume(n, timeout)`` waits until it has ``n`` messages or the timeout passed, even after the partition's
+    end was reached; short calls return what is there (an EOF event included) in at most ``POLL_S``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        msgs = consumer.consume(1000, min(POLL_S, max(0.0, deadline - time.monotonic())))
+        if msgs or time.monotonic() >= deadline:
+            return msgs
+
+
 def _read_partition(
     consumer: Consumer, topic: str, partition: int, wanted: list[int], timeout_s: float
 ) -> Iterator[Message]:
@@ -98,7 +113,7 @@ def _read_partition(
         if wanted[i] > position + SEEK_GAP or position < 0:
             consumer.assign([TopicPartition(topic, partition, wanted[i])])
             position = wanted[i]
-        msgs = consumer.consume(1000, timeout_s)
+        msgs = _next_batch(consumer, timeout_s)
         if not msgs:
             raise KafkaUnavailable(f"no records from {topic}[{partition}] at offset {position} within {timeout_s} s")
         for msg in msgs:
