@@ -28,7 +28,7 @@ def up(
         typer.Option(
             "--with",
             help="Also start: mqtt, mongodb, monitoring (Prometheus, Alertmanager; brokers export JMX metrics), "
-            "registry (Apicurio schema registry for the shop).",
+            "registry (Apicurio schema registry for the shop), search (OpenSearch for the shop's search).",
         ),
     ] = None,
     brokers: Annotated[
