@@ -11,6 +11,7 @@ from rich.table import Table
 
 from millrace.cli.common import console, settings_of
 from millrace.runtime.distribution import has_pom, resolve_jars
+from millrace.runtime.kafka import JMX_EXPORTER_VERSION
 from millrace.runtime.tools import require
 
 SPARK_VERSION = "4.2.0"
@@ -29,6 +30,7 @@ def setup(
     require("mvn", "to download Kafka from Maven Central")
     wanted = [("kafka", settings.runtime.kafka_version)]
     wanted.append(("mirror", settings.runtime.kafka_version))  # MirrorMaker 2 (stack up --mirror)
+    wanted.append(("jmx", JMX_EXPORTER_VERSION))  # the brokers' metrics agent (stack up --with monitoring)
     if spark and has_pom("spark"):
         wanted.append(("spark", SPARK_VERSION))
     table = Table("distribution", "version", "jars", "location", "took")
@@ -43,6 +45,8 @@ def setup(
         ("mosquitto", "MQTT bridge (stack up --with mqtt)"),
         ("chromium", "dashboard browser tests"),
         ("go", "MongoDB-wire test server (stack up --with mongodb)"),
+        ("prometheus", "metrics and alert rules (stack up --with monitoring)"),
+        ("prometheus-alertmanager", "alert notifications (stack up --with monitoring)"),
     ):
         found = shutil.which(tool) or (shutil.which(f"/usr/sbin/{tool}") if tool == "mosquitto" else None)
         mark = "[green]found[/]" if found else "[yellow]missing[/]"
