@@ -10,6 +10,12 @@ from millrace.kafka.acls import (
     MIRROR,
     MQTT_BRIDGE,
     SERVICES,
+    SHOP_API,
+    SHOP_CLIENT,
+    SHOP_FILTER,
+    SHOP_INDEX,
+    SHOP_ORDERS,
+    SHOP_SERVICES,
     STREAM_JOB,
     Acl,
     declared_acls,
@@ -36,7 +42,7 @@ def test_least_privilege_per_service() -> None:
     assert "WRITE" not in {a.operation for a in acls if a.principal == API}
     # nobody but the super users may create, delete or alter anything
     assert not [a for a in acls if a.operation in {"CREATE", "DELETE", "ALTER", "ALTER_CONFIGS", "ALL"}]
-    assert {a.principal for a in acls} == {INGEST, MQTT_BRIDGE, STREAM_JOB, API, MIRROR}  # MIRROR: read-only
+    assert {a.principal for a in acls} == {INGEST, MQTT_BRIDGE, STREAM_JOB, API, MIRROR, *SHOP_SERVICES}
     assert acls == sorted(set(acls))  # no duplicates, stable order
 
 
@@ -74,6 +80,59 @@ def test_pattern_and_host_are_part_of_identity() -> None:
     plan = diff_acls([a], [b])
     assert plan.missing == (a,) and plan.extra == (b,)
     assert str(a) == "User:api READ group millrace-serve (prefixed)"
+
+
+def test_shop_services_least_privilege() -> None:
+    t = TOPICS
+    acls = declared_acls(t, shop_filter_group="flt", shop_index_group="idx")
+    assert ops(acls, SHOP_ORDERS, "TOPIC", t.shop_orders) == {"WRITE", "DESCRIBE"}
+    assert [a for a in acls if a.principal == SHOP_ORDERS] == [
+        Acl(SHOP_ORDERS, "TOPIC", t.shop_orders, "DESCRIBE"),
+        Acl(SHOP_ORDERS, "TOPIC", t.shop_orders, "WRITE"),
+    ]
+    # the filter: items in, filtered-items out, in transactions under <group>-<instance>
+    assert ops(acls, SHOP_FILTER, "TOPIC", t.shop_items) == {"READ", "DESCRIBE"}
+    assert ops(acls, SHOP_FILTER, "TOPIC", t.shop_stop_list) == {"READ", "DESCRIBE"}  # blocks are not its job
+    assert ops(acls, SHOP_FILTER, "TOPIC", t.shop_filtered_items) == {"WRITE", "DESCRIBE"}
+    assert ops(acls, SHOP_FILTER, "TOPIC", t.shop_dead_letter) == {"WRITE", "DESCRIBE"}
+    assert ops(acls, SHOP_FILTER, "GROUP", "flt") == {"READ"}
+    txn = [a for a in acls if a.resource == "TRANSACTIONAL_ID"]
+    assert txn == [
+        Acl(SHOP_FILTER, "TRANSACTIONAL_ID", "flt-", "DESCRIBE", "PREFIXED"),
+        Acl(SHOP_FILTER, "TRANSACTIONAL_ID", "flt-", "WRITE", "PREFIXED"),
+    ]
+    from millrace.shop.filter import transactional_id
+
+    assert transactional_id("flt", "7").startswith(txn[0].name)  # the prefix covers every instance's id
+    # the index service only reads, and dead-letters what fails its schema
+    assert ops(acls, SHOP_INDEX, "TOPIC", t.shop_filtered_items) == {"READ", "DESCRIBE"}
+    assert ops(acls, SHOP_INDEX, "TOPIC", t.shop_client_search) == {"READ", "DESCRIBE"}
+    assert ops(acls, SHOP_INDEX, "TOPIC", t.shop_items) == set()  # never sees a blocked product
+    assert ops(acls, SHOP_INDEX, "GROUP", "idx") == {"READ"}
+    assert {a.name for a in acls if a.principal == SHOP_INDEX and a.operation == "WRITE"} == {t.shop_dead_letter}
+    # the client writes its queries only; the API also keeps the stop list and publishes the catalog
+    assert {a.name for a in acls if a.principal == SHOP_CLIENT and a.operation == "WRITE"} == {t.shop_client_search}
+    assert ops(acls, SHOP_CLIENT, "TOPIC", t.shop_stop_list) == set()
+    assert ops(acls, SHOP_API, "TOPIC", t.shop_stop_list) == {"READ", "WRITE", "DESCRIBE"}
+    assert ops(acls, SHOP_API, "TOPIC", t.shop_items) == {"WRITE", "DESCRIBE"}
+    assert ops(acls, SHOP_API, "TOPIC", t.shop_recommendations) == {"READ", "DESCRIBE"}
+    # no shop service touches the IoT topics, the cluster, or another's group
+    shop = [a for a in acls if a.principal in SHOP_SERVICES]
+    assert all(a.name.startswith("millrace.shop.") for a in shop if a.resource == "TOPIC")
+    assert not [a for a in shop if a.resource == "CLUSTER"]
+    assert {(a.principal, a.name) for a in shop if a.resource == "GROUP"} == {(SHOP_FILTER, "flt"), (SHOP_INDEX, "idx")}
+    assert set(SHOP_SERVICES) <= set(SERVICES)
+
+
+def test_transactional_id_acls_map_to_librdkafka() -> None:
+    from millrace.kafka.acls import _acl, _binding
+
+    acl = Acl(SHOP_FILTER, "TRANSACTIONAL_ID", "millrace-shop-filter-", "WRITE", "PREFIXED")
+    binding = _binding(acl)
+    assert binding.restype.name == "TRANSACTIONAL_ID"
+    assert _acl(binding) == acl  # round trip: apply finds it in sync on the next run
+    cluster = Acl(API, "CLUSTER", "kafka-cluster", "DESCRIBE")
+    assert _acl(_binding(cluster)) == cluster
 
 
 def test_topics_fit_the_cluster_and_what_cannot_change_is_said() -> None:

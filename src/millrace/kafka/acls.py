@@ -23,14 +23,23 @@ STREAM_JOB = "stream-job"  # the Spark job (iot process) and its driver-side pro
 API = "api"  # millrace serve: live feed and cluster view
 ADMIN = "admin"  # millrace stack/topics/acl: a super user
 MIRROR = "mirrormaker"  # MirrorMaker 2 reading the primary for the backup (stack up --mirror)
+# The marketplace (shop) domain's services.
+SHOP_API = "shop-api"  # shop publish-catalog, block/unblock, and the shop's REST routes of millrace serve
+SHOP_ORDERS = "shop-orders"  # shop orders: the orders generator
+SHOP_FILTER = "shop-filter"  # shop filter: items -> filtered-items in Kafka transactions
+SHOP_INDEX = "shop-index"  # shop index: filtered-items and client-search into the search backend
+SHOP_CLIENT = "shop-client"  # shop search / shop recommend from the command line
 INTERNAL_PRINCIPAL = "controller"  # controllers (PLAIN) and inter-broker traffic (SCRAM); a super user
 SUPER_USERS = (ADMIN, INTERNAL_PRINCIPAL)
-SERVICES = (INGEST, MQTT_BRIDGE, STREAM_JOB, API, ADMIN, MIRROR)
+SHOP_SERVICES = (SHOP_API, SHOP_ORDERS, SHOP_FILTER, SHOP_INDEX, SHOP_CLIENT)
+SERVICES = (INGEST, MQTT_BRIDGE, STREAM_JOB, API, ADMIN, MIRROR, *SHOP_SERVICES)
 
 # Consumer groups the services use (their defaults; a different group needs an ACL of its own).
 MQTT_COMMAND_GROUP = "millrace-mqtt-commands"
 API_FEED_GROUP_PREFIX = "millrace-serve"  # one group per API process: millrace-serve-<random>
 SPARK_SOURCE_GROUP_PREFIX = "spark-kafka-source-"  # the groups Spark's Kafka source names for itself
+SHOP_FILTER_GROUP = "millrace-shop-filter"  # also the prefix of the filter instances' transactional ids
+SHOP_INDEX_GROUP = "millrace-shop-index"
 
 
 def all_principals() -> tuple[str, ...]:
@@ -40,7 +49,7 @@ def all_principals() -> tuple[str, ...]:
 @dataclass(frozen=True, order=True)
 class Acl:
     """One ALLOW rule, in the vocabulary of ``kafka-acls.sh``: principal (without ``User:``), resource type
-    (TOPIC, GROUP, CLUSTER), resource name, pattern (LITERAL, PREFIXED) and operation."""
+    (TOPIC, GROUP, CLUSTER, TRANSACTIONAL_ID), resource name, pattern (LITERAL, PREFIXED) and operation."""
 
     principal: str
     resource: str
@@ -55,10 +64,16 @@ class Acl:
 
 
 def declared_acls(
-    topics: TopicSettings, *, stream_job_group: str = "millrace-iot-process", mirror_topics: Sequence[str] = ()
+    topics: TopicSettings,
+    *,
+    stream_job_group: str = "millrace-iot-process",
+    mirror_topics: Sequence[str] = (),
+    shop_filter_group: str = SHOP_FILTER_GROUP,
+    shop_index_group: str = SHOP_INDEX_GROUP,
 ) -> list[Acl]:
     """Every ACL of the managed principals, for the topic names in ``topics`` (``mirror_topics``: those
-    MirrorMaker copies to the backup, mirror.topics; empty: the IoT topics, its default)."""
+    MirrorMaker copies to the backup, mirror.topics; empty: the IoT topics, its default; the shop's groups:
+    those of `shop filter --group` and `shop index --group`)."""
 
     def topic(principal: str, name: str, *operations: str) -> list[Acl]:
         return [Acl(principal, "TOPIC", name, op) for op in operations]
@@ -98,7 +113,48 @@ def declared_acls(
         acls += topic(MIRROR, name, "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
     acls.append(group(MIRROR, "*", "DESCRIBE"))
     acls.append(Acl(MIRROR, "CLUSTER", "kafka-cluster", "DESCRIBE"))
+    acls += _shop_acls(topics, filter_group=shop_filter_group, index_group=shop_index_group)
     return sorted(set(acls))
+
+
+def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str) -> list[Acl]:
+    """The shop's services. Readers that only assign() partitions and never commit (the stop-list follower,
+    the filter's partition scan, reading back recommendations and orders) need no GROUP ACL."""
+
+    def topic(principal: str, name: str, *operations: str) -> list[Acl]:
+        return [Acl(principal, "TOPIC", name, op) for op in operations]
+
+    acls: list[Acl] = []
+    # The shop API publishes the catalog, keeps the stop list (block, unblock, list), records the searches made
+    # over REST and answers recommendations from the recommendations topic, with orders as the fallback.
+    for name in (topics.shop_items, topics.shop_dead_letter):  # a product failing its schema is dead-lettered
+        acls += topic(SHOP_API, name, "WRITE", "DESCRIBE")
+    acls += topic(SHOP_API, topics.shop_stop_list, "READ", "WRITE", "DESCRIBE")
+    acls += topic(SHOP_API, topics.shop_client_search, "READ", "WRITE", "DESCRIBE")  # READ: the live queries
+    for name in (topics.shop_recommendations, topics.shop_orders):
+        acls += topic(SHOP_API, name, "READ", "DESCRIBE")
+    acls += topic(SHOP_ORDERS, topics.shop_orders, "WRITE", "DESCRIBE")
+    # The filter consumes items and produces filtered-items in transactions under its own transactional ids
+    # (<group>-<instance>); its offsets are committed through the producer, which needs READ on the group.
+    # No IDEMPOTENT_WRITE on the cluster: since Kafka 2.8 (KIP-679) WRITE on a topic or on the transactional id
+    # implies it, and a cluster-wide grant would let the filter open idempotent producers anywhere it can write.
+    acls += topic(SHOP_FILTER, topics.shop_items, "READ", "DESCRIBE")
+    acls += topic(SHOP_FILTER, topics.shop_stop_list, "READ", "DESCRIBE")
+    for name in (topics.shop_filtered_items, topics.shop_dead_letter):
+        acls += topic(SHOP_FILTER, name, "WRITE", "DESCRIBE")
+    acls.append(Acl(SHOP_FILTER, "GROUP", filter_group, "READ"))
+    for op in ("WRITE", "DESCRIBE"):
+        acls.append(Acl(SHOP_FILTER, "TRANSACTIONAL_ID", f"{filter_group}-", op, "PREFIXED"))
+    # The index service reads filtered products and client queries into the search backend.
+    for name in (topics.shop_filtered_items, topics.shop_client_search):
+        acls += topic(SHOP_INDEX, name, "READ", "DESCRIBE")
+    acls += topic(SHOP_INDEX, topics.shop_dead_letter, "WRITE", "DESCRIBE")
+    acls.append(Acl(SHOP_INDEX, "GROUP", index_group, "READ"))
+    # The command-line client records its queries and reads recommendations (orders: the popularity fallback).
+    acls += topic(SHOP_CLIENT, topics.shop_client_search, "WRITE", "DESCRIBE")
+    for name in (topics.shop_recommendations, topics.shop_orders):
+        acls += topic(SHOP_CLIENT, name, "READ", "DESCRIBE")
+    return acls
 
 
 def _all_topics(topics: TopicSettings) -> list[str]:
@@ -142,7 +198,7 @@ def diff_acls(declared: Iterable[Acl], current: Iterable[Acl], managed: Sequence
 # --- the cluster side (confluent-kafka's AdminClient) --------------------------------------------------------
 
 
-# librdkafka calls Kafka's CLUSTER resource type (4) BROKER.
+# librdkafka calls Kafka's CLUSTER resource type (4) BROKER; TRANSACTIONAL_ID is spelled alike.
 _TO_LIBRDKAFKA = {"CLUSTER": "BROKER"}
 _FROM_LIBRDKAFKA = {"BROKER": "CLUSTER"}
 
