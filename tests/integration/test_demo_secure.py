@@ -1,18 +1,22 @@
 """`millrace demo --secure`, bounded: it starts the secured three-broker cluster (TLS, SASL/SCRAM, ACLs), runs the
-simulator, the Spark job and the API each as its own principal, stores readings, and its summary's audit accounts
-for every record; at the end everything it started, the brokers included, is stopped.
+simulator, the Spark job and the API each as its own principal (the API's cluster view works as ``api``), stores
+readings, and its summary's audit accounts for every record; at the end everything it started, the brokers
+included, is stopped.
 
 The demo makes its own cluster in its own state dir (the path a user takes), so this test does not use the
 session's secured cluster of fixtures_secure.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +35,12 @@ PRINCIPALS = {"iot-simulate": "ingest", "iot-process": "stream-job", "api": "api
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def _get(url: str, path: str, token: str) -> Any:
+    request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (the demo's loopback URL)
+        return json.load(response)
 
 
 def test_demo_secure_runs_each_process_as_its_principal(tmp_path: Path) -> None:
@@ -73,6 +83,24 @@ def test_demo_secure_runs_each_process_as_its_principal(tmp_path: Path) -> None:
             assert child["MILLRACE_KAFKA__SASL_PASSWORD"] == security.password(principal)
             cmdline = Path(f"/proc/{rec.pid}/cmdline").read_bytes().decode(errors="replace")
             assert security.password(principal) not in cmdline
+        # The API, as the api principal, serves the cluster view of the secured cluster.
+        found = wait_for(
+            lambda: re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/#token=([\w-]+)", out.read_text(errors="replace")),
+            timeout_s=60,
+            what="the dashboard URL with its token",
+        )
+        url, token = found.group(1), found.group(2)
+        assert len(_get(url, "/api/kafka/brokers", token)["brokers"]) == 3
+        readings = next(
+            t for t in _get(url, "/api/kafka/topics", token)["topics"] if t["name"] == "millrace.iot.readings"
+        )
+        assert readings["replication_factor"] == 3 and readings["messages"] > 0
+        wait_for(
+            lambda: "millrace-iot-process" in {g["group_id"] for g in _get(url, "/api/kafka/groups", token)["groups"]},
+            timeout_s=120,
+            interval_s=2,
+            what="the stream job's consumer group in the cluster view",
+        )
         brokers = [rec for rec in manager.records() if rec.kind == "kafka"]
         assert sorted(rec.name for rec in brokers) == ["kafka-1", "kafka-2", "kafka-3"]
         assert all("sasl_ssl" in rec.ports for rec in brokers)  # the secured client listener
