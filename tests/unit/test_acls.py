@@ -120,7 +120,17 @@ def test_shop_services_least_privilege() -> None:
     shop = [a for a in acls if a.principal in SHOP_SERVICES]
     assert all(a.name.startswith("millrace.shop.") for a in shop if a.resource == "TOPIC")
     assert not [a for a in shop if a.resource == "CLUSTER"]
-    assert {(a.principal, a.name) for a in shop if a.resource == "GROUP"} == {(SHOP_FILTER, "flt"), (SHOP_INDEX, "idx")}
+    groups = {(a.principal, a.name) for a in shop if a.resource == "GROUP" and a.operation == "READ"}
+    assert groups == {(SHOP_FILTER, "flt"), (SHOP_INDEX, "idx")}  # the only groups that commit
+    readers = {(a.principal, a.name) for a in shop if a.resource == "GROUP" and a.operation != "READ"}
+    assert readers == {
+        (SHOP_API, "millrace-stop-list-"),
+        (SHOP_API, "millrace-reader-"),
+        (SHOP_FILTER, "millrace-stop-list-"),
+        (SHOP_FILTER, "millrace-scan-"),
+        (SHOP_CLIENT, "millrace-reader-"),
+    }
+    assert {a.operation for a in shop if (a.principal, a.name) in readers} == {"DESCRIBE"}
     assert set(SHOP_SERVICES) <= set(SERVICES)
 
 

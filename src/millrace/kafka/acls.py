@@ -40,6 +40,10 @@ API_FEED_GROUP_PREFIX = "millrace-serve"  # one group per API process: millrace-
 SPARK_SOURCE_GROUP_PREFIX = "spark-kafka-source-"  # the groups Spark's Kafka source names for itself
 SHOP_FILTER_GROUP = "millrace-shop-filter"  # also the prefix of the filter instances' transactional ids
 SHOP_INDEX_GROUP = "millrace-shop-index"
+# Throwaway groups of assign()-only readers (shop/stoplist.py, shop/filter.py's scan, kafka/reader.py).
+STOP_LIST_READER_PREFIX = "millrace-stop-list-"
+PARTITION_SCAN_PREFIX = "millrace-scan-"
+TOPIC_READER_PREFIX = "millrace-reader-"
 
 
 def all_principals() -> tuple[str, ...]:
@@ -119,7 +123,8 @@ def declared_acls(
 
 def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str) -> list[Acl]:
     """The shop's services. Readers that only assign() partitions and never commit (the stop-list follower,
-    the filter's partition scan, reading back recommendations and orders) need no GROUP ACL."""
+    the filter's partition scan, reading back recommendations and orders) still name a throwaway group, which
+    librdkafka looks up (FindCoordinator): DESCRIBE on those groups' prefixes, never READ, so they cannot commit."""
 
     def topic(principal: str, name: str, *operations: str) -> list[Acl]:
         return [Acl(principal, "TOPIC", name, op) for op in operations]
@@ -154,6 +159,12 @@ def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str) ->
     acls += topic(SHOP_CLIENT, topics.shop_client_search, "WRITE", "DESCRIBE")
     for name in (topics.shop_recommendations, topics.shop_orders):
         acls += topic(SHOP_CLIENT, name, "READ", "DESCRIBE")
+    for principal, prefixes in (
+        (SHOP_API, (STOP_LIST_READER_PREFIX, TOPIC_READER_PREFIX)),
+        (SHOP_FILTER, (STOP_LIST_READER_PREFIX, PARTITION_SCAN_PREFIX)),
+        (SHOP_CLIENT, (TOPIC_READER_PREFIX,)),
+    ):
+        acls += [Acl(principal, "GROUP", prefix, "DESCRIBE", "PREFIXED") for prefix in prefixes]
     return acls
 
 
