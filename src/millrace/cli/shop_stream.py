@@ -11,7 +11,7 @@ import typer
 from millrace.cli.common import console, print_json, settings_of
 from millrace.cli.signals import stopping
 from millrace.config import Settings
-from millrace.errors import MillraceError, UsageError
+from millrace.errors import UsageError
 from millrace.kafka.admin import require_kafka
 from millrace.shop import stoplist
 from millrace.shop.filter import StopListFilter
@@ -27,16 +27,12 @@ def search_dir(settings: Settings) -> Path:
 
 def open_backend(settings: Settings, *, writer: bool) -> SearchBackend:
     """The configured backend (shop.search_backend): OpenSearch, or the embedded index of the state dir."""
-    if settings.shop.search_backend == "opensearch":
-        from millrace.shop.search_opensearch import OpenSearchBackend
+    from millrace.shop.backends import open_backend as open_configured
 
-        return OpenSearchBackend(settings.shop.opensearch_url)
-    from millrace.shop.search_tantivy import TantivyBackend
-
-    directory = search_dir(settings)
-    if not writer and not (directory / "products" / "meta.json").is_file():
-        raise MillraceError(f"no search index in {directory}: run `millrace shop index` first")
-    return TantivyBackend(directory, writer=writer)
+    shop = settings.shop
+    return open_configured(
+        shop.search_backend, directory=search_dir(settings), opensearch_url=shop.opensearch_url, writer=writer
+    )
 
 
 def where(settings: Settings) -> str:
@@ -193,6 +189,38 @@ def search(
         typer.echo(f"{hit.category} -> {hit.name}")
 
 
+def recommend(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Option(help="Whose recommendations.")],
+    limit: Annotated[int, typer.Option(min=1, max=100, help="At most this many products.")] = 10,
+    json_: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """The latest recommendations for a user (the most ordered products for a user without any)."""
+    from millrace.shop.catalog import load_products, sample_catalog_path
+    from millrace.shop.recommend import Recommender
+
+    settings = settings_of(ctx)
+    if not user.strip() or len(user) > 64:
+        raise UsageError("a user name of 1-64 characters", param_hint="--user")
+    products = {str(p["id"]): p for p in load_products(settings.shop.catalog_path or sample_catalog_path())}
+    recommender = Recommender(
+        settings.kafka.client_config(),
+        recommendations_topic=settings.topics.shop_recommendations,
+        orders_topic=settings.topics.shop_orders,
+        products=products,
+    )
+    answer = recommender.recommend(user, limit=limit)  # NoRecommendations: one line, exit 1
+    if json_:
+        print_json(answer.as_dict())
+        return
+    if answer.source == "popular":
+        typer.echo(f"no recommendations for {user} yet; the most ordered products:")
+    else:
+        typer.echo(f"recommended for {user} ({answer.model}, {answer.generated_at}):")
+    for item in answer.items:
+        typer.echo(f"{item.product_id}  {item.category} -> {item.name}  ({item.score:g})")
+
+
 def register(app: typer.Typer) -> None:
     """Add these commands to the ``shop`` group."""
     app.command("filter")(filter_)
@@ -201,3 +229,4 @@ def register(app: typer.Typer) -> None:
     app.command("blocked")(blocked)
     app.command("index")(index)
     app.command("search")(search)
+    app.command("recommend")(recommend)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,3 +47,32 @@ def search(
     result = backend.search(request)
     record_query(client_config, topic, query_record(user=user, text=request.text, results=result.total))
     return result
+
+
+class QueryRecorder:
+    """One long-lived producer for a process that records many queries (the API): :meth:`record` waits for
+    that query's delivery only, so concurrent requests do not wait on one another's records."""
+
+    def __init__(self, client_config: dict[str, Any], topic: str) -> None:
+        self.topic = topic
+        self._producer = Producer({**client_config, "acks": "all", "enable.idempotence": True, "log_level": 0})
+
+    def record(self, record: dict[str, Any], *, timeout_s: float = 15.0) -> None:
+        outcome: list[KafkaError | None] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            outcome.append(err)
+
+        value = json.dumps(record, ensure_ascii=False).encode("utf-8")
+        self._producer.produce(self.topic, value, record["user"].encode("utf-8"), on_delivery=delivered)
+        deadline = time.monotonic() + timeout_s
+        while not outcome and time.monotonic() < deadline:
+            self._producer.poll(0.05)  # callbacks of any thread's records run here; each appends to its own list
+        if not outcome or outcome[0] is not None:
+            reason = (
+                outcome[0].str() if outcome and outcome[0] is not None else f"not delivered within {timeout_s:.0f} s"
+            )
+            raise KafkaUnavailable(f"recording the query in {self.topic} failed: {reason}")
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._producer.flush(timeout_s)
