@@ -10,8 +10,11 @@ import typer
 from rich.table import Table
 
 from millrace.cli.common import console, settings_of
+from millrace.errors import MillraceError
 from millrace.runtime.distribution import has_pom, resolve_jars
 from millrace.runtime.kafka import JMX_EXPORTER_VERSION
+from millrace.runtime.registry import find_java, java_major, registry_home, required_java
+from millrace.runtime.search import search_home
 from millrace.runtime.tools import require
 
 SPARK_VERSION = "4.2.0"
@@ -40,7 +43,22 @@ def setup(
             lib = resolve_jars(name, version, settings.cache_dir)
         jars = len(list(lib.glob("*.jar")))
         table.add_row(name, version, str(jars), str(lib), f"{time.monotonic() - started:.1f} s")
+    # The shop's servers (stack up --with registry / --with search), fetched here so no test or first start waits.
+    for name, version, fetch in (
+        ("registry", settings.shop.registry_version, registry_home),
+        ("search", settings.shop.search_version, search_home),
+    ):
+        started = time.monotonic()
+        with console.status(f"resolving {name} {version} from Maven Central (cached after the first run)..."):
+            home = fetch(settings.cache_dir, version)
+        jars = len(list(home.rglob("*.jar")))
+        table.add_row(name, version, str(jars), str(home), f"{time.monotonic() - started:.1f} s")
     console.print(table)
+    try:
+        java = find_java(required_java(settings.shop.registry_version), settings.shop.registry_java)
+        console.print(f"[green]found[/] Java {java_major(java)} for the schema registry: {java}")
+    except MillraceError as exc:
+        console.print(f"[yellow]missing[/] {exc}")
     for tool, why in (
         ("mosquitto", "MQTT bridge (stack up --with mqtt)"),
         ("chromium", "dashboard browser tests"),

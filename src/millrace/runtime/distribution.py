@@ -40,33 +40,66 @@ def resolve_jars(name: str, version: str, cache_dir: Path, *, properties: dict[s
     """
     target = cache_dir / f"{name}-{version}"
     lib = target / "lib"
-    marker = target / ".complete"
-    if marker.is_file() and any(lib.glob("*.jar")):
+    if (target / ".complete").is_file() and any(lib.glob("*.jar")):
         return lib
-    mvn = require("mvn", f"to download {name} {version} from Maven Central")
     require("java", f"to run {name}")
-    if lib.exists():
-        shutil.rmtree(lib)
-    lib.mkdir(parents=True, exist_ok=True)
+    _fetch(name, version, target, lib, ["copy-dependencies", "-DincludeScope=runtime"], properties)
+    return lib
+
+
+def unpack_archive(name: str, version: str, cache_dir: Path) -> Path:
+    """Return ``<cache_dir>/<name>-<version>`` holding the archive the pom depends on, unpacked once.
+
+    The pom runs from a copy in the cache: the dependency plugin keeps its "already unpacked" markers in the
+    pom's ``target/``, which must be neither the installed package nor shared between downloads.
+    """
+    home = cache_dir / f"{name}-{version}"
+    if (home / ".complete").is_file():
+        return home
+    work = cache_dir / f"{name}-{version}.build"
+    work.mkdir(parents=True, exist_ok=True)
+    pom = work / "pom.xml"
+    pom.write_bytes(pom_path(name).read_bytes())
+    try:
+        _fetch(name, version, home, home, ["unpack-dependencies"], None, pom=pom)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return home
+
+
+def _fetch(
+    name: str,
+    version: str,
+    target: Path,
+    output: Path,
+    goal: list[str],
+    properties: dict[str, str] | None,
+    *,
+    pom: Path | None = None,
+) -> None:
+    """Run the dependency plugin's ``goal`` on the pom of ``name`` into ``output``, then mark ``target``."""
+    mvn = require("mvn", f"to download {name} {version} from Maven Central")
+    if target.exists():
+        shutil.rmtree(target)
+    output.mkdir(parents=True, exist_ok=True)
     argv = [
         mvn,
         "-B",
         "-q",
         "-f",
-        str(pom_path(name)),
-        f"{MAVEN_PLUGIN}:copy-dependencies",
-        "-DincludeScope=runtime",
-        f"-DoutputDirectory={lib}",
+        str(pom or pom_path(name)),
+        f"{MAVEN_PLUGIN}:{goal[0]}",
+        *goal[1:],
+        f"-DoutputDirectory={output}",
         f"-Ddist.version={version}",
     ]
     argv += [f"-D{key}={value}" for key, value in (properties or {}).items()]
-    log.info("downloading %s %s from Maven Central into %s", name, version, lib)
+    log.info("downloading %s %s from Maven Central into %s", name, version, output)
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip().splitlines()
+        said = (result.stdout + result.stderr).strip().splitlines()
         raise MillraceError(
             f"downloading {name} {version} with Maven failed (exit {result.returncode}); check the network "
-            f"access to Maven Central and ~/.m2/settings.xml. Maven said:\n" + "\n".join(output[-15:])
+            f"access to Maven Central and ~/.m2/settings.xml. Maven said:\n" + "\n".join(said[-15:])
         )
-    marker.write_text(version, encoding="utf-8")
-    return lib
+    (target / ".complete").write_text(version, encoding="utf-8")

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from millrace.config import Settings
 from millrace.errors import MillraceError, MissingToolError
-from millrace.runtime.distribution import MAVEN_PLUGIN, pom_path
+from millrace.runtime.distribution import unpack_archive
 from millrace.runtime.process import ServerSpec
 from millrace.runtime.stack import register_extra
-from millrace.runtime.tools import require
 
 log = logging.getLogger(__name__)
 
@@ -81,43 +80,10 @@ def find_java(minimum: int, configured: Path | None = None) -> Path:
 
 
 def registry_home(cache_dir: Path, version: str) -> Path:
-    """The unpacked application, downloaded once (a ``.complete`` marker guards against partial unpacks)."""
-    home = cache_dir / f"registry-{version}"
-    marker = home / ".complete"
-    if marker.is_file():
-        return home
-    mvn = require("mvn", f"to download Apicurio Registry {version} from Maven Central")
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
-    # The pom is run from a copy in the cache: the dependency plugin keeps its "already unpacked" markers in the
-    # pom's target/, which must be neither the installed package nor shared between downloads.
-    work = cache_dir / f"registry-{version}.build"
-    work.mkdir(exist_ok=True)
-    pom = work / "pom.xml"
-    pom.write_bytes(pom_path("registry").read_bytes())
-    argv = [
-        mvn,
-        "-B",
-        "-q",
-        "-f",
-        str(pom),
-        f"{MAVEN_PLUGIN}:unpack-dependencies",
-        f"-DoutputDirectory={home}",
-        f"-Ddist.version={version}",
-    ]
-    log.info("downloading Apicurio Registry %s from Maven Central into %s", version, home)
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip().splitlines()
-        raise MillraceError(
-            f"downloading Apicurio Registry {version} with Maven failed (exit {result.returncode}); check the "
-            "network access to Maven Central. Maven said:\n" + "\n".join(output[-15:])
-        )
-    shutil.rmtree(work, ignore_errors=True)
+    """The unpacked application, downloaded once."""
+    home = unpack_archive(NAME, version, cache_dir)
     if not any(home.glob("*.jar")):
         raise MillraceError(f"Maven unpacked no application jar into {home}; delete it and try again")
-    marker.write_text(version, encoding="utf-8")
     return home
 
 

