@@ -291,6 +291,9 @@ class MonitoringSettings(BaseModel, frozen=True, extra="forbid"):
     anomaly_rate_min: float = Field(default=0.1, ge=0)
     disk_free_ratio_min: float = Field(default=0.1, ge=0, le=1)
     cert_expiry_days: float = Field(default=14.0, ge=0)
+    # MirrorMaker 2: the most a record may take from the primary to the backup (the larger of its replication
+    # latency and its age when copied, at most over the last minute), held partitions_for_s.
+    mirror_latency_max_s: float = Field(default=60.0, gt=0)
 
     @property
     def prometheus_url(self) -> str:

@@ -44,7 +44,10 @@ def mirror_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorSta
         "start_timeout_s = 120\n"
         f'[kafka]\nbootstrap_servers = "127.0.0.1:{kafka_port}"\n'
         f"[mirror]\nkafka_port = {free_port()}\ncontroller_port = {free_port()}\ntopics = [{mirrored}]\n"
-        f"sync_interval_s = {SYNC_INTERVAL_S}\nstart_timeout_s = 180\n",
+        f"sync_interval_s = {SYNC_INTERVAL_S}\nstart_timeout_s = 180\n"
+        # JMX exporters on: MirrorMaker's metrics endpoint is scraped by test_mirror (primary, backup and
+        # MirrorMaker on jmx_port + 0, 1, 2 steps).
+        f"[monitoring]\nbroker_metrics = true\njmx_port = {free_port()}\n",
         encoding="utf-8",
     )
     stack = Stack(load_settings(config_path))

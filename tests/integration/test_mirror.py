@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from typing import Any
 
 import psutil
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from millrace.cli.main import app
 from millrace.config import failover_path, load_settings
 from millrace.kafka.reader import watermarks
-from millrace.runtime import failover, mirror
+from millrace.runtime import failover, mirror, monitoring
 from tests.helpers import unique, wait_for
 from tests.integration.fixtures_mirror import MirrorStack, mirror_stack  # noqa: F401  (fixture)
 
@@ -128,6 +129,19 @@ def test_every_record_reaches_the_backup_at_the_same_offset(mirror_stack: Mirror
     print(f"600 records acked in {produced_in:.1f} s, all on the backup {took:.1f} s later; MM2 RSS {rss_mb:.0f} MB")
 
 
+def scrape(url: str) -> dict[str, list[Any]]:
+    """The samples of a Prometheus text endpoint by metric name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http on localhost)
+        text = response.read().decode("utf-8")
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
 def test_consumer_group_offsets_are_translated_on_the_backup(mirror_stack: MirrorStack) -> None:
     ms, topic = mirror_stack, mirror_stack.topics["groups"]
     primary = ms.settings.kafka.client_config()
@@ -142,6 +156,45 @@ def test_consumer_group_offsets_are_translated_on_the_backup(mirror_stack: Mirro
         interval_s=0.5,
         what=f"the offsets {committed} of {group} translated on the backup",
     )
+
+
+def test_mirrormaker_metrics_count_exactly_what_it_copied(mirror_stack: MirrorStack) -> None:
+    """MirrorMaker's JMX exporter (scraped as job mirrormaker): per partition of the copied topic, the records it
+    replicated equal the primary's end offset (the 600 of the first test); the group of the test before has a
+    checkpoint latency; every connector's tasks run."""
+    ms, topic = mirror_stack, mirror_stack.topics["copy"]
+    mm2 = ms.stack.manager.running("mirrormaker")
+    assert mm2 is not None and mm2.ports["jmx"] == mirror.mirrormaker_jmx_port(ms.settings)
+    # What the monitoring runtime writes to targets/jmx.json for Prometheus: MirrorMaker as job mirrormaker.
+    target = {
+        "targets": [f"{mm2.host}:{mm2.ports['jmx']}"],
+        "labels": {"job": "mirrormaker", "instance": "mirrormaker"},
+    }
+    assert target in monitoring.jmx_targets(ms.stack.manager.records())
+    url = f"http://{mm2.host}:{mm2.ports['jmx']}/metrics"
+    ends = {r.partition: r.primary_end for r in failover.status(ms.settings).partitions if r.topic == topic}
+    assert sum(e or 0 for e in ends.values()) == 600
+
+    def copied() -> dict[int, int]:
+        samples = scrape(url).get("kafka_connect_mirror_source_record_count_total", [])
+        return {int(s.labels["partition"]): int(s.value) for s in samples if s.labels["topic"] == topic}
+
+    # The count is taken when the backup acknowledges a record, a moment after the record is readable there.
+    wait_for(lambda: copied() == ends, timeout_s=LAG_BOUND_S, interval_s=0.5, what=f"record counts {ends}")
+    metrics = scrape(url)
+    labels = {"source": mirror.SOURCE, "target": mirror.TARGET, "topic": topic}
+    ages = [s for s in metrics["kafka_connect_mirror_source_record_age_ms"] if s.labels.items() >= labels.items()]
+    latencies = [s for s in metrics["kafka_connect_mirror_source_replication_latency_ms"] if s.labels["topic"] == topic]
+    assert sorted(int(s.labels["partition"]) for s in ages) == [0, 1, 2]
+    assert all(0 <= s.value < LAG_BOUND_S * 1000 for s in ages + latencies), [s.value for s in ages + latencies]
+    groups_topic = ms.topics["groups"]
+    checkpoints = [
+        s for s in metrics.get("kafka_connect_mirror_checkpoint_latency_ms", []) if s.labels["topic"] == groups_topic
+    ]
+    assert sorted(int(s.labels["partition"]) for s in checkpoints) == [0, 1, 2]
+    running = {s.labels["connector"]: s.value for s in metrics["kafka_connect_worker_connector_running_tasks"]}
+    failed = {s.labels["connector"]: s.value for s in metrics["kafka_connect_worker_connector_failed_tasks"]}
+    assert running["MirrorSourceConnector"] >= 1 and set(failed.values()) == {0.0}, (running, failed)
 
 
 def test_status_cli_shows_lag_and_translated_offsets(mirror_stack: MirrorStack) -> None:
@@ -169,7 +222,8 @@ def test_status_cli_shows_lag_and_translated_offsets(mirror_stack: MirrorStack) 
     pids = {r.name: r.pid for r in ms.stack.manager.records()}
     again = runner.invoke(app, ["--config", str(ms.config_path), "stack", "up", "--mirror"])
     assert again.exit_code == 0, again.output
-    assert f"mirrormaker pid {pids['mirrormaker']}\n" in again.output
+    # MirrorMaker serves its metrics (the fixture turns broker metrics on): its jmx port is listed.
+    assert f"mirrormaker pid {pids['mirrormaker']} (jmx {mirror.mirrormaker_jmx_port(ms.settings)})\n" in again.output
     assert f"backup-kafka-1 pid {pids['backup-kafka-1']} (client {ms.settings.mirror.kafka_port}" in again.output
     assert f"backup 127.0.0.1:{ms.settings.mirror.kafka_port} fed by MirrorMaker 2" in again.output
     rows = json.loads(runner.invoke(app, ["--config", str(ms.config_path), "stack", "status", "--json"]).output)

@@ -4,6 +4,7 @@ reads, and MirrorMaker's ACLs on a secured primary — without a broker."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 from pydantic import SecretStr
@@ -202,3 +203,39 @@ def test_cli_bad_mirror_setting_exits_2_naming_the_key(tmp_path: Path, monkeypat
     monkeypatch.setenv("MILLRACE_MIRROR__SYNC_INTERVAL_S", "0")
     code, _out, err = cli("--state-dir", str(tmp_path), "mirror", "status")
     assert code == 2 and "mirror.sync_interval_s" in err and len(err.strip().splitlines()) == 1
+
+
+def test_mirrormaker_loads_the_jmx_agent_on_the_step_after_the_backup_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from millrace.runtime import cluster, kafka
+    from millrace.runtime.process import ProcessManager, ServerSpec
+
+    # No jar downloads and no servers: the jar paths only go on the command line, the spec is captured.
+    monkeypatch.setattr(cluster, "resolve_jars", lambda name, version, cache_dir: tmp_path / name)
+    monkeypatch.setattr(mirror, "resolve_jars", lambda name, version, cache_dir: tmp_path / name)
+    monkeypatch.setattr(kafka, "jmx_agent_jar", lambda cache_dir: tmp_path / "agent.jar")
+
+    class Capture:
+        def start(self, spec: ServerSpec) -> ServerSpec:
+            return spec
+
+    def start(**kwargs: bool) -> ServerSpec:
+        return cast(ServerSpec, mirror.start_mirrormaker(cast(ProcessManager, Capture()), settings, **kwargs))
+
+    settings = load_settings(
+        state_dir=tmp_path / "state",
+        runtime={"brokers": 3, "port_step": 10},
+        mirror={"brokers": 2},
+        monitoring={"jmx_port": 9404},
+    )
+    assert mirror.mirrormaker_jmx_port(settings) == 9454  # primary 9404/9414/9424, backup 9434/9444
+    spec = start(metrics=True)
+    agents = [a for a in spec.argv if a.startswith("-javaagent:")]
+    assert len(agents) == 1 and agents[0].startswith(f"-javaagent:{tmp_path / 'agent.jar'}=127.0.0.1:9454:")
+    rules = Path(agents[0].rsplit(":", 1)[1])
+    assert rules.name == "mirror-jmx.yaml" and rules.is_file()
+    assert spec.argv.index(agents[0]) < spec.argv.index(mirror.MM2_MAIN)
+    assert spec.ports == {"jmx": 9454} and spec.kind == "mirror"
+    plain = start()
+    assert plain.ports == {} and not any(a.startswith("-javaagent:") for a in plain.argv)

@@ -170,7 +170,7 @@ def test_generated_files_pass_promtool_and_amtool(tmp_path: Path) -> None:
         ("alert rules", True),
         ("alertmanager config", True),
     ], [c.output for c in checks]
-    assert "SUCCESS: 13 rules found" in checks[1].output
+    assert "SUCCESS: 15 rules found" in checks[1].output
     assert "secret-token" not in (tmp_path / "state" / "monitoring" / "alertmanager.yml").read_text(encoding="utf-8")
 
 

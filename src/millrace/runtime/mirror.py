@@ -3,9 +3,12 @@
 The backup is a plaintext KRaft cluster of ``mirror.brokers`` nodes on ``mirror.kafka_port`` /
 ``mirror.controller_port`` (stepping by ``runtime.port_step``), recorded in the stack's process manager as
 ``backup-kafka-<id>``. MirrorMaker 2 runs in its dedicated mode as the managed process ``mirrormaker`` (kind
-``mirror``, so ``stack down`` stops it before any broker). It copies the chosen topics under the same names
-(IdentityReplicationPolicy), emits checkpoints and writes the translated offsets of consumer groups that are
-not active on the backup into the backup's own group offsets.
+``mirror``, so ``stack down`` stops it before any broker). With broker metrics on (``--with monitoring``,
+``monitoring.broker_metrics``) it loads the Prometheus JMX exporter with resources/monitoring/mirror-jmx.yaml on
+:func:`mirrormaker_jmx_port`, recorded as its ``jmx`` port: runtime.monitoring scrapes it as job
+``mirrormaker``. It copies the chosen topics under the same names (IdentityReplicationPolicy), emits checkpoints
+and writes the translated offsets of consumer groups that are not active on the backup into the backup's own
+group offsets.
 
 Everything lives under ``<state_dir>/mirror``::
 
@@ -84,6 +87,18 @@ def backup_cluster(settings: Settings, *, broker_metrics: bool = False) -> kafka
     jmx_port = settings.monitoring.jmx_port + rt.brokers * rt.port_step if broker_metrics else None
     home, backup_rt = mirror_home(settings.state_dir), backup_runtime(settings)
     return cluster.describe(home, settings.cache_dir, backup_rt, jmx_port=jmx_port)
+
+
+def mirrormaker_jmx_port(settings: Settings) -> int:
+    """MirrorMaker's JMX exporter port: the next step after the primary's and the backup's nodes."""
+    rt = settings.runtime
+    return settings.monitoring.jmx_port + (rt.brokers + settings.mirror.brokers) * rt.port_step
+
+
+def mirrormaker_agent_option(jar: Path, host: str, port: int) -> str:
+    """``-javaagent:`` serving MirrorMaker's metrics (resources/monitoring/mirror-jmx.yaml) on host:port."""
+    rules = Path(str(resources.files("millrace") / "resources" / "monitoring" / "mirror-jmx.yaml"))
+    return f"-javaagent:{jar}={host}:{port}:{rules}"
 
 
 def backup_config(settings: Settings) -> dict[str, Any]:
@@ -171,7 +186,13 @@ def start(manager: ProcessManager, settings: Settings, *, broker_metrics: bool =
     if failover_path(settings.state_dir).is_file():
         log.warning("failed over to the backup: MirrorMaker not started (`millrace mirror failback` first)")
         return records
-    records.append(start_mirrormaker(manager, settings))
+    records.append(start_mirrormaker(manager, settings, metrics=broker_metrics))
+    if broker_metrics:
+        from millrace.runtime import monitoring
+
+        # Monitoring already running (its target dir exists) learns of the new exporters without a restart.
+        if monitoring.targets_dir(settings.state_dir).is_dir():
+            monitoring.register_jmx_targets(settings.state_dir)
     return records
 
 
@@ -219,7 +240,8 @@ def ensure_scram_user(admin_conf: dict[str, Any], principal: str, password: str)
         raise kafka_failure(f"creating the SCRAM user {principal}", exc) from exc
 
 
-def start_mirrormaker(manager: ProcessManager, settings: Settings) -> ProcessRecord:
+def start_mirrormaker(manager: ProcessManager, settings: Settings, *, metrics: bool = False) -> ProcessRecord:
+    """``metrics``: load the JMX exporter (the brokers' agent jar, MirrorMaker's own rules)."""
     m = settings.mirror
     primary = primary_cluster(settings)
     backup = backup_cluster(settings)
@@ -255,6 +277,11 @@ def start_mirrormaker(manager: ProcessManager, settings: Settings) -> ProcessRec
         MM2_MAIN,
         str(props_path),
     ]
+    ports: dict[str, int] = {}  # the dedicated mode serves no REST API
+    if metrics:
+        host, port = settings.runtime.host, mirrormaker_jmx_port(settings)
+        argv.insert(1, mirrormaker_agent_option(kafka.jmx_agent_jar(settings.cache_dir), host, port))
+        ports["jmx"] = port
     primary_conf, backup_conf = cluster.admin_config(primary), backup_config(settings)
 
     def ready() -> bool:
@@ -265,7 +292,7 @@ def start_mirrormaker(manager: ProcessManager, settings: Settings) -> ProcessRec
         name=MM2_NAME,
         kind="mirror",
         argv=argv,
-        ports={},  # the dedicated mode serves no REST API
+        ports=ports,
         host=settings.runtime.host,
         ready=ready,
         start_timeout_s=m.start_timeout_s,

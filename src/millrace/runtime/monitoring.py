@@ -93,6 +93,8 @@ def rule_values(settings: Settings) -> dict[str, str]:
         "disk_free_ratio_min": f"{m.disk_free_ratio_min:g}",
         "cert_expiry_days": f"{m.cert_expiry_days:g}",
         "cert_expiry_s": f"{m.cert_expiry_days * 86400:g}",
+        "mirror_latency_max_s": f"{m.mirror_latency_max_s:g}",
+        "mirror_latency_max": duration(m.mirror_latency_max_s),
     }
 
 
