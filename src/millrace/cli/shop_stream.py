@@ -47,6 +47,9 @@ def filter_(
         str, typer.Option(help="This instance's stable name: its transactional id and group member id.")
     ] = "0",
     group: Annotated[str, typer.Option(help="Consumer group of the filter instances.")] = FILTER_GROUP,
+    registry: Annotated[
+        bool, typer.Option(help="Validate with the schema registry (shop.registry_url); failures are dead-lettered.")
+    ] = False,
 ) -> None:
     """Copy items to filtered-items, leaving out blocked products, exactly once (Kafka transactions)."""
     settings = settings_of(ctx)
@@ -65,6 +68,8 @@ def filter_(
             stop_topic=topics.shop_stop_list,
             group=group,
             instance=instance,
+            registry_url=settings.shop.registry_url if registry else None,
+            dead_letter_topic=topics.shop_dead_letter,
         )
 
         def ready() -> None:
@@ -118,6 +123,9 @@ def blocked(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", he
 def index(
     ctx: typer.Context,
     group: Annotated[str, typer.Option(help="Consumer group of the indexer.")] = INDEX_GROUP,
+    registry: Annotated[
+        bool, typer.Option(help="Validate with the schema registry (shop.registry_url); failures are dead-lettered.")
+    ] = False,
 ) -> None:
     """Index filtered-items (products) and client-search (queries) into the search backend (shop.search_backend:
     the embedded index of the state dir, one instance; or OpenSearch, any number of instances)."""
@@ -143,6 +151,8 @@ def index(
                 queries_topic=topics.shop_client_search,
                 group=group,
                 stop=stop,
+                registry_url=settings.shop.registry_url if registry else None,
+                dead_letter_topic=topics.shop_dead_letter,
             )
         finally:
             backend.close()
@@ -162,6 +172,9 @@ def search(
     price: Annotated[str | None, typer.Option(help="Price range LOW-HIGH, LOW- or -HIGH.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many products.")] = 10,
     json_: Annotated[bool, typer.Option("--json", help="JSON output with highlights and facets.")] = False,
+    registry: Annotated[
+        bool, typer.Option(help="Frame the recorded query with the client-query schema registered in the registry.")
+    ] = False,
 ) -> None:
     """Search the products; the query is recorded in client-search."""
     from millrace.shop.client import search as client_search
@@ -174,12 +187,19 @@ def search(
     except ValueError as exc:
         raise UsageError(str(exc), param_hint="--price") from None
     request = SearchRequest(text, category=category, brand=brand, price=price_range, limit=limit)
+    serialize = None
+    if registry:
+        from millrace.shop.client import query_serializer
+
+        shop = settings.shop
+        serialize = query_serializer(shop.registry_url, settings.topics.shop_client_search, shop.compatibility)
     result = client_search(
         open_backend(settings, writer=False),
         request,
         client_config=settings.kafka.client_config(),
         topic=settings.topics.shop_client_search,
         user=user,
+        serialize=serialize,
     )
     if json_:
         print_json({"total": result.total, "hits": [h.__dict__ for h in result.hits], "facets": result.facets})

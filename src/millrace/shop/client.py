@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +25,29 @@ def query_record(
     return record
 
 
-def record_query(client_config: dict[str, Any], topic: str, record: dict[str, Any], *, timeout_s: float = 15.0) -> None:
-    """Produce ``record`` to ``topic`` and wait for its delivery."""
+Serialize = Callable[[dict[str, Any], str], bytes]
+
+
+def query_serializer(registry_url: str, topic: str, compatibility: str) -> Serialize:
+    """Frame queries with the client-query schema, registered (idempotently) under ``topic``'s subject."""
+    from millrace.kafka.schema_registry import json_serializer, register, registry_client, subject_for
+    from millrace.shop.schemas import load_schema
+
+    client = registry_client(registry_url)
+    schema = load_schema("client-query")
+    register(client, registry_url, subject_for(topic), schema, compatibility)
+    return json_serializer(client, schema)
+
+
+def record_query(
+    client_config: dict[str, Any],
+    topic: str,
+    record: dict[str, Any],
+    *,
+    timeout_s: float = 15.0,
+    serialize: Serialize | None = None,
+) -> None:
+    """Produce ``record`` to ``topic`` (plain JSON, or framed by ``serialize``) and wait for its delivery."""
     producer = Producer({**client_config, "acks": "all", "enable.idempotence": True, "log_level": 0})
     failed: list[KafkaError] = []
 
@@ -33,7 +55,7 @@ def record_query(client_config: dict[str, Any], topic: str, record: dict[str, An
         if err is not None:
             failed.append(err)
 
-    value = json.dumps(record, ensure_ascii=False).encode("utf-8")
+    value = serialize(record, topic) if serialize else json.dumps(record, ensure_ascii=False).encode("utf-8")
     producer.produce(topic, value, record["user"].encode("utf-8"), on_delivery=delivered)
     if producer.flush(timeout_s) or failed:
         reason = failed[0].str() if failed else f"not delivered within {timeout_s:.0f} s"
@@ -41,11 +63,18 @@ def record_query(client_config: dict[str, Any], topic: str, record: dict[str, An
 
 
 def search(
-    backend: SearchBackend, request: SearchRequest, *, client_config: dict[str, Any], topic: str, user: str
+    backend: SearchBackend,
+    request: SearchRequest,
+    *,
+    client_config: dict[str, Any],
+    topic: str,
+    user: str,
+    serialize: Serialize | None = None,
 ) -> SearchResult:
     """Answer the query and record it with the number of products found."""
     result = backend.search(request)
-    record_query(client_config, topic, query_record(user=user, text=request.text, results=result.total))
+    record = query_record(user=user, text=request.text, results=result.total)
+    record_query(client_config, topic, record, serialize=serialize)
     return result
 
 

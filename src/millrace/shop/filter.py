@@ -33,6 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from millrace.errors import KafkaUnavailable, MillraceError
 from millrace.kafka.client_config import kafka_failure
+from millrace.shop.decode import SchemaDecoder
 from millrace.shop.stoplist import StopEntry, StopList, StopListFollower
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class FilterStats:
     stop_list_records: int = 0  # tombstones and re-publications
     transactions: int = 0
     aborted: int = 0
+    dead_lettered: int = 0  # items failing their registered schema (validated runs only)
 
 
 def transactional_id(group: str, instance: str) -> str:
@@ -123,7 +125,12 @@ class StopListFilter:
         instance: str = "0",
         batch_size: int = 500,
         session_timeout_ms: int = 15_000,
+        registry_url: str | None = None,
+        dead_letter_topic: str | None = None,
     ) -> None:
+        """With ``registry_url`` (and ``dead_letter_topic``) each item is validated against its registered schema;
+        one that fails is dead-lettered with the reason and partition:offset in the same transaction as the
+        batch (so exactly once too) and not passed on."""
         self.client_config = client_config
         self.items_topic, self.filtered_topic = items_topic, filtered_topic
         self.batch_size = batch_size
@@ -131,6 +138,13 @@ class StopListFilter:
         self.txn_id = transactional_id(group, instance)
         self._follower = StopListFollower(client_config, stop_topic)
         self.state = FilterState(self._follower.state)
+        self._decoder: SchemaDecoder | None = None
+        if registry_url is not None:
+            if not dead_letter_topic:
+                raise ValueError("validating with the registry needs a dead-letter topic")
+            self._decoder = SchemaDecoder(
+                registry_url, self._send_dead_letter, dead_letter_topic=dead_letter_topic, stage="shop-filter"
+            )
         self._pending: list[Output] = []  # effects not committed yet
         self._assigned: list[int] = []  # partitions to take over before the next batch
         self._producer = Producer(
@@ -220,7 +234,7 @@ class StopListFilter:
 
     def _transaction(self, records: list[Message]) -> None:
         producer, stats = self._producer, self.stats
-        passed = dropped = 0
+        passed = dropped = dead = 0
         try:
             producer.begin_transaction()
             for key, value in self._pending:
@@ -228,6 +242,10 @@ class StopListFilter:
             offsets: dict[int, int] = {}
             for msg in records:
                 partition = int(msg.partition() or 0)
+                if self._decoder is not None and msg.value() is not None and self._decoder.decode(msg) is None:
+                    dead += 1  # dead-lettered through this transaction's producer
+                    offsets[partition] = int(msg.offset() or 0) + 1
+                    continue
                 output = self.state.on_item(partition, msg.key(), msg.value())
                 if output is None:
                     dropped += 1
@@ -259,14 +277,18 @@ class StopListFilter:
         stats.consumed += len(records)
         stats.passed += passed
         stats.dropped += dropped
+        stats.dead_lettered += dead
         stats.stop_list_records += len(self._pending)
         stats.transactions += 1
         self._pending = []
 
-    def _produce(self, key: bytes, value: bytes | None) -> None:
+    def _send_dead_letter(self, topic: str, value: bytes, key: bytes | str | None) -> None:
+        self._produce(key.encode("utf-8") if isinstance(key, str) else key, value, topic)
+
+    def _produce(self, key: bytes | None, value: bytes | None, topic: str | None = None) -> None:
         while True:
             try:
-                self._producer.produce(self.filtered_topic, value, key)
+                self._producer.produce(topic or self.filtered_topic, value, key)
                 break
             except BufferError:
                 self._producer.poll(0.05)

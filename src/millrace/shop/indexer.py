@@ -18,8 +18,10 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from millrace.errors import DataError
+from millrace.errors import DataError, KafkaUnavailable
 from millrace.kafka.consumer import consume_loop, make_consumer
+from millrace.kafka.producer import ReliableProducer, make_producer
+from millrace.shop.decode import SchemaDecoder
 from millrace.shop.search import SearchBackend, decode_json, product_doc, query_doc
 
 log = logging.getLogger(__name__)
@@ -31,14 +33,25 @@ class IndexStats:
     deleted: int = 0
     queries: int = 0
     skipped: int = 0  # records that are not a product or a query (logged)
+    dead_lettered: int = 0  # records failing their registered schema (validated runs only)
     batches: int = 0
 
 
-def apply_batch(backend: SearchBackend, messages: list[Message], products_topic: str, stats: IndexStats) -> None:
-    """Apply ``messages`` in order and commit the backend."""
+def apply_batch(
+    backend: SearchBackend,
+    messages: list[Message],
+    products_topic: str,
+    stats: IndexStats,
+    decoder: SchemaDecoder | None = None,
+) -> None:
+    """Apply ``messages`` in order and commit the backend. With a ``decoder`` each value is checked against the
+    schema its framing names first; one that fails is dead-lettered by the decoder and not indexed."""
     for msg in messages:
         key, value, topic = msg.key(), msg.value(), msg.topic()
         where = f"{topic}[{msg.partition()}]@{msg.offset()}"
+        if decoder is not None and value is not None and decoder.decode(msg) is None:
+            stats.dead_lettered += 1
+            continue
         try:
             if topic == products_topic:
                 if not key:
@@ -71,13 +84,31 @@ def run_indexer(
     stop: threading.Event,
     batch_size: int = 500,
     on_batch: Callable[[IndexStats], None] | None = None,
+    registry_url: str | None = None,
+    dead_letter_topic: str | None = None,
 ) -> IndexStats:
-    """Index until ``stop`` is set; returns what was applied."""
+    """Index until ``stop`` is set; returns what was applied. With ``registry_url`` (and ``dead_letter_topic``)
+    every record is validated against its registered schema and a failure dead-lettered with the reason and its
+    partition:offset; the dead letters are delivered before the batch's offsets are committed."""
     stats = IndexStats()
     consumer = make_consumer(client_config, group, extra={"isolation.level": "read_committed"})
+    decoder: SchemaDecoder | None = None
+    producer: ReliableProducer | None = None
+    if registry_url is not None:
+        if not dead_letter_topic:
+            raise ValueError("validating with the registry needs a dead-letter topic")
+        producer = make_producer(client_config)
+        sender = producer
+
+        def send(topic: str, value: bytes, key: bytes | str | None) -> None:
+            sender.produce(topic, value, key)
+
+        decoder = SchemaDecoder(registry_url, send, dead_letter_topic=dead_letter_topic, stage="shop-index")
 
     def handle(messages: list[Message]) -> None:
-        apply_batch(backend, messages, products_topic, stats)
+        apply_batch(backend, messages, products_topic, stats, decoder)
+        if producer is not None and (producer.flush(30.0) or producer.stats.failed):
+            raise KafkaUnavailable(f"dead letters were not delivered to {dead_letter_topic}")
         if on_batch is not None:
             on_batch(stats)
 
