@@ -342,6 +342,11 @@ class ShopSettings(BaseModel, frozen=True, extra="forbid"):
     registry_heap: str = "512m"
     # Set on the registry by `shop schemas apply` (Apicurio's own default is NONE).
     compatibility: Literal["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FULL", "NONE"] = "BACKWARD"
+    # One switch for the shop's client queries and consumers: on, every recorded query (CLI, REST, demo) is framed
+    # with the registered client-query schema and the filter and the index service validate each record, sending
+    # failures to shop_dead_letter. Off by default so that the shop runs without a registry; `shop filter`,
+    # `shop index` and `shop search` take it as the default of --registry/--no-registry.
+    use_registry: bool = False
     catalog_path: Path | None = None  # default: the sample catalog shipped with millrace
     # Product search: the embedded tantivy index in the state dir (one indexer), or OpenSearch at
     # opensearch_url (the managed node of `stack up --with search` serves HTTP on search_port; its runner takes

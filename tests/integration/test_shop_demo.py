@@ -1,10 +1,10 @@
 """`millrace shop demo --external` against the session's broker and registry: it publishes the catalog, filters
-and indexes it, produces orders and client searches, and on SIGTERM stops cleanly (exit 143) with a summary
-whose figures match what the topics hold."""
+and indexes it, produces orders and client searches (framed with the registry's schema and validated, nothing
+dead-lettered), and on SIGTERM stops cleanly (exit 143) with a summary whose figures match what the topics
+hold."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -16,6 +16,7 @@ import pytest
 from millrace.config import Settings
 from millrace.errors import KafkaUnavailable
 from millrace.kafka.reader import watermarks
+from millrace.kafka.schema_registry import json_deserializer, registry_client, schema_id_of, subject_for
 from millrace.shop.catalog import load_products, sample_catalog_path
 from tests.helpers import wait_for
 from tests.integration.fixtures_shop import read_topic, shop_env
@@ -58,10 +59,17 @@ def test_shop_demo_searches_and_stops_cleanly_on_sigterm(shop_settings: Settings
     assert stopped_in < 60
     summary = out[out.index("shop demo: summary") :]
     n_searches = int(re.search(r"searches \(found something\)\s*│\s*(\d+)", summary).group(1))  # type: ignore[union-attr]
-    queries = [
-        json.loads(m.value()) for m in read_topic(shop_settings.kafka.client_config(), topics.shop_client_search)
-    ]
+    messages = read_topic(shop_settings.kafka.client_config(), topics.shop_client_search)
+    # the demo runs validated: every query framed with the registered client-query schema ...
+    client = registry_client(shop_settings.shop.registry_url)
+    query_schema_id = client.get_latest_version(subject_for(topics.shop_client_search)).schema_id
+    assert {(m.value()[:1], schema_id_of(m.value())) for m in messages} == {(b"\x00", query_schema_id)}
+    deserialize = json_deserializer(client)  # validates each against the schema its framing names
+    queries = [deserialize(m.value(), topics.shop_client_search) for m in messages]
     assert len(queries) == n_searches >= 10  # every search recorded once, nothing recorded after the stop
+    # ... and the validating filter and index service dead-lettered nothing
+    assert re.search(r"dead-lettered\s*│\s*0\b", summary), summary
+    assert _records(shop_settings, topics.shop_dead_letter) == 0
     assert {q["type"] for q in queries} == {"search"}
     found = int(re.search(r"searches \(found something\)\s*│\s*\d+ \((\d+)\)", summary).group(1))  # type: ignore[union-attr]
     assert found == sum(1 for q in queries if q["results"] > 0)

@@ -10,20 +10,31 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from confluent_kafka import Producer
 
 from millrace.config import Settings
 from millrace.kafka.reader import read_all
-from millrace.kafka.schema_registry import json_serializer, registry_client
+from millrace.kafka.schema_registry import (
+    json_deserializer,
+    json_serializer,
+    registry_client,
+    schema_id_of,
+    subject_for,
+)
+from millrace.runtime.process import free_port
+from millrace.services.app import create_app
 from millrace.shop.catalog import load_products, sample_catalog_path
 from millrace.shop.client import query_record, query_serializer, record_query
 from millrace.shop.filter import StopListFilter
 from millrace.shop.indexer import IndexStats, run_indexer
 from millrace.shop.schemas import apply_schemas, load_schema
-from millrace.shop.search import SearchRequest
+from millrace.shop.search import SearchRequest, product_doc
 from millrace.shop.search_tantivy import TantivyBackend
+from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique, wait_for
+from tests.integration.fixtures_service import served
 from tests.integration.fixtures_shop import read_topic
 
 pytestmark = pytest.mark.integration
@@ -154,3 +165,53 @@ def test_index_service_dead_letters_and_accepts_framed_queries(shop_settings: Se
     )
     (refused,) = [d for d in letters if d["source"] == topics.shop_client_search]
     assert '"query": "часы"' in refused["raw"] and refused["reason"].startswith("not framed")
+
+
+def test_rest_search_with_use_registry_records_a_framed_query(shop_settings: Settings, tmp_path: Path) -> None:
+    topic = shop_settings.topics.shop_client_search
+    settings = shop_settings.model_copy(
+        update={
+            "state_dir": tmp_path,
+            "api": shop_settings.api.model_copy(update={"auth": "none"}),
+            "shop": shop_settings.shop.model_copy(update={"use_registry": True}),
+        }
+    )
+    product = load_products(sample_catalog_path())[0]
+    backend = TantivyBackend(tmp_path / "search")
+    backend.upsert_products([product_doc(product["id"], product)])
+    backend.commit()
+    backend.close()
+    word = str(product["name"]).split()[0]
+    user = unique("u")
+    store = SqliteStore(tmp_path / "m.db")
+    try:
+        with served(create_app(settings, store=store, live=False)) as url:
+            r = httpx.get(f"{url}/api/shop/search", params={"q": word, "user": user}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert [h["id"] for h in r.json()["hits"]] == [product["id"]]
+            # the live queries read the framed record back
+            live = httpx.get(f"{url}/api/shop/queries", timeout=30).json()
+            assert [(q["user"], q["query"], q["results"]) for q in live] == [(user, word, 1)]
+        # a registry that is down: the search is refused (503 naming the registry), never recorded unframed
+        down_url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
+        down = settings.model_copy(update={"shop": settings.shop.model_copy(update={"registry_url": down_url})})
+        with served(create_app(down, store=store, live=False)) as url:
+            r = httpx.get(f"{url}/api/shop/search", params={"q": word, "user": "other"}, timeout=30)
+            assert r.status_code == 503, r.text
+            assert r.json()["type"].endswith("/registry-unavailable") and down_url in r.json()["detail"]
+    finally:
+        store.close()
+    (message,) = read_topic(settings.kafka.client_config(), topic)
+    value = message.value()
+    client = registry_client(settings.shop.registry_url)
+    registered = client.get_latest_version(subject_for(topic))
+    assert value[0] == 0 and schema_id_of(value) == registered.schema_id
+    assert json.loads(client.get_schema(registered.schema_id).schema_str) == load_schema("client-query")
+    decoded = json_deserializer(client)(value, topic)  # validates against the schema the framing names
+    assert {k: v for k, v in decoded.items() if k != "timestamp"} == {
+        "type": "search",
+        "user": user,
+        "query": word,
+        "results": 1,
+    }
+    assert message.key() == user.encode()

@@ -63,3 +63,31 @@ def test_shop_help(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("publish-catalog", "orders", "schemas"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "flag", "uses_registry"),
+    [
+        (None, None, False),  # the default: plain JSON, no registry needed
+        ("true", None, True),  # the flag defaults to shop.use_registry
+        ("true", "--no-registry", False),
+        ("false", "--registry", True),
+    ],
+)
+def test_search_registry_flag_defaults_to_the_setting(
+    setting: str | None, flag: str | None, uses_registry: bool, tmp_path: Path
+) -> None:
+    # The registry is down and there is no search index: which of the two the command stumbles on first shows
+    # whether it framed the query (the serializer is made, and the schema registered, before the index is asked).
+    url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
+    env = {"MILLRACE_SHOP__REGISTRY_URL": url}
+    if setting is not None:
+        env["MILLRACE_SHOP__USE_REGISTRY"] = setting
+    result = run("shop", "search", "часы", *([flag] if flag else []), cwd=tmp_path, env=env)
+    assert result.returncode == 1, result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    if uses_registry:
+        assert f"cannot use the schema registry at {url}" in lines[0]
+    else:
+        assert "schema registry" not in lines[0] and lines[0].endswith("run `millrace shop index` first"), lines[0]

@@ -4,9 +4,10 @@ Kafka and the schema registry (and OpenSearch when shop.search_backend is ``open
 ``stack up --with registry [search]`` unless ``--external`` says they already run at the configured addresses;
 then the schemas are registered, the sample catalog (or shop.catalog_path) published, and the stop-list filter,
 the index service, simulated orders and simulated client searches run until Ctrl-C, SIGTERM or
-``--duration``. The stop is clean: every thread finishes its batch, the filter its transaction, the producers
-flush; then what this command started is stopped and a summary printed (exit 0 after --duration, 130 / 143
-after a signal, as every long-running command: docs/cli.md).
+``--duration``, validated with the registry (the searches framed with the client-query schema, the filter and
+the index service dead-lettering what fails its schema). The stop is clean: every thread finishes its batch,
+the filter its transaction, the producers flush; then what this command started is stopped and a summary
+printed (exit 0 after --duration, 130 / 143 after a signal, as every long-running command: docs/cli.md).
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def demo(
                 order_rate=order_rate,
                 search_rate=search_rate,
                 seed=seed,
+                # the demo needs the registry in any case (it registers the schemas and publishes the catalog
+                # framed, --external too), so it always runs validated, whatever shop.use_registry says
+                use_registry=True,
             )
             runner.stop = stop  # a signal stops the threads
             with console.status("registering the schemas and publishing the catalog..."):
@@ -122,6 +126,7 @@ def _table(f: dict[str, Any], *, title: str = "shop demo") -> Table:
         ("orders", f["orders"]),
         ("searches (found something)", f"{f['searches']} ({f['found']})"),
         ("queries indexed", f["indexed_queries"]),
+        ("dead-lettered", f["dead_lettered"]),
         ("search p50", "-" if p50 is None else f"{p50:.1f} ms"),
         ("last query", f"{f['last_query']} -> {f['last_total']}" if f["last_query"] else "-"),
     ]

@@ -35,6 +35,11 @@ def open_backend(settings: Settings, *, writer: bool) -> SearchBackend:
     )
 
 
+def use_registry(settings: Settings, flag: bool | None) -> bool:
+    """--registry / --no-registry when given, else the shop.use_registry setting."""
+    return settings.shop.use_registry if flag is None else flag
+
+
 def where(settings: Settings) -> str:
     if settings.shop.search_backend == "opensearch":
         return f"OpenSearch at {settings.shop.opensearch_url}"
@@ -48,8 +53,13 @@ def filter_(
     ] = "0",
     group: Annotated[str, typer.Option(help="Consumer group of the filter instances.")] = FILTER_GROUP,
     registry: Annotated[
-        bool, typer.Option(help="Validate with the schema registry (shop.registry_url); failures are dead-lettered.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--registry/--no-registry",
+            help="Validate with the schema registry (default: shop.use_registry); failures are dead-lettered.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Copy items to filtered-items, leaving out blocked products, exactly once (Kafka transactions)."""
     settings = settings_of(ctx)
@@ -68,7 +78,7 @@ def filter_(
             stop_topic=topics.shop_stop_list,
             group=group,
             instance=instance,
-            registry_url=settings.shop.registry_url if registry else None,
+            registry_url=settings.shop.registry_url if use_registry(settings, registry) else None,
             dead_letter_topic=topics.shop_dead_letter,
         )
 
@@ -124,8 +134,13 @@ def index(
     ctx: typer.Context,
     group: Annotated[str, typer.Option(help="Consumer group of the indexer.")] = INDEX_GROUP,
     registry: Annotated[
-        bool, typer.Option(help="Validate with the schema registry (shop.registry_url); failures are dead-lettered.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--registry/--no-registry",
+            help="Validate with the schema registry (default: shop.use_registry); failures are dead-lettered.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Index filtered-items (products) and client-search (queries) into the search backend (shop.search_backend:
     the embedded index of the state dir, one instance; or OpenSearch, any number of instances)."""
@@ -151,7 +166,7 @@ def index(
                 queries_topic=topics.shop_client_search,
                 group=group,
                 stop=stop,
-                registry_url=settings.shop.registry_url if registry else None,
+                registry_url=settings.shop.registry_url if use_registry(settings, registry) else None,
                 dead_letter_topic=topics.shop_dead_letter,
             )
         finally:
@@ -173,8 +188,13 @@ def search(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many products.")] = 10,
     json_: Annotated[bool, typer.Option("--json", help="JSON output with highlights and facets.")] = False,
     registry: Annotated[
-        bool, typer.Option(help="Frame the recorded query with the client-query schema registered in the registry.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--registry/--no-registry",
+            help="Frame the recorded query with the registered client-query schema (default: shop.use_registry).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Search the products; the query is recorded in client-search."""
     from millrace.shop.client import search as client_search
@@ -188,7 +208,7 @@ def search(
         raise UsageError(str(exc), param_hint="--price") from None
     request = SearchRequest(text, category=category, brand=brand, price=price_range, limit=limit)
     serialize = None
-    if registry:
+    if use_registry(settings, registry):
         from millrace.shop.client import query_serializer
 
         shop = settings.shop

@@ -20,13 +20,14 @@ from starlette.responses import Response
 
 from millrace.config import Settings
 from millrace.errors import MillraceError
+from millrace.kafka.schema_registry import RegistryUnavailable
 from millrace.services.auth import AUTH_RESPONSES, OPERATOR, VIEWER
 from millrace.services.problems import JsonResponse, Problem
 from millrace.services.schemas import PROBLEM_RESPONSES, Page
 from millrace.shop import stoplist
 from millrace.shop.backends import NoSearchIndex, open_backend
 from millrace.shop.catalog import load_products, sample_catalog_path
-from millrace.shop.client import QueryRecorder, query_record
+from millrace.shop.client import QueryRecorder, query_record, query_serializer
 from millrace.shop.recommend import NoRecommendations, Recommender, TopicFollower
 from millrace.shop.search import PriceRange, SearchBackend, SearchRequest, decode_json, plural_goods
 
@@ -125,7 +126,12 @@ class ShopState:
     def recorder(self) -> QueryRecorder:
         with self._lock:
             if self._recorder is None:
-                self._recorder = QueryRecorder(self.client_config, self.settings.topics.shop_client_search)
+                shop, topic = self.settings.shop, self.settings.topics.shop_client_search
+                # with shop.use_registry a validating index service accepts only framed queries
+                serialize = (
+                    query_serializer(shop.registry_url, topic, shop.compatibility) if shop.use_registry else None
+                )
+                self._recorder = QueryRecorder(self.client_config, topic, serialize=serialize)
             return self._recorder
 
     def products(self) -> list[dict[str, Any]]:
@@ -225,7 +231,11 @@ def search(
     state = _state(request)
     search_request = SearchRequest(q, category=category, brand=brand, price=_price(price_min, price_max), limit=limit)
     result = _backend_call(state, lambda backend: backend.search(search_request))
-    state.recorder().record(query_record(user=user, text=q, results=result.total))
+    try:
+        recorder = state.recorder()
+    except RegistryUnavailable as exc:  # shop.use_registry: the query is not recorded unframed
+        raise Problem(503, str(exc), kind="registry-unavailable") from None
+    recorder.record(query_record(user=user, text=q, results=result.total))
     return JsonResponse(
         {
             "message": plural_goods(result.total),

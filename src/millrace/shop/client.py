@@ -80,10 +80,12 @@ def search(
 
 class QueryRecorder:
     """One long-lived producer for a process that records many queries (the API): :meth:`record` waits for
-    that query's delivery only, so concurrent requests do not wait on one another's records."""
+    that query's delivery only, so concurrent requests do not wait on one another's records. Queries are plain
+    JSON, or framed by ``serialize`` (:func:`query_serializer`)."""
 
-    def __init__(self, client_config: dict[str, Any], topic: str) -> None:
+    def __init__(self, client_config: dict[str, Any], topic: str, *, serialize: Serialize | None = None) -> None:
         self.topic = topic
+        self._serialize = serialize
         self._producer = Producer({**client_config, "acks": "all", "enable.idempotence": True, "log_level": 0})
 
     def record(self, record: dict[str, Any], *, timeout_s: float = 15.0) -> None:
@@ -92,7 +94,11 @@ class QueryRecorder:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             outcome.append(err)
 
-        value = json.dumps(record, ensure_ascii=False).encode("utf-8")
+        value = (
+            self._serialize(record, self.topic)
+            if self._serialize
+            else json.dumps(record, ensure_ascii=False).encode("utf-8")
+        )
         self._producer.produce(self.topic, value, record["user"].encode("utf-8"), on_delivery=delivered)
         deadline = time.monotonic() + timeout_s
         while not outcome and time.monotonic() < deadline:

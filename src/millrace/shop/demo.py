@@ -24,7 +24,7 @@ from millrace.config import TopicSettings
 from millrace.kafka.producer import ReliableProducer
 from millrace.kafka.schema_registry import json_serializer, register, registry_client, subject_for
 from millrace.shop.catalog import PublishResult, load_products, publish_catalog
-from millrace.shop.client import QueryRecorder, query_record
+from millrace.shop.client import QueryRecorder, query_record, query_serializer
 from millrace.shop.filter import StopListFilter
 from millrace.shop.indexer import IndexStats, run_indexer
 from millrace.shop.orders import OrderGenerator, pump_orders
@@ -86,8 +86,12 @@ class ShopDemo:
         order_rate: float = 5.0,
         search_rate: float = 2.0,
         seed: int = 7,
+        use_registry: bool = True,
     ) -> None:
         self.client_config, self.topics = client_config, topics
+        # on: the searches are framed with the client-query schema, and the filter and the index service validate
+        # every record against the registry, dead-lettering failures (as shop.use_registry does for the commands)
+        self.use_registry = use_registry
         self.registry_url, self.compatibility, self.catalog = registry_url, compatibility, catalog
         self._open_backend, self._producer = open_backend, producer
         self.order_rate, self.search_rate, self.seed = order_rate, search_rate, seed
@@ -118,6 +122,7 @@ class ShopDemo:
             stop_topic=self.topics.shop_stop_list,
             group=FILTER_GROUP,
             instance="demo",
+            **self._validation(),
         )
         self._backend = self._open_backend(True)
         filter_ = self.filter
@@ -125,6 +130,11 @@ class ShopDemo:
         self._spawn("index", self._run_index)
         self._spawn("orders", self._run_orders)
         self._spawn("searches", self._run_searches)
+
+    def _validation(self) -> dict[str, Any]:
+        if not self.use_registry:
+            return {}
+        return {"registry_url": self.registry_url, "dead_letter_topic": self.topics.shop_dead_letter}
 
     def _spawn(self, name: str, target: Callable[[], object]) -> None:
         def run() -> None:
@@ -153,6 +163,7 @@ class ShopDemo:
             group=INDEX_GROUP,
             stop=self.stop,
             on_batch=on_batch,
+            **self._validation(),
         )
 
     def _run_orders(self) -> None:
@@ -179,7 +190,9 @@ class ShopDemo:
     def _run_searches(self) -> None:
         assert self._backend is not None
         draw = client_queries(load_products(self.catalog), self.seed)
-        recorder = QueryRecorder(self.client_config, self.topics.shop_client_search)
+        topic = self.topics.shop_client_search
+        serialize = query_serializer(self.registry_url, topic, self.compatibility) if self.use_registry else None
+        recorder = QueryRecorder(self.client_config, topic, serialize=serialize)
         interval = 1.0 / self.search_rate
         self._wait_for_catalog_indexed()
         try:
@@ -228,6 +241,7 @@ class ShopDemo:
             "indexed": self.index.upserted,
             "removed": self.index.deleted,
             "indexed_queries": self.index.queries,
+            "dead_lettered": (f.dead_lettered if f else 0) + self.index.dead_lettered,
             "orders": self.orders,
             "searches": self.search.searches,
             "found": self.search.found,
