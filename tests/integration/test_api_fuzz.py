@@ -23,6 +23,9 @@ from schemathesis.checks import not_a_server_error
 
 from millrace.config import Settings
 from millrace.services.app import create_app
+from millrace.shop.catalog import load_products, sample_catalog_path
+from millrace.shop.search import product_doc
+from millrace.shop.search_tantivy import TantivyBackend
 from millrace.stores.sqlite import SqliteStore
 from tests.integration.fixtures_alerting import monitoring_servers, with_monitoring
 from tests.integration.fixtures_service import seeded_store
@@ -45,8 +48,13 @@ def fuzz_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteStore
 
 @pytest.fixture(scope="module")
 def monitored(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """The session's settings with Prometheus running: the /api/monitoring routes query it."""
+    """The session's settings with Prometheus running (the /api/monitoring routes query it) and a shop search
+    index of the sample catalog (the /api/shop routes read it)."""
     s = with_monitoring(settings.model_copy(update={"state_dir": Path(tmp_path_factory.mktemp("fuzz-state"))}))
+    index = TantivyBackend(s.state_dir / "search")
+    index.upsert_products([product_doc(p["id"], p) for p in load_products(sample_catalog_path())])
+    index.commit()
+    index.close()
     with monitoring_servers(s):
         yield s
 
