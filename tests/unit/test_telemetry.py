@@ -178,7 +178,9 @@ def test_the_api_serves_metrics_without_a_token_and_labels_requests_by_route_tem
     from millrace.services.app import create_app
     from millrace.stores.sqlite import SqliteStore
 
-    settings = Settings(state_dir=tmp_path)  # api.auth = "token" with no token: every /api route is 401
+    # auth = "token" with no token: every /api route is 401. Said explicitly: the integration tests' conftest sets
+    # MILLRACE_API__AUTH=none for the whole process when both suites run together.
+    settings = Settings(state_dir=tmp_path, api={"auth": "token"})
     store = SqliteStore(tmp_path / "store.db")
     route = "/api/sensors/{sensor_id}/readings"
 
