@@ -46,20 +46,24 @@ def where(settings: Settings) -> str:
     return str(search_dir(settings))
 
 
+# `shop filter` and `shop index` validate alike.
+ValidateOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--registry/--no-registry",
+        help="Validate with the schema registry (default: shop.use_registry); failures are dead-lettered.",
+        show_default=False,
+    ),
+]
+
+
 def filter_(
     ctx: typer.Context,
     instance: Annotated[
         str, typer.Option(help="This instance's stable name: its transactional id and group member id.")
     ] = "0",
     group: Annotated[str, typer.Option(help="Consumer group of the filter instances.")] = FILTER_GROUP,
-    registry: Annotated[
-        bool | None,
-        typer.Option(
-            "--registry/--no-registry",
-            help="Validate with the schema registry (default: shop.use_registry); failures are dead-lettered.",
-            show_default=False,
-        ),
-    ] = None,
+    registry: ValidateOption = None,
 ) -> None:
     """Copy items to filtered-items, leaving out blocked products, exactly once (Kafka transactions)."""
     settings = settings_of(ctx)
@@ -133,14 +137,7 @@ def blocked(ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", he
 def index(
     ctx: typer.Context,
     group: Annotated[str, typer.Option(help="Consumer group of the indexer.")] = INDEX_GROUP,
-    registry: Annotated[
-        bool | None,
-        typer.Option(
-            "--registry/--no-registry",
-            help="Validate with the schema registry (default: shop.use_registry); failures are dead-lettered.",
-            show_default=False,
-        ),
-    ] = None,
+    registry: ValidateOption = None,
 ) -> None:
     """Index filtered-items (products) and client-search (queries) into the search backend (shop.search_backend:
     the embedded index of the state dir, one instance; or OpenSearch, any number of instances)."""

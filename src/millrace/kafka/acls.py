@@ -106,14 +106,14 @@ def declared_acls(
         acls += topic(API, name, "READ", "DESCRIBE")
     for name in (topics.readings, topics.dead_letter, topics.device_commands):
         acls += topic(API, name, "DESCRIBE")
-    for name in _all_topics(topics):
+    for name in iot_topics(topics):
         acls += topic(API, name, "DESCRIBE_CONFIGS")
     acls.append(group(API, API_FEED_GROUP_PREFIX, pattern="PREFIXED"))
     acls.append(group(API, "*", "DESCRIBE"))  # the cluster view lists every group's lag (read-only)
     acls.append(Acl(API, "CLUSTER", "kafka-cluster", "DESCRIBE"))
     # MirrorMaker reads the topics it mirrors (with their configs) and every group's offsets to translate
     # them; its own state and offset syncs live on the backup.
-    for name in mirror_topics or _all_topics(topics):
+    for name in mirror_topics or iot_topics(topics):
         acls += topic(MIRROR, name, "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
     acls.append(group(MIRROR, "*", "DESCRIBE"))
     acls.append(Acl(MIRROR, "CLUSTER", "kafka-cluster", "DESCRIBE"))
@@ -168,7 +168,8 @@ def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str) ->
     return acls
 
 
-def _all_topics(topics: TopicSettings) -> list[str]:
+def iot_topics(topics: TopicSettings) -> list[str]:
+    """The IoT pipeline's topics (what the ACLs cover, and what MirrorMaker mirrors by default)."""
     return [
         topics.readings,
         topics.dead_letter,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from millrace.config import KafkaSettings, RuntimeSettings, Settings, TopicSettings, failover_path
-from millrace.kafka.acls import MIRROR
+from millrace.kafka.acls import MIRROR, iot_topics
 from millrace.kafka.client_config import java_client_config, kafka_failure
 from millrace.runtime import cluster, kafka
 from millrace.runtime.distribution import resolve_jars
@@ -56,16 +56,7 @@ def mirrored_topics(topics: TopicSettings, chosen: Sequence[str] = ()) -> list[s
     """``chosen`` (mirror.topics), or by default the IoT topics."""
     if chosen:
         return list(dict.fromkeys(chosen))
-    return [
-        topics.readings,
-        topics.dead_letter,
-        topics.alerts,
-        topics.predictions,
-        topics.windowed_metrics,
-        topics.quality,
-        topics.device_commands,
-        topics.recommendations,
-    ]
+    return iot_topics(topics)
 
 
 def backup_runtime(settings: Settings) -> RuntimeSettings:
