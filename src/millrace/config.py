@@ -131,6 +131,7 @@ class TopicSettings(BaseModel, frozen=True, extra="forbid"):
     shop_stop_list: str = "millrace.shop.stop-list"
     shop_recommendations: str = "millrace.shop.recommendations"
     shop_dead_letter: str = "millrace.shop.dead-letter"
+    shop_analytics: str = "millrace.shop.analytics"
     # None: fit the cluster (1 broker: 1 and 1; 3 or more: 3 and 2).
     replication_factor: int | None = Field(default=None, ge=1, le=5)
     min_insync_replicas: int | None = Field(default=None, ge=1, le=5)
@@ -358,6 +359,27 @@ class ShopSettings(BaseModel, frozen=True, extra="forbid"):
     search_heap: str = "512m"
 
 
+class LakeSettings(BaseModel, frozen=True, extra="forbid"):
+    """The shop's orders lake (`shop archive`, `shop analytics`; docs/lake.md) and the managed HDFS of
+    `stack up --with hdfs` (a NameNode and a DataNode in one JVM)."""
+
+    # Where the orders' Parquet files go: empty = <state_dir>/lake (a local directory), else a URL fsspec and
+    # Spark both open: hdfs://host:rpc_port/path (the NameNode's RPC address) or webhdfs://host:http_port/path.
+    url: str = ""
+    hdfs_user: str = "millrace"  # the HDFS user files are written as (permissions are off on the managed HDFS)
+    hdfs_version: str = Field(default="3.4.2", pattern=r"^\d+\.\d+\.\d+$")
+    hdfs_rpc_port: int = Field(default=8020, ge=1, le=65535)
+    hdfs_http_port: int = Field(default=9870, ge=1, le=65535)  # WebHDFS and the NameNode's web UI
+    hdfs_heap: str = "512m"
+
+
+class AnalyticsSettings(BaseModel, frozen=True, extra="forbid"):
+    """`shop analytics` and `shop recommend train` (docs/shop-analytics.md)."""
+
+    top_n: int = Field(default=10, ge=1, le=1000)  # top products, top queries, recommendations per user
+    holdout_days: float = Field(default=7.0, gt=0)  # the last days of orders held out to compare recommenders
+
+
 class MetricsSettings(BaseModel, frozen=True, extra="forbid"):
     """Prometheus endpoints of millrace's processes (docs/metrics.md); a port of 0 takes an ephemeral one,
     written to the process's file_sd target file. The API serves /metrics on api.port."""
@@ -390,6 +412,8 @@ class Settings(BaseSettings):
     mirror: MirrorSettings = MirrorSettings()
     metrics: MetricsSettings = MetricsSettings()
     shop: ShopSettings = ShopSettings()
+    lake: LakeSettings = LakeSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @field_validator("state_dir", "cache_dir")
     @classmethod

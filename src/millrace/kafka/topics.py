@@ -52,7 +52,11 @@ def declared_topics(topics: TopicSettings, *, brokers: int = 1) -> list[TopicSpe
         TopicSpec(topics.shop_orders, 3, rf, 30 * DAY_MS, "delete", isr, "orders, keyed by customer_id"),
         TopicSpec(topics.shop_client_search, 3, rf, 7 * DAY_MS, "delete", isr, "client queries, keyed by user"),
         TopicSpec(topics.shop_stop_list, 1, rf, -1, "compact", isr, "blocked product ids (compacted)"),
-        TopicSpec(topics.shop_recommendations, 3, rf, 7 * DAY_MS, "delete", isr, "product recommendations per user"),
+        # the latest recommendations of each user is the answer, so compaction keeps exactly that
+        TopicSpec(
+            topics.shop_recommendations, 3, rf, -1, "compact", isr, "product recommendations, keyed by user (compacted)"
+        ),
+        TopicSpec(topics.shop_analytics, 1, rf, 30 * DAY_MS, "delete", isr, "shop analytics aggregates per run"),
         TopicSpec(topics.shop_dead_letter, 1, rf, 30 * DAY_MS, "delete", isr, "shop input failing its schema"),
     ]
 

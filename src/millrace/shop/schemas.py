@@ -1,9 +1,7 @@
 """The shop's JSON Schemas (``millrace/resources/shop/schemas``), their registry subjects, and local validation.
 
 Each record kind has one schema file; a topic's values are registered under ``<topic>-value``. Items are
-registered for both ``items`` and ``filtered-items`` (the filter passes products through unchanged). The
-analytics aggregates of part 2 have no topic yet: their schema is registered under ``<prefix>analytics-value``
-beside the others so the job that writes them finds it.
+registered for both ``items`` and ``filtered-items`` (the filter passes products through unchanged).
 """
 
 from __future__ import annotations
@@ -47,14 +45,13 @@ def load_schema(kind: str, directory: Path | None = None) -> dict[str, Any]:
 
 def subjects(topics: TopicSettings) -> dict[str, str]:
     """Registry subject -> schema kind."""
-    analytics_topic = topics.shop_items.rsplit(".", 1)[0] + ".analytics"
     return {
         subject_for(topics.shop_items): "item",
         subject_for(topics.shop_filtered_items): "item",
         subject_for(topics.shop_orders): "order",
         subject_for(topics.shop_client_search): "client-query",
         subject_for(topics.shop_recommendations): "recommendation",
-        subject_for(analytics_topic): "analytics",
+        subject_for(topics.shop_analytics): "analytics",
     }
 
 
