@@ -177,7 +177,9 @@ class SparkSettings(BaseModel, frozen=True, extra="forbid"):
 
 
 # The store's collections with a retention of their own (stores.convert.RETENTION_FIELDS but alert_events).
-RETAINED_COLLECTIONS = ("sensor_metrics", "anomaly_alerts", "windowed_metrics", "data_quality", "sensor_status")
+RETAINED_COLLECTIONS = (
+    "sensor_metrics", "anomaly_alerts", "windowed_metrics", "data_quality", "sensor_status", "shop_analytics",
+)  # fmt: skip
 
 
 class StoreSettings(BaseModel, frozen=True, extra="forbid"):

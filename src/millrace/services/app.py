@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from millrace import __version__
 from millrace.config import Settings
-from millrace.services import api, auth, cluster, monitoring, problems, shop, store_browser, ws
+from millrace.services import api, auth, cluster, monitoring, problems, shop, shop_analytics, store_browser, ws
 from millrace.services.feed import KafkaFeed
 from millrace.services.metrics import install as install_metrics
 from millrace.services.problems import JsonResponse
@@ -97,6 +97,7 @@ def create_app(
     app.include_router(store_browser.router)
     app.include_router(monitoring.router)
     shop.install(app, settings)  # /api/shop
+    app.include_router(shop_analytics.router)  # /api/shop/analytics
     app.include_router(ws.router)
     _dashboard(app)
     return app

@@ -34,8 +34,9 @@ T = TypeVar("T")
 MAX_LIMIT = 1000
 CSV_ROWS_PER_CHUNK = 500
 CollectionName = Literal[
-    "sensor_metrics", "anomaly_alerts", "alert_events", "windowed_metrics", "data_quality", "sensor_status"
-]
+    "sensor_metrics", "anomaly_alerts", "alert_events", "windowed_metrics", "data_quality", "sensor_status",
+    "shop_analytics",
+]  # fmt: skip
 assert get_args(CollectionName) == tuple(FIELD_KINDS), "the path's names are the store's collections"
 Collection = Annotated[CollectionName, Path(description="A collection (table) of the store.")]
 Filters = Annotated[

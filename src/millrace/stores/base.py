@@ -7,6 +7,9 @@ Collections (MongoDB names; SQLite uses the same names as tables):
 - ``windowed_metrics`` one row per window; key (scope, key, window_start)
 - ``data_quality``     counters per micro-batch; key (batch_id, counter); totals are sums
 - ``sensor_status``    one row per sensor: last event time, active/inactive, expected interval
+- ``shop_analytics``   one row per metric value of a shop analytics run; key (metric, computed_at, dimensions),
+                       ``dimensions`` being canonical JSON text (see :func:`dimensions_text`), so runs never
+                       overwrite one another and the latest run of each metric is the one readers want
 
 Timestamps cross this interface as timezone-aware UTC datetimes (or pandas datetime64[ns, UTC] columns) and
 come back the same way. Every write is an idempotent upsert on the natural key, so replaying a micro-batch
@@ -19,6 +22,7 @@ sees it) and values are always bound as parameters, never spliced into a query.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +39,10 @@ ALERT_FIELDS = records.ALERT_FIELDS
 
 COLLECTIONS: tuple[str, ...] = (
     "sensor_metrics", "anomaly_alerts", "alert_events", "windowed_metrics", "data_quality", "sensor_status",
+    "shop_analytics",
 )  # fmt: skip
+# The fields of a shop analytics row (the analytics schema's metric record, dimensions as canonical JSON text).
+ANALYTICS_FIELDS: tuple[str, ...] = ("metric", "computed_at", "dimensions", "window_start", "window_end", "value")
 
 AlertLifecycle = Literal["acknowledged", "resolved"]
 
@@ -64,6 +71,10 @@ FIELD_KINDS: dict[str, dict[str, FieldKind]] = {
         "sensor_id": "str", "device_id": "str", "sensor_type": "str", "location": "str", "last_event_time": "time",
         "state": "str", "expected_interval_s": "float", "updated_at": "time",
     },
+    "shop_analytics": {
+        "metric": "str", "computed_at": "time", "dimensions": "str", "window_start": "time", "window_end": "time",
+        "value": "float",
+    },
 }  # fmt: skip
 # The natural key of each collection. A row's key as one string (``document``) is these fields joined with
 # "|", times as epoch milliseconds, e.g. ``dev-0001-temperature|1772366400000``: MongoDB's ``_id``.
@@ -74,6 +85,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "windowed_metrics": ("scope", "key", "window_start"),
     "data_quality": ("batch_id", "counter"),
     "sensor_status": ("sensor_id",),
+    "shop_analytics": ("metric", "computed_at", "dimensions"),
 }
 # The one key field that may itself contain "|" (the others are split off around it).
 FREE_KEY_FIELD: dict[str, str] = {
@@ -83,6 +95,7 @@ FREE_KEY_FIELD: dict[str, str] = {
     "windowed_metrics": "key",
     "data_quality": "counter",
     "sensor_status": "sensor_id",
+    "shop_analytics": "dimensions",
 }
 # The field a time range selects on and a browse sorts by unless told otherwise (newest first).
 TIME_FIELDS: dict[str, str] = {
@@ -92,7 +105,16 @@ TIME_FIELDS: dict[str, str] = {
     "windowed_metrics": "window_start",
     "data_quality": "recorded_at",
     "sensor_status": "last_event_time",
+    "shop_analytics": "computed_at",
 }
+
+
+def dimensions_text(dimensions: Mapping[str, str]) -> str:
+    """The stored form of a metric's dimensions: JSON with sorted keys and no spaces, so one set of dimensions
+    has one key whatever order it came in."""
+    return json.dumps({str(k): str(v) for k, v in dimensions.items()}, ensure_ascii=False, sort_keys=True,
+                      separators=(",", ":"))  # fmt: skip
+
 
 FilterOp = Literal["=", "!=", "<", "<=", ">", ">="]
 FILTER_OPS: tuple[FilterOp, ...] = ("=", "!=", "<", "<=", ">", ">=")
@@ -229,6 +251,19 @@ class Store(Protocol):
     def quality_totals(self) -> dict[str, int]: ...
 
     def sensor_status(self) -> list[dict[str, Any]]: ...
+
+    # ---- shop analytics ----
+    def upsert_analytics(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert or replace metric rows by (metric, computed_at, dimensions). A row has ANALYTICS_FIELDS with
+        ``dimensions`` a mapping of strings (stored as :func:`dimensions_text`) and times as aware datetimes or
+        ISO 8601 text. Returns the number of rows written."""
+        ...
+
+    def latest_analytics(self, metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The rows of the latest run (greatest computed_at) of each metric, or of the named ``metrics`` only,
+        ordered by metric, window_start, dimensions; ``dimensions`` back as a dict, times as aware UTC
+        datetimes."""
+        ...
 
     # ---- browsing (operators' store browser) ----
     def collections(self) -> dict[str, int]:

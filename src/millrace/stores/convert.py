@@ -7,6 +7,7 @@ back as a timezone-aware UTC ``datetime``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from millrace.records import READING_ROW, WINDOW_COLUMNS, Alert, WindowMetric, field_types
-from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS
+from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS, dimensions_text
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The missing value of columns shaped for sqlite3 binding (frame_columns(sqlite=True)): SQLite binds a NaN
@@ -53,6 +54,7 @@ RETENTION_FIELDS: dict[str, str] = {
     "windowed_metrics": "window_end",
     "data_quality": "recorded_at",
     "sensor_status": "last_event_time",
+    "shop_analytics": "computed_at",  # a whole run expires together
 }
 
 
@@ -327,3 +329,31 @@ def cutoffs(now: datetime, retention_days: float, per_collection: Mapping[str, f
     assert now_ms is not None
     days = retention_by_collection(retention_days, per_collection)
     return {name: now_ms - int(d * 86_400_000) for name, d in days.items()}
+
+
+def analytics_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A shop analytics row for storing: times as epoch ms, dimensions as canonical JSON text, value a float;
+    ValueError naming what is missing or wrong."""
+    metric = row.get("metric")
+    if not isinstance(metric, str) or not metric:
+        raise ValueError("an analytics row needs a metric name")
+    dimensions = row.get("dimensions") or {}
+    if not isinstance(dimensions, Mapping):
+        raise ValueError(f"the dimensions of {metric} must be a mapping of strings")
+    out: dict[str, Any] = {"metric": metric, "dimensions": dimensions_text(dimensions)}
+    for name in ("computed_at", "window_start", "window_end"):
+        ms = ms_of(row.get(name))
+        if ms is None:
+            raise ValueError(f"an analytics row of {metric} needs {name}")
+        out[name] = ms
+    value = row.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"the value of {metric} must be a finite number, not {value!r}")
+    out["value"] = float(value)
+    return out
+
+
+def analytics_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored analytics row as ``latest_analytics`` returns it: the browsed row with its dimensions as a dict."""
+    text = row.get("dimensions") or "{}"
+    return dict(row, dimensions=json.loads(text) if isinstance(text, str) else dict(text))

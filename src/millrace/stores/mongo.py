@@ -25,6 +25,7 @@ from millrace.stores import browse as browsing
 from millrace.stores import convert
 from millrace.stores.base import (
     ALERT_FIELDS,
+    ANALYTICS_FIELDS,
     FIELD_KINDS,
     KEYS,
     READING_COLUMNS,
@@ -74,6 +75,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], bool]]] = {
         ([("recorded_at", ASCENDING)], False),
     ],
     "sensor_status": [([("sensor_id", ASCENDING)], True), ([("state", ASCENDING)], False)],
+    "shop_analytics": [
+        ([("metric", ASCENDING), ("computed_at", ASCENDING), ("dimensions", ASCENDING)], True),
+        ([("computed_at", ASCENDING)], False),
+    ],
 }
 STATUS_FIELDS = (
     "sensor_id", "device_id", "sensor_type", "location", "last_event_time", "state", "expected_interval_s",
@@ -384,6 +389,36 @@ class MongoStore:
     def sensor_status(self) -> list[dict[str, Any]]:
         return self._find("sensor_status", {}, [("sensor_id", ASCENDING)], 0, 0, _status)
 
+    # ---- shop analytics ----
+    def upsert_analytics(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        values = {(v["metric"], v["computed_at"], v["dimensions"]): v for v in map(convert.analytics_values, rows)}
+        if not values:
+            return 0
+        ops = []
+        for (metric, computed_ms, dims), v in values.items():
+            doc = dict(v)
+            for f in ("computed_at", "window_start", "window_end"):
+                doc[f] = convert.dt_of(v[f])
+            ops.append(UpdateOne({"_id": f"{metric}|{computed_ms}|{dims}"}, {"$set": doc}, upsert=True))
+        self._bulk("shop_analytics", ops, ordered=False)
+        return len(ops)
+
+    def latest_analytics(self, metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        def query(db: Any) -> list[dict[str, Any]]:
+            # One indexed lookup per metric (few): no $group, which FerretDB 1.x implements only in part.
+            names = sorted(db.shop_analytics.distinct("metric")) if metrics is None else sorted(set(metrics))
+            rows: list[dict[str, Any]] = []
+            for name in names:
+                newest = db.shop_analytics.find_one({"metric": name}, sort=[("computed_at", DESCENDING)])
+                if newest is None:
+                    continue
+                found = db.shop_analytics.find({"metric": name, "computed_at": newest["computed_at"]})
+                shaped = [_analytics(d) for d in found]
+                rows.extend(sorted(shaped, key=lambda r: (r["window_start"], r["dimensions"])))
+            return [convert.analytics_row(r) for r in rows]
+
+        return self._call("reading shop analytics", query)
+
     def _find(
         self,
         collection: str,
@@ -641,6 +676,13 @@ def _status(doc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _analytics(doc: Mapping[str, Any]) -> dict[str, Any]:
+    out = {f: doc.get(f) for f in ANALYTICS_FIELDS}
+    for f in ("computed_at", "window_start", "window_end"):
+        out[f] = _utc(out[f])
+    return out
+
+
 SHAPES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "sensor_metrics": _reading,
     "anomaly_alerts": _alert,
@@ -648,5 +690,6 @@ SHAPES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "windowed_metrics": _window,
     "data_quality": _quality,
     "sensor_status": _status,
+    "shop_analytics": _analytics,
 }
 assert set(SHAPES) == set(KEYS), "every collection has a row shape"

@@ -28,6 +28,7 @@ from millrace.stores import browse as browsing
 from millrace.stores import convert
 from millrace.stores.base import (
     ALERT_FIELDS,
+    ANALYTICS_FIELDS,
     FIELD_KINDS,
     KEYS,
     READING_COLUMNS,
@@ -83,6 +84,13 @@ CREATE TABLE IF NOT EXISTS sensor_status (
     state TEXT, expected_interval_s REAL, updated_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS sensor_status_state ON sensor_status (state);
+
+CREATE TABLE IF NOT EXISTS shop_analytics (
+    metric TEXT NOT NULL, computed_at INTEGER NOT NULL, dimensions TEXT NOT NULL, window_start INTEGER,
+    window_end INTEGER, value REAL,
+    PRIMARY KEY (metric, computed_at, dimensions)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS shop_analytics_time ON shop_analytics (computed_at);
 """
 # The key of a row-id sensor_metrics. A file of the earlier layout (a WITHOUT ROWID table whose primary key is
 # this) does not get it: it would be a second copy of the key to maintain.
@@ -129,6 +137,13 @@ EVENT_SQL = (
     "INSERT INTO alert_events (alert_id, event, status, by, at, note) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (alert_id, event) DO NOTHING"
 )
+ANALYTICS_SQL = _upsert_sql("shop_analytics", ANALYTICS_FIELDS, ("metric", "computed_at", "dimensions"))
+# The latest run of each metric: the primary key's (metric, computed_at) prefix answers the max per metric.
+LATEST_ANALYTICS_SQL = """
+SELECT a.* FROM shop_analytics a
+  JOIN (SELECT metric, max(computed_at) AS computed_at FROM shop_analytics GROUP BY metric) m
+    ON a.metric = m.metric AND a.computed_at = m.computed_at
+"""
 LATEST_SQL = """
 WITH RECURSIVE ids(id) AS (
     SELECT min(sensor_id) FROM sensor_metrics
@@ -384,6 +399,22 @@ class SqliteStore:
         rows = self._read("SELECT * FROM sensor_status ORDER BY sensor_id")
         return [_status(r) for r in rows]
 
+    # ---- shop analytics ----
+    def upsert_analytics(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        values = {(v["metric"], v["computed_at"], v["dimensions"]): v for v in map(convert.analytics_values, rows)}
+        if not values:
+            return 0
+        with self._write() as conn:
+            conn.executemany(ANALYTICS_SQL, [tuple(v[f] for f in ANALYTICS_FIELDS) for v in values.values()])
+        return len(values)
+
+    def latest_analytics(self, metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        sql, params = LATEST_ANALYTICS_SQL, list(metrics or [])
+        if metrics is not None:
+            sql += f" WHERE a.metric IN ({', '.join('?' for _ in params)})" if params else " WHERE 0"
+        rows = self._read(sql + " ORDER BY a.metric, a.window_start, a.dimensions", params)
+        return [convert.analytics_row(_analytics(r)) for r in rows]
+
     # ---- browsing ----
     def collections(self) -> dict[str, int]:
         return {name: self.count(name) for name in FIELD_KINDS}
@@ -584,6 +615,13 @@ def _status(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+def _analytics(row: sqlite3.Row) -> dict[str, Any]:
+    out = {f: row[f] for f in ANALYTICS_FIELDS}
+    for f in ("computed_at", "window_start", "window_end"):
+        out[f] = convert.dt_of(out[f])
+    return out
+
+
 SHAPES: dict[str, Callable[[sqlite3.Row], dict[str, Any]]] = {
     "sensor_metrics": _reading,
     "anomaly_alerts": _alert,
@@ -591,5 +629,6 @@ SHAPES: dict[str, Callable[[sqlite3.Row], dict[str, Any]]] = {
     "windowed_metrics": _window,
     "data_quality": _quality,
     "sensor_status": _status,
+    "shop_analytics": _analytics,
 }
 assert set(SHAPES) == set(KEYS), "every collection has a row shape"
