@@ -380,6 +380,12 @@ class AnalyticsSettings(BaseModel, frozen=True, extra="forbid"):
 
     top_n: int = Field(default=10, ge=1, le=1000)  # top products, top queries, recommendations per user
     holdout_days: float = Field(default=7.0, gt=0)  # the last days of orders held out to compare recommenders
+    # Spark MLlib ALS on implicit feedback (`shop recommend-train`; docs/shop-recommendations.md): latent factors,
+    # L2 regularisation, confidence per order (1 + alpha * orders) and iterations. Chosen once, not on the hold-out.
+    als_rank: int = Field(default=16, ge=1, le=500)
+    als_reg: float = Field(default=0.1, ge=0)
+    als_alpha: float = Field(default=10.0, gt=0)
+    als_iterations: int = Field(default=15, ge=1, le=200)
 
 
 class MetricsSettings(BaseModel, frozen=True, extra="forbid"):
