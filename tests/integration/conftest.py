@@ -14,6 +14,7 @@ import pytest
 from millrace.config import Settings, load_settings
 from millrace.runtime.process import free_port
 from millrace.runtime.stack import Stack
+from tests.integration.fixtures_hdfs import hdfs  # noqa: F401  (session fixture)
 from tests.integration.fixtures_secure import secure_cluster, secure_stack  # noqa: F401  (session fixtures)
 from tests.integration.fixtures_shop import registry, shop_settings  # noqa: F401  (shop fixtures)
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from millrace.cli.common import console, settings_of
 from millrace.errors import MillraceError
 from millrace.runtime.distribution import has_pom, resolve_jars
+from millrace.runtime.hdfs import hdfs_home
 from millrace.runtime.kafka import JMX_EXPORTER_VERSION
 from millrace.runtime.registry import find_java, java_major, registry_home, required_java
 from millrace.runtime.search import search_home
@@ -43,10 +44,11 @@ def setup(
             lib = resolve_jars(name, version, settings.cache_dir)
         jars = len(list(lib.glob("*.jar")))
         table.add_row(name, version, str(jars), str(lib), f"{time.monotonic() - started:.1f} s")
-    # The shop's servers (stack up --with registry / --with search), fetched here so no test or first start waits.
+    # The shop's servers (stack up --with registry / search / hdfs), fetched here so no test or first start waits.
     for name, version, fetch in (
         ("registry", settings.shop.registry_version, registry_home),
         ("search", settings.shop.search_version, search_home),
+        ("hdfs", settings.lake.hdfs_version, hdfs_home),  # the orders lake's HDFS (stack up --with hdfs)
     ):
         started = time.monotonic()
         with console.status(f"resolving {name} {version} from Maven Central (cached after the first run)..."):

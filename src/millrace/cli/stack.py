@@ -28,7 +28,8 @@ def up(
         typer.Option(
             "--with",
             help="Also start: mqtt, mongodb, monitoring (Prometheus, Alertmanager; brokers export JMX metrics), "
-            "registry (Apicurio schema registry for the shop), search (OpenSearch for the shop's search).",
+            "registry (Apicurio schema registry for the shop), search (OpenSearch for the shop's search), "
+            "hdfs (a NameNode and a DataNode in one JVM for the orders lake; docs/lake.md).",
         ),
     ] = None,
     brokers: Annotated[

@@ -34,7 +34,7 @@ def _load_extras() -> None:
     # Importing a runtime module registers its server; each import is optional until its issue lands.
     import importlib
 
-    extras = ("mqtt", "mongodb", "monitoring", "registry", "search")
+    extras = ("mqtt", "mongodb", "monitoring", "registry", "search", "hdfs")
     for module in (f"millrace.runtime.{name}" for name in extras):
         try:
             importlib.import_module(module)
