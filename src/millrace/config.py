@@ -373,6 +373,9 @@ class LakeSettings(BaseModel, frozen=True, extra="forbid"):
     hdfs_rpc_port: int = Field(default=8020, ge=1, le=65535)
     hdfs_http_port: int = Field(default=9870, ge=1, le=65535)  # WebHDFS and the NameNode's web UI
     hdfs_heap: str = "512m"
+    # `shop archive`: a batch ends at this many order events or this many seconds after its first one.
+    archive_batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    archive_batch_seconds: float = Field(default=5.0, gt=0, le=3600)
 
 
 class AnalyticsSettings(BaseModel, frozen=True, extra="forbid"):

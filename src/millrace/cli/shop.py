@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from millrace.cli import shop_demo, shop_recsys, shop_stream
+from millrace.cli import shop_demo, shop_lake, shop_recsys, shop_stream
 from millrace.cli.common import console, err_console, settings_of
 from millrace.cli.signals import stopping
 from millrace.config import Settings
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 shop_stream.register(app)  # filter, block, unblock, blocked, index, search
 shop_recsys.register(app)  # recommend-train
+shop_lake.register(app)  # archive: orders into the lake
 app.command("demo")(shop_demo.demo)  # everything above in one command, with live figures
 
 schemas_app = typer.Typer(help="The shop's JSON Schemas in the schema registry.", no_args_is_help=True)
