@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from millrace.kafka.topics import declared_topics
 from millrace.runtime.mongodb import mongodb_spec
 from millrace.runtime.process import ProcessManager, free_port
 from millrace.runtime.stack import Stack
+from millrace.services.feed import unpack_predictions
 from millrace.stores.factory import open_store
 from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique, wait_for
@@ -123,7 +124,10 @@ def stored_frame(s: Settings) -> pd.DataFrame:
     return frame
 
 
-def count_topic(s: Settings, topic: str, expected: int) -> list[dict[str, Any]]:
+def count_topic(
+    s: Settings, topic: str, expected: int, unpack: Callable[[dict[str, Any]], list[dict[str, Any]]] = lambda m: [m]
+) -> list[dict[str, Any]]:
+    """Exactly ``expected`` records on ``topic`` (each message's records as ``unpack`` reads them)."""
     consumer = make_consumer(s.kafka.client_config(), unique("g"))
     consumer.subscribe([topic])
     got: list[dict[str, Any]] = []
@@ -132,7 +136,7 @@ def count_topic(s: Settings, topic: str, expected: int) -> list[dict[str, Any]]:
         def poll() -> bool:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None:
-                got.append(orjson.loads(msg.value()))
+                got.extend(unpack(orjson.loads(msg.value())))
             return len(got) >= expected
 
         wait_for(poll, timeout_s=60, interval_s=0, what=f"{expected} messages on {topic}")
@@ -236,7 +240,8 @@ def test_every_fault_kind_lands_where_it_should(
     store.close()
     # One prediction per reading written — measured or interpolated (a measured reading arriving out of order
     # may replace an interpolated point: one stored row, two predictions) — produced by the executors.
-    preds = count_topic(job, job.topics.predictions, quality["valid"] + quality.get("interpolated", 0))
+    expected_preds = quality["valid"] + quality.get("interpolated", 0)
+    preds = count_topic(job, job.topics.predictions, expected_preds, unpack_predictions)
     got = {(p["sensor_id"], pd.Timestamp(p["timestamp"]).value // 10**6) for p in preds}
     assert got == set(zip(stored["sensor_id"], stored["ts_ms"], strict=True))
     assert quality["late"] == expected.late and quality["duplicates"] == expected.duplicates

@@ -6,52 +6,74 @@ would pass every row through the JVM twice more and write them from one process.
 the alerts and then the readings of its bucket itself (alerts first: the time from a reading to its alert in the
 store is the job's latency that matters) — idempotent upserts on (sensor_id, timestamp), so a micro-batch replayed
 after a crash writes the same rows again and the store still holds one row per reading — and produces their scores
-to the predictions topic (at-least-once, keyed by sensor); alerts are upserted by alert_id and produced to the
-alerts topic. Each alert leaves with the operator's recommended action for its kind and its sensors' types
-(processing.recommendations, the table read once per process; the types handed over by the step, from its
-state), stored with it and also produced to the recommendations topic, keyed by alert_id. The
-driver's foreachBatch keeps the other small outputs: windows, sensor status, quality, dead letters.
+to the predictions topic: one message per sensor and call (at most ``MAX_PER_MESSAGE`` readings each), keyed by
+sensor_id, its readings' predictions as arrays (:func:`prediction_messages`; services.feed unpacks them). A message
+per reading cost the broker as much CPU as the rest of the job's Kafka traffic; per sensor, the key and so the
+partition and the order per sensor stay what they were. At-least-once: a replayed batch sends its messages again.
+Alerts are upserted by alert_id and produced to the alerts topic. Each alert leaves with the operator's recommended
+action for its kind and its sensors' types (processing.recommendations, the table read once per process; the types
+handed over by the step, from its state), stored with it and also produced to the recommendations topic, keyed by
+alert_id. The driver's foreachBatch keeps the other small outputs: windows, sensor status, quality, dead letters.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 import pandas as pd
 
 from millrace import telemetry
-from millrace.config import Settings
+from millrace.config import Settings, TopicSettings
 from millrace.errors import KafkaUnavailable
 from millrace.processing.output import StepSink
 from millrace.processing.recommendations import RecommendationTable, load_table, recommend
+from millrace.stores.base import Store
+
+# Readings per predictions message: ~50 KB of JSON, far below the broker's default 1 MB limit whatever the batch.
+MAX_PER_MESSAGE = 1000
+# The arrays of a predictions message, in this order; "timestamp_ms" is the event time in epoch milliseconds.
+PREDICTION_ARRAYS: tuple[str, ...] = ("timestamp_ms", "value", "score", "is_anomaly", "anomaly_kind", "interpolated")
+PREDICTION_SENSOR: tuple[str, ...] = ("sensor_id", "device_id", "sensor_type", "location")
 
 _sinks: dict[str, ReadingSink] = {}  # one per Python worker process (workers are reused across batches)
 
 
+class Producer(Protocol):
+    """What the sink needs of kafka.producer.ReliableProducer (its stats: delivered and failed counts)."""
+
+    stats: Any
+
+    def produce(self, topic: str, value: bytes, key: str | bytes | None = None) -> None: ...
+
+    def produce_batch(self, topic: str, values: Any, keys: Any) -> int: ...
+
+    def flush(self, timeout_s: float = 60.0) -> int: ...
+
+
 class ReadingSink(StepSink):
-    """A StepSink on a store and a Kafka producer, opened once per process."""
+    """A StepSink on a store and a Kafka producer (worker_sink opens both once per process).
 
-    def __init__(self, settings: Settings) -> None:
-        from millrace.kafka.producer import make_producer
-        from millrace.stores.factory import open_store
+    ``topics`` names the alerts, recommendations and predictions topics; ``store_backend`` labels the store's
+    write timings; ``recommendations`` is the table each alert's action is looked up in."""
 
-        self.settings = settings
-        self.recommendations = load_table(settings.processing.recommendations_file)
-        self.store = open_store(settings)
-        k = settings.kafka
-        # Delivery reports for failures only: one Python callback per reading would cost more than the rest of
-        # producing; a failure still counts in stats.failed and fails the batch (Spark replays it).
-        self.producer = make_producer(
-            k.client_config(),
-            compression=k.compression,
-            linger_ms=k.linger_ms,
-            batch_size=k.batch_size,
-            extra={"delivery.report.only.error": True},
-        )
+    def __init__(
+        self,
+        store: Store,
+        producer: Producer,
+        *,
+        topics: TopicSettings,
+        store_backend: str,
+        recommendations: RecommendationTable,
+    ) -> None:
+        self.store = store
+        self.producer = producer
+        self.topics = topics
+        self.store_backend = store_backend
+        self.recommendations = recommendations
 
     def write_readings(self, readings: pd.DataFrame) -> None:
         """Upsert ``readings`` (stamped with ``ingested_at``) and produce their predictions; returns once every
@@ -59,13 +81,15 @@ class ReadingSink(StepSink):
         if readings.empty:
             return
         stamped = readings.assign(ingested_at=pd.Timestamp(time.time(), unit="s", tz="UTC"))
-        with telemetry.STORE_WRITE.labels(self.settings.store.backend, "sensor_metrics").time():
+        with telemetry.STORE_WRITE.labels(self.store_backend, "sensor_metrics").time():
             self.store.upsert_readings(stamped)
         failed = self.producer.stats.failed
-        topic = self.settings.topics.predictions
-        produce_predictions(self.producer, topic, readings)
-        self._delivered(self.producer.flush(60.0), failed, "predictions")
-        # Delivery reports come for failures only (see __init__): all of them were acknowledged here.
+        topic = self.topics.predictions
+        values, keys = prediction_messages(readings)
+        self.producer.produce_batch(topic, values, keys)
+        self._delivered(self.producer.flush(60.0), failed, "predictions messages")
+        # Counted in predictions (one per reading), not messages, so it compares with the readings processed.
+        # Delivery reports come for failures only (worker_sink): all of them were acknowledged here.
         telemetry.PRODUCED.labels(topic).inc(len(readings))
 
     def write_alerts(self, alerts: Sequence[Mapping[str, Any]], sensor_types: Mapping[str, str]) -> None:
@@ -75,10 +99,10 @@ class ReadingSink(StepSink):
         if not alerts:
             return
         recommended = with_recommendations(self.recommendations, alerts, sensor_types)
-        with telemetry.STORE_WRITE.labels(self.settings.store.backend, "anomaly_alerts").time():
+        with telemetry.STORE_WRITE.labels(self.store_backend, "anomaly_alerts").time():
             self.store.upsert_alerts(recommended)
         failed = self.producer.stats.failed
-        topics = self.settings.topics
+        topics = self.topics
         for alert in recommended:
             self.producer.produce(topics.alerts, orjson.dumps(alert), alert["alert_id"])
             self.producer.produce(
@@ -118,31 +142,91 @@ def recommendation_message(alert: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def produce_predictions(producer: Any, topic: str, readings: pd.DataFrame) -> None:
-    """One JSON message per reading (a ReliableProducer's bulk path): its identity, value, score and verdict,
-    keyed by sensor_id."""
-    ms = pd.to_datetime(readings["timestamp"], utc=True).to_numpy(dtype="datetime64[ms]")
-    preds = pd.DataFrame(
+def prediction_messages(readings: pd.DataFrame, limit: int = MAX_PER_MESSAGE) -> tuple[list[bytes], list[str]]:
+    """The predictions topic's messages for ``readings`` and their keys (sensor_id).
+
+    One message per run of readings of one sensor (sensor_id, device_id, sensor_type and location alike), in
+    event-time order, at most ``limit`` readings each: the sensor's fields once, then one array per field of
+    PREDICTION_ARRAYS, the i-th entries of the arrays being the i-th reading (docs/api.md)::
+
+        {"sensor_id": "dev-0001-temperature", "device_id": "dev-0001", "sensor_type": "temperature",
+         "location": "loc-01", "timestamp_ms": [1772366400000, ...], "value": [21.5, ...], "score": [0.4, ...],
+         "is_anomaly": [false, ...], "anomaly_kind": [null, ...], "interpolated": [false, ...]}
+    """
+    ts = pd.to_datetime(readings["timestamp"], utc=True).to_numpy(dtype="datetime64[ms]").astype("int64")
+    frame = pd.DataFrame(
         {
             "sensor_id": readings["sensor_id"].to_numpy(dtype=object),
-            "timestamp": np.char.add(np.datetime_as_string(ms, unit="ms"), "Z"),
             "device_id": readings["device_id"].to_numpy(dtype=object),
             "sensor_type": readings["sensor_type"].to_numpy(dtype=object),
             "location": readings["location"].to_numpy(dtype=object),
-            "value": readings["value"].to_numpy(dtype="float64"),
-            "score": readings["score"].to_numpy(dtype="float64"),
-            "is_anomaly": readings["is_anomaly"].fillna(False).astype(bool).to_numpy(),
-            "anomaly_kind": readings["anomaly_kind"].to_numpy(dtype=object),
-            "interpolated": readings["interpolated"].astype(bool).to_numpy(),
+            "timestamp_ms": ts,
         }
     )
-    lines = preds.to_json(orient="records", lines=True).rstrip("\n").split("\n")
-    producer.produce_batch(topic, (line.encode() for line in lines), preds["sensor_id"])
+    order = frame.sort_values(["sensor_id", "timestamp_ms"], kind="stable").index.to_numpy()
+    sensor = {c: frame[c].to_numpy()[order] for c in PREDICTION_SENSOR}
+    arrays: dict[str, np.ndarray] = {
+        "timestamp_ms": ts[order],
+        "value": readings["value"].to_numpy(dtype="float64")[order],
+        "score": readings["score"].to_numpy(dtype="float64")[order],
+        "is_anomaly": readings["is_anomaly"].fillna(False).astype(bool).to_numpy()[order],
+        "interpolated": readings["interpolated"].astype(bool).to_numpy()[order],
+    }
+    kinds = readings["anomaly_kind"].to_numpy(dtype=object)[order]
+    n = len(order)
+    changed = np.zeros(n, dtype=bool)
+    changed[0] = True
+    for col in sensor.values():
+        changed[1:] |= col[1:] != col[:-1]
+    run_start = np.flatnonzero(changed)
+    position = np.arange(n) - run_start[np.cumsum(changed) - 1]
+    starts = np.flatnonzero(position % limit == 0).tolist()
+    values, keys = [], []
+    for a, b in zip(starts, [*starts[1:], n], strict=True):
+        message: dict[str, Any] = {c: _text(sensor[c][a]) for c in PREDICTION_SENSOR}
+        for name in PREDICTION_ARRAYS:
+            if name == "anomaly_kind":
+                message[name] = [k if isinstance(k, str) else None for k in kinds[a:b]]
+            else:
+                message[name] = arrays[name][a:b]
+        values.append(orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY))
+        keys.append(message["sensor_id"])
+    return values, keys
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None if value is None or value != value else str(value)
+
+
+def open_reading_sink(settings: Settings) -> ReadingSink:
+    """A ReadingSink on a new store connection and producer, from the parts of ``settings`` they use."""
+    from millrace.kafka.producer import make_producer
+    from millrace.stores.factory import open_store
+
+    table = load_table(settings.processing.recommendations_file)  # a bad file fails before anything opens
+    k = settings.kafka
+    # Delivery reports for failures only: one Python callback per message would cost more than the rest of
+    # producing; a failure still counts in stats.failed and fails the batch (Spark replays it).
+    producer = make_producer(
+        k.client_config(),
+        compression=k.compression,
+        linger_ms=k.linger_ms,
+        batch_size=k.batch_size,
+        extra={"delivery.report.only.error": True},
+    )
+    return ReadingSink(
+        open_store(settings),
+        producer,
+        topics=settings.topics,
+        store_backend=settings.store.backend,
+        recommendations=table,
+    )
 
 
 def worker_sink(settings: Settings) -> ReadingSink:
-    """The process's sink for ``settings`` (opened on first use)."""
+    """The process's sink for the job's ``settings`` (opened on first use). processing.stateful.make_step binds
+    its sink factory to the whole settings; this is where they narrow to what the sink uses."""
     key = settings.model_dump_json()
     if key not in _sinks:
-        _sinks[key] = ReadingSink(settings)
+        _sinks[key] = open_reading_sink(settings)
     return _sinks[key]

@@ -4,6 +4,11 @@ It runs in a background thread with a fresh consumer group and starts at the *la
 dashboard shows what happens from now on (history comes from the store through the REST API). Offsets are
 pinned to the high watermarks when partitions are assigned, so :attr:`KafkaFeed.ready` means "anything
 produced from now on will be delivered".
+
+The job packs a sensor's predictions of one micro-batch into one message (jobs.sink.prediction_messages: the
+sensor's fields once, one array per field); the feed unpacks it into one event per reading, in the message's
+order, as the sensors channel has always carried them (docs/api.md). A message holding one prediction as an
+object (no arrays) is published as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -35,6 +41,36 @@ def channel_topics(topics: TopicSettings) -> dict[str, str]:
         topics.quality: "quality",
         topics.windowed_metrics: "windows",
     }
+
+
+PREDICTION_SENSOR = ("sensor_id", "timestamp", "device_id", "sensor_type", "location")
+PREDICTION_FIELDS = ("value", "score", "is_anomaly", "anomaly_kind", "interpolated")
+
+
+def unpack_predictions(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sensors channel's events of one predictions message: one per reading of a packed message (fields
+    in the order a per-reading message had them, the event time as ISO-8601 with milliseconds and ``Z``), or
+    the message itself when it holds one prediction. Raises KeyError / TypeError / ValueError when the arrays
+    are missing, not arrays, or of different lengths."""
+    stamps = data.get("timestamp_ms")
+    if stamps is None:
+        return [data]
+    columns = [data[name] for name in PREDICTION_FIELDS]
+    n = len(stamps)
+    if any(not isinstance(c, list) or len(c) != n for c in (stamps, *columns)):
+        raise ValueError("prediction arrays of different lengths")
+    times = np.datetime_as_string(np.asarray(stamps, dtype="int64").astype("datetime64[ms]"), unit="ms").tolist()
+    sensor = {k: data.get(k) for k in PREDICTION_SENSOR[2:] if k in data}
+    sensor_id = data["sensor_id"]
+    return [
+        {
+            "sensor_id": sensor_id,
+            "timestamp": stamp + "Z",
+            **sensor,
+            **dict(zip(PREDICTION_FIELDS, values, strict=True)),
+        }
+        for stamp, *values in zip(times, *columns, strict=True)
+    ]
 
 
 class KafkaFeed:
@@ -152,10 +188,19 @@ class KafkaFeed:
         if not isinstance(data, dict):
             self.undecodable += 1
             return
+        if channel != "sensors":
+            self.consumed += 1
+            self._hub.publish(channel, data)
+            return
+        try:
+            events = unpack_predictions(data)
+        except (KeyError, TypeError, ValueError):
+            self.undecodable += 1
+            return
         self.consumed += 1
-        if channel == "sensors":
-            self._enrich(data)
-        self._hub.publish(channel, data)
+        for event in events:
+            self._enrich(event)
+            self._hub.publish(channel, event)
 
     def _enrich(self, data: dict[str, Any]) -> None:
         sensor_id = str(data.get("sensor_id", ""))
