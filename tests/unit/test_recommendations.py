@@ -167,16 +167,17 @@ def test_the_job_refuses_a_bad_file_at_start(tmp_path: Path) -> None:
     """The driver's writer reads the table before anything starts: a bad file is a ConfigError (exit 2 in the
     CLI, one line) rather than a failure in a Spark worker."""
     from millrace.config import load_settings
-    from millrace.jobs.writers import BatchWriter
+    from millrace.jobs.iot_stream import default_options, make_writer
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[spike]\npressure = 3\n", encoding="utf-8")
     settings = load_settings(state_dir=tmp_path, processing={"recommendations_file": bad})
     with pytest.raises(ConfigError) as caught:
-        BatchWriter(settings, ledger_path=tmp_path / "ledger.db")
+        make_writer(settings, default_options(settings, checkpoint=tmp_path / "ck"))
     assert caught.value.exit_code == 2
     assert str(caught.value) == f"invalid recommendations file {bad}: spike.pressure must be a non-empty text (got 3)"
-    assert not (tmp_path / "ledger.db").exists()  # refused before it opened anything
+    assert not (tmp_path / "ck" / "windows.db").exists()  # refused before it opened anything
+    assert not settings.sqlite_path.exists()
 
 
 def test_an_older_sqlite_store_gets_the_recommendation_columns(tmp_path: Path) -> None:

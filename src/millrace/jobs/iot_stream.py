@@ -14,7 +14,7 @@ from typing import Any
 
 from millrace import telemetry
 from millrace.config import KafkaSettings, Settings
-from millrace.jobs.progress import ProgressOffsets
+from millrace.jobs.progress import ProgressOffsets, progress_offsets
 from millrace.jobs.retention import start_retention
 from millrace.jobs.session import checkpoint_dir
 from millrace.jobs.writers import BatchStats, BatchWriter
@@ -122,7 +122,27 @@ def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Cal
 def make_writer(
     settings: Settings, options: JobOptions, on_batch: Callable[[BatchStats], None] | None = None
 ) -> BatchWriter:
-    return BatchWriter(settings, ledger_path=options.checkpoint / "windows.db", on_batch=on_batch)
+    """The job's foreachBatch writer on its own store connection and producer."""
+    from millrace.kafka.producer import make_producer
+    from millrace.processing.recommendations import load_table
+    from millrace.stores.factory import open_store
+
+    # The executors' sinks read the recommendations table too; a bad user file fails here, at start, with one
+    # line naming the key (exit 2), rather than in a Spark worker — and before anything is opened.
+    load_table(settings.processing.recommendations_file)
+    k = settings.kafka
+    producer = make_producer(
+        k.client_config(), compression=k.compression, linger_ms=k.linger_ms, batch_size=k.batch_size
+    )
+    return BatchWriter(
+        open_store(settings),
+        producer,
+        processing=settings.processing,
+        topics=settings.topics,
+        store_backend=settings.store.backend,
+        ledger_path=options.checkpoint / "windows.db",
+        on_batch=on_batch,
+    )
 
 
 def stop_gracefully(query: Any, writer: BatchWriter, timeout_s: float = 15.0) -> None:
@@ -176,7 +196,7 @@ def run(
             on_batch(stats)
 
     writer = make_writer(settings, options, counted)
-    progress = progress_offsets(settings)
+    progress = progress_offsets(settings.kafka, settings.spark.consumer_group)
     retention = start_retention(settings)  # deletes expired rows every store.retention_interval_s
     started = time.monotonic()
     restarts = failures = 0
@@ -229,15 +249,6 @@ def stop_metrics(server: MetricsServer, spark: Any) -> None:
     with contextlib.suppress(Exception):  # the session may be gone already
         spark.sparkContext.environment.pop(telemetry.MULTIPROC_ENV, None)
     server.close()
-
-
-def progress_offsets(settings: Settings) -> ProgressOffsets | None:
-    """The mirror of the job's offsets in the consumer group ``spark.consumer_group`` (None when empty)."""
-    if not settings.spark.consumer_group:
-        return None
-    from millrace.kafka.group_offsets import GroupOffsetCommitter
-
-    return ProgressOffsets(GroupOffsetCommitter(settings.kafka.client_config(), settings.spark.consumer_group))
 
 
 def _watch(

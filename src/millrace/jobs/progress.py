@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from millrace import telemetry
+from millrace.config import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +87,13 @@ class ProgressOffsets:
         """Commit the end offsets of the query's last batch, waiting up to ``timeout_s``."""
         self.poll(query)
         return self.committer.flush(self.offsets, timeout_s) if self.offsets else True
+
+
+def progress_offsets(kafka: KafkaSettings, consumer_group: str) -> ProgressOffsets | None:
+    """The mirror of the job's offsets in ``consumer_group`` on the cluster ``kafka`` names (None when the group
+    is empty: the mirror is off)."""
+    if not consumer_group:
+        return None
+    from millrace.kafka.group_offsets import GroupOffsetCommitter
+
+    return ProgressOffsets(GroupOffsetCommitter(kafka.client_config(), consumer_group))

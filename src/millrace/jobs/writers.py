@@ -18,17 +18,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pandas as pd
 
 from millrace import telemetry
-from millrace.config import Settings
+from millrace.config import ProcessingSettings, TopicSettings
 from millrace.errors import KafkaUnavailable
 from millrace.jobs.window_ledger import WindowLedger
-from millrace.processing.recommendations import load_table
 from millrace.processing.transforms import finish_windows, merge_partials
+from millrace.stores.base import Store
+
+if TYPE_CHECKING:
+    from millrace.kafka.producer import ReliableProducer
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +57,27 @@ class BatchStats:
 
 
 class BatchWriter:
-    """Callable for ``writeStream.foreachBatch``. Owns the store, a Kafka producer and the window ledger."""
+    """Callable for ``writeStream.foreachBatch``, writing into ``store`` and through ``producer`` (both owned:
+    closed by :meth:`close`) and the window ledger at ``ledger_path``. It reads the windows' length and lateness
+    of ``processing`` and the output topics of ``topics``; ``store_backend`` labels the store's write timings.
+    jobs.iot_stream.make_writer opens it from the job's settings."""
 
     def __init__(
         self,
-        settings: Settings,
+        store: Store,
+        producer: ReliableProducer,
         *,
+        processing: ProcessingSettings,
+        topics: TopicSettings,
+        store_backend: str,
         ledger_path: Path,
         on_batch: Callable[[BatchStats], None] | None = None,
-        store: Any = None,
     ) -> None:
-        from millrace.kafka.producer import make_producer
-        from millrace.stores.factory import open_store
-
-        self.settings = settings
-        self.topics = settings.topics
-        # The executors' sinks read the recommendations table too; a bad user file fails here, at start, with
-        # one line naming the key (exit 2), rather than in a Spark worker.
-        load_table(settings.processing.recommendations_file)
-        self.store = store if store is not None else open_store(settings)
-        k = settings.kafka
-        self.producer = make_producer(
-            k.client_config(), compression=k.compression, linger_ms=k.linger_ms, batch_size=k.batch_size
-        )
+        self.processing = processing
+        self.topics = topics
+        self.store_backend = store_backend
+        self.store = store
+        self.producer = producer
         self.ledger = WindowLedger(ledger_path)
         self.on_batch = on_batch
         self.last: BatchStats | None = None
@@ -138,14 +139,14 @@ class BatchWriter:
         )
 
     def _store_write(self, collection: str) -> Any:
-        return telemetry.STORE_WRITE.labels(self.settings.store.backend, collection).time()
+        return telemetry.STORE_WRITE.labels(self.store_backend, collection).time()
 
     def _windows(self, partials: pd.DataFrame, batch_id: int) -> pd.DataFrame:
-        window_s = self.settings.processing.window_s
+        window_s = self.processing.window_s
         merged = self.ledger.record(batch_id, partials)
         if len(partials):
             newest = int(partials["window_start"].max()) + window_s * 1000
-            horizon = newest - int((self.settings.processing.allowed_lateness_s + PRUNE_MARGIN_S) * 1000)
+            horizon = newest - int((self.processing.allowed_lateness_s + PRUNE_MARGIN_S) * 1000)
             self.ledger.prune(horizon - window_s * 1000)
         return finish_windows(merged, window_s) if len(merged) else pd.DataFrame()
 
