@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from millrace.cli import shop_demo, shop_lake, shop_recsys, shop_stream
+from millrace.cli import shop_analytics, shop_demo, shop_lake, shop_recsys, shop_stream
 from millrace.cli.common import console, err_console, settings_of
 from millrace.cli.signals import stopping
 from millrace.config import Settings
@@ -25,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 shop_stream.register(app)  # filter, block, unblock, blocked, index, search
+shop_analytics.register(app)  # analytics (Spark over the orders lake and the client queries)
 shop_recsys.register(app)  # recommend-train
 shop_lake.register(app)  # archive: orders into the lake
 app.command("demo")(shop_demo.demo)  # everything above in one command, with live figures
