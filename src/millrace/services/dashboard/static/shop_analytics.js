@@ -68,6 +68,7 @@ function saSalesPerDay(revenue, units) {
     margin: { l: 60, r: 50, t: 10, b: 40 }, xaxis: { gridcolor: "#27303a", type: "category" },
     yaxis: { gridcolor: "#27303a", rangemode: "tozero", title: { text: "revenue" } },
     yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, title: { text: "units" },
+      tickmode: "auto", tickformat: ",~r",
       visible: days.length > 0 }, ...empty(days, "no sales in the lake yet") }), CONFIG);
 }
 
