@@ -11,6 +11,7 @@ from millrace.kafka.acls import (
     MQTT_BRIDGE,
     SERVICES,
     SHOP_API,
+    SHOP_ARCHIVE,
     SHOP_CLIENT,
     SHOP_FILTER,
     SHOP_INDEX,
@@ -84,7 +85,7 @@ def test_pattern_and_host_are_part_of_identity() -> None:
 
 def test_shop_services_least_privilege() -> None:
     t = TOPICS
-    acls = declared_acls(t, shop_filter_group="flt", shop_index_group="idx")
+    acls = declared_acls(t, shop_filter_group="flt", shop_index_group="idx", shop_archive_group="arc")
     assert ops(acls, SHOP_ORDERS, "TOPIC", t.shop_orders) == {"WRITE", "DESCRIBE"}
     assert [a for a in acls if a.principal == SHOP_ORDERS] == [
         Acl(SHOP_ORDERS, "TOPIC", t.shop_orders, "DESCRIBE"),
@@ -109,6 +110,11 @@ def test_shop_services_least_privilege() -> None:
     assert ops(acls, SHOP_INDEX, "TOPIC", t.shop_client_search) == {"READ", "DESCRIBE"}
     assert ops(acls, SHOP_INDEX, "TOPIC", t.shop_items) == set()  # never sees a blocked product
     assert ops(acls, SHOP_INDEX, "GROUP", "idx") == {"READ"}
+    # the archiver reads orders, dead-letters, commits as its group; nothing else
+    assert ops(acls, SHOP_ARCHIVE, "TOPIC", t.shop_orders) == {"READ", "DESCRIBE"}
+    assert ops(acls, SHOP_ARCHIVE, "TOPIC", t.shop_dead_letter) == {"WRITE", "DESCRIBE"}
+    assert ops(acls, SHOP_ARCHIVE, "GROUP", "arc") == {"READ"}
+    assert len([a for a in acls if a.principal == SHOP_ARCHIVE]) == 5
     assert {a.name for a in acls if a.principal == SHOP_INDEX and a.operation == "WRITE"} == {t.shop_dead_letter}
     # the client writes its queries only; the API also keeps the stop list and publishes the catalog
     assert {a.name for a in acls if a.principal == SHOP_CLIENT and a.operation == "WRITE"} == {t.shop_client_search}
@@ -121,7 +127,7 @@ def test_shop_services_least_privilege() -> None:
     assert all(a.name.startswith("millrace.shop.") for a in shop if a.resource == "TOPIC")
     assert not [a for a in shop if a.resource == "CLUSTER"]
     groups = {(a.principal, a.name) for a in shop if a.resource == "GROUP" and a.operation == "READ"}
-    assert groups == {(SHOP_FILTER, "flt"), (SHOP_INDEX, "idx")}  # the only groups that commit
+    assert groups == {(SHOP_FILTER, "flt"), (SHOP_INDEX, "idx"), (SHOP_ARCHIVE, "arc")}  # the only groups that commit
     readers = {(a.principal, a.name) for a in shop if a.resource == "GROUP" and a.operation != "READ"}
     assert readers == {
         (SHOP_API, "millrace-stop-list-"),

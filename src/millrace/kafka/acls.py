@@ -29,9 +29,10 @@ SHOP_ORDERS = "shop-orders"  # shop orders: the orders generator
 SHOP_FILTER = "shop-filter"  # shop filter: items -> filtered-items in Kafka transactions
 SHOP_INDEX = "shop-index"  # shop index: filtered-items and client-search into the search backend
 SHOP_CLIENT = "shop-client"  # shop search / shop recommend from the command line
+SHOP_ARCHIVE = "shop-archive"  # shop archive: orders into the orders lake
 INTERNAL_PRINCIPAL = "controller"  # controllers (PLAIN) and inter-broker traffic (SCRAM); a super user
 SUPER_USERS = (ADMIN, INTERNAL_PRINCIPAL)
-SHOP_SERVICES = (SHOP_API, SHOP_ORDERS, SHOP_FILTER, SHOP_INDEX, SHOP_CLIENT)
+SHOP_SERVICES = (SHOP_API, SHOP_ORDERS, SHOP_FILTER, SHOP_INDEX, SHOP_CLIENT, SHOP_ARCHIVE)
 SERVICES = (INGEST, MQTT_BRIDGE, STREAM_JOB, API, ADMIN, MIRROR, *SHOP_SERVICES)
 
 # Consumer groups the services use (their defaults; a different group needs an ACL of its own).
@@ -40,6 +41,7 @@ API_FEED_GROUP_PREFIX = "millrace-serve"  # one group per API process: millrace-
 SPARK_SOURCE_GROUP_PREFIX = "spark-kafka-source-"  # the groups Spark's Kafka source names for itself
 SHOP_FILTER_GROUP = "millrace-shop-filter"  # also the prefix of the filter instances' transactional ids
 SHOP_INDEX_GROUP = "millrace-shop-index"
+SHOP_ARCHIVE_GROUP = "millrace-shop-archive"
 # Throwaway groups of assign()-only readers (shop/stoplist.py, shop/filter.py's scan, kafka/reader.py).
 STOP_LIST_READER_PREFIX = "millrace-stop-list-"
 PARTITION_SCAN_PREFIX = "millrace-scan-"
@@ -74,10 +76,11 @@ def declared_acls(
     mirror_topics: Sequence[str] = (),
     shop_filter_group: str = SHOP_FILTER_GROUP,
     shop_index_group: str = SHOP_INDEX_GROUP,
+    shop_archive_group: str = SHOP_ARCHIVE_GROUP,
 ) -> list[Acl]:
     """Every ACL of the managed principals, for the topic names in ``topics`` (``mirror_topics``: those
     MirrorMaker copies to the backup, mirror.topics; empty: the IoT topics, its default; the shop's groups:
-    those of `shop filter --group` and `shop index --group`)."""
+    those of `shop filter --group`, `shop index --group` and `shop archive --group`)."""
 
     def topic(principal: str, name: str, *operations: str) -> list[Acl]:
         return [Acl(principal, "TOPIC", name, op) for op in operations]
@@ -117,11 +120,13 @@ def declared_acls(
         acls += topic(MIRROR, name, "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
     acls.append(group(MIRROR, "*", "DESCRIBE"))
     acls.append(Acl(MIRROR, "CLUSTER", "kafka-cluster", "DESCRIBE"))
-    acls += _shop_acls(topics, filter_group=shop_filter_group, index_group=shop_index_group)
+    acls += _shop_acls(
+        topics, filter_group=shop_filter_group, index_group=shop_index_group, archive_group=shop_archive_group
+    )
     return sorted(set(acls))
 
 
-def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str) -> list[Acl]:
+def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str, archive_group: str) -> list[Acl]:
     """The shop's services. Readers that only assign() partitions and never commit (the stop-list follower,
     the filter's partition scan, reading back recommendations and orders) still name a throwaway group, which
     librdkafka looks up (FindCoordinator): DESCRIBE on those groups' prefixes, never READ, so they cannot commit."""
@@ -155,6 +160,10 @@ def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str) ->
         acls += topic(SHOP_INDEX, name, "READ", "DESCRIBE")
     acls += topic(SHOP_INDEX, topics.shop_dead_letter, "WRITE", "DESCRIBE")
     acls.append(Acl(SHOP_INDEX, "GROUP", index_group, "READ"))
+    # The archiver reads orders into the lake (outside Kafka), dead-letters malformed ones, commits as its group.
+    acls += topic(SHOP_ARCHIVE, topics.shop_orders, "READ", "DESCRIBE")
+    acls += topic(SHOP_ARCHIVE, topics.shop_dead_letter, "WRITE", "DESCRIBE")
+    acls.append(Acl(SHOP_ARCHIVE, "GROUP", archive_group, "READ"))
     # The command-line client records its queries and reads recommendations (orders: the popularity fallback).
     acls += topic(SHOP_CLIENT, topics.shop_client_search, "WRITE", "DESCRIBE")
     for name in (topics.shop_recommendations, topics.shop_orders):
