@@ -16,9 +16,12 @@ from millrace.processing.features import (
     FEATURE_COLUMNS,
     JUMP_AGE_CAP,
     ROLL,
+    STATE_VERSION,
     device_step,
+    dump_state,
     empty_state,
     frame_features,
+    load_state,
 )
 from millrace.processing.steps import LOCAL, SHIFT_STEP, STEP_SPAN
 
@@ -54,6 +57,11 @@ def fleet_frame(devices: int = 2, steps: int = 400, seed: int = 7) -> pd.DataFra
     return pd.concat(rows, ignore_index=True)
 
 
+def _stored(state: dict) -> dict:
+    """A feature state as the stream job keeps it: dumped, through JSON text, loaded."""
+    return load_state(json.loads(json.dumps(dump_state(state))))
+
+
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert list(a["sensor_id"]) == list(b["sensor_id"])
     assert list(a["timestamp"]) == list(b["timestamp"])
@@ -70,7 +78,7 @@ def _offline_and_microbatches(frame: pd.DataFrame, every: str) -> tuple[pd.DataF
     state, parts = empty_state(), []
     for _, batch in frame.groupby(frame["timestamp"].dt.floor(every), sort=True):
         out, state = device_step(batch, state, cfg)
-        state = json.loads(json.dumps(state))
+        state = _stored(state)
         parts.append(out)
     _same(offline, pd.concat(parts, ignore_index=True))
     return offline, state
@@ -93,10 +101,10 @@ def test_device_step_over_microbatches_equals_offline_and_state_is_json() -> Non
     keys = shuffled["timestamp"].dt.floor("13s")
     for _, batch in shuffled.groupby(keys, sort=True):
         out, state = device_step(batch, state, cfg)
-        state = json.loads(json.dumps(state))  # what a stateful stream operator stores
+        state = _stored(state)  # what a stateful stream operator stores
         parts.append(out)
     _same(offline, pd.concat(parts, ignore_index=True))
-    assert len(json.dumps(state)) < 60_000  # bounded
+    assert len(json.dumps(dump_state(state))) < 60_000  # bounded
 
 
 def test_no_look_ahead_a_future_spike_does_not_change_past_features() -> None:
@@ -167,7 +175,7 @@ def test_many_devices_at_once_equal_one_device_at_a_time() -> None:
     expected = frame_features(pd.concat(parts, ignore_index=True)[list(frame.columns)], cfg, chunk=None)
     order = ["timestamp", "sensor_id"]
     _same(together.sort_values(order, kind="stable").reset_index(drop=True), expected)
-    assert json.loads(json.dumps(states)) == states
+    assert {d: _stored(st) for d, st in states.items()} == states
 
 
 def test_window_medians_and_mads_equal_numpy_median_nan_included() -> None:
@@ -203,23 +211,27 @@ def test_partner_conditioned_mean_sees_a_shift_that_the_load_hides() -> None:
     assert c["pair_best_mean"].iloc[BLOCK * 12 + ROLL :].min() > 2
 
 
-def test_state_written_before_the_partner_features_still_loads() -> None:
-    frame = fleet_frame(devices=1, steps=BLOCK * 5)
+def test_state_round_trips_is_immutable_and_another_version_starts_fresh() -> None:
+    frame = fleet_frame(devices=1, steps=BLOCK * 3 + 7)
     cfg = ProcessingSettings()
-    cut = frame["timestamp"] < frame["timestamp"].min() + pd.Timedelta(seconds=BLOCK * 3)
+    cut = frame["timestamp"] < frame["timestamp"].min() + pd.Timedelta(seconds=BLOCK * 2 + 11)
     _, state = device_step(frame[cut], empty_state(), cfg)
-    fresh, _ = device_step(frame[~cut], state, cfg)
-    for key in ("best", "tail"):
-        del state["device"][key]  # what an older version stored
-    old, _ = device_step(frame[~cut], state, cfg)
-    late = old["timestamp"] >= old["timestamp"].min() + pd.Timedelta(seconds=ROLL)
-    _same(fresh[late].reset_index(drop=True), old[late].reset_index(drop=True))
-    # Before the held residual: 29 rows of tail and no held regressions.
-    _, state = device_step(frame[cut], empty_state(), cfg)
-    state["device"]["tail"] = {s: v[-(ROLL - 1) :] for s, v in state["device"]["tail"].items()}
-    del state["device"]["held"]
-    older, _ = device_step(frame[~cut], state, cfg)
-    _same(fresh, older)
+    dev = state["device"]
+    assert _stored(state) == state and _stored(state)["device"] is not dev
+    assert (
+        dev.rows.shape == ((BLOCK * 2 + 11) % BLOCK, 6) and dev.tail.shape[1] == 6 and len(dev.blocks) == len(dev.pairs)
+    )
+    with pytest.raises(ValueError):
+        dev.tail[0, 0] = 1.0  # read-only: a batch builds a new state, the committed one stays valid for a replay
+    with pytest.raises(ValueError):
+        _stored(state)["device"].grams[0, 0] = 1.0
+    first, after = device_step(frame[~cut], state, cfg)
+    assert state["device"] is dev and _stored(state) == state  # the input state is left as it was
+    again, _ = device_step(frame[~cut], _stored(state), cfg)
+    _same(first, again)
+    assert after != state and after["device"].n == dev.n + int((~cut).sum() // 6)
+    older = {**dump_state(state), "v": STATE_VERSION - 1}
+    assert load_state(older) == empty_state() and load_state(None) == empty_state()
 
 
 def test_step_features_see_a_level_shift_keep_it_and_see_a_spike_return() -> None:
@@ -258,7 +270,7 @@ def test_all_sensor_regression_sees_a_small_offset_and_is_the_same_over_microbat
     current = frame.index[frame["sensor_type"] == "current"]
     frame.loc[current[BLOCK * 12 :], "value"] += 1.5  # 5 noise sigmas; the load moves current by +-1.5 too
     offline, state = _offline_and_microbatches(frame, "13s")
-    assert len(json.dumps(state)) < 90_000  # bounded: 30 block triangles of 28 numbers, 29-40 rows of tails
+    assert len(json.dumps(dump_state(state))) < 90_000  # bounded: 30 block triangles of 28 numbers, 29-40 rows of tails
     c = offline[offline["sensor_type"] == "current"].reset_index(drop=True)["dev_resid_mean"]
     assert c.iloc[: BLOCK * 10].isna().all()  # fewer than MIN_BLOCKS reference blocks
     assert c.iloc[BLOCK * 10 + ROLL : BLOCK * 12].abs().max() < 4.5
@@ -320,7 +332,7 @@ def frozen_features() -> pd.DataFrame:
     parts = []
     for _, batch in frame.groupby(frame["timestamp"].dt.floor("23s"), sort=True):
         out, new = devices_step(batch.sample(frac=1.0, random_state=5), states, cfg)
-        states.update(json.loads(json.dumps(new)))
+        states.update({d: _stored(st) for d, st in new.items()})
         parts.append(out)
     return pd.concat(parts, ignore_index=True)
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from millrace.config import ProcessingSettings, load_settings
-from millrace.processing import episodes, gaps, stateful
+from millrace.processing import episodes, features, gaps, stateful
 from millrace.processing.state import (
     STATE_VERSION,
     BucketState,
@@ -77,13 +77,35 @@ def bucket() -> BucketState:
                 newest_ms=T0,
                 location="loc-1",
                 seen_at_ms=1_800_000_000_000,
-                features={"v": 1, "sensors": {"d1-t": {"x": [1.5, 2.5], "n": 2}}, "device": None},
+                features=feature_state(),
                 episode=episode(),
                 history=[[1.0, 2.0], [3.0, 4.0]],
             ),
             "d2": DeviceState(newest_ms=T0 - 500, location="loc-2", seen_at_ms=1_799_999_000_000, swept=True),
         },
     )
+
+
+def feature_state() -> dict[str, Any]:
+    """A device's feature state after 2 blocks and a bit of readings of two partner sensors."""
+    steps = 2 * features.BLOCK + 13
+    times = pd.Timestamp("2026-01-01T00:00:00Z") + pd.to_timedelta(np.arange(steps), unit="s")
+    frame = pd.concat(
+        pd.DataFrame(
+            {
+                "sensor_id": f"d1-{kind[0]}",
+                "device_id": "d1",
+                "sensor_type": kind,
+                "location": "loc-1",
+                "timestamp": times,
+                "value": level + np.sin(np.arange(steps) / 7.0),
+                "interpolated": False,
+            }
+        )
+        for kind, level in (("temperature", 20.0), ("humidity", 50.0))
+    )
+    _, st = features.device_step(frame, features.empty_state(), ProcessingSettings())
+    return st
 
 
 # ---------------------------------------------------------------------------------------------- persistence
@@ -103,6 +125,9 @@ def test_state_round_trips_through_its_text_column() -> None:
     )
     assert (again.sensors["d1-t"].seen_times() == [T0 - 2_000, T0 - 1_000, T0]).all()
     assert dumps(again) == text  # byte for byte: a replay writes the same state
+    kept = again.devices["d1"].features["device"]  # the device's feature arrays, as base64 of their bytes
+    assert kept.cols == ("d1-h", "d1-t") and kept.pairs == (("d1-h", "d1-t"),) and kept.n == 2 * features.BLOCK + 13
+    assert len(kept.blocks[0]) == 2 and not kept.tail.flags.writeable
     assert loads(dumps(BucketState())) == BucketState()
 
 

@@ -82,7 +82,15 @@ import numpy as np
 import pandas as pd
 
 from millrace.config import ProcessingSettings
-from millrace.processing.features_device import device_rows_step
+from millrace.processing.features_device import (
+    DeviceBatch,
+    DeviceFeatureState,
+    PreparedRows,
+    dump_device,
+    finish_rows,
+    load_device,
+    prepare_rows,
+)
 from millrace.processing.features_sensor import new_sensor, sensors_step
 from millrace.processing.features_spec import (
     BLOCK,
@@ -100,6 +108,7 @@ from millrace.processing.features_spec import (
     SHORT,
     TREND,
 )
+from millrace.processing.pairs import pair_fit
 
 __all__ = [
     "BLOCK", "DEVICE_FEATURES", "FEATURE_COLUMNS", "HISTORY", "JUMP", "JUMP_AGE_CAP", "LONG", "NOISE", "PARTNERS",
@@ -107,7 +116,7 @@ __all__ = [
     "dump_state", "empty_state", "frame_features", "load_state",
 ]  # fmt: skip
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the device's state as arrays (features_device.DeviceFeatureState)
 
 
 def empty_state() -> dict[str, Any]:
@@ -121,19 +130,6 @@ def _current_state(state: dict[str, Any] | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- public API
-_EMPTY_DEVICE: dict[str, Any] = {
-    "types": {},
-    "origin": {},
-    "last_v": {},
-    "last_absz": {},
-    "rows": {},
-    "n": 0,
-    "b0": 0,
-    "blocks": {},
-    "resid": {},
-    "best": {},
-    "tail": {},
-}
 _COLUMN = {name: i for i, name in enumerate(FEATURE_COLUMNS)}
 
 
@@ -240,32 +236,40 @@ def _sensor_features(
     return sensors
 
 
-def _device_features(b: _Batch, olds: dict[str, dict[str, Any]], feats: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Writes DEVICE_FEATURES into ``feats`` (from the sensor features there); returns the new device states."""
+def _device_features(b: _Batch, olds: dict[str, dict[str, Any]], feats: np.ndarray) -> dict[str, DeviceFeatureState]:
+    """Writes DEVICE_FEATURES into ``feats`` (from the sensor features there); returns the new device states.
+    The partner regressions of every device are fitted in one call (each reference window on its own, so each
+    device gets the numbers it would get alone)."""
     ref_z, step_z = feats[:, _COLUMN["ref_z"]], feats[:, _COLUMN["step_z"]]
     dev_bounds = np.searchsorted(b.dev, np.arange(len(b.devices) + 1))
     pair_bounds = np.searchsorted(b.pair_dev, np.arange(len(b.devices) + 1))
-    new: dict[str, dict[str, Any]] = {}
+    prepared: list[PreparedRows] = []
     for d, name in enumerate(b.devices):
         lo, hi = dev_bounds[d], dev_bounds[d + 1]
-        prev_dev = olds[name]["device"] or _EMPTY_DEVICE
-        types: dict[str, str] = dict(prev_dev["types"])
+        prev: DeviceFeatureState | None = olds[name]["device"]
+        types = dict(zip(prev.cols, prev.types, strict=True)) if prev is not None else {}
         first_pair, last_pair = pair_bounds[d], pair_bounds[d + 1]
         for u in range(first_pair, last_pair):
             types.setdefault(str(b.pair_sid[u]), str(b.pair_type[u]))
-        cols = sorted(types)
+        cols = tuple(sorted(types))
         col_of = {sid: i for i, sid in enumerate(cols)}
         local = np.array([col_of[str(sid)] for sid in b.pair_sid[first_pair:last_pair]], dtype=np.int64)
-        out, new[name] = device_rows_step(
-            local[b.pair[lo:hi] - first_pair],
-            cols,
-            types,
-            b.ts[lo:hi],
-            b.values[lo:hi],
-            ref_z[lo:hi],
-            step_z[lo:hi],
-            prev_dev,
+        batch = DeviceBatch(
+            codes=local[b.pair[lo:hi] - first_pair],
+            cols=cols,
+            types=tuple(types[sid] for sid in cols),
+            ts=b.ts[lo:hi],
+            values=b.values[lo:hi],
+            ref_z=ref_z[lo:hi],
+            step_z=step_z[lo:hi],
         )
+        prepared.append(prepare_rows(batch, prev))
+    at = np.cumsum([0] + [len(p.windows) for p in prepared])
+    fits = pair_fit(np.concatenate([p.windows for p in prepared]), 0, 1) if at[-1] else ()
+    new: dict[str, DeviceFeatureState] = {}
+    for d, (name, p) in enumerate(zip(b.devices, prepared, strict=True)):
+        out, new[name] = finish_rows(p, tuple(f[at[d] : at[d + 1]] for f in fits))
+        lo, hi = dev_bounds[d], dev_bounds[d + 1]
         for feature, column in out.items():
             feats[lo:hi, _COLUMN[feature]] = column
     return new
@@ -294,11 +298,16 @@ def frame_features(readings: pd.DataFrame, cfg: ProcessingSettings, *, chunk: st
 
 
 # ---------------------------------------------------------------------------------------------- persistence
-def dump_state(st: dict[str, Any]) -> Any:
-    """A device's feature state as a JSON-able value (what the stream job keeps in Spark's state store)."""
-    return st
+def dump_state(st: dict[str, Any]) -> dict[str, Any]:
+    """A device's feature state as a JSON-able value (what the stream job keeps in Spark's state store): the
+    sensors' as they are, the device's arrays as base64 of their bytes (features_device.dump_device)."""
+    device = st["device"]
+    return {"v": st["v"], "sensors": st["sensors"], "device": None if device is None else dump_device(device)}
 
 
 def load_state(obj: Any) -> dict[str, Any]:
-    """The feature state :func:`dump_state` wrote (any version: :func:`devices_step` starts an older one afresh)."""
-    return obj
+    """The feature state :func:`dump_state` wrote; a fresh one for a state of another STATE_VERSION."""
+    if not isinstance(obj, dict) or obj.get("v") != STATE_VERSION:
+        return empty_state()
+    device = obj["device"]
+    return {"v": STATE_VERSION, "sensors": obj["sensors"], "device": None if device is None else load_device(device)}

@@ -4,6 +4,9 @@ across batches in the device's state."""
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,7 +21,7 @@ from millrace.processing.devreg import (
     residual_fit,
     residual_z,
 )
-from millrace.processing.features_pair import pair_blocks, pair_features, partner_pairs
+from millrace.processing.features_pair import pair_blocks, pair_features, partner_pairs, reference_windows
 from millrace.processing.features_spec import (
     BLOCK,
     REF_BLOCKS,
@@ -40,6 +43,107 @@ def _ffill(matrix: np.ndarray, first: np.ndarray) -> np.ndarray:
     return full[idx, np.arange(full.shape[1])][1:]
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class DeviceFeatureState:
+    """What a device's features carry between batches, as arrays over its sensors ``cols`` (sorted sensor ids;
+    rows x sensors where there are rows). Immutable: every array is read-only, and a batch builds a new value.
+    Non-finite kept values are NaN (unknown). Equal when :func:`dump_device` writes the same."""
+
+    cols: tuple[str, ...]
+    types: tuple[str, ...]  # of cols
+    n: int  # device rows so far
+    origin: np.ndarray  # each sensor's first finite value (NaN: none yet); values are kept minus it
+    last_v: np.ndarray  # the last row of values (forward-filled)
+    last_absz: np.ndarray  # and of |ref_z|
+    rows: np.ndarray  # the rows of the open block (n % BLOCK)
+    tail: np.ndarray  # the last TAIL rows of values
+    resid: np.ndarray  # the last SHORT - 1 rows of pair_resid_z
+    best: np.ndarray  # the last ROLL - 1 rows of pair_best_z
+    dtail: np.ndarray  # the last ROLL - 1 rows of the all-sensor residual
+    b0: int  # the global block of the first pair block kept
+    pairs: tuple[tuple[str, str], ...]  # partner_pairs(cols, types)
+    blocks: tuple[np.ndarray, ...]  # per pair, its blocks' regression sums (blocks x 6)
+    g0: int  # the global block of the first Gram triangle kept
+    grams: np.ndarray  # the all-sensor regression's block Gram triangles (blocks x gram_size)
+    held: tuple[dict[str, Any] | None, ...]  # per sensor, its held regression (devreg.held_residual)
+
+    def __post_init__(self) -> None:
+        for name in _ARRAYS:
+            getattr(self, name).flags.writeable = False
+        for blk in self.blocks:
+            blk.flags.writeable = False
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DeviceFeatureState) and dump_device(self) == dump_device(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_ARRAYS = ("origin", "last_v", "last_absz", "rows", "tail", "resid", "best", "dtail", "grams")
+
+
+def dump_device(st: DeviceFeatureState) -> dict[str, Any]:
+    """The state as a JSON-able value: names and counts, and every array as one base64 text of little-endian
+    float64 (a third of the size of the numbers as JSON text, and no float formatting or parsing)."""
+    arrays = [getattr(st, name) for name in _ARRAYS] + list(st.blocks)
+    raw = np.concatenate([a.ravel() for a in arrays]).astype("<f8").tobytes()
+    return {
+        "cols": list(st.cols),
+        "types": list(st.types),
+        "n": st.n,
+        "b0": st.b0,
+        "g0": st.g0,
+        "open": len(st.rows),
+        "grams": len(st.grams),
+        "pairs": [f"{a}|{b}" for a, b in st.pairs],
+        "blocks": [len(b) for b in st.blocks],
+        "held": list(st.held),
+        "f64": base64.b64encode(raw).decode("ascii"),
+    }
+
+
+def load_device(doc: Mapping[str, Any]) -> DeviceFeatureState:
+    """The state :func:`dump_device` wrote; its arrays are views of one read-only buffer."""
+    cols = tuple(str(c) for c in doc["cols"])
+    ncol = len(cols)
+    flat = np.frombuffer(base64.b64decode(doc["f64"]), dtype="<f8")
+    shapes = {
+        "origin": (ncol,),
+        "last_v": (ncol,),
+        "last_absz": (ncol,),
+        "rows": (int(doc["open"]), ncol),
+        "tail": (TAIL, ncol),
+        "resid": (SHORT - 1, ncol),
+        "best": (ROLL - 1, ncol),
+        "dtail": (ROLL - 1, ncol),
+        "grams": (int(doc["grams"]), gram_size(ncol)),
+    }
+    at = 0
+
+    def take(shape: tuple[int, ...]) -> np.ndarray:
+        nonlocal at
+        size = int(np.prod(shape))
+        at += size
+        return flat[at - size : at].reshape(shape)
+
+    arrays = {name: take(shapes[name]) for name in _ARRAYS}
+    blocks = tuple(take((int(k), 6)) for k in doc["blocks"])
+    if at != len(flat):
+        raise ValueError(f"device feature state holds {len(flat)} numbers, its shapes {at}")
+    pairs = tuple((a, b) for a, _, b in (str(p).partition("|") for p in doc["pairs"]))
+    return DeviceFeatureState(
+        cols=cols,
+        types=tuple(str(t) for t in doc["types"]),
+        n=int(doc["n"]),
+        b0=int(doc["b0"]),
+        g0=int(doc["g0"]),
+        pairs=pairs,
+        blocks=blocks,
+        held=tuple(doc["held"]),
+        **arrays,
+    )
+
+
 class _DeviceRows(NamedTuple):
     """A device's readings as rows (one per distinct timestamp) x sensor columns."""
 
@@ -47,39 +151,78 @@ class _DeviceRows(NamedTuple):
     values: np.ndarray  # values minus each sensor's origin, forward-filled
     abs_z: np.ndarray  # |ref_z|, forward-filled
     step_z: np.ndarray  # step_z (not filled)
-    origin: dict[str, float | None]  # each sensor's first finite value
+    origin: np.ndarray  # each sensor's first finite value (NaN: none yet)
 
 
-def device_rows_step(
-    codes: np.ndarray,
-    cols: list[str],
-    types: dict[str, str],
-    ts: np.ndarray,
-    values: np.ndarray,
-    ref_z: np.ndarray,
-    step_z: np.ndarray,
-    dev: dict[str, Any],
-) -> tuple[Columns, dict[str, Any]]:
-    """DEVICE_FEATURES (one value per reading) of one device's readings sorted by (timestamp, sensor_id),
-    ``codes`` indexing ``cols``, and the device's new state."""
-    rows = _device_rows(codes, cols, ts, values, ref_z, step_z, dev)
-    V, nrow, ncol = rows.values, len(rows.values), len(cols)
-    n0 = int(dev["n"])
+class DeviceBatch(NamedTuple):
+    """One device's readings of a batch, sorted by (timestamp, sensor_id); ``codes`` index ``cols``."""
+
+    codes: np.ndarray
+    cols: tuple[str, ...]
+    types: tuple[str, ...]
+    ts: np.ndarray
+    values: np.ndarray
+    ref_z: np.ndarray
+    step_z: np.ndarray
+
+
+class PreparedRows(NamedTuple):
+    """What :func:`prepare_rows` computed of a device's batch, for :func:`finish_rows`."""
+
+    batch: DeviceBatch
+    prev: DeviceFeatureState | None
+    rows: _DeviceRows
+    n0: int
+    r_index: np.ndarray  # the block of rows of each row (into the blocks of rows)
+    full: np.ndarray  # the rows of the open block, then the batch's
+    pairs: tuple[tuple[str, str], ...]
+    blocks: list[np.ndarray]
+    grams: np.ndarray
+    g0: int
+    dev_z: np.ndarray
+    fits: list
+    v_hist: np.ndarray
+    means: np.ndarray
+    windows: np.ndarray  # reference_windows of the pairs: pairs.pair_fit them, for finish_rows
+
+
+def prepare_rows(b: DeviceBatch, prev: DeviceFeatureState | None) -> PreparedRows:
+    """The first part of a device's DEVICE_FEATURES: its rows, the blocks completing, the all-sensor residuals
+    and the pairs' reference windows. Their fits (pairs.pair_fit of ``windows``) are computed for many
+    devices at once by the caller, then :func:`finish_rows` completes the features."""
+    cols = b.cols
+    index = None if prev is None or prev.cols == cols else np.array([cols.index(c) for c in prev.cols])
+    rows = _device_rows(b, prev, index)
+    V, nrow = rows.values, len(rows.values)
+    n0 = prev.n if prev is not None else 0
     r_values, r_index = np.unique((n0 + np.arange(nrow)) // BLOCK, return_inverse=True)  # blocks of the rows
-    full = np.vstack([_tail_rows(dev["rows"], cols, n0 % BLOCK), V])  # the rows of the open block, then V
-    pairs = partner_pairs(cols, types)
-    blocks = pair_blocks(full, n0, pairs, cols, dev)
-    grams, g0 = _gram_blocks(full, n0, cols, dev)
+    full = np.vstack([_kept(prev, "rows", index, n0 % BLOCK, len(cols)), V])  # the open block's rows, then V
+    pairs = partner_pairs(cols, b.types)
+    b0 = prev.b0 if prev is not None else 0
+    blocks = pair_blocks(
+        full, n0, b0, pairs, cols, dict(zip(prev.pairs, prev.blocks, strict=True)) if prev is not None else {}
+    )
+    grams, g0 = _gram_blocks(full, n0, cols, prev)
     dev_z, fits = _all_sensor_residuals(V, grams, g0, r_values, r_index)
-    v_hist = np.vstack([_tail_rows(dev.get("tail"), cols, TAIL), V])
+    v_hist = np.vstack([_kept(prev, "tail", index, TAIL, len(cols)), V])
     means = _window_sum(v_hist[TAIL - (ROLL - 1) :], ROLL) / ROLL  # of the last ROLL rows, per row
-    pair = pair_features(V, means, pairs, blocks, int(dev["b0"]), r_values, r_index, cols)
-    resid_hist = np.vstack([_tail_rows(dev["resid"], cols, SHORT - 1), pair["pair_resid_z"]])
-    best_hist = np.vstack([_tail_rows(dev.get("best"), cols, ROLL - 1), pair["pair_best_z"]])
-    dz_hist = np.vstack([_tail_rows(dev.get("dtail"), cols, ROLL - 1), dev_z])
-    old_held = dev.get("held") or {}
-    held = old_held["s"] if old_held.get("cols") == cols else [None] * ncol
-    held_z, held = held_residual(v_hist[TAIL - HELD_HISTORY :], rows.step_z, fits, r_index, held, SHIFT_STEP)
+    windows = reference_windows(blocks, b0, r_values)
+    return PreparedRows(b, prev, rows, n0, r_index, full, pairs, blocks, grams, g0, dev_z, fits, v_hist, means, windows)
+
+
+def finish_rows(p: PreparedRows, pair_fits: tuple[np.ndarray, ...]) -> tuple[Columns, DeviceFeatureState]:
+    """DEVICE_FEATURES (one value per reading) of the device's batch, given the fits of its reference windows
+    (pairs.pair_fit of ``p.windows``), and the device's new state."""
+    b, prev, rows = p.batch, p.prev, p.rows
+    cols, ncol = b.cols, len(b.cols)
+    index = None if prev is None or prev.cols == cols else np.array([cols.index(c) for c in prev.cols])
+    V, nrow = rows.values, len(rows.values)
+    pair = pair_features(V, p.means, p.pairs, pair_fits, p.r_index, cols)
+    resid_hist = np.vstack([_kept(prev, "resid", index, SHORT - 1, ncol), pair["pair_resid_z"]])
+    best_hist = np.vstack([_kept(prev, "best", index, ROLL - 1, ncol), pair["pair_best_z"]])
+    dz_hist = np.vstack([_kept(prev, "dtail", index, ROLL - 1, ncol), p.dev_z])
+    held = list(prev.held) if prev is not None and index is None else [None] * ncol
+    held_z, held = held_residual(p.v_hist[TAIL - HELD_HISTORY :], rows.step_z, p.fits, p.r_index, held, SHIFT_STEP)
     matrices = {
         "pair_resid_z": pair["pair_resid_z"],
         "pair_resid_mean": sliding_window_view(resid_hist, SHORT, axis=0).mean(axis=2),
@@ -90,68 +233,58 @@ def device_rows_step(
         "dev_resid_mean": _window_sum(dz_hist, ROLL) / np.sqrt(ROLL),
         "held_resid_z": held_z,
     }
-    feats = _context_features(rows.abs_z, rows.row, codes)
-    feats.update({name: matrix[rows.row, codes] for name, matrix in matrices.items()})
+    feats = _context_features(rows.abs_z, rows.row, b.codes)
+    feats.update({name: matrix[rows.row, b.codes] for name, matrix in matrices.items()})
 
-    keep = (n0 + nrow) % BLOCK
-    longest = max((len(b) for b in blocks.values()), default=0)
+    keep = (p.n0 + nrow) % BLOCK
+    longest = max((len(blk) for blk in p.blocks), default=0)
     cut = max(0, longest - REF_BLOCKS)
-    new_dev = {
-        "types": types,
-        "origin": rows.origin,
-        "last_v": {s: _num(V[-1, i]) for i, s in enumerate(cols)},
-        "last_absz": {s: _num(rows.abs_z[-1, i]) for i, s in enumerate(cols)},
-        "rows": _by_sensor(full[len(full) - keep :], cols) if keep else {s: [] for s in cols},
-        "n": n0 + nrow,
-        "b0": int(dev["b0"]) + cut if blocks else (n0 + nrow) // BLOCK,
-        "blocks": {key: blk[cut:] for key, blk in blocks.items()},
-        "resid": _by_sensor(resid_hist[-(SHORT - 1) :], cols),
-        "best": _by_sensor(best_hist[-(ROLL - 1) :], cols),
-        "tail": _by_sensor(v_hist[-TAIL:], cols),
-        "dtail": _by_sensor(dz_hist[-(ROLL - 1) :], cols),
-        "grams": {
-            "cols": cols,
-            "b0": g0 + max(0, len(grams) - REF_BLOCKS),
-            "g": [_nums(np.asarray(g)) for g in grams[-REF_BLOCKS:]],
-        },
-        "held": {"cols": cols, "s": held},
-    }
-    return feats, new_dev
+    new = DeviceFeatureState(
+        cols=cols,
+        types=b.types,
+        n=p.n0 + nrow,
+        origin=rows.origin,
+        last_v=_known(V[-1]),
+        last_absz=_known(rows.abs_z[-1]),
+        rows=_known(p.full[len(p.full) - keep :]),
+        tail=_known(p.v_hist[-TAIL:]),
+        resid=_known(resid_hist[-(SHORT - 1) :]),
+        best=_known(best_hist[-(ROLL - 1) :]),
+        dtail=_known(dz_hist[-(ROLL - 1) :]),
+        b0=(prev.b0 if prev is not None else 0) + cut if p.blocks else (p.n0 + nrow) // BLOCK,
+        pairs=p.pairs,
+        blocks=tuple(_known(blk[cut:]) for blk in p.blocks),
+        g0=p.g0 + max(0, len(p.grams) - REF_BLOCKS),
+        grams=_known(p.grams[-REF_BLOCKS:]),
+        held=tuple(held),
+    )
+    return feats, new
 
 
-def _device_rows(
-    codes: np.ndarray,
-    cols: list[str],
-    ts: np.ndarray,
-    values: np.ndarray,
-    ref_z: np.ndarray,
-    step_z: np.ndarray,
-    dev: dict[str, Any],
-) -> _DeviceRows:
+def _device_rows(b: DeviceBatch, prev: DeviceFeatureState | None, index: np.ndarray | None) -> _DeviceRows:
     """The readings on the device's grid of rows (timestamps) x sensors; values and |ref_z| carry forward
     from the last known ones (of this batch, else of the previous)."""
-    origin: dict[str, float | None] = {**{sid: None for sid in cols}, **dev["origin"]}
+    codes, values, ncol = b.codes, b.values, len(b.cols)
+    origin = _kept(prev, "origin", index, None, ncol).copy()
     for j in np.unique(codes):
-        if origin[cols[j]] is None:
+        if np.isnan(origin[j]):
             finite = values[(codes == j) & np.isfinite(values)]
             if len(finite):
-                origin[cols[j]] = float(finite[0])
-    org = np.array([origin[s] if origin[s] is not None else 0.0 for s in cols])
-    uts, row = np.unique(ts, return_inverse=True)
-    shape = (len(uts), len(cols))
+                origin[j] = float(finite[0])
+    org = np.where(np.isnan(origin), 0.0, origin)
+    uts, row = np.unique(b.ts, return_inverse=True)
+    shape = (len(uts), ncol)
 
     def grid(column: np.ndarray) -> np.ndarray:
         out = np.full(shape, np.nan)
         out[row, codes] = column
         return out
 
-    last_v = np.array([_f(dev["last_v"].get(s)) for s in cols])
-    last_absz = np.array([_f(dev["last_absz"].get(s)) for s in cols])
     return _DeviceRows(
         row=row,
-        values=_ffill(grid(values - org[codes]), last_v),
-        abs_z=_ffill(grid(np.abs(ref_z)), last_absz),
-        step_z=grid(step_z),
+        values=_ffill(grid(values - org[codes]), _kept(prev, "last_v", index, None, ncol)),
+        abs_z=_ffill(grid(np.abs(b.ref_z)), _kept(prev, "last_absz", index, None, ncol)),
+        step_z=grid(b.step_z),
         origin=origin,
     )
 
@@ -174,21 +307,22 @@ def _context_features(abs_z: np.ndarray, row: np.ndarray, codes: np.ndarray) -> 
     return {"dev_max_abs_z": max_other, "dev_mean_abs_z": mean_abs}
 
 
-def _gram_blocks(full: np.ndarray, n0: int, cols: list[str], dev: dict[str, Any]) -> tuple[list, int]:
+def _gram_blocks(
+    full: np.ndarray, n0: int, cols: tuple[str, ...], prev: DeviceFeatureState | None
+) -> tuple[np.ndarray, int]:
     """The all-sensor regression's block Gram triangles since block g0, with those completing in this batch,
     and g0 (afresh when the device's sensors change)."""
-    old = dev.get("grams") or {}
-    same_cols = old.get("cols") == cols
-    g0 = int(old["b0"]) if same_cols else n0 // BLOCK
-    grams = [list(g) for g in old.get("g", [])] if same_cols else []
+    same_cols = prev is not None and prev.cols == cols
+    g0 = prev.g0 if prev is not None and same_cols else n0 // BLOCK
+    grams = prev.grams if prev is not None and same_cols else np.zeros((0, gram_size(len(cols))))
     seg = completing_blocks(full, n0)
     if seg is not None:
-        grams.extend(block_grams(seg).tolist())
+        grams = np.concatenate([grams, block_grams(seg)])
     return grams, g0
 
 
 def _all_sensor_residuals(
-    V: np.ndarray, grams: list, g0: int, r_values: np.ndarray, r_index: np.ndarray
+    V: np.ndarray, grams: np.ndarray, g0: int, r_values: np.ndarray, r_index: np.ndarray
 ) -> tuple[np.ndarray, list]:
     """Each sensor's residual against all the others (rows x sensors): one regression per block of rows, from
     the REF_BLOCKS blocks before it; and those regressions (None where too few blocks)."""
@@ -197,7 +331,7 @@ def _all_sensor_residuals(
     fits: list = [None] * len(r_values)
     if ncol < 2:
         return dev_z, fits
-    gram_rows = np.asarray(grams, dtype=float).reshape(-1, gram_size(ncol))
+    gram_rows = grams
     r_bounds = np.searchsorted(r_index, np.arange(len(r_values) + 1))  # rows come in time order
     for i, rv in enumerate(r_values):
         window = gram_rows[max(0, rv - REF_BLOCKS - g0) : max(0, rv - g0)]
@@ -219,33 +353,21 @@ def _window_sum(hist: np.ndarray, w: int) -> np.ndarray:
     return acc
 
 
-def _tail_rows(stored: dict[str, list] | None, cols: list[str], n: int) -> np.ndarray:
-    """The last ``n`` rows (n x sensors) kept per sensor in a state (NaN where a sensor has fewer or none)."""
-    lists = [(stored or {}).get(s) for s in cols]
-    if all(v is not None and len(v) == n for v in lists):  # the usual case: numpy reads None as NaN
-        return np.array(lists, dtype=float).reshape(len(cols), n).T
-    return np.array([_padded(v, n) for v in lists], dtype=float).reshape(len(cols), n).T
+def _kept(prev: DeviceFeatureState | None, name: str, index: np.ndarray | None, n: int | None, ncol: int) -> np.ndarray:
+    """A kept array of ``prev`` on this batch's sensors (``index``: where its sensors are among them, None when
+    they are the same): ``n`` rows x sensors, or one value per sensor when ``n`` is None; NaN for a sensor it
+    does not know, and everywhere without ``prev``."""
+    shape = (ncol,) if n is None else (n, ncol)
+    if prev is None:
+        return np.full(shape, np.nan)
+    kept: np.ndarray = getattr(prev, name)
+    if index is None:
+        return kept
+    out = np.full(shape, np.nan)
+    out[..., index] = kept
+    return out
 
 
-def _by_sensor(rows: np.ndarray, cols: list[str]) -> dict[str, list[float | None]]:
-    """Rows (rows x sensors) as per-sensor lists for the state (NaN -> None)."""
-    return {s: _nums(rows[:, i]) for i, s in enumerate(cols)}
-
-
-def _padded(values: list | None, n: int) -> list:
-    """The last ``n`` of ``values`` (NaN-padded in front: a state written with a shorter tail)."""
-    values = list(values or [])
-    values = values[max(0, len(values) - n) :]
-    return [np.nan] * (n - len(values)) + [_f(v) for v in values]
-
-
-def _f(value: float | None) -> float:
-    return np.nan if value is None else value
-
-
-def _nums(values: np.ndarray) -> list[float | None]:
-    return [None if v != v else v for v in values.tolist()]  # NaN -> None (JSON null)
-
-
-def _num(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
+def _known(values: np.ndarray) -> np.ndarray:
+    """``values`` to keep: a new array, NaN where not finite (unknown)."""
+    return np.where(np.isfinite(values), values, np.nan)

@@ -3,7 +3,8 @@ sensors of its partner types (PARTNERS), from regression sums kept per block of 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -17,7 +18,7 @@ from millrace.processing.features_spec import (
     completing_blocks,
     nan_columns,
 )
-from millrace.processing.pairs import GOOD_FIT, pair_fit
+from millrace.processing.pairs import GOOD_FIT
 
 
 def _pair_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -55,58 +56,85 @@ class _PairFit(NamedTuple):
     bratio: np.ndarray  # and unexplained share of the target's block-mean variance
 
 
-def partner_pairs(cols: list[str], types: dict[str, str]) -> list[tuple[str, str]]:
-    """The device's (unordered, sorted) pairs of a sensor and a partner of its type (PARTNERS)."""
-    found = {tuple(sorted((a, p))) for a in cols for p in cols if a != p and PARTNERS.get(types[a]) == types[p]}
-    return sorted((a, b) for a, b in found)
+def partner_pairs(cols: tuple[str, ...], types: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The device's (unordered, sorted) pairs of a sensor and a partner of its type (PARTNERS); ``types``
+    are those of ``cols``."""
+    type_of = dict(zip(cols, types, strict=True))
+    found = {tuple(sorted((a, p))) for a in cols for p in cols if a != p and PARTNERS.get(type_of[a]) == type_of[p]}
+    return tuple(sorted((a, b) for a, b in found))
+
+
+_NO_BLOCKS = np.zeros((0, 6))
+_NO_BLOCKS.flags.writeable = False
 
 
 def pair_blocks(
-    full: np.ndarray, n0: int, pairs: list[tuple[str, str]], cols: list[str], dev: dict[str, Any]
-) -> dict[str, list[list[float]]]:
-    """Per pair "a|b", the regression sums of the device blocks since the device's b0, with the blocks
-    completing in this batch."""
-    b0, j0 = int(dev["b0"]), n0 // BLOCK
-    blocks = {f"{a}|{b}": list(dev["blocks"].get(f"{a}|{b}", [])) for a, b in pairs}
+    full: np.ndarray,
+    n0: int,
+    b0: int,
+    pairs: tuple[tuple[str, str], ...],
+    cols: tuple[str, ...],
+    kept: Mapping[tuple[str, str], np.ndarray],
+) -> list[np.ndarray]:
+    """Per pair, the regression sums (blocks x 6) of the device blocks since ``b0``: the ``kept`` ones, then
+    those completing in this batch."""
+    j0 = n0 // BLOCK
     seg = completing_blocks(full, n0)
-    if seg is not None:
-        ci = {sid: i for i, sid in enumerate(cols)}
-        for a, b in pairs:
-            blk = blocks[f"{a}|{b}"]
-            blk.extend([[0.0] * 6] * (j0 - b0 - len(blk)))  # a pair that appeared late: empty earlier blocks
-            blk.extend(_pair_sums(seg[:, :, ci[a]], seg[:, :, ci[b]]).tolist())
-    return blocks
+    out = [kept.get(pair, _NO_BLOCKS) for pair in pairs]
+    if seg is None:
+        return out
+    ci = {sid: i for i, sid in enumerate(cols)}
+    for k, (a, b) in enumerate(pairs):
+        late = j0 - b0 - len(out[k])  # a pair that appeared late: empty earlier blocks
+        parts = [out[k], np.zeros((late, 6))] if late > 0 else [out[k]]
+        out[k] = np.concatenate([*parts, _pair_sums(seg[:, :, ci[a]], seg[:, :, ci[b]])])
+    return out
+
+
+_SWAP = [0, 2, 1, 4, 3, 5]  # the sums with the pair's two sensors swapped: the second becomes the target
+
+
+def reference_windows(blocks: list[np.ndarray], b0: int, r_values: np.ndarray) -> np.ndarray:
+    """The reference windows of each pair (sums, blocks x 6) for each block of rows ``r_values``, twice: with
+    the pair's first sensor as the target (pairs.pair_fit's y, sums column 1), then its second;
+    (pairs x 2 x blocks of rows, 6, REF_BLOCKS). Their fits are rows of one pairs.pair_fit call, which reduces
+    every window on its own: one call for every pair of every device gives each the numbers of its own."""
+    parts = []
+    for blk in blocks:
+        win = _reference_windows(blk, b0, r_values)
+        parts += [win, win[:, _SWAP]]
+    return np.concatenate(parts) if parts else np.zeros((0, 6, REF_BLOCKS))
 
 
 def pair_features(
     V: np.ndarray,
     means: np.ndarray,
-    pairs: list[tuple[str, str]],
-    blocks: dict[str, list[list[float]]],
-    b0: int,
-    r_values: np.ndarray,
+    pairs: tuple[tuple[str, str], ...],
+    fits: tuple[np.ndarray, ...],
     r_index: np.ndarray,
-    cols: list[str],
+    cols: tuple[str, ...],
 ) -> Columns:
     """pair_resid_z, pair_best_z, pair_mean_z and pair_min_mean (rows x sensors) against each sensor's
-    partners, from regressions over the REF_BLOCKS blocks before each row's block."""
+    partners, from ``fits``: pairs.pair_fit of :func:`reference_windows` (the regressions over the REF_BLOCKS
+    blocks before each row's block)."""
     shape = V.shape
     out = nan_columns(("pair_resid_z", "pair_best_z", "pair_mean_z", "pair_min_mean"), shape)
     best_ratio, mean_ratio = np.full(shape, np.inf), np.full(shape, np.inf)
+    if not pairs:
+        return out
     ci = {sid: i for i, sid in enumerate(cols)}
-    for a, b in pairs:
-        win = _reference_windows(blocks[f"{a}|{b}"], b0, r_values)
-        for t, p, iy, ix in ((ci[a], ci[b], 0, 1), (ci[b], ci[a], 1, 0)):
-            fit = _PairFit(*(f[r_index] for f in pair_fit(win, iy, ix)))
+    by_pair = [f.reshape(len(pairs), 2, -1) for f in fits]
+    for k, (a, b) in enumerate(pairs):
+        for side, (t, p) in enumerate(((ci[a], ci[b]), (ci[b], ci[a]))):
+            fit = _PairFit(*(f[k, side][r_index] for f in by_pair))
             _update_mean_deviation(out, mean_ratio, fit, means[:, t], means[:, p], t)
             _update_residual(out, best_ratio, fit, V[:, t], V[:, p], t)
     return out
 
 
-def _reference_windows(pair_blocks: list[list[float]], b0: int, r_values: np.ndarray) -> np.ndarray:
+def _reference_windows(sums: np.ndarray, b0: int, r_values: np.ndarray) -> np.ndarray:
     """The reference window of each block of rows: the REF_BLOCKS blocks of sums before it (zero sums before
     the first one), as a (r, 6, REF_BLOCKS) array reduced on its last axis, row by row."""
-    sums = np.asarray(pair_blocks, dtype=float).reshape(-1, 6)
     padded = np.vstack([np.zeros((REF_BLOCKS, 6)), sums])
     starts = np.clip(r_values - b0, 0, len(sums))
     return np.ascontiguousarray(sliding_window_view(padded, REF_BLOCKS, axis=0)[starts])
