@@ -140,7 +140,6 @@ def find_java() -> str:
     return java
 
 
-@register_extra(NAME)
 def hdfs_spec(settings: Settings) -> ServerSpec:
     lake, host = settings.lake, settings.runtime.host
     java = find_java()
@@ -163,6 +162,9 @@ def hdfs_spec(settings: Settings) -> ServerSpec:
         start_timeout_s=max(settings.runtime.start_timeout_s, 120.0),
         stop_timeout_s=settings.runtime.stop_timeout_s,
     )
+
+
+register_extra(NAME)(hdfs_spec)  # not as a decorator: callers keep the ServerSpec return type
 
 
 def hdfs_filesystem(url: str, user: str) -> AbstractFileSystem:

@@ -71,7 +71,10 @@ public class MiniHdfs {
         stop.await();
         System.out.println("MiniHdfs stopping");
         System.out.flush();
-        cluster.shutdown();
+        // Not cluster.shutdown(): it schedules the whole base dir for deletion at JVM exit (a test cluster's
+        // habit), and the data must survive a restart.
+        cluster.shutdownDataNodes();
+        cluster.shutdownNameNodes();
         System.out.println("MiniHdfs stopped");
         System.out.flush();
         System.exit(0);
