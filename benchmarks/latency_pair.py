@@ -55,18 +55,22 @@ def load() -> float:
 class CpuSampler:
     """CPU seconds by part (stream_throughput.cpu_by_part's parts) of this process and its descendants, sampled
     every ``every_s``: a process that exits in between (Spark restarts Python workers) keeps the CPU it had at
-    its last sample instead of vanishing from the sum."""
+    its last sample instead of vanishing from the sum. Also the peak of the summed RSS of all but the broker
+    (``peak_rss_mb``: the driver, the Spark JVM and its Python workers) over the samples."""
 
     def __init__(self, every_s: float = 0.5) -> None:
         self.every_s = every_s
         self.seen: dict[int, tuple[str, float]] = {}
+        self.peak_rss_mb = 0.0
+        self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
         me = psutil.Process()
         t = me.cpu_times()
-        self.seen[me.pid] = ("driver", t.user + t.system)
+        seen = {me.pid: ("driver", t.user + t.system)}
+        rss = me.memory_info().rss
         for child in me.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 t = child.cpu_times()
@@ -74,15 +78,27 @@ class CpuSampler:
                     part = "python_workers"
                 else:
                     part = "broker" if "kafka.Kafka" in " ".join(child.cmdline()) else "jvm"
-                self.seen[child.pid] = (part, t.user + t.system)
+                seen[child.pid] = (part, t.user + t.system)
+                if part != "broker":
+                    rss += child.memory_info().rss
+        with self.lock:
+            self.seen.update(seen)
+            self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+
+    def now(self) -> dict[str, float]:
+        """A fresh sample's totals (for a reading at a micro-batch's end)."""
+        self.sample()
+        return self.totals()
 
     def worker_pids(self) -> set[int]:
-        return {pid for pid, (part, _) in self.seen.items() if part == "python_workers"}
+        with self.lock:
+            return {pid for pid, (part, _) in self.seen.items() if part == "python_workers"}
 
     def totals(self) -> dict[str, float]:
         out = {"driver": 0.0, "jvm": 0.0, "python_workers": 0.0, "broker": 0.0}
-        for part, cpu in self.seen.values():
-            out[part] += cpu
+        with self.lock:
+            for part, cpu in self.seen.values():
+                out[part] += cpu
         return out
 
     def _run(self) -> None:

@@ -26,7 +26,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,27 +92,38 @@ def group_frame(spark: Any, settings: Any, starting: str, max_offsets: int) -> A
     )
 
 
-def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_offsets: int) -> dict[str, Any]:
+def drain(
+    spark: Any,
+    settings: Any,
+    stage: str,
+    root: Path,
+    backlog: int,
+    max_offsets: int,
+    cpu: Callable[[], dict[str, float]] = cpu_by_part,
+) -> dict[str, Any]:
+    """Drain ``backlog`` valid readings from the readings topic with the ``stage`` query; CPU by part is read
+    with ``cpu()`` after each micro-batch."""
     from millrace.processing.transforms import INVALID_GROUP, parse, to_step_input, validate
 
-    source = (
-        spark.readStream.format("kafka")
-        .options(**kafka_source_options(settings.kafka))
-        .option("subscribe", settings.topics.readings)
-        .option("startingOffsets", "earliest")
-        .option("maxOffsetsPerTrigger", str(max_offsets))
-        .load()
-    )
-    partitions = settings.spark.shuffle_partitions
-    labels = bucket_labels(spark, partitions, partitions)
-    frame = to_step_input(validate(parse(source), settings.processing), labels)
+    if stage == "group":
+        frame = group_frame(spark, settings, "earliest", max_offsets)
+    else:
+        source = (
+            spark.readStream.format("kafka")
+            .options(**kafka_source_options(settings.kafka))
+            .option("subscribe", settings.topics.readings)
+            .option("startingOffsets", "earliest")
+            .option("maxOffsetsPerTrigger", str(max_offsets))
+            .load()
+        )
+        partitions = settings.spark.shuffle_partitions
+        labels = bucket_labels(spark, partitions, partitions)
+        frame = to_step_input(validate(parse(source), settings.processing), labels)
     if stage == "group-noraw":
         from pyspark.sql import functions as F
-
-        frame = frame.withColumn("raw", F.when(F.col("reason").isNull(), F.lit(None)).otherwise(F.col("raw")))
-    if stage.startswith("group"):
         from pyspark.sql.streaming.state import GroupStateTimeout
 
+        frame = frame.withColumn("raw", F.when(F.col("reason").isNull(), F.lit(None)).otherwise(F.col("raw")))
         frame = frame.groupBy("gkey").applyInPandasWithState(
             count_group,
             outputStructType="gkey string, n long, bins array<long>, counts array<long>",
@@ -127,7 +138,7 @@ def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_o
             n = df.agg({"n": "sum"}).collect()[0][0] or 0
         else:
             n = df.where(df.gkey != INVALID_GROUP).count()
-        marks.append((time.monotonic(), int(n), cpu_by_part()))
+        marks.append((time.monotonic(), int(n), cpu()))
 
     query = (
         frame.writeStream.foreachBatch(on_batch)
@@ -147,6 +158,7 @@ def drain(spark: Any, settings: Any, stage: str, root: Path, backlog: int, max_o
         "stage": stage,
         "readings": sum(n for _, n, _ in with_input),
         "batches": len(with_input),
+        "batch_rows": [n for _, n, _ in with_input],
         "readings_per_s_after_first_batch": round(rows / span) if span > 0 else None,
         "cpu_s_per_1000_by_part": {k: round(1000 * (last[2][k] - first[2][k]) / rows, 3) for k in last[2]},
     }

@@ -22,7 +22,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,14 +78,16 @@ def settings_for(
     )
 
 
-def produce_backlog(settings: Settings, backlog: int, devices: int) -> FleetConfig:
-    """``backlog`` clean simulator readings on the readings topic, delivered; returns the fleet used."""
+def produce_backlog(settings: Settings, backlog: int, devices: int, topics: Sequence[str] = ()) -> FleetConfig:
+    """``backlog`` clean simulator readings on the readings topic (or on each of ``topics``: the same readings,
+    generated once), delivered; returns the fleet used."""
     cfg = FleetConfig(devices=devices, interval_s=1.0, seed=5)
     producer = make_producer(settings.kafka.client_config())
     sent = 0
     for batch in Simulator(cfg, count=backlog).batches():
         for key, value in zip(batch.keys, batch.values, strict=True):
-            producer.produce(settings.topics.readings, value, key)
+            for topic in topics or (settings.topics.readings,):
+                producer.produce(topic, value, key)
         sent += len(batch)
         if sent >= backlog:
             break
@@ -93,8 +95,17 @@ def produce_backlog(settings: Settings, backlog: int, devices: int) -> FleetConf
     return cfg
 
 
-def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]:
-    cfg = produce_backlog(settings, backlog, devices)
+def throughput(
+    settings: Settings,
+    backlog: int,
+    devices: int,
+    *,
+    produced: FleetConfig | None = None,
+    cpu_parts: Callable[[], dict[str, float]] = cpu_by_part,
+) -> dict[str, Any]:
+    """The job drains a backlog of ``backlog`` readings (produced here unless ``produced`` names the fleet of a
+    backlog already on the topic); ``cpu_parts()`` reads the CPU by part after each micro-batch."""
+    cfg = produced or produce_backlog(settings, backlog, devices)
     batches: list[tuple[float, BatchStats]] = []
     cpu: list[float] = []
     parts: list[dict[str, float]] = []
@@ -102,7 +113,7 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
 
     def on_batch(stats: BatchStats) -> None:
         batches.append((time.monotonic(), stats))
-        parts.append(cpu_by_part())
+        parts.append(cpu_parts())
         cpu.append(sum(v for k, v in parts[-1].items() if k != "broker"))
         peak[0] = max(peak[0], memory_mb())
 
@@ -133,6 +144,12 @@ def throughput(settings: Settings, backlog: int, devices: int) -> dict[str, Any]
         "startup_s": round(first_start - started, 1),
         "drain_s": round(span, 2),
         "readings_per_s": round(result.input_rows / span, 0),
+        # as spark_floor.drain counts it: the readings after the first batch over the time between batch ends
+        "readings_per_s_after_first_batch": round(
+            sum(s.input_rows for _, s in with_input[1:]) / (with_input[-1][0] - with_input[0][0])
+        )
+        if len(with_input) > 1
+        else None,
         "steady_readings_per_s": round(sum(s.input_rows for _, s in steady) / steady_span, 0),
         "batch_s": [round(s.duration_s, 2) for _, s in with_input],
         "batch_rows": [s.input_rows for _, s in with_input],

@@ -14,10 +14,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pandas as pd
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from millrace.config import Settings
+from millrace.jobs.sink import prediction_messages
 from millrace.kafka.producer import ReliableProducer, make_producer
 from millrace.services.app import create_app
 from tests.helpers import wait_for
@@ -251,3 +253,63 @@ def test_slow_client_does_not_block_fast_one(live: tuple[Settings, str], produce
         what="the slow client to be gone",
     )
     assert httpx.get(f"{url}/api/health").json()["websocket"]["dropped_total"] >= stats[slow_id]["dropped"]
+
+
+def test_the_jobs_packed_predictions_reach_clients_one_event_per_reading(
+    live: tuple[Settings, str], producer: ReliableProducer
+) -> None:
+    """The job sends a sensor's predictions of a micro-batch as one message (jobs.sink.prediction_messages);
+    clients get one event per reading, per sensor in event-time order, filtered as single predictions are."""
+    s, url = live
+    stack = ExitStack()
+    every = _ws(stack, url, ["sensors"])
+    loc02 = _ws(stack, url, ["sensors"], {"location": "loc-02"})
+    t0 = pd.Timestamp("2026-03-01T12:00:00", tz="UTC")
+    sensors = [("dev-0001-temperature", "temperature", "loc-01")] * 3 + [
+        ("dev-0002-humidity", "humidity", "loc-02")
+    ] * 2
+    readings = pd.DataFrame(
+        {
+            "sensor_id": [sid for sid, _, _ in sensors],
+            "device_id": [sid.rsplit("-", 1)[0] for sid, _, _ in sensors],
+            "sensor_type": [kind for _, kind, _ in sensors],
+            "location": [loc for _, _, loc in sensors],
+            "timestamp": t0 + pd.to_timedelta([2, 0, 1, 1, 0], unit="s"),
+            "value": [22.0, 20.0, 21.0, 41.0, 40.0],
+            "score": [9.0, 0.1, 0.2, 0.3, 0.4],
+            "is_anomaly": [True, False, False, False, False],
+            "anomaly_kind": ["spike", None, None, None, None],
+            "interpolated": [False, False, False, True, False],
+        }
+    )
+    values, keys = prediction_messages(readings)
+    assert len(values) == 2
+    for value, key in zip(values, keys, strict=True):
+        producer.produce(s.topics.predictions, value, key=key)
+    assert producer.flush(30) == 0
+    got = [m["data"] for m in _recv(every, 5)]
+    by_sensor = {
+        sid: [(d["timestamp"][17:19], d["value"], d["score"]) for d in got if d["sensor_id"] == sid] for sid in keys
+    }
+    assert by_sensor == {
+        "dev-0001-temperature": [("00", 20.0, 0.1), ("01", 21.0, 0.2), ("02", 22.0, 9.0)],
+        "dev-0002-humidity": [("00", 40.0, 0.4), ("01", 41.0, 0.3)],
+    }
+    spike = next(d for d in got if d["score"] == 9.0)
+    assert spike == {
+        "sensor_id": "dev-0001-temperature",
+        "timestamp": "2026-03-01T12:00:02.000Z",
+        "device_id": "dev-0001",
+        "sensor_type": "temperature",
+        "location": "loc-01",
+        "value": 22.0,
+        "score": 9.0,
+        "is_anomaly": True,
+        "anomaly_kind": "spike",
+        "interpolated": False,
+    }
+    assert [(m["data"]["sensor_id"], m["data"]["interpolated"]) for m in _recv(loc02, 2)] == [
+        ("dev-0002-humidity", False),
+        ("dev-0002-humidity", True),
+    ]
+    stack.close()

@@ -1,0 +1,170 @@
+"""The drain target of issue 19 — the job's throughput against Spark's floor — in ONE run on one broker.
+
+The machine is shared: two runs minutes apart see different loads, so a ratio of their rates says little. This
+runs both drains in one process, on one local broker (free ports) and one SparkSession, back to back
+(``--order`` says which first), on the same backlog: ``--backlog`` clean simulator readings of ``--devices``
+devices, generated once and produced to two topics before either drain starts. Then
+
+- the floor (benchmarks/spark_floor.py's ``group`` query: the job's Kafka source, parse, validation and shuffle
+  into an ``applyInPandasWithState`` that only counts) drains its topic, and
+- the job (benchmarks/stream_throughput.py's throughput run: the whole ``millrace iot process`` query into a
+  SQLite store and the output topics) drains the other,
+
+both with micro-batches of up to ``--max-offsets`` records. For each it reports readings/s steady (the readings
+after the first micro-batch, which pays worker start-up, over the time between the first and the last batch
+end — the same count for both), CPU seconds per 1,000 of those readings by part (driver — this process —, Spark
+JVM, Python workers, broker; sampled every 0.5 s and at each batch end, so a worker that exits keeps its CPU),
+the load average before and after, and the peak RSS of all but the broker (the JVM is shared, so the second
+drain's peak includes heap the first one grew). Then the job / floor ratio of the steady rates and of the CPU.
+
+    .venv/bin/python benchmarks/drain_pair.py --backlog 600000 --devices 20 --json-out drain.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = str(Path(__file__).parent)
+sys.path.insert(0, HERE)
+# The floor's counting function is pickled by reference to its module: the Python workers (which inherit the
+# environment) must find it too.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
+import spark_floor  # noqa: E402
+import stream_throughput  # noqa: E402
+from latency_pair import CpuSampler, load  # noqa: E402
+
+from millrace.jobs.session import build_session  # noqa: E402
+from millrace.runtime.process import free_port  # noqa: E402
+from millrace.runtime.stack import Stack  # noqa: E402
+
+PARTS = ("driver", "jvm", "python_workers", "broker")
+
+
+def measured(name: str, drain: Any) -> dict[str, Any]:
+    """Run ``drain(cpu)`` (``cpu()`` a fresh CPU-by-part reading, for each batch end) with the load, wall time
+    and peak RSS around it; its result keyed the same for both queries."""
+    load0, t0 = load(), time.monotonic()
+    with CpuSampler() as sampler:
+        result = drain(sampler.now)
+    parts = result["cpu_s_per_1000_by_part"]
+    out = {
+        "query": name,
+        "readings": result["readings"],
+        "batches": len(result["batch_rows"]),
+        "batch_rows": result["batch_rows"],
+        "readings_per_s_steady": result["readings_per_s_after_first_batch"],
+        "cpu_s_per_1000_by_part": {k: parts[k] for k in PARTS},
+        "cpu_s_per_1000_but_broker": round(sum(parts[k] for k in PARTS if k != "broker"), 3),
+        "peak_rss_mb": round(sampler.peak_rss_mb),
+        "wall_s": round(time.monotonic() - t0, 1),
+        "load": [load0, load()],
+        "detail": result,
+    }
+    print(json.dumps({k: v for k, v in out.items() if k not in ("detail", "batch_rows")}), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backlog", type=int, default=600_000, help="readings, produced once to both topics")
+    parser.add_argument("--devices", type=int, default=20, help="simulated devices (6 sensors each)")
+    parser.add_argument("--max-offsets", type=int, default=100_000, help="maxOffsetsPerTrigger of both queries")
+    parser.add_argument("--order", choices=["floor-first", "job-first"], default="floor-first")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark property")
+    parser.add_argument("--json-out", type=Path, help="write the whole result here as JSON")
+    args = parser.parse_args()
+    if args.backlog < 1 or args.devices < 1 or args.max_offsets < 1:
+        parser.error("--backlog, --devices and --max-offsets must be at least 1")
+    root = Path(tempfile.mkdtemp(prefix="millrace-drain-pair-"))
+    kp, cp = free_port(), free_port()
+    spark_opts: dict[str, Any] = {"conf": dict(kv.split("=", 1) for kv in args.spark_conf)}
+    floor_s = stream_throughput.settings_for(root, kp, cp, "floor", args.max_offsets, spark_opts)
+    job_s = stream_throughput.settings_for(root, kp, cp, "job", args.max_offsets, spark_opts)
+    out: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": psutil.cpu_count(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    stack = Stack(floor_s)
+    stack.up()
+    spark = None
+    try:
+        stream_throughput._topics(floor_s)
+        stream_throughput._topics(job_s)
+        t0 = time.monotonic()
+        print(f"producing {args.backlog:,} readings to two topics", file=sys.stderr, flush=True)
+        fleet = stream_throughput.produce_backlog(
+            floor_s, args.backlog, args.devices, topics=(floor_s.topics.readings, job_s.topics.readings)
+        )
+        out["produce_s"] = round(time.monotonic() - t0, 1)
+        spark = build_session(floor_s, app_name="millrace-drain-pair")  # the job's run() gets the same one
+        runs = {
+            "floor": lambda cpu: spark_floor.drain(
+                spark, floor_s, "group", root, args.backlog, args.max_offsets, cpu=cpu
+            ),
+            "job": lambda cpu: stream_throughput.throughput(
+                job_s, args.backlog, args.devices, produced=fleet, cpu_parts=cpu
+            ),
+        }
+        order = ["floor", "job"] if args.order == "floor-first" else ["job", "floor"]
+        for name in order:
+            print(f"draining: {name}", file=sys.stderr, flush=True)
+            out[name] = measured(name, runs[name])
+    finally:
+        if spark is not None:  # its Python workers' producers first, then the broker they talk to
+            spark.stop()
+        stack.down()
+    floor, job = out["floor"], out["job"]
+    if floor["readings_per_s_steady"] and job["readings_per_s_steady"]:
+        out["job_over_floor"] = {
+            "readings_per_s_steady": round(job["readings_per_s_steady"] / floor["readings_per_s_steady"], 2),
+            # floor / job CPU per reading: the job's efficiency against the floor's, as a throughput ratio
+            "cpu_floor_over_job_but_broker": round(
+                floor["cpu_s_per_1000_but_broker"] / job["cpu_s_per_1000_but_broker"], 2
+            ),
+        }
+    if args.json_out:
+        args.json_out.write_text(json.dumps(out, indent=2))
+    print(table(out))
+
+
+def table(out: dict[str, Any]) -> str:
+    """The two drains side by side, as a Markdown table."""
+    rows = [
+        ("readings/s steady", "readings_per_s_steady", "{:,.0f}"),
+        ("micro-batches", "batches", "{}"),
+        *((f"CPU s / 1,000: {p}", p, "{:.3f}") for p in PARTS),
+        ("CPU s / 1,000: all but the broker", "cpu_s_per_1000_but_broker", "{:.3f}"),
+        ("peak RSS, MB (all but the broker)", "peak_rss_mb", "{:,}"),
+        ("load before → after", "load", "{0[0]} → {0[1]}"),
+        ("wall, s", "wall_s", "{}"),
+    ]
+    lines = ["| | floor | job |", "|---|---:|---:|"]
+    for label, key, fmt in rows:
+        cells = []
+        for q in ("floor", "job"):
+            r = out[q]
+            value = r["cpu_s_per_1000_by_part"][key] if key in PARTS else r[key]
+            cells.append(fmt.format(value) if value is not None else "—")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    ratio = out.get("job_over_floor")
+    if ratio:
+        lines.append(
+            f"\njob / floor readings/s steady: {ratio['readings_per_s_steady']}; floor / job CPU per reading "
+            f"(all but the broker): {ratio['cpu_floor_over_job_but_broker']}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
