@@ -22,20 +22,25 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from millrace.config import Settings
+from millrace.config import Settings, load_settings
 from millrace.kafka.admin import apply_topics
 from millrace.kafka.producer import make_producer
 from millrace.kafka.schema_registry import json_serializer, register, registry_client, subject_for
 from millrace.kafka.topics import declared_topics
 from millrace.records import to_iso
+from millrace.runtime.mongodb import mongodb_spec
+from millrace.runtime.process import ProcessManager, free_port
 from millrace.services.app import create_app
-from millrace.shop.analytics import publish_metrics
+from millrace.shop.analytics import metric_record, publish_metrics
 from millrace.shop.catalog import load_products, sample_catalog_path
 from millrace.shop.client import query_record, query_serializer
 from millrace.shop.decode import SchemaDecoder
 from millrace.shop.lake import catalog_index, open_lake, order_rows
 from millrace.shop.orders import OrderGenerator
 from millrace.shop.schemas import load_schema
+from millrace.stores.base import Store
+from millrace.stores.browse import make_query
+from millrace.stores.convert import ms_of
 from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique
 from tests.integration.fixtures_hdfs import ManagedHdfs
@@ -385,3 +390,66 @@ def test_records_reach_the_topic_and_the_store_and_the_api_serves_them(run: Run)
 
 def _canon(m: dict[str, Any]) -> str:
     return json.dumps(m, sort_keys=True, ensure_ascii=False)
+
+
+# ---- the store collection on both backends ----
+
+
+@pytest.fixture(scope="module")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB-wire server (FerretDB unless a mongod is on PATH) through millrace.runtime, for this module."""
+    state = tmp_path_factory.mktemp("analytics-mongo")
+    uri = f"mongodb://127.0.0.1:{free_port()}"
+    settings = load_settings(state_dir=state, store={"backend": "mongodb", "mongodb_uri": uri})
+    manager = ProcessManager(state)
+    manager.start(mongodb_spec(settings))
+    try:
+        yield uri
+    finally:
+        assert manager.stop("mongodb"), "the MongoDB-wire server did not stop"
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        store: Store = SqliteStore(tmp_path / "store.db")
+    else:
+        from millrace.stores.mongo import MongoStore
+
+        store = MongoStore(request.getfixturevalue("mongo_uri"), unique("analytics"))
+    try:
+        yield store
+    finally:
+        if request.param == "mongodb":
+            store.drop()  # type: ignore[attr-defined]
+        store.close()
+
+
+def test_every_backend_keeps_runs_and_answers_the_latest(any_store: Store) -> None:
+    t0 = START
+    first = [
+        metric_record("top_products", {"product_id": "p|1", "name": "Телефон", "rank": 1}, 9, t0, t0, t0),
+        metric_record("top_products", {"rank": 2, "product_id": "p2", "name": "x"}, 5, t0, t0, t0),
+        metric_record("searches_per_hour", {"hour": "2026-06-01T06:00:00Z"}, 4, t0, t0 + timedelta(hours=1), t0),
+    ]
+    later = t0 + timedelta(minutes=5)
+    second = [metric_record("top_products", {"product_id": "p2", "name": "x", "rank": 1}, 11, t0, t0, later)]
+    assert any_store.upsert_analytics(first) == 3
+    assert any_store.upsert_analytics(first) == 3  # idempotent: the same keys
+    assert any_store.upsert_analytics(second) == 1
+    assert any_store.count("shop_analytics") == 4
+    assert any_store.collections()["shop_analytics"] == 4
+    latest = any_store.latest_analytics()
+    assert [(r["metric"], r["dimensions"], r["value"], r["computed_at"]) for r in latest] == [
+        ("searches_per_hour", {"hour": "2026-06-01T06:00:00Z"}, 4.0, t0),
+        ("top_products", {"name": "x", "product_id": "p2", "rank": "1"}, 11.0, later),
+    ]
+    assert latest[0]["window_end"] == t0 + timedelta(hours=1)
+    assert any_store.latest_analytics(["top_products"]) == latest[1:]
+    page = any_store.browse("shop_analytics", make_query("shop_analytics", sort="-value"))
+    assert [r["value"] for r in page.rows] == [11.0, 9.0, 5.0, 4.0] and page.total == 4
+    key = page.rows[1]["_key"]
+    assert key == f'top_products|{ms_of(t0)}|{{"name":"Телефон","product_id":"p|1","rank":"1"}}'
+    assert any_store.document("shop_analytics", key) == page.rows[1]
+    assert any_store.apply_retention(later + timedelta(days=1), 1.0)["shop_analytics"] == 3
+    assert [r["value"] for r in any_store.latest_analytics()] == [11.0]
