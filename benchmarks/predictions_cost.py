@@ -12,8 +12,9 @@ Rounds alternate between the two (``--rounds`` each, interleaved, so both see th
 process (a Spark Python worker's part: the sink, with a store that keeps nothing — the store's cost does not
 depend on the packing) writes ``--readings`` readings of ``--devices`` devices (6 sensors each) in calls of
 ``--per-call`` readings; the round ends when the API has published every reading's event. CPU seconds of the
-worker (its whole process: librdkafka's threads included), of the broker and of the API process over the round,
-per 1,000 readings; the load average around each round.
+worker (its whole process, librdkafka's threads included, from its first call to its last delivery), of the
+broker and of the API process from the worker's first call until the API published the last event, per 1,000
+readings; the load average around each round.
 
     .venv/bin/python benchmarks/predictions_cost.py --readings 100000 --rounds 2 --json-out preds.json
 """
@@ -21,6 +22,7 @@ per 1,000 readings; the load average around each round.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -129,6 +131,8 @@ def worker(args: argparse.Namespace) -> None:
         store_backend="none",
         recommendations=load_table(None),
     )
+    print("ready", flush=True)  # imports done, readings built: the parent starts its CPU readings now
+    sys.stdin.readline()
     cpu0 = time.process_time()
     for frame in frames:
         sink.write_readings(frame)
@@ -197,9 +201,18 @@ def main() -> None:
         for i in range(args.rounds * 2):
             mode = MODES[i % 2]
             published = _health(url, ready=False)["websocket"]["published"]["sensors"]
+            proc = subprocess.Popen(
+                [*child, "--worker", mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"the {mode} worker failed to start")
             load0, broker0, api0, t0 = psutil.getloadavg()[0], cpu(broker), cpu(api_proc), time.monotonic()
-            done = subprocess.run([*child, "--worker", mode], capture_output=True, text=True, check=True)
-            worker_cpu = json.loads(done.stdout.strip().splitlines()[-1])["cpu_s"]
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            worker_cpu = json.loads(proc.stdout.readline())["cpu_s"]
+            if proc.wait(60) != 0:
+                raise SystemExit(f"the {mode} worker failed")
             target = published + args.readings
             _wait(
                 lambda t=target: _health(url, ready=False)["websocket"]["published"]["sensors"] >= t or None,
@@ -257,13 +270,15 @@ def _wait(probe: Any, timeout_s: float, what: str) -> Any:
 
 
 def _ws_client(url: str, received: list[int]) -> None:
+    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     with connect(url.replace("http://", "ws://") + "/ws", compression=None, max_queue=None) as conn:
         conn.send(json.dumps({"subscribe": ["sensors"]}))
-        while True:
-            conn.recv()
-            received[0] += 1
+        with contextlib.suppress(ConnectionClosed):  # the API stops at the end of the run
+            while True:
+                conn.recv()
+                received[0] += 1
 
 
 if __name__ == "__main__":
