@@ -336,11 +336,32 @@ def _all_sensor_residuals(
     for i, rv in enumerate(r_values):
         window = gram_rows[max(0, rv - REF_BLOCKS - g0) : max(0, rv - g0)]
         window = window[np.isfinite(window).all(axis=1)]
-        fits[i] = residual_fit(window, BLOCK) if len(window) >= MIN_BLOCKS else None
+        fits[i] = _residual_fit(window) if len(window) >= MIN_BLOCKS else None
         if fits[i] is not None:
             at = slice(r_bounds[i], r_bounds[i + 1])
             dev_z[at] = residual_z(V[at], fits[i])
     return dev_z, fits
+
+
+_FITS: dict[bytes, tuple[np.ndarray, np.ndarray] | None] = {}
+_FITS_SIZE = 1024  # entries: a few per device (the windows of a micro-batch's blocks of rows)
+
+
+def _residual_fit(window: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """devreg.residual_fit of a reference window of Gram triangles, remembered per process: a window changes
+    only when a block of rows completes, so a stream's consecutive micro-batches fit the same one (the first
+    block of rows of a batch is the last of the one before). A pure function of the window: the same numbers."""
+    key = window.tobytes() + bytes(str(window.shape), "ascii")
+    if key in _FITS:
+        return _FITS[key]
+    if len(_FITS) >= _FITS_SIZE:
+        _FITS.pop(next(iter(_FITS)))  # the oldest entry
+    fit = residual_fit(window, BLOCK)
+    if fit is not None:
+        for part in fit:
+            part.flags.writeable = False  # shared by the calls that hit it
+    _FITS[key] = fit
+    return fit
 
 
 def _window_sum(hist: np.ndarray, w: int) -> np.ndarray:

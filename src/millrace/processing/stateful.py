@@ -396,7 +396,8 @@ def _lookup(keys: pd.Series, table: dict[str, int]) -> np.ndarray:
     """float64 array of ``table[key]`` per row (NaN where absent), whatever the string dtype of ``keys``."""
     if not table or keys.empty:
         return np.full(len(keys), np.nan)
-    return pd.Series(keys.to_numpy(dtype=object)).map(table).to_numpy(dtype="float64", na_value=np.nan)
+    codes, names = pd.factorize(keys.to_numpy(dtype=object), use_na_sentinel=False)  # a lookup per distinct key
+    return np.array([table.get(name, np.nan) for name in names], dtype="float64")[codes]
 
 
 def make_step(
