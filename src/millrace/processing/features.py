@@ -89,8 +89,11 @@ from millrace.processing.features_device import (
     dump_device,
     finish_rows,
     load_device,
+    pair_columns,
     prepare_rows,
+    row_fits,
 )
+from millrace.processing.features_pair import pair_features
 from millrace.processing.features_sensor import new_sensor, sensors_step
 from millrace.processing.features_spec import (
     BLOCK,
@@ -264,15 +267,42 @@ def _device_features(b: _Batch, olds: dict[str, dict[str, Any]], feats: np.ndarr
             step_z=step_z[lo:hi],
         )
         prepared.append(prepare_rows(batch, prev))
-    at = np.cumsum([0] + [len(p.windows) for p in prepared])
-    fits = pair_fit(np.concatenate([p.windows for p in prepared]), 0, 1) if at[-1] else ()
+    pairs = _pair_features(prepared)
     new: dict[str, DeviceFeatureState] = {}
     for d, (name, p) in enumerate(zip(b.devices, prepared, strict=True)):
-        out, new[name] = finish_rows(p, tuple(f[at[d] : at[d + 1]] for f in fits))
+        out, new[name] = finish_rows(p, pairs[d])
         lo, hi = dev_bounds[d], dev_bounds[d + 1]
         for feature, column in out.items():
             feats[lo:hi, _COLUMN[feature]] = column
     return new
+
+
+_PAIR_FEATURES = ("pair_resid_z", "pair_best_z", "pair_mean_z", "pair_min_mean")
+
+
+def _pair_features(prepared: list[PreparedRows]) -> list[dict[str, np.ndarray]]:
+    """features_pair.pair_features of each device: the reference windows of all of them fitted in one
+    pairs.pair_fit (each window on its own), the features computed at once for the rows of the devices with
+    the same sensor types (element by element): per device the numbers it gets alone."""
+    at = np.cumsum([0] + [len(p.windows) for p in prepared])
+    fits = pair_fit(np.concatenate([p.windows for p in prepared]), 0, 1) if at[-1] else ()
+    out = [{name: np.full(p.rows.values.shape, np.nan) for name in _PAIR_FEATURES} for p in prepared]
+    groups: dict[tuple[tuple[str, ...], tuple[tuple[int, int], ...]], list[int]] = {}
+    for d, p in enumerate(prepared):
+        if p.pairs:
+            groups.setdefault((p.batch.types, pair_columns(p)), []).append(d)
+    for (_, pairs), members in groups.items():
+        per_row = [row_fits(prepared[d], tuple(f[at[d] : at[d + 1]] for f in fits)) for d in members]
+        together = pair_features(
+            np.vstack([prepared[d].rows.values for d in members]),
+            np.vstack([prepared[d].means for d in members]),
+            pairs,
+            tuple(np.concatenate(parts, axis=2) for parts in zip(*per_row, strict=True)),
+        )
+        bounds = np.cumsum([0] + [len(prepared[d].rows.values) for d in members])
+        for i, d in enumerate(members):
+            out[d] = {name: column[bounds[i] : bounds[i + 1]] for name, column in together.items()}
+    return out
 
 
 def frame_features(readings: pd.DataFrame, cfg: ProcessingSettings, *, chunk: str | None = "1min") -> pd.DataFrame:

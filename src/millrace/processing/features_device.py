@@ -21,7 +21,7 @@ from millrace.processing.devreg import (
     residual_fit,
     residual_z,
 )
-from millrace.processing.features_pair import pair_blocks, pair_features, partner_pairs, reference_windows
+from millrace.processing.features_pair import pair_blocks, partner_pairs, reference_windows
 from millrace.processing.features_spec import (
     BLOCK,
     REF_BLOCKS,
@@ -84,7 +84,8 @@ _ARRAYS = ("origin", "last_v", "last_absz", "rows", "tail", "resid", "best", "dt
 
 def dump_device(st: DeviceFeatureState) -> dict[str, Any]:
     """The state as a JSON-able value: names and counts, and every array as one base64 text of little-endian
-    float64 (a third of the size of the numbers as JSON text, and no float formatting or parsing)."""
+    float64 (exact, 10.7 characters a number where the regression sums took 18-20 as JSON text, and no float
+    formatting or parsing)."""
     arrays = [getattr(st, name) for name in _ARRAYS] + list(st.blocks)
     raw = np.concatenate([a.ravel() for a in arrays]).astype("<f8").tobytes()
     return {
@@ -210,14 +211,25 @@ def prepare_rows(b: DeviceBatch, prev: DeviceFeatureState | None) -> PreparedRow
     return PreparedRows(b, prev, rows, n0, r_index, full, pairs, blocks, grams, g0, dev_z, fits, v_hist, means, windows)
 
 
-def finish_rows(p: PreparedRows, pair_fits: tuple[np.ndarray, ...]) -> tuple[Columns, DeviceFeatureState]:
-    """DEVICE_FEATURES (one value per reading) of the device's batch, given the fits of its reference windows
-    (pairs.pair_fit of ``p.windows``), and the device's new state."""
+def pair_columns(p: PreparedRows) -> tuple[tuple[int, int], ...]:
+    """The device's partner pairs as pairs of its sensor columns (the same for devices with the same types)."""
+    ci = {sid: i for i, sid in enumerate(p.batch.cols)}
+    return tuple((ci[a], ci[b]) for a, b in p.pairs)
+
+
+def row_fits(p: PreparedRows, window_fits: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """pairs.pair_fit of ``p.windows`` per row of the device: pairs x 2 x rows each (features_pair.pair_features)."""
+    return tuple(f.reshape(len(p.pairs), 2, -1)[:, :, p.r_index] for f in window_fits)
+
+
+def finish_rows(p: PreparedRows, pair: Columns) -> tuple[Columns, DeviceFeatureState]:
+    """DEVICE_FEATURES (one value per reading) of the device's batch, given its partner features
+    (features_pair.pair_features of its rows, rows x sensors; all NaN without partners), and the device's new
+    state."""
     b, prev, rows = p.batch, p.prev, p.rows
     cols, ncol = b.cols, len(b.cols)
     index = None if prev is None or prev.cols == cols else np.array([cols.index(c) for c in prev.cols])
     V, nrow = rows.values, len(rows.values)
-    pair = pair_features(V, p.means, p.pairs, pair_fits, p.r_index, cols)
     resid_hist = np.vstack([_kept(prev, "resid", index, SHORT - 1, ncol), pair["pair_resid_z"]])
     best_hist = np.vstack([_kept(prev, "best", index, ROLL - 1, ncol), pair["pair_best_z"]])
     dz_hist = np.vstack([_kept(prev, "dtail", index, ROLL - 1, ncol), p.dev_z])

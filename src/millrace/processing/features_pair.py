@@ -99,34 +99,34 @@ def reference_windows(blocks: list[np.ndarray], b0: int, r_values: np.ndarray) -
     the pair's first sensor as the target (pairs.pair_fit's y, sums column 1), then its second;
     (pairs x 2 x blocks of rows, 6, REF_BLOCKS). Their fits are rows of one pairs.pair_fit call, which reduces
     every window on its own: one call for every pair of every device gives each the numbers of its own."""
+    if not blocks:
+        return np.zeros((0, 6, REF_BLOCKS))
+    if len({len(blk) for blk in blocks}) == 1:  # the usual case: every pair since the same block, at once
+        sums = np.stack(blocks)
+        padded = np.concatenate([np.zeros((len(blocks), REF_BLOCKS, 6)), sums], axis=1)
+        starts = np.clip(r_values - b0, 0, sums.shape[1])
+        win = sliding_window_view(padded, REF_BLOCKS, axis=1)[:, starts]  # pairs x r x 6 x REF_BLOCKS
+        return np.stack([win, win[:, :, _SWAP]], axis=1).reshape(-1, 6, REF_BLOCKS)
     parts = []
     for blk in blocks:
         win = _reference_windows(blk, b0, r_values)
         parts += [win, win[:, _SWAP]]
-    return np.concatenate(parts) if parts else np.zeros((0, 6, REF_BLOCKS))
+    return np.concatenate(parts)
 
 
 def pair_features(
-    V: np.ndarray,
-    means: np.ndarray,
-    pairs: tuple[tuple[str, str], ...],
-    fits: tuple[np.ndarray, ...],
-    r_index: np.ndarray,
-    cols: tuple[str, ...],
+    V: np.ndarray, means: np.ndarray, pairs: tuple[tuple[int, int], ...], fits: tuple[np.ndarray, ...]
 ) -> Columns:
     """pair_resid_z, pair_best_z, pair_mean_z and pair_min_mean (rows x sensors) against each sensor's
-    partners, from ``fits``: pairs.pair_fit of :func:`reference_windows` (the regressions over the REF_BLOCKS
-    blocks before each row's block)."""
+    partners (``pairs`` of sensor columns), from ``fits``: pairs.pair_fit of :func:`reference_windows` (the
+    regressions over the REF_BLOCKS blocks before each row's block) per row, pairs x 2 x rows each. Element by
+    element, so the rows of several devices with the same sensor types can be computed at once."""
     shape = V.shape
     out = nan_columns(("pair_resid_z", "pair_best_z", "pair_mean_z", "pair_min_mean"), shape)
     best_ratio, mean_ratio = np.full(shape, np.inf), np.full(shape, np.inf)
-    if not pairs:
-        return out
-    ci = {sid: i for i, sid in enumerate(cols)}
-    by_pair = [f.reshape(len(pairs), 2, -1) for f in fits]
     for k, (a, b) in enumerate(pairs):
-        for side, (t, p) in enumerate(((ci[a], ci[b]), (ci[b], ci[a]))):
-            fit = _PairFit(*(f[k, side][r_index] for f in by_pair))
+        for side, (t, p) in enumerate(((a, b), (b, a))):
+            fit = _PairFit(*(f[k, side] for f in fits))
             _update_mean_deviation(out, mean_ratio, fit, means[:, t], means[:, p], t)
             _update_residual(out, best_ratio, fit, V[:, t], V[:, p], t)
     return out
