@@ -38,7 +38,7 @@ from tests.integration.fixtures_shop import SHOP_TOPICS, read_topic, shop_env
 pytestmark = pytest.mark.integration
 
 MILLRACE = str(Path(sys.executable).with_name("millrace"))
-START = datetime(2026, 6, 1, 20, 0, tzinfo=UTC)  # 20 s of event time per event: the orders cross midnight
+START = datetime(2026, 6, 1, 23, 0, tzinfo=UTC)  # 20 s of event time per event: the orders cross midnight
 NOT_JSON = b'{"order_id": "o-broken", "lines": ['
 
 Position = tuple[int, int]
@@ -54,7 +54,6 @@ class Orders:
         self.events = iter(OrderGenerator(self.products, seed=5, start=START, rate=0.05))
         self.valid: dict[Position, dict[str, Any]] = {}
         self.malformed: set[Position] = set()
-        self.producer = Producer(settings.kafka.client_config())
         self.serialize = None
         if framed:
             url, schema = settings.shop.registry_url, load_schema("order")
@@ -73,14 +72,15 @@ class Orders:
             records.append((event["customer_id"], value, event))
         records += [("c-bad", value, None) for value in bad]
         landed: dict[int, Position] = {}
+        producer = Producer(self.settings.kafka.client_config())  # dropped on return: no client outlives the test
         for i, (key, value, _) in enumerate(records):
-            self.producer.produce(
+            producer.produce(
                 self.topic,
                 value,
                 key.encode(),
                 on_delivery=lambda err, m, i=i: landed.__setitem__(i, (m.partition(), m.offset())),
             )
-        assert self.producer.flush(30) == 0
+        assert producer.flush(30) == 0
         for i, (_, _, event) in enumerate(records):
             if event is None:
                 self.malformed.add(landed[i])
@@ -198,11 +198,11 @@ def test_archive_on_hdfs_survives_kill_9_exactly_once(
     assert len(lake.read_orders()) > 0
 
 
-def test_a_lake_ahead_of_the_commits_is_not_written_twice(shop_settings: Settings, tmp_path: Path) -> None:
+def test_a_lake_ahead_of_the_commits_is_not_written_twice(plain_shop_settings: Settings, tmp_path: Path) -> None:
     """As after a crash between writing files and committing: the lake holds a prefix of each partition
     (its last files removed here), the group has committed nothing; a new archiver with other batch sizes
     skips what the lake holds and writes the rest."""
-    settings = shop_settings.model_copy(update={"state_dir": tmp_path})
+    settings = plain_shop_settings.model_copy(update={"state_dir": tmp_path})
     orders = Orders(settings, framed=False)
     orders.produce(900, bad=(NOT_JSON,))
     lake = open_lake(settings)
@@ -242,3 +242,75 @@ def test_a_lake_ahead_of_the_commits_is_not_written_twice(shop_settings: Setting
     assert second.stats.archived == len([1 for p, o in orders.valid if o > kept[p]])
     assert second.stats.dead_lettered == len([1 for p, o in orders.malformed if o > kept[p]])
     _assert_committed_to_the_end(settings, second.group)
+
+
+def test_sigterm_writes_the_batch_in_hand_and_commits(plain_shop_settings: Settings, tmp_path: Path) -> None:
+    """SIGTERM while a batch waits for its time limit (120 s): what was read is written and committed, the
+    summary printed, exit 143; a restart archives the rest."""
+    settings = plain_shop_settings
+    env = shop_env(settings, tmp_path)
+    lake = open_lake(settings.model_copy(update={"state_dir": tmp_path}))
+    orders = Orders(settings, framed=False)
+    orders.produce(300)
+    group = unique("archive")
+    log = tmp_path / "archive.log"
+    run = ("--group", group, "--batch-size", "200", "--batch-seconds", "120", "--no-registry")
+    proc = _archiver(env, log, "--follow", *run)
+    try:
+        wait_for(lambda: lake.files() or proc.poll() is not None, timeout_s=120, what="the first batch's files")
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=45) == 143, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    text = log.read_text()
+    assert "SIGTERM: stopping the archiver" in text and "archiver stopped:" in text
+    archived = lake.archived_offsets()
+    marks = watermarks(settings.kafka.client_config(), settings.topics.shop_orders)
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": group, "log_level": 0})
+    try:
+        tps = [TopicPartition(settings.topics.shop_orders, p) for p in marks]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+    finally:
+        consumer.close()
+    # what was written was committed; what was read but not written was neither (nothing in between)
+    assert {p: o for p, o in committed.items() if o >= 0} == {p: high + 1 for p, high in archived.items()}
+    rows = lake.read_orders()
+    assert not rows[["kafka_partition", "kafka_offset", "line_no"]].duplicated().any()
+    assert len(set(zip(rows["kafka_partition"], rows["kafka_offset"], strict=True))) >= 200
+    finish = _archiver(env, log, "--until-idle", "--group", group, "--batch-seconds", "1", "--no-registry")
+    assert finish.wait(timeout=120) == 0, log.read_text()
+    _assert_exactly_once(lake, orders)
+
+
+def test_a_stop_writes_the_batch_in_hand(plain_shop_settings: Settings, tmp_path: Path) -> None:
+    """Stopped once everything is read, before the batch's size or time limit: the batch is written, then
+    committed."""
+    settings = plain_shop_settings.model_copy(update={"state_dir": tmp_path})
+    orders = Orders(settings, framed=False)
+    orders.produce(300)
+    lake = open_lake(settings)
+    group = unique("archive")
+    archiver = OrderArchiver(
+        settings.kafka.client_config(),
+        lake,
+        topic=settings.topics.shop_orders,
+        dead_letter_topic=settings.topics.shop_dead_letter,
+        products=catalog_index(orders.products),
+        group=group,
+        batch_size=1000,
+        batch_seconds=600,
+    )
+    stop = threading.Event()
+
+    def progress(stats: Any) -> None:
+        if stats.consumed == 300:
+            assert lake.files() == []  # still in hand
+            stop.set()
+
+    stats = archiver.run(stop, on_progress=progress, progress_every_s=0.05)
+    assert (stats.consumed, stats.archived, stats.batches) == (300, 300, 1)
+    _assert_exactly_once(lake, orders)
+    _assert_committed_to_the_end(settings, group)
