@@ -197,6 +197,14 @@ def main() -> None:
         client.start()
         _wait(lambda: len(_health(url, ready=False)["websocket"]["clients"]) == 1 or None, 30, "the client")
         api_proc = psutil.Process(api.pid)
+        # What the broker and the API burn with nothing to do (a part of each round's CPU that packing cannot save)
+        idle0, idle_api0, t_idle = cpu(broker), cpu(api_proc), time.monotonic()
+        time.sleep(5.0)
+        idle_s = time.monotonic() - t_idle
+        out["idle_cpu_s_per_s"] = {
+            "broker": round((cpu(broker) - idle0) / idle_s, 4),
+            "api": round((cpu(api_proc) - idle_api0) / idle_s, 4),
+        }
         rounds = []
         for i in range(args.rounds * 2):
             mode = MODES[i % 2]
@@ -248,7 +256,7 @@ def main() -> None:
         stack.down()
     if args.json_out:
         args.json_out.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out["mean"], indent=2))
+    print(json.dumps({k: out[k] for k in ("idle_cpu_s_per_s", "mean")}, indent=2))
 
 
 def _health(url: str, ready: bool = True) -> Any:
