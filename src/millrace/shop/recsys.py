@@ -204,9 +204,17 @@ def cooccurrence_scores(m: Matrix) -> np.ndarray:
     return bought @ similarity
 
 
-def als_scores(m: Matrix, spark: Any, cfg: AnalyticsSettings, *, seed: int = 0) -> np.ndarray:
-    """Fit Spark MLlib's ALS with implicit feedback on the order counts; user factors . item factors."""
+def als_scores(
+    m: Matrix, spark: Any, cfg: AnalyticsSettings, *, checkpoint_dir: str | None = None, seed: int = 0
+) -> np.ndarray:
+    """Fit Spark MLlib's ALS with implicit feedback on the order counts; user factors . item factors.
+
+    ALS's lineage grows with every iteration; without checkpoints (every 5 iterations into ``checkpoint_dir``)
+    serialising a task of a long fit overflows the driver's stack."""
     from pyspark.ml.recommendation import ALS
+
+    if checkpoint_dir is not None:
+        spark.sparkContext.setCheckpointDir(checkpoint_dir)
 
     u, i = np.nonzero(m.counts)
     frame = pd.DataFrame({"user": u.astype("int32"), "item": i.astype("int32"), "rating": m.counts[u, i]})
@@ -220,6 +228,7 @@ def als_scores(m: Matrix, spark: Any, cfg: AnalyticsSettings, *, seed: int = 0) 
         itemCol="item",
         ratingCol="rating",
         coldStartStrategy="drop",
+        checkpointInterval=5,
         seed=seed,
     )
     model = als.fit(spark.createDataFrame(frame))
@@ -246,13 +255,15 @@ def top_k(m: Matrix, scores: np.ndarray, k: int, blocked: Iterable[str] = ()) ->
     return result
 
 
-def fit_scores(name: str, m: Matrix, *, spark: Any, cfg: AnalyticsSettings) -> np.ndarray:
+def fit_scores(
+    name: str, m: Matrix, *, spark: Any, cfg: AnalyticsSettings, checkpoint_dir: str | None = None
+) -> np.ndarray:
     if name == "popularity":
         return popularity_scores(m)
     if name == "cooccurrence":
         return cooccurrence_scores(m)
     if name == "als":
-        return als_scores(m, spark, cfg)
+        return als_scores(m, spark, cfg, checkpoint_dir=checkpoint_dir)
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -282,7 +293,7 @@ class TrainResult:
     published: int = 0  # users whose recommendations were written
     topic: str = ""
     coverage: float = 0.0  # share of the users with at least one recommendation
-    analytics_published: int | None = None  # metrics written through shop analytics (None: not available)
+    analytics_published: int = 0  # coverage records written to shop analytics (the topic and the store)
     seconds: float = 0.0
     records: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # published: user -> top-N
 
@@ -314,11 +325,12 @@ def compare(
     cfg: AnalyticsSettings,
     blocked: Iterable[str] = (),
     spark: Any = None,
+    checkpoint_dir: str | None = None,
     models: Sequence[str] = MODELS,
     progress: Progress | None = None,
 ) -> tuple[list[ModelReport], HoldOut, dict[str, dict[str, list[str]]]]:
-    """Fit each model on the orders before the hold-out and score its top-K on the hold-out. ``spark`` is
-    needed for ``als`` only."""
+    """Fit each model on the orders before the hold-out and score its top-K on the hold-out. ``spark`` (and
+    ``checkpoint_dir``, see :func:`als_scores`) are for ``als`` only."""
     say = progress or (lambda _: None)
     stop = sorted(set(blocked))
     holdout = hold_out(lines, cfg.holdout_days, stop)
@@ -332,7 +344,7 @@ def compare(
     for name in models:
         say(f"fitting {name} on {len(holdout.train)} order lines before {holdout.cutoff:%Y-%m-%d %H:%M}")
         started = time.monotonic()
-        scores = fit_scores(name, matrix, spark=spark, cfg=cfg)
+        scores = fit_scores(name, matrix, spark=spark, cfg=cfg, checkpoint_dir=checkpoint_dir)
         seconds = time.monotonic() - started
         ranked = top_k(matrix, scores, K, stop)
         lists[name] = {u: [p for p, _ in ranked.get(u, [])] for u in holdout.relevant}
@@ -378,13 +390,16 @@ def train_and_publish(
     lake = open_lake(settings)
     say(f"reading the orders lake at {lake.spark_url}")
     lines = interactions(lake.read_orders())
-    spark = None
+    spark, checkpoints = None, None
     if "als" in models:
-        from millrace.jobs.session import build_session
+        from millrace.jobs.session import build_session, checkpoint_dir
 
         say("starting Spark")
         spark = build_session(settings, app_name="millrace-recommend-train")
-    reports, holdout, lists = compare(lines, cfg=cfg, blocked=blocked, spark=spark, models=models, progress=say)
+        checkpoints = str(checkpoint_dir(settings.state_dir, "recommend-train"))
+    reports, holdout, lists = compare(
+        lines, cfg=cfg, blocked=blocked, spark=spark, checkpoint_dir=checkpoints, models=models, progress=say
+    )
     best = best_of(reports)
     result = TrainResult(
         reports,
@@ -399,7 +414,8 @@ def train_and_publish(
     if publish:
         say(f"refitting {best} on all {len(lines)} order lines")
         matrix = Matrix.of(lines)
-        ranked = top_k(matrix, fit_scores(best, matrix, spark=spark, cfg=cfg), cfg.top_n, blocked)
+        scores = fit_scores(best, matrix, spark=spark, cfg=cfg, checkpoint_dir=checkpoints)
+        ranked = top_k(matrix, scores, cfg.top_n, blocked)
         result.records = {u: items for u, items in ranked.items() if items}
         result.topic = settings.topics.shop_recommendations
         say(f"publishing {len(result.records)} users' recommendations to {result.topic}")
@@ -442,19 +458,16 @@ def publish_recommendations(settings: Settings, records: Mapping[str, Sequence[t
     return producer.stats.delivered
 
 
-def _publish_coverage(settings: Settings, result: TrainResult, lines: pd.DataFrame) -> int | None:
-    try:
-        from millrace.shop.analytics import publish_metrics  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        log.warning("shop analytics is not available: recommendation coverage not published")
-        return None
-    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+def _publish_coverage(settings: Settings, result: TrainResult, lines: pd.DataFrame) -> int:
+    """The share of users with recommendations as shop analytics' ``recommendation_coverage`` (by model)."""
+    from millrace.shop.analytics import publish_metrics
+
     metric = {
         "metric": "recommendation_coverage",
         "window_start": lines["at"].min().isoformat(),
         "window_end": lines["at"].max().isoformat(),
         "dimensions": {"model": result.best},
         "value": result.coverage,
-        "computed_at": now,
+        "computed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
-    return int(publish_metrics(settings, [metric]))
+    return publish_metrics(settings, [metric])
