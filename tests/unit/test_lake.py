@@ -4,6 +4,9 @@ offsets, runs of one order date, the resume offset read back from a local lake, 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 
 from millrace.config import load_settings
 from millrace.errors import ConfigError, DataError
+from millrace.runtime.process import free_port
 from millrace.shop.archive import runs
 from millrace.shop.catalog import load_products, sample_catalog_path
 from millrace.shop.lake import (
@@ -205,3 +209,50 @@ def test_open_lake_local_default_and_bad_urls(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=says):
             open_lake(load_settings(state_dir=tmp_path, lake={"url": url}))
+
+
+def _archive_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MILLRACE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "millrace.cli.main", "--state-dir", str(tmp_path / "state"), "shop", "archive", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {}), "COLUMNS": "200"},
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "line"),
+    [
+        (("--instance", "a b"), {}, 2, "error: --instance: an instance name without spaces"),
+        (("--catalog", "nowhere.json"), {}, 2, "error: --catalog: catalog file not found: nowhere.json"),
+        ((), {"MILLRACE_LAKE__URL": "s3://bucket/lake"}, 2, "error: lake.url: not a lake URL: 's3://bucket/lake'"),
+        ((), {"MILLRACE_LAKE__URL": "hdfs://127.0.0.1:{port}/lake"}, 1, "error: the lake's HDFS at 127.0.0.1:{port}"),
+    ],
+)
+def test_archive_says_what_is_wrong_in_one_line(
+    args: tuple[str, ...], env: dict[str, str], code: int, line: str, tmp_path: Path
+) -> None:
+    port = str(free_port())  # nothing listens there
+    result = _archive_cli(tmp_path, *args, env={k: v.replace("{port}", port) for k, v in env.items()})
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith(line.replace("{port}", port)), result.stderr
+
+
+def test_archive_help_names_the_options(tmp_path: Path) -> None:
+    result = _archive_cli(tmp_path, "--help")
+    assert result.returncode == 0
+    for option in (
+        "--until-idle",
+        "--follow",
+        "--group",
+        "--instance",
+        "--batch-size",
+        "--batch-seconds",
+        "--registry",
+    ):
+        assert option in result.stdout
+    assert "exactly once" in result.stdout

@@ -100,13 +100,13 @@ def archive(
     products = catalog_index(load_products(path))
     if not products:
         raise DataError(f"{path} has no product that passes the item schema")
+    lake = open_lake(settings)  # a bad lake.url is said before Kafka is tried
     topics, conf = settings.topics, settings.kafka.client_config()
     stop = threading.Event()
     with stopping(stop, what="the archiver"):
         require_kafka(conf, stop=stop.is_set)
         if stop.is_set():
             return
-        lake = open_lake(settings)
         archiver = OrderArchiver(
             conf,
             lake,

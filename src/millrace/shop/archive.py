@@ -38,7 +38,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from millrace import telemetry
-from millrace.errors import DataError, KafkaUnavailable, MillraceError
+from millrace.errors import DataError, KafkaUnavailable, MillraceError, StoreUnavailable
 from millrace.kafka.consumer import count_consumed, make_consumer
 from millrace.kafka.producer import ReliableProducer, make_producer
 from millrace.kafka.schema_registry import schema_id_of
@@ -198,8 +198,11 @@ class OrderArchiver:
         """Start each partition after the highest offset the lake holds of it (else at the committed one)."""
         self._assigned_once = True
         ids = [tp.partition for tp in partitions]
-        self.lake.remove_temp_files(ids)
-        archived = self.lake.archived_offsets()
+        try:
+            self.lake.remove_temp_files(ids)
+            archived = self.lake.archived_offsets()
+        except Exception as exc:  # fsspec back ends raise their own kinds (OSError, RuntimeError, HTTP errors)
+            raise StoreUnavailable(f"cannot read the lake at {self.lake.spark_url}: {_one_line(exc)}") from exc
         for tp in partitions:
             highest = archived.get(tp.partition, -1)
             self._archived[tp.partition] = highest
@@ -351,7 +354,12 @@ class OrderArchiver:
         commits = []
         for partition, pending in sorted(self._pending.items()):
             for run in runs(pending.rows):
-                written = self.lake.write(partition, run)
+                try:
+                    written = self.lake.write(partition, run)
+                except Exception as exc:  # nothing is committed: the batch is read again on the next start
+                    raise StoreUnavailable(
+                        f"cannot write to the lake at {self.lake.spark_url}: {_one_line(exc)}"
+                    ) from exc
                 self._archived[partition] = written.last
                 self.written.append(written)
                 stats.files += 1
@@ -393,3 +401,8 @@ class OrderArchiver:
 
     def _caught_up(self) -> bool:
         return self._update_lag(cached=False) and self.stats.lag == 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().split("\n")[0] or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "..."

@@ -49,6 +49,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import socket
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from millrace.config import Settings
-from millrace.errors import ConfigError, DataError
+from millrace.errors import ConfigError, DataError, StoreUnavailable
 from millrace.records import parse_iso
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ class Lake:
 
 def open_lake(settings: Settings) -> Lake:
     """The configured lake: ``lake.url`` (empty: ``<state_dir>/lake``). ConfigError names ``lake.url`` when it
-    is not a URL the lake can use."""
+    is not a URL the lake can use; StoreUnavailable when its HDFS does not answer."""
     url = settings.lake.url.strip()
     if not url:
         return _local((Path(settings.state_dir) / "lake").resolve())
@@ -284,6 +285,7 @@ def open_lake(settings: Settings) -> Lake:
             raise ConfigError(f"lake.url: {parts.scheme}:// needs host:port (got {url!r})")
         from millrace.runtime.hdfs import hdfs_filesystem
 
+        _require_reachable(parts.hostname, port, url)
         fs = hdfs_filesystem(url, settings.lake.hdfs_user)
         path = parts.path.strip("/")
         return Lake(fs, f"/{path}" if path else "", url.rstrip("/"))
@@ -291,6 +293,17 @@ def open_lake(settings: Settings) -> Lake:
         f"lake.url: not a lake URL: {url!r} (empty for <state_dir>/lake, hdfs://host:port/path or "
         "webhdfs://host:port/path)"
     )
+
+
+def _require_reachable(host: str, port: int, url: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when the NameNode does not answer: hdfs-native retries an unreachable one without end."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"the lake's HDFS at {host}:{port} (lake.url {url}) does not answer ({exc.strerror or exc}); "
+            "is it running? `millrace stack up --with hdfs` starts a local one"
+        ) from None
 
 
 def _local(root: Path) -> Lake:
