@@ -259,7 +259,10 @@ class OrderArchiver:
             if err is None:
                 good.append(msg)
             elif err.fatal():
-                raise MillraceError(f"the archiver stopped: {err.name()}: {err.str()}")
+                raise MillraceError(
+                    f"the archiver stopped: {err.name()}: {err.str()} (another archiver of the group with the same "
+                    "--instance took over, or the broker fenced this one)"
+                )
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err.str())
         if not good:
