@@ -8,6 +8,11 @@
 const SA_POLL_MS = 30000;
 const SA_TOP_CATEGORIES = 20;   // bars in the revenue chart (a longer bar list is unreadable)
 const sa = { timer: null, seq: 0 };
+// The metrics the tab draws: asked for by name, so the per-user figures (searches_per_user_hour, one record per
+// user and hour: nearly all of a run's records) are not fetched every refresh.
+const SA_METRICS = ["sales_revenue", "sales_units", "top_products", "category_product_count", "category_avg_price",
+  "category_total_available", "search_queries", "zero_result_queries", "searches_per_hour", "active_users_per_hour",
+  "recommendation_coverage"];
 
 const saMoney = (v) => Number(v).toLocaleString("en", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const saCount = (v) => Number(v).toLocaleString("en", { maximumFractionDigits: 2 });
@@ -132,7 +137,7 @@ async function loadShopAnalytics() {
   const seq = ++sa.seq;  // only the newest answer is drawn
   let body;
   try {
-    body = await api("/api/shop/analytics");
+    body = await api(`/api/shop/analytics?${SA_METRICS.map((m) => `metric=${m}`).join("&")}`);
   } catch (e) {
     if (seq === sa.seq) saNotice(`shop analytics: ${e.message}`);
     return;
