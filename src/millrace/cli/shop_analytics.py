@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,9 +37,11 @@ def analytics(
     (top and zero-result queries, searches and active users per hour, searches per user and hour), computed with
     Spark and written to the analytics topic and the store (GET /api/shop/analytics serves them). A sale is an
     order whose latest status is paid, shipped or delivered."""
+    from millrace.jobs.session import build_session
     from millrace.shop.analytics import run_analytics
 
     settings = settings_of(ctx)
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines at exit say nothing to a user
     if catalog is not None and not catalog.is_file():
         raise UsageError(f"catalog file not found: {catalog}", param_hint="--catalog")
     if top is not None:
@@ -48,7 +51,13 @@ def analytics(
         def progress(text: str) -> None:
             status.update(f"shop analytics: {escape(text)}...")
 
-        run = run_analytics(settings, master=master, catalog=catalog, publish=publish, progress=progress)
+        run = run_analytics(
+            settings,
+            lambda: build_session(settings, master=master, app_name="millrace-shop-analytics"),
+            catalog=catalog,
+            publish=publish,
+            progress=progress,
+        )
     if json_:
         print_json(_as_json(run))
         return
@@ -101,9 +110,9 @@ def _print_summary(run: Any, topic: str) -> None:
     _ranked(run, "zero_result_queries", "queries that found nothing", ("query",))
     hours = run.values("searches_per_hour")
     users = {m["dimensions"]["hour"]: m["value"] for m in run.values("active_users_per_hour")}
-    summary = Table(title="run")
-    summary.add_column("")
-    summary.add_column("", justify="right")
+    summary = Table(title="run", show_header=False)
+    summary.add_column("figure")
+    summary.add_column("value", justify="right")
     days = {m["dimensions"]["day"] for m in run.values("sales_orders")}
     summary.add_row("sale days", str(len(days)))
     summary.add_row("searches", f"{run.searches:,}")

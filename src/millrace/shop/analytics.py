@@ -39,7 +39,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message
 
 from millrace.config import Settings
-from millrace.errors import DataError, KafkaUnavailable
+from millrace.errors import DataError, KafkaUnavailable, MillraceError
 from millrace.records import parse_iso, to_iso
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,13 @@ def read_orders(spark: Any, lake_url: str) -> Any:
         return _no_orders(spark)
 
 
+def _has_orders(lake: Any) -> bool:
+    try:
+        return bool(lake.fs.exists(lake.orders_dir))
+    except OSError as exc:  # hdfs-native and WebHDFS report an unreachable NameNode as OSError
+        raise MillraceError(f"cannot reach the orders lake at {lake.spark_url} (lake.url): {exc}") from None
+
+
 def _no_orders(spark: Any) -> Any:
     return spark.createDataFrame([], ", ".join(f"{name} {kind}" for name, kind in ORDER_COLUMNS))
 
@@ -363,11 +370,13 @@ def read_queries(spark: Any, settings: Settings) -> Any:
     source. Records that are not JSON, or have no query or no valid timestamp, are left out."""
     from pyspark.sql import functions as F
 
-    from millrace.jobs.iot_stream import kafka_source_options
+    from millrace.kafka.client_config import java_client_config
 
+    # The Java client settings of every millrace Spark job (TLS truststore, SASL login): secured clusters too.
+    kafka_options = {f"kafka.{key}": value for key, value in java_client_config(settings.kafka).items()}
     raw = (
         spark.read.format("kafka")
-        .options(**kafka_source_options(settings.kafka))
+        .options(**kafka_options)
         .option("subscribe", settings.topics.shop_client_search)
         .option("startingOffsets", "earliest")
         .option("endingOffsets", "latest")
@@ -445,15 +454,15 @@ class AnalyticsRun:
 
 def run_analytics(
     settings: Settings,
+    session: Callable[[], Any],
     *,
-    spark: Any = None,
-    master: str | None = None,
     catalog: Path | None = None,
     publish: bool = True,
     progress: Progress | None = None,
 ) -> AnalyticsRun:
-    """Compute every metric (Spark: ``spark``, else the project's session on ``master`` or spark.master) and,
-    with ``publish``, write them and the category messages to the analytics topic and the store."""
+    """Compute every metric and, with ``publish``, write them and the category messages to the analytics topic
+    and the store. ``session()`` gives the SparkSession (the caller's wiring: jobs.session.build_session on a
+    master URL); it is called once Kafka, the client-search topic and the lake have answered."""
     from millrace.kafka.admin import require_kafka
     from millrace.kafka.reader import watermarks
     from millrace.shop.lake import open_lake
@@ -463,6 +472,7 @@ def run_analytics(
     require_kafka(client_config)
     watermarks(client_config, settings.topics.shop_client_search)  # names a missing topic before Spark does
     lake = open_lake(settings)
+    has_orders = _has_orders(lake)  # before Spark starts: an unreachable lake is named in seconds
     top_n = settings.analytics.top_n
     computed_at = datetime.now(UTC)
     seconds: dict[str, float] = {}
@@ -472,14 +482,11 @@ def run_analytics(
     run = AnalyticsRun(computed_at, lake.spark_url, source)
     with _timed(seconds, "spark session"):
         say("starting Spark")
-        if spark is None:
-            from millrace.jobs.session import build_session
-
-            spark = build_session(settings, master=master, app_name="millrace-shop-analytics")
+        spark = session()
     with _timed(seconds, "sales"):
         say(f"sales and top products from {lake.spark_url}")
         # A lake nothing was archived to yet has no orders directory: no sales, not an error.
-        orders = read_orders(spark, lake.spark_url) if lake.fs.exists(lake.orders_dir) else _no_orders(spark)
+        orders = read_orders(spark, lake.spark_url) if has_orders else _no_orders(spark)
         lines = sales_lines(orders).cache()
         run.sale_lines = lines.count()
         run.metrics += sales_metrics(lines, computed_at, top_n)
