@@ -124,6 +124,10 @@ def registry_spec(settings: Settings) -> ServerSpec:
         f"-Dquarkus.http.port={port}",
         f"-Dquarkus.http.host={host}",
         "-Dquarkus.http.access-log.enabled=false",  # one line per request would fill the log
+        # Apicurio's management interface (metrics, health) would bind 0.0.0.0:9000 in every registry: a second
+        # registry on the machine (another stack, a test session) then failed to start. Nothing reads it here.
+        f"-Dquarkus.management.host={host}",
+        "-Dquarkus.management.port=0",
         "-jar",
         str(jar),
     ]
