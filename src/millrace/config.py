@@ -379,7 +379,7 @@ class LakeSettings(BaseModel, frozen=True, extra="forbid"):
 
 
 class AnalyticsSettings(BaseModel, frozen=True, extra="forbid"):
-    """`shop analytics` and `shop recommend train` (docs/shop-analytics.md)."""
+    """`shop analytics` (docs/shop-analytics.md) and `shop recommend-train` (docs/shop-recommendations.md)."""
 
     top_n: int = Field(default=10, ge=1, le=1000)  # top products, top queries, recommendations per user
     holdout_days: float = Field(default=7.0, gt=0)  # the last days of orders held out to compare recommenders

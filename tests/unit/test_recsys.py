@@ -125,6 +125,9 @@ def test_hold_out_splits_by_time_and_keeps_new_unblocked_products_of_users_seen_
     assert h.users_in_both == 3
     with pytest.raises(DataError, match="holdout_days"):
         hold_out(lines, 30.0)
+    only_repeats = _lines([("u1", "A", 0), ("u1", "A", 9), ("u2", "B", 9)])
+    with pytest.raises(DataError, match="no user bought a new product"):
+        hold_out(only_repeats, 2.0)
 
 
 def _tiny() -> Matrix:

@@ -2,7 +2,7 @@
 
 Feedback is implicit: a user (the order's ``customer_id``) bought a product in an order that was never
 cancelled (an order with any ``cancelled`` event is dropped whole; an order still open counts). The lake holds
-one row per order line and event, so an order's lines are taken once, at the time of its first event. The
+one row per order line and event, so an order's lines are taken once, at the order's creation. The
 strength of a (user, product) pair is the number of orders in which the user bought it.
 
 Hold-out: the orders of the last ``holdout_days`` before the newest order are the test period; the models
@@ -159,6 +159,11 @@ def hold_out(lines: pd.DataFrame, days: float, blocked: Iterable[str] = ()) -> H
         new = products - bought[user] - stop
         if new:
             relevant[str(user)] = new
+    if not relevant:
+        raise DataError(
+            f"no user bought a new product both before and after the cut at {cutoff.isoformat()}: archive more "
+            f"orders or change analytics.holdout_days ({days:g})"
+        )
     return HoldOut(cutoff, train, test, relevant, both)
 
 
@@ -334,11 +339,6 @@ def compare(
     say = progress or (lambda _: None)
     stop = sorted(set(blocked))
     holdout = hold_out(lines, cfg.holdout_days, stop)
-    if not holdout.relevant:
-        raise DataError(
-            f"no user bought a new product both before and after the cut at {holdout.cutoff.isoformat()}: "
-            "archive more orders or change analytics.holdout_days"
-        )
     matrix = Matrix.of(holdout.train)
     reports, lists = [], {}
     for name in models:
@@ -390,6 +390,7 @@ def train_and_publish(
     lake = open_lake(settings)
     say(f"reading the orders lake at {lake.spark_url}")
     lines = interactions(lake.read_orders())
+    hold_out(lines, cfg.holdout_days, blocked)  # a lake that cannot be compared on fails before Spark starts
     spark, checkpoints = None, None
     if "als" in models:
         from millrace.jobs.session import build_session, checkpoint_dir
