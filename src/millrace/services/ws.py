@@ -10,7 +10,8 @@ Protocol (JSON text frames):
   "filters": {"location": "loc-01", "sensor_type": "temperature"}}`` (replaces the previous subscription;
   filters are optional; ``quality`` messages are not filtered).
 - server → client: ``{"type": "subscribed", "channels": [...], "filters": {...}}`` once per subscribe,
-  then ``{"channel": "alerts", "data": {...}}`` for every matching Kafka message, and
+  then ``{"channel": "alerts", "data": {...}}`` for every matching Kafka message (on ``sensors``, for every
+  reading of a predictions message: services.feed unpacks them), and
   ``{"type": "error", "detail": "..."}`` for a bad subscribe message.
 
 The Kafka consumer thread never waits for a client: :meth:`Hub.publish` appends to each subscriber's bounded
