@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -28,6 +29,7 @@ from millrace.kafka.admin import apply_topics, topic_configs
 from millrace.kafka.producer import make_producer
 from millrace.kafka.schema_registry import json_serializer, register, registry_client, schema_id_of, subject_for
 from millrace.kafka.topics import declared_topics
+from millrace.services.app import create_app
 from millrace.shop.archive import OrderArchiver
 from millrace.shop.catalog import load_products, sample_catalog_path
 from millrace.shop.lake import catalog_index, open_lake
@@ -35,7 +37,9 @@ from millrace.shop.orders import OrderGenerator
 from millrace.shop.recsys import TrainResult, train_and_publish
 from millrace.shop.schemas import load_schema
 from millrace.shop.stoplist import block
+from millrace.stores.sqlite import SqliteStore
 from tests.helpers import unique
+from tests.integration.fixtures_service import served
 from tests.integration.fixtures_shop import read_topic, shop_env
 
 EVENTS = 8000
@@ -232,9 +236,21 @@ def test_models_compared_blocked_never_recommended_best_published(shop_settings:
     assert result.analytics_published == 1
 
     user = max(latest, key=lambda u: (len(purchases(orders).query("customer_id == @u")), u))
+    expected = [i["product_id"] for i in latest[user]["items"]]
     answer = recommend_cli(settings, tmp_path, user)
     assert answer["source"] == "recommendations" and answer["model"] == result.best
-    assert [i["product_id"] for i in answer["items"]] == [i["product_id"] for i in latest[user]["items"]]
+    assert [i["product_id"] for i in answer["items"]] == expected
+    api_settings = settings.model_copy(update={"api": settings.api.model_copy(update={"auth": "none"})})
+    store = SqliteStore(tmp_path / "api.db")
+    try:
+        with served(create_app(api_settings, store=store, live=False)) as url:
+            response = httpx.get(f"{url}/api/shop/recommend", params={"user": user}, timeout=60)
+    finally:
+        store.close()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["source"], body["model"]) == ("recommendations", result.best)
+    assert [i["product_id"] for i in body["items"]] == expected
 
 
 def test_recommend_train_cli_on_the_hdfs_lake(shop_settings: Settings, hdfs: Any, tmp_path: Path) -> None:
