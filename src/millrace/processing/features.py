@@ -2,11 +2,11 @@
 
 A reading's features depend only on the reading itself and on the past of its device (never the future), so
 a reading is scored the moment it arrives. :func:`device_step` processes a batch of one device's readings and
-carries everything it needs in a small JSON-serialisable state (bounded: the last ``HISTORY`` values per
-sensor, ``REF_BLOCKS`` block summaries, one partial block of device rows). Every statistic is computed from
-whole windows or whole blocks, never from running sums, so any chronological chunking of a device's readings
-(aligned on timestamps) yields exactly the same numbers: :func:`frame_features` over a whole frame equals
-:func:`device_step` over micro-batches.
+carries everything it needs in a small state, JSON-able through :func:`dump_state` (bounded: the last
+``HISTORY`` values per sensor, ``REF_BLOCKS`` block summaries, one partial block of device rows). Every
+statistic is computed from whole windows or whole blocks, never from running sums, so any chronological
+chunking of a device's readings (aligned on timestamps) yields exactly the same numbers: :func:`frame_features`
+over a whole frame equals :func:`device_step` over micro-batches.
 
 Per sensor (own history):
   dt_s          seconds since the sensor's previous reading
