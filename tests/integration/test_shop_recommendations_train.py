@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from millrace.config import Settings
+from millrace.jobs.session import build_session
 from millrace.kafka.admin import apply_topics, topic_configs
 from millrace.kafka.producer import make_producer
 from millrace.kafka.schema_registry import json_serializer, register, registry_client, schema_id_of, subject_for
@@ -211,7 +212,7 @@ def test_models_compared_blocked_never_recommended_best_published(shop_settings:
     orders = lake_frame(settings)
     days = settings.analytics.holdout_days
 
-    unblocked = train_and_publish(settings, publish=False)
+    unblocked = train_and_publish(settings, lambda: build_session(settings), publish=False)
     check_against_independent(unblocked, orders, days, set())
     assert unblocked.published == 0 and published(settings) == {}
     # block the three products the models recommended most, and check that every model did recommend them
@@ -221,7 +222,7 @@ def test_models_compared_blocked_never_recommended_best_published(shop_settings:
         assert any(set(items) & blocked for items in lists.values()), f"{model} recommended none of {blocked}"
     assert len(block(settings.kafka.client_config(), settings.topics.shop_stop_list, sorted(blocked))) == 3
 
-    result = train_and_publish(settings)
+    result = train_and_publish(settings, lambda: build_session(settings))
     assert set(result.blocked) == blocked
     check_against_independent(result, orders, days, blocked)
     latest = check_published(settings, result, orders, blocked)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -30,6 +31,7 @@ def recommend_train(
     before a time hold-out, compare precision@10, recall@10 and NDCG@10 on it, refit the best on every order
     and publish each user's top products (never bought before, never blocked) to the recommendations topic,
     where `millrace shop recommend` reads them."""
+    from millrace.jobs.session import build_session
     from millrace.shop.recsys import MODELS, train_and_publish
 
     models = list(dict.fromkeys(model or MODELS))
@@ -49,7 +51,14 @@ def recommend_train(
         if not json_:
             err_console.print(f"[dim]{message}[/]")
 
-    result = train_and_publish(settings, models=models, publish=publish, progress=say)
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines at exit say nothing to a user
+    result = train_and_publish(
+        settings,
+        lambda: build_session(settings, app_name="millrace-recommend-train"),
+        models=models,
+        publish=publish,
+        progress=say,
+    )
     if json_:
         print_json(result.as_dict())
         return

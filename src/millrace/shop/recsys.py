@@ -371,13 +371,16 @@ def recommendation_record(user: str, items: Sequence[tuple[str, float]], model: 
 
 def train_and_publish(
     settings: Settings,
+    session: Callable[[], Any],
     *,
     models: Sequence[str] = MODELS,
     publish: bool = True,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Read the lake, compare the models on the hold-out, refit the best on every order and publish each
-    user's top ``analytics.top_n`` to the recommendations topic (and the coverage to shop analytics)."""
+    user's top ``analytics.top_n`` to the recommendations topic (and the coverage to shop analytics).
+    ``session()`` gives the SparkSession for ALS (the caller's wiring: jobs.session.build_session); it is
+    called only when ``als`` is compared, once the stop list and the lake have answered."""
     from millrace.shop.lake import open_lake
     from millrace.shop.stoplist import load_stop_list
 
@@ -393,11 +396,9 @@ def train_and_publish(
     hold_out(lines, cfg.holdout_days, blocked)  # a lake that cannot be compared on fails before Spark starts
     spark, checkpoints = None, None
     if "als" in models:
-        from millrace.jobs.session import build_session, checkpoint_dir
-
         say("starting Spark")
-        spark = build_session(settings, app_name="millrace-recommend-train")
-        checkpoints = str(checkpoint_dir(settings.state_dir, "recommend-train"))
+        spark = session()
+        checkpoints = str((settings.state_dir / "checkpoints" / "recommend-train").resolve())
     reports, holdout, lists = compare(
         lines, cfg=cfg, blocked=blocked, spark=spark, checkpoint_dir=checkpoints, models=models, progress=say
     )
