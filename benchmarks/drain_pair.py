@@ -82,6 +82,13 @@ def main() -> None:
     parser.add_argument("--order", choices=["floor-first", "job-first"], default="floor-first")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark property")
     parser.add_argument("--json-out", type=Path, help="write the whole result here as JSON")
+    parser.add_argument(
+        "--step-timing",
+        type=Path,
+        help="file for the job's per-call phase times (processing.stateful, MILLRACE_STEP_TIMING); also keeps "
+        "Spark's progress of every micro-batch and, with the UI on (--spark-conf spark.ui.enabled=true), the "
+        "stages' task times in the JSON output",
+    )
     args = parser.parse_args()
     if args.backlog < 1 or args.devices < 1 or args.max_offsets < 1:
         parser.error("--backlog, --devices and --max-offsets must be at least 1")
@@ -107,7 +114,10 @@ def main() -> None:
             floor_s, args.backlog, args.devices, topics=(floor_s.topics.readings, job_s.topics.readings)
         )
         out["produce_s"] = round(time.monotonic() - t0, 1)
+        if args.step_timing:  # read by the Python workers, which inherit the JVM's environment
+            os.environ["MILLRACE_STEP_TIMING"] = str(args.step_timing.resolve())
         spark = build_session(floor_s, app_name="millrace-drain-pair")  # the job's run() gets the same one
+        progress = ProgressLog(spark) if args.step_timing else None
         runs = {
             "floor": lambda cpu: spark_floor.drain(
                 spark, floor_s, "group", root, args.backlog, args.max_offsets, cpu=cpu
@@ -120,6 +130,9 @@ def main() -> None:
         for name in order:
             print(f"draining: {name}", file=sys.stderr, flush=True)
             out[name] = measured(name, runs[name])
+        if progress is not None:
+            out["progress"] = progress.batches
+            out["stages"] = stage_times(spark)
     finally:
         if spark is not None:  # its Python workers' producers first, then the broker they talk to
             spark.stop()
@@ -136,6 +149,66 @@ def main() -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps(out, indent=2))
     print(table(out))
+
+
+class ProgressLog:
+    """Spark's progress of every micro-batch of every query of ``spark`` (a StreamingQueryListener): the
+    phases of a batch (durationMs) and its state operator's times."""
+
+    def __init__(self, spark: Any) -> None:
+        from pyspark.sql.streaming import StreamingQueryListener
+
+        batches: list[dict[str, Any]] = []
+        self.batches = batches
+
+        class Listener(StreamingQueryListener):
+            def onQueryStarted(self, event: Any) -> None:
+                pass
+
+            def onQueryProgress(self, event: Any) -> None:
+                p = event.progress
+                if not p.numInputRows:
+                    return
+                batches.append(
+                    {
+                        "query": p.name,
+                        "batch": p.batchId,
+                        "rows": p.numInputRows,
+                        "timestamp": p.timestamp,
+                        "durationMs": dict(p.durationMs),
+                        "state": [
+                            {
+                                k: getattr(op, k, None)
+                                for k in ("numRowsTotal", "allUpdatesTimeMs", "commitTimeMs", "memoryUsedBytes")
+                            }
+                            for op in p.stateOperators
+                        ],
+                    }
+                )
+
+            def onQueryIdle(self, event: Any) -> None:
+                pass
+
+            def onQueryTerminated(self, event: Any) -> None:
+                pass
+
+        spark.streams.addListener(Listener())
+
+
+def stage_times(spark: Any) -> list[dict[str, Any]]:
+    """Per stage: tasks, executor run and CPU time, shuffle read, from the Spark UI's REST API (empty when the
+    UI is off)."""
+    import urllib.request
+
+    url = spark.sparkContext.uiWebUrl
+    if not url:
+        return []
+    app = spark.sparkContext.applicationId
+    with urllib.request.urlopen(f"{url}/api/v1/applications/{app}/stages?status=complete", timeout=30) as r:
+        stages = json.load(r)
+    keys = ("stageId", "name", "numTasks", "executorRunTime", "executorCpuTime", "shuffleReadBytes",
+            "shuffleWriteBytes", "submissionTime", "completionTime")  # fmt: skip
+    return [{k: s.get(k) for k in keys} for s in stages]
 
 
 def table(out: dict[str, Any]) -> str:

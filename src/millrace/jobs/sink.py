@@ -74,20 +74,27 @@ class ReadingSink(StepSink):
         self.topics = topics
         self.store_backend = store_backend
         self.recommendations = recommendations
+        self.timings: dict[str, float] = {}  # seconds of the last write_readings' parts (the step's timing log)
 
     def write_readings(self, readings: pd.DataFrame) -> None:
         """Upsert ``readings`` (stamped with ``ingested_at``) and produce their predictions; returns once every
         message is delivered (raises KafkaUnavailable otherwise, which fails the batch: Spark replays it)."""
         if readings.empty:
             return
+        t0, c0 = time.perf_counter(), time.thread_time()
         stamped = readings.assign(ingested_at=pd.Timestamp(time.time(), unit="s", tz="UTC"))
         with telemetry.STORE_WRITE.labels(self.store_backend, "sensor_metrics").time():
             self.store.upsert_readings(stamped)
+        t1, c1 = time.perf_counter(), time.thread_time()
         failed = self.producer.stats.failed
         topic = self.topics.predictions
         values, keys = prediction_messages(readings)
+        t2 = time.perf_counter()
         self.producer.produce_batch(topic, values, keys)
+        t3 = time.perf_counter()
         self._delivered(self.producer.flush(60.0), failed, "predictions messages")
+        t4 = time.perf_counter()
+        self.timings = {"upsert": t1 - t0, "upsert_cpu": c1 - c0, "pack": t2 - t1, "produce": t3 - t2, "flush": t4 - t3}
         # Counted in predictions (one per reading), not messages, so it compares with the readings processed.
         # Delivery reports come for failures only (worker_sink): all of them were acknowledged here.
         telemetry.PRODUCED.labels(topic).inc(len(readings))

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -116,26 +118,36 @@ class StatefulStep:
         self.sink = sink
 
     def __call__(self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
+        t = _CallTimer(str(key[0]))
         now_ms = int(state.getCurrentProcessingTimeMs())
         if state.hasTimedOut:
             result = timed_out(_load(state), now_ms, self.cfg)
         else:
             frame = pd.concat(list(batches), ignore_index=True)
+            t.lap("input", rows=len(frame))
             if str(key[0]) == INVALID_GROUP:
                 yield invalid_rows(frame, source=self.source, now_ms=now_ms)
                 return
-            result = process(frame, _load(state), now_ms, cfg=self.cfg, source=self.source, scorer=self.scorer())
-        out = self._send(result)
+            loaded = _load(state)
+            t.lap("state_load")
+            result = process(frame, loaded, now_ms, cfg=self.cfg, source=self.source, scorer=self.scorer())
+            t.lap("process")
+        out = self._send(result, t)
         state.update((bucket_state.dumps(result.state),))
+        t.lap("state_dump")
         if not state.hasTimedOut:
             state.setTimeoutDuration(int(self.cfg.inactive_after_s * 1000))
         yield out
+        t.lap("output")
+        t.done()
 
-    def _send(self, result: StepResult) -> pd.DataFrame:
+    def _send(self, result: StepResult, t: _CallTimer | None = None) -> pd.DataFrame:
         """Write the call's alerts, then its readings, to the sink; returns the output rows with the alerts
         marked "alert_sent", for the driver to count."""
         out = result.rows
         sink = self.sink()
+        if t is not None:
+            t.lap("sink_open")
         is_alert = (out["out"] == "alert").to_numpy()
         if is_alert.any():
             alerts = [orjson.loads(p) for p in out.loc[is_alert, "payload"]]
@@ -143,9 +155,44 @@ class StatefulStep:
             ids = {s for alert in alerts for s in alert.get("sensor_ids") or ()}
             sink.write_alerts(alerts, {s: sensors[s].track.sensor_type for s in sorted(ids) if s in sensors})
             out = out.assign(out=out["out"].mask(is_alert, "alert_sent"))
+        if t is not None:
+            t.lap("alerts")
         if result.readings is not None and len(result.readings):
             sink.write_readings(result.readings)
+        if t is not None:
+            t.lap("readings", **getattr(sink, "timings", {}))
         return out
+
+
+TIMING_ENV = "MILLRACE_STEP_TIMING"  # a file: each call of the step appends its phases' times there (JSON lines)
+
+
+class _CallTimer:
+    """Wall and thread-CPU seconds per phase of one call of the step, appended as one JSON line to the file named
+    by MILLRACE_STEP_TIMING (with the worker's pid and the call's start and end, epoch seconds); nothing when
+    unset. For finding where a micro-batch waits: a phase whose wall time exceeds its CPU time waited."""
+
+    def __init__(self, bucket: str) -> None:
+        self.path = os.environ.get(TIMING_ENV)
+        if not self.path:
+            return
+        self.record: dict[str, Any] = {"pid": os.getpid(), "bucket": bucket, "start": time.time()}
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def lap(self, phase: str, **extra: Any) -> None:
+        if not self.path:
+            return
+        wall, cpu = time.perf_counter(), time.thread_time()
+        self.record[phase] = [round(wall - self.wall, 4), round(cpu - self.cpu, 4)]
+        self.record.update(extra)
+        self.wall, self.cpu = wall, cpu
+
+    def done(self) -> None:
+        if not self.path:
+            return
+        self.record["end"] = time.time()
+        with open(self.path, "ab") as f:
+            f.write(orjson.dumps(self.record) + b"\n")
 
 
 def _load(state: Any) -> BucketState:
