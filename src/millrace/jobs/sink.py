@@ -81,20 +81,28 @@ class ReadingSink(StepSink):
         message is delivered (raises KafkaUnavailable otherwise, which fails the batch: Spark replays it)."""
         if readings.empty:
             return
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0 = time.perf_counter()
+        failed = self.producer.stats.failed
+        topic = self.topics.predictions
+        # Messages first: librdkafka's threads deliver them while this thread upserts (or waits for the store's
+        # write lock, held by the other buckets' workers), so the flush below rarely waits.
+        values, keys = prediction_messages(readings)
+        self.producer.produce_batch(topic, values, keys)
+        t1, c1 = time.perf_counter(), time.thread_time()
         stamped = readings.assign(ingested_at=pd.Timestamp(time.time(), unit="s", tz="UTC"))
         with telemetry.STORE_WRITE.labels(self.store_backend, "sensor_metrics").time():
             self.store.upsert_readings(stamped)
-        t1, c1 = time.perf_counter(), time.thread_time()
-        failed = self.producer.stats.failed
-        topic = self.topics.predictions
-        values, keys = prediction_messages(readings)
-        t2 = time.perf_counter()
-        self.producer.produce_batch(topic, values, keys)
-        t3 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.thread_time()
         self._delivered(self.producer.flush(60.0), failed, "predictions messages")
-        t4 = time.perf_counter()
-        self.timings = {"upsert": t1 - t0, "upsert_cpu": c1 - c0, "pack": t2 - t1, "produce": t3 - t2, "flush": t4 - t3}
+        self.timings = {
+            "produce": t1 - t0,
+            "upsert": t2 - t1,
+            "upsert_cpu": c2 - c1,
+            "flush": time.perf_counter() - t2,
+        }
+        parts = getattr(self.store, "last_write_s", lambda: None)()  # the SQLite store's lock/write/commit
+        if parts is not None:
+            self.timings.update(lock_wait=parts[0], write=parts[1], commit=parts[2])
         # Counted in predictions (one per reading), not messages, so it compares with the readings processed.
         # Delivery reports come for failures only (worker_sink): all of them were acknowledged here.
         telemetry.PRODUCED.labels(topic).inc(len(readings))
@@ -106,15 +114,15 @@ class ReadingSink(StepSink):
         if not alerts:
             return
         recommended = with_recommendations(self.recommendations, alerts, sensor_types)
-        with telemetry.STORE_WRITE.labels(self.store_backend, "anomaly_alerts").time():
-            self.store.upsert_alerts(recommended)
         failed = self.producer.stats.failed
         topics = self.topics
-        for alert in recommended:
+        for alert in recommended:  # delivered while the store is written, as the readings' predictions
             self.producer.produce(topics.alerts, orjson.dumps(alert), alert["alert_id"])
             self.producer.produce(
                 topics.recommendations, orjson.dumps(recommendation_message(alert)), alert["alert_id"]
             )
+        with telemetry.STORE_WRITE.labels(self.store_backend, "anomaly_alerts").time():
+            self.store.upsert_alerts(recommended)
         self._delivered(self.producer.flush(60.0), failed, "alerts")
         telemetry.PRODUCED.labels(topics.alerts).inc(len(recommended))
         telemetry.PRODUCED.labels(topics.recommendations).inc(len(recommended))

@@ -167,25 +167,36 @@ class StatefulStep:
 TIMING_ENV = "MILLRACE_STEP_TIMING"  # a file: each call of the step appends its phases' times there (JSON lines)
 
 
+def _runq_s() -> float:
+    """Seconds this thread has waited on a run queue (Linux schedstat; 0 elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class _CallTimer:
-    """Wall and thread-CPU seconds per phase of one call of the step, appended as one JSON line to the file named
-    by MILLRACE_STEP_TIMING (with the worker's pid and the call's start and end, epoch seconds); nothing when
-    unset. For finding where a micro-batch waits: a phase whose wall time exceeds its CPU time waited."""
+    """Wall, thread-CPU and run-queue seconds per phase of one call of the step, appended as one JSON line to the
+    file named by MILLRACE_STEP_TIMING (with the worker's pid and the call's start and end, epoch seconds);
+    nothing when unset. For finding where a micro-batch waits, and whether on a lock or for a core."""
 
     def __init__(self, bucket: str) -> None:
         self.path = os.environ.get(TIMING_ENV)
         if not self.path:
             return
         self.record: dict[str, Any] = {"pid": os.getpid(), "bucket": bucket, "start": time.time()}
-        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+        self.wall, self.cpu, self.runq = time.perf_counter(), time.thread_time(), _runq_s()
 
     def lap(self, phase: str, **extra: Any) -> None:
+        """[wall, CPU, run-queue wait] seconds since the last lap: wall minus CPU minus run-queue wait is
+        time spent blocked (a lock, a socket, a sleep); the run-queue wait is time ready but given no core."""
         if not self.path:
             return
-        wall, cpu = time.perf_counter(), time.thread_time()
-        self.record[phase] = [round(wall - self.wall, 4), round(cpu - self.cpu, 4)]
+        wall, cpu, runq = time.perf_counter(), time.thread_time(), _runq_s()
+        self.record[phase] = [round(wall - self.wall, 4), round(cpu - self.cpu, 4), round(runq - self.runq, 4)]
         self.record.update(extra)
-        self.wall, self.cpu = wall, cpu
+        self.wall, self.cpu, self.runq = wall, cpu, runq
 
     def done(self) -> None:
         if not self.path:
