@@ -133,6 +133,8 @@ def main() -> None:
         if progress is not None:
             out["progress"] = progress.batches
             out["stages"] = stage_times(spark)
+            out["step_calls"] = step_calls(args.step_timing)
+            print(json.dumps({"step_calls": out["step_calls"]}), flush=True)
     finally:
         if spark is not None:  # its Python workers' producers first, then the broker they talk to
             spark.stop()
@@ -209,6 +211,19 @@ def stage_times(spark: Any) -> list[dict[str, Any]]:
     keys = ("stageId", "name", "numTasks", "executorRunTime", "executorCpuTime", "shuffleReadBytes",
             "shuffleWriteBytes", "submissionTime", "completionTime")  # fmt: skip
     return [{k: s.get(k) for k in keys} for s in stages]
+
+
+def step_calls(path: Path) -> dict[str, Any]:
+    """The job's step calls of at least 1,000 readings after its first micro-batch (worker start-up), summed
+    from the timing log: wall, thread CPU, run-queue wait (ready, no core free) and the rest (blocked: the
+    store's write lock, disk, Kafka deliveries), in seconds."""
+    calls = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    calls = [c for c in calls if (c.get("rows") or 0) >= 1000]
+    first = min((c["start"] for c in calls), default=0.0)
+    calls = [c for c in calls if c["start"] > first + 0.5]  # the first batch's calls start together
+    sums = [sum(v[i] for v in c.values() if isinstance(v, list)) for c in calls for i in range(3)]
+    wall, cpu, runq = (round(sum(sums[i::3]), 2) for i in range(3))
+    return {"calls": len(calls), "wall_s": wall, "cpu_s": cpu, "runq_s": runq, "blocked_s": round(wall - cpu - runq, 2)}
 
 
 def table(out: dict[str, Any]) -> str:
