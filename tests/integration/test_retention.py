@@ -145,12 +145,12 @@ def test_retention_removes_exactly_the_expired_rows(store: Store) -> None:
     seed(store)
     assert store.collections() == {
         "sensor_metrics": 7, "anomaly_alerts": 2, "alert_events": 3, "windowed_metrics": 2, "data_quality": 2,
-        "sensor_status": 2,
+        "sensor_status": 2, "shop_analytics": 0,
     }  # fmt: skip
     deleted = store.apply_retention(NOW, 7.0, per_collection={"sensor_metrics": 2.0})
     assert deleted == {
         "sensor_metrics": 3, "anomaly_alerts": 1, "alert_events": 2, "windowed_metrics": 1, "data_quality": 0,
-        "sensor_status": 1,
+        "sensor_status": 1, "shop_analytics": 0,
     }  # fmt: skip
     assert keys(store, "sensor_metrics") == [  # by timestamp
         key("c", NOW - 2 * DAY),
@@ -170,7 +170,7 @@ def test_retention_removes_exactly_the_expired_rows(store: Store) -> None:
     later = store.apply_retention(later_now, 7.0, per_collection={"sensor_metrics": 2.0, "data_quality": 1.0})
     assert later == {
         "sensor_metrics": 3, "anomaly_alerts": 0, "alert_events": 0, "windowed_metrics": 1, "data_quality": 2,
-        "sensor_status": 0,
+        "sensor_status": 0, "shop_analytics": 0,
     }  # fmt: skip
     assert keys(store, "sensor_metrics") == [key("a", NOW - timedelta(hours=1))]
     assert keys(store, "windowed_metrics") == [] and keys(store, "anomaly_alerts") == ["al-long"]
