@@ -429,6 +429,7 @@ def test_retention_deletes_only_old_rows(store: Store) -> None:
         "windowed_metrics": 1,
         "data_quality": 0,
         "sensor_status": 1,
+        "shop_analytics": 0,
     }
     assert [r["timestamp"] for r in store.readings("dev-0001-temperature")] == seconds(3, start=new)
     assert [a["alert_id"] for a in store.alerts()] == ["new"]
