@@ -1,6 +1,6 @@
 """The dashboard's Shop analytics tab in headless Chromium (the browser helpers of test_dashboard.py) against the
 real GET /api/shop/analytics: on an empty store the tab says to run `millrace shop analytics`; once a run's
-metrics are written through millrace.shop.analytics.publish_metrics (the writer the analytics job and the
+metrics are written through millrace.shop.analytics_records.publish_metrics (the writer the analytics job and the
 recommender use: the analytics topic and the store) a Refresh draws exactly those figures — revenue per
 category summed over days, sales per day, top products, the catalog per category, searches and active users per
 hour, top and zero-result queries — with the Russian names as written; the recommendation coverage, written
@@ -18,7 +18,7 @@ import pytest
 
 from millrace.config import Settings
 from millrace.services.app import create_app
-from millrace.shop.analytics import publish_metrics
+from millrace.shop.analytics_records import publish_metrics
 from tests.integration import test_dashboard
 from tests.integration.fixtures_service import fresh_topics, served
 from tests.integration.test_dashboard import ARTIFACTS, sync_api

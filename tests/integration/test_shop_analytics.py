@@ -31,7 +31,7 @@ from millrace.records import to_iso
 from millrace.runtime.mongodb import mongodb_spec
 from millrace.runtime.process import ProcessManager, free_port
 from millrace.services.app import create_app
-from millrace.shop.analytics import metric_record, publish_metrics
+from millrace.shop.analytics_records import metric_record, publish_metrics
 from millrace.shop.catalog import load_products, sample_catalog_path
 from millrace.shop.client import query_record, query_serializer
 from millrace.shop.decode import SchemaDecoder

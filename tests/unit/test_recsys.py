@@ -11,22 +11,18 @@ import pytest
 
 from millrace.config import AnalyticsSettings
 from millrace.errors import DataError
-from millrace.shop.recsys import (
+from millrace.shop.recsys import ModelReport, best_of, compare
+from millrace.shop.recsys_feedback import (
     Matrix,
-    ModelReport,
-    best_of,
-    compare,
-    cooccurrence_scores,
     evaluate,
     hold_out,
     interactions,
     ndcg_at_k,
-    popularity_scores,
     precision_at_k,
     recall_at_k,
-    recommendation_record,
-    top_k,
 )
+from millrace.shop.recsys_models import cooccurrence_scores, popularity_scores, top_k
+from millrace.shop.recsys_publish import recommendation_record
 from millrace.shop.schemas import Validator, load_schema
 
 T0 = pd.Timestamp("2026-11-01T00:00:00Z")

@@ -12,7 +12,7 @@ import pytest
 from millrace.config import load_settings
 from millrace.errors import DataError
 from millrace.services.shop_analytics import analytics_answer
-from millrace.shop.analytics import category_messages, metric_record, publish_metrics
+from millrace.shop.analytics_records import category_messages, metric_record, publish_metrics
 from millrace.shop.schemas import Validator, load_schema
 from millrace.stores import convert
 from millrace.stores.browse import make_query

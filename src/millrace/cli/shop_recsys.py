@@ -32,7 +32,8 @@ def recommend_train(
     and publish each user's top products (never bought before, never blocked) to the recommendations topic,
     where `millrace shop recommend` reads them."""
     from millrace.jobs.session import build_session
-    from millrace.shop.recsys import MODELS, train_and_publish
+    from millrace.shop.recsys import train_and_publish
+    from millrace.shop.recsys_models import MODELS
 
     models = list(dict.fromkeys(model or MODELS))
     unknown = [m for m in models if m not in MODELS]
