@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -40,6 +41,27 @@ def _write(fs: object, path: str, rows: list[dict[str, object]]) -> None:
 def _read(fs: object, path: str) -> list[dict[str, object]]:
     with fs.open(path, "rb") as src:  # type: ignore[attr-defined]
         return pq.read_table(src).to_pylist()
+
+
+def _exit_at_once() -> None:
+    pass
+
+
+def test_a_process_forked_after_using_hdfs_exits(hdfs: ManagedHdfs) -> None:
+    """A fork (a worker pool, say) after the process used HDFS must not hang in the child: fsspec clears its
+    instance cache in every child, and a cached hdfs-native client dropped there waited forever."""
+    fs = hdfs_filesystem(hdfs.rpc_url, hdfs.settings.lake.hdfs_user)
+    fs.makedirs(_dir(), exist_ok=True)
+    del fs  # as when the code that used it is done: only a cache could still hold the client
+    child = multiprocessing.get_context("fork").Process(target=_exit_at_once)
+    child.start()
+    child.join(timeout=30)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung, "the forked child did not exit within 30 s"
+    assert child.exitcode == 0
 
 
 def test_parquet_from_python_read_by_spark_and_back(hdfs: ManagedHdfs) -> None:

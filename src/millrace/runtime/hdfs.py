@@ -182,7 +182,9 @@ def hdfs_filesystem(url: str, user: str) -> AbstractFileSystem:
         from hdfs_native.fsspec import HdfsFileSystem
 
         os.environ.setdefault("HADOOP_USER_NAME", user)
-        return HdfsFileSystem(host=parsed.hostname, port=parsed.port)
+        # Not in fsspec's instance cache: fsspec clears that cache in every forked child, and dropping the client
+        # there waits forever for the tokio runtime threads the child does not have (a forked worker pool hung).
+        return HdfsFileSystem(host=parsed.hostname, port=parsed.port, skip_instance_cache=True)
     from fsspec.implementations.webhdfs import WebHDFS
 
     return WebHDFS(host=parsed.hostname, port=parsed.port or 9870, user=user)
