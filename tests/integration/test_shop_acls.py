@@ -6,18 +6,33 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from millrace.errors import MillraceError
-from millrace.kafka.acls import SHOP_API, SHOP_CLIENT, SHOP_FILTER, SHOP_FILTER_GROUP, SHOP_INDEX, SHOP_INDEX_GROUP
+from millrace.kafka.acls import (
+    ADMIN,
+    SHOP_ANALYTICS,
+    SHOP_API,
+    SHOP_CLIENT,
+    SHOP_FILTER,
+    SHOP_FILTER_GROUP,
+    SHOP_INDEX,
+    SHOP_INDEX_GROUP,
+)
 from millrace.runtime.stack import Stack
 from millrace.shop import stoplist
+from millrace.shop.catalog import load_products, sample_catalog_path
+from millrace.shop.client import query_record
 from millrace.shop.filter import StopListFilter
+from millrace.shop.lake import catalog_index, open_lake, order_rows
+from millrace.shop.orders import OrderGenerator
 from tests.helpers import unique, wait_for
-from tests.integration.fixtures_secure import conf_of
+from tests.integration.fixtures_secure import conf_of, principal_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -106,3 +121,50 @@ def test_each_shop_principal_is_refused_what_it_may_not_do(secure_stack: Stack) 
     with pytest.raises(KafkaException) as caught:
         outsider.init_transactions(30)
     assert caught.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
+
+def test_analytics_and_recommendations_run_as_their_principal(secure_stack: Stack, tmp_path: Path) -> None:
+    """`shop analytics` and `shop recommend-train` as shop-analytics: Spark reads the client queries through the
+    brokers' ACLs, recommend-train reads the stop list, the jobs publish to their two topics, and the principal
+    may not touch the orders topic. (The catalog comes from the sample file: filtered-items here holds the other
+    tests' bare products.)"""
+    from millrace.jobs.session import build_session
+    from millrace.kafka.reader import watermarks
+    from millrace.shop.analytics import run_analytics
+    from millrace.shop.recsys import train_and_publish
+
+    topics = secure_stack.settings.topics
+    products = load_products(sample_catalog_path())
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    queries = [
+        (
+            f"u{i % 7}",
+            json.dumps(query_record(user=f"u{i % 7}", text=f"запрос {i % 5}", results=i % 3, at=start)).encode(),
+        )
+        for i in range(40)
+    ]
+    assert _produce(conf_of(secure_stack, SHOP_CLIENT), topics.shop_client_search, queries) == []
+
+    settings = principal_settings(secure_stack, SHOP_ANALYTICS).model_copy(
+        update={
+            "state_dir": tmp_path,
+            "store": secure_stack.settings.store.model_copy(update={"sqlite_path": tmp_path / "store.db"}),
+            "analytics": secure_stack.settings.analytics.model_copy(update={"holdout_days": 10.0}),
+        }
+    )
+    lake = open_lake(settings)  # <state_dir>/lake
+    generator = OrderGenerator(products, seed=11, customers=80, start=start, rate=3000 / (42 * 86400))
+    index = catalog_index(products)
+    for offset in range(3000):
+        lake.write(0, order_rows(generator.next_event(), 0, offset, index))
+
+    analytics_before = sum(hi for _lo, hi in watermarks(conf_of(secure_stack, ADMIN), topics.shop_analytics).values())
+    run = run_analytics(settings, lambda: build_session(settings), catalog=sample_catalog_path())
+    assert run.searches >= 40 and run.sale_lines > 0 and run.categories
+    result = train_and_publish(settings, lambda: build_session(settings))
+    assert result.published > 0 and result.topic == topics.shop_recommendations
+    analytics_after = sum(hi for _lo, hi in watermarks(conf_of(secure_stack, ADMIN), topics.shop_analytics).values())
+    assert analytics_after - analytics_before == len(run.metrics) + len(run.categories) + result.analytics_published
+
+    refused = _produce(conf_of(secure_stack, SHOP_ANALYTICS), topics.shop_orders, [("c1", b"{}")])
+    assert refused and refused[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED

@@ -10,6 +10,7 @@ from millrace.kafka.acls import (
     MIRROR,
     MQTT_BRIDGE,
     SERVICES,
+    SHOP_ANALYTICS,
     SHOP_API,
     SHOP_ARCHIVE,
     SHOP_CLIENT,
@@ -115,6 +116,12 @@ def test_shop_services_least_privilege() -> None:
     assert ops(acls, SHOP_ARCHIVE, "TOPIC", t.shop_dead_letter) == {"WRITE", "DESCRIBE"}
     assert ops(acls, SHOP_ARCHIVE, "GROUP", "arc") == {"READ"}
     assert len([a for a in acls if a.principal == SHOP_ARCHIVE]) == 5
+    # the analytics and recommendation jobs read queries, catalog and stop list, write their two topics; no orders
+    for name in (t.shop_client_search, t.shop_filtered_items, t.shop_stop_list):
+        assert ops(acls, SHOP_ANALYTICS, "TOPIC", name) == {"READ", "DESCRIBE"}
+    for name in (t.shop_analytics, t.shop_recommendations):
+        assert ops(acls, SHOP_ANALYTICS, "TOPIC", name) == {"WRITE", "DESCRIBE"}
+    assert ops(acls, SHOP_ANALYTICS, "TOPIC", t.shop_orders) == set()
     assert {a.name for a in acls if a.principal == SHOP_INDEX and a.operation == "WRITE"} == {t.shop_dead_letter}
     # the client writes its queries only; the API also keeps the stop list and publishes the catalog
     assert {a.name for a in acls if a.principal == SHOP_CLIENT and a.operation == "WRITE"} == {t.shop_client_search}
@@ -135,6 +142,9 @@ def test_shop_services_least_privilege() -> None:
         (SHOP_FILTER, "millrace-stop-list-"),
         (SHOP_FILTER, "millrace-scan-"),
         (SHOP_CLIENT, "millrace-reader-"),
+        (SHOP_ANALYTICS, "millrace-stop-list-"),
+        (SHOP_ANALYTICS, "millrace-reader-"),
+        (SHOP_ANALYTICS, "spark-kafka-relation-"),
     }
     assert {a.operation for a in shop if (a.principal, a.name) in readers} == {"DESCRIBE"}
     assert set(SHOP_SERVICES) <= set(SERVICES)

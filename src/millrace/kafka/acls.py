@@ -30,15 +30,17 @@ SHOP_FILTER = "shop-filter"  # shop filter: items -> filtered-items in Kafka tra
 SHOP_INDEX = "shop-index"  # shop index: filtered-items and client-search into the search backend
 SHOP_CLIENT = "shop-client"  # shop search / shop recommend from the command line
 SHOP_ARCHIVE = "shop-archive"  # shop archive: orders into the orders lake
+SHOP_ANALYTICS = "shop-analytics"  # shop analytics and shop recommend-train: the Spark jobs over the lake
 INTERNAL_PRINCIPAL = "controller"  # controllers (PLAIN) and inter-broker traffic (SCRAM); a super user
 SUPER_USERS = (ADMIN, INTERNAL_PRINCIPAL)
-SHOP_SERVICES = (SHOP_API, SHOP_ORDERS, SHOP_FILTER, SHOP_INDEX, SHOP_CLIENT, SHOP_ARCHIVE)
+SHOP_SERVICES = (SHOP_API, SHOP_ORDERS, SHOP_FILTER, SHOP_INDEX, SHOP_CLIENT, SHOP_ARCHIVE, SHOP_ANALYTICS)
 SERVICES = (INGEST, MQTT_BRIDGE, STREAM_JOB, API, ADMIN, MIRROR, *SHOP_SERVICES)
 
 # Consumer groups the services use (their defaults; a different group needs an ACL of its own).
 MQTT_COMMAND_GROUP = "millrace-mqtt-commands"
 API_FEED_GROUP_PREFIX = "millrace-serve"  # one group per API process: millrace-serve-<random>
 SPARK_SOURCE_GROUP_PREFIX = "spark-kafka-source-"  # the groups Spark's Kafka source names for itself
+SPARK_BATCH_GROUP_PREFIX = "spark-kafka-relation-"  # the same for a batch read (spark.read.format("kafka"))
 SHOP_FILTER_GROUP = "millrace-shop-filter"  # also the prefix of the filter instances' transactional ids
 SHOP_INDEX_GROUP = "millrace-shop-index"
 SHOP_ARCHIVE_GROUP = "millrace-shop-archive"
@@ -164,6 +166,12 @@ def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str, ar
     acls += topic(SHOP_ARCHIVE, topics.shop_orders, "READ", "DESCRIBE")
     acls += topic(SHOP_ARCHIVE, topics.shop_dead_letter, "WRITE", "DESCRIBE")
     acls.append(Acl(SHOP_ARCHIVE, "GROUP", archive_group, "READ"))
+    # The analytics and recommendation jobs read the client queries (Spark's batch Kafka source), the catalog and
+    # the stop list, and write the analytics and recommendations topics; the orders come from the lake.
+    for name in (topics.shop_client_search, topics.shop_filtered_items, topics.shop_stop_list):
+        acls += topic(SHOP_ANALYTICS, name, "READ", "DESCRIBE")
+    for name in (topics.shop_analytics, topics.shop_recommendations):
+        acls += topic(SHOP_ANALYTICS, name, "WRITE", "DESCRIBE")
     # The command-line client records its queries and reads recommendations (orders: the popularity fallback).
     acls += topic(SHOP_CLIENT, topics.shop_client_search, "WRITE", "DESCRIBE")
     for name in (topics.shop_recommendations, topics.shop_orders):
@@ -172,6 +180,7 @@ def _shop_acls(topics: TopicSettings, *, filter_group: str, index_group: str, ar
         (SHOP_API, (STOP_LIST_READER_PREFIX, TOPIC_READER_PREFIX)),
         (SHOP_FILTER, (STOP_LIST_READER_PREFIX, PARTITION_SCAN_PREFIX)),
         (SHOP_CLIENT, (TOPIC_READER_PREFIX,)),
+        (SHOP_ANALYTICS, (STOP_LIST_READER_PREFIX, TOPIC_READER_PREFIX, SPARK_BATCH_GROUP_PREFIX)),
     ):
         acls += [Acl(principal, "GROUP", prefix, "DESCRIBE", "PREFIXED") for prefix in prefixes]
     return acls
