@@ -109,21 +109,13 @@ class NullStore:
 def worker(args: argparse.Namespace) -> None:
     """One round's worker (a child process): the sink writes every call; prints its CPU seconds."""
     from millrace.jobs import sink as sink_module
-    from millrace.kafka.producer import make_producer
     from millrace.processing.recommendations import load_table
 
     settings = settings_for(Path(args.state_dir), args.kafka_port, args.controller_port)
     if args.worker == "per-reading":
         sink_module.prediction_messages = per_reading_messages  # type: ignore[assignment]
     frames = calls(args.readings, args.devices, args.per_call)
-    k = settings.kafka
-    producer = make_producer(
-        k.client_config(),
-        compression=k.compression,
-        linger_ms=k.linger_ms,
-        batch_size=k.batch_size,
-        extra={"delivery.report.only.error": True},
-    )
+    producer = sink_module.sink_producer(settings.kafka)
     sink = sink_module.ReadingSink(
         NullStore(),  # type: ignore[arg-type]
         producer,

@@ -27,7 +27,7 @@ import orjson
 import pandas as pd
 
 from millrace import telemetry
-from millrace.config import Settings, TopicSettings
+from millrace.config import KafkaSettings, Settings, TopicSettings
 from millrace.errors import KafkaUnavailable
 from millrace.processing.output import StepSink
 from millrace.processing.recommendations import RecommendationTable, load_table, recommend
@@ -213,25 +213,29 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None if value is None or value != value else str(value)
 
 
+def sink_producer(kafka: KafkaSettings) -> Any:
+    """The sink's producer (kafka.producer.ReliableProducer) from the Kafka settings."""
+    from millrace.kafka.producer import make_producer
+
+    # Delivery reports for failures only: one Python callback per message would cost more than the rest of
+    # producing; a failure still counts in stats.failed and fails the batch (Spark replays it).
+    return make_producer(
+        kafka.client_config(),
+        compression=kafka.compression,
+        linger_ms=kafka.linger_ms,
+        batch_size=kafka.batch_size,
+        extra={"delivery.report.only.error": True},
+    )
+
+
 def open_reading_sink(settings: Settings) -> ReadingSink:
     """A ReadingSink on a new store connection and producer, from the parts of ``settings`` they use."""
-    from millrace.kafka.producer import make_producer
     from millrace.stores.factory import open_store
 
     table = load_table(settings.processing.recommendations_file)  # a bad file fails before anything opens
-    k = settings.kafka
-    # Delivery reports for failures only: one Python callback per message would cost more than the rest of
-    # producing; a failure still counts in stats.failed and fails the batch (Spark replays it).
-    producer = make_producer(
-        k.client_config(),
-        compression=k.compression,
-        linger_ms=k.linger_ms,
-        batch_size=k.batch_size,
-        extra={"delivery.report.only.error": True},
-    )
     return ReadingSink(
         open_store(settings),
-        producer,
+        sink_producer(settings.kafka),
         topics=settings.topics,
         store_backend=settings.store.backend,
         recommendations=table,
