@@ -183,11 +183,13 @@ def devices_step(
         return batch.assign(**{name: pd.Series(dtype=float) for name in FEATURE_COLUMNS}), {}
     b = _sorted_batch(batch)
     olds = {d: _current_state(states.get(d)) for d in b.devices}
-    feats = np.full((len(b.frame), len(FEATURE_COLUMNS)), np.nan)
+    # Features x rows: each feature is written along a contiguous row, and the array is already the layout of
+    # a pandas float block, so the frame takes it without a transposing copy.
+    feats = np.full((len(FEATURE_COLUMNS), len(b.frame)), np.nan)
     sensors = _sensor_features(b, olds, feats)
     devices = _device_features(b, olds, feats)
     new = {d: {"v": STATE_VERSION, "sensors": sensors[d], "device": devices[d]} for d in b.devices}
-    frame = pd.concat([b.frame, pd.DataFrame(feats, columns=list(FEATURE_COLUMNS))], axis=1)
+    frame = pd.concat([b.frame, pd.DataFrame(feats.T, columns=list(FEATURE_COLUMNS), copy=False)], axis=1)
     return frame, new
 
 
@@ -233,7 +235,7 @@ def _sensor_features(
         out, new_states = sensors_step(b.values[idx], b.ts[idx], group_states)
         at = idx.ravel()
         for name, column in out.items():
-            feats[at, _COLUMN[name]] = column.ravel()
+            feats[_COLUMN[name], at] = column.ravel()
         for u, st in zip(members, new_states, strict=True):
             sensors[keys[u][0]][keys[u][1]] = st
     return sensors
@@ -243,7 +245,7 @@ def _device_features(b: _Batch, olds: dict[str, dict[str, Any]], feats: np.ndarr
     """Writes DEVICE_FEATURES into ``feats`` (from the sensor features there); returns the new device states.
     The partner regressions of every device are fitted in one call (each reference window on its own, so each
     device gets the numbers it would get alone)."""
-    ref_z, step_z = feats[:, _COLUMN["ref_z"]], feats[:, _COLUMN["step_z"]]
+    ref_z, step_z = feats[_COLUMN["ref_z"]], feats[_COLUMN["step_z"]]
     dev_bounds = np.searchsorted(b.dev, np.arange(len(b.devices) + 1))
     pair_bounds = np.searchsorted(b.pair_dev, np.arange(len(b.devices) + 1))
     prepared: list[PreparedRows] = []
@@ -273,7 +275,7 @@ def _device_features(b: _Batch, olds: dict[str, dict[str, Any]], feats: np.ndarr
         out, new[name] = finish_rows(p, pairs[d])
         lo, hi = dev_bounds[d], dev_bounds[d + 1]
         for feature, column in out.items():
-            feats[lo:hi, _COLUMN[feature]] = column
+            feats[_COLUMN[feature], lo:hi] = column
     return new
 
 
