@@ -30,6 +30,13 @@ def tiny(level: np.ndarray | float) -> np.ndarray:
 def weighted_sum(x: np.ndarray, start: int, k: int, weights: np.ndarray) -> np.ndarray:
     """sum_j weights[j] * x[:, start + i + j] for i < k, accumulated in j order (the same numbers for any
     chunking), without a k x len(weights) temporary."""
+    if (weights == weights[0]).all():
+        # One weight: each value's product is the same in every window, so it is computed once.
+        xw = x[:, start : start + k + len(weights) - 1] * weights[0]
+        acc = xw[:, :k].copy()
+        for j in range(1, len(weights)):
+            acc += xw[:, j : j + k]
+        return acc
     acc = x[:, start : start + k] * weights[0]
     tmp = np.empty_like(acc)
     for j in range(1, len(weights)):
@@ -60,13 +67,15 @@ def step_features(x: np.ndarray, pos0: int, m: int) -> tuple[dict[str, np.ndarra
         span = STEP_SPAN - 1 + STEP
         means = weighted_sum(x, p0 - span - STEP + 1, k + span, np.full(STEP, 1.0 / STEP))
         steps = means[:, STEP:] - means[:, :-STEP]  # steps[:, u]: q = p0 - STEP_SPAN + 1 + u
-        best = np.abs(steps[:, :k])
+        size = np.abs(steps)
+        best = size[:, :k].copy()
         arg = np.zeros((S, k), dtype=np.intp)
+        newer = np.empty((S, k), dtype=bool)
         for j in range(1, STEP_SPAN):  # the largest |step| over the span; the oldest on ties
-            cand = np.abs(steps[:, j : j + k])
-            newer = cand > best
-            best = np.where(newer, cand, best)
-            arg = np.where(newer, j, arg)
+            cand = size[:, j : j + k]
+            np.greater(cand, best, out=newer)
+            np.copyto(best, cand, where=newer)
+            np.copyto(arg, j, where=newer)
         rows = np.arange(k)[None, :] + arg
         top = np.take_along_axis(steps, rows, axis=1)
         before_top = np.take_along_axis(means, rows, axis=1)  # the mean of the STEP values before that step
