@@ -110,7 +110,7 @@ def _window_features(x: np.ndarray, h: int, m: int, ref_med: np.ndarray, ref_sca
     past, v = win[..., :ROLL], win[..., ROLL]
     rmed, rscale = ref_med[:, first:], ref_scale[:, first:]
     mean = past.mean(axis=-1)
-    std = past.std(axis=-1, ddof=1)
+    std = past.std(axis=-1, ddof=1, mean=mean[..., None])  # numpy std with the mean above (not summed twice)
     med, mad = _median_mad(x, h + first - ROLL, k, mean)
     floor = np.fmax(np.where(np.isnan(rscale), 0.0, 0.5 * rscale), tiny(med))
     values = {
