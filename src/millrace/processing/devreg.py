@@ -11,6 +11,8 @@ readings are batched.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 MIN_BLOCKS = 10  # reference blocks (with every sensor known) the regression needs
@@ -27,11 +29,18 @@ def block_grams(seg: np.ndarray) -> np.ndarray:
     (blocks x gram_size), summed row by row in order; a block with an unknown value gets NaN."""
     nb, rows, ncol = seg.shape
     a = np.concatenate([np.ones((nb, rows, 1)), seg], axis=2)
-    iu, ju = np.triu_indices(ncol + 1)
-    acc = a[:, 0, iu] * a[:, 0, ju]
-    for t in range(1, rows):
-        acc += a[:, t, iu] * a[:, t, ju]
-    return acc
+    iu, ju = _triangle(ncol + 1)
+    # accumulate runs strictly in row order (unlike add.reduce's pairwise sums): its last row is the sum
+    return np.add.accumulate(a[:, :, iu] * a[:, :, ju], axis=1)[:, -1]
+
+
+@functools.cache
+def _triangle(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.triu_indices(k), read-only (shared by every call)."""
+    iu, ju = np.triu_indices(k)
+    iu.flags.writeable = False
+    ju.flags.writeable = False
+    return iu, ju
 
 
 def residual_fit(window: np.ndarray, block_rows: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -49,7 +58,7 @@ def residual_fit(window: np.ndarray, block_rows: int) -> tuple[np.ndarray, np.nd
     grams = window[0].copy()
     for b in range(1, len(window)):  # in block order: the same sums however the rows were batched
         grams += window[b]
-    iu, ju = np.triu_indices(k)
+    iu, ju = _triangle(k)
     G = np.empty((k, k))
     G[iu, ju] = grams
     G[ju, iu] = grams

@@ -196,7 +196,9 @@ def prepare_rows(b: DeviceBatch, prev: DeviceFeatureState | None) -> PreparedRow
     rows = _device_rows(b, prev, index)
     V, nrow = rows.values, len(rows.values)
     n0 = prev.n if prev is not None else 0
-    r_values, r_index = np.unique((n0 + np.arange(nrow)) // BLOCK, return_inverse=True)  # blocks of the rows
+    first_block = n0 // BLOCK  # the blocks of the rows: consecutive, from the open one
+    r_index = (n0 + np.arange(nrow)) // BLOCK - first_block
+    r_values = np.arange(first_block, first_block + int(r_index[-1]) + 1)
     full = np.vstack([_kept(prev, "rows", index, n0 % BLOCK, len(cols)), V])  # the open block's rows, then V
     pairs = partner_pairs(cols, b.types)
     b0 = prev.b0 if prev is not None else 0
@@ -278,14 +280,14 @@ def _device_rows(b: DeviceBatch, prev: DeviceFeatureState | None, index: np.ndar
     from the last known ones (of this batch, else of the previous)."""
     codes, values, ncol = b.codes, b.values, len(b.cols)
     origin = _kept(prev, "origin", index, None, ncol).copy()
-    for j in np.unique(codes):
-        if np.isnan(origin[j]):
-            finite = values[(codes == j) & np.isfinite(values)]
-            if len(finite):
-                origin[j] = float(finite[0])
+    for j in np.flatnonzero(np.isnan(origin)):  # sensors without an origin yet (a sensor not in the batch: none)
+        finite = values[(codes == j) & np.isfinite(values)]
+        if len(finite):
+            origin[j] = float(finite[0])
     org = np.where(np.isnan(origin), 0.0, origin)
-    uts, row = np.unique(b.ts, return_inverse=True)
-    shape = (len(uts), ncol)
+    # The readings come in timestamp order: a row starts where the timestamp changes.
+    row = np.cumsum(np.concatenate([[True], b.ts[1:] != b.ts[:-1]])) - 1
+    shape = (int(row[-1]) + 1, ncol)
 
     def grid(column: np.ndarray) -> np.ndarray:
         out = np.full(shape, np.nan)
