@@ -212,7 +212,7 @@ def _sorted_batch(batch: pd.DataFrame) -> _Batch:
         devices=[str(d) for d in dev_names],
         pair_dev=pair_keys // len(sid_names),
         pair_sid=np.asarray(sid_names, dtype=object)[pair_keys % len(sid_names)],
-        pair_type=batch["sensor_type"].to_numpy(dtype=object)[first_of_pair],
+        pair_type=batch["sensor_type"].array.take(first_of_pair).to_numpy(dtype=object),  # few leave Arrow
     )
 
 
