@@ -381,3 +381,69 @@ def test_pairs_nanmedian_equals_numpy() -> None:
             want = np.nanmedian(a, axis=-1)
         got = nanmedian(a)
         assert ((got == want) | (np.isnan(got) & np.isnan(want))).all(), width
+
+
+def test_equal_weight_window_sums_equal_the_product_by_product_sums() -> None:
+    from millrace.processing.steps import weighted_sum
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 1, (4, 300))
+    x[2, 40] = np.nan
+    for weights in (np.full(119, 1.0 / 119), np.full(5, 0.2), np.array([1.0])):
+        k = x.shape[1] - len(weights) - 3
+        want = x[:, 3 : 3 + k] * weights[0]
+        for j in range(1, len(weights)):
+            want = want + x[:, 3 + j : 3 + j + k] * weights[j]
+        got = weighted_sum(x, 3, k, weights)
+        assert got.shape == (4, k)
+        assert ((got == want) | (np.isnan(got) & np.isnan(want))).all(), len(weights)
+
+
+def test_block_grams_equal_the_row_by_row_sums() -> None:
+    from millrace.processing.devreg import block_grams
+
+    rng = np.random.default_rng(12)
+    seg = rng.normal(5, 2, (3, BLOCK, 4))
+    seg[1, 7, 2] = np.nan  # a block with an unknown value: NaN sums
+    a = np.concatenate([np.ones((3, BLOCK, 1)), seg], axis=2)
+    iu, ju = np.triu_indices(5)
+    want = a[:, 0, iu] * a[:, 0, ju]
+    for t in range(1, BLOCK):
+        want = want + a[:, t, iu] * a[:, t, ju]
+    got = block_grams(seg)
+    assert got.shape == (3, 15)
+    assert (got[[0, 2]] == want[[0, 2]]).all()
+    assert np.isnan(got[1]).sum() == np.isnan(want[1]).sum() == 5  # the products with sensor 2 (and constant)
+    assert (got[1][~np.isnan(want[1])] == want[1][~np.isnan(want[1])]).all()
+
+
+def test_residuals_of_many_fits_at_once_equal_one_fit_at_a_time() -> None:
+    from millrace.processing.devreg import block_grams, residual_fit, residual_z, residual_z_rows
+
+    rng = np.random.default_rng(13)
+    load = rng.normal(0, 1, (40 * BLOCK, 1))
+    values = load * np.array([1.0, 2.0, -1.0, 0.5]) + rng.normal(0, 0.2, (40 * BLOCK, 4))
+    grams = block_grams(values.reshape(40, BLOCK, 4))
+    fit_a = residual_fit(grams[:20], BLOCK)
+    fit_b = residual_fit(grams[10:30], BLOCK)
+    assert fit_a is not None and fit_b is not None
+    rows = values[:12] + np.array([0.0, 0.0, 3.0, 0.0])
+    rows[5, 1] = np.nan
+    fit_of_row = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 1, 1])
+    fits: list = [fit_a, fit_b, None]
+    want = np.full(rows.shape, np.nan)
+    for i in (0, 1):
+        want[fit_of_row == i] = residual_z(rows[fit_of_row == i], fits[i])
+    got = residual_z_rows(rows, fits, fit_of_row)
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    assert same.all() and np.isnan(got[7:10]).all() and np.isfinite(got[:5]).all()
+    # A fit that leaves a sensor out (no weights on its column) takes the per-fit path: the same numbers.
+    W, spread = fit_b
+    W_out, spread_out = W.copy(), spread.copy()
+    W_out[3] = np.nan
+    W_out[:, 4] = 0.0
+    spread_out[3] = np.nan
+    fits = [fit_a, (W_out, spread_out), None]
+    want[fit_of_row == 1] = residual_z(rows[fit_of_row == 1], fits[1])
+    got = residual_z_rows(rows, fits, fit_of_row)
+    assert ((got == want) | (np.isnan(got) & np.isnan(want))).all() and np.isnan(got[fit_of_row == 1, 3]).all()

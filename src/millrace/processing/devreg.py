@@ -115,6 +115,42 @@ def residual_z(values: np.ndarray, fit: tuple[np.ndarray, np.ndarray]) -> np.nda
     return out
 
 
+def residual_z_rows(values: np.ndarray, fits: list, fit_of_row: np.ndarray) -> np.ndarray:
+    """:func:`residual_z` of each row of ``values`` with the fit ``fits[fit_of_row[row]]`` (NaN where that is
+    None), all rows at once when the fits weigh the same columns (the usual case): the same products added in
+    the same column order as one :func:`residual_z` call per fit."""
+    out = np.full(values.shape, np.nan)
+    have = [i for i, fit in enumerate(fits) if fit is not None]
+    if not have:
+        return out
+    used = {tuple(_used_columns(fits[i][0], fits[i][1])) for i in have}
+    if len(used) > 1:
+        for i in have:
+            at = fit_of_row == i
+            out[at] = residual_z(values[at], fits[i])
+        return out
+    cols = next(iter(used))
+    slot = np.full(len(fits), -1)
+    slot[have] = np.arange(len(have))
+    rows = np.flatnonzero(slot[fit_of_row] >= 0)
+    per_row = slot[fit_of_row[rows]]
+    W = np.stack([fits[i][0] for i in have])[per_row]  # rows x sensors x (sensors + 1); NaN rows: not fitted
+    spread = np.stack([fits[i][1] for i in have])[per_row]
+    a = np.concatenate([np.ones((len(rows), 1)), values[rows]], axis=1)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        dot = a[:, cols[0], None] * W[:, :, cols[0]]
+        for j in cols[1:]:
+            dot = dot + a[:, j, None] * W[:, :, j]
+        z = dot / spread
+    out[rows] = np.where(np.isfinite(z), z, np.nan)
+    return out
+
+
+def _used_columns(W: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """The columns of [1, values] that the fitted sensors' residual weights use (:func:`residuals`' ``used``)."""
+    return np.flatnonzero(np.any(W[np.isfinite(spread)] != 0.0, axis=0))
+
+
 # The residual against a regression held from the moment a sensor stepped (``held_residual``).
 HELD_SPAN = 900  # device rows a held regression is followed (a level shift lasts up to 600, a drift 900)
 HELD_MEAN = 30  # device rows the held residual is averaged over

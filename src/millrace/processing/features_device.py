@@ -19,7 +19,7 @@ from millrace.processing.devreg import (
     gram_size,
     held_residual,
     residual_fit,
-    residual_z,
+    residual_z_rows,
 )
 from millrace.processing.features_pair import pair_blocks, partner_pairs, reference_windows
 from millrace.processing.features_spec import (
@@ -345,16 +345,11 @@ def _all_sensor_residuals(
     fits: list = [None] * len(r_values)
     if ncol < 2:
         return dev_z, fits
-    gram_rows = grams
-    r_bounds = np.searchsorted(r_index, np.arange(len(r_values) + 1))  # rows come in time order
     for i, rv in enumerate(r_values):
-        window = gram_rows[max(0, rv - REF_BLOCKS - g0) : max(0, rv - g0)]
+        window = grams[max(0, rv - REF_BLOCKS - g0) : max(0, rv - g0)]
         window = window[np.isfinite(window).all(axis=1)]
         fits[i] = _residual_fit(window) if len(window) >= MIN_BLOCKS else None
-        if fits[i] is not None:
-            at = slice(r_bounds[i], r_bounds[i + 1])
-            dev_z[at] = residual_z(V[at], fits[i])
-    return dev_z, fits
+    return residual_z_rows(V, fits, r_index), fits
 
 
 _FITS: dict[bytes, tuple[np.ndarray, np.ndarray] | None] = {}
