@@ -91,7 +91,6 @@ from millrace.processing.features_device import (
     load_device,
     pair_columns,
     prepare_rows,
-    row_fits,
 )
 from millrace.processing.features_pair import pair_features
 from millrace.processing.features_sensor import new_sensor, sensors_step
@@ -294,12 +293,14 @@ def _pair_features(prepared: list[PreparedRows]) -> list[dict[str, np.ndarray]]:
         if p.pairs:
             groups.setdefault((p.batch.types, pair_columns(p)), []).append(d)
     for (_, pairs), members in groups.items():
-        per_row = [row_fits(prepared[d], tuple(f[at[d] : at[d + 1]] for f in fits)) for d in members]
+        # The members' fits side by side (pairs x 2 x their blocks of rows), and each row's block among them.
+        first = np.cumsum([0] + [(at[d + 1] - at[d]) // (2 * len(pairs)) for d in members])
         together = pair_features(
             np.vstack([prepared[d].rows.values for d in members]),
             np.vstack([prepared[d].means for d in members]),
             pairs,
-            tuple(np.concatenate(parts, axis=2) for parts in zip(*per_row, strict=True)),
+            tuple(np.concatenate([f[at[d] : at[d + 1]].reshape(len(pairs), 2, -1) for d in members], 2) for f in fits),
+            np.concatenate([prepared[d].r_index + first[i] for i, d in enumerate(members)]),
         )
         bounds = np.cumsum([0] + [len(prepared[d].rows.values) for d in members])
         for i, d in enumerate(members):

@@ -219,11 +219,6 @@ def pair_columns(p: PreparedRows) -> tuple[tuple[int, int], ...]:
     return tuple((ci[a], ci[b]) for a, b in p.pairs)
 
 
-def row_fits(p: PreparedRows, window_fits: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """pairs.pair_fit of ``p.windows`` per row of the device: pairs x 2 x rows each (features_pair.pair_features)."""
-    return tuple(f.reshape(len(p.pairs), 2, -1)[:, :, p.r_index] for f in window_fits)
-
-
 def finish_rows(p: PreparedRows, pair: Columns) -> tuple[Columns, DeviceFeatureState]:
     """DEVICE_FEATURES (one value per reading) of the device's batch, given its partner features
     (features_pair.pair_features of its rows, rows x sensors; all NaN without partners), and the device's new

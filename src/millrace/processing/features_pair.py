@@ -115,21 +115,62 @@ def reference_windows(blocks: list[np.ndarray], b0: int, r_values: np.ndarray) -
 
 
 def pair_features(
-    V: np.ndarray, means: np.ndarray, pairs: tuple[tuple[int, int], ...], fits: tuple[np.ndarray, ...]
+    V: np.ndarray,
+    means: np.ndarray,
+    pairs: tuple[tuple[int, int], ...],
+    fits: tuple[np.ndarray, ...],
+    row_block: np.ndarray,
 ) -> Columns:
     """pair_resid_z, pair_best_z, pair_mean_z and pair_min_mean (rows x sensors) against each sensor's
     partners (``pairs`` of sensor columns), from ``fits``: pairs.pair_fit of :func:`reference_windows` (the
-    regressions over the REF_BLOCKS blocks before each row's block) per row, pairs x 2 x rows each. Element by
-    element, so the rows of several devices with the same sensor types can be computed at once."""
+    regressions over the REF_BLOCKS blocks before each block of rows), pairs x 2 x blocks each, and
+    ``row_block``, the block of each row. Element by element, so the rows of several devices with the same
+    sensor types can be computed at once."""
     shape = V.shape
     out = nan_columns(("pair_resid_z", "pair_best_z", "pair_mean_z", "pair_min_mean"), shape)
     best_ratio, mean_ratio = np.full(shape, np.inf), np.full(shape, np.inf)
     for k, (a, b) in enumerate(pairs):
         for side, (t, p) in enumerate(((a, b), (b, a))):
-            fit = _PairFit(*(f[k, side] for f in fits))
+            fit = _row_fit(_PairFit(*(f[k, side] for f in fits)), row_block)
             _update_mean_deviation(out, mean_ratio, fit, means[:, t], means[:, p], t)
             _update_residual(out, best_ratio, fit, V[:, t], V[:, p], t)
     return out
+
+
+class _RowFit(NamedTuple):
+    """What the features take of a _PairFit, per row (each block's numbers repeated for its rows)."""
+
+    enough: np.ndarray  # the fit has 2 * BLOCK readings
+    my: np.ndarray
+    mx: np.ndarray
+    beta: np.ndarray  # the regression of values: slope,
+    scale: np.ndarray  # residual scale,
+    ratio: np.ndarray  # unexplained share of the target's variance
+    bc: np.ndarray  # block-mean regression: intercept,
+    bbeta: np.ndarray  # slope,
+    bscale: np.ndarray  # the scale of a ROLL-row mean's deviation,
+    bratio: np.ndarray  # unexplained share of the block means' variance
+
+
+def _row_fit(fit: _PairFit, row_block: np.ndarray) -> _RowFit:
+    """The fit's derived numbers per block (a few per device), then gathered for the rows in one take."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res_var = np.maximum(fit.vy - fit.cov * fit.cov / fit.vx, 0.0)
+        per_block = _RowFit(
+            enough=(fit.n >= 2 * BLOCK).astype(float),
+            my=fit.my,
+            mx=fit.mx,
+            beta=fit.cov / fit.vx,
+            scale=np.fmax(np.sqrt(res_var), 0.05 * np.sqrt(np.maximum(fit.vy, 0.0)) + 1e-9),
+            ratio=res_var / np.fmax(fit.vy, 1e-300),
+            bc=fit.bc,
+            bbeta=fit.bbeta,
+            # The block means' residual spread plus the noise a ROLL-reading mean keeps.
+            bscale=np.sqrt(fit.bres + res_var / ROLL) + 1e-9,
+            bratio=fit.bratio,
+        )
+    rows = np.stack(per_block)[:, row_block]
+    return _RowFit(rows[0] > 0, *rows[1:])
 
 
 def _reference_windows(sums: np.ndarray, b0: int, r_values: np.ndarray) -> np.ndarray:
@@ -141,16 +182,14 @@ def _reference_windows(sums: np.ndarray, b0: int, r_values: np.ndarray) -> np.nd
 
 
 def _update_mean_deviation(
-    out: Columns, mean_ratio: np.ndarray, fit: _PairFit, ym: np.ndarray, xm: np.ndarray, t: int
+    out: Columns, mean_ratio: np.ndarray, fit: _RowFit, ym: np.ndarray, xm: np.ndarray, t: int
 ) -> None:
     """Sensor ``t``'s mean of the last ROLL rows (``ym``) against what its partner's (``xm``) predicts from the
     block-mean regression: pair_mean_z keeps the partner that explains the sensor best, pair_min_mean the
     smallest deviation over the partners that explain most of its movement (an anomaly on one partner breaks
     only the pairs it is in)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        # Scale: the block means' residual spread plus the noise a ROLL-reading mean keeps.
-        bscale = np.sqrt(fit.bres + np.maximum(fit.vy - fit.cov * fit.cov / fit.vx, 0.0) / ROLL) + 1e-9
-        zm = np.where(fit.n >= 2 * BLOCK, (ym - fit.bc - fit.bbeta * xm) / bscale, np.nan)
+        zm = np.where(fit.enough, (ym - fit.bc - fit.bbeta * xm) / fit.bscale, np.nan)
     mean_z, min_z = out["pair_mean_z"], out["pair_min_mean"]
     better = np.isfinite(zm) & (fit.bratio < mean_ratio[:, t])
     mean_z[:, t] = np.where(better, zm, mean_z[:, t])
@@ -160,20 +199,17 @@ def _update_mean_deviation(
     min_z[:, t] = np.where(take, zm, cur)
 
 
-def _update_residual(out: Columns, best_ratio: np.ndarray, fit: _PairFit, y: np.ndarray, x: np.ndarray, t: int) -> None:
+def _update_residual(out: Columns, best_ratio: np.ndarray, fit: _RowFit, y: np.ndarray, x: np.ndarray, t: int) -> None:
     """Sensor ``t``'s value ``y`` against its partner's ``x`` from the regression of values: pair_resid_z keeps
     the largest residual over the partners, pair_best_z the one of the partner that explains it best."""
     resid, best = out["pair_resid_z"], out["pair_best_z"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        beta = fit.cov / fit.vx
-        res_var = np.maximum(fit.vy - fit.cov * fit.cov / fit.vx, 0.0)
-        scale = np.fmax(np.sqrt(res_var), 0.05 * np.sqrt(np.maximum(fit.vy, 0.0)) + 1e-9)
-        z = np.where(fit.n >= 2 * BLOCK, (y - (fit.my + beta * (x - fit.mx))) / scale, np.nan)
+        z = np.where(fit.enough, (y - (fit.my + fit.beta * (x - fit.mx))) / fit.scale, np.nan)
         cur = resid[:, t]
         keep_cur = np.isfinite(cur) & ~(np.abs(z) > np.abs(cur))
         resid[:, t] = np.where(keep_cur, cur, z)
         # The unexplained share of the sensor's variance: the smaller, the better the partner.
-        ratio = np.where(np.isfinite(z), res_var / np.fmax(fit.vy, 1e-300), np.inf)
+        ratio = np.where(np.isfinite(z), fit.ratio, np.inf)
         better = ratio < best_ratio[:, t]
         best[:, t] = np.where(better, z, best[:, t])
         best_ratio[:, t] = np.where(better, ratio, best_ratio[:, t])
