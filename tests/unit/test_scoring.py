@@ -144,3 +144,32 @@ def test_a_recording_in_other_units_is_not_out_of_range_unless_mapped(tmp_path: 
     assert not unranged["is_anomaly"].any()
     np.testing.assert_array_equal(out["score"].to_numpy(), unranged["score"].to_numpy())
     assert out.loc[pressure, "score"].max() < 1.0
+
+
+def test_flagged_readings_carry_their_reason_and_top_features_and_the_columns_keep_their_types() -> None:
+    frame = fleet_frame(devices=1, steps=600)
+    temp = frame.index[frame["sensor_type"] == "temperature"]
+    frame.loc[temp[300], "value"] += 6.0
+    cfg = ProcessingSettings()
+    out = Scorer(cfg).score(frame_features(frame, cfg, chunk=None))
+    assert [str(out[c].dtype) for c in SCORE_COLUMNS] == ["float64", "bool", "str", "str", "object"]
+    flagged, calm = out[out["is_anomaly"]], out[~out["is_anomaly"]]
+    assert len(flagged) and calm["top_features"].isna().all() and (calm["reason"] == "").all()
+    names = [f for f in MODEL_FEATURES if f != "type_code"]
+    for _, row in flagged.iterrows():
+        # Without a model the top features are the largest in size (noise as its distance from 1, stuck runs
+        # in multiples of a stuck run, the reading interval never), in that order.
+        size = {f: abs(float(np.nan_to_num(row[f]))) for f in names}
+        size["noise_ratio"] = abs(float(np.nan_to_num(row["noise_ratio"])) - 1.0)
+        size["stuck_run"] = float(np.nan_to_num(row["stuck_run"])) / 20
+        size["dt_s"] = 0.0
+        top = row["top_features"]
+        assert isinstance(top, list) and len(top) == 3
+        assert [size[f] for f in top] == sorted(size.values(), reverse=True)[:3]
+        first, second = (f"{f} {float(np.nan_to_num(row[f])):.1f}" for f in top[:2])
+        sensor = f"{row['sensor_type']} {row['value']:g}"
+        assert row["reason"] == f"{row['anomaly_kind']} on {row['sensor_id']} ({sensor}): {first}, {second}"
+    # Nothing flagged: the kind column holds only None (object), the reasons are empty text.
+    quiet = Scorer(ProcessingSettings(zscore_threshold=1e9)).score(frame_features(frame.iloc[:50], cfg, chunk=None))
+    assert not quiet["is_anomaly"].any() and quiet["anomaly_kind"].dtype == object
+    assert quiet["anomaly_kind"].isna().all() and str(quiet["reason"].dtype) == "str"

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from millrace.config import ProcessingSettings
 from millrace.processing.features import SHORT
@@ -39,6 +40,8 @@ KIND_EXTRA: tuple[str, ...] = (
 KIND_FEATURES: tuple[str, ...] = (*MODEL_FEATURES[:-1], *KIND_EXTRA, "type_code")
 TYPE_CODES = {t: i for i, t in enumerate(SENSOR_TYPES)}
 SCORE_COLUMNS = ("score", "is_anomaly", "anomaly_kind", "reason", "top_features")
+# The kinds the rules tell apart, one per heuristic component (an object array: picking from it makes no strings).
+HEURISTIC_KINDS = np.array(["spike", "level_shift", "drift", "stuck", "noise_burst", "correlation_break"], dtype=object)
 
 # Heuristic rules: (kind, feature, threshold as a multiple of zscore_threshold or absolute)
 STUCK_RUN = 20  # identical consecutive readings of a noisy sensor
@@ -55,8 +58,8 @@ def model_matrix(features: pd.DataFrame, names: tuple[str, ...] = MODEL_FEATURES
         return np.zeros((0, len(names)))
     out = np.empty((len(features), len(names)))
     out[:, :-1] = features[list(names[:-1])].to_numpy(dtype=float)  # one block copy, not one per column
-    kinds, inverse = np.unique(features["sensor_type"].to_numpy(dtype=object).astype(str), return_inverse=True)
-    out[:, -1] = np.array([TYPE_CODES.get(k, len(SENSOR_TYPES)) for k in kinds], dtype=float)[inverse]
+    codes, kinds = pd.factorize(features["sensor_type"], use_na_sentinel=False)  # no string copy of the column
+    out[:, -1] = np.array([TYPE_CODES.get(k, len(SENSOR_TYPES)) for k in kinds], dtype=float)[codes]
     return out
 
 
@@ -107,107 +110,105 @@ class Scorer:
             added = self.detector.score_readings(features, {} if history is None else history)
             kept = features.drop(columns=[c for c in SCORE_COLUMNS if c in features.columns])
             return pd.concat([kept, added], axis=1)
-        out = features
-        n = len(out)
+        n = len(features)
         if n == 0:
             out = features.copy()
             for name, dtype in zip(SCORE_COLUMNS, (float, bool, object, object, object), strict=True):
                 out[name] = pd.Series(dtype=dtype)
             return out
         thr = self.processing.zscore_threshold
-        types = out["sensor_type"].to_numpy(dtype=object)
-        inputs = out[list(_RULE_INPUTS)].to_numpy(dtype=float)
+        inputs = features[list(_RULE_INPUTS)].to_numpy(dtype=float)
         values = inputs[:, 0].copy()
-        zero = np.nan_to_num(inputs, nan=0.0)
-
-        def _col(_frame: pd.DataFrame, name: str) -> np.ndarray:
-            return zero[:, _RULE_INPUTS.index(name)]
-
-        kinds_of, inverse = np.unique(types.astype(str), return_inverse=True)
-        low = np.array([self._low.get(t, np.nan) for t in kinds_of])[inverse]
-        high = np.array([self._high.get(t, np.nan) for t in kinds_of])[inverse]
+        col = dict(zip(_RULE_INPUTS, np.nan_to_num(inputs, nan=0.0).T, strict=True))
+        # Types as codes of the Arrow column: converting 50,000 strings to numpy to find a handful costs more
+        # than the rest of the rules.
+        type_codes, types = pd.factorize(features["sensor_type"], use_na_sentinel=False)
+        low = np.array([self._low.get(t, np.nan) for t in types])[type_codes]
+        high = np.array([self._high.get(t, np.nan) for t in types])[type_codes]
         with np.errstate(invalid="ignore"):
             out_of_range = (values < low) | (values > high) | ~np.isfinite(values)
 
-        # Heuristic components, each scaled so that 1.0 is its threshold.
-        stuck_run = _col(out, "stuck_run")
-        noisy = _col(out, "roll_std") > 0  # a sensor that was alive before it froze
-        comps = np.column_stack(
-            [
-                np.abs(_col(out, "robust_z")) / thr,
-                np.abs(_col(out, "short_ref_z")) / (SHIFT_FRACTION * thr),
-                np.abs(_col(out, "trend_z")) / (TREND_FRACTION * thr),
-                np.where(noisy | (stuck_run > STUCK_RUN), stuck_run / STUCK_RUN, 0.0),
-                _col(out, "noise_ratio") / NOISE_RATIO,
-                np.abs(_col(out, "pair_resid_mean")) / (PAIR_FRACTION * thr),
-            ]
-        )
-        heur_kinds = np.array(["spike", "level_shift", "drift", "stuck", "noise_burst", "correlation_break"])
-        best = comps.argmax(axis=1)
-        heur_score = comps[np.arange(n), best]
-        heur_kind = heur_kinds[best]
-
+        comps = _heuristics(col, thr)
         if self.detector is None:
             # Without a model the slow-baseline components (shift, trend) only name the kind: load-following
             # sensors (current, vibration) leave their slow baseline all day. Flags come from the local robust
             # z, stuck runs, noise bursts and partner residuals.
-            flagging = comps[:, [0, 3, 4, 5]]
-            score = flagging.max(axis=1)
+            score = comps[:, [0, 3, 4, 5]].max(axis=1)
             flag = score >= 1.0
-            kind = heur_kind.astype(object)
-            kind[~flag] = None
+            kind = HEURISTIC_KINDS[comps.argmax(axis=1)]
             # A jump is a spike until the readings before it moved too (then the level moved).
-            before = np.abs(SHORT * _col(out, "short_ref_z") - _col(out, "ref_z")) / (SHORT - 1)
-            jump = flag & (comps[:, 0] >= 1.0)
-            kind = np.where(jump, np.where(before >= 0.5 * thr, "level_shift", "spike"), kind)
+            jump = np.flatnonzero(flag & (comps[:, 0] >= 1.0))
+            before = np.abs(SHORT * col["short_ref_z"][jump] - col["ref_z"][jump]) / (SHORT - 1)
+            kind[jump] = np.where(before >= 0.5 * thr, "level_shift", "spike")
         else:
-            X = model_matrix(out, model_features(self.detector))
-            kind_names = getattr(self.detector, "kind_features", None)
-            raw, kind_idx = self.detector.raw(
-                X, None if not kind_names else lambda rows: model_matrix(out.iloc[rows], tuple(kind_names))
-            )
-            score = raw / self.detector.threshold
-            flag = score >= 1.0
-            if kind_idx is not None and self.detector.classes is not None:
-                kind = np.asarray(self.detector.classes, dtype=object)[kind_idx]
-            else:
-                kind = np.where(heur_score >= 1.0, heur_kind, "model").astype(object)  # type: ignore[call-overload]
-            namer = getattr(self.detector, "namer", None)  # models saved before namers have none
-            named = np.flatnonzero(flag & ~out_of_range)
-            if namer is not None and len(named):
-                kind = np.asarray(kind, dtype=object)
-                kind[named] = namer.name(kind_matrix(out.iloc[named], X[named]))
+            score, flag, kind = self._model_scores(features, comps, out_of_range)
         # A range violation is a data-quality flag with its own kind and reason, not a verdict on the reading's
         # behaviour: it keeps the model's (or the rules') score, so a sensor whose unit its type's range does not
         # fit cannot top the scores on every reading.
         flag = flag | out_of_range
-        kind = np.where(out_of_range, "out_of_range", kind)
-        kind = np.asarray(kind, dtype=object)
+        kind = np.where(out_of_range, "out_of_range", kind).astype(object)
         kind[~flag] = None
-        reasons = np.full(n, "", dtype=object)
-        tops = np.full(n, None, dtype=object)  # lists for flagged readings only (consumers read None as none)
         idx = np.flatnonzero(flag)
-        if len(idx):
-            reasons[idx], tops[idx] = self._explain(out.iloc[idx], kind[idx], low[idx], high[idx])
+        reasons, tops = self._explain(
+            features, idx, kind[idx], values[idx], low[idx], high[idx], types[type_codes[idx]].tolist()
+        )
         added = pd.DataFrame(
             {
                 "score": score.astype(float),
                 "is_anomaly": flag,
-                "anomaly_kind": kind,
-                "reason": reasons,
-                "top_features": tops,
+                "anomaly_kind": _texts(kind) if len(idx) else kind,
+                "reason": _texts_at(reasons, idx, n),
+                "top_features": _lists_at(tops, idx, n),
             },
-            index=out.index,
+            index=features.index,
         )
-        return pd.concat([out.drop(columns=[c for c in SCORE_COLUMNS if c in out.columns]), added], axis=1)
+        return pd.concat([features.drop(columns=[c for c in SCORE_COLUMNS if c in features.columns]), added], axis=1)
+
+    def _model_scores(
+        self, features: pd.DataFrame, comps: np.ndarray, out_of_range: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(score, flag, kind) from the model; the kind as the model, its namer or the heuristics (``comps``)
+        give it."""
+        det = self.detector
+        X = model_matrix(features, model_features(det))
+        kind_names = getattr(det, "kind_features", None)
+        raw, kind_idx = det.raw(
+            X, None if not kind_names else lambda rows: model_matrix(features.iloc[rows], tuple(kind_names))
+        )
+        score = raw / det.threshold
+        flag = score >= 1.0
+        if kind_idx is not None and det.classes is not None:
+            kind = np.asarray(det.classes, dtype=object)[kind_idx]
+        else:
+            best = comps.argmax(axis=1)
+            heuristic = comps[np.arange(len(comps)), best] >= 1.0
+            kind = np.where(heuristic, HEURISTIC_KINDS[best], "model").astype(object)
+        namer = getattr(det, "namer", None)  # models saved before namers have none
+        named = np.flatnonzero(flag & ~out_of_range)
+        if namer is not None and len(named):
+            kind[named] = namer.name(kind_matrix(features.iloc[named], X[named]))
+        return score, flag, kind
 
     def _explain(
-        self, rows: pd.DataFrame, kinds: np.ndarray, low: np.ndarray, high: np.ndarray
+        self,
+        features: pd.DataFrame,
+        idx: np.ndarray,
+        kinds: np.ndarray,
+        values: np.ndarray,
+        low: np.ndarray,
+        high: np.ndarray,
+        types: list[Any],
     ) -> tuple[list[str], list[list[str]]]:
+        """The reason and the three top features of the flagged rows ``idx``: the features that deviate most
+        (from the model's normal readings; without a model, by their own size). Formatted from Python floats
+        and lists in one pass: numpy scalars are slow to format one by one."""
+        if not len(idx):
+            return [], []
         det = self.detector
         known = model_features(det) if det is not None else MODEL_FEATURES
         names = [f for f in known if f != "type_code"]
-        X = np.nan_to_num(rows[names].to_numpy(dtype=float), nan=0.0)
+        # Column by column: selecting the columns as a frame would copy them for every reading.
+        X = np.nan_to_num(np.column_stack([features[f].to_numpy(dtype=float)[idx] for f in names]), nan=0.0)
         if det is not None and len(det.center) == len(known):
             dev = np.abs(X - det.center[:-1]) / np.maximum(det.spread[:-1], 1e-9) * det.weights[:-1]
         else:
@@ -216,20 +217,58 @@ class Scorer:
             dev[:, names.index("stuck_run")] = X[:, names.index("stuck_run")] / STUCK_RUN
             dev[:, names.index("dt_s")] = 0.0
         top = np.argsort(-dev, axis=1)[:, :3]
-        reasons, tops = [], []
-        sensors, types = rows["sensor_id"].tolist(), rows["sensor_type"].tolist()
-        values = rows["value"].tolist()
-        for i, k in enumerate(kinds):
-            feats = [names[j] for j in top[i]]
-            if k == "out_of_range":
-                feats = ["value", *feats[:2]]
-                text = f"{types[i]} {values[i]:g} outside [{low[i]:g}, {high[i]:g}] on {sensors[i]}"
-            else:
-                shown = ", ".join(f"{names[j]} {X[i, j]:.1f}" for j in top[i][:2])
-                text = f"{k} on {sensors[i]} ({types[i]} {values[i]:g}): {shown}"
-            reasons.append(text)
-            tops.append(feats)
-        return reasons, tops
+        feats = np.asarray(names, dtype=object)[top]
+        at = np.arange(len(idx))
+        first, second = X[at, top[:, 0]].tolist(), X[at, top[:, 1]].tolist()
+        shown = zip(feats[:, 0].tolist(), first, feats[:, 1].tolist(), second, strict=True)
+        sensors = features["sensor_id"].array.take(idx).tolist()
+        rows = zip(kinds.tolist(), sensors, types, values.tolist(), low.tolist(), high.tolist(), shown, strict=True)
+        reasons = [
+            f"{t} {v:g} outside [{lo:g}, {hi:g}] on {s}"
+            if k == "out_of_range"
+            else f"{k} on {s} ({t} {v:g}): {n1} {x1:.1f}, {n2} {x2:.1f}"
+            for k, s, t, v, lo, hi, (n1, x1, n2, x2) in rows
+        ]
+        out_of_range = kinds == "out_of_range"  # their top features: the value, then the first two
+        feats[out_of_range, 1:] = feats[out_of_range, :2]
+        feats[out_of_range, 0] = "value"
+        return reasons, feats.tolist()
+
+
+def _heuristics(col: dict[str, np.ndarray], thr: float) -> np.ndarray:
+    """The heuristic components, one column per HEURISTIC_KINDS, each scaled so that 1.0 is its threshold."""
+    stuck_run = col["stuck_run"]
+    noisy = col["roll_std"] > 0  # a sensor that was alive before it froze
+    return np.column_stack(
+        [
+            np.abs(col["robust_z"]) / thr,
+            np.abs(col["short_ref_z"]) / (SHIFT_FRACTION * thr),
+            np.abs(col["trend_z"]) / (TREND_FRACTION * thr),
+            np.where(noisy | (stuck_run > STUCK_RUN), stuck_run / STUCK_RUN, 0.0),
+            col["noise_ratio"] / NOISE_RATIO,
+            np.abs(col["pair_resid_mean"]) / (PAIR_FRACTION * thr),
+        ]
+    )
+
+
+def _texts(values: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """Strings and None as the "str" column the DataFrame constructor infers, converted by Arrow in one call
+    (the constructor checks every element in Python first)."""
+    return pd.array(pa.array(values, type=pa.large_string(), from_pandas=True), dtype="str")
+
+
+def _texts_at(texts: list[str], idx: np.ndarray, n: int) -> pd.api.extensions.ExtensionArray:
+    """A "str" column of ``n`` rows: ``texts`` at rows ``idx``, "" elsewhere (an Arrow take)."""
+    pick = np.zeros(n, dtype=np.int64)
+    pick[idx] = np.arange(1, len(idx) + 1)
+    return pd.array(pa.array(["", *texts], type=pa.large_string()).take(pick), dtype="str")
+
+
+def _lists_at(lists: list[list[str]], idx: np.ndarray, n: int) -> np.ndarray:
+    """An object column of ``n`` rows: ``lists`` at rows ``idx``, None elsewhere (consumers read None as none)."""
+    out = np.full(n, None, dtype=object)
+    out[idx] = lists
+    return out
 
 
 def model_features(detector: Any) -> tuple[str, ...]:
