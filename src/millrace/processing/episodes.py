@@ -12,10 +12,11 @@ An episode is a frozen :class:`~millrace.processing.state.Episode`: the function
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from millrace.processing.state import Episode
@@ -31,39 +32,85 @@ def alert_id(device_id: str, opened_ms: int) -> str:
     return f"al-{digest}"
 
 
-def _peak(row: Any) -> dict[str, Any]:
-    """The fields an episode takes from its highest-scoring reading (a NaN score counts as 0)."""
-    return {
-        "score": float(row.score) if row.score == row.score else 0.0,
-        "kind": row.anomaly_kind or "statistical",
-        "reason": str(row.reason or ""),
-        "top_features": tuple(str(f) for f in (row.top_features if row.top_features is not None else [])),
-    }
+@dataclass(frozen=True)
+class _Anomalies:
+    """A device's anomalous readings of one batch in (ts_ms, sensor_id) order, as arrays. The rows of one
+    episode are a slice; the fields an episode takes from its highest-scoring reading are read for that reading
+    only (the batch can hold thousands of anomalous readings, and one episode per quiet gap)."""
 
+    scored: pd.DataFrame
+    at: np.ndarray  # the rows' positions in ``scored``
+    ts: np.ndarray  # int64 ms
+    sensor_ids: list[str]
+    scores: np.ndarray  # a NaN score counts as 0
 
-def _open(row: Any, device_id: str, location: str) -> Episode:
-    ts = int(row.ts_ms)
-    return Episode(
-        id=alert_id(device_id, ts),
-        opened_ms=ts,
-        updated_ms=ts,
-        sensor_ids=(str(row.sensor_id),),
-        readings=1,
-        location=location,
-        **_peak(row),
-    )
+    @classmethod
+    def of(cls, scored: pd.DataFrame) -> _Anomalies:
+        # numpy rather than a filtered, sorted copy of the frame: the step calls this per device and batch, and
+        # pandas' fixed cost per operation is most of the work on a few hundred rows.
+        at = np.flatnonzero(scored["is_anomaly"].to_numpy(dtype=bool, na_value=False))
+        ts = scored["ts_ms"].to_numpy(dtype="int64")[at]
+        sensors = scored["sensor_id"].iloc[at]
+        order = np.lexsort((pd.factorize(sensors, sort=True, use_na_sentinel=False)[0], ts))  # stable
+        scores = scored["score"].to_numpy(dtype="float64")[at[order]]
+        return cls(
+            scored=scored,
+            at=at[order],
+            ts=ts[order],
+            sensor_ids=[str(s) for s in sensors.iloc[order].tolist()],
+            scores=np.nan_to_num(scores, nan=0.0, posinf=np.inf, neginf=-np.inf),
+        )
 
+    def opens(self, updated_ms: int | None, quiet_ms: int) -> np.ndarray:
+        """The rows that open an episode: more than ``quiet_ms`` after the newest anomalous reading before them
+        (``updated_ms``: the open episode's, which may be newer than the batch's first rows). Without an open
+        episode the first row opens one."""
+        if updated_ms is None:
+            gaps = np.diff(self.ts) > quiet_ms
+            return np.concatenate(([0], np.flatnonzero(gaps) + 1))
+        newest = np.maximum(updated_ms, np.concatenate(([updated_ms], self.ts[:-1])))
+        return np.flatnonzero(self.ts - newest > quiet_ms)
 
-def _extend(ep: Episode, row: Any) -> Episode:
-    ts, sensor_id, peak = int(row.ts_ms), str(row.sensor_id), _peak(row)
-    return replace(
-        ep,
-        opened_ms=min(ep.opened_ms, ts),
-        updated_ms=max(ep.updated_ms, ts),
-        readings=ep.readings + 1,
-        sensor_ids=ep.sensor_ids if sensor_id in ep.sensor_ids else (*ep.sensor_ids, sensor_id),
-        **(peak if peak["score"] > ep.score else {}),
-    )
+    def peak(self, start: int, stop: int) -> tuple[float, int]:
+        """(score, row) of the first highest-scoring row of ``start:stop``."""
+        row = start + int(np.argmax(self.scores[start:stop]))
+        return float(self.scores[row]), row
+
+    def fields(self, row: int) -> dict[str, Any]:
+        """The fields an episode takes from its highest-scoring reading ``row``."""
+        at = self.at[row]
+        kind, reason, top = (self.scored[c].iat[at] for c in ("anomaly_kind", "reason", "top_features"))
+        return {
+            "score": float(self.scores[row]),
+            "kind": kind or "statistical",
+            "reason": str(reason or ""),
+            "top_features": tuple(str(f) for f in (top if top is not None else [])),
+        }
+
+    def open(self, start: int, stop: int, device_id: str, location: str) -> Episode:
+        """The episode of rows ``start:stop``."""
+        ts = int(self.ts[start])
+        return Episode(
+            id=alert_id(device_id, ts),
+            opened_ms=ts,
+            updated_ms=int(self.ts[stop - 1]),
+            sensor_ids=tuple(dict.fromkeys(self.sensor_ids[start:stop])),
+            readings=stop - start,
+            location=location,
+            **self.fields(self.peak(start, stop)[1]),
+        )
+
+    def extend(self, ep: Episode, start: int, stop: int) -> Episode:
+        """``ep`` continued by rows ``start:stop``; their peak replaces its own when it scores higher."""
+        score, row = self.peak(start, stop)
+        return replace(
+            ep,
+            opened_ms=min(ep.opened_ms, int(self.ts[start])),
+            updated_ms=max(ep.updated_ms, int(self.ts[stop - 1])),
+            readings=ep.readings + stop - start,
+            sensor_ids=tuple(dict.fromkeys((*ep.sensor_ids, *self.sensor_ids[start:stop]))),
+            **(self.fields(row) if score > ep.score else {}),
+        )
 
 
 def update(
@@ -80,13 +127,18 @@ def update(
     is at the end of the batch (closed ones with ``closed_ms``), and the episode still open (or None)."""
     quiet_ms = int(quiet_s * 1000)
     touched: dict[str, Episode] = {}
-    anomalous = scored[scored["is_anomaly"].fillna(False).astype(bool)]
-    for row in anomalous.sort_values(["ts_ms", "sensor_id"], kind="stable").itertuples(index=False):
-        if episode is not None and int(row.ts_ms) - episode.updated_ms > quiet_ms:
-            touched[episode.id] = close(episode, quiet_s)
-            episode = None
-        episode = _open(row, device_id, location) if episode is None else _extend(episode, row)
-        touched[episode.id] = episode
+    rows = _Anomalies.of(scored)
+    if len(rows.ts):
+        opens = rows.opens(None if episode is None else episode.updated_ms, quiet_ms)
+        bounds = [*opens.tolist(), len(rows.ts)]
+        if episode is not None and bounds[0] > 0:  # the batch's first anomalous readings continue the episode
+            episode = rows.extend(episode, 0, bounds[0])
+            touched[episode.id] = episode
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            if episode is not None:
+                touched[episode.id] = close(episode, quiet_s)
+            episode = rows.open(start, stop, device_id, location)
+            touched[episode.id] = episode
     closed = expire(episode, newest_ms, quiet_s)
     if closed is not None:
         touched[closed.id] = closed
