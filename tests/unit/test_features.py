@@ -447,3 +447,23 @@ def test_residuals_of_many_fits_at_once_equal_one_fit_at_a_time() -> None:
     want[fit_of_row == 1] = residual_z(rows[fit_of_row == 1], fits[1])
     got = residual_z_rows(rows, fits, fit_of_row)
     assert ((got == want) | (np.isnan(got) & np.isnan(want))).all() and np.isnan(got[fit_of_row == 1, 3]).all()
+
+
+def test_pair_block_sums_of_all_pairs_at_once_equal_each_pair_block_by_block() -> None:
+    from millrace.processing.features_pair import pair_blocks
+
+    rng = np.random.default_rng(14)
+    cols = ("a", "b", "c")
+    full = rng.normal(3, 1, (3 * BLOCK, 3))
+    full[70, 1] = np.nan
+    pairs = (("a", "b"), ("a", "c"), ("b", "c"))
+    got = pair_blocks(full, 0, 0, pairs, cols, {})
+    for k, (a, b) in enumerate(pairs):
+        x, y = full[:, cols.index(a)], full[:, cols.index(b)]
+        for j in range(3):
+            xs, ys = x[j * BLOCK : (j + 1) * BLOCK], y[j * BLOCK : (j + 1) * BLOCK]
+            ok = np.isfinite(xs) & np.isfinite(ys)
+            xs, ys = np.where(ok, xs, 0.0), np.where(ok, ys, 0.0)
+            want = [ok.sum(), xs.sum(), ys.sum(), (xs * xs).sum(), (ys * ys).sum(), (xs * ys).sum()]
+            assert got[k][j].tolist() == want, (a, b, j)
+    assert got[0][1, 0] == got[2][1, 0] == BLOCK - 1 and got[1][1, 0] == BLOCK

@@ -180,9 +180,13 @@ def held_residual(
     h = len(V) - nrow
     out = np.full((nrow, ncol), np.nan)
     new: list = []
+    stepped = np.abs(np.nan_to_num(step, nan=0.0)) >= trigger
     for i in range(ncol):
         cur = held[i]
-        candidates = np.flatnonzero(np.abs(np.nan_to_num(step[:, i], nan=0.0)) >= trigger)
+        if cur is None and not stepped[:, i].any():  # the usual case: nothing held, no step
+            new.append(None)
+            continue
+        candidates = np.flatnonzero(stepped[:, i])
         t, c = 0, 0
         while t < nrow:
             if cur is not None and cur["left"] > 0:

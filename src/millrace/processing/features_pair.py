@@ -23,21 +23,21 @@ from millrace.processing.pairs import GOOD_FIT
 
 def _pair_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Regression sums (n, sum x, sum y, sum x^2, sum y^2, sum xy) over the pairs where both are finite, one
-    row per block (rows of ``x``/``y``; each row is reduced on its own, so the numbers do not depend on how
-    many blocks a batch completes)."""
+    row per block (``x``/``y``: ... x blocks x rows, C-contiguous; each block is reduced on its own along the
+    last axis, so the numbers do not depend on how many blocks or pairs a batch completes)."""
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
     # Element-wise products, not dot(): BLAS kernels may round differently with alignment.
     return np.stack(
         [
-            ok.sum(axis=1).astype(float),
-            x.sum(axis=1),
-            y.sum(axis=1),
-            (x * x).sum(axis=1),
-            (y * y).sum(axis=1),
-            (x * y).sum(axis=1),
+            ok.sum(axis=-1).astype(float),
+            x.sum(axis=-1),
+            y.sum(axis=-1),
+            (x * x).sum(axis=-1),
+            (y * y).sum(axis=-1),
+            (x * y).sum(axis=-1),
         ],
-        axis=1,
+        axis=-1,
     )
 
 
@@ -84,10 +84,14 @@ def pair_blocks(
     if seg is None:
         return out
     ci = {sid: i for i, sid in enumerate(cols)}
-    for k, (a, b) in enumerate(pairs):
+    # Every pair's blocks at once: pairs x blocks x BLOCK rows, each block still reduced on its own.
+    first = np.ascontiguousarray(np.moveaxis(seg[:, :, [ci[a] for a, _ in pairs]], 2, 0))
+    second = np.ascontiguousarray(np.moveaxis(seg[:, :, [ci[b] for _, b in pairs]], 2, 0))
+    sums = _pair_sums(first, second)
+    for k in range(len(pairs)):
         late = j0 - b0 - len(out[k])  # a pair that appeared late: empty earlier blocks
         parts = [out[k], np.zeros((late, 6))] if late > 0 else [out[k]]
-        out[k] = np.concatenate([*parts, _pair_sums(seg[:, :, ci[a]], seg[:, :, ci[b]])])
+        out[k] = np.concatenate([*parts, sums[k]])
     return out
 
 
