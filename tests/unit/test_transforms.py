@@ -9,7 +9,7 @@ import pandas as pd
 
 from millrace.jobs.window_ledger import WindowLedger
 from millrace.processing import episodes, gaps
-from millrace.processing.transforms import drop_duplicates_and_late, finish_windows, window_partials
+from millrace.processing.transforms import drop_duplicates_and_late, finish_windows, timestamps_ms, window_partials
 
 T0 = 1_800_000_000_000  # epoch ms
 
@@ -228,3 +228,60 @@ def test_dedup_over_partitions_out_of_kafka_order_keeps_each_reading_once_in_kaf
     assert list(zip(fresh["kafka_partition"], fresh["kafka_offset"], strict=True)) == [(0, 0), (0, 2), (1, 0)]
     assert list(zip(late["kafka_partition"], late["kafka_offset"], strict=True)) == [(0, 3)]
     assert dups == 4
+
+
+def _reference_admission(
+    batch: pd.DataFrame, seen: dict[str, np.ndarray], newest: dict[str, int], lateness_ms: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+    """drop_duplicates_and_late row by row, in Kafka order: (fresh positions, late positions, duplicates)."""
+    fresh, late, dups = [], [], 0
+    top = dict(newest)
+    keys = {sid: set(times.tolist()) for sid, times in seen.items()}
+    for row in batch.sort_values(["kafka_partition", "kafka_offset"]).itertuples():
+        sid, ts, position = row.sensor_id, int(row.ts_ms), (int(row.kafka_partition), int(row.kafka_offset))
+        prior = top.get(sid)
+        top[sid] = ts if prior is None else max(prior, ts)
+        if prior is not None and ts < prior - lateness_ms:
+            late.append(position)
+        elif ts in keys.setdefault(sid, set()):
+            dups += 1
+        else:
+            keys[sid].add(ts)
+            fresh.append(position)
+    return fresh, late, dups
+
+
+def test_dedup_and_lateness_equal_a_row_by_row_pass_on_random_batches() -> None:
+    rng = np.random.default_rng(7)
+    for case in range(60):
+        n = int(rng.integers(1, 300))
+        sensors = [f"s{i}" for i in range(int(rng.integers(1, 6)))]
+        batch = pd.DataFrame(
+            {
+                "sensor_id": pd.array(rng.choice(sensors, n), dtype="str" if case % 2 else "object"),
+                "ts_ms": T0 + rng.integers(0, 120, n) * 1000,
+                "kafka_partition": rng.integers(0, 3, n).astype("int32"),
+                "kafka_offset": np.arange(n),
+            }
+        ).sample(frac=1.0, random_state=case)
+        seen = {s: np.unique(T0 + rng.integers(0, 120, 10) * 1000) for s in sensors[::2]}
+        newest = {s: T0 + int(rng.integers(0, 150)) * 1000 for s in sensors[1::2]}
+        fresh, late, dups = drop_duplicates_and_late(batch, seen, newest, 30_000)
+        want_fresh, want_late, want_dups = _reference_admission(batch, seen, newest, 30_000)
+        assert list(zip(fresh["kafka_partition"], fresh["kafka_offset"], strict=True)) == want_fresh
+        assert list(zip(late["kafka_partition"], late["kafka_offset"], strict=True)) == want_late
+        assert dups == want_dups
+
+
+def test_timestamps_ms_of_every_unit_naive_aware_and_nat() -> None:
+    ns = [-1, -1_000_001, 1_500_000, 1_800_000_000_123_456_789, None]
+    want = [-1, -2, 1, 1_800_000_000_123, np.iinfo("int64").min]  # floored, as pandas converts units
+    for unit in ("s", "ms", "us", "ns"):
+        naive = pd.Series(pd.to_datetime(ns, unit="ns")).dt.as_unit(unit)
+        for series in (naive, naive.dt.tz_localize("UTC").dt.tz_convert("Europe/Paris")):
+            expected = pd.to_datetime(series, utc=True).astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+            assert timestamps_ms(series).tolist() == expected.tolist()
+            if unit != "s":
+                assert timestamps_ms(series).tolist() == want
+    text = pd.Series(["2026-01-01T00:00:00.123456Z", "2026-01-01T01:00:00.5+01:00"])
+    assert timestamps_ms(text).tolist() == [1_767_225_600_123, 1_767_225_600_500]

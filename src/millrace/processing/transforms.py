@@ -139,10 +139,21 @@ def to_step_input(validated, labels: list[str]):  # noqa: ANN001, ANN201
 
 
 # --------------------------------------------------------------------------------------------- pandas side
+_TICKS_PER_MS = {"ms": 1, "us": 1_000, "ns": 1_000_000}
+_NAT = np.iinfo("int64").min  # NaT as an integer
+
+
 def timestamps_ms(series: pd.Series) -> np.ndarray:
-    """datetime64 (any unit, UTC) -> int64 epoch milliseconds."""
-    values = pd.to_datetime(series, utc=True)
-    return values.astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+    """datetime64 (any unit; naive taken as UTC) -> int64 epoch milliseconds, floored as pandas converts units;
+    NaT stays NaT's integer."""
+    times = series.array
+    if not isinstance(times, pd.arrays.DatetimeArray) or times.unit not in _TICKS_PER_MS:
+        return timestamps_ms(pd.to_datetime(series, utc=True).astype("datetime64[ms, UTC]"))
+    # The datetimes' integers divided, rather than pandas' parse and two unit conversions.
+    ticks = times.asi8
+    ms = ticks // _TICKS_PER_MS[times.unit]
+    ms[ticks == _NAT] = _NAT
+    return ms
 
 
 def drop_duplicates_and_late(
@@ -165,33 +176,32 @@ def drop_duplicates_and_late(
     # frame is kept as it is (a stable sort would return it unchanged, index included).
     ordered = rows if bool((order[1:] > order[:-1]).all()) else rows.take(order)
     ts = ordered["ts_ms"].to_numpy(dtype="int64")
-    # Sensors as integer codes: the same groups as the strings, without grouping on strings.
-    sensor = pd.factorize(ordered["sensor_id"].to_numpy(dtype=object))[0]
+    # Sensors as integer codes, factorized on the column as it is (Arrow strings are not turned into Python
+    # objects); the state's tables are looked up once per distinct sensor, not once per row.
+    sensor, names = pd.factorize(ordered["sensor_id"], use_na_sentinel=False)
     before = pd.Series(ts).groupby(sensor, sort=False).cummax().groupby(sensor, sort=False).shift(1)
-    previous = np.full(len(ordered), np.nan)
+    prior = before.to_numpy(dtype="float64", na_value=np.nan)
     if newest:
-        previous = (
-            pd.Series(ordered["sensor_id"].to_numpy(dtype=object)).map(newest).to_numpy("float64", na_value=np.nan)
-        )
-    prior = np.fmax(before.to_numpy(dtype="float64", na_value=np.nan), previous)
+        prior = np.fmax(prior, np.array([newest.get(name, np.nan) for name in names], dtype="float64")[sensor])
     late_mask = ts < (prior - lateness_ms)  # NaN (first reading of a sensor) compares False
-    late = ordered[late_mask]
-    candidates = ordered[~late_mask]
-    dup_in_batch = pd.Series(_keys(sensor[~late_mask], ts[~late_mask])).duplicated(keep="first").to_numpy()
-    dup_seen = np.zeros(len(candidates), dtype=bool)
-    names = [sid for sid, previous_ts in seen.items() if len(previous_ts)]
-    if names:
-        # One isin over (sensor code, event time) keys instead of one pass per sensor.
-        code_of = {sid: i for i, sid in enumerate(names)}
-        codes = pd.Series(candidates["sensor_id"].to_numpy(dtype=object)).map(code_of).to_numpy("float64", na_value=-1)
-        known = codes >= 0
-        seen_keys = np.concatenate(
-            [_keys(np.full(len(seen[sid]), i), np.asarray(seen[sid], dtype="int64")) for i, sid in enumerate(names)]
-        )
-        cts = candidates["ts_ms"].to_numpy(dtype="int64")
-        dup_seen[known] = np.isin(_keys(codes[known].astype("int64"), cts[known]), seen_keys)
-    dup = dup_in_batch | dup_seen
-    return candidates[~dup], late, int(dup.sum())
+    keys = _keys(sensor, ts)
+    dup = np.zeros(len(ordered), dtype=bool)
+    dup[~late_mask] = pd.Series(keys[~late_mask]).duplicated(keep="first").to_numpy()
+    seen_keys = _seen_keys(names, seen)
+    if len(seen_keys):
+        dup |= ~late_mask & np.isin(keys, seen_keys)
+    late = ordered[late_mask] if late_mask.any() else ordered.iloc[:0]
+    return ordered[~late_mask & ~dup], late, int(dup.sum())
+
+
+def _seen_keys(names: pd.Index, seen: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The _keys of the times in ``seen``, each sensor under its code (its position in ``names``)."""
+    keys = [
+        _keys(np.full(len(seen[name]), code), np.asarray(seen[name], dtype="int64"))
+        for code, name in enumerate(names)
+        if len(seen.get(name, ()))
+    ]
+    return np.concatenate(keys) if keys else np.empty(0, dtype="int64")
 
 
 def _keys(codes: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
@@ -206,61 +216,61 @@ def window_partials(readings: pd.DataFrame, window_s: int) -> pd.DataFrame:
     anomaly_count; rows sorted by their group keys within each scope. Interpolated points are not measurements
     and are left out.
     """
+    columns = partial_columns(readings, window_s)
+    if not len(columns["scope"]):
+        return pd.DataFrame(columns=list(_PARTIAL_COLUMNS))
+    return pd.DataFrame(columns)
+
+
+def partial_columns(readings: pd.DataFrame, window_s: int) -> dict[str, np.ndarray]:
+    """:func:`window_partials` as arrays (text as object arrays), for callers that need no frame."""
     measured = readings[~readings["interpolated"].astype(bool)] if len(readings) else readings
     if measured.empty:
-        return pd.DataFrame(columns=list(_PARTIAL_COLUMNS))
+        return {col: np.empty(0, dtype=object) for col in _PARTIAL_COLUMNS}
     width = window_s * 1000
-    # Each key column factorized (sorted) once, and each scope's keys folded into one int64 group code whose
-    # order is the keys' lexicographic order: one groupby on an integer instead of three on strings, with the
+    # Each key column factorized (sorted) once, and the keys of both scopes folded into one int64 group code
+    # whose order is the keys' lexicographic order, sensors first, then the type x location groups under a
+    # sensor code one past the last: one groupby on an integer instead of one per scope on strings, with the
     # same groups, the same row order inside each group (pandas' sums are order-compensated, so the same
     # numbers) and the same sorted output.
-    sid_c, sids = pd.factorize(measured["sensor_id"].to_numpy(dtype=object), sort=True)
-    typ_c, types = pd.factorize(measured["sensor_type"].to_numpy(dtype=object), sort=True)
-    loc_c, locs = pd.factorize(measured["location"].fillna("").to_numpy(dtype=object), sort=True)
+    sid_c, sids = _sorted_codes(measured["sensor_id"])
+    typ_c, types = _sorted_codes(measured["sensor_type"])
+    loc_c, locs = _sorted_codes(measured["location"].fillna(""))
     win_c, starts = pd.factorize((timestamps_ms(measured["timestamp"]) // width) * width, sort=True)
-    value = measured["value"].astype("float64").to_numpy()
-    base = pd.DataFrame(
-        {
-            "value": value,
-            "sq": value * value,
-            "anomaly": measured["is_anomaly"].fillna(False).astype(bool).astype("int64").to_numpy(),
-        }
-    )
-    nt, nl, nw = len(types), len(locs), len(starts)
-    type_loc = typ_c.astype("int64") * nl + loc_c
-    parts = []
-    for scope, code in (
-        ("sensor", (sid_c.astype("int64") * (nt * nl) + type_loc) * nw + win_c),
-        ("type_location", type_loc * nw + win_c),
-    ):
-        by = base.groupby(code, sort=True)
-        sums = by.sum()  # value, sq, anomaly: one pass
-        group = sums.index.to_numpy(dtype="int64")
-        tl = (group // nw) % (nt * nl)
-        sensor_type = np.asarray(types, dtype=object)[tl // nl]
-        location = np.asarray(locs, dtype=object)[tl % nl]
-        if scope == "sensor":
-            key = np.asarray(sids, dtype=object)[group // (nw * nt * nl)]
-        else:
-            key = np.char.add(np.char.add(sensor_type.astype(str), "|"), location.astype(str)).astype(object)
-        head = {
-            "scope": scope,
-            "key": key,
-            "sensor_type": sensor_type,
-            "location": location,
-            "window_start": np.asarray(starts, dtype="int64")[group % nw],
-        }
-        value_by = by["value"]
-        stats = {
-            "count": by.size().to_numpy(),
-            "sum": sums["value"].to_numpy(),
-            "sumsq": sums["sq"].to_numpy(),
-            "min": value_by.min().to_numpy(),
-            "max": value_by.max().to_numpy(),
-            "anomaly_count": sums["anomaly"].to_numpy(),
-        }
-        parts.append(pd.DataFrame({**head, **stats}))
-    return pd.concat(parts, ignore_index=True)
+    per_sensor = len(types) * len(locs) * len(starts)
+    type_loc_win = (typ_c * len(locs) + loc_c) * len(starts) + win_c
+    code = np.concatenate([sid_c * per_sensor + type_loc_win, len(sids) * per_sensor + type_loc_win])
+    value = np.tile(measured["value"].to_numpy(dtype="float64"), 2)
+    anomaly = np.tile(measured["is_anomaly"].fillna(False).astype(bool).to_numpy(dtype="int64"), 2)
+    by = pd.DataFrame({"value": value, "sq": value * value, "anomaly": anomaly}).groupby(code, sort=True)
+    sums = by.sum()  # value, sq, anomaly: one pass
+    group = sums.index.to_numpy(dtype="int64")
+    sensor, type_loc = group // per_sensor, (group % per_sensor) // len(starts)
+    by_type = sensor == len(sids)
+    sensor_type, location = types[type_loc // len(locs)], locs[type_loc % len(locs)]
+    key = sids[np.minimum(sensor, len(sids) - 1)]
+    key[by_type] = [f"{t}|{loc}" for t, loc in zip(sensor_type[by_type], location[by_type], strict=True)]
+    value_by = by["value"]
+    return {
+        "scope": np.where(by_type, "type_location", "sensor").astype(object),
+        "key": key,
+        "sensor_type": sensor_type,
+        "location": location,
+        "window_start": starts[group % len(starts)],
+        "count": by.size().to_numpy(),
+        "sum": sums["value"].to_numpy(),
+        "sumsq": sums["sq"].to_numpy(),
+        "min": value_by.min().to_numpy(),
+        "max": value_by.max().to_numpy(),
+        "anomaly_count": sums["anomaly"].to_numpy(),
+    }
+
+
+def _sorted_codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """int64 codes of ``column``'s values in sorted order, and the values (object array). Factorized as the
+    column is stored: Arrow strings are encoded by Arrow, not turned into Python objects first."""
+    codes, values = pd.factorize(column, sort=True)
+    return codes.astype("int64"), np.asarray(values, dtype=object)
 
 
 _PARTIAL_COLUMNS = ("scope", "key", "sensor_type", "location", "window_start", "count", "sum", "sumsq", "min", "max",
