@@ -467,3 +467,17 @@ def test_pair_block_sums_of_all_pairs_at_once_equal_each_pair_block_by_block() -
             want = [ok.sum(), xs.sum(), ys.sum(), (xs * xs).sum(), (ys * ys).sum(), (xs * ys).sum()]
             assert got[k][j].tolist() == want, (a, b, j)
     assert got[0][1, 0] == got[2][1, 0] == BLOCK - 1 and got[1][1, 0] == BLOCK
+
+
+def test_largest_step_in_span_by_doubling_equals_the_scan_ties_and_nan_included() -> None:
+    from millrace.processing.steps import _largest_in_span, _largest_in_span_scan
+
+    rng = np.random.default_rng(15)
+    for k in (1, 7, 200):
+        size = np.abs(np.round(rng.normal(0, 1, (3, k + STEP_SPAN - 1)), 1))  # many ties
+        size[2] = 0.5  # all equal: the oldest
+        got = _largest_in_span(size, k)
+        want = _largest_in_span_scan(size, k)
+        assert got.shape == (3, k) and (got == want).all() and (got[2] == 0).all()
+    size[0, 3] = np.nan  # NaN never wins, as in the scan
+    assert (_largest_in_span(size, 200) == _largest_in_span_scan(size, 200)).all()

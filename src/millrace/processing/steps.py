@@ -67,15 +67,7 @@ def step_features(x: np.ndarray, pos0: int, m: int) -> tuple[dict[str, np.ndarra
         span = STEP_SPAN - 1 + STEP
         means = weighted_sum(x, p0 - span - STEP + 1, k + span, np.full(STEP, 1.0 / STEP))
         steps = means[:, STEP:] - means[:, :-STEP]  # steps[:, u]: q = p0 - STEP_SPAN + 1 + u
-        size = np.abs(steps)
-        best = size[:, :k].copy()
-        arg = np.zeros((S, k), dtype=np.intp)
-        newer = np.empty((S, k), dtype=bool)
-        for j in range(1, STEP_SPAN):  # the largest |step| over the span; the oldest on ties
-            cand = size[:, j : j + k]
-            np.greater(cand, best, out=newer)
-            np.copyto(best, cand, where=newer)
-            np.copyto(arg, j, where=newer)
+        arg = _largest_in_span(np.abs(steps), k)
         rows = np.arange(k)[None, :] + arg
         top = np.take_along_axis(steps, rows, axis=1)
         before_top = np.take_along_axis(means, rows, axis=1)  # the mean of the STEP values before that step
@@ -93,6 +85,36 @@ def step_features(x: np.ndarray, pos0: int, m: int) -> tuple[dict[str, np.ndarra
     features = {name: full[name] for name in names[:4]}
     levels = {name: full[name] for name in names[4:]}
     return features, levels
+
+
+def _largest_in_span(size: np.ndarray, k: int) -> np.ndarray:
+    """For i < k, the offset j < STEP_SPAN of the largest size[:, i + j], the oldest (smallest j) on ties."""
+    if np.isnan(size).any():  # NaN never wins a comparison: scan in order, as the definition reads
+        return _largest_in_span_scan(size, k)
+    # "The newer one only when strictly larger" is associative and idempotent, so the span is covered by two
+    # overlapping power-of-two windows, each built by doubling: a few passes instead of one per offset.
+    val, at = size, np.broadcast_to(np.arange(size.shape[1]), size.shape)
+    width = 1
+    while 2 * width <= STEP_SPAN:
+        newer = val[:, width:] > val[:, :-width]
+        val = np.where(newer, val[:, width:], val[:, :-width])
+        at = np.where(newer, at[:, width:], at[:, :-width])
+        width *= 2
+    late = STEP_SPAN - width  # the second window starts here
+    newer = val[:, late : late + k] > val[:, :k]
+    return np.where(newer, at[:, late : late + k], at[:, :k]) - np.arange(k)
+
+
+def _largest_in_span_scan(size: np.ndarray, k: int) -> np.ndarray:
+    best = size[:, :k].copy()
+    arg = np.zeros(best.shape, dtype=np.intp)
+    newer = np.empty(best.shape, dtype=bool)
+    for j in range(1, STEP_SPAN):
+        cand = size[:, j : j + k]
+        np.greater(cand, best, out=newer)
+        np.copyto(best, cand, where=newer)
+        np.copyto(arg, j, where=newer)
+    return arg
 
 
 def shift_features(
