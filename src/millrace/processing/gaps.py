@@ -103,18 +103,18 @@ def _by_sensor(fresh: pd.DataFrame) -> Iterator[tuple[str, tuple[str, str, str, 
     event times and values in event-time order. One factorize and one sort for the batch, then array slices."""
     if not len(fresh):
         return
-    codes, names = pd.factorize(fresh["sensor_id"].to_numpy(dtype=object), sort=True)
+    # Factorized and taken in Arrow: only the first reading's metadata of each sensor becomes Python strings.
+    codes, names = pd.factorize(fresh["sensor_id"], sort=True)
     all_ts = fresh["ts_ms"].to_numpy(dtype="int64")
     all_values = fresh["value"].to_numpy(dtype="float64")
     order = np.lexsort((all_ts, codes))
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    columns = [fresh[c].to_numpy(dtype=object) for c in ("sensor_type", "location", "unit")]
-    devices = fresh["device_id"].to_numpy(dtype=object) if "device_id" in fresh else None
+    firsts = order[bounds[:-1]]
+    types, locations, units = (fresh[c].iloc[firsts].tolist() for c in ("sensor_type", "location", "unit"))
+    devices = fresh["device_id"].iloc[firsts].tolist() if "device_id" in fresh else [""] * len(names)
     for k, sensor_id in enumerate(names):
         rows = order[bounds[k] : bounds[k + 1]]
-        first = rows[0]
-        device_id = str(devices[first]) if devices is not None else ""
-        meta = (str(columns[0][first]), str(columns[1][first]), str(columns[2][first]), device_id)
+        meta = (str(types[k]), str(locations[k]), str(units[k]), str(devices[k]))
         yield str(sensor_id), meta, all_ts[rows], all_values[rows]
 
 
