@@ -62,21 +62,20 @@ def sensors_step(values: np.ndarray, ts: np.ndarray, states: list[dict[str, Any]
     feats["shift_age"], feats["shift_level_z"] = shift_age, shift_level
 
     cut = max(0, blocks.shape[1] - REF_BLOCKS)
-    keep = x[:, -HISTORY:]
-    kept_blocks = blocks[:, cut:]
+    # Python numbers, each array converted by one tolist (the same ints and floats as item by item).
+    columns = zip(
+        x[:, -HISTORY:].tolist(),
+        ts[:, -1].tolist(),
+        run[:, -1].tolist(),
+        blocks[:, cut:].tolist(),
+        feats["jump_age"][:, -1].tolist(),
+        feats["jump_z"][:, -1].tolist(),
+        last,
+        strict=True,
+    )
     new_states = [
-        {
-            "x": keep[i].tolist(),
-            "n": n0 + m,
-            "t": int(ts[i, -1]),
-            "run": int(run[i, -1]),
-            "b0": b0 + cut,
-            "blocks": kept_blocks[i].tolist(),
-            "jage": float(feats["jump_age"][i, -1]),
-            "jz": float(feats["jump_z"][i, -1]),
-            **last[i],
-        }
-        for i in range(S)
+        {"x": kx, "n": n0 + m, "t": t, "run": r, "b0": b0 + cut, "blocks": kb, "jage": ja, "jz": jz, **shift}
+        for kx, t, r, kb, ja, jz, shift in columns
     ]
     return feats, new_states
 

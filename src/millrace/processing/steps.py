@@ -142,11 +142,7 @@ def shift_features(
         level = np.where(sign != 0, (levels["now"] - before) / levels["local"] * sign, np.nan)
     recent = age < STEP_SPAN  # the step features still see that step: shift_* are unknown (NaN)
     last = [
-        {
-            "sage": float(age[i, -1]),
-            "sbefore": None if np.isnan(before[i, -1]) else float(before[i, -1]),
-            "ssign": float(sign[i, -1]),
-        }
-        for i in range(S)
+        {"sage": a, "sbefore": None if np.isnan(b) else b, "ssign": g}
+        for a, b, g in zip(age[:, -1].tolist(), before[:, -1].tolist(), sign[:, -1].tolist(), strict=True)
     ]
     return np.where(recent, np.nan, age), np.where(recent, np.nan, level), last
