@@ -1,15 +1,16 @@
 """Gaps per sensor: learn the expected interval, interpolate short gaps, report long ones as inactivity.
 
-Works on the fresh readings of one or many devices (inside the stateful step), vectorised per sensor with
-numpy; event-time inactivity is judged per device. What a sensor carries across micro-batches is its
+Works on the fresh readings of one or many devices (inside the stateful step), vectorised across sensors
+with numpy; event-time inactivity is judged per device. What a sensor carries across micro-batches is its
 :class:`~millrace.processing.state.Track`. Every function here takes tracks and returns new ones; it never
 changes the mapping it was given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ __all__ = ["GapResult", "Track", "fill_gaps", "inactive_by_event_time", "sweep_i
 
 GAP_FACTOR = 1.5  # a step longer than 1.5 expected intervals misses at least one reading
 INTERVAL_WEIGHT = 0.3  # weight of a batch's median step in the learned interval (EWMA)
+_META = ("sensor_type", "location", "unit")
 
 
 @dataclass(frozen=True)
@@ -29,32 +31,6 @@ class GapResult:
     gaps_inactive: int = 0  # gaps longer than max_interpolated_gap intervals
     went_inactive: list[str] = field(default_factory=list)  # sensors now reported inactive
     touched: list[str] = field(default_factory=list)  # sensors with new readings
-
-
-@dataclass
-class _Filled:
-    """Interpolated points and gap counts, gathered over the sensors of one batch."""
-
-    sensor_ids: list[np.ndarray] = field(default_factory=list)
-    ts_ms: list[np.ndarray] = field(default_factory=list)
-    values: list[np.ndarray] = field(default_factory=list)
-    interpolated: int = 0
-    inactive: int = 0
-
-    def frame(self, tracks: Mapping[str, Track]) -> pd.DataFrame:
-        if not self.sensor_ids:
-            return pd.DataFrame()
-        frame = pd.DataFrame(
-            {
-                "sensor_id": np.concatenate(self.sensor_ids),
-                "ts_ms": np.concatenate(self.ts_ms),
-                "value": np.concatenate(self.values),
-            }
-        )
-        frame["sensor_type"] = frame["sensor_id"].map(lambda s: tracks[s].sensor_type)
-        frame["location"] = frame["sensor_id"].map(lambda s: tracks[s].location)
-        frame["unit"] = frame["sensor_id"].map(lambda s: tracks[s].unit)
-        return frame
 
 
 def fill_gaps(
@@ -74,94 +50,168 @@ def fill_gaps(
     never invented. After the batch, a sensor whose last reading lags the device's newest one by more than
     ``inactive_after_s`` is inactive (event-time detection; the wall-clock sweep is the caller's timeout).
     """
+    runs = _Runs.of(fresh, tracks)
+    intervals = runs.intervals()
+    points, interpolated, inactive = runs.fill(intervals, max_interpolated_gap)
     new = dict(tracks)
-    filled = _Filled()
-    touched: list[str] = []
-    for sid, meta, ts, values in _by_sensor(fresh):
-        prev = new.get(sid)
-        if prev is not None:
-            forward = ts > prev.last_ms
-            if not forward.any():
-                continue
-            ts = np.concatenate(([prev.last_ms], ts[forward]))
-            values = np.concatenate(([prev.last_value], values[forward]))
-        new[sid] = _advance(sid, prev, meta, ts, values, filled, max_interpolated_gap)
-        touched.append(sid)
+    for r, (sid, meta) in enumerate(zip(runs.sensor_ids, runs.meta, strict=True)):
+        last = runs.ends[r] - 1  # a moved track is active again
+        new[sid] = Track(*meta, int(runs.ts[last]), float(runs.values[last]), intervals[r], active=True)
     went_inactive, new = inactive_by_event_time(new, inactive_after_s)
     result = GapResult(
-        interpolated=filled.frame(new),
-        gaps_interpolated=filled.interpolated,
-        gaps_inactive=filled.inactive,
+        interpolated=points.frame(runs.sensor_ids, new),
+        gaps_interpolated=interpolated,
+        gaps_inactive=inactive,
         went_inactive=went_inactive,
-        touched=touched,
+        touched=list(runs.sensor_ids),
     )
     return result, new
 
 
-def _by_sensor(fresh: pd.DataFrame) -> Iterator[tuple[str, tuple[str, str, str, str], np.ndarray, np.ndarray]]:
-    """Per sensor (in sensor_id order): its id, (type, location, unit, device) of its first reading, and its
-    event times and values in event-time order. One factorize and one sort for the batch, then array slices."""
-    if not len(fresh):
-        return
-    # Factorized and taken in Arrow: only the first reading's metadata of each sensor becomes Python strings.
+class _Points(NamedTuple):
+    """Interpolated points: the run (sensor) of each, its event time and value."""
+
+    run: np.ndarray
+    ts_ms: np.ndarray
+    values: np.ndarray
+
+    def frame(self, sensor_ids: list[str], tracks: Mapping[str, Track]) -> pd.DataFrame:
+        if not len(self.run):
+            return pd.DataFrame()
+        of_run = [tracks[s] for s in sensor_ids]
+        return pd.DataFrame(
+            {
+                "sensor_id": np.asarray(sensor_ids, dtype=object)[self.run],
+                "ts_ms": self.ts_ms,
+                "value": self.values,
+                "sensor_type": np.asarray([t.sensor_type for t in of_run], dtype=object)[self.run],
+                "location": np.asarray([t.location for t in of_run], dtype=object)[self.run],
+                "unit": np.asarray([t.unit for t in of_run], dtype=object)[self.run],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """One run per sensor that moves forward in the batch (in sensor_id order): its readings newer than its
+    track's last one, in event-time order, led by that last reading when it has a track. The runs sit end to end
+    in ``ts``/``values``, run r at ``ends[r-1]:ends[r]``, so every sensor's steps, interval and gaps are
+    computed at once: a call holds hundreds of sensors with a few hundred readings each, and numpy's fixed cost
+    per call, paid per sensor, would be most of the work."""
+
+    sensor_ids: list[str]
+    prev: list[Track | None]
+    meta: list[tuple[str, str, str, str]]  # type, location, unit, device: the track's, else the first reading's
+    ends: np.ndarray
+    ts: np.ndarray  # int64 ms
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, fresh: pd.DataFrame, tracks: Mapping[str, Track]) -> _Runs:
+        if not len(fresh):
+            return cls([], [], [], np.zeros(0, dtype=np.intp), np.zeros(0, dtype="int64"), np.zeros(0))
+        names, firsts, code, ts, values = _by_sensor(fresh)
+        prev = [tracks.get(str(s)) for s in names.tolist()]
+        last_ms = np.array([np.iinfo(np.int64).min if p is None else p.last_ms for p in prev], dtype="int64")
+        ahead = ts > last_ms[code]
+        code, ts, values = code[ahead], ts[ahead], values[ahead]
+        counts = np.bincount(code, minlength=len(names))
+        moving = np.flatnonzero(counts)
+        kept = [prev[k] for k in moving]
+        led = np.array([p is not None for p in kept], dtype=bool)
+        leads = [p for p in kept if p is not None]
+        at = np.searchsorted(code, moving[led])
+        return cls(
+            sensor_ids=[str(s) for s in names[moving].tolist()],
+            prev=kept,
+            meta=_meta(fresh, kept, firsts[moving]),
+            ends=np.cumsum(counts[moving] + led),
+            ts=np.insert(ts, at, np.array([p.last_ms for p in leads], dtype="int64")),
+            values=np.insert(values, at, np.array([p.last_value for p in leads], dtype="float64")),
+        )
+
+    def steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seconds, run, first point) of every step between two consecutive points of a run."""
+        run = np.repeat(np.arange(len(self.ends)), np.diff(self.ends, prepend=0))
+        within = np.flatnonzero(run[1:] == run[:-1])
+        return np.diff(self.ts)[within] / 1000.0, run[within], within
+
+    def known(self) -> np.ndarray:
+        """The interval each run's track had learned (0: none yet)."""
+        return np.array([p.interval_s if p is not None and p.interval_s else 0.0 for p in self.prev])
+
+    def intervals(self) -> list[float | None]:
+        """Each run's expected interval after the batch (seconds): the median of its steps, blended into the
+        known interval (EWMA); steps over three known intervals are gaps, not samples of the interval. A run
+        without a usable step keeps its track's interval (None for a new sensor)."""
+        steps, run, _ = self.steps()
+        known = self.known()
+        usable = (steps > 0) & ((known[run] == 0) | (steps <= 3.0 * known[run]))
+        median, found = _medians(steps[usable], run[usable], len(self.prev))
+        blended = np.where(known == 0, median, (1 - INTERVAL_WEIGHT) * known + INTERVAL_WEIGHT * median)
+        return [
+            float(b) if f else (None if p is None else p.interval_s)
+            for b, f, p in zip(blended.tolist(), found.tolist(), self.prev, strict=True)
+        ]
+
+    def fill(self, intervals: list[float | None], max_interpolated_gap: int) -> tuple[_Points, int, int]:
+        """The points interpolated into the runs' short gaps, how many gaps were filled and how many were too
+        long. A gap is a step over GAP_FACTOR reference intervals: the track's known one, else the new one."""
+        steps, run, first = self.steps()
+        reference = np.array([k or (iv or 0.0) for k, iv in zip(self.known().tolist(), intervals, strict=True)])
+        ref = reference[run]
+        gap = np.flatnonzero((ref > 0) & (steps > GAP_FACTOR * ref))
+        missing = np.round(steps[gap] / ref[gap]).astype(np.int64) - 1
+        too_long = (missing >= 1) & (missing > max_interpolated_gap)
+        short = (missing >= 1) & (missing <= max_interpolated_gap)
+        gap, missing = gap[short], missing[short]
+        of_gap = np.repeat(np.arange(len(gap)), missing)
+        # The k-th of a gap's m points sits k/(m+1) of the way across it.
+        k = np.arange(len(of_gap)) - np.repeat(np.cumsum(missing) - missing, missing) + 1
+        frac = k / (missing[of_gap] + 1)
+        a = first[gap][of_gap]  # the point before each gap, then the one after it
+        ts = (self.ts[a] + frac * (self.ts[a + 1] - self.ts[a])).round().astype("int64")
+        values = self.values[a] + frac * (self.values[a + 1] - self.values[a])
+        return _Points(run[gap][of_gap], ts, values), len(gap), int(too_long.sum())
+
+
+def _by_sensor(fresh: pd.DataFrame) -> tuple[pd.Index, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The readings in (sensor_id, ts_ms) order: the sensor ids (sorted), the row of each one's first reading,
+    and per reading its sensor's code, event time and value; readings without a sensor id left out. The ids are
+    factorized on the Arrow column: converting them to Python strings would cost more than the gaps."""
     codes, names = pd.factorize(fresh["sensor_id"], sort=True)
     all_ts = fresh["ts_ms"].to_numpy(dtype="int64")
-    all_values = fresh["value"].to_numpy(dtype="float64")
     order = np.lexsort((all_ts, codes))
-    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    firsts = order[bounds[:-1]]
-    types, locations, units = (fresh[c].iloc[firsts].tolist() for c in ("sensor_type", "location", "unit"))
-    devices = fresh["device_id"].iloc[firsts].tolist() if "device_id" in fresh else [""] * len(names)
-    for k, sensor_id in enumerate(names):
-        rows = order[bounds[k] : bounds[k + 1]]
-        meta = (str(types[k]), str(locations[k]), str(units[k]), str(devices[k]))
-        yield str(sensor_id), meta, all_ts[rows], all_values[rows]
+    order = order[codes[order] >= 0]
+    code = codes[order]
+    firsts = order[np.searchsorted(code, np.arange(len(names)))]
+    return names, firsts, code, all_ts[order], fresh["value"].to_numpy(dtype="float64")[order]
 
 
-def _advance(
-    sid: str,
-    prev: Track | None,
-    meta: tuple[str, str, str, str],
-    ts: np.ndarray,
-    values: np.ndarray,
-    filled: _Filled,
-    max_interpolated_gap: int,
-) -> Track:
-    """The sensor's track after readings ``ts``/``values`` (event-time order, led by its previous last reading
-    when it had one); the gaps between them go to ``filled``."""
-    steps = np.diff(ts) / 1000.0
-    known = prev.interval_s if prev is not None else None
-    interval = _learn_interval(steps, known)
-    reference = known or interval
-    if len(steps) and reference:
-        for i in np.nonzero(steps > GAP_FACTOR * reference)[0]:
-            missing = int(round(steps[i] / reference)) - 1
-            if missing < 1:
-                continue
-            if missing > max_interpolated_gap:
-                filled.inactive += 1
-                continue
-            frac = np.arange(1, missing + 1) / (missing + 1)
-            filled.sensor_ids.append(np.full(missing, sid, dtype=object))
-            filled.ts_ms.append((ts[i] + frac * (ts[i + 1] - ts[i])).round().astype("int64"))
-            filled.values.append(values[i] + frac * (values[i + 1] - values[i]))
-            filled.interpolated += 1
-    last_ms, last_value = int(ts[-1]), float(values[-1])
-    if prev is None:
-        sensor_type, location, unit, device_id = meta
-        return Track(sensor_type, location, unit, device_id, last_ms, last_value, interval)
-    return replace(prev, interval_s=interval, last_ms=last_ms, last_value=last_value, active=True)
+def _meta(fresh: pd.DataFrame, tracks: list[Track | None], firsts: np.ndarray) -> list[tuple[str, str, str, str]]:
+    """Type, location, unit and device of each sensor: its track's, else those of its first reading ``firsts``
+    (taken from the columns for the new sensors only)."""
+    new = [i for i, t in enumerate(tracks) if t is None]
+    first: dict[int, tuple[str, str, str, str]] = {}
+    if new:
+        rows = firsts[new]
+        types, locations, units = ([str(x) for x in fresh[c].iloc[rows].tolist()] for c in _META)
+        devices = [str(x) for x in fresh["device_id"].iloc[rows].tolist()] if "device_id" in fresh else [""] * len(new)
+        first = dict(zip(new, zip(types, locations, units, devices, strict=True), strict=True))
+    return [first[i] if t is None else (t.sensor_type, t.location, t.unit, t.device_id) for i, t in enumerate(tracks)]
 
 
-def _learn_interval(steps: np.ndarray, interval: float | None) -> float | None:
-    """The expected interval after ``steps`` (seconds): their median, blended into the known interval (EWMA);
-    steps over three known intervals are gaps, not samples of the interval."""
-    usable = steps[steps <= (3.0 * interval)] if interval else steps
-    usable = usable[usable > 0]
-    if not len(usable):
-        return interval
-    median = float(np.median(usable))
-    return median if not interval else (1 - INTERVAL_WEIGHT) * interval + INTERVAL_WEIGHT * median
+def _medians(values: np.ndarray, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group 0..n-1: the median of its ``values`` (as np.median: the mean of the two middle ones for an even
+    count; NaN for none) and whether it has any."""
+    counts = np.bincount(groups, minlength=n)
+    found = counts > 0
+    if not len(values):
+        return np.full(n, np.nan), found
+    ordered = values[np.lexsort((values, groups))]
+    mid = np.minimum(np.cumsum(counts) - counts + counts // 2, len(ordered) - 1)
+    upper, lower = ordered[mid], ordered[np.maximum(mid - 1, 0)]
+    return np.where(found, np.where(counts % 2 == 1, upper, (lower + upper) / 2), np.nan), found
 
 
 def inactive_by_event_time(tracks: Mapping[str, Track], inactive_after_s: float) -> tuple[list[str], dict[str, Track]]:
