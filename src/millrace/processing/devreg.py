@@ -123,19 +123,20 @@ def residual_z_rows(values: np.ndarray, fits: list, fit_of_row: np.ndarray) -> n
     have = [i for i, fit in enumerate(fits) if fit is not None]
     if not have:
         return out
-    used = {tuple(_used_columns(fits[i][0], fits[i][1])) for i in have}
-    if len(used) > 1:
+    weights = np.stack([fits[i][0] for i in have])  # fits x sensors x (sensors + 1); NaN rows: not fitted
+    spreads = np.stack([fits[i][1] for i in have])
+    # The columns each fit's residuals use (residuals' ``used``, over its fitted sensors).
+    used = np.any((weights != 0.0) & np.isfinite(spreads)[:, :, None], axis=1)
+    if not (used == used[0]).all():
         for i in have:
             at = fit_of_row == i
             out[at] = residual_z(values[at], fits[i])
         return out
-    cols = next(iter(used))
+    cols = np.flatnonzero(used[0])
     slot = np.full(len(fits), -1)
     slot[have] = np.arange(len(have))
     rows = np.flatnonzero(slot[fit_of_row] >= 0)
-    per_row = slot[fit_of_row[rows]]
-    W = np.stack([fits[i][0] for i in have])[per_row]  # rows x sensors x (sensors + 1); NaN rows: not fitted
-    spread = np.stack([fits[i][1] for i in have])[per_row]
+    W, spread = weights[slot[fit_of_row[rows]]], spreads[slot[fit_of_row[rows]]]
     a = np.concatenate([np.ones((len(rows), 1)), values[rows]], axis=1)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         dot = a[:, cols[0], None] * W[:, :, cols[0]]
@@ -144,11 +145,6 @@ def residual_z_rows(values: np.ndarray, fits: list, fit_of_row: np.ndarray) -> n
         z = dot / spread
     out[rows] = np.where(np.isfinite(z), z, np.nan)
     return out
-
-
-def _used_columns(W: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """The columns of [1, values] that the fitted sensors' residual weights use (:func:`residuals`' ``used``)."""
-    return np.flatnonzero(np.any(W[np.isfinite(spread)] != 0.0, axis=0))
 
 
 # The residual against a regression held from the moment a sensor stepped (``held_residual``).
