@@ -7,6 +7,7 @@ back as a timezone-aware UTC ``datetime``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from millrace.records import READING_ROW, WINDOW_COLUMNS, Alert, WindowMetric, field_types
 from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS, dimensions_text
@@ -98,65 +100,88 @@ def dt_of(ms: int | None) -> datetime | None:
 def ms_column(series: pd.Series, *, null: Any = None) -> list[Any]:
     """Epoch milliseconds for a column of datetimes (any resolution, naive = UTC) or ISO strings; missing
     values become ``null``."""
+    values, missing = _ms_values(series)
+    return _with_nulls(values, missing, null).tolist()
+
+
+def _ms_values(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch milliseconds (int64, floored) of a column of datetimes or ISO strings, and its missing mask."""
     if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series.dtype):
         # The common case, without pandas' per-call overhead: the UTC instant (naive = UTC) as int64 ns.
         ns_i8 = series.to_numpy(dtype="datetime64[ns]").view(np.int64)
-        values = ns_i8 // 1_000_000
-        mask = ns_i8 == NAT_I8
-        if not mask.any():
-            return values.tolist()
-        filled = values.astype(object)
-        filled[mask] = null
-        return filled.tolist()
-    ts = series
-    if not isinstance(ts.dtype, pd.DatetimeTZDtype):
-        if pd.api.types.is_datetime64_dtype(ts.dtype):
-            ts = ts.dt.tz_localize(UTC)  # naive = UTC
-        else:  # strings, Python datetimes, pandas Timestamps (object or str dtype)
-            ts = pd.to_datetime(ts, utc=True, format="ISO8601")
-    ns = ts.dt.as_unit("ns")
-    mask = ns.isna().to_numpy()
-    values = ns.to_numpy(dtype="datetime64[ns]").astype("int64") // 1_000_000
-    out: list[Any] = values.tolist()
-    if mask.any():
-        for i in np.flatnonzero(mask):
-            out[i] = null
-    return out
+        return ns_i8 // 1_000_000, ns_i8 == NAT_I8
+    # strings, Python datetimes, pandas Timestamps (object or str dtype)
+    ns = pd.to_datetime(series, utc=True, format="ISO8601").dt.as_unit("ns")
+    return ns.to_numpy(dtype="datetime64[ns]").astype("int64") // 1_000_000, ns.isna().to_numpy()
 
 
-def _nullable(series: pd.Series, kind: str, *, null: Any = None, int_bools: bool = False) -> list[Any]:
-    """Python values for one column, with every flavour of missing (NaN, NaT, None, pd.NA) as ``null``;
-    booleans as 0/1 ints when ``int_bools``."""
+def _with_nulls(values: np.ndarray, missing: np.ndarray, null: Any) -> np.ndarray:
+    """``values`` with ``null`` where ``missing`` (as Python objects then), unchanged when nothing is missing."""
+    if not missing.any():
+        return values
+    filled = values.astype(object)
+    filled[missing] = null
+    return filled
+
+
+def _nullable(
+    series: pd.Series, kind: str, *, null: Any = None, int_bools: bool = False, label: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """One column as an array whose ``tolist()`` gives its Python values, with every flavour of missing (NaN,
+    NaT, None, pd.NA) as ``null``, and the mask of the missing ones; booleans as 0/1 ints when ``int_bools``.
+
+    A ``label`` column (strings with few distinct values) is converted once per distinct value: each value of
+    pandas' Arrow-backed strings would otherwise become a Python str of its own.
+    """
     if kind == "object":
-        return series.to_numpy(dtype=object, na_value=null).tolist()
-    values: np.ndarray  # of Python objects, to fill with ``null`` where ``mask``
+        if label and isinstance(series.dtype, pd.StringDtype):
+            codes, uniques = pd.factorize(series)
+            distinct = np.empty(len(uniques) + 1, dtype=object)
+            distinct[:-1] = uniques.to_numpy(dtype=object)
+            distinct[-1] = null  # a missing value's code is -1: it picks this one
+            return distinct[codes], codes < 0
+        if series.dtype == object:  # one look at each object for what is missing, not two
+            values = series.to_numpy(dtype=object, copy=True)
+            missing = pd.isna(values)
+            values[missing] = null
+            return values, missing
+        return series.to_numpy(dtype=object, na_value=null), series.isna().to_numpy()
     if kind == "float":
-        numeric = series if pd.api.types.is_float_dtype(series.dtype) else pd.to_numeric(series, errors="coerce")
-        arr = numeric.to_numpy(dtype="float64", na_value=np.nan)
-        mask = np.isnan(arr)
-        if null is SQLITE_NULL or not mask.any():
-            return arr.tolist()  # (NaN already is the marker's value: nothing to replace)
-        values = arr.astype(object)
-    elif kind == "int":
-        mask = series.isna().to_numpy()
-        if pd.api.types.is_integer_dtype(series.dtype) and not mask.any():
-            return series.to_numpy(dtype=np.int64).tolist()
-        numeric = series if pd.api.types.is_float_dtype(series.dtype) else pd.to_numeric(series, errors="coerce")
-        arr = numeric.to_numpy(dtype="float64", na_value=np.nan)
-        mask = np.isnan(arr)
-        values = np.where(mask, 0, arr).astype(np.int64).astype(object)
-    elif kind == "bool":
-        mask = series.isna().to_numpy()
-        flags = np.zeros(len(series), dtype=bool)
-        flags[~mask] = series.to_numpy(dtype=object)[~mask].astype(bool)
-        if not mask.any():
-            return (flags.astype(np.int64) if int_bools else flags).tolist()
-        values = (flags.astype(np.int64) if int_bools else flags).astype(object)
-    else:
-        raise ValueError(f"unknown column kind {kind!r}")
-    if mask.any():
-        values[mask] = null
-    return values.tolist()
+        arr = _floats(series)
+        missing = np.isnan(arr)
+        if null is SQLITE_NULL:
+            return arr, missing  # NaN already is the marker's value: nothing to replace
+        return _with_nulls(arr, missing, null), missing
+    if kind == "int":
+        if pd.api.types.is_integer_dtype(series.dtype) and not series.hasnans:
+            return series.to_numpy(dtype=np.int64), np.zeros(len(series), dtype=bool)
+        arr = _floats(series)
+        missing = np.isnan(arr)
+        return _with_nulls(np.where(missing, 0, arr).astype(np.int64), missing, null), missing
+    if kind == "bool":
+        if series.dtype == np.bool_:
+            flags = series.to_numpy()
+            missing = np.zeros(len(flags), dtype=bool)
+        else:
+            missing = series.isna().to_numpy()
+            flags = np.zeros(len(series), dtype=bool)
+            flags[~missing] = series.to_numpy(dtype=object)[~missing].astype(bool)
+        return _with_nulls(flags.astype(np.int64) if int_bools else flags, missing, null), missing
+    raise ValueError(f"unknown column kind {kind!r}")
+
+
+def _floats(series: pd.Series) -> np.ndarray:
+    """A column as float64, NaN where a value is missing or not a number (pd.to_numeric's coercion)."""
+    if pd.api.types.is_float_dtype(series.dtype):
+        return series.to_numpy(dtype="float64", na_value=np.nan)
+    if series.dtype == object:
+        # Numbers among Nones (the Kafka positions of a batch with interpolated readings): Arrow reads them in
+        # one pass, where to_numeric and its check for missing values look at every object again.
+        with contextlib.suppress(pa.ArrowException, OverflowError):
+            numbers = pa.array(series.to_numpy(), from_pandas=True)
+            if pa.types.is_integer(numbers.type) or pa.types.is_floating(numbers.type):
+                return numbers.to_numpy(zero_copy_only=False).astype("float64", copy=False)
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
 def frame_columns(
@@ -168,12 +193,34 @@ def frame_columns(
     ints: tuple[str, ...] = (),
     floats: tuple[str, ...] = (),
     bools: tuple[str, ...] = (),
+    labels: tuple[str, ...] = (),
     sqlite: bool = False,
 ) -> dict[str, list[Any]]:
-    """Plain Python columns for ``columns`` (missing optional columns become None), one row per ``key``.
+    """Plain Python columns for ``columns``: :func:`frame_arrays` as lists."""
+    arrays = frame_arrays(
+        rows, columns, key=key, times=times, ints=ints, floats=floats, bools=bools, labels=labels, sqlite=sqlite
+    )
+    return {c: values.tolist() for c, values in arrays.items()}
+
+
+def frame_arrays(
+    rows: pd.DataFrame,
+    columns: tuple[str, ...],
+    *,
+    key: tuple[str, ...],
+    times: tuple[str, ...],
+    ints: tuple[str, ...] = (),
+    floats: tuple[str, ...] = (),
+    bools: tuple[str, ...] = (),
+    labels: tuple[str, ...] = (),
+    sqlite: bool = False,
+) -> dict[str, np.ndarray]:
+    """Columns for ``columns`` as numpy arrays whose items (``tolist()``) are plain Python values (missing
+    optional columns become None), one row per ``key``.
 
     Times become epoch milliseconds. Rows repeating a key keep the last occurrence, as a sequence of
-    upserts would; key columns must not be null.
+    upserts would; key columns must not be null. ``labels`` are string columns with few distinct values
+    (only a matter of cost: see _nullable).
 
     ``sqlite=True`` shapes the values for ``sqlite3`` parameter binding: a missing value is SQLITE_NULL
     (a float NaN, which SQLite binds as NULL) and a boolean is the int 0/1 SQLite stores anyway. The
@@ -184,51 +231,53 @@ def frame_columns(
     unknown = [c for c in key if c not in rows.columns]
     if unknown:
         raise ValueError(f"rows lack the key column(s) {', '.join(unknown)}")
-    n = len(rows)
-    out: dict[str, list[Any]] = {}
+    values: dict[str, np.ndarray] = {}
+    missing: dict[str, np.ndarray] = {}
     for col in columns:
         if col not in rows.columns:
-            out[col] = [null] * n
+            values[col] = np.full(len(rows), null, dtype=object)
         elif col in times:
-            out[col] = ms_column(rows[col], null=null)
-        elif col in ints:
-            out[col] = _nullable(rows[col], "int", null=null)
-        elif col in floats:
-            out[col] = _nullable(rows[col], "float", null=null)
-        elif col in bools:
-            out[col] = _nullable(rows[col], "bool", null=null, int_bools=sqlite)
+            ms, missing[col] = _ms_values(rows[col])
+            values[col] = _with_nulls(ms, missing[col], null)
         else:
-            out[col] = _nullable(rows[col], "object", null=null)
+            kind = "int" if col in ints else "float" if col in floats else "bool" if col in bools else "object"
+            values[col], missing[col] = _nullable(rows[col], kind, null=null, int_bools=sqlite, label=col in labels)
     for col in key:
-        if null in out[col]:  # the marker itself (an identity match), not any NaN
+        if missing[col].any():
             raise ValueError(f"key column {col} has null values")
-    repeated = _repeated([out[c] if c in times else rows[c] for c in key])
+    repeated = _repeated([values[c] if c in times else rows[c] for c in key])
     if repeated is not None:
         keep = np.flatnonzero(~repeated)
-        out = {c: [vals[i] for i in keep] for c, vals in out.items()}
-    return out
+        values = {c: v[keep] for c, v in values.items()}
+    return values
 
 
 def _repeated(keys: list[Any]) -> np.ndarray | None:
     """The mask of rows whose key a later row repeats, or None when every key is unique (the usual case).
 
-    Sort-based on factorized codes: cheaper than hashing tuples of Python values.
+    Each key column's codes are folded into one code per row, factorized again after each column so that it
+    stays below the row count (and the product below int64's range): hashing ints, not tuples of values.
     """
-    codes = [pd.factorize(np.asarray(k) if isinstance(k, list) else k)[0] for k in keys]
-    order = np.lexsort(codes[::-1])  # stable: rows of one key stay in their original order
-    same = np.ones(len(order) - 1, dtype=bool) if len(order) else np.zeros(0, dtype=bool)
-    for c in codes:
-        sorted_codes = c[order]
-        same &= sorted_codes[1:] == sorted_codes[:-1]
-    if not same.any():
+    codes, distinct = pd.factorize(keys[0])
+    for column in keys[1:]:
+        column_codes, column_distinct = pd.factorize(column)
+        codes, distinct = pd.factorize(codes * len(column_distinct) + column_codes)
+    if len(distinct) == len(codes):
         return None
-    repeated = np.zeros(len(order), dtype=bool)
-    repeated[order[:-1][same]] = True  # a row followed by one with the same key is superseded by it
-    return repeated
+    # A row followed by one with the same key is superseded by it.
+    return pd.Series(codes).duplicated(keep="last").to_numpy()
+
+
+# String columns of a reading with few distinct values in a batch: its sensor's fields, its status, its label.
+READING_LABEL_COLUMNS = ("sensor_id", "device_id", "sensor_type", "location", "unit", "status", "ground_truth")
 
 
 def reading_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, list[Any]]:
-    return frame_columns(
+    return {c: values.tolist() for c, values in reading_arrays(rows, sqlite=sqlite).items()}
+
+
+def reading_arrays(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, np.ndarray]:
+    return frame_arrays(
         rows,
         READING_COLUMNS,
         key=("sensor_id", "timestamp"),
@@ -236,6 +285,7 @@ def reading_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, li
         ints=READING_INT_COLUMNS,
         floats=READING_FLOAT_COLUMNS,
         bools=READING_BOOL_COLUMNS,
+        labels=READING_LABEL_COLUMNS,
         sqlite=sqlite,
     )
 
