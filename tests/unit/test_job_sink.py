@@ -15,9 +15,11 @@ import pytest
 
 from millrace.config import TopicSettings
 from millrace.errors import KafkaUnavailable
-from millrace.jobs.sink import ReadingSink, prediction_messages
+from millrace.jobs.sink import PREDICTION_SENSOR, ReadingSink, prediction_messages
 from millrace.processing.recommendations import load_table
 from millrace.services.feed import unpack_predictions
+from millrace.stores.convert import ms_of
+from tests.unit.test_store_readings import step_frame
 
 T0 = pd.Timestamp("2026-03-01T12:00:00", tz="UTC")
 
@@ -106,6 +108,44 @@ def test_a_long_run_is_split_in_order() -> None:
     assert [len(orjson.loads(v)["value"]) for v in values] == [1_000, 1_000, 345]
     assert [e["value"] for e in events] == [float(i) for i in range(n)]
     assert events[-1]["timestamp"] == (T0 + pd.Timedelta(seconds=n - 1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def reference_messages(frame: pd.DataFrame, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """prediction_messages' messages (parsed) built one reading at a time: by sensor, then by event time, a
+    new message where a sensor field changes or ``limit`` readings are reached."""
+    records = frame.to_dict("records")
+    order = sorted(range(len(records)), key=lambda i: (records[i]["sensor_id"], ms_of(records[i]["timestamp"])))
+    runs: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    for i in order:
+        sensor = {c: records[i][c] for c in PREDICTION_SENSOR}
+        if not runs or runs[-1][0] != sensor or len(runs[-1][1]) == limit:
+            runs.append((sensor, []))
+        runs[-1][1].append(records[i])
+    messages = []
+    for sensor, rows in runs:
+        messages.append(
+            {
+                **sensor,
+                "timestamp_ms": [ms_of(r["timestamp"]) for r in rows],
+                "value": [r["value"] for r in rows],
+                "score": [None if np.isnan(r["score"]) else r["score"] for r in rows],
+                "is_anomaly": [bool(r["is_anomaly"]) for r in rows],
+                "anomaly_kind": [r["anomaly_kind"] if isinstance(r["anomaly_kind"], str) else None for r in rows],
+                "interpolated": [bool(r["interpolated"]) for r in rows],
+            }
+        )
+    return messages, [m["sensor_id"] for m in messages]
+
+
+@pytest.mark.parametrize("interpolated", [True, False], ids=["interpolated rows", "measured rows only"])
+def test_the_step_frame_s_messages_are_its_readings_one_at_a_time(interpolated: bool) -> None:
+    frame = step_frame(interpolated=interpolated)
+    frame.loc[frame.index[300:340], "location"] = "loc-09"  # a second run of some sensors
+    for limit in (1_000, 7):
+        values, keys = prediction_messages(frame, limit=limit)
+        messages, expected_keys = reference_messages(frame, limit)
+        assert keys == expected_keys and [orjson.loads(v) for v in values] == messages
+        assert len(set(keys)) == 18 and len(keys) > (18 if limit == 1_000 else len(frame) // 7)
 
 
 def test_one_prediction_object_is_published_as_it_is_and_bad_arrays_are_refused() -> None:

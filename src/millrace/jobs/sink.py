@@ -167,46 +167,51 @@ def prediction_messages(readings: pd.DataFrame, limit: int = MAX_PER_MESSAGE) ->
         {"sensor_id": "dev-0001-temperature", "device_id": "dev-0001", "sensor_type": "temperature",
          "location": "loc-01", "timestamp_ms": [1772366400000, ...], "value": [21.5, ...], "score": [0.4, ...],
          "is_anomaly": [false, ...], "anomaly_kind": [null, ...], "interpolated": [false, ...]}
+
+    The string columns are handled as pandas' codes of their distinct values: converting each row's Arrow
+    string to a Python str would cost more than the rest of the messages.
     """
     ts = pd.to_datetime(readings["timestamp"], utc=True).to_numpy(dtype="datetime64[ms]").astype("int64")
-    frame = pd.DataFrame(
-        {
-            "sensor_id": readings["sensor_id"].to_numpy(dtype=object),
-            "device_id": readings["device_id"].to_numpy(dtype=object),
-            "sensor_type": readings["sensor_type"].to_numpy(dtype=object),
-            "location": readings["location"].to_numpy(dtype=object),
-            "timestamp_ms": ts,
-        }
-    )
-    order = frame.sort_values(["sensor_id", "timestamp_ms"], kind="stable").index.to_numpy()
-    sensor = {c: frame[c].to_numpy()[order] for c in PREDICTION_SENSOR}
+    n = len(ts)
+    fields = {c: pd.factorize(readings[c], sort=True)[0] for c in PREDICTION_SENSOR}  # -1: missing
+    sensors = np.where(fields["sensor_id"] < 0, n, fields["sensor_id"])  # a missing sensor_id sorts last
+    order = np.lexsort((ts, sensors))  # stable: by sensor_id, then by time
+    changed = np.zeros(n, dtype=bool)
+    changed[0] = True
+    for codes in fields.values():
+        codes = codes[order]
+        missing = codes < 0  # a missing field (NaN) equals no other: its readings are messages of their own
+        changed[1:] |= (codes[1:] != codes[:-1]) | missing[1:] | missing[:-1]
+    run_start = np.flatnonzero(changed)
+    position = np.arange(n) - run_start[np.cumsum(changed) - 1]
+    starts = np.flatnonzero(position % limit == 0).tolist()
+    firsts = order[starts]  # each message's first reading
+    sensor = {c: [_text(v) for v in readings[c].iloc[firsts].to_numpy(dtype=object)] for c in PREDICTION_SENSOR}
     arrays: dict[str, np.ndarray] = {
         "timestamp_ms": ts[order],
         "value": readings["value"].to_numpy(dtype="float64")[order],
         "score": readings["score"].to_numpy(dtype="float64")[order],
         "is_anomaly": readings["is_anomaly"].fillna(False).astype(bool).to_numpy()[order],
+        "anomaly_kind": _kinds(readings["anomaly_kind"])[order],
         "interpolated": readings["interpolated"].astype(bool).to_numpy()[order],
     }
-    kinds = readings["anomaly_kind"].to_numpy(dtype=object)[order]
-    n = len(order)
-    changed = np.zeros(n, dtype=bool)
-    changed[0] = True
-    for col in sensor.values():
-        changed[1:] |= col[1:] != col[:-1]
-    run_start = np.flatnonzero(changed)
-    position = np.arange(n) - run_start[np.cumsum(changed) - 1]
-    starts = np.flatnonzero(position % limit == 0).tolist()
     values, keys = [], []
-    for a, b in zip(starts, [*starts[1:], n], strict=True):
-        message: dict[str, Any] = {c: _text(sensor[c][a]) for c in PREDICTION_SENSOR}
+    for i, (a, b) in enumerate(zip(starts, [*starts[1:], n], strict=True)):
+        message: dict[str, Any] = {c: sensor[c][i] for c in PREDICTION_SENSOR}
         for name in PREDICTION_ARRAYS:
-            if name == "anomaly_kind":
-                message[name] = [k if isinstance(k, str) else None for k in kinds[a:b]]
-            else:
-                message[name] = arrays[name][a:b]
+            message[name] = arrays[name][a:b]
+        message["anomaly_kind"] = message["anomaly_kind"].tolist()  # strs and Nones: no numpy dtype for orjson
         values.append(orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY))
         keys.append(message["sensor_id"])
     return values, keys
+
+
+def _kinds(column: pd.Series) -> np.ndarray:
+    """The anomaly kinds as an object array of strs, None where a reading has none."""
+    codes, distinct = pd.factorize(column)
+    names = np.empty(len(distinct) + 1, dtype=object)  # the last one (None) for code -1, a missing kind
+    names[:-1] = [v if isinstance(v, str) else None for v in distinct.to_numpy(dtype=object)]
+    return names[codes]
 
 
 def _text(value: object) -> str | None:
