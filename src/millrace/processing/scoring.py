@@ -117,9 +117,9 @@ class Scorer:
                 out[name] = pd.Series(dtype=dtype)
             return out
         thr = self.processing.zscore_threshold
-        inputs = features[list(_RULE_INPUTS)].to_numpy(dtype=float)
-        values = inputs[:, 0].copy()
-        col = dict(zip(_RULE_INPUTS, np.nan_to_num(inputs, nan=0.0).T, strict=True))
+        # Column by column: a float column is a view, a frame of the columns would be two copies.
+        values = features["value"].to_numpy(dtype=float)
+        col = {name: _nan_to_zero(features[name].to_numpy(dtype=float)) for name in _RULE_INPUTS}
         # Types as codes of the Arrow column: converting 50,000 strings to numpy to find a handful costs more
         # than the rest of the rules.
         type_codes, types = pd.factorize(features["sensor_type"], use_na_sentinel=False)
@@ -130,23 +130,14 @@ class Scorer:
 
         comps = _heuristics(col, thr)
         if self.detector is None:
-            # Without a model the slow-baseline components (shift, trend) only name the kind: load-following
-            # sensors (current, vibration) leave their slow baseline all day. Flags come from the local robust
-            # z, stuck runs, noise bursts and partner residuals.
-            score = comps[:, [0, 3, 4, 5]].max(axis=1)
-            flag = score >= 1.0
-            kind = HEURISTIC_KINDS[comps.argmax(axis=1)]
-            # A jump is a spike until the readings before it moved too (then the level moved).
-            jump = np.flatnonzero(flag & (comps[:, 0] >= 1.0))
-            before = np.abs(SHORT * col["short_ref_z"][jump] - col["ref_z"][jump]) / (SHORT - 1)
-            kind[jump] = np.where(before >= 0.5 * thr, "level_shift", "spike")
+            score, flag, kind = _rules(comps, col, thr)
         else:
             score, flag, kind = self._model_scores(features, comps, out_of_range)
         # A range violation is a data-quality flag with its own kind and reason, not a verdict on the reading's
         # behaviour: it keeps the model's (or the rules') score, so a sensor whose unit its type's range does not
         # fit cannot top the scores on every reading.
         flag = flag | out_of_range
-        kind = np.where(out_of_range, "out_of_range", kind).astype(object)
+        kind[out_of_range] = "out_of_range"
         kind[~flag] = None
         idx = np.flatnonzero(flag)
         reasons, tops = self._explain(
@@ -179,10 +170,12 @@ class Scorer:
         flag = score >= 1.0
         if kind_idx is not None and det.classes is not None:
             kind = np.asarray(det.classes, dtype=object)[kind_idx]
-        else:
-            best = comps.argmax(axis=1)
-            heuristic = comps[np.arange(len(comps)), best] >= 1.0
-            kind = np.where(heuristic, HEURISTIC_KINDS[best], "model").astype(object)
+        else:  # a flagged reading is named by its strongest heuristic when that passes its threshold
+            kind = np.full(len(score), None, dtype=object)
+            at = np.flatnonzero(flag)
+            rows = comps[at]
+            best = rows.argmax(axis=1)
+            kind[at] = np.where(rows[np.arange(len(at)), best] >= 1.0, HEURISTIC_KINDS[best], "model")
         namer = getattr(det, "namer", None)  # models saved before namers have none
         named = np.flatnonzero(flag & ~out_of_range)
         if namer is not None and len(named):
@@ -233,6 +226,33 @@ class Scorer:
         feats[out_of_range, 1:] = feats[out_of_range, :2]
         feats[out_of_range, 0] = "value"
         return reasons, feats.tolist()
+
+
+def _rules(comps: np.ndarray, col: dict[str, np.ndarray], thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(score, flag, kind) without a model. The slow-baseline components (shift, trend) only name the kind:
+    load-following sensors (current, vibration) leave their slow baseline all day. Flags come from the local
+    robust z, stuck runs, noise bursts and partner residuals. Kinds are named for the flagged readings only."""
+    score = comps[:, [0, 3, 4, 5]].max(axis=1)
+    flag = score >= 1.0
+    kind = np.full(len(score), None, dtype=object)
+    at = np.flatnonzero(flag)
+    kind[at] = HEURISTIC_KINDS[comps[at].argmax(axis=1)]
+    # A jump is a spike until the readings before it moved too (then the level moved).
+    jump = at[comps[at, 0] >= 1.0]
+    before = np.abs(SHORT * col["short_ref_z"][jump] - col["ref_z"][jump]) / (SHORT - 1)
+    kind[jump] = np.where(before >= 0.5 * thr, "level_shift", "spike")
+    return score, flag, kind
+
+
+def _nan_to_zero(x: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(x, nan=0.0)`` (NaN as 0, infinities as the largest finite floats), copying ``x`` only when
+    it holds a value that is not finite."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    out = x.copy()
+    out[bad] = np.nan_to_num(x[bad], nan=0.0)
+    return out
 
 
 def _heuristics(col: dict[str, np.ndarray], thr: float) -> np.ndarray:
