@@ -189,7 +189,7 @@ def drop_duplicates_and_late(
     dup[~late_mask] = pd.Series(keys[~late_mask]).duplicated(keep="first").to_numpy()
     seen_keys = _seen_keys(names, seen)
     if len(seen_keys):
-        dup |= ~late_mask & np.isin(keys, seen_keys)
+        dup |= ~late_mask & pd.Series(keys).isin(seen_keys).to_numpy()  # hashed: np.isin sorts both
     late = ordered[late_mask] if late_mask.any() else ordered.iloc[:0]
     return ordered[~late_mask & ~dup], late, int(dup.sum())
 
