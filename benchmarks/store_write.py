@@ -3,6 +3,7 @@ then the same keys again), and the reads the dashboard makes, for SQLite and for
 
     .venv/bin/python benchmarks/store_write.py [--backend sqlite|mongodb] [--rows 10000 40000]
         [--sensors 120] [--repeat 7] [--breakdown] [--mongodb-uri mongodb://...]
+    .venv/bin/python benchmarks/store_write.py --sink [--repeat 7]
 
 The readings frame is built the way the job's foreachBatch writer gets it: an Arrow batch in the stateful
 step's output schema (8-feature JSON text per reading, a few alert rows mixed in) converted by pyspark's
@@ -17,11 +18,16 @@ update), into a store that keeps growing; then windows and sensor status rows. M
 are reported, as wall time and as the CPU time of this process (SQLite works in-process, so CPU time is
 what the call costs on an idle core — the number that holds up on a shared machine), with the best
 (least) CPU time of the repeats, the closest to an idle machine. The load average is printed next to them.
+
+``--sink`` times the stream job's sink instead (jobs.sink.ReadingSink.write_readings into SQLite, its
+producer a stand-in that delivers nothing), whole and by piece, on a frame the stateful step itself
+produced (benchmarks/step_profile.py's step after a warm-up): the frame the sink gets in the job.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -32,13 +38,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from millrace.config import load_settings
+from millrace.config import TopicSettings, load_settings
 from millrace.records import SENSOR_TYPES, WINDOW_COLUMNS
 from millrace.runtime.mongodb import mongodb_spec
 from millrace.runtime.process import ProcessManager, free_port
@@ -217,22 +224,96 @@ class Timings:
         )
 
 
-def sqlite_breakdown(store: Any, frame: pd.DataFrame) -> tuple[float, float, float]:
-    """CPU seconds of one SqliteStore.upsert_readings, by step: frame -> columns, executemany (building the
-    tuples, binding, SQLite's b-tree work), commit (WAL write and any automatic checkpoint)."""
+def sqlite_breakdown(store: Any, frame: pd.DataFrame) -> tuple[float, float, float, float]:
+    """CPU seconds of one SqliteStore.upsert_readings, by step: frame -> columns, the statements' parameters
+    (before the write lock), the statements (binding, SQLite's b-tree work), commit (WAL write and any
+    automatic checkpoint)."""
     from millrace.stores import convert
-    from millrace.stores.base import READING_COLUMNS
-    from millrace.stores.sqlite import READINGS_SQL
+    from millrace.stores import sqlite as sqlite_store
 
     started = time.process_time()
-    cols = convert.reading_columns(frame, sqlite=True)
+    values = convert.reading_arrays(frame, sqlite=True)
     converted = time.process_time()
     conn = store._conn()
+    per_statement = sqlite_store._readings_per_statement(conn)
+    many, rest = sqlite_store._reading_params(values, per_statement)
+    prepared = time.process_time()
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(READINGS_SQL, zip(*(cols[c] for c in READING_COLUMNS), strict=True))
+    conn.executemany(sqlite_store._readings_sql(per_statement), many)
+    conn.executemany(sqlite_store.READINGS_SQL, rest)
     executed = time.process_time()
     conn.execute("COMMIT")
-    return converted - started, executed - converted, time.process_time() - executed
+    return converted - started, prepared - converted, executed - prepared, time.process_time() - executed
+
+
+class _SinkProducer:
+    """The sink's producer, delivering nothing: the sink's own CPU is what is timed."""
+
+    stats = SimpleNamespace(failed=0, last_error=None)
+
+    def produce(self, topic: str, value: bytes, key: str | bytes | None = None) -> None:
+        pass
+
+    def produce_batch(self, topic: str, values: Any, keys: Any) -> int:
+        return len(values)
+
+    def flush(self, timeout_s: float = 60.0) -> int:
+        return 0
+
+
+def step_readings(readings: int = 50_000) -> pd.DataFrame:
+    """A readings frame as the stateful step hands it to the sink: benchmarks/step_profile.py's step (20
+    devices, two state buckets) warmed up with 31 minutes of readings, then one call of about ``readings``."""
+    import step_profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(state_dir=Path(tmp))
+        warm = 1_860 * 120
+        bench = step_profile.Bench(settings, step_profile.readings_frame(20, 1_860 + 1_000, 5), 2)
+        bench.run(bench.calls(0, warm, 50_000))
+        (now_ms, buckets), *_ = bench.calls(warm, warm + 2 * readings, 2 * readings)
+        key, rows = buckets[0]
+        state = bench.states[key]
+        state.now_ms = now_ms
+        for _ in bench.step((key,), iter([rows]), state):
+            pass
+    return next(frame for kind, frame in bench.sink.writes if kind == "readings")
+
+
+def sink_parts(store: Any, repeat: int) -> None:
+    """CPU µs per reading of ReadingSink.write_readings on a SQLite store, whole and by piece, each repeat
+    on new keys (the step's frame moved on in time) into a store that keeps growing."""
+    from millrace.jobs.sink import ReadingSink, prediction_messages
+    from millrace.processing.recommendations import load_table
+
+    frame = step_readings()
+    n = len(frame)
+    span = frame["timestamp"].max() - frame["timestamp"].min() + pd.Timedelta(seconds=1)
+    frames = (frame.assign(timestamp=frame["timestamp"] + span * k) for k in range(1, 2 * repeat + 11))
+    for moved in itertools.islice(frames, 10):  # a store of ten calls' readings to write into
+        store.upsert_readings(moved.assign(ingested_at=pd.Timestamp.now(tz="UTC")))
+    sink = ReadingSink(
+        store, _SinkProducer(), topics=TopicSettings(), store_backend="sqlite", recommendations=load_table(None)
+    )
+    times: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        started = time.process_time()
+        sink.write_readings(next(frames))
+        times.setdefault("write_readings", []).append(time.process_time() - started)
+        moved = next(frames)
+        started = time.process_time()
+        prediction_messages(moved)
+        times.setdefault("  prediction_messages", []).append(time.process_time() - started)
+        started = time.process_time()
+        stamped = moved.assign(ingested_at=pd.Timestamp.now(tz="UTC"))
+        times.setdefault("  assign ingested_at", []).append(time.process_time() - started)
+        parts = sqlite_breakdown(store, stamped)
+        for name, seconds in zip(("conversion", "parameters", "statements", "commit"), parts, strict=True):
+            times.setdefault(f"  upsert: {name}", []).append(seconds)
+    print(f"ReadingSink.write_readings, {n:,} readings of the stateful step per call, {repeat} repeats:")
+    for name, seconds in times.items():
+        best, median = min(seconds) / n * 1e6, statistics.median(seconds) / n * 1e6
+        print(f"{name:<28} CPU per reading: best {best:5.2f} us, median {median:5.2f} us")
 
 
 def main() -> None:
@@ -245,9 +326,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--mongodb-uri", default=None)
     parser.add_argument(
-        "--breakdown", action="store_true", help="SQLite: also time conversion / executemany / commit separately"
+        "--breakdown",
+        action="store_true",
+        help="SQLite: also time conversion / parameters / statements / commit separately",
+    )
+    parser.add_argument(
+        "--sink",
+        action="store_true",
+        help="SQLite, instead of the above: the job's sink (ReadingSink.write_readings) by piece, on a frame of "
+        "the stateful step (after a warm-up of the step)",
     )
     args = parser.parse_args()
+    if args.sink:
+        if args.backend != "sqlite":
+            parser.error("--sink times the SQLite store only")
+        with open_backend("sqlite", None) as store:
+            sink_parts(store, args.repeat)
+        return
 
     load = os.getloadavg()
     print(f"backend {args.backend}; readings over {args.sensors} sensors, {args.repeat} repeats per size")
@@ -271,10 +366,10 @@ def main() -> None:
                     steps.append(sqlite_breakdown(store, job_frame(rows, args.sensors, T0 + timedelta(days=day))))
                     day += 1
                     expected += rows
-                conv, execute, commit = (statistics.median(s) / rows * 1e6 for s in zip(*steps, strict=True))
+                conv, params, execute, commit = (statistics.median(s) / rows * 1e6 for s in zip(*steps, strict=True))
                 print(
-                    f"{'':<28} CPU per reading, new keys: conversion {conv:.2f} us, executemany {execute:.2f} us, "
-                    f"commit {commit:.2f} us"
+                    f"{'':<28} CPU per reading, new keys: conversion {conv:.2f} us, parameters {params:.2f} us, "
+                    f"statements {execute:.2f} us, commit {commit:.2f} us"
                 )
         total = store.count("sensor_metrics")
         assert total == expected, (total, expected)
