@@ -59,8 +59,10 @@ PHASES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("features (features.devices_step)", (("processing/features.py", "devices_step"),)),
     ("scoring (Scorer.score)", (("processing/scoring.py", "score"),)),
     ("JSON text (stored features, rows)", (("processing/output.py", "json_lines"),
+                                           ("processing/output.py", "features_json"),
                                            ("processing/stateful.py", "_json_lines"))),
-    ("window partials", (("processing/transforms.py", "window_partials"),)),
+    ("window partials", (("processing/transforms.py", "window_partials"),
+                         ("processing/transforms.py", "partial_columns"))),
     ("episodes and alerts", (("processing/stateful.py", "fold_episodes"), ("processing/stateful.py", "_episodes"))),
     ("sink (MemorySink: a copy)", (("processing/output.py", "write_readings"),)),
 )  # fmt: skip

@@ -47,7 +47,7 @@ from millrace.processing.output import (
     StepSink,
     alert_rows,
     dead_letters,
-    json_lines,
+    features_json,
     payload_rows,
     reencoded,
     status_rows,
@@ -309,7 +309,7 @@ def _split(frame: pd.DataFrame, key: str, column: str) -> dict[str, np.ndarray]:
     """``frame[column]`` as int64 arrays per value of ``key`` (in order of appearance)."""
     if not len(frame):
         return {}
-    codes, names = pd.factorize(frame[key].to_numpy(dtype=object))
+    codes, names = pd.factorize(frame[key])  # on the column itself: no Python string per row
     order = np.argsort(codes, kind="stable")
     values = frame[column].to_numpy(dtype="int64")[order]
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
@@ -355,10 +355,7 @@ def score(
     flagged = scored["is_anomaly"].astype(bool).to_numpy() & ~interpolated  # never alert on invented data
     scored["is_anomaly"] = flagged
     scored["anomaly_kind"] = scored["anomaly_kind"].where(flagged, None)
-    text = np.asarray(json_lines(scored[list(STORED_FEATURES)].round(6)), dtype=object)
-    if flagged.any():
-        text[flagged] = json_lines(scored.loc[flagged, list(FEATURE_COLUMNS)].round(6))
-    scored["features"] = text
+    scored["features"] = features_json(scored, STORED_FEATURES, FEATURE_COLUMNS, flagged)
     return scored, replace(bucket, devices=devices)
 
 
@@ -454,7 +451,7 @@ def _lookup(keys: pd.Series, table: dict[str, int]) -> np.ndarray:
     """float64 array of ``table[key]`` per row (NaN where absent), whatever the string dtype of ``keys``."""
     if not table or keys.empty:
         return np.full(len(keys), np.nan)
-    codes, names = pd.factorize(keys.to_numpy(dtype=object), use_na_sentinel=False)  # a lookup per distinct key
+    codes, names = pd.factorize(keys, use_na_sentinel=False)  # a lookup per distinct key
     return np.array([table.get(name, np.nan) for name in names], dtype="float64")[codes]
 
 
