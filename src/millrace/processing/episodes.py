@@ -22,7 +22,7 @@ import pandas as pd
 from millrace.processing.state import Episode
 from millrace.records import Alert, Severity
 
-__all__ = ["Episode", "alert_id", "close", "expire", "severity", "to_alert", "update"]
+__all__ = ["Anomalies", "Episode", "alert_id", "by_device", "close", "expire", "severity", "to_alert", "update"]
 
 CRITICAL_KINDS = frozenset({"out_of_range", "correlation_break"})
 
@@ -33,10 +33,11 @@ def alert_id(device_id: str, opened_ms: int) -> str:
 
 
 @dataclass(frozen=True)
-class _Anomalies:
-    """A device's anomalous readings of one batch in (ts_ms, sensor_id) order, as arrays. The rows of one
-    episode are a slice; the fields an episode takes from its highest-scoring reading are read for that reading
-    only (the batch can hold thousands of anomalous readings, and one episode per quiet gap)."""
+class Anomalies:
+    """One device's anomalous readings of a batch in (ts_ms, sensor_id) order: their positions in the scored
+    frame, event times, sensor ids and scores. The rows of one episode are a slice; the fields an episode takes
+    from its highest-scoring reading are read for that reading only. Built from one device's rows by
+    :meth:`of`, or for every device of a batch at once by :func:`by_device`."""
 
     scored: pd.DataFrame
     at: np.ndarray  # the rows' positions in ``scored``
@@ -45,20 +46,26 @@ class _Anomalies:
     scores: np.ndarray  # a NaN score counts as 0
 
     @classmethod
-    def of(cls, scored: pd.DataFrame) -> _Anomalies:
-        # numpy rather than a filtered, sorted copy of the frame: the step calls this per device and batch, and
-        # pandas' fixed cost per operation is most of the work on a few hundred rows.
-        at = np.flatnonzero(scored["is_anomaly"].to_numpy(dtype=bool, na_value=False))
-        ts = scored["ts_ms"].to_numpy(dtype="int64")[at]
-        sensors = scored["sensor_id"].iloc[at]
-        order = np.lexsort((pd.factorize(sensors, sort=True, use_na_sentinel=False)[0], ts))  # stable
-        scores = scored["score"].to_numpy(dtype="float64")[at[order]]
+    def of(cls, scored: pd.DataFrame) -> Anomalies:
+        """The anomalous readings of ``scored`` (one device's)."""
+        at = _flagged(scored)
+        return cls.at_rows(scored, at[_order(scored, at)])
+
+    @classmethod
+    def at_rows(cls, scored: pd.DataFrame, at: np.ndarray) -> Anomalies:
+        """The readings at positions ``at`` of ``scored``, already in order."""
+        scores = scored["score"].to_numpy(dtype="float64")[at]
         return cls(
             scored=scored,
-            at=at[order],
-            ts=ts[order],
-            sensor_ids=[str(s) for s in sensors.iloc[order].tolist()],
+            at=at,
+            ts=scored["ts_ms"].to_numpy(dtype="int64")[at],
+            sensor_ids=[str(s) for s in scored["sensor_id"].array.take(at).tolist()],
             scores=np.nan_to_num(scores, nan=0.0, posinf=np.inf, neginf=-np.inf),
+        )
+
+    def part(self, start: int, stop: int) -> Anomalies:
+        return Anomalies(
+            self.scored, self.at[start:stop], self.ts[start:stop], self.sensor_ids[start:stop], self.scores[start:stop]
         )
 
     def opens(self, updated_ms: int | None, quiet_ms: int) -> np.ndarray:
@@ -113,8 +120,33 @@ class _Anomalies:
         )
 
 
+def by_device(readings: pd.DataFrame) -> dict[str, Anomalies]:
+    """The anomalous readings of each device of a batch (device_id, ts_ms, sensor_id, is_anomaly, score,
+    anomaly_kind, reason, top_features; rows without a device id left out), for :func:`update`. One pass over
+    the batch with numpy: a filtered copy of the batch grouped into a frame per device costs more than the
+    episodes."""
+    at = _flagged(readings)
+    devices, names = pd.factorize(readings["device_id"].iloc[at])
+    at, devices = at[devices >= 0], devices[devices >= 0]
+    order = _order(readings, at, devices)
+    rows = Anomalies.at_rows(readings, at[order])
+    bounds = np.searchsorted(devices[order], np.arange(len(names) + 1))
+    return {str(name): rows.part(bounds[k], bounds[k + 1]) for k, name in enumerate(names)}
+
+
+def _flagged(scored: pd.DataFrame) -> np.ndarray:
+    """Positions of the anomalous rows (a missing flag is False)."""
+    return np.flatnonzero(scored["is_anomaly"].to_numpy(dtype=bool, na_value=False))
+
+
+def _order(scored: pd.DataFrame, at: np.ndarray, *major: np.ndarray) -> np.ndarray:
+    """The stable order of rows ``at`` by the ``major`` keys, then ts_ms, then sensor_id."""
+    sensors = pd.factorize(scored["sensor_id"].iloc[at], sort=True, use_na_sentinel=False)[0]
+    return np.lexsort((sensors, scored["ts_ms"].to_numpy(dtype="int64")[at], *major))
+
+
 def update(
-    scored: pd.DataFrame,
+    scored: pd.DataFrame | Anomalies,
     episode: Episode | None,
     *,
     device_id: str,
@@ -123,11 +155,12 @@ def update(
     quiet_s: float,
 ) -> tuple[list[Episode], Episode | None]:
     """Fold one batch of scored readings (ts_ms, sensor_id, is_anomaly, score, anomaly_kind, reason,
-    top_features) into the device's open ``episode`` (None: none open). Returns the episodes touched, each as it
-    is at the end of the batch (closed ones with ``closed_ms``), and the episode still open (or None)."""
+    top_features), or their :class:`Anomalies`, into the device's open ``episode`` (None: none open). Returns
+    the episodes touched, each as it is at the end of the batch (closed ones with ``closed_ms``), and the
+    episode still open (or None)."""
     quiet_ms = int(quiet_s * 1000)
     touched: dict[str, Episode] = {}
-    rows = _Anomalies.of(scored)
+    rows = scored if isinstance(scored, Anomalies) else Anomalies.of(scored)
     if len(rows.ts):
         opens = rows.opens(None if episode is None else episode.updated_ms, quiet_ms)
         bounds = [*opens.tolist(), len(rows.ts)]
