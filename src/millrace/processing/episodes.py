@@ -64,6 +64,7 @@ class Anomalies:
         )
 
     def part(self, start: int, stop: int) -> Anomalies:
+        """Rows ``start:stop`` (one device's of a batch's)."""
         return Anomalies(
             self.scored, self.at[start:stop], self.ts[start:stop], self.sensor_ids[start:stop], self.scores[start:stop]
         )
