@@ -378,20 +378,12 @@ def _stored(readings: pd.DataFrame) -> pd.DataFrame:
     return readings[keep].assign(timestamp=pd.to_datetime(readings["ts_ms"].to_numpy(), unit="ms", utc=True))
 
 
-_EPISODE_COLUMNS = ("device_id", "ts_ms", "sensor_id", "is_anomaly", "score", "anomaly_kind", "reason", "top_features")
-
-
 def fold_episodes(
     readings: pd.DataFrame, bucket: BucketState, present: set[str], quiet_s: float
 ) -> tuple[list[tuple[str, Episode]], BucketState]:
     """Fold anomalous readings into each present device's episode; close episodes gone quiet in event time.
     Returns the episodes touched, as (device_id, episode), and the bucket with the devices' open episodes."""
-    by_device: dict[str, pd.DataFrame] = {}
-    if len(readings):
-        flagged = readings["is_anomaly"].fillna(False).astype(bool).to_numpy()
-        if flagged.any():  # only the columns episodes.update reads: the rows are few, the columns many
-            anomalous = readings.loc[flagged, [c for c in _EPISODE_COLUMNS if c in readings.columns]]
-            by_device = {str(d): rows for d, rows in anomalous.groupby("device_id", sort=True)}
+    by_device = episodes.by_device(readings) if len(readings) else {}
     devices = dict(bucket.devices)
     touched: list[tuple[str, Episode]] = []
     for device_id in sorted(present):
