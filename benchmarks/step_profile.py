@@ -30,6 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import pstats  # noqa: E402
 import tempfile  # noqa: E402
@@ -263,6 +264,8 @@ def main() -> None:
         cpu = time.process_time()
         bench.run(bench.calls(0, warm, 50_000))
         print(f"warm-up: {warm:,} readings ({time.process_time() - cpu:.1f} CPU s), {buckets} buckets")
+        gc.collect()
+        gc.freeze()  # as the job's Python workers do after their first call (processing.stateful._freeze_once)
         snap = bench.snapshot()
         n = min(args.readings, len(readings) - warm)
         results = []

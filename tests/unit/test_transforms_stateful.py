@@ -308,3 +308,36 @@ def test_a_replayed_call_writes_the_same_alerts_and_readings(settings: Any) -> N
     assert [kind for kind, _ in written] == [kind for kind, _ in replayed] == ["alerts", "readings"]
     assert written[0][1] == replayed[0][1]
     pd.testing.assert_frame_equal(written[1][1], replayed[1][1])
+
+
+@pytest.mark.parametrize("freeze_gc", [True, False])
+def test_a_worker_step_freezes_the_collector_once_at_its_second_call(
+    settings: Any, device_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch, freeze_gc: bool
+) -> None:
+    # gc itself is replaced: freezing the test runner's objects would outlive this test.
+    calls: list[str] = []
+
+    class FakeGc:
+        def collect(self) -> int:
+            calls.append("collect")
+            return 0
+
+        def freeze(self) -> None:
+            calls.append("freeze")
+
+    monkeypatch.setattr(stateful, "gc", FakeGc())
+    monkeypatch.setattr(stateful, "_calls", 0)
+    sink = MemorySink()
+    step = stateful.make_step(
+        settings, source_topic="t", scorer_factory=load_scorer, sink_factory=sink.factory, freeze_gc=freeze_gc
+    )
+    state = FakeState(now_ms=1_800_000_000_000)
+    rows = step_input(device_frame)
+    seen = []
+    for part in (rows.iloc[:200], rows.iloc[200:400], rows.iloc[400:]):
+        run(step, state, "dev-0001", part)
+        seen.append(list(calls))
+    # the first call's garbage collected, then everything frozen, once; nothing without freeze_gc
+    expected = ["collect", "freeze"] if freeze_gc else []
+    assert seen == [[], expected, expected]
+    assert len(sink.readings) == 720

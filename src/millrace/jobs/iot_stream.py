@@ -103,7 +103,13 @@ def start_query(spark: Any, settings: Settings, options: JobOptions, writer: Cal
     from millrace.jobs.sink import worker_sink
 
     out = steps.groupBy("gkey").applyInPandasWithState(
-        make_step(settings, source_topic=topic, scorer_factory=options.scorer_factory, sink_factory=worker_sink),
+        make_step(
+            settings,
+            source_topic=topic,
+            scorer_factory=options.scorer_factory,
+            sink_factory=worker_sink,
+            freeze_gc=True,  # a Spark Python worker runs nothing else
+        ),
         outputStructType=STEP_OUTPUT,
         stateStructType=STEP_STATE,
         outputMode="append",

@@ -27,6 +27,7 @@ the same alerts and readings to the sink, whose upserts change nothing.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import time
@@ -99,7 +100,8 @@ class StatefulStep:
     module-level functions, bound to the settings by :func:`make_step`).
 
     The step reads only the processing settings; ``scorer`` and ``sink`` return the process's scorer and sink
-    (built on first use in each Python worker and kept: workers are reused across batches).
+    (built on first use in each Python worker and kept: workers are reused across batches). ``freeze_gc`` is for a
+    process that runs nothing but the step (a Spark Python worker): see :func:`_freeze_once`.
     """
 
     def __init__(
@@ -109,8 +111,10 @@ class StatefulStep:
         source_topic: str,
         scorer: Callable[[], StepScorer],
         sink: Callable[[], StepSink],
+        freeze_gc: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.freeze_gc = freeze_gc  # the job's workers: see _freeze_once
         self.source = source_topic
         self.scorer = scorer  # the job's follows the model registry (ml.follow.load_scorer, one per worker)
         # The job's writes to the store and the output topics (jobs.sink.worker_sink, one per worker): readings
@@ -118,6 +122,8 @@ class StatefulStep:
         self.sink = sink
 
     def __call__(self, key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: Any) -> Iterator[pd.DataFrame]:
+        if self.freeze_gc:
+            _freeze_once()
         t = _CallTimer(str(key[0]))
         now_ms = int(state.getCurrentProcessingTimeMs())
         if state.hasTimedOut:
@@ -185,7 +191,13 @@ class _CallTimer:
         self.path = os.environ.get(TIMING_ENV)
         if not self.path:
             return
-        self.record: dict[str, Any] = {"pid": os.getpid(), "bucket": bucket, "start": time.time()}
+        # The process's CPU too (every thread: librdkafka's, and the worker's between calls).
+        self.record: dict[str, Any] = {
+            "pid": os.getpid(),
+            "bucket": bucket,
+            "start": time.time(),
+            "process_cpu_start": time.process_time(),
+        }
         self.wall, self.cpu, self.runq = time.perf_counter(), time.thread_time(), _runq_s()
 
     def lap(self, phase: str, **extra: Any) -> None:
@@ -202,8 +214,26 @@ class _CallTimer:
         if not self.path:
             return
         self.record["end"] = time.time()
+        self.record["process_cpu_end"] = time.process_time()
         with open(self.path, "ab") as f:
             f.write(orjson.dumps(self.record) + b"\n")
+
+
+_calls = 0  # calls of the step in this process (with freeze_gc)
+FREEZE_AT_CALL = 2
+
+
+def _freeze_once() -> None:
+    """At a worker's second call, move every object it then holds (pyspark, pandas, the scorer and the sink the
+    first call opened) out of the garbage collector's reach: each full collection would otherwise walk them all
+    again, several times per call, although they live as long as the worker (a fifth of the worker's CPU, in
+    docs/benchmarks/stream-cost.md). The first call's garbage is collected first; objects created later are
+    collected as usual."""
+    global _calls
+    _calls += 1
+    if _calls == FREEZE_AT_CALL:
+        gc.collect()
+        gc.freeze()
 
 
 def _load(state: Any) -> BucketState:
@@ -453,6 +483,7 @@ def make_step(
     source_topic: str,
     scorer_factory: ScorerFactory,
     sink_factory: SinkFactory,
+    freeze_gc: bool = False,
 ) -> Callable[..., Iterator[pd.DataFrame]]:
     """The job's step: the processing settings, and the scorer and sink factories bound to ``settings`` (they
     need the registry, the store and the topics)."""
@@ -461,4 +492,5 @@ def make_step(
         source_topic=source_topic,
         scorer=functools.partial(_scorer, settings, scorer_factory),
         sink=functools.partial(sink_factory, settings),
+        freeze_gc=freeze_gc,
     )
