@@ -197,14 +197,6 @@ def window_rows(readings: pd.DataFrame, window_s: int) -> pd.DataFrame:
     return frame({"out": ["window"] * n, "payload": text_column(json_objects(partials))}, n)
 
 
-def json_lines(rows: pd.DataFrame) -> list[str]:
-    """One JSON object per row, built by pandas in C rather than a Python loop over rows."""
-    if rows.empty:
-        return []
-    text = rows.to_json(orient="records", lines=True)
-    return text.rstrip("\n").split("\n")
-
-
 # ------------------------------------------------------------------------------------------------ JSON text
 # A column of pandas' default string type: Arrow text handed over as it is, not converted from Python strings.
 _TEXT = pd.StringDtype("pyarrow", na_value=np.nan)
