@@ -22,7 +22,7 @@ from millrace.records import READING_ROW, WINDOW_COLUMNS, Alert, WindowMetric, f
 from millrace.stores.base import ALERT_FIELDS, COLLECTIONS, READING_COLUMNS, dimensions_text
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# The missing value of columns shaped for sqlite3 binding (frame_columns(sqlite=True)): SQLite binds a NaN
+# The missing value of columns shaped for sqlite3 binding (frame_arrays(sqlite=True)): SQLite binds a NaN
 # double as NULL (sqlite3_bind_double), so a NaN is stored, and read back, exactly as None would be.
 SQLITE_NULL = float("nan")
 NAT_I8 = np.iinfo(np.int64).min  # NaT as int64
@@ -184,22 +184,8 @@ def _floats(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
-def frame_columns(
-    rows: pd.DataFrame,
-    columns: tuple[str, ...],
-    *,
-    key: tuple[str, ...],
-    times: tuple[str, ...],
-    ints: tuple[str, ...] = (),
-    floats: tuple[str, ...] = (),
-    bools: tuple[str, ...] = (),
-    labels: tuple[str, ...] = (),
-    sqlite: bool = False,
-) -> dict[str, list[Any]]:
-    """Plain Python columns for ``columns``: :func:`frame_arrays` as lists."""
-    arrays = frame_arrays(
-        rows, columns, key=key, times=times, ints=ints, floats=floats, bools=bools, labels=labels, sqlite=sqlite
-    )
+def as_lists(arrays: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Columns of :func:`frame_arrays` as lists of plain Python values."""
     return {c: values.tolist() for c, values in arrays.items()}
 
 
@@ -273,7 +259,7 @@ READING_LABEL_COLUMNS = ("sensor_id", "device_id", "sensor_type", "location", "u
 
 
 def reading_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, list[Any]]:
-    return {c: values.tolist() for c, values in reading_arrays(rows, sqlite=sqlite).items()}
+    return as_lists(reading_arrays(rows, sqlite=sqlite))
 
 
 def reading_arrays(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, np.ndarray]:
@@ -291,7 +277,7 @@ def reading_arrays(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, np.
 
 
 def window_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, list[Any]]:
-    return frame_columns(
+    arrays = frame_arrays(
         rows,
         WINDOW_COLUMNS,
         key=("scope", "key", "window_start"),
@@ -300,6 +286,7 @@ def window_columns(rows: pd.DataFrame, *, sqlite: bool = False) -> dict[str, lis
         floats=WINDOW_FLOAT_COLUMNS,
         sqlite=sqlite,
     )
+    return as_lists(arrays)
 
 
 def alert_values(alert: Mapping[str, Any]) -> dict[str, Any]:
